@@ -1,0 +1,654 @@
+#include "blockstore/chain.h"
+
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "blockstore/file.h"
+#include "blockstore/flat_view.h"
+#include "blockstore/layer.h"
+#include "blockstore/snapshot_files.h"
+
+namespace strata {
+
+// The raw base image: bytes at virtual offset X live at file offset X.
+class RawBase {
+ public:
+  std::unique_ptr<File> file;
+  std::unique_ptr<File> direct;  // O_DIRECT twin
+  uint64_t size = 0;
+  int fd() const { return direct ? direct->fd() : file->fd(); }
+};
+
+// Writes between PrepareWrite and FinishWrite, in sub-block units. A widened write owns its
+// edge sub-blocks exclusively: it rewrites bytes around its payload with what it read before,
+// so any other write to those sub-blocks in between would be undone.
+struct Chain::Inflight {
+  struct Range {
+    uint64_t start_sb, end_sb;  // [start_sb, end_sb)
+    int64_t head_excl, tail_excl;  // exclusive sub-blocks, -1 = none
+  };
+  std::vector<Range> ranges;
+  int widened = 0;
+
+  static bool Holds(const Range& r, int64_t sb) {
+    return sb >= 0 && uint64_t(sb) >= r.start_sb && uint64_t(sb) < r.end_sb;
+  }
+  bool Conflicts(const Range& w) const {
+    if (widened == 0 && w.head_excl < 0 && w.tail_excl < 0) return false;
+    for (const Range& x : ranges) {
+      if (Holds(x, w.head_excl) || Holds(x, w.tail_excl) || Holds(w, x.head_excl) ||
+          Holds(w, x.tail_excl)) {
+        return true;
+      }
+    }
+    return false;
+  }
+  void Add(const Range& r) {
+    ranges.push_back(r);
+    widened += (r.head_excl >= 0 || r.tail_excl >= 0);
+  }
+  void Remove(uint64_t start_sb, uint64_t end_sb) {
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      if (ranges[i].start_sb == start_sb && ranges[i].end_sb == end_sb) {
+        widened -= (ranges[i].head_excl >= 0 || ranges[i].tail_excl >= 0);
+        ranges[i] = ranges.back();
+        ranges.pop_back();
+        return;
+      }
+    }
+  }
+};
+
+namespace {
+
+constexpr int kMaxDepth = 65535;  // positions are 16 bits in the flat view
+
+int64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+absl::Status Lock(File* file, bool exclusive) {
+  if (flock(file->fd(), (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0) return absl::OkStatus();
+  if (errno == EWOULDBLOCK) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        file->path(), " is in use by another process (a running `strata serve` or `strata "
+                      "commit`); stop it first, or inspect with a read-only command"));
+  }
+  return ErrnoStatus(errno, "flock", file->path());
+}
+
+void Append(std::vector<Segment>* out, const Segment& seg) {
+  if (!out->empty()) {
+    Segment& last = out->back();
+    if (last.kind == seg.kind &&
+        (seg.kind == Segment::Kind::kZero ||
+         (last.fd == seg.fd && last.file_offset + last.length == seg.file_offset))) {
+      last.length += seg.length;
+      return;
+    }
+  }
+  out->push_back(seg);
+}
+
+uint32_t SubBlockMask(uint64_t first_sb, uint64_t end_sb) {
+  uint64_t n = end_sb - first_sb;
+  uint32_t ones = n >= 32 ? 0xffffffffu : (1u << n) - 1;
+  return ones << first_sb;
+}
+
+}  // namespace
+
+absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
+                                        const CreateOptions& options) {
+  Env* env = options.env ? options.env : Env::Default();
+  LayerCreateParams params;
+  params.cluster_size = options.cluster_size;
+  params.sub_block_size = options.sub_block_size;
+  params.parent_format = options.parent.empty() ? ParentFormat::kNone : options.parent_format;
+  if (params.parent_format == ParentFormat::kNone) {
+    if (!options.parent.empty()) {
+      return absl::InvalidArgumentError(
+          "a parent needs its format (raw or strata): strata never guesses it");
+    }
+    params.virtual_size = (options.size + 511) / 512 * 512;
+  } else {
+    params.parent_path = ParentLink(DirName(layer_path), options.parent);
+  }
+  if (params.parent_format == ParentFormat::kRaw) {
+    auto file = env->Open(options.parent, {});
+    if (!file.ok()) return file.status();
+    auto size = (*file)->Size();
+    if (!size.ok()) return size.status();
+    if (*size == 0 || *size % 512 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("raw base ", options.parent, " is ", *size,
+                                                     " bytes: it must be a positive multiple of 512"));
+    }
+    params.virtual_size = params.parent_size = *size;
+  } else if (params.parent_format == ParentFormat::kStrata) {
+    auto parent = ReadLayerHeader(env, options.parent);
+    if (!parent.ok()) return parent.status();
+    if (parent->state != LayerState::kFrozen) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          options.parent, " is an active layer: only a frozen snapshot can be a parent (take one "
+                          "with `strata snapshot`)"));
+    }
+    params.virtual_size = params.parent_size = parent->virtual_size;
+    params.cluster_size = parent->cluster_size;
+    params.sub_block_size = parent->sub_block_size;
+    params.parent_uuid = parent->uuid;
+  }
+  auto layer = Layer::Create(env, layer_path, params);
+  if (!layer.ok()) return layer.status();
+  return (*layer)->header();
+}
+
+Chain::Chain() : inflight_(std::make_unique<Inflight>()) {}
+Chain::~Chain() {
+  // A clean close keeps every finished write, as if the user had flushed.
+  if (options_.writable && active_) {
+    if (absl::Status s = Flush(); !s.ok()) {
+      std::fprintf(stderr, "strata: closing %s: %s\n", top_path_.c_str(),
+                   std::string(s.message()).c_str());
+    }
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
+                                                   ChainOptions options) {
+  auto chain = std::unique_ptr<Chain>(new Chain());
+  Env* env = options.env ? options.env : Env::Default();
+  chain->env_ = env;
+  chain->options_ = options;
+  chain->top_path_ = top_path;
+  if (auto recovered = RecoverInterruptedSnapshot(env, top_path); !recovered.ok()) {
+    return recovered.status();
+  }
+
+  // Top down: open each layer and check it is the parent its child names.
+  std::vector<std::unique_ptr<Layer>> stack;
+  auto top = Layer::Open(env, top_path, options.writable ? Layer::Mode::kWritable : Layer::Mode::kReadOnly,
+                         options.direct_io);
+  if (!top.ok()) return top.status();
+  stack.push_back(std::move(*top));
+  absl::flat_hash_set<std::string> seen;
+  for (;;) {
+    Layer& child = *stack.back();
+    const LayerHeader& ch = child.header();
+    if (!seen.insert(UuidToString(ch.uuid)).second || stack.size() > kMaxDepth) {
+      return absl::DataLossError(absl::StrCat("layer ", child.path(), ": parent links loop"));
+    }
+    if (env->Exists(MergeJournalPath(child.path()))) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "an interrupted commit into ", child.path(), " was found (", 
+          MergeJournalPath(child.path()), "): run `strata commit --resume ", top_path,
+          "` to finish it"));
+    }
+    if (ch.parent_format == ParentFormat::kNone) break;
+    std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
+    if (ch.parent_format == ParentFormat::kRaw) {
+      auto base = std::make_unique<RawBase>();
+      auto file = env->Open(parent_path, {});
+      if (!file.ok()) {
+        return absl::NotFoundError(absl::StrCat("layer ", child.path(), ": raw base ",
+                                                parent_path, ": ", file.status().message()));
+      }
+      base->file = std::move(*file);
+      auto size = base->file->Size();
+      if (!size.ok()) return size.status();
+      base->size = *size;
+      if (base->size != ch.parent_size) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "layer ", child.path(), ": raw base ", parent_path, " is ", base->size,
+            " bytes but was ", ch.parent_size, " when the layer was created: the base changed"));
+      }
+      if (options.direct_io) {
+        auto direct = env->Open(parent_path, {.direct_io = true});
+        if (!direct.ok()) return direct.status();
+        base->direct = std::move(*direct);
+      }
+      if (options.lock) {
+        if (auto s = Lock(base->file.get(), false); !s.ok()) return s;
+      }
+      chain->base_ = std::move(base);
+      break;
+    }
+    auto parent = Layer::Open(env, parent_path, Layer::Mode::kReadOnly, options.direct_io);
+    if (!parent.ok()) {
+      return absl::Status(parent.status().code(),
+                          absl::StrCat("layer ", child.path(), ": parent: ",
+                                       parent.status().message()));
+    }
+    const LayerHeader& ph = (*parent)->header();
+    if (ph.uuid != ch.parent_uuid) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "layer ", child.path(), " expects parent UUID ", UuidToString(ch.parent_uuid), " but ",
+          parent_path, " has ", UuidToString(ph.uuid), ": the parent was replaced"));
+    }
+    if (ph.virtual_size != ch.virtual_size || ph.cluster_size != ch.cluster_size ||
+        ph.sub_block_size != ch.sub_block_size) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "layer ", child.path(), " and its parent ", parent_path,
+          " differ in virtual size or cluster geometry"));
+    }
+    if (ph.state != LayerState::kFrozen) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "layer ", child.path(), ": parent ", parent_path,
+          " is active (writable): a parent must be a frozen snapshot"));
+    }
+    stack.push_back(std::move(*parent));
+  }
+  if (options.lock) {
+    for (size_t i = 0; i < stack.size(); ++i) {
+      if (auto s = Lock(stack[i]->file(), i == 0 && options.writable); !s.ok()) return s;
+    }
+  }
+
+  const LayerHeader& th = stack.front()->header();
+  chain->size_ = th.virtual_size;
+  chain->cluster_size_ = th.cluster_size;
+  chain->sub_block_size_ = th.sub_block_size;
+  chain->view_ = std::make_unique<FlatView>(th.SubBlocksPerCluster());
+  // Bottom-up: positions 1..N-1 are the frozen layers, flattened once here.
+  for (size_t i = stack.size(); i-- > 1;) {
+    Layer& layer = *stack[i];
+    uint16_t position = static_cast<uint16_t>(chain->frozen_.size() + 1);
+    layer.index().ForEach([&](uint64_t cluster, const ClusterEntry& e) {
+      chain->view_->Overlay(position, cluster, e);
+    });
+    layer.ReleaseIndex();
+    chain->frozen_.push_back(std::move(stack[i]));
+  }
+  chain->active_ = std::move(stack.front());
+  return chain;
+}
+
+std::vector<LayerInfo> Chain::Layers() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<LayerInfo> out;
+  if (base_) {
+    LayerInfo info;
+    info.position = 0;
+    info.path = base_->file->path();
+    info.is_raw_base = true;
+    info.allocated_bytes = base_->size;
+    info.file_bytes = base_->file->AllocatedBytes().value_or(0);
+    out.push_back(std::move(info));
+  }
+  auto add = [&](const Layer& layer, int position) {
+    LayerInfo info;
+    info.position = position;
+    info.path = layer.display_path();
+    info.header = layer.header();
+    info.allocated_bytes = layer.referenced_slots() * layer.cluster_size();
+    info.file_bytes = layer.file()->AllocatedBytes().value_or(0);
+    out.push_back(std::move(info));
+  };
+  for (size_t i = 0; i < frozen_.size(); ++i) add(*frozen_[i], static_cast<int>(i + 1));
+  add(*active_, static_cast<int>(frozen_.size() + 1));
+  return out;
+}
+
+absl::Status Chain::CheckRange(uint64_t offset, uint64_t length) const {
+  if (offset > size_ || length > size_ - offset) {
+    return absl::OutOfRangeError(absl::StrCat("range ", offset, "+", length,
+                                              " beyond the end of the disk (", size_, " bytes)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Chain::CheckWritable() const {
+  if (!options_.writable) {
+    return absl::FailedPreconditionError(absl::StrCat(top_path_, " is open read-only"));
+  }
+  return absl::OkStatus();
+}
+
+int Chain::FdOf(int position) const {
+  if (position == static_cast<int>(frozen_.size()) + 1) return active_->data_fd();
+  return frozen_[position - 1]->data_fd();
+}
+
+Segment Chain::SegmentFor(uint64_t cluster, uint32_t sb, uint64_t offset, uint64_t length) const {
+  uint64_t within = offset - cluster * cluster_size_ - uint64_t{sb} * sub_block_size_;
+  ClusterEntry a = active_->Get(cluster);
+  uint32_t bit = 1u << sb;
+  if (a.present & bit) {
+    return {Segment::Kind::kData, length, active_->data_fd(), active_->DataOffset(a.slot, sb) + within};
+  }
+  if (a.zero & bit) return {Segment::Kind::kZero, length};
+  Source src = view_->Resolve(cluster, sb);
+  if (src.layer != 0) {
+    if (src.zero) return {Segment::Kind::kZero, length};
+    const Layer& layer = *frozen_[src.layer - 1];
+    return {Segment::Kind::kData, length, layer.data_fd(), layer.DataOffset(src.slot, sb) + within};
+  }
+  if (base_ && offset < base_->size) {
+    return {Segment::Kind::kData, std::min(length, base_->size - offset), base_->fd(), offset};
+  }
+  return {Segment::Kind::kZero, length};
+}
+
+void Chain::MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>* out) const {
+  uint64_t end = offset + length;
+  while (offset < end) {
+    uint64_t cluster = offset / cluster_size_;
+    uint32_t sb = static_cast<uint32_t>((offset % cluster_size_) / sub_block_size_);
+    uint64_t sb_end = cluster * cluster_size_ + uint64_t{sb + 1} * sub_block_size_;
+    uint64_t piece = std::min(end, sb_end) - offset;
+    Segment seg = SegmentFor(cluster, sb, offset, piece);
+    Append(out, seg);
+    offset += seg.length;
+  }
+}
+
+absl::Status Chain::MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out) const {
+  if (auto s = CheckRange(offset, length); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  MapReadLocked(offset, length, out);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) {
+  if (auto s = CheckWritable(); !s.ok()) return s;
+  if (auto s = CheckRange(offset, length); !s.ok()) return s;
+  if (length == 0) return absl::InvalidArgumentError("empty write");
+  WritePlan plan;
+  plan.start = offset / sub_block_size_ * sub_block_size_;
+  plan.end = std::min(size_, (offset + length + sub_block_size_ - 1) / sub_block_size_ *
+                                 sub_block_size_);
+  Inflight::Range range{plan.start / sub_block_size_,
+                        (plan.end + sub_block_size_ - 1) / sub_block_size_, -1, -1};
+  if (plan.start < offset) range.head_excl = static_cast<int64_t>(range.start_sb);
+  if (plan.end > offset + length) range.tail_excl = static_cast<int64_t>(range.end_sb - 1);
+
+  absl::MutexLock lock(&mu_);
+  if (inflight_->Conflicts(range)) {
+    return absl::UnavailableError(absl::StrCat("write ", offset, "+", length,
+                                               " overlaps an unaligned write in flight"));
+  }
+  for (uint64_t pos = plan.start; pos < plan.end;) {
+    uint64_t cluster = pos / cluster_size_;
+    uint64_t piece_end = std::min(plan.end, (cluster + 1) * cluster_size_);
+    ClusterEntry entry = active_->Get(cluster);
+    if (entry.slot == 0) {
+      auto slot = active_->AllocateSlot();
+      if (!slot.ok()) {
+        return absl::Status(slot.status().code(),
+                            absl::StrCat("write ", offset, "+", length, ": allocating cluster ",
+                                         cluster, ": ", slot.status().message()));
+      }
+      entry.slot = *slot;
+      active_->SetEntry(cluster, entry);
+    }
+    Append(&plan.targets, {Segment::Kind::kData, piece_end - pos, active_->data_fd(),
+                           uint64_t{entry.slot} * cluster_size_ + pos % cluster_size_});
+    pos = piece_end;
+  }
+  if (plan.start < offset) MapReadLocked(plan.start, offset - plan.start, &plan.head_fill);
+  if (plan.end > offset + length) {
+    MapReadLocked(offset + length, plan.end - offset - length, &plan.tail_fill);
+  }
+  inflight_->Add(range);
+  return plan;
+}
+
+void Chain::FinishWrite(const WritePlan& plan, bool succeeded) {
+  absl::MutexLock lock(&mu_);
+  uint64_t start_sb = plan.start / sub_block_size_;
+  uint64_t end_sb = (plan.end + sub_block_size_ - 1) / sub_block_size_;
+  inflight_->Remove(start_sb, end_sb);
+  if (!succeeded) return;  // the slot stays reserved and unreferenced by data: harmless
+  uint64_t per_cluster = cluster_size_ / sub_block_size_;
+  for (uint64_t sb = start_sb; sb < end_sb;) {
+    uint64_t cluster = sb / per_cluster;
+    uint64_t last = std::min(end_sb, (cluster + 1) * per_cluster);
+    uint32_t mask = SubBlockMask(sb % per_cluster, sb % per_cluster + (last - sb));
+    ClusterEntry entry = active_->Get(cluster);
+    entry.present |= mask;
+    entry.zero &= ~mask;
+    active_->SetEntry(cluster, entry);
+    sb = last;
+  }
+}
+
+bool Chain::WriteInFlightIn(uint64_t first_cluster, uint64_t end_cluster) const {
+  uint64_t per_cluster = cluster_size_ / sub_block_size_;
+  for (const auto& r : inflight_->ranges) {
+    if (r.start_sb < end_cluster * per_cluster && r.end_sb > first_cluster * per_cluster) {
+      return true;
+    }
+  }
+  return false;
+}
+
+absl::Status Chain::MarkZero(uint64_t offset, uint64_t length, bool may_trim) {
+  uint64_t per_cluster = cluster_size_ / sub_block_size_;
+  uint64_t start_sb = (offset + sub_block_size_ - 1) / sub_block_size_;
+  uint64_t end_sb = (offset + length) / sub_block_size_;
+  if (offset + length == size_) end_sb = (size_ + sub_block_size_ - 1) / sub_block_size_;
+  for (uint64_t sb = start_sb; sb < end_sb;) {
+    uint64_t cluster = sb / per_cluster;
+    uint64_t last = std::min(end_sb, (cluster + 1) * per_cluster);
+    uint32_t mask = SubBlockMask(sb % per_cluster, sb % per_cluster + (last - sb));
+    ClusterEntry entry = active_->Get(cluster);
+    entry.zero |= mask;
+    entry.present &= ~mask;
+    // A slot left without data goes back to the free pool, unless NO_HOLE asked to keep the
+    // space, or a write in flight still targets it.
+    if (entry.present == 0 && may_trim && !WriteInFlightIn(cluster, cluster + 1)) entry.slot = 0;
+    active_->SetEntry(cluster, entry);
+    sb = last;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Chain::Zero(uint64_t offset, uint64_t length, bool may_trim,
+                         std::vector<std::pair<uint64_t, uint64_t>>* data_ranges) {
+  if (auto s = CheckWritable(); !s.ok()) return s;
+  if (auto s = CheckRange(offset, length); !s.ok()) return s;
+  uint64_t end = offset + length;
+  uint64_t inner_start = (offset + sub_block_size_ - 1) / sub_block_size_ * sub_block_size_;
+  uint64_t inner_end = end == size_ ? end : end / sub_block_size_ * sub_block_size_;
+  if (inner_start >= inner_end) {
+    if (length > 0) data_ranges->emplace_back(offset, length);
+    return absl::OkStatus();
+  }
+  if (offset < inner_start) data_ranges->emplace_back(offset, inner_start - offset);
+  if (inner_end < end) data_ranges->emplace_back(inner_end, end - inner_end);
+  absl::MutexLock lock(&mu_);
+  return MarkZero(inner_start, inner_end - inner_start, may_trim);
+}
+
+absl::Status Chain::Trim(uint64_t offset, uint64_t length) {
+  std::vector<std::pair<uint64_t, uint64_t>> ignored;  // TRIM is advisory: edges stay
+  return Zero(offset, length, /*may_trim=*/true, &ignored);
+}
+
+absl::Status Chain::Flush() {
+  if (!options_.writable) return absl::OkStatus();
+  absl::MutexLock flush_lock(&flush_mu_);
+  FlushBatch batch;
+  {
+    absl::MutexLock lock(&mu_);
+    auto prepared = active_->PrepareFlush();
+    if (!prepared.ok()) return prepared.status();
+    batch = std::move(*prepared);
+  }
+  // Invariant (FORMAT.md, Durability): the data of every write finished before PrepareFlush
+  // is synced before the journal records that point to it are written.
+  Layer* layer;
+  {
+    absl::MutexLock lock(&mu_);
+    layer = active_.get();  // stable: Snapshot also holds flush_mu_
+  }
+  absl::Status s = layer->file()->Sync();
+  if (s.ok()) s = layer->WriteFlush(batch);
+  absl::MutexLock lock(&mu_);
+  layer->FinishFlush(batch, s.ok());
+  return s;
+}
+
+absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const {
+  if (auto s = CheckRange(offset, length); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  int active_position = static_cast<int>(frozen_.size()) + 1;
+  uint64_t end = offset + length;
+  while (offset < end) {
+    uint64_t cluster = offset / cluster_size_;
+    uint32_t sb = static_cast<uint32_t>((offset % cluster_size_) / sub_block_size_);
+    uint64_t sb_end = cluster * cluster_size_ + uint64_t{sb + 1} * sub_block_size_;
+    Extent e{offset, std::min(end, sb_end) - offset};
+    ClusterEntry a = active_->Get(cluster);
+    uint32_t bit = 1u << sb;
+    if ((a.present | a.zero) & bit) {
+      e.layer = active_position;
+      e.data = (a.present & bit) != 0;
+      e.zero = !e.data;
+    } else if (Source src = view_->Resolve(cluster, sb); src.layer != 0) {
+      e.layer = src.layer;
+      e.zero = src.zero;
+      e.data = !src.zero;
+    } else if (base_ && offset < base_->size) {
+      e.layer = 0;
+      e.data = true;
+    } else {
+      e.layer = -1;
+      e.zero = true;
+    }
+    if (!out->empty() && out->back().offset + out->back().length == e.offset &&
+        out->back().layer == e.layer && out->back().zero == e.zero &&
+        out->back().data == e.data) {
+      out->back().length += e.length;
+    } else {
+      out->push_back(e);
+    }
+    offset += e.length;
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Chain::SnapshotResult> Chain::Snapshot(absl::string_view name) {
+  if (auto s = CheckWritable(); !s.ok()) return s;
+  if (auto s = ValidateSnapshotName(name); !s.ok()) return s;
+  absl::MutexLock flush_lock(&flush_mu_);
+  absl::MutexLock lock(&mu_);
+  if (!inflight_->ranges.empty()) {
+    return absl::FailedPreconditionError("snapshot with writes in flight: drain first");
+  }
+  for (const auto& layer : frozen_) {
+    if (layer->header().snapshot_name == name) {
+      return absl::AlreadyExistsError(absl::StrCat("snapshot '", name, "' already exists (",
+                                                   layer->display_path(), ")"));
+    }
+  }
+  auto frozen_path = FreezeAndStack(env_, active_.get(), top_path_, std::string(name), NowNs());
+  if (!frozen_path.ok()) return frozen_path.status();
+  auto next = Layer::Open(env_, top_path_, Layer::Mode::kWritable, options_.direct_io);
+  if (!next.ok()) {
+    return absl::Status(next.status().code(),
+                        absl::StrCat("snapshot '", name, "' was taken (", *frozen_path,
+                                     ") but the new active layer failed to open: ",
+                                     next.status().message()));
+  }
+  if (options_.lock) {
+    // The frozen layer keeps its open file description: downgrade its lock to shared.
+    (void)Lock(active_->file(), false);
+    if (auto s = Lock((*next)->file(), true); !s.ok()) return s;
+  }
+  uint16_t position = static_cast<uint16_t>(frozen_.size() + 1);
+  active_->index().ForEach([&](uint64_t cluster, const ClusterEntry& e) {
+    view_->Overlay(position, cluster, e);
+  });
+  active_->ReleaseIndex();
+  active_->set_path(*frozen_path);
+  SnapshotResult result{*frozen_path, active_->header().uuid};
+  frozen_.push_back(std::move(active_));
+  active_ = std::move(*next);
+  return result;
+}
+
+absl::Status Chain::ReadSegments(const std::vector<Segment>& segments, char* out) const {
+  for (const Segment& seg : segments) {
+    if (seg.kind == Segment::Kind::kZero) {
+      std::memset(out, 0, seg.length);
+    } else {
+      uint64_t done = 0;
+      while (done < seg.length) {
+        ssize_t n = pread(seg.fd, out + done, seg.length - done,
+                          static_cast<off_t>(seg.file_offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          return n < 0 ? ErrnoStatus(errno, "read", absl::StrCat("fd ", seg.fd),
+                                     static_cast<int64_t>(seg.file_offset + done))
+                       : absl::DataLossError(absl::StrCat("short read at file offset ",
+                                                          seg.file_offset + done));
+        }
+        done += static_cast<uint64_t>(n);
+      }
+    }
+    out += seg.length;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Chain::Read(uint64_t offset, absl::Span<char> out) const {
+  if (options_.direct_io) return absl::FailedPreconditionError("synchronous read with O_DIRECT");
+  std::vector<Segment> segments;
+  if (auto s = MapRead(offset, out.size(), &segments); !s.ok()) return s;
+  return ReadSegments(segments, out.data());
+}
+
+absl::Status Chain::Write(uint64_t offset, absl::string_view data) {
+  if (options_.direct_io) return absl::FailedPreconditionError("synchronous write with O_DIRECT");
+  constexpr uint64_t kPiece = 8 << 20;  // bounds the widened buffer
+  std::string buf;
+  while (!data.empty()) {
+    uint64_t n = std::min<uint64_t>(kPiece, data.size());
+    auto plan = PrepareWrite(offset, n);
+    if (!plan.ok()) return plan.status();
+    buf.resize(plan->end - plan->start);
+    uint64_t head = offset - plan->start;
+    absl::Status s = ReadSegments(plan->head_fill, buf.data());
+    std::memcpy(buf.data() + head, data.data(), n);
+    if (s.ok()) s = ReadSegments(plan->tail_fill, buf.data() + head + n);
+    // Through the active layer's File (not the bare fd) so a test Env sees every write.
+    File* file;
+    {
+      absl::MutexLock lock(&mu_);
+      file = active_->file();
+    }
+    const char* src = buf.data();
+    for (const Segment& t : plan->targets) {
+      if (!s.ok()) break;
+      s = file->Write(t.file_offset, absl::string_view(src, t.length));
+      src += t.length;
+    }
+    FinishWrite(*plan, s.ok());
+    if (!s.ok()) return s;
+    offset += n;
+    data.remove_prefix(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Chain::WriteZeroes(uint64_t offset, uint64_t length, bool may_trim) {
+  std::vector<std::pair<uint64_t, uint64_t>> data_ranges;
+  if (auto s = Zero(offset, length, may_trim, &data_ranges); !s.ok()) return s;
+  for (const auto& [off, len] : data_ranges) {
+    if (auto s = Write(off, std::string(len, '\0')); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace strata

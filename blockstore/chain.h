@@ -1,0 +1,190 @@
+// Chain: a virtual disk made of an optional raw base plus strata layers, the top one active.
+//
+// Design note. Reads resolve through two O(1) lookups whatever the depth: the active layer's
+// own index, then a flattened view of every frozen layer and the base (flat_view.h), rebuilt
+// only when a snapshot freezes the active layer. blockstore does the metadata; the caller moves
+// the bytes: MapRead() turns a virtual range into file segments, PrepareWrite() allocates and
+// returns where a write goes, FinishWrite() records it in the index once the data is written.
+// The synchronous Read()/Write()/... wrappers do the I/O themselves for the tool and tests.
+//
+// Thread safety: every method may be called concurrently from several threads (one internal
+// mutex guards the metadata; no I/O happens under it except allocation's fallocate and the
+// journal/checkpoint writes in Flush()). File descriptors in segments stay valid for the
+// lifetime of the Chain, across snapshots.
+#ifndef STRATA_BLOCKSTORE_CHAIN_H_
+#define STRATA_BLOCKSTORE_CHAIN_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "blockstore/format.h"
+
+namespace strata {
+
+class Layer;
+class FlatView;
+class RawBase;
+
+// A run of the virtual disk and where its bytes live.
+struct Segment {
+  enum class Kind : uint8_t { kData, kZero };
+  Kind kind = Kind::kZero;
+  uint64_t length = 0;
+  int fd = -1;               // kData only
+  uint64_t file_offset = 0;  // kData only
+};
+
+// Where a write goes. When the request does not start or end on a sub-block boundary, the
+// range is widened to whole sub-blocks and the caller must first read the current contents of
+// the widened margins (head_fill / tail_fill, in order) and write them around the payload.
+struct WritePlan {
+  uint64_t start = 0;                 // widened start (<= request offset)
+  uint64_t end = 0;                   // widened end (>= request offset + length)
+  std::vector<Segment> head_fill;     // current contents of [start, request offset)
+  std::vector<Segment> tail_fill;     // current contents of [request end, end)
+  std::vector<Segment> targets;       // where [start, end) goes; kData in the active layer
+  bool widened() const { return !head_fill.empty() || !tail_fill.empty(); }
+};
+
+// Block status of a run. `layer` is the chain position answering it: 0 = the raw base,
+// 1..N = strata layers from the bottom (N = active), -1 = nobody (no base: reads as zeros).
+struct Extent {
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  int layer = -1;
+  bool zero = false;   // reads as zeros
+  bool data = false;   // backed by data in a file (false: hole / zero marker / nobody)
+};
+
+struct LayerInfo {
+  int position = 0;          // as in Extent::layer
+  std::string path;
+  bool is_raw_base = false;
+  LayerHeader header;        // for strata layers
+  uint64_t allocated_bytes = 0;  // bytes of data slots referenced by the index
+  uint64_t file_bytes = 0;       // bytes the file occupies on the host (st_blocks)
+};
+
+class Env;
+
+struct ChainOptions {
+  bool writable = true;      // opens the top layer for writing; it must be active
+  bool direct_io = false;    // O_DIRECT data descriptors (the caller aligns buffers; the
+                             // synchronous wrappers below refuse)
+  bool lock = true;          // flock the files (false: inspect a chain a server holds)
+  Env* env = nullptr;        // nullptr: the real file system
+};
+
+struct CreateOptions {
+  std::string parent;                 // empty: a disk with no base, of `size` bytes
+  ParentFormat parent_format = ParentFormat::kNone;  // stated, never probed
+  uint64_t size = 0;                  // without a parent; rounded up to 512 bytes
+  uint32_t cluster_size = kDefaultClusterSize;       // with a strata parent: the parent's
+  uint32_t sub_block_size = kDefaultSubBlockSize;
+  Env* env = nullptr;
+};
+// Creates an empty active layer at `layer_path` (like `qemu-img create -b PARENT -F FMT`). A
+// strata parent must be frozen. The parent is recorded by name when it shares the layer's
+// directory (the pair can move together), else by absolute path.
+absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
+                                        const CreateOptions& options);
+
+class Chain {
+ public:
+  // Opens the chain whose top is `top_path`, following parent links down to the base and
+  // checking UUIDs, sizes and formats; errors name the file and the broken link. A writable
+  // chain takes an exclusive flock on the top layer (and shared ones below), so a second
+  // server or an offline merge refuses while it is open.
+  static absl::StatusOr<std::unique_ptr<Chain>> Open(const std::string& top_path,
+                                                     ChainOptions options = {});
+  ~Chain();
+
+  uint64_t size() const { return size_; }
+  uint32_t sub_block_size() const { return sub_block_size_; }
+  uint32_t cluster_size() const { return cluster_size_; }
+  bool writable() const { return options_.writable; }
+  const std::string& top_path() const { return top_path_; }
+  std::vector<LayerInfo> Layers() const;
+
+  // --- Metadata API for a caller that does its own I/O (the server) ---
+
+  // Appends to *out the segments covering [offset, offset + length), coalesced.
+  absl::Status MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out) const;
+  // Allocates space for a write of [offset, offset + length). kResourceExhausted when the host
+  // volume is full; kUnavailable when a widened edge conflicts with another write in flight on
+  // the same sub-block (retry after some write finishes); kFailedPrecondition when read-only.
+  absl::StatusOr<WritePlan> PrepareWrite(uint64_t offset, uint64_t length);
+  // Records a prepared write once its data is written (succeeded) or abandons it.
+  void FinishWrite(const WritePlan& plan, bool succeeded);
+  // Marks the whole sub-blocks of [offset, offset + length) as reading zeros, without data.
+  // Sub-block-unaligned edges cannot be marked: they are appended to *data_ranges as
+  // (offset, length) for the caller to write as zero data (through PrepareWrite). With
+  // `may_trim` (no NBD NO_HOLE) a cluster left without data gives its space back; without it
+  // the space stays reserved, so later writes there cannot fail for lack of space.
+  absl::Status Zero(uint64_t offset, uint64_t length, bool may_trim,
+                    std::vector<std::pair<uint64_t, uint64_t>>* data_ranges);
+  // Discards [offset, offset + length): whole sub-blocks read as zeros afterwards and release
+  // their space; partial sub-blocks are left as they are (TRIM is advisory).
+  absl::Status Trim(uint64_t offset, uint64_t length);
+  // Makes every finished write durable: data synced, then the index journal appended and
+  // synced (FORMAT.md, "Durability").
+  absl::Status Flush();
+  // Appends block status of [offset, offset + length) to *out, merged into maximal runs.
+  absl::Status Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const;
+
+  // Freezes the active layer as snapshot `name` and puts a new empty active layer on top of it
+  // at the same path; the frozen layer moves to `<stem>@<name>.strata` beside it.
+  // REQUIRES: no write prepared and unfinished (the server drains first).
+  struct SnapshotResult {
+    std::string frozen_path;
+    Uuid frozen_uuid;
+  };
+  absl::StatusOr<SnapshotResult> Snapshot(absl::string_view name);
+
+  // --- Synchronous wrappers (offline tool, tests) ---
+  absl::Status Read(uint64_t offset, absl::Span<char> out) const;
+  absl::Status Write(uint64_t offset, absl::string_view data);
+  absl::Status WriteZeroes(uint64_t offset, uint64_t length, bool may_trim = true);
+
+ private:
+  Chain();
+  absl::Status CheckRange(uint64_t offset, uint64_t length) const;
+  absl::Status CheckWritable() const;
+  absl::Status ReadSegments(const std::vector<Segment>& segments, char* out) const;
+  void MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>* out) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Segment SegmentFor(uint64_t cluster, uint32_t sub_block, uint64_t offset, uint64_t length) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int FdOf(int position) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool WriteInFlightIn(uint64_t first_cluster, uint64_t end_cluster) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status MarkZero(uint64_t offset, uint64_t length, bool may_trim)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  struct Inflight;
+  Env* env_ = nullptr;
+  ChainOptions options_;
+  std::string top_path_;
+  uint64_t size_ = 0;
+  uint32_t cluster_size_ = 0;
+  uint32_t sub_block_size_ = 0;
+
+  absl::Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes Flush and Snapshot
+  mutable absl::Mutex mu_;
+  std::unique_ptr<RawBase> base_;                   // may be null
+  std::vector<std::unique_ptr<Layer>> frozen_;      // bottom-up, positions 1..N-1
+  std::unique_ptr<Layer> active_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<FlatView> view_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<Inflight> inflight_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace strata
+
+#endif  // STRATA_BLOCKSTORE_CHAIN_H_

@@ -1,0 +1,138 @@
+#include "blockstore/crash_env.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+
+namespace strata {
+namespace {
+
+class CrashFile final : public File {
+ public:
+  CrashFile(CrashEnv* env, std::unique_ptr<File> real)
+      : File(real->path()), env_(env), real_(std::move(real)) {}
+
+  absl::Status Read(uint64_t offset, size_t n, char* dst) const override {
+    return real_->Read(offset, n, dst);
+  }
+  absl::Status Write(uint64_t offset, absl::string_view data) override {
+    CrashEnv::Write w{offset, std::string(data), Previous(offset, data.size())};
+    if (auto s = real_->Write(offset, data); !s.ok()) return s;
+    env_->RecordWrite(path(), std::move(w));
+    return absl::OkStatus();
+  }
+  absl::Status Sync() override {
+    if (auto s = env_->RecordSync(path()); !s.ok()) return s;
+    return real_->Sync();
+  }
+  absl::Status Allocate(uint64_t offset, uint64_t length) override {
+    return real_->Allocate(offset, length);
+  }
+  absl::Status PunchHole(uint64_t offset, uint64_t length) override {
+    // Undone by a crash like a write of zeros.
+    CrashEnv::Write w{offset, std::string(length, '\0'), Previous(offset, length)};
+    if (auto s = real_->PunchHole(offset, length); !s.ok()) return s;
+    env_->RecordWrite(path(), std::move(w));
+    return absl::OkStatus();
+  }
+  absl::Status Truncate(uint64_t size) override { return real_->Truncate(size); }
+  absl::StatusOr<uint64_t> Size() const override { return real_->Size(); }
+  absl::StatusOr<uint64_t> AllocatedBytes() const override { return real_->AllocatedBytes(); }
+  int fd() const override { return real_->fd(); }
+
+ private:
+  std::string Previous(uint64_t offset, size_t n) const {
+    auto size = real_->Size();
+    if (!size.ok() || offset >= *size) return "";
+    std::string old(std::min<uint64_t>(n, *size - offset), '\0');
+    if (!real_->Read(offset, old.size(), old.data()).ok()) return "";
+    return old;
+  }
+
+  CrashEnv* env_;
+  std::unique_ptr<File> real_;
+};
+
+absl::Status WriteAt(const std::string& path, uint64_t offset, absl::string_view data) {
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "open", path);
+  ssize_t n = pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
+  close(fd);
+  if (n != static_cast<ssize_t>(data.size())) return ErrnoStatus(errno, "write", path);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<File>> CrashEnv::Open(const std::string& path,
+                                                     const OpenOptions& options) {
+  auto real = Env::Default()->Open(path, options);
+  if (!real.ok()) return real.status();
+  return std::make_unique<CrashFile>(this, std::move(*real));
+}
+
+absl::Status CrashEnv::Rename(const std::string& from, const std::string& to) {
+  absl::MutexLock lock(&mu_);
+  if (auto s = Env::Default()->Rename(from, to); !s.ok()) return s;
+  auto node = pending_.extract(from);
+  pending_.erase(to);
+  if (!node.empty()) {
+    node.key() = to;
+    pending_.insert(std::move(node));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CrashEnv::Remove(const std::string& path) {
+  absl::MutexLock lock(&mu_);
+  pending_.erase(path);
+  return Env::Default()->Remove(path);
+}
+
+void CrashEnv::RecordWrite(const std::string& path, Write write) {
+  absl::MutexLock lock(&mu_);
+  pending_[path].push_back(std::move(write));
+}
+
+absl::Status CrashEnv::RecordSync(const std::string& path) {
+  absl::MutexLock lock(&mu_);
+  if (failing_syncs_ > 0) {
+    --failing_syncs_;
+    return absl::DataLossError(absl::StrCat("fdatasync ", path, ": injected I/O error"));
+  }
+  pending_.erase(path);
+  return absl::OkStatus();
+}
+
+void CrashEnv::FailSyncs(int count) {
+  absl::MutexLock lock(&mu_);
+  failing_syncs_ = count;
+}
+
+void CrashEnv::Crash() {
+  absl::MutexLock lock(&mu_);
+  for (auto& [path, writes] : pending_) {
+    if (!Env::Default()->Exists(path)) continue;
+    // Back to the last synced state...
+    for (auto it = writes.rbegin(); it != writes.rend(); ++it) {
+      (void)WriteAt(path, it->offset, it->previous);
+      if (it->previous.size() < it->data.size()) {
+        // The write extended the file: what lay past the old end reads as zeros again.
+        (void)WriteAt(path, it->offset + it->previous.size(),
+                      std::string(it->data.size() - it->previous.size(), '\0'));
+      }
+    }
+    // ...then a random subset of what was not synced, some writes torn.
+    for (const Write& w : writes) {
+      uint64_t roll = rng_() % 4;
+      if (roll == 0) continue;  // lost
+      size_t keep = w.data.size();
+      if (roll == 1 && keep > 512) keep = (rng_() % (keep / 512)) * 512;  // torn
+      (void)WriteAt(path, w.offset, absl::string_view(w.data).substr(0, keep));
+    }
+  }
+  pending_.clear();
+}
+
+}  // namespace strata

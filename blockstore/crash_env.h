@@ -1,0 +1,62 @@
+// CrashEnv: an Env for tests that simulates power loss, like LevelDB's fault-injection Env.
+// Files are real; every write since a file's last Sync() is remembered with the bytes it
+// replaced. Crash() rolls every file back to its last synced state and then re-applies a
+// random subset of the unsynced writes, in order, some torn at a 512-byte boundary: any state
+// a disk with a volatile cache may leave. Directory operations and size changes (allocate,
+// truncate) count as durable at once, a simplification stated in FORMAT.md.
+#ifndef STRATA_BLOCKSTORE_CRASH_ENV_H_
+#define STRATA_BLOCKSTORE_CRASH_ENV_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "blockstore/file.h"
+
+namespace strata {
+
+class CrashEnv : public Env {
+ public:
+  explicit CrashEnv(uint64_t seed) : rng_(seed) {}
+
+  absl::StatusOr<std::unique_ptr<File>> Open(const std::string& path,
+                                             const OpenOptions& options) override;
+  absl::Status Rename(const std::string& from, const std::string& to) override;
+  absl::Status Link(const std::string& from, const std::string& to) override {
+    return Env::Default()->Link(from, to);
+  }
+  absl::Status Remove(const std::string& path) override;
+  bool Exists(const std::string& path) override { return Env::Default()->Exists(path); }
+  absl::Status SyncDir(const std::string& dir) override { return Env::Default()->SyncDir(dir); }
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) override {
+    return Env::Default()->ListDir(dir);
+  }
+
+  // REQUIRES: every File opened through this Env is closed.
+  void Crash();
+  // Makes the next `count` Sync() calls fail (then Syncs work again): a dying disk.
+  void FailSyncs(int count);
+
+  // Internal, for CrashFile.
+  struct Write {
+    uint64_t offset;
+    std::string data;      // what was written
+    std::string previous;  // what it replaced (shorter if past the old end)
+  };
+  void RecordWrite(const std::string& path, Write write);
+  absl::Status RecordSync(const std::string& path);
+
+ private:
+  absl::Mutex mu_;
+  std::map<std::string, std::vector<Write>> pending_ ABSL_GUARDED_BY(mu_);
+  std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
+  int failing_syncs_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace strata
+
+#endif  // STRATA_BLOCKSTORE_CRASH_ENV_H_

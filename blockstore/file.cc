@@ -1,0 +1,204 @@
+#include "blockstore/file.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+
+namespace strata {
+
+absl::Status ErrnoStatus(int err, absl::string_view op, absl::string_view path, int64_t offset) {
+  std::string where = offset >= 0 ? absl::StrCat(path, " @ ", offset) : std::string(path);
+  if (err == ENOSPC || err == EDQUOT) {
+    return absl::ResourceExhaustedError(absl::StrCat(op, " ", where, ": host volume full"));
+  }
+  return absl::ErrnoToStatus(err, absl::StrCat(op, " ", where));
+}
+
+std::string DirName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+std::string BaseName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+std::string ResolvePath(const std::string& dir, const std::string& relative) {
+  if (!relative.empty() && relative[0] == '/') return relative;
+  return dir + "/" + relative;
+}
+
+std::string ParentLink(const std::string& child_dir, const std::string& parent) {
+  if (DirName(parent) == child_dir) return BaseName(parent);
+  char* real = realpath(parent.c_str(), nullptr);
+  std::string abs = real ? real : parent;
+  free(real);
+  return abs;
+}
+
+namespace {
+
+class PosixFile final : public File {
+ public:
+  PosixFile(std::string path, int fd) : File(std::move(path)), fd_(fd) {}
+  ~PosixFile() override { close(fd_); }
+
+  absl::Status Read(uint64_t offset, size_t n, char* dst) const override {
+    size_t done = 0;
+    while (done < n) {
+      ssize_t r = pread(fd_, dst + done, n - done, static_cast<off_t>(offset + done));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus(errno, "read", path(), static_cast<int64_t>(offset + done));
+      }
+      if (r == 0) {
+        return absl::DataLossError(absl::StrCat("read ", path(), " @ ", offset + done,
+                                                ": truncated (", n - done, " bytes missing)"));
+      }
+      done += static_cast<size_t>(r);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Write(uint64_t offset, absl::string_view data) override {
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t r = pwrite(fd_, data.data() + done, data.size() - done,
+                         static_cast<off_t>(offset + done));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus(errno, "write", path(), static_cast<int64_t>(offset + done));
+      }
+      done += static_cast<size_t>(r);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Sync() override {
+    if (fdatasync(fd_) != 0) return ErrnoStatus(errno, "fdatasync", path());
+    return absl::OkStatus();
+  }
+
+  absl::Status Allocate(uint64_t offset, uint64_t length) override {
+    int r = fallocate(fd_, 0, static_cast<off_t>(offset), static_cast<off_t>(length));
+    if (r != 0 && errno == EOPNOTSUPP) {
+      // tmpfs and some network file systems lack fallocate: growing the size is enough there.
+      auto size = Size();
+      if (!size.ok()) return size.status();
+      if (*size >= offset + length) return absl::OkStatus();
+      r = ftruncate(fd_, static_cast<off_t>(offset + length));
+    }
+    if (r != 0) return ErrnoStatus(errno, "fallocate", path(), static_cast<int64_t>(offset));
+    return absl::OkStatus();
+  }
+
+  absl::Status PunchHole(uint64_t offset, uint64_t length) override {
+    if (fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                  static_cast<off_t>(length)) != 0) {
+      return ErrnoStatus(errno, "punch hole", path(), static_cast<int64_t>(offset));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Truncate(uint64_t size) override {
+    if (ftruncate(fd_, static_cast<off_t>(size)) != 0) {
+      return ErrnoStatus(errno, "truncate", path(), static_cast<int64_t>(size));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<uint64_t> Size() const override {
+    struct stat st;
+    if (fstat(fd_, &st) != 0) return ErrnoStatus(errno, "stat", path());
+    if (S_ISBLK(st.st_mode)) {
+      off_t end = lseek(fd_, 0, SEEK_END);
+      if (end < 0) return ErrnoStatus(errno, "seek", path());
+      return static_cast<uint64_t>(end);
+    }
+    return static_cast<uint64_t>(st.st_size);
+  }
+
+  absl::StatusOr<uint64_t> AllocatedBytes() const override {
+    struct stat st;
+    if (fstat(fd_, &st) != 0) return ErrnoStatus(errno, "stat", path());
+    return static_cast<uint64_t>(st.st_blocks) * 512;
+  }
+
+  int fd() const override { return fd_; }
+
+ private:
+  int fd_;
+};
+
+class PosixEnv final : public Env {
+ public:
+  absl::StatusOr<std::unique_ptr<File>> Open(const std::string& path,
+                                             const OpenOptions& options) override {
+    int flags = O_CLOEXEC | (options.writable ? O_RDWR : O_RDONLY);
+    if (options.create) flags |= O_CREAT | O_EXCL;
+    if (options.direct_io) flags |= O_DIRECT;
+    int fd = open(path.c_str(), flags, 0644);
+    if (fd < 0) return ErrnoStatus(errno, "open", path);
+    return std::make_unique<PosixFile>(path, fd);
+  }
+
+  absl::Status Rename(const std::string& from, const std::string& to) override {
+    if (rename(from.c_str(), to.c_str()) != 0) {
+      return ErrnoStatus(errno, "rename", absl::StrCat(from, " -> ", to));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Link(const std::string& from, const std::string& to) override {
+    if (link(from.c_str(), to.c_str()) != 0) {
+      return ErrnoStatus(errno, "link", absl::StrCat(from, " -> ", to));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status Remove(const std::string& path) override {
+    if (unlink(path.c_str()) != 0 && errno != ENOENT) return ErrnoStatus(errno, "remove", path);
+    return absl::OkStatus();
+  }
+
+  bool Exists(const std::string& path) override { return access(path.c_str(), F_OK) == 0; }
+
+  absl::Status SyncDir(const std::string& dir) override {
+    int fd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return ErrnoStatus(errno, "open directory", dir);
+    int r = fsync(fd);
+    int err = errno;
+    close(fd);
+    if (r != 0) return ErrnoStatus(err, "fsync directory", dir);
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) override {
+    DIR* d = opendir(dir.c_str());
+    if (d == nullptr) return ErrnoStatus(errno, "list directory", dir);
+    std::vector<std::string> names;
+    while (dirent* e = readdir(d)) {
+      if (e->d_type == DT_REG || e->d_type == DT_UNKNOWN) names.emplace_back(e->d_name);
+    }
+    closedir(d);
+    return names;
+  }
+};
+
+}  // namespace
+
+Env* Env::Default() {
+  static PosixEnv env;
+  return &env;
+}
+
+}  // namespace strata

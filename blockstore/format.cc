@@ -1,0 +1,225 @@
+#include "blockstore/format.h"
+
+#include <sys/random.h>
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "blockstore/coding.h"
+#include "blockstore/crc32c.h"
+
+namespace strata {
+namespace {
+
+// Header field offsets; FORMAT.md lists the same table.
+constexpr size_t kOffMagic = 0, kOffVersion = 8, kOffHeaderSize = 12, kOffSequence = 16,
+                 kOffVirtualSize = 24, kOffClusterSize = 32, kOffSubBlockSize = 36,
+                 kOffUuid = 40, kOffParentUuid = 56, kOffState = 72, kOffParentFormat = 76,
+                 kOffParentSize = 80, kOffCreated = 88, kOffFrozen = 96, kOffTableOffset = 104,
+                 kOffTableEntries = 112, kOffTableCrc = 120, kOffJournalOffset = 128,
+                 kOffJournalSize = 136, kOffJournalStartSeq = 144, kOffParentPathLen = 152,
+                 kOffNameLen = 154, kOffParentPath = 256, kOffName = 1280,
+                 kOffHeaderCrc = kHeaderBlockSize - 4;
+static_assert(kOffParentPath + kMaxParentPathLength <= kOffName);
+static_assert(kOffName + kMaxSnapshotNameLength < kOffHeaderCrc);
+
+// Journal record field offsets.
+constexpr size_t kRecCrc = 0, kRecKind = 4, kRecSequence = 8, kRecCluster = 16, kRecSlot = 20,
+                 kRecPresent = 24, kRecZero = 28;
+static_assert(kRecZero + 4 == kJournalRecordSize);
+
+bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+}  // namespace
+
+absl::string_view Name(LayerState state) {
+  switch (state) {
+    case LayerState::kActive: return "active";
+    case LayerState::kFrozen: return "frozen";
+  }
+  return "unknown";
+}
+
+absl::string_view Name(ParentFormat format) {
+  switch (format) {
+    case ParentFormat::kNone: return "none";
+    case ParentFormat::kRaw: return "raw";
+    case ParentFormat::kStrata: return "strata";
+  }
+  return "unknown";
+}
+
+absl::Status ParseParentFormat(absl::string_view text, ParentFormat* format) {
+  if (text == "raw") {
+    *format = ParentFormat::kRaw;
+  } else if (text == "strata") {
+    *format = ParentFormat::kStrata;
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown parent format '", text, "' (expected raw or strata)"));
+  }
+  return absl::OkStatus();
+}
+
+std::string UuidToString(const Uuid& u) {
+  return absl::StrFormat("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                         u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11],
+                         u[12], u[13], u[14], u[15]);
+}
+
+Uuid NewUuid() {
+  Uuid u;
+  size_t got = 0;
+  while (got < u.size()) {
+    ssize_t n = getrandom(u.data() + got, u.size() - got, 0);
+    if (n > 0) got += static_cast<size_t>(n);
+  }
+  u[6] = (u[6] & 0x0f) | 0x40;  // version 4
+  u[8] = (u[8] & 0x3f) | 0x80;  // RFC 4122 variant
+  return u;
+}
+
+void LayerHeader::EncodeTo(std::string* dst) const {
+  std::string block(kHeaderBlockSize, '\0');
+  char* p = block.data();
+  std::memcpy(p + kOffMagic, kLayerMagic, sizeof(kLayerMagic));
+  EncodeFixed32(p + kOffVersion, kFormatVersion);
+  EncodeFixed32(p + kOffHeaderSize, kHeaderBlockSize);
+  EncodeFixed64(p + kOffSequence, sequence);
+  EncodeFixed64(p + kOffVirtualSize, virtual_size);
+  EncodeFixed32(p + kOffClusterSize, cluster_size);
+  EncodeFixed32(p + kOffSubBlockSize, sub_block_size);
+  std::memcpy(p + kOffUuid, uuid.data(), 16);
+  std::memcpy(p + kOffParentUuid, parent_uuid.data(), 16);
+  EncodeFixed32(p + kOffState, static_cast<uint32_t>(state));
+  EncodeFixed32(p + kOffParentFormat, static_cast<uint32_t>(parent_format));
+  EncodeFixed64(p + kOffParentSize, parent_size);
+  EncodeFixed64(p + kOffCreated, static_cast<uint64_t>(created_ns));
+  EncodeFixed64(p + kOffFrozen, static_cast<uint64_t>(frozen_ns));
+  EncodeFixed64(p + kOffTableOffset, table_offset);
+  EncodeFixed64(p + kOffTableEntries, table_entries);
+  EncodeFixed32(p + kOffTableCrc, table_crc);
+  EncodeFixed64(p + kOffJournalOffset, journal_offset);
+  EncodeFixed64(p + kOffJournalSize, journal_size);
+  EncodeFixed64(p + kOffJournalStartSeq, journal_start_seq);
+  EncodeFixed16(p + kOffParentPathLen, static_cast<uint16_t>(parent_path.size()));
+  EncodeFixed16(p + kOffNameLen, static_cast<uint16_t>(snapshot_name.size()));
+  std::memcpy(p + kOffParentPath, parent_path.data(), parent_path.size());
+  std::memcpy(p + kOffName, snapshot_name.data(), snapshot_name.size());
+  EncodeFixed32(p + kOffHeaderCrc, crc32c::Mask(crc32c::Value(p, kOffHeaderCrc)));
+  *dst = std::move(block);
+}
+
+absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
+  if (block.size() != kHeaderBlockSize) {
+    return absl::DataLossError(absl::StrCat("truncated header (", block.size(), " bytes)"));
+  }
+  const char* p = block.data();
+  if (std::memcmp(p + kOffMagic, kLayerMagic, sizeof(kLayerMagic)) != 0) {
+    return absl::DataLossError("bad magic: not a strata layer");
+  }
+  uint32_t stored = crc32c::Unmask(DecodeFixed32(p + kOffHeaderCrc));
+  if (stored != crc32c::Value(p, kOffHeaderCrc)) {
+    return absl::DataLossError("header checksum mismatch");
+  }
+  uint32_t version = DecodeFixed32(p + kOffVersion);
+  if (version != kFormatVersion) {
+    return absl::UnimplementedError(absl::StrCat("unsupported format version ", version));
+  }
+  sequence = DecodeFixed64(p + kOffSequence);
+  virtual_size = DecodeFixed64(p + kOffVirtualSize);
+  cluster_size = DecodeFixed32(p + kOffClusterSize);
+  sub_block_size = DecodeFixed32(p + kOffSubBlockSize);
+  std::memcpy(uuid.data(), p + kOffUuid, 16);
+  std::memcpy(parent_uuid.data(), p + kOffParentUuid, 16);
+  uint32_t raw_state = DecodeFixed32(p + kOffState);
+  uint32_t raw_format = DecodeFixed32(p + kOffParentFormat);
+  parent_size = DecodeFixed64(p + kOffParentSize);
+  created_ns = static_cast<int64_t>(DecodeFixed64(p + kOffCreated));
+  frozen_ns = static_cast<int64_t>(DecodeFixed64(p + kOffFrozen));
+  table_offset = DecodeFixed64(p + kOffTableOffset);
+  table_entries = DecodeFixed64(p + kOffTableEntries);
+  table_crc = DecodeFixed32(p + kOffTableCrc);
+  journal_offset = DecodeFixed64(p + kOffJournalOffset);
+  journal_size = DecodeFixed64(p + kOffJournalSize);
+  journal_start_seq = DecodeFixed64(p + kOffJournalStartSeq);
+  uint16_t path_len = DecodeFixed16(p + kOffParentPathLen);
+  uint16_t name_len = DecodeFixed16(p + kOffNameLen);
+
+  // A header with a valid CRC can still carry values this code cannot use (written by a
+  // buggy or newer writer): reject them here so nothing below trusts them.
+  if (!IsPowerOfTwo(cluster_size) || cluster_size < kMinClusterSize ||
+      cluster_size > kMaxClusterSize || !IsPowerOfTwo(sub_block_size) ||
+      sub_block_size < kMinSubBlockSize || sub_block_size > cluster_size ||
+      cluster_size / sub_block_size > kMaxSubBlocksPerCluster) {
+    return absl::DataLossError(absl::StrCat("bad geometry: cluster size ", cluster_size,
+                                            ", sub-block size ", sub_block_size));
+  }
+  if (raw_state != static_cast<uint32_t>(LayerState::kActive) &&
+      raw_state != static_cast<uint32_t>(LayerState::kFrozen)) {
+    return absl::DataLossError(absl::StrCat("bad state ", raw_state));
+  }
+  if (raw_format > static_cast<uint32_t>(ParentFormat::kStrata)) {
+    return absl::DataLossError(absl::StrCat("bad parent format ", raw_format));
+  }
+  if (path_len > kMaxParentPathLength || name_len > kMaxSnapshotNameLength) {
+    return absl::DataLossError("parent path or snapshot name too long");
+  }
+  if (journal_size % kJournalBlockSize != 0 || journal_offset % kJournalBlockSize != 0 ||
+      journal_offset < 2 * kHeaderBlockSize) {
+    return absl::DataLossError("bad journal region");
+  }
+  state = static_cast<LayerState>(raw_state);
+  parent_format = static_cast<ParentFormat>(raw_format);
+  parent_path.assign(p + kOffParentPath, path_len);
+  snapshot_name.assign(p + kOffName, name_len);
+  return absl::OkStatus();
+}
+
+void JournalRecord::EncodeTo(char* dst) const {
+  std::memset(dst, 0, kJournalRecordSize);
+  EncodeFixed16(dst + kRecKind, static_cast<uint16_t>(kind));
+  EncodeFixed64(dst + kRecSequence, sequence);
+  EncodeFixed32(dst + kRecCluster, cluster);
+  EncodeFixed32(dst + kRecSlot, entry.slot);
+  EncodeFixed32(dst + kRecPresent, entry.present);
+  EncodeFixed32(dst + kRecZero, entry.zero);
+  uint32_t crc = crc32c::Value(dst + 4, kJournalRecordSize - 4);
+  EncodeFixed32(dst + kRecCrc, crc32c::Mask(crc));
+}
+
+absl::Status JournalRecord::DecodeFrom(const char* src) {
+  uint32_t stored = crc32c::Unmask(DecodeFixed32(src + kRecCrc));
+  if (stored != crc32c::Value(src + 4, kJournalRecordSize - 4)) {
+    return absl::DataLossError("journal record checksum mismatch");
+  }
+  uint16_t raw_kind = DecodeFixed16(src + kRecKind);
+  if (raw_kind != static_cast<uint16_t>(RecordKind::kPad) &&
+      raw_kind != static_cast<uint16_t>(RecordKind::kCluster)) {
+    return absl::DataLossError(absl::StrCat("bad journal record kind ", raw_kind));
+  }
+  kind = static_cast<RecordKind>(raw_kind);
+  sequence = DecodeFixed64(src + kRecSequence);
+  cluster = DecodeFixed32(src + kRecCluster);
+  entry.slot = DecodeFixed32(src + kRecSlot);
+  entry.present = DecodeFixed32(src + kRecPresent);
+  entry.zero = DecodeFixed32(src + kRecZero);
+  return absl::OkStatus();
+}
+
+void EncodeTableEntry(uint32_t cluster, const ClusterEntry& entry, char* dst) {
+  EncodeFixed32(dst, cluster);
+  EncodeFixed32(dst + 4, entry.slot);
+  EncodeFixed32(dst + 8, entry.present);
+  EncodeFixed32(dst + 12, entry.zero);
+}
+
+void DecodeTableEntry(const char* src, uint32_t* cluster, ClusterEntry* entry) {
+  *cluster = DecodeFixed32(src);
+  entry->slot = DecodeFixed32(src + 4);
+  entry->present = DecodeFixed32(src + 8);
+  entry->zero = DecodeFixed32(src + 12);
+}
+
+}  // namespace strata

@@ -1,0 +1,125 @@
+// Layer file format shared by reader and writer. See FORMAT.md for the byte grammar, a worked
+// example and the design trade-offs. Every multi-byte integer is little-endian (coding.h).
+#ifndef STRATA_BLOCKSTORE_FORMAT_H_
+#define STRATA_BLOCKSTORE_FORMAT_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+
+namespace strata {
+
+// "STRATA" + 0x00 + 0x4c ('L'ayer): eight bytes no text file or raw disk image starts with by
+// accident, and `file` / `head -c8` show it readably.
+inline constexpr char kLayerMagic[8] = {'S', 'T', 'R', 'A', 'T', 'A', '\0', 'L'};
+inline constexpr uint32_t kFormatVersion = 1;
+
+// Two header copies, each one 4 KiB block at the start of the file (VHDX does the same): a
+// torn header write leaves the other copy valid, and the copy with the higher sequence wins.
+inline constexpr uint64_t kHeaderBlockSize = 4096;
+inline constexpr uint64_t kHeaderCopyOffset[2] = {0, kHeaderBlockSize};
+
+// Limits. Sub-block masks are 32 bits in the index, so a cluster holds at most 32 sub-blocks;
+// a slot number is 32 bits, so a layer file spans at most 2^32 clusters (256 TiB at 64 KiB).
+inline constexpr uint32_t kMaxSubBlocksPerCluster = 32;
+inline constexpr uint32_t kMinClusterSize = 8192;        // both header copies fit in slot 0
+inline constexpr uint32_t kMaxClusterSize = 2u << 20;    // 2 MiB
+inline constexpr uint32_t kMinSubBlockSize = 512;
+inline constexpr uint32_t kDefaultClusterSize = 64 << 10;
+inline constexpr uint32_t kDefaultSubBlockSize = 4 << 10;
+inline constexpr size_t kMaxParentPathLength = 1024;
+inline constexpr size_t kMaxSnapshotNameLength = 255;
+
+// Journal: 32-byte records in 4 KiB blocks. A flush appends whole blocks only, so it never
+// rewrites a block holding records an earlier flush made durable (a torn write could destroy
+// them). 8 MiB holds 2048 flushes' worth of blocks before a checkpoint empties it.
+inline constexpr uint64_t kJournalBlockSize = 4096;
+inline constexpr uint64_t kJournalRecordSize = 32;
+inline constexpr uint64_t kRecordsPerJournalBlock = kJournalBlockSize / kJournalRecordSize;
+inline constexpr uint64_t kDefaultJournalSize = 8 << 20;
+
+// Checkpoint table: an array of kTableEntrySize-byte entries sorted by cluster, whose CRC32C is
+// in the header.
+inline constexpr uint64_t kTableEntrySize = 16;
+
+// An offline merge (commit) into layer L keeps its progress in L's path + ".merge" until it
+// completes (merge.h); any chain holding L refuses to open while it exists.
+inline std::string MergeJournalPath(const std::string& layer_path) {
+  return layer_path + ".merge";
+}
+
+enum class LayerState : uint32_t { kActive = 1, kFrozen = 2 };
+enum class ParentFormat : uint32_t { kNone = 0, kRaw = 1, kStrata = 2 };
+absl::string_view Name(LayerState state);
+absl::string_view Name(ParentFormat format);
+// Parses "raw" / "strata" (as `-F` takes them).
+absl::Status ParseParentFormat(absl::string_view text, ParentFormat* format);
+
+using Uuid = std::array<uint8_t, 16>;
+std::string UuidToString(const Uuid& uuid);
+Uuid NewUuid();  // random (version 4)
+inline bool IsNil(const Uuid& uuid) { return uuid == Uuid{}; }
+
+// One header copy (kHeaderBlockSize bytes on disk; FORMAT.md has the offsets).
+struct LayerHeader {
+  uint64_t sequence = 0;            // higher wins between the two copies
+  uint64_t virtual_size = 0;        // bytes
+  uint32_t cluster_size = kDefaultClusterSize;
+  uint32_t sub_block_size = kDefaultSubBlockSize;
+  Uuid uuid{};
+  Uuid parent_uuid{};               // nil when the parent is raw or absent
+  LayerState state = LayerState::kActive;
+  ParentFormat parent_format = ParentFormat::kNone;
+  uint64_t parent_size = 0;         // the parent's virtual size when this layer was created
+  int64_t created_ns = 0;           // unix time
+  int64_t frozen_ns = 0;            // unix time of the snapshot; 0 while active
+  uint64_t table_offset = 0;        // checkpoint table, 0 = none
+  uint64_t table_entries = 0;
+  uint32_t table_crc = 0;           // CRC32C of the whole table
+  uint64_t journal_offset = 0;      // journal region
+  uint64_t journal_size = 0;
+  uint64_t journal_start_seq = 0;   // first record sequence the journal may hold
+  std::string parent_path;          // relative to this layer's directory (or absolute)
+  std::string snapshot_name;        // set when frozen as a named snapshot
+
+  // Writes exactly kHeaderBlockSize bytes, CRC included.
+  void EncodeTo(std::string* dst) const;
+  // REQUIRES: block holds kHeaderBlockSize bytes. Checks magic, version, CRC and field ranges.
+  absl::Status DecodeFrom(absl::string_view block);
+  uint32_t SubBlocksPerCluster() const { return cluster_size / sub_block_size; }
+};
+
+// The index of one layer for one virtual cluster. A sub-block is in exactly one of three
+// states: present (data at slot * cluster_size + sub_block * sub_block_size), zero (reads as
+// zeros, no data), or absent (the layer below answers). `slot` 0 means no data slot.
+struct ClusterEntry {
+  uint32_t slot = 0;
+  uint32_t present = 0;
+  uint32_t zero = 0;
+  bool empty() const { return slot == 0 && present == 0 && zero == 0; }
+  bool operator==(const ClusterEntry&) const = default;
+};
+
+// A journal record: cluster `cluster` of this layer now has `entry`. Records with kind kPad
+// fill the rest of a block. Sequence numbers are contiguous from journal_start_seq; replay
+// stops at the first record whose CRC or sequence does not match.
+enum class RecordKind : uint16_t { kPad = 1, kCluster = 2 };
+struct JournalRecord {
+  RecordKind kind = RecordKind::kCluster;
+  uint64_t sequence = 0;
+  uint32_t cluster = 0;
+  ClusterEntry entry;
+  void EncodeTo(char* dst) const;                      // kJournalRecordSize bytes
+  absl::Status DecodeFrom(const char* src);            // kDataLoss on CRC mismatch
+};
+
+// A checkpoint table entry.
+void EncodeTableEntry(uint32_t cluster, const ClusterEntry& entry, char* dst);
+void DecodeTableEntry(const char* src, uint32_t* cluster, ClusterEntry* entry);
+
+}  // namespace strata
+
+#endif  // STRATA_BLOCKSTORE_FORMAT_H_

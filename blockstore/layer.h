@@ -1,0 +1,174 @@
+// Layer: one layer file (format.h, FORMAT.md) open in memory: its header, its cluster index,
+// its slot allocator, and the journal + checkpoint machinery that makes index changes durable.
+//
+// Design note. The index lives in memory (ClusterTable). Changes are marked dirty; a flush
+// (PrepareFlush under the owner's lock, WriteFlush without it, FinishFlush under it again)
+// appends the dirty entries to the journal, or, when the journal is full, writes a checkpoint
+// table and switches the header. Slots (cluster-sized units of the file) come from a free list
+// and then from preallocated extents at the end of the file; a slot freed by a zero/trim is
+// reused only after the index change that freed it is durable, so no durable index entry can
+// ever point at another cluster's bytes.
+//
+// Not thread-safe: the owner serializes calls (Chain's mutex; flushes additionally serialized
+// among themselves). REQUIRES for mutations: the layer is open writable and active.
+#ifndef STRATA_BLOCKSTORE_LAYER_H_
+#define STRATA_BLOCKSTORE_LAYER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "blockstore/cluster_table.h"
+#include "blockstore/file.h"
+#include "blockstore/format.h"
+
+namespace strata {
+
+struct LayerCreateParams {
+  uint64_t virtual_size = 0;
+  uint32_t cluster_size = kDefaultClusterSize;
+  uint32_t sub_block_size = kDefaultSubBlockSize;
+  ParentFormat parent_format = ParentFormat::kNone;
+  std::string parent_path;      // as stored: relative to the layer's directory
+  Uuid parent_uuid{};
+  uint64_t parent_size = 0;
+  uint64_t journal_size = kDefaultJournalSize;
+};
+
+// What one flush writes, captured under the owner's lock (see the design note).
+struct FlushBatch {
+  std::vector<std::pair<uint32_t, ClusterEntry>> records;  // dirty entries, or the whole index
+  bool checkpoint = false;                                 // records is the whole index
+  uint32_t table_slot = 0;                                 // checkpoint: where the table goes
+  uint32_t table_slots = 0;
+  uint32_t old_table_slot = 0;                             // freed by a checkpoint
+  uint32_t old_table_slots = 0;
+  std::vector<uint32_t> freed_slots;                       // reusable once durable
+};
+
+// Reads and checks only the header of the layer at `path` (the valid copy with the higher
+// sequence); *copy, if given, receives which copy that was.
+absl::StatusOr<LayerHeader> ReadLayerHeader(File* file, int* copy = nullptr);
+absl::StatusOr<LayerHeader> ReadLayerHeader(Env* env, const std::string& path);
+
+class Layer {
+ public:
+  // Creates a new active layer file (fails if it exists) and makes it durable.
+  static absl::StatusOr<std::unique_ptr<Layer>> Create(Env* env, const std::string& path,
+                                                       const LayerCreateParams& params);
+  // Opens a layer: reads both headers, the checkpoint table and replays the journal. A
+  // writable open of a layer whose journal holds records checkpoints at once, so appends
+  // always start on a clean block boundary. kWritable requires an active layer; kMergeTarget
+  // also opens a frozen one, for an offline commit into it.
+  enum class Mode { kReadOnly, kWritable, kMergeTarget };
+  static absl::StatusOr<std::unique_ptr<Layer>> Open(Env* env, const std::string& path, Mode mode,
+                                                     bool direct_io = false);
+  ~Layer();
+
+  const LayerHeader& header() const { return header_; }
+  const std::string& path() const { return file_->path(); }
+  void set_path(std::string path) { path_override_ = std::move(path); }
+  const std::string& display_path() const {
+    return path_override_.empty() ? file_->path() : path_override_;
+  }
+  File* file() const { return file_.get(); }
+  // The descriptor segments name for data I/O (O_DIRECT when opened so).
+  int data_fd() const { return data_file_ ? data_file_->fd() : file_->fd(); }
+  bool writable() const { return writable_; }
+  uint32_t cluster_size() const { return header_.cluster_size; }
+  uint32_t sub_block_size() const { return header_.sub_block_size; }
+  uint64_t DataOffset(uint32_t slot, uint32_t sub_block) const {
+    return uint64_t{slot} * header_.cluster_size + uint64_t{sub_block} * header_.sub_block_size;
+  }
+
+  // --- Index ---
+  ClusterEntry Get(uint64_t cluster) const { return index_.Get(cluster); }
+  const ClusterTable<ClusterEntry>& index() const { return index_; }
+  // Number of data slots referenced by the index.
+  uint64_t referenced_slots() const { return referenced_slots_; }
+  // Drops the in-memory index of a frozen layer once the chain flattened it.
+  void ReleaseIndex() { index_.Clear(); }
+
+  // --- Mutation ---
+  // A slot for new data: a durable-free slot or the next one of the preallocated extent, the
+  // file grown by a new extent when needed. kResourceExhausted when the volume is full.
+  absl::StatusOr<uint32_t> AllocateSlot();
+  // Sets the entry of `cluster`, marks it dirty, and queues a slot it no longer references
+  // for freeing after the next flush.
+  void SetEntry(uint64_t cluster, const ClusterEntry& entry);
+
+  // Flush in three steps (see the design note). Data must be synced between PrepareFlush and
+  // WriteFlush (Chain::Flush does it) for entries captured to point at durable data.
+  absl::StatusOr<FlushBatch> PrepareFlush();
+  absl::Status WriteFlush(const FlushBatch& batch);
+  // Frees what the batch freed once it is durable (ok), or marks its entries dirty again.
+  void FinishFlush(const FlushBatch& batch, bool ok);
+  // All three steps plus the data sync, for single-threaded callers.
+  absl::Status Flush();
+
+  // Flushes, then marks the layer frozen under `name` at `frozen_ns` (header switch).
+  absl::Status Freeze(const std::string& name, int64_t frozen_ns);
+  // Rewrites the header (the other copy, sequence + 1) after `edit` changed it, and syncs.
+  absl::Status UpdateHeader(const std::function<void(LayerHeader*)>& edit);
+
+  // First slot after the header and journal region.
+  uint32_t first_data_slot() const { return first_data_slot_; }
+  // Slots below this are referenced, on a free list, or the checkpoint table.
+  uint64_t high_water() const { return high_water_; }
+  uint64_t cluster_count() const {
+    return (header_.virtual_size + header_.cluster_size - 1) / header_.cluster_size;
+  }
+  // Where the journal replay stopped (bytes into the journal), for `check`.
+  uint64_t journal_tail() const { return journal_tail_; }
+  // Data-area slots below high_water() that hold no data and are not the checkpoint table.
+  std::vector<uint32_t> UnreferencedSlots() const;
+  uint32_t table_slot() const;   // first slot of the checkpoint table
+  uint32_t table_slots() const;  // its length in slots (0: no table)
+
+ private:
+  Layer() = default;
+  absl::Status LoadTable();
+  absl::Status ReplayJournal();
+  absl::Status RebuildAllocator();
+  absl::Status GrowExtent();
+  absl::Status WriteHeader();
+  absl::Status WriteCheckpoint(const FlushBatch& batch);
+  absl::Status ValidateEntry(uint64_t cluster, const ClusterEntry& entry) const;
+  absl::Status Corrupt(absl::string_view what) const;
+  absl::Status AppendJournal(const FlushBatch& batch);
+  uint32_t SlotsFor(uint64_t bytes) const {
+    return static_cast<uint32_t>((bytes + header_.cluster_size - 1) / header_.cluster_size);
+  }
+
+  std::unique_ptr<File> file_;
+  std::unique_ptr<File> data_file_;  // O_DIRECT twin when direct_io
+  std::string path_override_;
+  bool writable_ = false;
+  LayerHeader header_;
+  int current_header_copy_ = 0;
+
+  ClusterTable<ClusterEntry> index_;
+  uint64_t referenced_slots_ = 0;
+  absl::flat_hash_set<uint32_t> dirty_;
+
+  // Allocator.
+  uint32_t first_data_slot_ = 0;
+  uint64_t high_water_ = 0;   // slots below are in use or on a free list
+  uint64_t end_slot_ = 0;     // slots below are allocated on the host volume
+  std::vector<uint32_t> free_slots_;
+  std::vector<uint32_t> pending_free_;
+
+  // Journal (touched only by the flush path).
+  uint64_t journal_tail_ = 0;  // bytes used
+  uint64_t next_seq_ = 0;
+  bool force_checkpoint_ = false;
+};
+
+}  // namespace strata
+
+#endif  // STRATA_BLOCKSTORE_LAYER_H_

@@ -1,0 +1,117 @@
+#include "blockstore/snapshot_files.h"
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "blockstore/file.h"
+#include "blockstore/layer.h"
+
+namespace strata {
+namespace {
+
+std::string PendingPath(const std::string& top_path) {
+  return absl::StrCat(DirName(top_path), "/.", BaseName(top_path), ".new");
+}
+
+std::string Stem(const std::string& top_path) {
+  std::string base = BaseName(top_path);
+  if (absl::EndsWith(base, ".strata")) base.resize(base.size() - 7);
+  return base;
+}
+
+}  // namespace
+
+absl::Status ValidateSnapshotName(absl::string_view name) {
+  bool ok = !name.empty() && name.size() <= 64 && name[0] != '.';
+  for (char c : name) {
+    ok = ok && (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
+                c == '-');
+  }
+  if (!ok) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "bad snapshot name '", name, "': use 1-64 of A-Z a-z 0-9 . _ -, not starting with '.'"));
+  }
+  return absl::OkStatus();
+}
+
+std::string SnapshotPath(const std::string& top_path, absl::string_view name) {
+  return absl::StrCat(DirName(top_path), "/", Stem(top_path), "@", name, ".strata");
+}
+
+absl::StatusOr<std::string> FreezeAndStack(Env* env, Layer* active, const std::string& top_path,
+                                           const std::string& name, int64_t frozen_ns) {
+  std::string frozen_path = SnapshotPath(top_path, name);
+  std::string pending = PendingPath(top_path);
+  if (env->Exists(frozen_path)) {
+    return absl::AlreadyExistsError(absl::StrCat("snapshot file ", frozen_path, " exists"));
+  }
+  const LayerHeader& h = active->header();
+  LayerCreateParams params;
+  params.virtual_size = h.virtual_size;
+  params.cluster_size = h.cluster_size;
+  params.sub_block_size = h.sub_block_size;
+  params.parent_format = ParentFormat::kStrata;
+  params.parent_path = BaseName(frozen_path);
+  params.parent_uuid = h.uuid;
+  params.parent_size = h.virtual_size;
+  params.journal_size = h.journal_size;
+  (void)env->Remove(pending);  // left by a crash before step 2 (RecoverInterruptedSnapshot)
+  // Step 1.
+  auto next = Layer::Create(env, pending, params);
+  if (!next.ok()) return next.status();
+  next->reset();
+  // Step 2.
+  absl::Status s = env->Link(top_path, frozen_path);
+  if (s.ok()) s = env->SyncDir(DirName(top_path));
+  // Step 3.
+  if (s.ok()) s = active->Freeze(name, frozen_ns);
+  if (!s.ok()) {
+    // Still before the commit point (the header switch): undo, best effort.
+    if (active->header().state == LayerState::kActive) {
+      (void)env->Remove(frozen_path);
+      (void)env->Remove(pending);
+    }
+    return s;
+  }
+  // Step 4.
+  s = env->Rename(pending, top_path);
+  if (s.ok()) s = env->SyncDir(DirName(top_path));
+  if (!s.ok()) return s;
+  return frozen_path;
+}
+
+absl::StatusOr<std::string> RecoverInterruptedSnapshot(Env* env, const std::string& top_path) {
+  std::string pending = PendingPath(top_path);
+  if (!env->Exists(pending)) return std::string();
+  auto top = ReadLayerHeader(env, top_path);
+  if (!top.ok()) return top.status();
+  auto next = ReadLayerHeader(env, pending);
+  if (top->state == LayerState::kFrozen && next.ok() && next->parent_uuid == top->uuid) {
+    // Past step 3: the snapshot exists; finish step 4.
+    if (auto s = env->Rename(pending, top_path); !s.ok()) return s;
+    if (auto s = env->SyncDir(DirName(top_path)); !s.ok()) return s;
+    return absl::StrCat("completed the interrupted snapshot '", top->snapshot_name, "' of ",
+                        top_path);
+  }
+  if (top->state == LayerState::kFrozen) {
+    return absl::DataLossError(absl::StrCat(top_path, " is frozen and ", pending,
+                                            " is not its child: repair by hand"));
+  }
+  // Before step 3: roll back. A link made in step 2 names the still-active layer.
+  auto names = env->ListDir(DirName(top_path));
+  if (!names.ok()) return names.status();
+  std::string prefix = Stem(top_path) + "@";
+  for (const std::string& name : *names) {
+    if (!absl::StartsWith(name, prefix) || !absl::EndsWith(name, ".strata")) continue;
+    std::string path = DirName(top_path) + "/" + name;
+    auto h = ReadLayerHeader(env, path);
+    if (h.ok() && h->uuid == top->uuid && h->state == LayerState::kActive) {
+      if (auto s = env->Remove(path); !s.ok()) return s;
+    }
+  }
+  if (auto s = env->Remove(pending); !s.ok()) return s;
+  if (auto s = env->SyncDir(DirName(top_path)); !s.ok()) return s;
+  return absl::StrCat("rolled back an interrupted snapshot of ", top_path);
+}
+
+}  // namespace strata

@@ -1,0 +1,20 @@
+// The offline subcommands of `strata` (argv[1] is the subcommand). Each returns the exit
+// status: 0 success, 1 error (printed on stderr), 2 usage; `check` 3/4 when it found problems.
+#ifndef STRATA_CLI_OFFLINE_COMMANDS_H_
+#define STRATA_CLI_OFFLINE_COMMANDS_H_
+
+namespace strata::cli {
+
+int CreateCommand(int argc, char** argv);
+int InfoCommand(int argc, char** argv);
+int MapCommand(int argc, char** argv);
+int CheckCommand(int argc, char** argv);
+int ExportCommand(int argc, char** argv);
+int SnapshotCommand(int argc, char** argv);
+int CommitCommand(int argc, char** argv);
+int DeleteSnapshotCommand(int argc, char** argv);
+int RevertCommand(int argc, char** argv);
+
+}  // namespace strata::cli
+
+#endif  // STRATA_CLI_OFFLINE_COMMANDS_H_

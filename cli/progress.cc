@@ -1,0 +1,34 @@
+#include "cli/progress.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "cli/args.h"
+
+namespace strata::cli {
+
+ProgressBar::ProgressBar(std::string label)
+    : label_(std::move(label)), enabled_(isatty(STDERR_FILENO) == 1) {}
+
+ProgressBar::~ProgressBar() {
+  if (drawn_) std::fputc('\n', stderr);
+}
+
+void ProgressBar::Update(uint64_t done, uint64_t total) {
+  if (!enabled_) return;
+  auto now = std::chrono::steady_clock::now();
+  if (done < total && now - last_ < std::chrono::milliseconds(100)) return;  // no flicker
+  last_ = now;
+  constexpr int kWidth = 30;
+  int percent = total ? static_cast<int>(done * 100 / total) : 100;
+  int filled = percent * kWidth / 100;
+  std::string bar(filled, '#');
+  bar.append(kWidth - filled, '.');
+  std::fprintf(stderr, "\r%s %3d%% [%s] %s / %s ", label_.c_str(), percent, bar.c_str(),
+               HumanBytes(done).c_str(), HumanBytes(total).c_str());
+  std::fflush(stderr);
+  drawn_ = true;
+}
+
+}  // namespace strata::cli

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs everything strata needs to build, test and benchmark on Debian 12 (bookworm).
+# Usage: scripts/install-deps.sh [--with-guest]
+#   --with-guest also installs the kernel + busybox used by the kernel-nbd interop test.
+set -euo pipefail
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+pkgs=(
+  # build
+  g++ cmake make pkg-config git ca-certificates
+  # libraries (Debian 12: liburing 2.3, libnbd 1.14, Abseil 20220623)
+  liburing-dev libnbd-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
+  nlohmann-json3-dev
+  # real NBD clients and peers for interop tests and benchmarks
+  libnbd-bin python3-libnbd qemu-utils nbdkit fio nbd-client util-linux
+)
+if [ "${1:-}" = "--with-guest" ]; then
+  pkgs+=(qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio e2fsprogs)
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
