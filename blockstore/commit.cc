@@ -101,11 +101,8 @@ absl::StatusOr<MergeJournal> ReadJournal(Env* env, const std::string& path) {
   return j;
 }
 
-// Where the journal lives: beside a file that stays in the chain until the merge is over —
-// the child's path when it is the top (P moves there), P's path otherwise (C goes away).
-std::string JournalPathOf(const MergeJournal& j) {
-  return MergeJournalPath(j.child_was_active ? j.child_path : j.parent_path);
-}
+// The journal lives beside C's path: a file in the chain from start to end (P moves there).
+std::string JournalPathOf(const MergeJournal& j) { return MergeJournalPath(j.child_path); }
 
 // Replaces the journal atomically: a torn write leaves the previous version.
 absl::Status WriteJournal(Env* env, const MergeJournal& j) {
@@ -213,68 +210,50 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
   return absl::OkStatus();
 }
 
-// Relink phase; every step is idempotent so a resume can repeat it.
-absl::Status Relink(Env* env, const MergeJournal& j, std::string* merged_into) {
-  const std::string& parent_path = j.parent_path;
-  if (j.child_was_active) {
-    *merged_into = j.child_path;
-    if (auto at_top = ReadLayerHeader(env, j.child_path);
-        at_top.ok() && at_top->uuid == j.parent_uuid) {
-      return absl::OkStatus();  // the rename below already happened
-    }
+// Relink phase: P takes C's place — C's path, and C's state (active) or snapshot name and
+// children (frozen). Every step is idempotent so a resume can repeat it; the rename over C's
+// path is the last one.
+absl::Status Relink(Env* env, const MergeJournal& j) {
+  if (auto at_c = ReadLayerHeader(env, j.child_path);
+      at_c.ok() && at_c->uuid == j.parent_uuid && !env->Exists(j.parent_path)) {
+    return absl::OkStatus();  // the final rename already happened
   }
-  auto parent = Layer::Open(env, parent_path, Layer::Mode::kMergeTarget);
+  auto child = ReadLayerHeader(env, j.child_path);
+  if (!child.ok()) return child.status();
+  auto parent = Layer::Open(env, j.parent_path, Layer::Mode::kMergeTarget);
   if (!parent.ok()) return parent.status();
-  if (j.child_was_active) {
-    // P becomes the disk's active layer, at the child's path.
-    std::string link = (*parent)->header().parent_path;
-    if ((*parent)->header().parent_format != ParentFormat::kNone &&
-        DirName(j.child_path) != DirName(parent_path)) {
-      link = ParentLink(DirName(j.child_path),
-                        ResolvePath(DirName(parent_path), (*parent)->header().parent_path));
-    }
-    if (auto s = (*parent)->UpdateHeader([&](LayerHeader* h) {
-          h->state = LayerState::kActive;
-          h->snapshot_name.clear();
-          h->frozen_ns = 0;
-          h->parent_path = link;
+  // P's own parent link must still resolve from C's directory.
+  std::string link = (*parent)->header().parent_path;
+  if ((*parent)->header().parent_format != ParentFormat::kNone &&
+      DirName(j.child_path) != DirName(j.parent_path)) {
+    link = ParentLink(DirName(j.child_path),
+                      ResolvePath(DirName(j.parent_path), (*parent)->header().parent_path));
+  }
+  if (auto s = (*parent)->UpdateHeader([&](LayerHeader* h) {
+        h->state = child->state;
+        h->snapshot_name = child->snapshot_name;
+        h->frozen_ns = child->frozen_ns;
+        h->parent_path = link;
+      });
+      !s.ok()) {
+    return s;
+  }
+  parent->reset();
+  // C's children keep their parent path (P moves there) and learn P's UUID.
+  auto children = FindChildren(env, DirName(j.child_path), j.child_uuid);
+  if (!children.ok()) return children.status();
+  for (const std::string& path : *children) {
+    auto grandchild = Layer::Open(env, path, Layer::Mode::kMergeTarget);
+    if (!grandchild.ok()) return grandchild.status();
+    if (auto s = (*grandchild)->UpdateHeader([&](LayerHeader* h) {
+          h->parent_uuid = j.parent_uuid;
         });
         !s.ok()) {
       return s;
     }
-    parent->reset();
-    if (auto s = env->Rename(parent_path, j.child_path); !s.ok()) return s;
-    return env->SyncDir(DirName(j.child_path));
   }
-  auto child_header = ReadLayerHeader(env, j.child_path);
-  if (child_header.ok()) {
-    // P takes C's place: name, time, and C's children.
-    if (auto s = (*parent)->UpdateHeader([&](LayerHeader* h) {
-          h->snapshot_name = child_header->snapshot_name;
-          h->frozen_ns = child_header->frozen_ns;
-        });
-        !s.ok()) {
-      return s;
-    }
-    auto children = FindChildren(env, DirName(j.child_path), j.child_uuid);
-    if (!children.ok()) return children.status();
-    for (const std::string& path : *children) {
-      auto child = Layer::Open(env, path, Layer::Mode::kMergeTarget);
-      if (!child.ok()) return child.status();
-      std::string link = ParentLink(DirName(path), parent_path);
-      if (auto s = (*child)->UpdateHeader([&](LayerHeader* h) {
-            h->parent_uuid = j.parent_uuid;
-            h->parent_path = link;
-          });
-          !s.ok()) {
-        return s;
-      }
-    }
-    if (auto s = env->Remove(j.child_path); !s.ok()) return s;
-    if (auto s = env->SyncDir(DirName(j.child_path)); !s.ok()) return s;
-  }
-  *merged_into = parent_path;
-  return absl::OkStatus();
+  if (auto s = env->Rename(j.parent_path, j.child_path); !s.ok()) return s;
+  return env->SyncDir(DirName(j.child_path));
 }
 
 absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal,
@@ -307,7 +286,8 @@ absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal,
     journal.phase = Phase::kRelink;
     if (auto s = WriteJournal(env, journal); !s.ok()) return s;
   }
-  if (auto s = Relink(env, journal, &result.merged_into); !s.ok()) return s;
+  if (auto s = Relink(env, journal); !s.ok()) return s;
+  result.merged_into = journal.child_path;
   if (auto s = env->Remove(JournalPathOf(journal)); !s.ok()) return s;
   if (auto s = env->SyncDir(DirName(JournalPathOf(journal))); !s.ok()) return s;
   return result;

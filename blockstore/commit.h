@@ -1,17 +1,16 @@
 // Offline merge of a layer into its parent (deleting a snapshot), and revert.
 //
 // CommitLayer(C) merges layer C into its parent P, a frozen strata layer, and takes C out of
-// the chain, as Hyper-V merges an .AVHD into its parent:
-//   - C active (the disk's top): P becomes the active layer, renamed to C's path; the snapshot
-//     P stood for is gone.
-//   - C frozen: P takes C's snapshot name and time; C's children are relinked to P; C's file
-//     is removed.
-// Crash safety. A merge journal (`<P>.merge`, written by rename) records the phase and how
+// the chain, as Hyper-V merges an .AVHD into its parent: P takes C's place — its file name,
+// and its state: the disk's active layer when C was the top, else C's snapshot name, time and
+// children. The snapshot P stood for is gone, and the chain is one layer shorter.
+// Crash safety. A merge journal (`<C>.merge`, written by rename) records the phase and how
 // far the copy got. Copy phase: C's sub-blocks are written into P, flushed in batches, the
 // journal's progress advanced after each batch; while C is still in the chain it hides every
 // sub-block the copy touches in P, so the disk reads the same at every instant and a restart
-// simply continues from the recorded cluster. Relink phase: header switches and renames, each
-// idempotent, then the journal is removed. Any chain holding P refuses to open while the
+// simply continues from the recorded cluster. Relink phase: header switches, then P renamed
+// over C, each idempotent; then the journal is removed. Any chain holding C refuses to open
+// while the
 // journal exists; ResumeInterruptedCommit() finishes the work (there is nothing to roll back
 // to: P's snapshot state is partly overwritten by then, which is what deleting it means).
 // Refuses when C or P is in use (flock) or P has children other than C.
@@ -33,7 +32,7 @@ class Env;
 using Progress = std::function<void(uint64_t done, uint64_t total)>;
 
 struct CommitResult {
-  std::string merged_into;  // P's path after the merge
+  std::string merged_into;  // where P is now (C's former path)
   uint64_t bytes_copied = 0;
 };
 

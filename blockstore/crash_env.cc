@@ -97,17 +97,17 @@ void CrashEnv::RecordWrite(const std::string& path, Write write) {
 
 absl::Status CrashEnv::RecordSync(const std::string& path) {
   absl::MutexLock lock(&mu_);
-  if (failing_syncs_ > 0) {
-    --failing_syncs_;
+  if (syncs_until_failure_ == 0) {
     return absl::DataLossError(absl::StrCat("fdatasync ", path, ": injected I/O error"));
   }
+  if (syncs_until_failure_ > 0) --syncs_until_failure_;
   pending_.erase(path);
   return absl::OkStatus();
 }
 
-void CrashEnv::FailSyncs(int count) {
+void CrashEnv::FailSyncsAfter(int after) {
   absl::MutexLock lock(&mu_);
-  failing_syncs_ = count;
+  syncs_until_failure_ = after;
 }
 
 void CrashEnv::Crash() {

@@ -38,8 +38,9 @@ class CrashEnv : public Env {
 
   // REQUIRES: every File opened through this Env is closed.
   void Crash();
-  // Makes the next `count` Sync() calls fail (then Syncs work again): a dying disk.
-  void FailSyncs(int count);
+  // After `after` more successful Sync() calls every Sync() fails, until cleared with -1:
+  // a disk that dies at a chosen point of an operation.
+  void FailSyncsAfter(int after);
 
   // Internal, for CrashFile.
   struct Write {
@@ -54,7 +55,7 @@ class CrashEnv : public Env {
   absl::Mutex mu_;
   std::map<std::string, std::vector<Write>> pending_ ABSL_GUARDED_BY(mu_);
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
-  int failing_syncs_ ABSL_GUARDED_BY(mu_) = 0;
+  int syncs_until_failure_ ABSL_GUARDED_BY(mu_) = -1;
 };
 
 }  // namespace strata

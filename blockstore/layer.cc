@@ -384,8 +384,12 @@ absl::Status Layer::WriteFlush(const FlushBatch& batch) {
   if (!s.ok()) return s;
   // The freed slots are unreachable from the durable index now: give their space back to
   // the host volume before anyone can reuse them (FinishFlush).
+  const uint64_t cs = header_.cluster_size;
   for (uint32_t slot : batch.freed_slots) {
-    if (auto p = file_->PunchHole(uint64_t{slot} * header_.cluster_size, header_.cluster_size);
+    if (auto p = file_->PunchHole(slot * cs, cs); !p.ok() && !absl::IsUnimplemented(p)) return p;
+  }
+  if (batch.old_table_slots > 0) {
+    if (auto p = file_->PunchHole(batch.old_table_slot * cs, batch.old_table_slots * cs);
         !p.ok() && !absl::IsUnimplemented(p)) {
       return p;
     }
