@@ -22,8 +22,6 @@
 namespace strata {
 namespace {
 
-// The copy flushes P and records progress every kBatchBytes: a restart repeats at most this.
-constexpr uint64_t kBatchBytes = 256ull << 20;
 constexpr uint64_t kCopyBuffer = 8ull << 20;
 
 enum class Phase { kCopy, kRelink };
@@ -149,7 +147,7 @@ absl::Status CopyRange(File* from, uint64_t from_off, File* to, uint64_t to_off,
 
 // Copy phase: every cluster of `child` from journal.next_cluster on, into `parent`.
 absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journal,
-                      const Progress& progress, uint64_t* bytes_copied) {
+                      const Progress& progress, uint64_t batch_bytes, uint64_t* bytes_copied) {
   const uint32_t sbs = child->sub_block_size();
   const uint32_t per_cluster = child->header().SubBlocksPerCluster();
   std::vector<std::pair<uint64_t, ClusterEntry>> work;
@@ -196,7 +194,7 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
     done += bytes;
     since_flush += bytes;
     bool last = i + 1 == work.size();
-    if (since_flush >= kBatchBytes || last) {
+    if (since_flush >= batch_bytes || last) {
       if (auto s = emit(); !s.ok()) return s;
       // Invariant: progress is recorded only after P's copies and index are durable.
       if (auto s = parent->Flush(); !s.ok()) return s;
@@ -256,8 +254,8 @@ absl::Status Relink(Env* env, const MergeJournal& j) {
   return env->SyncDir(DirName(j.child_path));
 }
 
-absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal,
-                                       const Progress& progress) {
+absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal, const Progress& progress,
+                                       uint64_t batch_bytes = kCommitBatchBytes) {
   CommitResult result;
   const std::string& parent_path = journal.parent_path;
   if (journal.phase == Phase::kCopy) {
@@ -272,7 +270,7 @@ absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal,
       return absl::DataLossError(absl::StrCat("merge journal ", JournalPathOf(journal),
                                               " names layers that are not these files"));
     }
-    if (auto s = CopyInto(env, child->get(), parent->get(), &journal, progress,
+    if (auto s = CopyInto(env, child->get(), parent->get(), &journal, progress, batch_bytes,
                           &result.bytes_copied);
         !s.ok()) {
       return s;
@@ -311,7 +309,7 @@ absl::StatusOr<std::vector<std::string>> FindChildren(Env* env, const std::strin
 }
 
 absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path,
-                                         const Progress& progress) {
+                                         const Progress& progress, uint64_t batch_bytes) {
   if (auto resumed = ResumeInterruptedCommit(env, layer_path, progress); !resumed.ok()) {
     return resumed.status();
   }
@@ -364,7 +362,7 @@ absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path
     if (auto s = LockExclusive(p->get()); !s.ok()) return s;
     if (auto s = WriteJournal(env, journal); !s.ok()) return s;
   }
-  return RunCommit(env, journal, progress);
+  return RunCommit(env, journal, progress, batch_bytes);
 }
 
 absl::StatusOr<CommitResult> DeleteSnapshot(Env* env, const std::string& top_path,

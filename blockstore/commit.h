@@ -36,8 +36,12 @@ struct CommitResult {
   uint64_t bytes_copied = 0;
 };
 
+// The copy flushes P and records its progress every `batch_bytes`; a resumed merge repeats
+// at most that much.
+inline constexpr uint64_t kCommitBatchBytes = 256ull << 20;
 absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path,
-                                         const Progress& progress = nullptr);
+                                         const Progress& progress = nullptr,
+                                         uint64_t batch_bytes = kCommitBatchBytes);
 
 // Deletes snapshot `name` of the chain topped by `top_path`: commits the layer above the
 // snapshot's layer into it.

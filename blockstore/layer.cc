@@ -224,25 +224,32 @@ absl::Status Layer::ReplayJournal() {
   const LayerHeader& h = header_;
   next_seq_ = h.journal_start_seq;
   journal_tail_ = 0;
-  if (h.state == LayerState::kFrozen) return absl::OkStatus();  // checkpointed at freeze
-  std::string journal(h.journal_size, '\0');
-  if (auto s = file_->Read(h.journal_offset, journal.size(), journal.data()); !s.ok()) {
-    return Corrupt(absl::StrCat("journal: ", s.message()));
-  }
-  for (uint64_t off = 0; off + kJournalRecordSize <= journal.size(); off += kJournalRecordSize) {
-    JournalRecord record;
-    // The first record that fails its CRC or breaks the sequence is where the last flush
-    // ended (or tore): everything before it was made durable by a completed flush.
-    if (!record.DecodeFrom(journal.data() + off).ok() || record.sequence != next_seq_) break;
-    if (record.kind == RecordKind::kCluster) {
-      if (auto s = ValidateEntry(record.cluster, record.entry); !s.ok()) {
-        return Corrupt(absl::StrCat("journal record @ ", h.journal_offset + off, ": ",
-                                    s.message()));
-      }
-      index_.Set(record.cluster, record.entry);
+  // Frozen layers replay too: a merge into one journals like an active layer. Reading stops
+  // at the first chunk that ends the journal, so an empty journal costs one small read.
+  constexpr uint64_t kChunk = 64 << 10;
+  std::string chunk;
+  for (uint64_t base = 0; base < h.journal_size; base += kChunk) {
+    chunk.resize(std::min(kChunk, h.journal_size - base));
+    if (auto s = file_->Read(h.journal_offset + base, chunk.size(), chunk.data()); !s.ok()) {
+      return Corrupt(absl::StrCat("journal: ", s.message()));
     }
-    ++next_seq_;
-    journal_tail_ = off + kJournalRecordSize;
+    for (uint64_t off = 0; off + kJournalRecordSize <= chunk.size(); off += kJournalRecordSize) {
+      JournalRecord record;
+      // The first record that fails its CRC or breaks the sequence is where the last flush
+      // ended (or tore): everything before it was made durable by a completed flush.
+      if (!record.DecodeFrom(chunk.data() + off).ok() || record.sequence != next_seq_) {
+        return absl::OkStatus();
+      }
+      if (record.kind == RecordKind::kCluster) {
+        if (auto s = ValidateEntry(record.cluster, record.entry); !s.ok()) {
+          return Corrupt(absl::StrCat("journal record @ ", h.journal_offset + base + off, ": ",
+                                      s.message()));
+        }
+        index_.Set(record.cluster, record.entry);
+      }
+      ++next_seq_;
+      journal_tail_ = base + off + kJournalRecordSize;
+    }
   }
   return absl::OkStatus();
 }
@@ -483,15 +490,21 @@ absl::Status Layer::UpdateHeader(const std::function<void(LayerHeader*)>& edit) 
   LayerHeader next = header_;
   edit(&next);
   next.sequence = header_.sequence + 1;
-  int copy = 1 - current_header_copy_;
   std::string block;
   next.EncodeTo(&block);
-  // Invariant: only the older copy is overwritten, so a torn write leaves the current one.
-  absl::Status s = file_->Write(kHeaderCopyOffset[copy], block);
-  if (s.ok()) s = file_->Sync();
-  if (!s.ok()) return s;
-  header_ = std::move(next);
-  current_header_copy_ = copy;
+  // Invariant: the copy not holding the current header is overwritten first and synced, so
+  // a torn write leaves the current one. Then the other copy gets the same bytes, so that
+  // later damage to either copy falls back to this header, not to the one before it.
+  int first = 1 - current_header_copy_;
+  for (int copy : {first, 1 - first}) {
+    absl::Status s = file_->Write(kHeaderCopyOffset[copy], block);
+    if (s.ok()) s = file_->Sync();
+    if (!s.ok()) return s;
+    if (copy == first) {
+      header_ = next;
+      current_header_copy_ = copy;
+    }
+  }
   return absl::OkStatus();
 }
 

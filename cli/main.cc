@@ -19,6 +19,7 @@ Layers (offline, like qemu-img):
   create -b PARENT -F raw|strata LAYER   a new active layer on a raw base or a frozen snapshot
   info [--json] LAYER                    the chain: files, UUIDs, states, snapshots, sizes
   map [--json] LAYER                     which layer holds which range (like qemu-img map)
+  map --diff SNAP [--to SNAP2] LAYER     ranges changed since snapshot SNAP (incremental backup)
   check [--repair] LAYER                 verify checksums, index, links; repair leaks
   export LAYER OUT.raw                   the flattened disk as a sparse raw file
   snapshot LAYER NAME                    freeze LAYER as snapshot NAME, new empty layer on top

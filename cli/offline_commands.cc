@@ -15,6 +15,7 @@
 #include "blockstore/chain.h"
 #include "blockstore/check.h"
 #include "blockstore/commit.h"
+#include "blockstore/diff.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
 #include "cli/args.h"
@@ -163,12 +164,36 @@ int InfoCommand(int argc, char** argv) {
   return 0;
 }
 
+// `map --diff FROM [--to TO]`: the ranges that changed between two snapshots.
+int PrintDiff(const std::string& top, const Args& args) {
+  auto ranges = ChangedRanges(Env::Default(), top, args.Get("--diff"), args.Get("--to"));
+  if (!ranges.ok()) return Fail(ranges.status());
+  if (args.Has("--json")) {
+    json out = json::array();
+    for (const auto& [off, len] : *ranges) out.push_back({{"start", off}, {"length", len}});
+    std::cout << out.dump(1) << "\n";
+    return 0;
+  }
+  uint64_t total = 0;
+  std::printf("%-18s %-18s\n", "Offset", "Length");
+  for (const auto& [off, len] : *ranges) {
+    std::printf("0x%-16llx 0x%-16llx\n", static_cast<unsigned long long>(off),
+                static_cast<unsigned long long>(len));
+    total += len;
+  }
+  std::printf("%s changed since '%s'\n", HumanBytes(total).c_str(), args.Get("--diff").c_str());
+  return 0;
+}
+
 int MapCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {.flags = {"--json"}});
+  auto args = Parse(argc, argv, 2, {.flags = {"--json"}, .valued = {"--diff", "--to"}});
   if (!args.ok()) return Fail(args.status());
-  if (args->positional.size() != 1) return Usage("strata map [--json] LAYER");
+  if (args->positional.size() != 1) {
+    return Usage("strata map [--json] [--diff SNAPSHOT [--to SNAPSHOT]] LAYER");
+  }
   const std::string top = args->positional[0];
   if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(s);
+  if (args->Has("--diff")) return PrintDiff(top, *args);
   auto chain = Chain::Open(top, {.writable = false, .lock = false});
   if (!chain.ok()) return Fail(chain.status());
   std::vector<Extent> extents;

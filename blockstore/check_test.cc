@@ -1,0 +1,95 @@
+#include "blockstore/check.h"
+
+#include "blockstore/chain.h"
+#include "blockstore/file.h"
+#include "blockstore/layer.h"
+#include "blockstore/test_util.h"
+#include "gtest/gtest.h"
+
+namespace strata {
+namespace {
+
+class CheckTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    testing::WriteFileBytes(base_, std::string(1 << 20, 'x'));
+    ASSERT_TRUE(CreateLayer(top_, {.parent = base_, .parent_format = ParentFormat::kRaw}).ok());
+    auto chain = Chain::Open(top_);
+    ASSERT_TRUE(chain.ok());
+    ASSERT_TRUE((*chain)->Write(0, std::string(65536, 'a')).ok());
+    ASSERT_TRUE((*chain)->Snapshot("s1").ok());
+  }
+  CheckReport Check(bool repair = false) {
+    auto report = CheckChain(Env::Default(), top_, repair);
+    EXPECT_TRUE(report.ok()) << report.status();
+    return report.ok() ? *report : CheckReport{};
+  }
+  testing::TempDir dir_;
+  std::string base_ = dir_.File("base.raw");
+  std::string top_ = dir_.File("disk.strata");
+  std::string snap_ = dir_.File("disk@s1.strata");
+};
+
+TEST_F(CheckTest, CleanChainIsClean) {
+  CheckReport r = Check();
+  EXPECT_TRUE(r.clean());
+  EXPECT_EQ(r.notes.size(), 3u);  // two layers and the base
+}
+
+TEST_F(CheckTest, DamagedHeaderCopyIsRepairable) {
+  testing::XorByte(snap_, kHeaderCopyOffset[0] + 200);
+  CheckReport r = Check();
+  ASSERT_EQ(r.repairable.size(), 1u);
+  EXPECT_NE(r.repairable[0].find("header copy 0"), std::string::npos);
+  for (const auto& p : r.problems) ADD_FAILURE() << p;
+  EXPECT_EQ(Check(/*repair=*/true).repaired.size(), 1u);
+  EXPECT_TRUE(Check().clean());
+}
+
+TEST_F(CheckTest, CorruptTableIsAProblemNamingTheFile) {
+  auto h = ReadLayerHeader(Env::Default(), snap_);
+  ASSERT_TRUE(h.ok());
+  testing::XorByte(snap_, h->table_offset + 3);
+  CheckReport r = Check();
+  ASSERT_FALSE(r.problems.empty());
+  EXPECT_NE(r.problems[0].find("disk@s1.strata"), std::string::npos);
+  EXPECT_NE(r.problems[0].find("checksum"), std::string::npos);
+}
+
+TEST_F(CheckTest, MissingBaseIsAProblem) {
+  ASSERT_EQ(unlink(base_.c_str()), 0);
+  CheckReport r = Check();
+  ASSERT_FALSE(r.problems.empty());
+  EXPECT_NE(r.problems.back().find("base.raw"), std::string::npos);
+}
+
+TEST_F(CheckTest, LeakedClusterIsRepairedByPunching) {
+  // A crash between a data write and its flush leaves an unreferenced slot holding data.
+  {
+    auto layer = Layer::Open(Env::Default(), top_, Layer::Mode::kWritable);
+    ASSERT_TRUE(layer.ok());
+    auto slot = (*layer)->AllocateSlot();
+    ASSERT_TRUE(slot.ok());
+    ASSERT_TRUE((*layer)->file()->Write((*layer)->DataOffset(*slot, 0), std::string(4096, 'z')).ok());
+    auto other = (*layer)->AllocateSlot();  // a referenced one above it, so it is below the end
+    ASSERT_TRUE(other.ok());
+    (*layer)->SetEntry(5, {.slot = *other, .present = 1, .zero = 0});
+    ASSERT_TRUE((*layer)->file()->Write((*layer)->DataOffset(*other, 0), std::string(4096, 'y')).ok());
+    ASSERT_TRUE((*layer)->Flush().ok());
+  }
+  CheckReport r = Check();
+  ASSERT_EQ(r.repairable.size(), 1u) << (r.problems.empty() ? "" : r.problems[0]);
+  EXPECT_NE(r.repairable[0].find("unreferenced"), std::string::npos);
+  EXPECT_EQ(Check(true).repaired.size(), 1u);
+  EXPECT_TRUE(Check().clean());
+}
+
+TEST_F(CheckTest, NotALayerIsAClearError) {
+  testing::WriteFileBytes(top_, std::string(16384, 'q'));
+  CheckReport r = Check();
+  ASSERT_FALSE(r.problems.empty());
+  EXPECT_NE(r.problems[0].find("not a strata layer"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace strata

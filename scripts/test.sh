@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs every dependency, builds, and runs the whole test suite: every test in the
+# optimized build, and the unit tests again under AddressSanitizer + UBSan.
+# This is the command `.ci/run` runs. Exit status: nonzero when any test fails.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+"$top/scripts/install-deps.sh" --with-guest
+"$top/scripts/build.sh" "$top/build"
+"$top/scripts/build.sh" "$top/build-asan" -DSTRATA_SANITIZE=ON
+echo "=== all tests (optimized build)"
+ctest --test-dir "$top/build" --output-on-failure -j2 --timeout 900
+echo "=== unit tests under ASan + UBSan"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir "$top/build-asan" --output-on-failure -j2 -L unit --timeout 900
+echo "=== all tests passed"
