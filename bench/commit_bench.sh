@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# commit_bench.sh: merging a fully written layer into its parent, strata vs qemu-img vs a copy.
+#
+#   strata-commit   `strata commit LAYER`: LAYER (on a raw base of SIZE random bytes) holds
+#                   SIZE of other random data, written through `strata serve` by nbdcopy.
+#   qemu-img-commit `qemu-img commit -f qcow2 OVERLAY`: a qcow2 overlay (64 KiB clusters) on
+#                   its own copy of the same raw base, holding the same data (qemu-nbd + nbdcopy).
+#   cp-sync         `cp DATA COPY; sync`: copying SIZE bytes, the floor for moving the data.
+# Each timing covers the command and a following `sync` (dirty pages count as not done), and
+# starts with a dropped page cache. After each merge the base is compared with the data
+# (cmp), so a fast but wrong commit cannot pass. Goal (issue 3): strata <= qemu-img, and
+# strata <= 1.25 x cp + sync.
+#
+# Each is done REPEAT times (default 3, interleaved) and the median is used; all are shown.
+# Environment: STRATA=path, SIZE=1G, REPEAT=3, SMOKE=1 (SIZE=128M REPEAT=1), WORK_PARENT=/var/tmp,
+#              RESULTS=dir (default /tmp/strata-bench-results/commit-DATE).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+if [[ ${SMOKE:-0} == 1 ]]; then SIZE=${SIZE:-128M}; REPEAT=${REPEAT:-1}; fi
+REPEAT=${REPEAT:-3}
+SIZE=${SIZE:-1G}
+WORK_PARENT=${WORK_PARENT:-/var/tmp}
+RESULTS=${RESULTS:-/tmp/strata-bench-results/commit-$(date -u +%Y%m%d-%H%M%S)}
+if [[ -z ${STRATA:-} ]]; then
+  for c in "$repo/build-bench/cli/strata" "$repo/build/cli/strata" "$(command -v strata || true)"; do
+    if [[ -n $c && -x $c ]]; then STRATA=$c; break; fi
+  done
+fi
+STRATA=${STRATA:-}
+SIZE_BYTES=$(numfmt --from=iec "$SIZE")
+MIB=$(( SIZE_BYTES >> 20 ))
+
+mkdir -p "$RESULTS"
+WORK=$(mktemp -d "$WORK_PARENT/strata-commit-bench.XXXXXX")
+SOCK="$WORK/nbd.sock"
+URI="nbd+unix:///?socket=$SOCK"
+STARTED_PIDS=()
+SERVER_PID=""
+log() { echo "[commit_bench $(date +%H:%M:%S)] $*" >&2; }
+cleanup() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+for t in qemu-img qemu-nbd nbdcopy nbdinfo numfmt python3; do
+  command -v "$t" >/dev/null || { echo "missing tool: $t (scripts/install-deps.sh)" >&2; exit 2; }
+done
+strata_ok=0
+if [[ -n $STRATA ]] && "$STRATA" commit --help >/dev/null 2>&1 && "$STRATA" serve --help >/dev/null 2>&1; then
+  strata_ok=1
+else
+  log "strata commit/serve not available (STRATA='$STRATA'): strata is skipped"
+fi
+
+drop_caches() { sync; if [[ -w /proc/sys/vm/drop_caches ]]; then echo 3 >/proc/sys/vm/drop_caches; fi; }
+
+start_server() {  # LABEL COMMAND...
+  local label=$1; shift
+  rm -f "$SOCK"
+  "$@" >"$RESULTS/server-$label.log" 2>&1 &
+  SERVER_PID=$!
+  STARTED_PIDS+=("$SERVER_PID")
+  local i
+  for (( i = 0; i < 200; i++ )); do
+    if [[ -S $SOCK ]] && nbdinfo --size "$URI" >/dev/null 2>&1; then return 0; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { log "$label exited early"; cat "$RESULTS/server-$label.log" >&2; return 1; }
+    sleep 0.05
+  done
+  log "$label did not come up"; return 1
+}
+stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; }
+
+declare -A SECS=()
+CMDS=()
+# timed NAME COMMAND...: wall time of COMMAND plus a sync, page cache dropped first.
+timed() {
+  local name=$1; shift
+  drop_caches
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" >"$RESULTS/$name.out" 2>&1 || { log "$name failed:"; tail -5 "$RESULTS/$name.out" >&2; return 1; }
+  sync
+  t1=$(date +%s.%N)
+  SECS[$name]+="$(python3 -c "print(f'{$t1 - $t0:.3f}')") "
+  (( rep > 1 )) || CMDS+=("$name: $* ; sync")
+  log "$name (run $rep): ${SECS[$name]}s"
+}
+verify() {  # NAME FILE: the merged base must equal the data written
+  if cmp -s "$2" "$WORK/data.raw"; then VERIFIED[$1]+="yes "; else VERIFIED[$1]+="NO "; log "$1: merged image differs from the data"; fi
+}
+declare -A VERIFIED=()
+
+log "data in $WORK, results in $RESULTS, $SIZE"
+dd if=/dev/urandom of="$WORK/base.raw" bs=1M count="$MIB" iflag=fullblock status=none
+dd if=/dev/urandom of="$WORK/data.raw" bs=1M count="$MIB" iflag=fullblock status=none
+
+for (( rep = 1; rep <= REPEAT; rep++ )); do
+# --- cp + sync
+timed cp-sync cp "$WORK/data.raw" "$WORK/copy.raw"
+rm -f "$WORK/copy.raw"
+
+# --- qemu-img commit
+cp "$WORK/base.raw" "$WORK/qbase.raw"
+qemu-img create -q -f qcow2 -b "$WORK/qbase.raw" -F raw "$WORK/ov.qcow2"
+start_server qemu-fill qemu-nbd -f qcow2 --cache=none --aio=io_uring -t -k "$SOCK" "$WORK/ov.qcow2"
+nbdcopy "$WORK/data.raw" "$URI"
+stop_server
+timed qemu-img-commit qemu-img commit -f qcow2 "$WORK/ov.qcow2"
+verify qemu-img-commit "$WORK/qbase.raw"
+rm -f "$WORK/qbase.raw" "$WORK/ov.qcow2"
+
+# --- strata commit
+if (( strata_ok )); then
+  cp "$WORK/base.raw" "$WORK/sbase.raw"
+  "$STRATA" create -b "$WORK/sbase.raw" -F raw "$WORK/top.strata" >/dev/null
+  start_server strata-fill "$STRATA" serve --socket "$SOCK" --cache=none --foreground "$WORK/top.strata"
+  nbdcopy "$WORK/data.raw" "$URI"
+  stop_server
+  "$STRATA" info "$WORK/top.strata" >"$RESULTS/strata-info-before.txt" 2>&1 || true
+  timed strata-commit "$STRATA" commit "$WORK/top.strata"
+  verify strata-commit "$WORK/sbase.raw"
+  rm -f "$WORK"/sbase.raw "$WORK"/top*.strata
+fi
+done
+
+# --- report
+median() { if (( $# == 0 )); then echo "–"; else printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; fi; }
+{
+  echo "## commit_bench: merge $SIZE of written data into a raw base ($(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r), $(nproc) CPUs)"
+  echo
+  echo "| what | median s (incl. sync) | all runs, s | merged image == data |"
+  echo "|---|---|---|---|"
+  for n in strata-commit qemu-img-commit cp-sync; do
+    echo "| $n | $(median ${SECS[$n]:-}) | ${SECS[$n]:-not measured} | ${VERIFIED[$n]:-–} |"
+  done
+  echo
+  python3 - "$(median ${SECS[strata-commit]:-})" "$(median ${SECS[qemu-img-commit]:-})" "$(median ${SECS[cp-sync]:-})" <<'EOF'
+import sys
+s, q, c = [float(x) if x and x != "–" else None for x in sys.argv[1:]]
+print("| check | measured | target | met |")
+print("|---|---|---|---|")
+rows = [("strata commit / qemu-img commit", s / q if s and q else None, 1.0),
+        ("strata commit / (cp + sync)", s / c if s and c else None, 1.25)]
+for name, v, goal in rows:
+    print(f"| {name} | {v:.2f} | <= {goal} | {'yes' if v <= goal else 'NO'} |" if v is not None
+          else f"| {name} | not measured | <= {goal} | – |")
+if q and c:
+    print(f"\nqemu-img commit / (cp + sync) = {q / c:.2f}")
+EOF
+  echo
+  echo '```'
+  printf '%s\n' "${CMDS[@]}" | sed "s|$WORK|\$DIR|g"
+  echo "fill: nbdcopy data.raw nbd+unix:///?socket=SOCK through qemu-nbd -f qcow2 --cache=none --aio=io_uring -t / strata serve --cache=none"
+  echo '```'
+} >"$RESULTS/report.md"
+cat "$RESULTS/report.md"

@@ -1,0 +1,72 @@
+// Server: the workers, the blocking pool, the listening sockets and the accept loop, plus the
+// two whole-server operations: RunPaused (pause every worker, drain in-flight requests, run a
+// function, resume — what a live snapshot needs) and Shutdown (stop accepting, finish
+// in-flight requests, close every connection).
+#ifndef STRATA_SERVER_SERVER_H_
+#define STRATA_SERVER_SERVER_H_
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/blocking_pool.h"
+#include "server/export.h"
+#include "server/worker.h"
+
+namespace strata {
+
+// A listening socket.
+struct Listener {
+  int fd = -1;
+  std::string description;  // "unix:/path" or "tcp:127.0.0.1:10809"
+  std::string unix_path;    // unlinked at close when set
+};
+
+// Creates a unix socket at `path` with permissions `mode`, replacing a stale socket file (one
+// nobody listens on) but refusing a live one or any other kind of file.
+absl::StatusOr<Listener> ListenUnix(const std::string& path, unsigned mode);
+// Listens on ADDR:PORT (IPv4 or [IPv6]); port 0 picks a free port (description has the real one).
+absl::StatusOr<Listener> ListenTcp(const std::string& address, int port);
+void CloseListener(Listener* l);
+
+struct ServerOptions {
+  int workers = 1;
+  int blocking_threads = 4;
+  WorkerLimits limits;
+};
+
+class Server {
+ public:
+  Server(const ExportTable* exports, ServerOptions options);
+  ~Server();
+
+  // Creates and starts the workers.
+  absl::Status Start();
+  // Hands a connected socket to the next worker (round-robin). Thread-safe.
+  void AddConnection(int fd, std::string peer);
+  // Pauses every worker, waits until no request is running or being replied on any of them,
+  // runs `fn`, resumes, and returns fn's status. Requests arriving meanwhile wait. Returns the
+  // time during which no request could start in *pause (may be null). Calls are serialized.
+  absl::Status RunPaused(const std::function<absl::Status()>& fn, absl::Duration* pause = nullptr);
+  // Ends every connection once its started requests are answered, then joins the workers.
+  void Shutdown();
+
+ private:
+  const ExportTable* exports_;
+  const ServerOptions options_;
+  std::unique_ptr<BlockingPool> pool_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::atomic<unsigned> next_worker_{0};
+  absl::Mutex pause_mu_;  // serializes RunPaused
+  bool shut_down_ = false;
+};
+
+}  // namespace strata
+
+#endif  // STRATA_SERVER_SERVER_H_
