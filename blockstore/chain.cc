@@ -273,6 +273,11 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
   return chain;
 }
 
+int Chain::top_position() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return static_cast<int>(frozen_.size()) + 1;
+}
+
 std::vector<LayerInfo> Chain::Layers() const {
   absl::MutexLock lock(&mu_);
   std::vector<LayerInfo> out;
@@ -314,11 +319,6 @@ absl::Status Chain::CheckWritable() const {
   return absl::OkStatus();
 }
 
-int Chain::FdOf(int position) const {
-  if (position == static_cast<int>(frozen_.size()) + 1) return active_->data_fd();
-  return frozen_[position - 1]->data_fd();
-}
-
 Segment Chain::SegmentFor(uint64_t cluster, uint32_t sb, uint64_t offset, uint64_t length) const {
   uint64_t within = offset - cluster * cluster_size_ - uint64_t{sb} * sub_block_size_;
   ClusterEntry a = active_->Get(cluster);
@@ -354,7 +354,7 @@ void Chain::MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>
 
 absl::Status Chain::MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out) const {
   if (auto s = CheckRange(offset, length); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);  // readers resolve in parallel; writers exclude them
   MapReadLocked(offset, length, out);
   return absl::OkStatus();
 }
@@ -501,7 +501,7 @@ absl::Status Chain::Flush() {
 
 absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const {
   if (auto s = CheckRange(offset, length); !s.ok()) return s;
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   int active_position = static_cast<int>(frozen_.size()) + 1;
   uint64_t end = offset + length;
   while (offset < end) {

@@ -111,6 +111,8 @@ class Chain {
   uint32_t cluster_size() const { return cluster_size_; }
   bool writable() const { return options_.writable; }
   const std::string& top_path() const { return top_path_; }
+  // Position of the active layer (as in Extent::layer): the number of strata layers.
+  int top_position() const;
   std::vector<LayerInfo> Layers() const;
 
   // --- Metadata API for a caller that does its own I/O (the server) ---
@@ -159,10 +161,9 @@ class Chain {
   absl::Status CheckWritable() const;
   absl::Status ReadSegments(const std::vector<Segment>& segments, char* out) const;
   void MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>* out) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   Segment SegmentFor(uint64_t cluster, uint32_t sub_block, uint64_t offset, uint64_t length) const
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  int FdOf(int position) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
   bool WriteInFlightIn(uint64_t first_cluster, uint64_t end_cluster) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status MarkZero(uint64_t offset, uint64_t length, bool may_trim)
@@ -179,7 +180,7 @@ class Chain {
   absl::Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes Flush and Snapshot
   mutable absl::Mutex mu_;
   std::unique_ptr<RawBase> base_;                   // may be null
-  std::vector<std::unique_ptr<Layer>> frozen_;      // bottom-up, positions 1..N-1
+  std::vector<std::unique_ptr<Layer>> frozen_ ABSL_GUARDED_BY(mu_);  // positions 1..N-1
   std::unique_ptr<Layer> active_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<FlatView> view_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Inflight> inflight_ ABSL_GUARDED_BY(mu_);

@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "cli/control_client.h"
 #include "cli/offline_commands.h"
 #include "server/serve_command.h"
 
@@ -14,6 +15,11 @@ usage: strata COMMAND [options] ARGS
 Serving:
   serve [options] LAYER                  serve the chain topped by LAYER over NBD
                                          (strata serve --help for options)
+Live, through a server's control socket (default <layer stem>.ctl beside the layer):
+  snapshot --control SOCKET NAME         atomic snapshot while clients keep writing
+  list --control SOCKET [--json]         layers: snapshots, files, sizes, ages
+  stats --control SOCKET                 per-connection counters, latency, ENOSPC, pauses
+  revert --control SOCKET [NAME]         go back to the parent (or NAME); no client connected
 Layers (offline, like qemu-img):
   create --size SIZE LAYER               a new empty disk with no base
   create -b PARENT -F raw|strata LAYER   a new active layer on a raw base or a frozen snapshot
@@ -45,6 +51,7 @@ int main(int argc, char** argv) {
       {"export", strata::cli::ExportCommand},     {"snapshot", strata::cli::SnapshotCommand},
       {"commit", strata::cli::CommitCommand},     {"revert", strata::cli::RevertCommand},
       {"delete-snapshot", strata::cli::DeleteSnapshotCommand},
+      {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
   };
   if (!std::strcmp(argv[1], "serve")) return strata::ServeMain(argc - 1, argv + 1);
   for (const Command& c : kCommands) {

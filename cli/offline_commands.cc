@@ -19,6 +19,7 @@
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
 #include "cli/args.h"
+#include "cli/control_client.h"
 #include "cli/progress.h"
 #include "nlohmann/json.hpp"
 
@@ -299,9 +300,14 @@ int ExportCommand(int argc, char** argv) {
 }
 
 int SnapshotCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {.valued = {"--control"}});
+  auto args = Parse(argc, argv, 2, {.flags = {"--json"}, .valued = {"--control"}});
   if (!args.ok()) return Fail(args.status());
-  if (args->positional.size() != 2) return Usage("strata snapshot LAYER NAME");
+  if (args->Has("--control") && args->positional.size() == 1) {
+    return LiveSnapshotCommand(args->Get("--control"), args->positional[0], args->Has("--json"));
+  }
+  if (args->positional.size() != 2) {
+    return Usage("strata snapshot LAYER NAME | strata snapshot --control SOCKET NAME");
+  }
   const std::string top = args->positional[0];
   if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(s);
   auto chain = Chain::Open(top);
@@ -347,8 +353,12 @@ int DeleteSnapshotCommand(int argc, char** argv) {
 }
 
 int RevertCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {});
+  auto args = Parse(argc, argv, 2, {.valued = {"--control"}});
   if (!args.ok()) return Fail(args.status());
+  if (args->Has("--control") && args->positional.size() <= 1) {
+    return LiveRevertCommand(args->Get("--control"),
+                             args->positional.empty() ? "" : args->positional[0]);
+  }
   if (args->positional.empty() || args->positional.size() > 2) {
     return Usage("strata revert LAYER [SNAPSHOT]");
   }

@@ -1,0 +1,54 @@
+// ControlSocket: the serving process's control channel, a unix socket (mode 0600) speaking
+// newline-delimited JSON: one request object per line, one reply object per line, each reply
+// with "ok": true/false and, on failure, an "error" a person can act on.
+//
+// One thread with poll() serves every control client; it never touches a ring, so a slow or
+// broken control client cannot stall the data path. Requests are handled one at a time, in
+// arrival order (so concurrent snapshot requests are serialized). A line longer than
+// kMaxLine gets an error reply and the connection closed; malformed JSON or an unknown
+// request gets an error reply and the connection stays.
+#ifndef STRATA_SERVER_CONTROL_SOCKET_H_
+#define STRATA_SERVER_CONTROL_SOCKET_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/status.h"
+#include "nlohmann/json.hpp"
+
+namespace strata {
+
+class ControlSocket {
+ public:
+  static constexpr size_t kMaxLine = 64 << 10;
+  static constexpr int kMaxClients = 64;
+  // Returns the reply for one request (without "ok": the socket adds it, from the status).
+  using Handler = std::function<absl::Status(const nlohmann::json& request, nlohmann::json* reply)>;
+
+  // Listens on `path` (a stale socket file is replaced, a live one refused) and serves
+  // requests on a thread of its own until destroyed.
+  static absl::StatusOr<std::unique_ptr<ControlSocket>> Start(const std::string& path,
+                                                              unsigned mode, Handler handler);
+  ~ControlSocket();  // stops the thread, closes every client, unlinks the socket
+
+  const std::string& path() const { return path_; }
+
+ private:
+  ControlSocket() = default;
+  void Run();
+
+  std::string path_;
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;  // eventfd: tells the thread to stop
+  Handler handler_;
+  std::thread thread_;
+};
+
+// The reply to a request line, for the socket and for tests: parses, dispatches, wraps.
+std::string HandleControlLine(const std::string& line, const ControlSocket::Handler& handler);
+
+}  // namespace strata
+
+#endif  // STRATA_SERVER_CONTROL_SOCKET_H_
