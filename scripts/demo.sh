@@ -15,7 +15,7 @@ if [ ! -e "$demo/disk.strata" ]; then
   echo "=== creating the demo disk in $demo"
   # A raw base image: 1 GiB, sparse, with a recognizable first MiB.
   truncate -s 1G "$demo/base.raw"
-  yes "strata demo base image" | head -c 1048576 | dd of="$demo/base.raw" conv=notrunc status=none
+  (yes "strata demo base image" || true) | head -c 1048576 | dd of="$demo/base.raw" conv=notrunc status=none
   "$strata" create -b base.raw -F raw "$demo/disk.strata" >/dev/null
   "$strata" snapshot "$demo/disk.strata" fresh-install
 fi
