@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -409,15 +410,21 @@ void Chain::FinishWrite(const WritePlan& plan, bool succeeded) {
   uint64_t end_sb = (plan.end + sub_block_size_ - 1) / sub_block_size_;
   inflight_->Remove(start_sb, end_sb);
   if (!succeeded) return;  // the slot stays reserved and unreferenced by data: harmless
-  uint64_t per_cluster = cluster_size_ / sub_block_size_;
-  for (uint64_t sb = start_sb; sb < end_sb;) {
-    uint64_t cluster = sb / per_cluster;
-    uint64_t last = std::min(end_sb, (cluster + 1) * per_cluster);
-    uint32_t mask = SubBlockMask(sb % per_cluster, sb % per_cluster + (last - sb));
+  ForEachCluster(start_sb, end_sb, [&](uint64_t cluster, uint32_t mask) {
     ClusterEntry entry = active_->Get(cluster);
     entry.present |= mask;
     entry.zero &= ~mask;
     active_->SetEntry(cluster, entry);
+  });
+}
+
+void Chain::ForEachCluster(uint64_t start_sb, uint64_t end_sb,
+                           const std::function<void(uint64_t, uint32_t)>& fn) const {
+  const uint64_t per_cluster = cluster_size_ / sub_block_size_;
+  for (uint64_t sb = start_sb; sb < end_sb;) {
+    uint64_t cluster = sb / per_cluster;
+    uint64_t last = std::min(end_sb, (cluster + 1) * per_cluster);
+    fn(cluster, SubBlockMask(sb % per_cluster, sb % per_cluster + (last - sb)));
     sb = last;
   }
 }
@@ -433,14 +440,10 @@ bool Chain::WriteInFlightIn(uint64_t first_cluster, uint64_t end_cluster) const 
 }
 
 absl::Status Chain::MarkZero(uint64_t offset, uint64_t length, bool may_trim) {
-  uint64_t per_cluster = cluster_size_ / sub_block_size_;
   uint64_t start_sb = (offset + sub_block_size_ - 1) / sub_block_size_;
   uint64_t end_sb = (offset + length) / sub_block_size_;
   if (offset + length == size_) end_sb = (size_ + sub_block_size_ - 1) / sub_block_size_;
-  for (uint64_t sb = start_sb; sb < end_sb;) {
-    uint64_t cluster = sb / per_cluster;
-    uint64_t last = std::min(end_sb, (cluster + 1) * per_cluster);
-    uint32_t mask = SubBlockMask(sb % per_cluster, sb % per_cluster + (last - sb));
+  ForEachCluster(start_sb, end_sb, [&](uint64_t cluster, uint32_t mask) {
     ClusterEntry entry = active_->Get(cluster);
     entry.zero |= mask;
     entry.present &= ~mask;
@@ -448,8 +451,7 @@ absl::Status Chain::MarkZero(uint64_t offset, uint64_t length, bool may_trim) {
     // space, or a write in flight still targets it.
     if (entry.present == 0 && may_trim && !WriteInFlightIn(cluster, cluster + 1)) entry.slot = 0;
     active_->SetEntry(cluster, entry);
-    sb = last;
-  }
+  });
   return absl::OkStatus();
 }
 

@@ -15,6 +15,7 @@
 #define STRATA_BLOCKSTORE_CHAIN_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -168,6 +169,9 @@ class Chain {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status MarkZero(uint64_t offset, uint64_t length, bool may_trim)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Calls fn(cluster, mask of its sub-blocks) for the sub-blocks [start_sb, end_sb).
+  void ForEachCluster(uint64_t start_sb, uint64_t end_sb,
+                      const std::function<void(uint64_t, uint32_t)>& fn) const;
 
   struct Inflight;
   Env* env_ = nullptr;
