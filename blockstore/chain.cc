@@ -113,6 +113,8 @@ uint32_t SubBlockMask(uint64_t first_sb, uint64_t end_sb) {
 absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
                                         const CreateOptions& options) {
   Env* env = options.env ? options.env : Env::Default();
+  // As qemu-img: a relative parent path is relative to the new layer's directory.
+  const std::string parent = ResolvePath(DirName(layer_path), options.parent);
   LayerCreateParams params;
   params.cluster_size = options.cluster_size;
   params.sub_block_size = options.sub_block_size;
@@ -124,30 +126,30 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
     }
     params.virtual_size = (options.size + 511) / 512 * 512;
   } else {
-    params.parent_path = ParentLink(DirName(layer_path), options.parent);
+    params.parent_path = ParentLink(DirName(layer_path), parent);
   }
   if (params.parent_format == ParentFormat::kRaw) {
-    auto file = env->Open(options.parent, {});
+    auto file = env->Open(parent, {});
     if (!file.ok()) return file.status();
     auto size = (*file)->Size();
     if (!size.ok()) return size.status();
     if (*size == 0 || *size % 512 != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("raw base ", options.parent, " is ", *size,
+      return absl::InvalidArgumentError(absl::StrCat("raw base ", parent, " is ", *size,
                                                      " bytes: it must be a positive multiple of 512"));
     }
     params.virtual_size = params.parent_size = *size;
   } else if (params.parent_format == ParentFormat::kStrata) {
-    auto parent = ReadLayerHeader(env, options.parent);
-    if (!parent.ok()) return parent.status();
-    if (parent->state != LayerState::kFrozen) {
+    auto header = ReadLayerHeader(env, parent);
+    if (!header.ok()) return header.status();
+    if (header->state != LayerState::kFrozen) {
       return absl::FailedPreconditionError(absl::StrCat(
-          options.parent, " is an active layer: only a frozen snapshot can be a parent (take one "
-                          "with `strata snapshot`)"));
+          parent, " is an active layer: only a frozen snapshot can be a parent (take one with "
+                  "`strata snapshot`)"));
     }
-    params.virtual_size = params.parent_size = parent->virtual_size;
-    params.cluster_size = parent->cluster_size;
-    params.sub_block_size = parent->sub_block_size;
-    params.parent_uuid = parent->uuid;
+    params.virtual_size = params.parent_size = header->virtual_size;
+    params.cluster_size = header->cluster_size;
+    params.sub_block_size = header->sub_block_size;
+    params.parent_uuid = header->uuid;
   }
   auto layer = Layer::Create(env, layer_path, params);
   if (!layer.ok()) return layer.status();

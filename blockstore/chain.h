@@ -84,7 +84,8 @@ struct ChainOptions {
 };
 
 struct CreateOptions {
-  std::string parent;                 // empty: a disk with no base, of `size` bytes
+  std::string parent;                 // relative: to the new layer's directory (as qemu-img);
+                                      // empty: a disk with no base, of `size` bytes
   ParentFormat parent_format = ParentFormat::kNone;  // stated, never probed
   uint64_t size = 0;                  // without a parent; rounded up to 512 bytes
   uint32_t cluster_size = kDefaultClusterSize;       // with a strata parent: the parent's

@@ -207,6 +207,17 @@ TEST_F(ChainTest, ReplacedParentIsRefusedByUuid) {
   EXPECT_NE(chain.status().message().find("UUID"), absl::string_view::npos);
 }
 
+TEST_F(ChainTest, RelativeParentIsRelativeToTheLayersDirectory) {
+  // As qemu-img create -b: "base.raw" means the file beside the new layer, whatever the cwd.
+  auto h = CreateLayer(dir_.File("second.strata"),
+                       {.parent = "base.raw", .parent_format = ParentFormat::kRaw});
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_EQ(h->parent_path, "base.raw");
+  auto chain = Chain::Open(dir_.File("second.strata"));
+  ASSERT_TRUE(chain.ok()) << chain.status();
+  EXPECT_EQ(Read(chain->get(), 0, 4096), base_data_.substr(0, 4096));
+}
+
 TEST_F(ChainTest, CreateOnActiveParentIsRefused) {
   auto h = CreateLayer(dir_.File("child.strata"),
                        {.parent = top_, .parent_format = ParentFormat::kStrata});
