@@ -12,7 +12,7 @@ pkgs=(
   liburing-dev libnbd-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev
   # real NBD clients and peers for interop tests and benchmarks
-  libnbd-bin python3-libnbd qemu-utils nbdkit fio nbd-client util-linux
+  libnbd-bin python3-libnbd qemu-utils nbdkit fio nbd-client util-linux jq diffutils
 )
 if [ "${1:-}" = "--with-guest" ]; then
   pkgs+=(qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio e2fsprogs)
