@@ -1,8 +1,9 @@
 // ClusterTable<T>: a sparse array indexed by virtual cluster number, the in-memory index of a
 // layer and of the flattened chain view. Two levels: a top vector of chunk pointers (8 bytes
-// per 64 MiB of virtual size at 64 KiB clusters) and chunks of kChunkSize entries allocated on
-// first use, so memory follows allocated clusters, not the virtual size: sizeof(T) per cluster
-// when clusters are dense, one chunk per isolated cluster at worst. A lookup is two loads.
+// per 4 MiB of virtual size at 64 KiB clusters: 2 MiB for a 1 TiB disk) and chunks of
+// kChunkSize entries allocated on first use, so memory follows allocated clusters, not the
+// virtual size: sizeof(T) per cluster when clusters are dense, one chunk (64 entries, 768 or
+// 1024 bytes) per isolated cluster at worst. A lookup is two loads.
 // T must be trivially copyable with T{} meaning "empty" and a `bool empty() const`.
 // Not thread-safe: the owner (Layer, Chain) locks.
 #ifndef STRATA_BLOCKSTORE_CLUSTER_TABLE_H_
@@ -18,7 +19,7 @@ namespace strata {
 template <typename T>
 class ClusterTable {
  public:
-  static constexpr uint32_t kChunkBits = 10;
+  static constexpr uint32_t kChunkBits = 6;
   static constexpr uint32_t kChunkSize = 1u << kChunkBits;
 
   T Get(uint64_t cluster) const {

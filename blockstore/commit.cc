@@ -1,5 +1,6 @@
 #include "blockstore/commit.h"
 
+#include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -22,7 +23,8 @@
 namespace strata {
 namespace {
 
-constexpr uint64_t kCopyBuffer = 8ull << 20;
+constexpr uint64_t kCopyBuffer = 8ull << 20;  // the user-space fallback's buffer
+constexpr uint64_t kMaxRun = 64ull << 20;     // one copy_file_range call at most
 
 enum class Phase { kCopy, kRelink };
 
@@ -34,7 +36,9 @@ struct MergeJournal {
   Uuid child_uuid{};
   Uuid parent_uuid{};
   bool child_was_active = false;
-  uint64_t next_cluster = 0;
+  // How many of C's index entries, taken in the copy order (CopyInto), are durably in P. C
+  // does not change during the merge, so the order is the same on every run.
+  uint64_t copied_entries = 0;
 };
 
 std::string Encode(const MergeJournal& j) {
@@ -42,7 +46,7 @@ std::string Encode(const MergeJournal& j) {
       "strata-merge 1\nphase=", j.phase == Phase::kCopy ? "copy" : "relink",
       "\nchild=", j.child_path, "\nparent=", j.parent_path, "\nchild_uuid=", UuidToString(j.child_uuid),
       "\nparent_uuid=", UuidToString(j.parent_uuid), "\nchild_was_active=", j.child_was_active,
-      "\nnext_cluster=", j.next_cluster, "\n");
+      "\ncopied_entries=", j.copied_entries, "\n");
   return absl::StrCat(body, "crc=", crc32c::Value(body.data(), body.size()), "\n");
 }
 
@@ -87,8 +91,8 @@ absl::StatusOr<MergeJournal> ReadJournal(Env* env, const std::string& path) {
     if (kv.first == "child") j.child_path = kv.second;
     if (kv.first == "parent") j.parent_path = kv.second;
     if (kv.first == "child_was_active") j.child_was_active = kv.second == "1";
-    if (kv.first == "next_cluster" && !absl::SimpleAtoi(kv.second, &j.next_cluster)) {
-      return absl::DataLossError(absl::StrCat("merge journal ", path, ": bad next_cluster"));
+    if (kv.first == "copied_entries" && !absl::SimpleAtoi(kv.second, &j.copied_entries)) {
+      return absl::DataLossError(absl::StrCat("merge journal ", path, ": bad copied_entries"));
     }
     if (kv.first == "child_uuid" || kv.first == "parent_uuid") {
       auto u = ParseUuid(kv.second);
@@ -145,25 +149,39 @@ absl::Status CopyRange(File* from, uint64_t from_off, File* to, uint64_t to_off,
   return absl::OkStatus();
 }
 
-// Copy phase: every cluster of `child` from journal.next_cluster on, into `parent`.
+// Copy phase: C's index entries in slot order, from journal.copied_entries on, into P.
 absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journal,
                       const Progress& progress, uint64_t batch_bytes, uint64_t* bytes_copied) {
   const uint32_t sbs = child->sub_block_size();
   const uint32_t per_cluster = child->header().SubBlocksPerCluster();
   std::vector<std::pair<uint64_t, ClusterEntry>> work;
-  uint64_t total = 0;
   child->index().ForEach([&](uint64_t cluster, const ClusterEntry& e) {
-    if (cluster < journal->next_cluster) return;
     work.emplace_back(cluster, e);
-    total += uint64_t{static_cast<uint32_t>(__builtin_popcount(e.present))} * sbs;
   });
+  // In the child's slot order, new parent slots are allocated in the same order: both sides
+  // of a copy run are contiguous, however the child's clusters were written.
+  std::stable_sort(work.begin(), work.end(),
+                   [](const auto& a, const auto& b) { return a.second.slot < b.second.slot; });
+  work.erase(work.begin(), work.begin() + static_cast<long>(
+                                             std::min<uint64_t>(journal->copied_entries, work.size())));
+  uint64_t total = 0;
+  for (const auto& [cluster, e] : work) {
+    total += uint64_t{static_cast<uint32_t>(__builtin_popcount(e.present))} * sbs;
+  }
   std::string buffer(kCopyBuffer, '\0');
   uint64_t done = 0, since_flush = 0;
+  size_t journal_done_base = 0;  // entries of `work` already counted in the journal
   // A run of sub-blocks contiguous in both files becomes one copy.
   uint64_t run_from = 0, run_to = 0, run_len = 0;
   auto emit = [&]() -> absl::Status {
     if (run_len == 0) return absl::OkStatus();
     absl::Status s = CopyRange(child->file(), run_from, parent->file(), run_to, run_len, &buffer);
+    // Start writing the run back now, without waiting: the batch's flush then finds most of
+    // it on disk, and reading the next runs overlaps with writing this one.
+    if (s.ok()) {
+      (void)sync_file_range(parent->file()->fd(), static_cast<off64_t>(run_to),
+                            static_cast<off64_t>(run_len), SYNC_FILE_RANGE_WRITE);
+    }
     run_len = 0;
     return s;
   };
@@ -179,7 +197,7 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
       if (!(e.present & (1u << sb))) continue;
       uint64_t from = child->DataOffset(e.slot, sb), to = parent->DataOffset(p.slot, sb);
       if (run_len > 0 && run_from + run_len == from && run_to + run_len == to &&
-          run_len < kCopyBuffer) {
+          run_len < kMaxRun) {
         run_len += sbs;
       } else {
         if (auto s = emit(); !s.ok()) return s;
@@ -198,7 +216,8 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
       if (auto s = emit(); !s.ok()) return s;
       // Invariant: progress is recorded only after P's copies and index are durable.
       if (auto s = parent->Flush(); !s.ok()) return s;
-      journal->next_cluster = cluster + 1;
+      journal->copied_entries += i + 1 - journal_done_base;
+      journal_done_base = i + 1;
       if (auto s = WriteJournal(env, *journal); !s.ok()) return s;
       since_flush = 0;
       if (progress) progress(done, total);
