@@ -6,7 +6,7 @@
 //                        sub-block of a random 1/8 of the clusters (Chain::Write), then was
 //                        frozen by Chain::Snapshot. Time per iteration = ns per lookup; it
 //                        should not grow with D (the flattened view).
-//   lookup/D/threads:2   the same with two threads sharing the chain (the metadata mutex).
+//   lookup/D/real_time/threads:2   the same, two threads sharing the chain (the metadata mutex).
 //   index_memory/P/N     builds an active layer with N allocated clusters (PrepareWrite +
 //                        FinishWrite of 4 KiB into N distinct clusters, no data written), in
 //                        pattern P: 0 = dense (clusters 0..N-1), 1 = random 1 in 8, 2 = one per

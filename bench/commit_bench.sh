@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # commit_bench.sh: merging a fully written layer into its parent, strata vs qemu-img vs a copy.
 #
-#   strata-commit   `strata commit LAYER`: LAYER (on a raw base of SIZE random bytes) holds
-#                   SIZE of other random data, written through `strata serve` by nbdcopy.
-#   qemu-img-commit `qemu-img commit -f qcow2 OVERLAY`: a qcow2 overlay (64 KiB clusters) on
-#                   its own copy of the same raw base, holding the same data (qemu-nbd + nbdcopy).
-#   cp-sync         `cp DATA COPY; sync`: copying SIZE bytes, the floor for moving the data.
+#   strata-commit        `strata commit LAYER`: LAYER holds SIZE of random data (written through
+#                        `strata serve` by nbdcopy) over an empty frozen snapshot s0 over a raw
+#                        base of SIZE other random bytes; the merge goes into s0 (snapshot delete).
+#   qemu-img-commit      `qemu-img commit -f qcow2 OVERLAY`: the same shape in qcow2 (64 KiB
+#                        clusters): overlay with the same data over an empty qcow2 over the base.
+#   qemu-img-commit-raw  the qcow2 overlay committed straight into the raw base.
+#   cp-sync              `cp DATA COPY; sync`: copying SIZE bytes, the floor for moving the data.
 # Each timing covers the command and a following `sync` (dirty pages count as not done), and
-# starts with a dropped page cache. After each merge the base is compared with the data
-# (cmp), so a fast but wrong commit cannot pass. Goal (issue 3): strata <= qemu-img, and
+# starts with a dropped page cache. After each merge the result is compared with the data
+# (untimed: export + cmp, qemu-img compare), so a fast but wrong commit cannot pass. Goal (issue 3): strata <= qemu-img, and
 # strata <= 1.25 x cp + sync.
 #
 # Each is done REPEAT times (default 3, interleaved) and the median is used; all are shown.
@@ -52,7 +54,7 @@ for t in qemu-img qemu-nbd nbdcopy nbdinfo numfmt python3; do
   command -v "$t" >/dev/null || { echo "missing tool: $t (scripts/install-deps.sh)" >&2; exit 2; }
 done
 strata_ok=0
-if [[ -n $STRATA ]] && "$STRATA" commit --help >/dev/null 2>&1 && "$STRATA" serve --help >/dev/null 2>&1; then
+if [[ -n $STRATA ]] && "$STRATA" --help 2>&1 | grep -q "^ *commit" && "$STRATA" serve --help >/dev/null 2>&1; then
   strata_ok=1
 else
   log "strata commit/serve not available (STRATA='$STRATA'): strata is skipped"
@@ -105,27 +107,40 @@ for (( rep = 1; rep <= REPEAT; rep++ )); do
 timed cp-sync cp "$WORK/data.raw" "$WORK/copy.raw"
 rm -f "$WORK/copy.raw"
 
-# --- qemu-img commit
+# --- qemu-img commit, qcow2 overlay into an empty qcow2 layer (like for like: snapshot delete)
+cp "$WORK/base.raw" "$WORK/qbase.raw"
+qemu-img create -q -f qcow2 -b "$WORK/qbase.raw" -F raw "$WORK/mid.qcow2"
+qemu-img create -q -f qcow2 -b "$WORK/mid.qcow2" -F qcow2 "$WORK/ov.qcow2"
+start_server qemu-fill qemu-nbd -f qcow2 --cache=none --aio=io_uring -t -k "$SOCK" "$WORK/ov.qcow2"
+nbdcopy "$WORK/data.raw" "$URI"
+stop_server
+timed qemu-img-commit qemu-img commit -f qcow2 "$WORK/ov.qcow2"
+if qemu-img compare -q -f qcow2 -F raw "$WORK/mid.qcow2" "$WORK/data.raw"; then VERIFIED[qemu-img-commit]+="yes "; else VERIFIED[qemu-img-commit]+="NO "; fi
+rm -f "$WORK/qbase.raw" "$WORK/mid.qcow2" "$WORK/ov.qcow2"
+
+# --- qemu-img commit, qcow2 overlay straight into the raw base
 cp "$WORK/base.raw" "$WORK/qbase.raw"
 qemu-img create -q -f qcow2 -b "$WORK/qbase.raw" -F raw "$WORK/ov.qcow2"
 start_server qemu-fill qemu-nbd -f qcow2 --cache=none --aio=io_uring -t -k "$SOCK" "$WORK/ov.qcow2"
 nbdcopy "$WORK/data.raw" "$URI"
 stop_server
-timed qemu-img-commit qemu-img commit -f qcow2 "$WORK/ov.qcow2"
-verify qemu-img-commit "$WORK/qbase.raw"
+timed qemu-img-commit-raw qemu-img commit -f qcow2 "$WORK/ov.qcow2"
+verify qemu-img-commit-raw "$WORK/qbase.raw"
 rm -f "$WORK/qbase.raw" "$WORK/ov.qcow2"
 
-# --- strata commit
+# --- strata commit: the active layer into its (empty) frozen snapshot parent
 if (( strata_ok )); then
   cp "$WORK/base.raw" "$WORK/sbase.raw"
   "$STRATA" create -b "$WORK/sbase.raw" -F raw "$WORK/top.strata" >/dev/null
+  "$STRATA" snapshot "$WORK/top.strata" s0 >/dev/null
   start_server strata-fill "$STRATA" serve --socket "$SOCK" --cache=none --foreground "$WORK/top.strata"
   nbdcopy "$WORK/data.raw" "$URI"
   stop_server
-  "$STRATA" info "$WORK/top.strata" >"$RESULTS/strata-info-before.txt" 2>&1 || true
+  if (( rep == 1 )); then "$STRATA" info "$WORK/top.strata" >"$RESULTS/strata-info-before.txt" 2>&1 || true; fi
   timed strata-commit "$STRATA" commit "$WORK/top.strata"
-  verify strata-commit "$WORK/sbase.raw"
-  rm -f "$WORK"/sbase.raw "$WORK"/top*.strata
+  "$STRATA" export "$WORK/top.strata" "$WORK/export.raw" >/dev/null 2>&1 || true
+  verify strata-commit "$WORK/export.raw"
+  rm -f "$WORK"/sbase.raw "$WORK"/top*.strata "$WORK/export.raw"
 fi
 done
 
@@ -136,7 +151,7 @@ median() { if (( $# == 0 )); then echo "–"; else printf '%s\n' "$@" | sort -n 
   echo
   echo "| what | median s (incl. sync) | all runs, s | merged image == data |"
   echo "|---|---|---|---|"
-  for n in strata-commit qemu-img-commit cp-sync; do
+  for n in strata-commit qemu-img-commit qemu-img-commit-raw cp-sync; do
     echo "| $n | $(median ${SECS[$n]:-}) | ${SECS[$n]:-not measured} | ${VERIFIED[$n]:-–} |"
   done
   echo
@@ -151,12 +166,15 @@ for name, v, goal in rows:
     print(f"| {name} | {v:.2f} | <= {goal} | {'yes' if v <= goal else 'NO'} |" if v is not None
           else f"| {name} | not measured | <= {goal} | – |")
 if q and c:
-    print(f"\nqemu-img commit / (cp + sync) = {q / c:.2f}")
+    print(f"\nqemu-img commit (into qcow2) / (cp + sync) = {q / c:.2f}")
 EOF
   echo
   echo '```'
   printf '%s\n' "${CMDS[@]}" | sed "s|$WORK|\$DIR|g"
+  echo "strata chain: strata create -b sbase.raw -F raw top.strata; strata snapshot top.strata s0; fill top.strata; commit"
+  echo "qemu chain:   qemu-img create -f qcow2 -b qbase.raw -F raw mid.qcow2; qemu-img create -f qcow2 -b mid.qcow2 -F qcow2 ov.qcow2; fill ov.qcow2; commit"
   echo "fill: nbdcopy data.raw nbd+unix:///?socket=SOCK through qemu-nbd -f qcow2 --cache=none --aio=io_uring -t / strata serve --cache=none"
+  echo "verify (not timed): strata export top.strata out.raw + cmp; qemu-img compare -f qcow2 -F raw mid.qcow2 data.raw; cmp qbase.raw data.raw"
   echo '```'
 } >"$RESULTS/report.md"
 cat "$RESULTS/report.md"

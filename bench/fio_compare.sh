@@ -34,6 +34,8 @@
 # Environment:
 #   STRATA=path      strata binary (default: <repo>/build-bench/cli/strata, then build/, PATH)
 #   SIZE=2G          base size          RUNTIME=10   seconds per time-based run
+#   ROUNDS=1         rounds of the main section; each round starts fresh strata layers, and the
+#                    report takes the median of the rounds
 #   SMOKE=1          quick check of the harness: SIZE=256M RUNTIME=2, short chains
 #   SECTIONS="main cow chain"          which parts to run
 #   TARGETS="phys null qemu-raw strata-none nbdkit-file strata-wb"
@@ -54,6 +56,8 @@ fi
 SIZE=${SIZE:-2G}
 RUNTIME=${RUNTIME:-10}
 SECTIONS=${SECTIONS:-"main cow chain"}
+ROUNDS=${ROUNDS:-1}
+ROUND=1
 TARGETS=${TARGETS:-"phys null qemu-raw strata-none nbdkit-file strata-wb"}
 STRATA_DEPTHS=${STRATA_DEPTHS:-"1 8 64"}
 QCOW_DEPTHS=${QCOW_DEPTHS:-"1 8 32 64"}
@@ -124,7 +128,7 @@ cpu_ticks() {
   echo $(( ${12} + ${13} ))
 }
 
-note_cmd() { printf '%s\n' "$*" >>"$CMDS"; }
+note_cmd() { grep -qxF -- "$*" "$CMDS" || printf '%s\n' "$*" >>"$CMDS"; }
 
 # start_server LABEL SOCKET COMMAND...: runs COMMAND in the background (it must stay in the
 # foreground itself), waits until the socket answers NBD, sets SERVER_PID.
@@ -170,7 +174,7 @@ stop_server() {
 # ENDPOINT is "nbd:SOCKET" (fio nbd engine; server CPU measured on SERVER_PID) or "file:PATH".
 run_fio() {
   local target=$1 workload=$2 endpoint=$3; shift 3
-  local out="$RESULTS/fio-$target-$workload.json"
+  local out="$RESULTS/fio-$target-$workload-r$ROUND.json"
   local -a cmd=(fio --name="$workload" --output="$out" --output-format=json --group_reporting)
   case $endpoint in
     nbd:*) cmd+=(--ioengine=nbd "--uri=nbd+unix:///?socket=${endpoint#nbd:}") ;;
@@ -179,8 +183,8 @@ run_fio() {
   cmd+=("$@")
   local before=0 after=0 pid=""
   if [[ $endpoint == nbd:* ]]; then pid=$SERVER_PID; before=$(cpu_ticks "$pid"); fi
-  if ! "${cmd[@]}" >"$RESULTS/fio-$target-$workload.stdout" 2>&1; then
-    log "fio failed for $target $workload:"; tail -5 "$RESULTS/fio-$target-$workload.stdout" >&2
+  if ! "${cmd[@]}" >"${out%.json}.stdout" 2>&1; then
+    log "fio failed for $target $workload:"; tail -5 "${out%.json}.stdout" >&2
     return 0
   fi
   local cpu_ticks_used=-1
@@ -190,12 +194,12 @@ run_fio() {
   if [[ -z ${NOTED[$key]:-} ]]; then
     NOTED[$key]=1
     local line="${cmd[*]}"
-    line=${line//$RESULTS/\$OUT}; line=${line//$WORK/\$DIR}; line=${line//--name=$workload --output=\$OUT\/fio-$target-$workload.json/--output=OUT.json}
+    line=${line//$RESULTS/\$OUT}; line=${line//$WORK/\$DIR}; line=${line//--output=\$OUT\/fio-$target-$workload-r$ROUND.json/--output=OUT.json}
     note_cmd "fio ($key): $line"
   fi
-  python3 - "$out" "$target" "$workload" "$cpu_ticks_used" "$CLK_TCK" "${cmd[*]}" >>"$RUNS" <<'EOF'
+  python3 - "$out" "$target" "$workload" "$cpu_ticks_used" "$CLK_TCK" "$ROUND" "${cmd[*]}" >>"$RUNS" <<'EOF'
 import json, sys
-out, target, workload, ticks, clk, cmd = sys.argv[1:]
+out, target, workload, ticks, clk, rnd, cmd = sys.argv[1:]
 ticks, clk = int(ticks), int(clk)
 d = json.load(open(out))
 ios = iops = bw = 0
@@ -211,12 +215,12 @@ for j in d["jobs"]:
             p50.append(pct["50.000000"] / 1000.0)
 cpu_s = ticks / clk if ticks >= 0 else None
 print(json.dumps({
-    "target": target, "workload": workload, "ios": ios, "iops": iops, "bw_bytes": bw,
+    "target": target, "workload": workload, "round": int(rnd), "ios": ios, "iops": iops, "bw_bytes": bw,
     "p50_us": max(p50) if p50 else None, "server_cpu_s": cpu_s,
     "cpu_us_per_io": (cpu_s * 1e6 / ios) if (cpu_s is not None and ios) else None,
     "load1": float(open("/proc/loadavg").read().split()[0]), "cmd": cmd}))
 EOF
-  log "$target $workload: $(tail -1 "$RUNS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f IOPS, %.0f MB/s, p50 %s us, server cpu/io %s us, load1 %s" % (r["iops"], r["bw_bytes"]/1e6, r["p50_us"], r["cpu_us_per_io"], r["load1"]))')"
+  log "$target $workload (round $ROUND): $(tail -1 "$RUNS" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f IOPS, %.0f MB/s, p50 %s us, server cpu/io %s us, load1 %s" % (r["iops"], r["bw_bytes"]/1e6, r["p50_us"], r["cpu_us_per_io"], r["load1"]))')"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -265,15 +269,6 @@ declare -A WL=(
 )
 WL_ORDER=(rr4k-qd1 rr4k-qd32 rr4k-2c sr1m-qd32 sw1m-qd32 rw4k-qd32 rw4k-2c)
 
-run_workloads() {  # TARGET ENDPOINT
-  local w
-  for w in "${WL_ORDER[@]}"; do
-    if [[ $w == rr* || $w == sr* ]]; then drop_caches; fi
-    # shellcheck disable=SC2086
-    run_fio "$1" "$w" "$2" ${WL[$w]} "${TIMED[@]}"
-  done
-}
-
 new_strata_layer() {  # PATH PARENT FORMAT
   rm -f "$1"
   "$STRATA" create -b "$2" -F "$3" "$1" >/dev/null
@@ -293,33 +288,51 @@ qemu_serve() {  # LABEL FORMAT IMAGE [extra]
 
 # ---------------------------------------------------------------------------------------------
 if want_section main; then
-  for t in $TARGETS; do
-    case $t in
-      phys)
-        note_cmd "phys: fio --ioengine=io_uring --direct=1 --filename=$BASE"
-        run_workloads phys "file:$BASE" ;;
-      null)
-        start_server null "$SOCK" nbdkit -f -U "$SOCK" null size="$SIZE_BYTES"
-        note_cmd "null server: nbdkit -f -U SOCK null size=$SIZE_BYTES"
-        run_workloads null "nbd:$SOCK"; stop_server ;;
-      qemu-raw)
-        qemu_serve qemu-raw raw "$BASE"
-        run_workloads qemu-raw "nbd:$SOCK"; stop_server ;;
-      nbdkit-file)
-        start_server nbdkit-file "$SOCK" nbdkit -f -U "$SOCK" file file="$BASE"
-        note_cmd "nbdkit-file server: nbdkit -f -U SOCK file file=$BASE"
-        run_workloads nbdkit-file "nbd:$SOCK"; stop_server ;;
-      strata-none|strata-wb)
-        (( strata_ok )) || continue
-        cache=none; if [[ $t == strata-wb ]]; then cache=writeback; fi
-        new_strata_layer "$WORK/$t.strata" "$BASE" raw
-        note_cmd "$t layer: $STRATA create -b $BASE -F raw $WORK/$t.strata"
-        strata_serve "$t" "$WORK/$t.strata" "$cache"
-        run_workloads "$t" "nbd:$SOCK"; stop_server
-        rm -f "$WORK/$t.strata" ;;
-      *) log "unknown target $t" ;;
-    esac
+  # Workload-major order: every server is up at once (each on its own socket, idle ones cost
+  # nothing) and each workload runs on every target back to back, so a neighbour's load on a
+  # shared machine hits all targets of a workload alike.
+  for (( ROUND = 1; ROUND <= ROUNDS; ROUND++ )); do
+    declare -A SPID=() SSOCK=()
+    for t in $TARGETS; do
+      SOCK="$WORK/$t.sock"
+      case $t in
+        phys) note_cmd "phys: fio --ioengine=io_uring --direct=1 --filename=$BASE"; continue ;;
+        null)
+          start_server null "$SOCK" nbdkit -f -U "$SOCK" null size="$SIZE_BYTES"
+          note_cmd "null server: nbdkit -f -U SOCK null size=$SIZE_BYTES" ;;
+        qemu-raw) qemu_serve qemu-raw raw "$BASE" ;;
+        nbdkit-file)
+          start_server nbdkit-file "$SOCK" nbdkit -f -U "$SOCK" file file="$BASE"
+          note_cmd "nbdkit-file server: nbdkit -f -U SOCK file file=$BASE" ;;
+        strata-none|strata-wb)
+          (( strata_ok )) || continue
+          cache=none; if [[ $t == strata-wb ]]; then cache=writeback; fi
+          new_strata_layer "$WORK/$t.strata" "$BASE" raw
+          note_cmd "$t layer: $STRATA create -b $BASE -F raw $WORK/$t.strata"
+          strata_serve "$t" "$WORK/$t.strata" "$cache" ;;
+        *) log "unknown target $t"; continue ;;
+      esac
+      SPID[$t]=$SERVER_PID; SSOCK[$t]=$SOCK
+    done
+    for w in "${WL_ORDER[@]}"; do
+      for t in $TARGETS; do
+        if [[ $t == phys ]]; then
+          ep="file:$BASE"
+        elif [[ -n ${SPID[$t]:-} ]]; then
+          ep="nbd:${SSOCK[$t]}"; SERVER_PID=${SPID[$t]}
+        else
+          continue
+        fi
+        if [[ $w == rr* || $w == sr* ]]; then drop_caches; else sync; fi
+        # shellcheck disable=SC2086
+        run_fio "$t" "$w" "$ep" ${WL[$w]} "${TIMED[@]}"
+      done
+    done
+    for t in "${!SPID[@]}"; do SERVER_PID=${SPID[$t]}; SERVER_LABEL=$t; stop_server; done
+    rm -f "$WORK"/strata-*.strata
   done
+  ROUND=1
+  SOCK="$WORK/nbd.sock"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -392,11 +405,15 @@ sed -i "s|$WORK|\$DIR|g; s|$RESULTS|\$OUT|g" "$CMDS"
 python3 - "$RUNS" "$CMDS" "$STRATA_DEPTHS" "$QCOW_DEPTHS" "$SIZE" "$RUNTIME" >"$RESULTS/report.md" <<'EOF'
 import json, sys
 runs_path, cmds_path, sdepths, qdepths, size, runtime = sys.argv[1:]
-runs = {}
+import statistics
+runs, allruns = {}, {}
 for line in open(runs_path):
-    r = json.loads(line); runs[(r["target"], r["workload"])] = r
+    r = json.loads(line); allruns.setdefault((r["target"], r["workload"]), []).append(r)
+runs = {k: v[-1] for k, v in allruns.items()}
 def get(t, w, k):
-    r = runs.get((t, w)); return None if r is None else r.get(k)
+    """Median over rounds."""
+    vals = [r.get(k) for r in allruns.get((t, w), []) if r.get(k) is not None]
+    return statistics.median(vals) if vals else None
 def fmt(v, unit=""):
     if v is None: return "–"
     if unit == "iops": return f"{v/1000:.1f}k"
@@ -407,8 +424,9 @@ targets = [t for t in ["phys", "null", "qemu-raw", "strata-none", "nbdkit-file",
 wls = ["rr4k-qd1", "rr4k-qd32", "rr4k-2c", "sr1m-qd32", "sw1m-qd32", "rw4k-qd32", "rw4k-2c"]
 out = []
 p = out.append
-loads = [r["load1"] for r in runs.values() if r.get("load1") is not None]
-p(f"## fio_compare: base {size}, {runtime}s per timed run\n")
+loads = [r["load1"] for v in allruns.values() for r in v if r.get("load1") is not None]
+nrounds = max(len(v) for v in allruns.values()) if allruns else 0
+p(f"## fio_compare: base {size}, {runtime}s per timed run, median of {nrounds} round(s)\n")
 if loads:
     p(f"1-minute load average after each run: min {min(loads):.2f}, max {max(loads):.2f} "
       "(fio + server alone make about 2 on this 2-CPU box; more means another job shared the CPUs)\n")
@@ -472,7 +490,7 @@ for name, v, op, goal in checks:
     if v is None:
         p(f"| {name} | not measured | {op} {goal} | – |"); continue
     met = v >= goal if op == ">=" else v <= goal
-    p(f"| {name} | {v:.2f} | {op} {goal} | {'yes' if met else 'NO'} |")
+    p(f"| {name} | {v:.3g} | {op} {goal} | {'yes' if met else 'NO'} |")
 wb = [("strata-wb / nbdkit file, " + w, ratio(get("strata-wb", w, "iops"), get("nbdkit-file", w, "iops"))) for w in wls]
 if any(v is not None for _, v in wb):
     p("\nPage-cache pair (no target in the issue): " + ", ".join(f"{n.split(', ')[1]} {v:.2f}" for n, v in wb if v is not None))

@@ -82,7 +82,8 @@ Connection::Connection(Worker* worker, int fd, uint64_t id, std::string peer)
       id_(id),
       peer_(std::move(peer)),
       handshake_(worker->exports()),
-      in_(kInputBuffer) {
+      in_(kInputBuffer),
+      opened_ns_(MonotonicNs()) {
   if (LogEnabled(LogLevel::kDebug)) {
     handshake_.set_trace([id](const std::string& line) {
       STRATA_LOG(kDebug, "conn %d: %s", id, line);
@@ -91,6 +92,19 @@ Connection::Connection(Worker* worker, int fd, uint64_t id, std::string peer)
 }
 
 Connection::~Connection() = default;
+
+ConnectionStats Connection::Stats() const {
+  ConnectionStats st;
+  st.id = id_;
+  st.worker = worker_->index();
+  st.peer = peer_;
+  st.negotiated = session_.export_ != nullptr;
+  if (st.negotiated) st.export_name = session_.export_->name;
+  st.in_flight = inflight_;
+  st.opened_ns = opened_ns_;
+  st.io = io_;
+  return st;
+}
 
 void Connection::Start() {
   STRATA_LOG(kInfo, "conn %d: opened from %s on worker %d", id_, peer_, worker_->index());
@@ -213,7 +227,7 @@ void Connection::Process() {
     Request* r = NewRequest();
     r->h = h;
     r->cmd = cmd;
-    ++requests_;
+    r->start_ns = MonotonicNs();
     r->status = ValidateRequest(h, session_);
     if (cmd == Command::kWrite) {
       // Even an invalid WRITE consumes its payload, to keep the stream in step.
@@ -275,7 +289,7 @@ void Connection::Execute(Request* r) {
       return;
     case Command::kWrite:
       if (r->h.length > 0) r->ranges.push_back({r->h.offset, r->h.length});
-      bytes_written_ += r->h.length;
+      io_.bytes_written += r->h.length;
       StartRange(r);
       return;
     case Command::kWriteZeroes:
@@ -311,7 +325,7 @@ void Connection::Execute(Request* r) {
 void Connection::StartRead(Request* r) {
   const uint64_t off = r->h.offset;
   const uint64_t len = r->h.length;
-  bytes_read_ += len;
+  io_.bytes_read += len;
   if (len == 0) {
     Reply(r);
     return;
@@ -684,9 +698,17 @@ void Connection::PiecesDone(Request* r) {
 
 void Connection::Reply(Request* r) {
   r->phase = RequestPhase::kSending;
+  const uint16_t type = r->h.type;
+  ++io_.requests[type < kCountedCommands ? type : kOtherCommand];
+  io_.latency.Add(static_cast<uint64_t>(MonotonicNs() - r->start_ns));
   if (!r->status.ok()) {
-    ++errors_;
+    ++io_.errors;
     const nbd::Error error = ErrorFor(r->status, r->cmd);
+    if (error == nbd::Error::kNoSpc && r->status.code() == absl::StatusCode::kResourceExhausted) {
+      // The host volume is full (not a write past the end of the disk).
+      ++io_.enospc_replies;
+      worker_->no_space()->OnNoSpace();
+    }
     if (error != nbd::Error::kNoSpc || ShouldLogNoSpace()) {
       // FAST_ZERO refusals are part of the protocol, not errors worth a line.
       if (r->status.code() == absl::StatusCode::kUnimplemented) {
@@ -701,6 +723,9 @@ void Connection::Reply(Request* r) {
                      r->error_offset, &r->header);
     r->reply.push_back({true, 0, r->header.size()});
   } else if (r->reply.empty()) {
+    if (r->cmd == Command::kWrite || r->cmd == Command::kWriteZeroes) {
+      worker_->no_space()->OnWriteSucceeded();
+    }
     if (r->cmd == Command::kRead) {
       EncodeReadReply(r->h.handle, r->h.offset, r->h.length, session_.structured_replies,
                       r->runs, &r->header, &r->reply);
@@ -847,9 +872,9 @@ void Connection::MaybeClose() {
              "conn %d: closed (%s): export \"%s\"%s, %d requests, %d errors, %d bytes read, "
              "%d written",
              id_, close_reason_, session_.export_ ? session_.export_->name : "",
-             session_.export_ ? "" : " (not negotiated)", requests_, errors_, bytes_read_,
-             bytes_written_);
-  worker_->ConnectionClosed(this);
+             session_.export_ ? "" : " (not negotiated)", io_.total_requests(), io_.errors,
+             io_.bytes_read, io_.bytes_written);
+  worker_->ConnectionClosed(this, io_);
 }
 
 }  // namespace strata

@@ -34,6 +34,7 @@
 #include "absl/status/status.h"
 #include "server/handshake.h"
 #include "server/request.h"
+#include "server/stats.h"
 #include "server/storage.h"
 
 namespace strata {
@@ -70,6 +71,7 @@ struct Request {
   RequestPhase phase = RequestPhase::kPayload;
   bool raw = false;      // handshake bytes, not an NBD request
   bool started = false;  // counted in the worker's active requests
+  int64_t start_ns = 0;  // MonotonicNs() when parsed: the latency figure starts here
   absl::Status status;
   std::optional<uint64_t> error_offset;
 
@@ -124,6 +126,8 @@ class Connection {
   void RetryWrite(Request* r) { StartRange(r); }
 
   uint64_t id() const { return id_; }
+  // A copy of the counters (ring thread only).
+  ConnectionStats Stats() const;
 
  private:
   enum class State { kHandshake, kTransmission, kDraining, kClosed };
@@ -185,11 +189,9 @@ class Connection {
   int inflight_ = 0;  // requests (and raw sends) not yet released
   uint64_t inflight_bytes_ = 0;
 
-  // Counters for the close log line.
-  uint64_t requests_ = 0;
-  uint64_t errors_ = 0;
-  uint64_t bytes_read_ = 0;
-  uint64_t bytes_written_ = 0;
+  // Counters for `stats` and the close log line; written on the ring thread only.
+  IoCounters io_;
+  const int64_t opened_ns_;
 };
 
 }  // namespace strata

@@ -1,5 +1,6 @@
-// End-to-end tests of the io_uring engine: a Server with RawFileStorage on a temp file, clients
-// on a socketpair (libnbd via nbd_connect_socket, or raw bytes for malformed input).
+// End-to-end tests of the io_uring engine: a Server with a real chain (one active layer, no
+// base) in a temp dir, clients on a socketpair (libnbd via nbd_connect_socket, or raw bytes for
+// malformed input).
 #include <fcntl.h>
 #include <libnbd.h>
 #include <sys/socket.h>
@@ -8,6 +9,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <vector>
@@ -15,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "server/nbd_protocol.h"
 #include "server/server.h"
+#include "server/chain_storage.h"
 #include "server/storage.h"
 
 namespace strata {
@@ -40,12 +43,14 @@ class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
     char tmpl[] = "/tmp/strata-engine-XXXXXX";
-    int fd = mkstemp(tmpl);
-    ASSERT_GE(fd, 0);
-    path_ = tmpl;
-    ASSERT_EQ(ftruncate(fd, kDiskSize), 0);
-    close(fd);
-    auto s = OpenRawFileStorage(path_, true, false);
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/disk.strata";
+    CreateOptions create;
+    create.size = kDiskSize;
+    auto h = CreateLayer(path_, create);
+    ASSERT_TRUE(h.ok()) << h.status();
+    auto s = OpenChainStorage(path_, true, false);
     ASSERT_TRUE(s.ok()) << s.status();
     storage_ = std::move(*s);
     auto e = std::make_shared<Export>();
@@ -60,7 +65,9 @@ class EngineTest : public ::testing::Test {
   }
   void TearDown() override {
     if (server_) server_->Shutdown();
-    unlink(path_.c_str());
+    server_.reset();
+    storage_.reset();
+    std::filesystem::remove_all(dir_);
   }
 
   // A connected socket whose other end the server serves.
@@ -84,8 +91,9 @@ class EngineTest : public ::testing::Test {
     return h;
   }
 
+  std::string dir_;
   std::string path_;
-  std::unique_ptr<Storage> storage_;
+  std::unique_ptr<ChainStorage> storage_;
   ExportTable exports_;
   std::unique_ptr<Server> server_;
 };
@@ -179,7 +187,7 @@ TEST_F(EngineTest, ZeroTrimAndBlockStatus) {
   EXPECT_EQ(log.base[0].second, 0u);
   EXPECT_EQ(log.base[1].second, LIBNBD_STATE_HOLE | LIBNBD_STATE_ZERO);
   ASSERT_FALSE(log.layer.empty());
-  EXPECT_EQ(log.layer[0].second, 1u);  // a raw file is depth 1
+  EXPECT_EQ(log.layer[0].second, 1u);  // the active layer is depth 1
   ExtentLog one;
   ASSERT_EQ(nbd_block_status(h, 1 << 20, 0, (nbd_extent_callback){CollectExtents, &one, nullptr},
                              LIBNBD_CMD_FLAG_REQ_ONE),

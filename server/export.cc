@@ -34,6 +34,11 @@ void ExportTable::Add(std::shared_ptr<const Export> e) {
   exports_.push_back(std::move(e));
 }
 
+bool ExportTable::Remove(absl::string_view name) {
+  absl::MutexLock lock(&mu_);
+  return std::erase_if(exports_, [name](const auto& e) { return e->name == name; }) > 0;
+}
+
 std::shared_ptr<const Export> ExportTable::Find(absl::string_view name) const {
   absl::MutexLock lock(&mu_);
   for (const auto& e : exports_) {

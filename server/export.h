@@ -1,6 +1,7 @@
 // Exports: what a client can name in NBD_OPT_GO / NBD_OPT_EXPORT_NAME / NBD_OPT_LIST.
-// Today one export (the chain being served); the table is shared and locked so that snapshot
-// exports ("@NAME", issue 5) can be added while connections are being negotiated.
+// The chain being served (the first, default export) plus one read-only export "@NAME" per
+// snapshot (server/live_control.h); the table is shared and locked so snapshot exports can be
+// added and removed while connections are being negotiated.
 #ifndef STRATA_SERVER_EXPORT_H_
 #define STRATA_SERVER_EXPORT_H_
 
@@ -38,6 +39,9 @@ uint16_t TransmissionFlags(const Export& e, bool structured_replies);
 class ExportTable {
  public:
   void Add(std::shared_ptr<const Export> e);
+  // Removes the export named exactly `name` (connections already using it keep it). False if
+  // there was none.
+  bool Remove(absl::string_view name);
   // Exact name; "" names the first (default) export, as NBD_OPT_EXPORT_NAME's "default
   // export" wording allows. nullptr when unknown.
   std::shared_ptr<const Export> Find(absl::string_view name) const;

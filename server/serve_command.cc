@@ -25,7 +25,10 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/chain_storage.h"
+#include "server/control_socket.h"
 #include "server/export.h"
+#include "server/live_control.h"
 #include "server/server.h"
 
 namespace strata {
@@ -45,6 +48,9 @@ Serves the chain whose top layer is LAYER over NBD.
 
   --socket PATH          unix socket (default: LAYER's directory/STEM.sock)
   --socket-mode OCTAL    permissions of the socket file (default 0600)
+  --control PATH         control socket for live snapshots, list, stats, info, revert
+                         (default: LAYER's directory/STEM.ctl, always mode 0600)
+  --no-control           no control socket
   --listen ADDR:PORT     also/instead listen on TCP (":PORT" means 127.0.0.1:PORT);
                          with --listen and no --socket, no unix socket is created
   --export-name NAME     export name (default "")
@@ -98,7 +104,9 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& a
       st = flag(&o.read_only);
     } else if (name == "--foreground") {
       st = flag(&o.foreground);
-    } else if (name == "--socket" || name == "--socket-mode" || name == "--listen" ||
+    } else if (name == "--no-control") {
+      st = flag(&o.no_control);
+    } else if (name == "--socket" || name == "--control" || name == "--socket-mode" || name == "--listen" ||
                name == "--export-name" || name == "--cache" || name == "--workers" ||
                name == "--log-level" || name == "--pid-file" || name == "--run") {
       absl::StatusOr<std::string> v = value();
@@ -106,6 +114,9 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& a
       if (name == "--socket") {
         if (v->empty()) return absl::InvalidArgumentError("--socket: empty path");
         o.socket = *v;
+      } else if (name == "--control") {
+        if (v->empty()) return absl::InvalidArgumentError("--control: empty path");
+        o.control = *v;
       } else if (name == "--socket-mode") {
         char* end = nullptr;
         unsigned long mode = strtoul(v->c_str(), &end, 8);
@@ -168,10 +179,14 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& a
   }
   o.layer = positional[0];
   if (!o.run.empty()) o.foreground = true;
+  if (o.no_control && o.control) {
+    return absl::InvalidArgumentError("--control and --no-control contradict each other");
+  }
   return o;
 }
 
-std::string DefaultSocketPath(const std::string& layer) {
+namespace {
+std::string BesideLayer(const std::string& layer, absl::string_view extension) {
   absl::string_view path = layer;
   size_t slash = path.rfind('/');
   // "disk.strata" -> "./disk.sock"; "/disk.strata" -> "/disk.sock".
@@ -179,8 +194,12 @@ std::string DefaultSocketPath(const std::string& layer) {
   absl::string_view base = slash == absl::string_view::npos ? path : path.substr(slash + 1);
   size_t dot = base.rfind('.');
   if (dot != absl::string_view::npos && dot > 0) base = base.substr(0, dot);
-  return absl::StrCat(dir, "/", base, ".sock");
+  return absl::StrCat(dir, "/", base, extension);
 }
+}  // namespace
+
+std::string DefaultSocketPath(const std::string& layer) { return BesideLayer(layer, ".sock"); }
+std::string DefaultControlPath(const std::string& layer) { return BesideLayer(layer, ".ctl"); }
 
 namespace {
 
@@ -254,9 +273,7 @@ std::string TcpUri(const std::string& host, int port, const std::string& export_
   return absl::StrFormat("nbd://%s:%d/%s", h, port, UriEncode(export_name));
 }
 
-int ServeMain(int argc, char** argv) { return ServeMainWith(argc, argv, OpenChainStorage); }
-
-int ServeMainWith(int argc, char** argv, const StorageOpener& open_storage) {
+int ServeMain(int argc, char** argv) {
   std::vector<std::string> args(argv + std::min(argc, 1), argv + argc);
   absl::StatusOr<ServeOptions> parsed = ParseServeOptions(args);
   if (!parsed.ok()) {
@@ -276,8 +293,8 @@ int ServeMainWith(int argc, char** argv, const StorageOpener& open_storage) {
   if (!o.pid_file.empty()) o.pid_file = Absolute(o.pid_file);
 
   // --- Open the disk ---
-  absl::StatusOr<std::unique_ptr<Storage>> storage =
-      open_storage(o.layer, !o.read_only, o.cache == CacheMode::kNone);
+  absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
+      OpenChainStorage(o.layer, !o.read_only, o.cache == CacheMode::kNone);
   if (!storage.ok()) {
     std::string message = storage.status().ToString();
     if (storage.status().code() == absl::StatusCode::kFailedPrecondition && !o.read_only) {
@@ -383,8 +400,33 @@ int ServeMainWith(int argc, char** argv, const StorageOpener& open_storage) {
     close_listeners();
     return Fail(st.ToString());
   }
+  // Live control: snapshot exports of the chain's existing snapshots, and the control socket.
+  LiveControlOptions live_options;
+  live_options.direct_io = o.cache == CacheMode::kNone;
+  if (!o.no_control) live_options.control_path = Absolute(o.control.value_or(DefaultControlPath(o.layer)));
+  LiveControl live(&server, &exports, storage->get(), live_options);
+  if (absl::Status st = live.AddSnapshotExports(); !st.ok()) {
+    // The disk itself is fine: serve it, without the snapshot that failed to open.
+    STRATA_LOG(kError, "some snapshot exports are unavailable: %s", st.ToString());
+  }
+  std::unique_ptr<ControlSocket> control;
+  if (!o.no_control) {
+    absl::StatusOr<std::unique_ptr<ControlSocket>> c = ControlSocket::Start(
+        live_options.control_path, 0600,
+        [&live](const nlohmann::json& request, nlohmann::json* reply) {
+          return live.Handle(request, reply);
+        });
+    if (!c.ok()) {
+      server.Shutdown();
+      close_listeners();
+      return Fail(absl::StrCat("control socket: ", c.status().ToString(),
+                               " (--control PATH elsewhere, or --no-control)"));
+    }
+    control = std::move(*c);
+  }
   if (!o.pid_file.empty()) {
     if (absl::Status st = WritePidFile(o.pid_file); !st.ok()) {
+      control.reset();
       server.Shutdown();
       close_listeners();
       return Fail(st.ToString());
@@ -392,9 +434,10 @@ int ServeMainWith(int argc, char** argv, const StorageOpener& open_storage) {
   }
   std::string where;
   for (const Listener& l : listeners) absl::StrAppend(&where, where.empty() ? "" : ", ", l.description);
-  STRATA_LOG(kInfo, "serving %s (%s, cache=%s%s) on %s with %d workers", o.layer,
+  STRATA_LOG(kInfo, "serving %s (%s, cache=%s%s) on %s with %d workers%s", o.layer,
              exports.List()[0]->description, Name(o.cache),
-             exports.List()[0]->read_only ? ", read-only" : "", where, o.workers);
+             exports.List()[0]->read_only ? ", read-only" : "", where, o.workers,
+             control ? absl::StrCat("; control socket ", control->path()) : "");
 
   pid_t child = -1;
   if (!o.run.empty()) {
@@ -419,6 +462,7 @@ int ServeMainWith(int argc, char** argv, const StorageOpener& open_storage) {
       _exit(127);
     }
     if (child < 0) {
+      control.reset();
       server.Shutdown();
       close_listeners();
       return Fail(absl::StrCat("fork for --run: ", strerror(errno)));
@@ -483,6 +527,8 @@ int ServeMainWith(int argc, char** argv, const StorageOpener& open_storage) {
   }
 
   // --- Shut down: stop accepting, finish in-flight requests, flush, close ---
+  // The control socket first: it waits for a request in progress (a pause is bounded).
+  control.reset();
   close_listeners();
   server.Shutdown();
   if ((*storage)->writable()) {

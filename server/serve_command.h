@@ -22,6 +22,8 @@ absl::string_view Name(CacheMode mode);
 struct ServeOptions {
   std::string layer;
   std::optional<std::string> socket;  // --socket; default beside LAYER unless --listen only
+  std::optional<std::string> control;  // --control; default DefaultControlPath(layer)
+  bool no_control = false;             // --no-control
   unsigned socket_mode = 0600;
   std::optional<std::string> listen_address;  // --listen ADDR:PORT
   int listen_port = 0;
@@ -42,18 +44,15 @@ std::string ServeUsage();
 
 // LAYER's directory + "/" + LAYER's file name without extension + ".sock".
 std::string DefaultSocketPath(const std::string& layer);
+// LAYER's directory + "/" + LAYER's file name without extension + ".ctl".
+std::string DefaultControlPath(const std::string& layer);
 // nbd+unix:///EXPORT?socket=PATH (the export part only when non-empty), percent-encoded.
 std::string UnixUri(const std::string& socket_path, const std::string& export_name);
 // nbd://HOST:PORT/EXPORT.
 std::string TcpUri(const std::string& host, int port, const std::string& export_name);
 
-// Opens what LAYER names. ServeMain uses OpenChainStorage; the dev binary may substitute.
-using StorageOpener = std::function<absl::StatusOr<std::unique_ptr<Storage>>(
-    const std::string& layer, bool writable, bool direct_io)>;
-
 // argv[0] is "serve". Returns the process exit status.
 int ServeMain(int argc, char** argv);
-int ServeMainWith(int argc, char** argv, const StorageOpener& open);
 
 }  // namespace strata
 

@@ -97,6 +97,24 @@ TEST(ServeOptionsTest, DefaultSocketSitsBesideTheLayer) {
   EXPECT_EQ(DefaultSocketPath("/top.x.strata"), "/top.x.sock");
 }
 
+TEST(ServeOptionsTest, ControlSocketOptions) {
+  EXPECT_EQ(DefaultControlPath("/img/disk.strata"), "/img/disk.ctl");
+  EXPECT_EQ(DefaultControlPath("disk.strata"), "./disk.ctl");
+  auto o = ParseServeOptions({"disk.strata"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_FALSE(o->control.has_value());
+  EXPECT_FALSE(o->no_control);
+  o = ParseServeOptions({"--control=/run/vm.ctl", "disk.strata"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(*o->control, "/run/vm.ctl");
+  o = ParseServeOptions({"--no-control", "disk.strata"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->no_control);
+  EXPECT_FALSE(ParseServeOptions({"--no-control", "--control", "x", "disk.strata"}).ok());
+  EXPECT_FALSE(ParseServeOptions({"--control=", "disk.strata"}).ok());
+  EXPECT_FALSE(ParseServeOptions({"--no-control=1", "disk.strata"}).ok());
+}
+
 TEST(ServeOptionsTest, UrisAreEncoded) {
   EXPECT_EQ(UnixUri("/tmp/d.sock", ""), "nbd+unix:///?socket=/tmp/d.sock");
   EXPECT_EQ(UnixUri("/tmp/a b.sock", "vm 1"), "nbd+unix:///vm%201?socket=/tmp/a%20b.sock");

@@ -1,6 +1,7 @@
 #include "server/server.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -12,7 +13,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "absl/synchronization/blocking_counter.h"
 #include "server/log.h"
 
 namespace strata {
@@ -65,42 +65,57 @@ absl::StatusOr<Listener> ListenUnix(const std::string& path, unsigned mode) {
 }
 
 absl::StatusOr<Listener> ListenTcp(const std::string& address, int port) {
-  sockaddr_storage ss{};
-  socklen_t len;
-  int family;
   std::string host = address;
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
     host = host.substr(1, host.size() - 2);
   }
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
-  if (inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-    family = AF_INET;
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    len = sizeof(*v4);
-  } else if (inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-    family = AF_INET6;
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    len = sizeof(*v6);
-  } else {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string service = absl::StrCat(port);
+  if (int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res); rc != 0) {
     return absl::InvalidArgumentError(
-        absl::StrFormat("--listen: \"%s\" is not a numeric IPv4 or IPv6 address", address));
+        absl::StrFormat("--listen %s:%d: %s", address, port, gai_strerror(rc)));
   }
-  int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::ErrnoToStatus(errno, "socket(TCP)");
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0 || listen(fd, SOMAXCONN) != 0) {
-    int e = errno;
-    close(fd);
-    return absl::ErrnoToStatus(e, absl::StrFormat("bind/listen %s:%d", address, port));
+  // The first address that binds wins (e.g. "localhost" may resolve to ::1 and 127.0.0.1).
+  absl::Status last = absl::UnavailableError("no address");
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+    if (fd < 0) {
+      last = absl::ErrnoToStatus(errno, "socket(TCP)");
+      continue;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
+      last = absl::ErrnoToStatus(errno, absl::StrFormat("bind/listen %s:%d", address, port));
+      close(fd);
+      continue;
+    }
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+    char shown[INET6_ADDRSTRLEN] = "?";
+    int real_port = 0;
+    std::string description;
+    if (ss.ss_family == AF_INET6) {
+      auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+      inet_ntop(AF_INET6, &a->sin6_addr, shown, sizeof(shown));
+      real_port = ntohs(a->sin6_port);
+      description = absl::StrFormat("tcp:[%s]:%d", shown, real_port);
+    } else {
+      auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+      inet_ntop(AF_INET, &a->sin_addr, shown, sizeof(shown));
+      real_port = ntohs(a->sin_port);
+      description = absl::StrFormat("tcp:%s:%d", shown, real_port);
+    }
+    freeaddrinfo(res);
+    return Listener{fd, description, ""};
   }
-  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  int real_port = ntohs(family == AF_INET ? v4->sin_port : v6->sin6_port);
-  std::string shown = family == AF_INET6 ? absl::StrCat("[", host, "]") : host;
-  return Listener{fd, absl::StrFormat("tcp:%s:%d", shown, real_port), ""};
+  freeaddrinfo(res);
+  return last;
 }
 
 void CloseListener(Listener* l) {
@@ -118,7 +133,7 @@ Server::~Server() { Shutdown(); }
 absl::Status Server::Start() {
   pool_ = std::make_unique<BlockingPool>(options_.blocking_threads);
   for (int i = 0; i < options_.workers; ++i) {
-    auto w = std::make_unique<Worker>(i, exports_, pool_.get(), options_.limits);
+    auto w = std::make_unique<Worker>(i, exports_, pool_.get(), &no_space_, options_.limits);
     absl::Status st = w->Init();
     if (!st.ok()) return st;
     workers_.push_back(std::move(w));
@@ -132,18 +147,74 @@ void Server::AddConnection(int fd, std::string peer) {
   workers_[i]->AddConnection(fd, std::move(peer));
 }
 
-absl::Status Server::RunPaused(const std::function<absl::Status()>& fn, absl::Duration* pause) {
+absl::Status Server::RunPaused(const std::function<absl::Status()>& fn, absl::Duration* pause,
+                              absl::Duration drain_timeout) {
   absl::MutexLock serialize(&pause_mu_);
   const absl::Time begin = absl::Now();
-  absl::BlockingCounter drained(static_cast<int>(workers_.size()));
-  for (auto& w : workers_) w->Pause([&drained] { drained.DecrementCount(); });
-  drained.Wait();
-  absl::Status st = fn();
-  // fn may have changed the chain (a snapshot adds a layer): let storage re-read what it caches.
-  for (const auto& e : exports_->List()) e->storage->Refresh();
+  // Shared with the workers' callbacks: after a timeout we return while a worker may still
+  // drain later and call back, so the count cannot live on this stack frame.
+  struct Drain {
+    absl::Mutex mu;
+    int left ABSL_GUARDED_BY(mu) = 0;
+  };
+  auto drain = std::make_shared<Drain>();
+  {
+    absl::MutexLock lock(&drain->mu);
+    drain->left = static_cast<int>(workers_.size());
+  }
+  for (auto& w : workers_) {
+    w->Pause([drain] {
+      absl::MutexLock lock(&drain->mu);
+      --drain->left;
+    });
+  }
+  int left;
+  {
+    absl::MutexLock lock(&drain->mu);
+    auto drained = [d = drain.get()]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d->mu) { return d->left == 0; };
+    drain->mu.AwaitWithTimeout(absl::Condition(&drained), drain_timeout);
+    left = drain->left;
+  }
+  absl::Status st;
+  if (left > 0) {
+    st = absl::DeadlineExceededError(absl::StrFormat(
+        "%d of %d workers still had requests running or replies unsent after %s (a client "
+        "that stops reading its socket holds its replies); nothing was done, I/O resumed",
+        left, workers_.size(), absl::FormatDuration(drain_timeout)));
+  } else {
+    st = fn();
+    // fn may have changed the chain (a snapshot adds a layer): let storage re-read what it
+    // caches.
+    for (const auto& e : exports_->List()) e->storage->Refresh();
+  }
   for (auto& w : workers_) w->Resume();
   if (pause != nullptr) *pause = absl::Now() - begin;
   return st;
+}
+
+absl::StatusOr<std::vector<WorkerStats>> Server::CollectStats(absl::Duration timeout) {
+  struct Gather {
+    absl::Mutex mu;
+    std::vector<WorkerStats> stats ABSL_GUARDED_BY(mu);
+    size_t done ABSL_GUARDED_BY(mu) = 0;
+  };
+  auto g = std::make_shared<Gather>();
+  const size_t n = workers_.size();
+  for (auto& w : workers_) {
+    w->CollectStats([g](WorkerStats ws) {
+      absl::MutexLock lock(&g->mu);
+      g->stats.push_back(std::move(ws));
+      ++g->done;
+    });
+  }
+  absl::MutexLock lock(&g->mu);
+  auto all = [gp = g.get(), n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gp->mu) { return gp->done == n; };
+  if (!g->mu.AwaitWithTimeout(absl::Condition(&all), timeout)) {
+    return absl::DeadlineExceededError(
+        absl::StrFormat("stats: %d of %d workers did not answer within %s", n - g->done, n,
+                        absl::FormatDuration(timeout)));
+  }
+  return g->stats;
 }
 
 void Server::Shutdown() {

@@ -17,6 +17,7 @@
 #include "absl/time/time.h"
 #include "server/blocking_pool.h"
 #include "server/export.h"
+#include "server/stats.h"
 #include "server/worker.h"
 
 namespace strata {
@@ -31,7 +32,8 @@ struct Listener {
 // Creates a unix socket at `path` with permissions `mode`, replacing a stale socket file (one
 // nobody listens on) but refusing a live one or any other kind of file.
 absl::StatusOr<Listener> ListenUnix(const std::string& path, unsigned mode);
-// Listens on ADDR:PORT (IPv4 or [IPv6]); port 0 picks a free port (description has the real one).
+// Listens on ADDR:PORT (an IPv4 or [IPv6] address, or a host name such as localhost); port 0
+// picks a free port (the description has the real one).
 absl::StatusOr<Listener> ListenTcp(const std::string& address, int port);
 void CloseListener(Listener* l);
 
@@ -53,7 +55,15 @@ class Server {
   // Pauses every worker, waits until no request is running or being replied on any of them,
   // runs `fn`, resumes, and returns fn's status. Requests arriving meanwhile wait. Returns the
   // time during which no request could start in *pause (may be null). Calls are serialized.
-  absl::Status RunPaused(const std::function<absl::Status()>& fn, absl::Duration* pause = nullptr);
+  // If the workers have not drained within `drain_timeout` (a client that stops reading its
+  // socket keeps its replies unsent), fn does not run: the workers resume and the result is
+  // kDeadlineExceeded naming how many requests were still running.
+  absl::Status RunPaused(const std::function<absl::Status()>& fn, absl::Duration* pause = nullptr,
+                         absl::Duration drain_timeout = absl::InfiniteDuration());
+  // Every worker's connection counters, gathered on the ring threads (bounded by `timeout`).
+  absl::StatusOr<std::vector<WorkerStats>> CollectStats(absl::Duration timeout = absl::Seconds(5));
+  NoSpaceState& no_space() { return no_space_; }
+  int workers() const { return static_cast<int>(workers_.size()); }
   // Ends every connection once its started requests are answered, then joins the workers.
   void Shutdown();
 
@@ -63,6 +73,7 @@ class Server {
   std::unique_ptr<BlockingPool> pool_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<unsigned> next_worker_{0};
+  NoSpaceState no_space_;
   absl::Mutex pause_mu_;  // serializes RunPaused
   bool shut_down_ = false;
 };

@@ -1,8 +1,8 @@
 // Storage: the one narrow interface through which server/ reaches the disk it serves, the way
 // nbdkit filters call next->pread. It mirrors the metadata half of blockstore's Chain
 // (blockstore/chain.h): the server asks where bytes live and moves them itself on its io_uring
-// ring. ChainStorage adapts a Chain; RawFileStorage serves one raw file (tests and the dev
-// binary, so the server is testable without a layer chain).
+// ring. ChainStorage (chain_storage.h) adapts a Chain; fake_storage.h is a stand-in for
+// protocol tests.
 //
 // Threading: every method may be called from any worker thread concurrently. MapRead,
 // PrepareWrite, FinishWrite and Extents are called on the ring threads and must not sleep
@@ -71,17 +71,6 @@ class Storage {
 // O_DIRECT alignment used for buffers, file offsets and lengths. 4096 covers every logical
 // block size we expect (512-byte and 4K-native devices).
 inline constexpr uint64_t kDirectIoAlignment = 4096;
-
-// Serves a raw file. Zero/Trim punch holes; PrepareWrite widens unaligned writes to 4 KiB
-// "sub-blocks" and refuses (kUnavailable) a widened write whose edge sub-block another
-// write is using, exactly like Chain, so the server's slow paths run in tests too.
-absl::StatusOr<std::unique_ptr<Storage>> OpenRawFileStorage(const std::string& path,
-                                                            bool writable, bool direct_io);
-
-// Serves the chain whose top is `top_path` (defined in chain_storage.cc, only when the
-// blockstore library is built).
-absl::StatusOr<std::unique_ptr<Storage>> OpenChainStorage(const std::string& top_path,
-                                                          bool writable, bool direct_io);
 
 }  // namespace strata
 

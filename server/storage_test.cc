@@ -1,14 +1,17 @@
 #include "server/storage.h"
 
 #include <fcntl.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <chrono>
 #include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "server/chain_storage.h"
 #include "server/fake_storage.h"
 
 namespace strata {
@@ -57,33 +60,36 @@ TEST(GroupFlushTest, ErrorsReachTheCallersOfThatFlush) {
   EXPECT_EQ(s.GroupFlush().code(), absl::StatusCode::kDataLoss);
 }
 
-class RawFileStorageTest : public ::testing::Test {
+// ChainStorage on a fresh chain (no base, one active layer) in a temp dir.
+class ChainStorageTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/strata-raw-XXXXXX";
-    int fd = mkstemp(tmpl);
-    ASSERT_GE(fd, 0);
-    ASSERT_EQ(ftruncate(fd, 1 << 20), 0);
-    close(fd);
-    path_ = tmpl;
-    auto s = OpenRawFileStorage(path_, true, false);
+    char tmpl[] = "/tmp/strata-storage-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/disk.strata";
+    CreateOptions create;
+    create.size = 1 << 20;
+    auto h = CreateLayer(path_, create);
+    ASSERT_TRUE(h.ok()) << h.status();
+    auto s = OpenChainStorage(path_, true, false);
     ASSERT_TRUE(s.ok()) << s.status();
     storage_ = std::move(*s);
   }
-  void TearDown() override { unlink(path_.c_str()); }
+  void TearDown() override {
+    storage_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  std::string dir_;
   std::string path_;
-  std::unique_ptr<Storage> storage_;
+  std::unique_ptr<ChainStorage> storage_;
 };
 
-TEST_F(RawFileStorageTest, UnalignedWriteIsWidenedWithFills) {
+TEST_F(ChainStorageTest, UnalignedWriteIsWidenedAndConflictsWait) {
   auto plan = storage_->PrepareWrite(4100, 100);
   ASSERT_TRUE(plan.ok()) << plan.status();
   EXPECT_EQ(plan->start, 4096u);
   EXPECT_EQ(plan->end, 8192u);
-  ASSERT_EQ(plan->head_fill.size(), 1u);
-  EXPECT_EQ(plan->head_fill[0].length, 4u);
-  ASSERT_EQ(plan->tail_fill.size(), 1u);
-  EXPECT_EQ(plan->tail_fill[0].file_offset, 4200u);
   EXPECT_TRUE(plan->widened());
   // A second write into the same sub-block must wait.
   EXPECT_EQ(storage_->PrepareWrite(5000, 10).status().code(), absl::StatusCode::kUnavailable);
@@ -93,23 +99,41 @@ TEST_F(RawFileStorageTest, UnalignedWriteIsWidenedWithFills) {
   storage_->FinishWrite(*again, true);
 }
 
-TEST_F(RawFileStorageTest, ZeroReturnsUnalignedEdgesAsDataRanges) {
+TEST_F(ChainStorageTest, ZeroReturnsUnalignedEdgesAsDataRanges) {
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   ASSERT_TRUE(storage_->Zero(100, 10000, true, &ranges).ok());
   ASSERT_EQ(ranges.size(), 2u);
   EXPECT_EQ(ranges[0], std::make_pair(uint64_t{100}, uint64_t{3996}));
   EXPECT_EQ(ranges[1], std::make_pair(uint64_t{8192}, uint64_t{1908}));
-  ranges.clear();
-  ASSERT_TRUE(storage_->Zero(0, 8192, false, &ranges).ok());  // NO_HOLE: write zeros
-  ASSERT_EQ(ranges.size(), 1u);
-  EXPECT_EQ(ranges[0].second, 8192u);
 }
 
-TEST_F(RawFileStorageTest, OutOfRangeIsKOutOfRange) {
+TEST_F(ChainStorageTest, OutOfRangeIsKOutOfRange) {
   std::vector<Segment> segs;
   EXPECT_EQ(storage_->MapRead(1 << 20, 1, &segs).code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(storage_->PrepareWrite((1 << 20) - 1, 2).status().code(),
             absl::StatusCode::kOutOfRange);
+}
+
+TEST_F(ChainStorageTest, TopPositionFollowsSnapshotsAfterRefresh) {
+  EXPECT_EQ(storage_->top_position(), 1);
+  ASSERT_TRUE(storage_->chain()->Snapshot("s1").ok());
+  EXPECT_EQ(storage_->top_position(), 1);  // cached until the server's pause refreshes it
+  storage_->Refresh();
+  EXPECT_EQ(storage_->top_position(), 2);
+}
+
+TEST_F(ChainStorageTest, RevertReopensTheChainWithTheSnapshotContents) {
+  ASSERT_TRUE(storage_->chain()->Write(0, std::string(4096, 'a')).ok());
+  ASSERT_TRUE(storage_->chain()->Snapshot("s1").ok());
+  ASSERT_TRUE(storage_->chain()->Write(0, std::string(4096, 'b')).ok());
+  ASSERT_TRUE(storage_->Revert("s1").ok());
+  std::string back(4096, '?');
+  ASSERT_TRUE(storage_->chain()->Read(0, absl::MakeSpan(back)).ok());
+  EXPECT_EQ(back, std::string(4096, 'a'));
+  // A snapshot that is not in the chain: refused, and the disk is still served.
+  EXPECT_EQ(storage_->Revert("nope").code(), absl::StatusCode::kNotFound);
+  ASSERT_NE(storage_->chain(), nullptr);
+  EXPECT_TRUE(storage_->chain()->Write(0, std::string(4096, 'c')).ok());
 }
 
 }  // namespace

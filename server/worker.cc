@@ -35,8 +35,9 @@ absl::string_view Name(CompletionTag tag) {
   return "?";
 }
 
-Worker::Worker(int index, const ExportTable* exports, BlockingPool* pool, WorkerLimits limits)
-    : index_(index), exports_(exports), pool_(pool), limits_(limits) {}
+Worker::Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
+               WorkerLimits limits)
+    : index_(index), exports_(exports), pool_(pool), no_space_(no_space), limits_(limits) {}
 
 Worker::~Worker() {
   if (thread_.joinable()) thread_.join();
@@ -128,9 +129,21 @@ void Worker::Pause(std::function<void()> on_drained) {
 void Worker::Resume() {
   Post([this] {
     paused_ = false;
+    on_drained_ = nullptr;  // a pause that timed out before draining never calls back
     std::deque<Request*> held;
     held.swap(held_);
     for (Request* r : held) r->conn->Execute(r);
+  });
+}
+
+void Worker::CollectStats(std::function<void(WorkerStats)> done) {
+  Post([this, done = std::move(done)] {
+    WorkerStats stats;
+    stats.connections.reserve(connections_.size());
+    for (const Connection* c : connections_) stats.connections.push_back(c->Stats());
+    stats.closed = closed_io_;
+    stats.connections_closed = closed_count_;
+    done(std::move(stats));
   });
 }
 
@@ -206,8 +219,10 @@ void Worker::RunMailbox() {
   for (auto& fn : work) fn();
 }
 
-void Worker::ConnectionClosed(Connection* c) {
+void Worker::ConnectionClosed(Connection* c, const IoCounters& io) {
   connections_.erase(c);
+  closed_io_.Merge(io);
+  ++closed_count_;
   closed_.push_back(c);
 }
 

@@ -31,6 +31,7 @@
 #include "server/blocking_pool.h"
 #include "server/buffer_pool.h"
 #include "server/export.h"
+#include "server/stats.h"
 
 namespace strata {
 
@@ -72,7 +73,9 @@ struct WorkerLimits {
 
 class Worker {
  public:
-  Worker(int index, const ExportTable* exports, BlockingPool* pool, WorkerLimits limits = {});
+  // `no_space` (shared by every worker, owned by the Server) outlives the worker.
+  Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
+         WorkerLimits limits = {});
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -91,13 +94,17 @@ class Worker {
   // Ends every connection once its started requests are done; then the loop ends.
   void Shutdown();
   void Pause(std::function<void()> on_drained);
+  // Ends a pause (also one that never drained: Server::RunPaused's timeout).
   void Resume();
+  // Copies every connection's counters on the ring thread, then calls done(stats) there.
+  void CollectStats(std::function<void(WorkerStats)> done);
 
   // --- Ring thread only ---
   int index() const { return index_; }
   const WorkerLimits& limits() const { return limits_; }
   const ExportTable* exports() const { return exports_; }
   BufferPool& buffers() { return buffers_; }
+  NoSpaceState* no_space() const { return no_space_; }
   // An SQE; submits the queue first when it is full. Never null.
   io_uring_sqe* GetSqe();
   // Runs `work` on the blocking pool and `done` with its result back on this thread.
@@ -109,8 +116,9 @@ class Worker {
   void WriteFinished() { retry_parked_ = true; }
   void RequestStarted() { ++active_; }
   void RequestDone();
-  // The connection closed its socket; it is deleted after the current batch.
-  void ConnectionClosed(Connection* c);
+  // The connection closed its socket; it is deleted after the current batch. Its counters
+  // join the worker's total of closed connections.
+  void ConnectionClosed(Connection* c, const IoCounters& io);
 
  private:
   void Loop();
@@ -124,6 +132,7 @@ class Worker {
   const int index_;
   const ExportTable* exports_;
   BlockingPool* pool_;
+  NoSpaceState* no_space_;
   const WorkerLimits limits_;
   io_uring ring_;
   bool ring_ready_ = false;
@@ -137,6 +146,8 @@ class Worker {
   // Ring-thread state.
   BufferPool buffers_;
   std::unordered_set<Connection*> connections_;
+  IoCounters closed_io_;  // counters of connections that closed
+  uint64_t closed_count_ = 0;
   std::vector<Connection*> closed_;
   std::deque<Request*> held_;
   std::vector<Request*> parked_;

@@ -1,0 +1,414 @@
+#include "server/live_control.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "blockstore/format.h"
+#include "server/log.h"
+#include "server/nbd_protocol.h"
+
+namespace strata {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr char kRequests[] = "snapshot, list, stats, info, revert";
+
+std::string IsoTime(int64_t wall_ns) {
+  if (wall_ns <= 0) return "";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixNanos(wall_ns),
+                          absl::UTCTimeZone());
+}
+
+double Round3(double v) { return std::round(v * 1000) / 1000; }
+
+// p in [0, 1] over a sorted copy (nearest rank).
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t rank = static_cast<size_t>(std::ceil(p * static_cast<double>(v.size())));
+  return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
+}
+
+json LatencyJson(const LatencyHistogram& h) {
+  auto us = [](uint64_t ns) { return Round3(static_cast<double>(ns) / 1000); };
+  return json{{"count", h.count},
+              {"mean", h.count ? us(h.sum_ns / h.count) : 0.0},
+              {"p50", us(h.PercentileNs(0.50))},
+              {"p90", us(h.PercentileNs(0.90))},
+              {"p99", us(h.PercentileNs(0.99))},
+              {"max", us(h.max_ns)}};
+}
+
+json CountersJson(const IoCounters& io) {
+  json by_command = json::object();
+  for (int i = 0; i <= kCountedCommands; ++i) {
+    if (io.requests[i] == 0) continue;
+    std::string name = i == kOtherCommand
+                           ? "other"
+                           : std::string(nbd::Name(static_cast<nbd::Command>(i)));
+    if (name.rfind("NBD_CMD_", 0) == 0) name = name.substr(8);
+    for (char& c : name) c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
+    by_command[name] = io.requests[i];
+  }
+  return json{{"requests", io.total_requests()},
+              {"requests_by_command", by_command},
+              {"errors", io.errors},
+              {"enospc_replies", io.enospc_replies},
+              {"bytes_read", io.bytes_read},
+              {"bytes_written", io.bytes_written},
+              {"latency_us", LatencyJson(io.latency)}};
+}
+
+}  // namespace
+
+LiveControl::LiveControl(Server* server, ExportTable* exports, ChainStorage* disk,
+                         LiveControlOptions options)
+    : server_(server),
+      exports_(exports),
+      disk_(disk),
+      options_(std::move(options)),
+      started_wall_ns_(WallNs()) {}
+
+LiveControl::~LiveControl() = default;
+
+absl::Status LiveControl::ExportSnapshot(const std::string& name, const std::string& path) {
+  const std::string export_name = absl::StrCat("@", name);
+  if (exports_->Find(export_name) != nullptr) return absl::OkStatus();
+  // Read-only: shared locks only, beside the server's own shared lock on this frozen file.
+  absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
+      OpenChainStorage(path, /*writable=*/false, options_.direct_io);
+  if (!storage.ok()) {
+    return absl::Status(storage.status().code(),
+                        absl::StrCat("export ", export_name, ": ", storage.status().message()));
+  }
+  auto e = std::make_shared<Export>();
+  e->name = export_name;
+  e->description = absl::StrCat("snapshot '", name, "' of ", disk_->top_path(), " (read-only)");
+  e->storage = storage->get();
+  e->read_only = true;
+  snapshots_.push_back({name, std::move(*storage), true});
+  exports_->Add(std::move(e));
+  STRATA_LOG(kInfo, "export \"%s\": snapshot %s (read-only)", export_name, path);
+  return absl::OkStatus();
+}
+
+absl::Status LiveControl::AddSnapshotExports() {
+  absl::MutexLock lock(&mu_);
+  if (disk_->chain() == nullptr) return absl::OkStatus();
+  absl::Status first;
+  for (const LayerInfo& info : disk_->chain()->Layers()) {
+    if (info.is_raw_base || info.header.state != LayerState::kFrozen ||
+        info.header.snapshot_name.empty()) {
+      continue;
+    }
+    absl::Status st = ExportSnapshot(info.header.snapshot_name, info.path);
+    if (!st.ok()) {
+      STRATA_LOG(kError, "%s", st.ToString());
+      if (first.ok()) first = st;
+    }
+  }
+  return first;
+}
+
+std::vector<std::string> LiveControl::SnapshotExportNames() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> names;
+  for (const auto& s : snapshots_) {
+    if (s.exported) names.push_back("@" + s.name);
+  }
+  return names;
+}
+
+absl::Status LiveControl::Handle(const json& request, json* reply) {
+  const std::string what = request.value("request", std::string());
+  if (what == "snapshot") return Snapshot(request, reply);
+  if (what == "list") return List(reply);
+  if (what == "stats") return Stats(reply);
+  if (what == "info") return Info(reply);
+  if (what == "revert") return Revert(request, reply);
+  return absl::InvalidArgumentError(
+      absl::StrFormat("unknown request \"%s\" (known: %s)", what, kRequests));
+}
+
+// ---------------------------------------------------------------------------------------------
+// snapshot {"name": NAME} -> {"name", "file", "uuid", "export", "pause_ms"}
+
+absl::Status LiveControl::Snapshot(const json& request, json* reply) {
+  if (!request.contains("name") || !request["name"].is_string() ||
+      request["name"].get<std::string>().empty()) {
+    return absl::InvalidArgumentError("snapshot: \"name\" (a non-empty string) is required");
+  }
+  const std::string name = request["name"].get<std::string>();
+  absl::MutexLock lock(&mu_);
+  Chain* chain = disk_->chain();
+  if (chain == nullptr || !disk_->writable()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "snapshot '", name, "': ", disk_->top_path(), " is served read-only; nothing to freeze"));
+  }
+  absl::StatusOr<Chain::SnapshotResult> result =
+      absl::InternalError("snapshot did not run");  // replaced inside the pause
+  // Flush first, while clients keep running: the flush inside the pause (Chain::Snapshot
+  // makes the frozen layer durable) then only covers what was written in the meantime. Under
+  // a heavy write load a flush lets new dirty data pile up, so flush again while that shrinks
+  // the next one (each is shorter than the last), at most kPreFlushes times.
+  constexpr int kPreFlushes = 4;
+  constexpr absl::Duration kShortFlush = absl::Milliseconds(2);
+  for (int i = 0; i < kPreFlushes; ++i) {
+    const absl::Time begin = absl::Now();
+    if (absl::Status pre = chain->Flush(); !pre.ok()) {
+      ++snapshot_failures_;
+      return absl::Status(pre.code(), absl::StrCat("snapshot '", name,
+                                                   "': flush before the pause: ", pre.message()));
+    }
+    if (absl::Now() - begin < kShortFlush) break;
+  }
+  absl::Duration pause, freeze;
+  absl::Status st = server_->RunPaused(
+      [&]() -> absl::Status {
+        const absl::Time begin = absl::Now();
+        result = chain->Snapshot(name);
+        freeze = absl::Now() - begin;
+        return result.status();
+      },
+      &pause, options_.pause_timeout);
+  const double pause_ms = absl::ToDoubleMilliseconds(pause);
+  const double freeze_ms = absl::ToDoubleMilliseconds(freeze);
+  if (!st.ok()) {
+    ++snapshot_failures_;
+    if (st.code() == absl::StatusCode::kDeadlineExceeded) ++pause_timeouts_;
+    STRATA_LOG(kError, "snapshot '%s' failed (I/O paused %.3f ms, disk served as before): %s",
+               name, pause_ms, st.ToString());
+    return absl::Status(st.code(), absl::StrCat("snapshot '", name, "': ", st.message()));
+  }
+  pauses_ms_.push_back(pause_ms);
+  STRATA_LOG(kInfo, "snapshot '%s' taken live: %s (I/O paused %.3f ms, of which %.3f ms freezing)",
+             name, result->frozen_path, pause_ms, freeze_ms);
+  (*reply)["name"] = name;
+  (*reply)["file"] = result->frozen_path;
+  (*reply)["uuid"] = UuidToString(result->frozen_uuid);
+  (*reply)["pause_ms"] = Round3(pause_ms);
+  // The part of the pause spent in Chain::Snapshot (flush, freeze, new layer); the rest is
+  // draining requests in flight and resuming.
+  (*reply)["freeze_ms"] = Round3(freeze_ms);
+  // The export is opened after the pause; a failure here does not undo the snapshot.
+  if (absl::Status e = ExportSnapshot(name, result->frozen_path); e.ok()) {
+    (*reply)["export"] = "@" + name;
+  } else {
+    STRATA_LOG(kError, "%s", e.ToString());
+    (*reply)["export"] = nullptr;
+    (*reply)["export_error"] = std::string(e.message());
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// list -> {"layers": [...]}, the top first
+
+absl::Status LiveControl::List(json* reply) {
+  absl::MutexLock lock(&mu_);
+  Chain* chain = disk_->chain();
+  if (chain == nullptr) return disk_->Flush();  // the "could not be reopened" error
+  std::vector<LayerInfo> layers = chain->Layers();
+  std::sort(layers.begin(), layers.end(),
+            [](const LayerInfo& a, const LayerInfo& b) { return a.position > b.position; });
+  const int64_t now = WallNs();
+  json out = json::array();
+  for (const LayerInfo& l : layers) {
+    json j{{"position", l.position}, {"file", l.path}, {"file_bytes", l.file_bytes}};
+    if (l.is_raw_base) {
+      j["state"] = "raw base";
+      j["allocated_bytes"] = l.file_bytes;
+    } else {
+      const LayerHeader& h = l.header;
+      const bool frozen = h.state == LayerState::kFrozen;
+      j["state"] = frozen ? "frozen" : "active";
+      j["uuid"] = UuidToString(h.uuid);
+      j["allocated_bytes"] = l.allocated_bytes;
+      j["created"] = IsoTime(h.created_ns);
+      if (frozen) {
+        j["snapshot"] = h.snapshot_name;
+        j["snapshot_time"] = IsoTime(h.frozen_ns);
+        if (!h.snapshot_name.empty() && exports_->Find("@" + h.snapshot_name) != nullptr) {
+          j["export"] = "@" + h.snapshot_name;
+        }
+      }
+      // Age of the state the layer holds: since the snapshot for a frozen layer, since its
+      // creation for the active one.
+      const int64_t since = frozen && h.frozen_ns > 0 ? h.frozen_ns : h.created_ns;
+      if (since > 0) j["age_seconds"] = Round3(static_cast<double>(now - since) / 1e9);
+    }
+    out.push_back(std::move(j));
+  }
+  (*reply)["layers"] = std::move(out);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// stats -> {"total", "connections", "enospc", "snapshots", ...}
+
+absl::Status LiveControl::Stats(json* reply) {
+  absl::StatusOr<std::vector<WorkerStats>> workers = server_->CollectStats();
+  if (!workers.ok()) return workers.status();
+  const int64_t now = MonotonicNs();
+  IoCounters total;
+  int64_t in_flight = 0;
+  uint64_t closed = 0;
+  json conns = json::array();
+  for (const WorkerStats& w : *workers) {
+    total.Merge(w.closed);
+    closed += w.connections_closed;
+    for (const ConnectionStats& c : w.connections) {
+      total.Merge(c.io);
+      in_flight += c.in_flight;
+      json j = CountersJson(c.io);
+      j["id"] = c.id;
+      j["worker"] = c.worker;
+      j["peer"] = c.peer;
+      j["export"] = c.negotiated ? json(c.export_name) : json(nullptr);
+      j["in_flight"] = c.in_flight;
+      j["age_seconds"] = Round3(static_cast<double>(now - c.opened_ns) / 1e9);
+      conns.push_back(std::move(j));
+    }
+  }
+  std::sort(conns.begin(), conns.end(),
+            [](const json& a, const json& b) { return a["id"] < b["id"]; });
+  json t = CountersJson(total);
+  t["in_flight"] = in_flight;
+  (*reply)["total"] = std::move(t);
+  (*reply)["connections"] = std::move(conns);
+  (*reply)["connections_open"] = (*reply)["connections"].size();
+  (*reply)["connections_closed"] = closed;
+
+  const NoSpaceState& ns = server_->no_space();
+  json enospc{{"full", ns.full()},
+              {"replies", ns.replies()},
+              {"episodes", ns.episodes()},
+              {"since", ns.full() ? json(IsoTime(ns.since_wall_ns())) : json(nullptr)},
+              {"last", ns.last_wall_ns() ? json(IsoTime(ns.last_wall_ns())) : json(nullptr)}};
+  (*reply)["enospc"] = std::move(enospc);
+
+  absl::MutexLock lock(&mu_);
+  json snaps{{"taken", pauses_ms_.size()},
+             {"failed", snapshot_failures_},
+             {"pause_timeouts", pause_timeouts_}};
+  if (!pauses_ms_.empty()) {
+    snaps["last_pause_ms"] = Round3(pauses_ms_.back());
+    snaps["pause_p50_ms"] = Round3(Percentile(pauses_ms_, 0.50));
+    snaps["pause_p99_ms"] = Round3(Percentile(pauses_ms_, 0.99));
+    snaps["pause_max_ms"] = Round3(*std::max_element(pauses_ms_.begin(), pauses_ms_.end()));
+  } else {
+    snaps["last_pause_ms"] = nullptr;
+  }
+  (*reply)["snapshots"] = std::move(snaps);
+  (*reply)["uptime_seconds"] = Round3(static_cast<double>(WallNs() - started_wall_ns_) / 1e9);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// info -> {"size", "cluster_size", "sub_block_size", "top_file", "exports", "connections", ...}
+
+absl::Status LiveControl::Info(json* reply) {
+  absl::StatusOr<int> connections = CountConnections();
+  if (!connections.ok()) return connections.status();
+  absl::MutexLock lock(&mu_);
+  (*reply)["size"] = disk_->size();
+  (*reply)["sub_block_size"] = disk_->sub_block_size();
+  if (disk_->chain() != nullptr) {
+    (*reply)["cluster_size"] = disk_->chain()->cluster_size();
+    (*reply)["layers"] = disk_->chain()->top_position();
+  }
+  (*reply)["top_file"] = disk_->top_path();
+  (*reply)["read_only"] = !disk_->writable();
+  json exports = json::array();
+  for (const auto& e : exports_->List()) {
+    exports.push_back({{"name", e->name}, {"read_only", e->read_only},
+                       {"description", e->description}});
+  }
+  (*reply)["exports"] = std::move(exports);
+  (*reply)["connections"] = *connections;
+  (*reply)["workers"] = server_->workers();
+  (*reply)["control_socket"] = options_.control_path;
+  (*reply)["pause_timeout_ms"] = absl::ToInt64Milliseconds(options_.pause_timeout);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> LiveControl::CountConnections() {
+  absl::StatusOr<std::vector<WorkerStats>> workers = server_->CollectStats();
+  if (!workers.ok()) return workers.status();
+  int n = 0;
+  for (const WorkerStats& w : *workers) n += static_cast<int>(w.connections.size());
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// revert {"name"?} -> {"reverted_to", "file"}
+
+absl::Status LiveControl::Revert(const json& request, json* reply) {
+  std::string name;
+  if (request.contains("name")) {
+    if (!request["name"].is_string()) {
+      return absl::InvalidArgumentError("revert: \"name\" must be a string (a snapshot name)");
+    }
+    name = request["name"].get<std::string>();
+  }
+  const std::string target = name.empty() ? "its parent" : absl::StrCat("snapshot '", name, "'");
+  auto refuse = [&](int n) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "revert refused: %d client connection%s open (an online revert changes the disk under "
+        "a client's feet; disconnect every client, e.g. shut the guest down, then retry)",
+        n, n == 1 ? " is" : "s are"));
+  };
+  absl::StatusOr<int> connections = CountConnections();
+  if (!connections.ok()) return connections.status();
+  if (*connections > 0) return refuse(*connections);
+  absl::MutexLock lock(&mu_);
+  if (!disk_->writable()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("revert: ", disk_->top_path(), " is served read-only"));
+  }
+  absl::Duration pause;
+  absl::Status st = server_->RunPaused(
+      [&]() -> absl::Status {
+        // Counted again with every worker paused: a client that connected meanwhile wins.
+        absl::StatusOr<int> now = CountConnections();
+        if (!now.ok()) return now.status();
+        if (*now > 0) return refuse(*now);
+        return disk_->Revert(name);
+      },
+      &pause, options_.pause_timeout);
+  if (!st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("revert to ", target, ": ", st.message()));
+  }
+  // Snapshots above the target are no longer in the served chain (their files stay, a
+  // branch): their exports go. The storages stay alive until shutdown.
+  std::set<std::string> in_chain;
+  if (disk_->chain() != nullptr) {
+    for (const LayerInfo& info : disk_->chain()->Layers()) {
+      if (!info.is_raw_base) in_chain.insert(info.header.snapshot_name);
+    }
+  }
+  std::vector<std::string> removed;
+  for (auto& s : snapshots_) {
+    if (s.exported && !in_chain.count(s.name)) {
+      exports_->Remove("@" + s.name);
+      s.exported = false;
+      removed.push_back("@" + s.name);
+    }
+  }
+  STRATA_LOG(kInfo, "reverted %s to %s (I/O paused %.3f ms)%s", disk_->top_path(), target,
+             absl::ToDoubleMilliseconds(pause),
+             removed.empty() ? "" : absl::StrCat("; exports removed: ", absl::StrJoin(removed, ", ")));
+  (*reply)["reverted_to"] = name.empty() ? json(nullptr) : json(name);
+  (*reply)["file"] = disk_->top_path();
+  (*reply)["exports_removed"] = removed;
+  return absl::OkStatus();
+}
+
+}  // namespace strata

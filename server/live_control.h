@@ -1,0 +1,90 @@
+// LiveControl: what the control socket's requests do to a running server — live snapshots,
+// the snapshot exports, list, stats, info and online revert. ControlSocket (control_socket.h)
+// is the transport; this is the handler behind it.
+//
+// Design note. A live snapshot is Server::RunPaused(Chain::Snapshot): every worker stops
+// starting requests, the started ones finish and their replies are sent, the active layer is
+// frozen (flushed: durable before the reply) and a new one stacked, the workers resume. So a
+// write acknowledged before the snapshot reply is in the snapshot, none acknowledged after it
+// is, and a write in flight lands wholly on one side (it either finished before the pause or
+// starts after it). The drain is bounded (`pause_timeout`): a client that does not read its
+// replies makes the snapshot fail with a clear error instead of stalling every client.
+//
+// Each frozen layer of the served chain with a snapshot name is exported read-only as "@NAME":
+// its own Chain opened read-only on `<stem>@NAME.strata` (shared flocks, compatible with the
+// server's), opened outside the pause so it does not lengthen it. Export storages live until
+// this object is destroyed (after the server shut down), since connections hold raw pointers.
+//
+// Thread safety: Handle() is called by the control socket's one thread; requests are therefore
+// serialized. Every method takes mu_ anyway so tests may call it from anywhere.
+#ifndef STRATA_SERVER_LIVE_CONTROL_H_
+#define STRATA_SERVER_LIVE_CONTROL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "nlohmann/json.hpp"
+#include "server/chain_storage.h"
+#include "server/export.h"
+#include "server/server.h"
+
+namespace strata {
+
+struct LiveControlOptions {
+  // Longest a snapshot or revert waits for in-flight requests to finish before giving up.
+  absl::Duration pause_timeout = absl::Seconds(5);
+  bool direct_io = false;       // for the snapshot exports' chains
+  std::string control_path;     // shown by `info`
+};
+
+class LiveControl {
+ public:
+  // `disk` is the served chain, also in `exports` as the default export. All three outlive
+  // this object's use; this object must outlive the server's connections.
+  LiveControl(Server* server, ExportTable* exports, ChainStorage* disk, LiveControlOptions options);
+  ~LiveControl();
+
+  // Exports every named frozen layer of the served chain as "@NAME" (at startup).
+  absl::Status AddSnapshotExports();
+  // The control socket's handler: dispatches on request["request"].
+  absl::Status Handle(const nlohmann::json& request, nlohmann::json* reply);
+
+  // Names of the snapshot exports, for tests and logs.
+  std::vector<std::string> SnapshotExportNames() const;
+
+ private:
+  absl::Status Snapshot(const nlohmann::json& request, nlohmann::json* reply);
+  absl::Status List(nlohmann::json* reply);
+  absl::Status Stats(nlohmann::json* reply);
+  absl::Status Info(nlohmann::json* reply);
+  absl::Status Revert(const nlohmann::json& request, nlohmann::json* reply);
+  absl::Status ExportSnapshot(const std::string& name, const std::string& path)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Connections of every worker (also those still negotiating).
+  absl::StatusOr<int> CountConnections();
+
+  Server* server_;
+  ExportTable* exports_;
+  ChainStorage* disk_;
+  const LiveControlOptions options_;
+  const int64_t started_wall_ns_;
+
+  mutable absl::Mutex mu_;
+  struct SnapshotExport {
+    std::string name;  // snapshot name (the export is "@" + name)
+    std::unique_ptr<ChainStorage> storage;
+    bool exported = false;  // still in the table (a revert below it removes it)
+  };
+  std::vector<SnapshotExport> snapshots_ ABSL_GUARDED_BY(mu_);
+  std::vector<double> pauses_ms_ ABSL_GUARDED_BY(mu_);  // successful live snapshots
+  uint64_t snapshot_failures_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t pause_timeouts_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace strata
+
+#endif  // STRATA_SERVER_LIVE_CONTROL_H_

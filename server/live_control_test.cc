@@ -1,0 +1,237 @@
+// LiveControl in process: a Server on a real chain, clients on socketpairs, requests as JSON.
+// The end-to-end versions (the strata binary, the control socket, nbdcopy) are in tests/.
+#include "server/live_control.h"
+
+#include <libnbd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "server/nbd_protocol.h"
+
+namespace strata {
+namespace {
+
+using json = nlohmann::json;
+constexpr uint64_t kDiskSize = 8 << 20;
+
+class LiveControlTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/strata-live-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/disk.strata";
+    CreateOptions create;
+    create.size = kDiskSize;
+    ASSERT_TRUE(CreateLayer(path_, create).ok());
+    auto s = OpenChainStorage(path_, true, false);
+    ASSERT_TRUE(s.ok()) << s.status();
+    storage_ = std::move(*s);
+    auto e = std::make_shared<Export>();
+    e->name = "";
+    e->storage = storage_.get();
+    exports_.Add(e);
+    ServerOptions options;
+    options.workers = 2;
+    server_ = std::make_unique<Server>(&exports_, options);
+    absl::Status st = server_->Start();
+    if (!st.ok()) GTEST_SKIP() << "io_uring unavailable: " << st;
+    LiveControlOptions live;
+    live.pause_timeout = absl::Milliseconds(500);
+    live_ = std::make_unique<LiveControl>(server_.get(), &exports_, storage_.get(), live);
+  }
+  void TearDown() override {
+    if (server_) server_->Shutdown();
+    live_.reset();
+    server_.reset();
+    storage_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  json Request(json request, absl::Status* status = nullptr) {
+    json reply = json::object();
+    absl::Status st = live_->Handle(request, &reply);
+    if (status != nullptr) *status = st;
+    return reply;
+  }
+  int Connect() {
+    int sv[2];
+    EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    server_->AddConnection(sv[0], "socketpair");
+    return sv[1];
+  }
+  nbd_handle* Open(const std::string& export_name) {
+    nbd_handle* h = nbd_create();
+    nbd_set_export_name(h, export_name.c_str());
+    EXPECT_EQ(nbd_connect_socket(h, Connect()), 0) << nbd_get_error();
+    return h;
+  }
+
+  std::string dir_, path_;
+  std::unique_ptr<ChainStorage> storage_;
+  ExportTable exports_;
+  std::unique_ptr<Server> server_;
+  std::unique_ptr<LiveControl> live_;
+};
+
+TEST_F(LiveControlTest, SnapshotIsExportedReadOnlyAndListed) {
+  nbd_handle* h = Open("");
+  std::string a(4096, 'a'), b(4096, 'b');
+  ASSERT_EQ(nbd_pwrite(h, a.data(), a.size(), 0, 0), 0);
+  absl::Status st;
+  json r = Request({{"request", "snapshot"}, {"name", "s1"}}, &st);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(r["name"], "s1");
+  EXPECT_EQ(r["file"], dir_ + "/disk@s1.strata");
+  EXPECT_EQ(r["export"], "@s1");
+  EXPECT_EQ(r["uuid"].get<std::string>().size(), 36u);
+  EXPECT_GE(r["pause_ms"].get<double>(), 0.0);
+  ASSERT_EQ(nbd_pwrite(h, b.data(), b.size(), 0, 0), 0);
+
+  nbd_handle* snap = Open("@s1");
+  EXPECT_EQ(nbd_is_read_only(snap), 1);
+  std::string back(4096, '?');
+  ASSERT_EQ(nbd_pread(snap, back.data(), back.size(), 0, 0), 0);
+  EXPECT_EQ(back, a);
+  nbd_set_strict_mode(snap, 0);  // let the write reach the server
+  EXPECT_EQ(nbd_pwrite(snap, b.data(), b.size(), 0, 0), -1);  // read-only: EPERM
+  EXPECT_EQ(nbd_get_errno(), EPERM);
+  ASSERT_EQ(nbd_pread(h, back.data(), back.size(), 0, 0), 0);
+  EXPECT_EQ(back, b);
+
+  json list = Request({{"request", "list"}}, &st);
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_EQ(list["layers"].size(), 2u);
+  EXPECT_EQ(list["layers"][0]["state"], "active");
+  EXPECT_EQ(list["layers"][0]["position"], 2);
+  EXPECT_EQ(list["layers"][1]["state"], "frozen");
+  EXPECT_EQ(list["layers"][1]["snapshot"], "s1");
+  EXPECT_EQ(list["layers"][1]["export"], "@s1");
+  EXPECT_EQ(list["layers"][1]["allocated_bytes"], 65536);  // one cluster
+  EXPECT_TRUE(list["layers"][1].contains("age_seconds"));
+
+  // Same name twice: refused with the reason, the disk keeps being served.
+  json again = Request({{"request", "snapshot"}, {"name", "s1"}}, &st);
+  EXPECT_EQ(st.code(), absl::StatusCode::kAlreadyExists) << st;
+  ASSERT_EQ(nbd_pwrite(h, a.data(), a.size(), 4096, 0), 0);
+
+  json stats = Request({{"request", "stats"}}, &st);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(stats["snapshots"]["taken"], 1);
+  EXPECT_EQ(stats["snapshots"]["failed"], 1);
+  EXPECT_EQ(stats["connections_open"], 2);
+  EXPECT_GE(stats["total"]["requests_by_command"]["write"].get<int>(), 3);
+  EXPECT_EQ(stats["total"]["bytes_written"].get<uint64_t>() % 4096, 0u);
+  EXPECT_GE(stats["total"]["errors"].get<int>(), 1);  // the write to the snapshot
+  EXPECT_EQ(stats["enospc"]["full"], false);
+
+  json info = Request({{"request", "info"}}, &st);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(info["size"], kDiskSize);
+  EXPECT_EQ(info["connections"], 2);
+  EXPECT_EQ(info["exports"].size(), 2u);
+  nbd_close(snap);
+  nbd_close(h);
+}
+
+TEST_F(LiveControlTest, RevertIsRefusedWhileAClientIsConnected) {
+  nbd_handle* h = Open("");
+  std::string a(4096, 'a'), b(4096, 'b');
+  ASSERT_EQ(nbd_pwrite(h, a.data(), a.size(), 0, 0), 0);
+  absl::Status st;
+  Request({{"request", "snapshot"}, {"name", "s1"}}, &st);
+  ASSERT_TRUE(st.ok()) << st;
+  Request({{"request", "snapshot"}, {"name", "s2"}}, &st);
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_EQ(nbd_pwrite(h, b.data(), b.size(), 0, 0), 0);
+  Request({{"request", "revert"}, {"name", "s1"}}, &st);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(st.message().find("1 client connection is open"), std::string::npos) << st;
+  nbd_shutdown(h, 0);
+  nbd_close(h);
+  // Connections close asynchronously on their worker: wait (bounded) until none is left.
+  for (int i = 0; i < 200; ++i) {
+    json info = Request({{"request", "info"}});
+    if (info["connections"] == 0) break;
+    usleep(10000);
+  }
+  json r = Request({{"request", "revert"}, {"name", "s1"}}, &st);
+  ASSERT_TRUE(st.ok()) << st;
+  EXPECT_EQ(r["reverted_to"], "s1");
+  EXPECT_EQ(r["exports_removed"], json::array({"@s2"}));
+  h = Open("");
+  std::string back(4096, '?');
+  ASSERT_EQ(nbd_pread(h, back.data(), back.size(), 0, 0), 0);
+  EXPECT_EQ(back, a);
+  ASSERT_EQ(nbd_pwrite(h, b.data(), b.size(), 0, 0), 0);  // still writable
+  nbd_close(h);
+}
+
+TEST_F(LiveControlTest, AClientThatDoesNotReadRepliesMakesTheSnapshotTimeOutNotHang) {
+  // Raw client: handshake by hand, then many large READs while never reading the replies:
+  // the socket buffer fills, replies stay unsent, the worker cannot drain.
+  int fd = Connect();
+  char greeting[18];
+  ASSERT_EQ(recv(fd, greeting, sizeof(greeting), MSG_WAITALL), 18);
+  std::string in;
+  nbd::Append32(&in, nbd::kClientFlagFixedNewstyle | nbd::kClientFlagNoZeroes);
+  nbd::Append64(&in, nbd::kIHaveOpt);
+  nbd::Append32(&in, 1);  // NBD_OPT_EXPORT_NAME
+  nbd::Append32(&in, 0);
+  ASSERT_EQ(write(fd, in.data(), in.size()), static_cast<ssize_t>(in.size()));
+  char export_reply[10];
+  ASSERT_EQ(recv(fd, export_reply, sizeof(export_reply), MSG_WAITALL), 10);
+  std::string reqs;
+  for (int i = 0; i < 8; ++i) {
+    nbd::RequestHeader h;
+    h.magic = nbd::kRequestMagic;
+    h.type = static_cast<uint16_t>(nbd::Command::kRead);
+    h.handle = i;
+    h.offset = 0;
+    h.length = 4 << 20;
+    std::string s(nbd::kRequestHeaderSize, '\0');
+    h.EncodeTo(s.data());
+    reqs += s;
+  }
+  ASSERT_EQ(write(fd, reqs.data(), reqs.size()), static_cast<ssize_t>(reqs.size()));
+  usleep(100000);  // let the server start them and fill the socket
+  absl::Status st;
+  const absl::Time begin = absl::Now();
+  Request({{"request", "snapshot"}, {"name", "stuck"}}, &st);
+  EXPECT_EQ(st.code(), absl::StatusCode::kDeadlineExceeded) << st;
+  EXPECT_LT(absl::Now() - begin, absl::Seconds(5));
+  // Nothing was done, and other clients are served.
+  nbd_handle* h = Open("");
+  std::string b(4096, 'b');
+  ASSERT_EQ(nbd_pwrite(h, b.data(), b.size(), 0, 0), 0);
+  close(fd);
+  nbd_close(h);
+  json list = Request({{"request", "list"}});
+  EXPECT_EQ(list["layers"].size(), 1u);
+  json stats = Request({{"request", "stats"}});
+  EXPECT_EQ(stats["snapshots"]["pause_timeouts"], 1);
+  // Once the stuck client is gone, a snapshot works.
+  Request({{"request", "snapshot"}, {"name", "later"}}, &st);
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+TEST_F(LiveControlTest, BadRequestsAreRefusedWithAReason) {
+  absl::Status st;
+  Request({{"request", "frobnicate"}}, &st);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("unknown request \"frobnicate\""), std::string::npos);
+  Request({{"request", "snapshot"}}, &st);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  Request({{"request", "snapshot"}, {"name", 7}}, &st);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  Request({{"request", "snapshot"}, {"name", "a/b"}}, &st);
+  EXPECT_FALSE(st.ok());
+  Request({{"request", "revert"}, {"name", "missing"}}, &st);
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+}
+
+}  // namespace
+}  // namespace strata

@@ -1,0 +1,301 @@
+// live_control_socket: the control socket of a real `strata serve` — every request, malformed
+// input (bad JSON, unknown request, oversized line, abrupt disconnect), the socket file's
+// permissions, the strata CLI as its client, and a snapshot on a full host volume.
+//
+// Why: the control socket is how users drive live snapshots; it must answer every mistake with
+// a reason and never crash or stall the server, whose data path keeps running throughout.
+#include <gtest/gtest.h>
+#include <libnbd.h>
+#include <sys/mount.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "control_util.h"
+#include "nbd_test_server.h"
+
+namespace strata_test {
+namespace {
+
+using json = nlohmann::json;
+
+class LiveControlSocketTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    STRATA_SKIP_IF_NO_SERVER();
+    if (SelectedServer() != ServerKind::kStrata) GTEST_SKIP() << "the control socket is strata's";
+  }
+  std::string Ctl(const NbdTestServer& s) const { return s.dir() + "/disk.ctl"; }
+};
+
+TEST_F(LiveControlSocketTest, EveryRequestAnswers) {
+  NbdTestServer server;
+  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB}));
+  ASSERT_TRUE(server.Start());
+  const std::string ctl = Ctl(server);
+  struct stat st;
+  ASSERT_EQ(stat(ctl.c_str(), &st), 0) << "no control socket beside the layer";
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+
+  NbdHandle h = server.Connect();
+  ASSERT_TRUE(h);
+  ASSERT_TRUE(WritePattern(h.get(), 0, 64 * kKiB, 1));
+
+  json snap = Control(ctl, {{"request", "snapshot"}, {"name", "before"}});
+  ASSERT_EQ(snap["ok"], true) << snap;
+  EXPECT_EQ(snap["file"], server.dir() + "/disk@before.strata");
+  EXPECT_EQ(snap["export"], "@before");
+  EXPECT_TRUE(snap["uuid"].is_string());
+  EXPECT_TRUE(snap["pause_ms"].is_number());
+
+  json list = Control(ctl, {{"request", "list"}});
+  ASSERT_EQ(list["ok"], true) << list;
+  ASSERT_EQ(list["layers"].size(), 3u);  // active, before, raw base
+  EXPECT_EQ(list["layers"][0]["state"], "active");
+  EXPECT_EQ(list["layers"][1]["snapshot"], "before");
+  EXPECT_EQ(list["layers"][2]["state"], "raw base");
+  for (const json& l : list["layers"]) {
+    EXPECT_TRUE(l.contains("file") && l.contains("allocated_bytes")) << l;
+  }
+  EXPECT_TRUE(list["layers"][1].contains("uuid") && list["layers"][1].contains("created") &&
+              list["layers"][1].contains("age_seconds"))
+      << list;
+
+  json stats = Control(ctl, {{"request", "stats"}});
+  ASSERT_EQ(stats["ok"], true) << stats;
+  EXPECT_EQ(stats["connections_open"], 1);
+  EXPECT_GE(stats["total"]["requests_by_command"]["write"].get<int>(), 1);
+  EXPECT_GE(stats["total"]["bytes_written"].get<uint64_t>(), 64 * kKiB);
+  EXPECT_TRUE(stats["total"]["latency_us"].contains("p99"));
+  EXPECT_EQ(stats["connections"][0]["in_flight"], 0);
+  EXPECT_EQ(stats["enospc"]["full"], false);
+  EXPECT_EQ(stats["snapshots"]["taken"], 1);
+  EXPECT_TRUE(stats["snapshots"]["last_pause_ms"].is_number());
+
+  json info = Control(ctl, {{"request", "info"}});
+  ASSERT_EQ(info["ok"], true) << info;
+  EXPECT_EQ(info["size"], 16 * kMiB);
+  EXPECT_EQ(info["connections"], 1);
+  EXPECT_EQ(info["top_file"], server.layer_path());
+  ASSERT_EQ(info["exports"].size(), 2u);
+  EXPECT_EQ(info["exports"][1]["name"], "@before");
+
+  json revert = Control(ctl, {{"request", "revert"}});
+  EXPECT_EQ(revert["ok"], false);
+  EXPECT_NE(revert["error"].get<std::string>().find("1 client connection is open"),
+            std::string::npos)
+      << revert;
+  // The data path never noticed any of it.
+  EXPECT_TRUE(ReadsPattern(h.get(), 0, 64 * kKiB, 1));
+  h.reset();
+  EXPECT_TRUE(server.Stop());
+  EXPECT_FALSE(std::filesystem::exists(ctl)) << "control socket left behind";
+}
+
+TEST_F(LiveControlSocketTest, MalformedInputGetsAReasonAndTheServerKeepsServing) {
+  NbdTestServer server;
+  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB}));
+  ASSERT_TRUE(server.Start());
+  const std::string ctl = Ctl(server);
+  NbdHandle h = server.Connect();
+  ASSERT_TRUE(h);
+
+  int fd = ControlConnect(ctl);
+  ASSERT_GE(fd, 0);
+  // Each bad line gets an error reply and the connection stays usable.
+  for (const char* bad : {"this is not json", "[1, 2]", "{}", "{\"request\": 5}",
+                          "{\"request\": \"frobnicate\"}",
+                          "{\"request\": \"snapshot\"}",
+                          "{\"request\": \"snapshot\", \"name\": \"../escape\"}",
+                          "{\"request\": \"revert\", \"name\": 3}"}) {
+    ASSERT_TRUE(ControlSend(fd, std::string(bad) + "\n"));
+    json r = json::parse(ControlReadLine(fd), nullptr, false);
+    ASSERT_TRUE(r.is_object()) << bad;
+    EXPECT_EQ(r["ok"], false) << bad;
+    EXPECT_FALSE(r["error"].get<std::string>().empty()) << bad;
+  }
+  ASSERT_TRUE(ControlSend(fd, "{\"request\": \"frobnicate\"}\n"));
+  EXPECT_NE(ControlReadLine(fd).find("unknown request"), std::string::npos);
+  ASSERT_TRUE(ControlSend(fd, "{\"request\":\"info\"}\n"));
+  EXPECT_EQ(json::parse(ControlReadLine(fd))["ok"], true);
+  close(fd);
+
+  // Oversized line: an error reply, then the connection is closed.
+  fd = ControlConnect(ctl);
+  std::string huge(200 * 1024, 'x');
+  ControlSend(fd, huge);
+  json r = json::parse(ControlReadLine(fd), nullptr, false);
+  EXPECT_EQ(r["ok"], false);
+  EXPECT_EQ(ControlReadLine(fd), "");  // closed
+  close(fd);
+
+  // Abrupt disconnects: mid-line, and right after a snapshot request (reply unread).
+  fd = ControlConnect(ctl);
+  ControlSend(fd, "{\"request\": \"sna");
+  close(fd);
+  fd = ControlConnect(ctl);
+  ControlSend(fd, "{\"request\": \"snapshot\", \"name\": \"orphan\"}\n");
+  close(fd);
+
+  // Still serving, on both sockets; the orphan snapshot was taken (the request was complete).
+  EXPECT_TRUE(WritePattern(h.get(), 0, 4096, 2));
+  EXPECT_TRUE(ReadsPattern(h.get(), 0, 4096, 2));
+  json list = Control(ctl, {{"request", "list"}});
+  ASSERT_EQ(list["ok"], true) << list;
+  EXPECT_EQ(list["layers"][1]["snapshot"], "orphan");
+  h.reset();
+  EXPECT_TRUE(server.Stop()) << server.ServerLog();
+}
+
+TEST_F(LiveControlSocketTest, TheCliIsTheClient) {
+  NbdTestServer server;
+  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB}));
+  ASSERT_TRUE(server.Start());
+  const std::string ctl = Ctl(server);
+  std::string out;
+  ASSERT_EQ(RunCommand({StrataBinary(), "snapshot", "--control", ctl, "first"}, &out), 0) << out;
+  EXPECT_NE(out.find("disk@first.strata"), std::string::npos) << out;
+  EXPECT_NE(out.find("paused"), std::string::npos) << out;
+  ASSERT_EQ(RunCommand({StrataBinary(), "snapshot", "--control", ctl, "first"}, &out), 1) << out;
+  EXPECT_NE(out.find("already exists"), std::string::npos) << out;
+  ASSERT_EQ(RunCommand({StrataBinary(), "list", "--control", ctl}, &out), 0) << out;
+  EXPECT_NE(out.find("first"), std::string::npos) << out;
+  EXPECT_NE(out.find("active"), std::string::npos) << out;
+  ASSERT_EQ(RunCommand({StrataBinary(), "list", "--control", ctl, "--json"}, &out), 0) << out;
+  EXPECT_EQ(json::parse(out)["layers"].size(), 3u);
+  ASSERT_EQ(RunCommand({StrataBinary(), "stats", "--control", ctl}, &out), 0) << out;
+  EXPECT_TRUE(json::parse(out).contains("enospc")) << out;
+  // No client connected: an online revert works.
+  ASSERT_EQ(RunCommand({StrataBinary(), "revert", "--control", ctl, "first"}, &out), 0) << out;
+  // A server that is not there: a clear error naming the socket.
+  ASSERT_EQ(RunCommand({StrataBinary(), "list", "--control", server.dir() + "/nope.ctl"}, &out),
+            1);
+  EXPECT_NE(out.find("nope.ctl"), std::string::npos) << out;
+  EXPECT_TRUE(server.Stop());
+}
+
+TEST_F(LiveControlSocketTest, ControlPathOptionsAndStartupExports) {
+  NbdTestServer server;
+  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB}));
+  ASSERT_TRUE(server.Snapshot("offline"));  // an existing snapshot: exported at startup
+  const std::string custom = server.dir() + "/custom.ctl";
+  ASSERT_TRUE(server.Start({.extra_args = {"--control", custom}}));
+  EXPECT_FALSE(std::filesystem::exists(Ctl(server)));
+  json info = Control(custom, {{"request", "info"}});
+  ASSERT_EQ(info["ok"], true) << info;
+  ASSERT_EQ(info["exports"].size(), 2u);
+  EXPECT_EQ(info["exports"][1]["name"], "@offline");
+  NbdHandle snap = server.Connect({.export_name = "@offline"});
+  ASSERT_TRUE(snap);
+  EXPECT_EQ(nbd_is_read_only(snap.get()), 1);
+  EXPECT_TRUE(ReadsBase(snap.get(), 0, 1 * kMiB));
+  snap.reset();
+  EXPECT_TRUE(server.Stop());
+  ASSERT_TRUE(server.Start({.extra_args = {"--no-control"}}));
+  EXPECT_FALSE(std::filesystem::exists(Ctl(server)));
+  EXPECT_TRUE(server.Stop());
+}
+
+// A snapshot while the host volume is full fails with the reason, and the disk keeps being
+// served as before (reads, rewrites of allocated space); once space returns it works.
+TEST_F(LiveControlSocketTest, SnapshotOnAFullVolumeFailsCleanly) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
+  NbdTestServer server;
+  const std::string mnt = server.dir() + "/small";
+  std::filesystem::create_directories(mnt);
+  if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=40m") != 0) {
+    GTEST_SKIP() << "mount tmpfs: " << strerror(errno);
+  }
+  struct Unmount {
+    std::string path;
+    ~Unmount() { umount2(path.c_str(), MNT_DETACH); }
+  } unmount{mnt};
+  const std::string layer = mnt + "/vm.strata";
+  std::string out;
+  ASSERT_EQ(RunCommand({StrataBinary(), "create", "--size", "256M", layer}, &out), 0) << out;
+  const std::string sock = mnt + "/vm.sock", ctl = mnt + "/vm.ctl";
+  // Serve it with the fixture's process handling, on our own layer path.
+  std::string log = server.dir() + "/full.log";
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    execl(StrataBinary().c_str(), "strata", "serve", "--foreground", "--socket", sock.c_str(),
+          layer.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ASSERT_GT(pid, 0);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      if (pid <= 0) return;  // already reaped (never signal pid -1 or 0)
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+  } reap{pid};
+  NbdHandle h(nbd_create());
+  bool connected = false;
+  for (int i = 0; i < 150 && !connected; ++i) {
+    connected = nbd_connect_unix(h.get(), sock.c_str()) == 0;
+    if (!connected) {
+      h.reset(nbd_create());
+      usleep(100000);
+    }
+  }
+  ASSERT_TRUE(connected) << nbd_get_error();
+  // Fill the disk until the volume refuses.
+  std::vector<uint8_t> buf(1 * kMiB);
+  uint64_t written = 0;
+  int err = 0;
+  for (uint64_t off = 0; off < 256 * kMiB; off += buf.size()) {
+    FillPattern(buf.data(), off, buf.size(), 7);
+    if (nbd_pwrite(h.get(), buf.data(), buf.size(), off, 0) != 0) {
+      err = nbd_get_errno();
+      break;
+    }
+    written = off + buf.size();
+  }
+  ASSERT_EQ(err, ENOSPC) << "the volume never filled";
+  ASSERT_GT(written, 0u);
+  json stats = Control(ctl, {{"request", "stats"}});
+  EXPECT_EQ(stats["enospc"]["full"], true) << stats;
+  EXPECT_GE(stats["enospc"]["replies"].get<int>(), 1);
+
+  json snap = Control(ctl, {{"request", "snapshot"}, {"name", "full"}});
+  EXPECT_EQ(snap["ok"], false) << snap;
+  EXPECT_FALSE(snap.value("error", "").empty());
+  std::printf("snapshot on a full volume: %s\n", snap.dump().c_str());
+  // Served as before: data reads back, allocated space can be rewritten, flush works.
+  EXPECT_TRUE(ReadsPattern(h.get(), 0, 1 * kMiB, 7));
+  FillPattern(buf.data(), 0, buf.size(), 8);
+  EXPECT_EQ(nbd_pwrite(h.get(), buf.data(), buf.size(), 0, 0), 0) << nbd_get_error();
+  EXPECT_EQ(nbd_flush(h.get(), 0), 0) << nbd_get_error();
+  EXPECT_TRUE(ReadsPattern(h.get(), 0, 1 * kMiB, 8));
+  json list = Control(ctl, {{"request", "list"}});
+  EXPECT_EQ(list["layers"].size(), 1u) << list;
+  h.reset();
+  kill(pid, SIGTERM);
+  int status = 0;
+  bool exited = false;
+  for (int i = 0; i < 200 && !exited; ++i) {
+    exited = waitpid(pid, &status, WNOHANG) == pid;
+    if (!exited) usleep(100000);
+  }
+  if (exited) reap.pid = -1;  // else the guard kills and reaps it
+  EXPECT_TRUE(exited && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  std::ifstream in(log);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("host volume full"), std::string::npos) << text;
+  ASSERT_EQ(RunCommand({StrataBinary(), "check", layer}, &out), 0) << out;
+}
+
+}  // namespace
+}  // namespace strata_test
