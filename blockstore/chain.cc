@@ -542,6 +542,30 @@ absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent
   return absl::OkStatus();
 }
 
+absl::Status Chain::CheckNewSnapshotName(absl::string_view name) const {
+  for (const auto& layer : frozen_) {
+    if (layer->header().snapshot_name == name) {
+      return absl::AlreadyExistsError(absl::StrCat("snapshot '", name, "' already exists (",
+                                                   layer->display_path(), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Chain::PrepareSnapshot(absl::string_view name) {
+  if (auto s = CheckWritable(); !s.ok()) return s;
+  if (auto s = ValidateSnapshotName(name); !s.ok()) return s;
+  // The active layer only changes in Snapshot, which the caller serializes with this call;
+  // reading its header needs no lock held across the file creation.
+  const Layer* active;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    if (auto s = CheckNewSnapshotName(name); !s.ok()) return s;
+    active = active_.get();
+  }
+  return PrepareNextLayer(env_, *active, top_path_, std::string(name));
+}
+
 absl::StatusOr<Chain::SnapshotResult> Chain::Snapshot(absl::string_view name) {
   if (auto s = CheckWritable(); !s.ok()) return s;
   if (auto s = ValidateSnapshotName(name); !s.ok()) return s;
@@ -550,12 +574,7 @@ absl::StatusOr<Chain::SnapshotResult> Chain::Snapshot(absl::string_view name) {
   if (!inflight_->ranges.empty()) {
     return absl::FailedPreconditionError("snapshot with writes in flight: drain first");
   }
-  for (const auto& layer : frozen_) {
-    if (layer->header().snapshot_name == name) {
-      return absl::AlreadyExistsError(absl::StrCat("snapshot '", name, "' already exists (",
-                                                   layer->display_path(), ")"));
-    }
-  }
+  if (auto s = CheckNewSnapshotName(name); !s.ok()) return s;
   auto frozen_path = FreezeAndStack(env_, active_.get(), top_path_, std::string(name), NowNs());
   if (!frozen_path.ok()) return frozen_path.status();
   auto next = Layer::Open(env_, top_path_, Layer::Mode::kWritable, options_.direct_io);

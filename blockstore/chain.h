@@ -151,6 +151,9 @@ class Chain {
     Uuid frozen_uuid;
   };
   absl::StatusOr<SnapshotResult> Snapshot(absl::string_view name);
+  // Optional, before Snapshot(name) and outside any I/O pause: creates the next active
+  // layer's file (the slow, fsync-heavy part), so Snapshot only freezes and renames.
+  absl::Status PrepareSnapshot(absl::string_view name);
 
   // --- Synchronous wrappers (offline tool, tests) ---
   absl::Status Read(uint64_t offset, absl::Span<char> out) const;
@@ -161,6 +164,7 @@ class Chain {
   Chain();
   absl::Status CheckRange(uint64_t offset, uint64_t length) const;
   absl::Status CheckWritable() const;
+  absl::Status CheckNewSnapshotName(absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status ReadSegments(const std::vector<Segment>& segments, char* out) const;
   void MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>* out) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);

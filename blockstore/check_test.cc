@@ -46,10 +46,10 @@ TEST_F(CheckTest, DamagedHeaderCopyIsRepairable) {
   EXPECT_TRUE(Check().clean());
 }
 
-TEST_F(CheckTest, CorruptTableIsAProblemNamingTheFile) {
+TEST_F(CheckTest, CorruptJournalRecordIsAProblemNamingTheFile) {
   auto h = ReadLayerHeader(Env::Default(), snap_);
   ASSERT_TRUE(h.ok());
-  testing::XorByte(snap_, h->table_offset + 3);
+  testing::XorByte(snap_, h->journal_offset + 20);
   CheckReport r = Check();
   ASSERT_FALSE(r.problems.empty());
   EXPECT_NE(r.problems[0].find("disk@s1.strata"), std::string::npos);

@@ -237,16 +237,15 @@ absl::Status Relink(Env* env, const MergeJournal& j) {
   }
   auto child = ReadLayerHeader(env, j.child_path);
   if (!child.ok()) return child.status();
-  auto parent = Layer::Open(env, j.parent_path, Layer::Mode::kMergeTarget);
+  auto parent = ReadLayerHeader(env, j.parent_path);
   if (!parent.ok()) return parent.status();
   // P's own parent link must still resolve from C's directory.
-  std::string link = (*parent)->header().parent_path;
-  if ((*parent)->header().parent_format != ParentFormat::kNone &&
+  std::string link = parent->parent_path;
+  if (parent->parent_format != ParentFormat::kNone &&
       DirName(j.child_path) != DirName(j.parent_path)) {
-    link = ParentLink(DirName(j.child_path),
-                      ResolvePath(DirName(j.parent_path), (*parent)->header().parent_path));
+    link = ParentLink(DirName(j.child_path), ResolvePath(DirName(j.parent_path), link));
   }
-  if (auto s = (*parent)->UpdateHeader([&](LayerHeader* h) {
+  if (auto s = EditLayerHeader(env, j.parent_path, [&](LayerHeader* h) {
         h->state = child->state;
         h->snapshot_name = child->snapshot_name;
         h->frozen_ns = child->frozen_ns;
@@ -255,16 +254,11 @@ absl::Status Relink(Env* env, const MergeJournal& j) {
       !s.ok()) {
     return s;
   }
-  parent->reset();
   // C's children keep their parent path (P moves there) and learn P's UUID.
   auto children = FindChildren(env, DirName(j.child_path), j.child_uuid);
   if (!children.ok()) return children.status();
   for (const std::string& path : *children) {
-    auto grandchild = Layer::Open(env, path, Layer::Mode::kMergeTarget);
-    if (!grandchild.ok()) return grandchild.status();
-    if (auto s = (*grandchild)->UpdateHeader([&](LayerHeader* h) {
-          h->parent_uuid = j.parent_uuid;
-        });
+    if (auto s = EditLayerHeader(env, path, [&](LayerHeader* h) { h->parent_uuid = j.parent_uuid; });
         !s.ok()) {
       return s;
     }

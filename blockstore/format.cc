@@ -19,7 +19,7 @@ constexpr size_t kOffMagic = 0, kOffVersion = 8, kOffHeaderSize = 12, kOffSequen
                  kOffParentSize = 80, kOffCreated = 88, kOffFrozen = 96, kOffTableOffset = 104,
                  kOffTableEntries = 112, kOffTableCrc = 120, kOffJournalOffset = 128,
                  kOffJournalSize = 136, kOffJournalStartSeq = 144, kOffParentPathLen = 152,
-                 kOffNameLen = 154, kOffParentPath = 256, kOffName = 1280,
+                 kOffNameLen = 154, kOffJournalEndSeq = 160, kOffParentPath = 256, kOffName = 1280,
                  kOffHeaderCrc = kHeaderBlockSize - 4;
 static_assert(kOffParentPath + kMaxParentPathLength <= kOffName);
 static_assert(kOffName + kMaxSnapshotNameLength < kOffHeaderCrc);
@@ -103,6 +103,7 @@ void LayerHeader::EncodeTo(std::string* dst) const {
   EncodeFixed64(p + kOffJournalOffset, journal_offset);
   EncodeFixed64(p + kOffJournalSize, journal_size);
   EncodeFixed64(p + kOffJournalStartSeq, journal_start_seq);
+  EncodeFixed64(p + kOffJournalEndSeq, journal_end_seq);
   EncodeFixed16(p + kOffParentPathLen, static_cast<uint16_t>(parent_path.size()));
   EncodeFixed16(p + kOffNameLen, static_cast<uint16_t>(snapshot_name.size()));
   std::memcpy(p + kOffParentPath, parent_path.data(), parent_path.size());
@@ -144,6 +145,7 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
   journal_offset = DecodeFixed64(p + kOffJournalOffset);
   journal_size = DecodeFixed64(p + kOffJournalSize);
   journal_start_seq = DecodeFixed64(p + kOffJournalStartSeq);
+  journal_end_seq = DecodeFixed64(p + kOffJournalEndSeq);
   uint16_t path_len = DecodeFixed16(p + kOffParentPathLen);
   uint16_t name_len = DecodeFixed16(p + kOffNameLen);
 

@@ -64,6 +64,7 @@ Uuid NewUuid();  // random (version 4)
 inline bool IsNil(const Uuid& uuid) { return uuid == Uuid{}; }
 
 // One header copy (kHeaderBlockSize bytes on disk; FORMAT.md has the offsets).
+
 struct LayerHeader {
   uint64_t sequence = 0;            // higher wins between the two copies
   uint64_t virtual_size = 0;        // bytes
@@ -82,6 +83,7 @@ struct LayerHeader {
   uint64_t journal_offset = 0;      // journal region
   uint64_t journal_size = 0;
   uint64_t journal_start_seq = 0;   // first record sequence the journal may hold
+  uint64_t journal_end_seq = 0;     // frozen: the sequence after its last record (0: unknown)
   std::string parent_path;          // relative to this layer's directory (or absolute)
   std::string snapshot_name;        // set when frozen as a named snapshot
 

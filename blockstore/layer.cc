@@ -238,7 +238,7 @@ absl::Status Layer::ReplayJournal() {
       // The first record that fails its CRC or breaks the sequence is where the last flush
       // ended (or tore): everything before it was made durable by a completed flush.
       if (!record.DecodeFrom(chunk.data() + off).ok() || record.sequence != next_seq_) {
-        return absl::OkStatus();
+        return CheckJournalEnd(h.journal_offset + base + off);
       }
       if (record.kind == RecordKind::kCluster) {
         if (auto s = ValidateEntry(record.cluster, record.entry); !s.ok()) {
@@ -250,6 +250,18 @@ absl::Status Layer::ReplayJournal() {
       ++next_seq_;
       journal_tail_ = base + off + kJournalRecordSize;
     }
+  }
+  return CheckJournalEnd(h.journal_offset + h.journal_size);
+}
+
+absl::Status Layer::CheckJournalEnd(uint64_t stopped_at) const {
+  // An active layer's journal may end anywhere (a torn last flush). A frozen one is complete
+  // and immutable: ending before the sequence its header records means a damaged record.
+  // (More records than that is a merge into it in progress, which journals.)
+  if (header_.state == LayerState::kFrozen && next_seq_ < header_.journal_end_seq) {
+    return Corrupt(absl::StrCat("journal record @ ", stopped_at, ": checksum or sequence mismatch ",
+                                "before the end the frozen header records (sequence ",
+                                header_.journal_end_seq, ")"));
   }
   return absl::OkStatus();
 }
@@ -486,25 +498,43 @@ absl::Status Layer::WriteCheckpoint(const FlushBatch& batch) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// Invariant (FORMAT.md, Durability 4): the copy not holding the current header is overwritten
+// first and synced, so a torn write leaves the current one. Then the other copy gets the same
+// bytes, so that later damage to either copy falls back to this header, not the one before.
+absl::Status WriteHeaderCopies(File* file, int current_copy, const LayerHeader& next) {
+  std::string block;
+  next.EncodeTo(&block);
+  for (int copy : {1 - current_copy, current_copy}) {
+    absl::Status s = file->Write(kHeaderCopyOffset[copy], block);
+    if (s.ok()) s = file->Sync();
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status EditLayerHeader(Env* env, const std::string& path,
+                             const std::function<void(LayerHeader*)>& edit) {
+  auto file = env->Open(path, {.writable = true});
+  if (!file.ok()) return file.status();
+  int copy = 0;
+  auto header = ReadLayerHeader(file->get(), &copy);
+  if (!header.ok()) return header.status();
+  LayerHeader next = *header;
+  edit(&next);
+  next.sequence = header->sequence + 1;
+  return WriteHeaderCopies(file->get(), copy, next);
+}
+
 absl::Status Layer::UpdateHeader(const std::function<void(LayerHeader*)>& edit) {
   LayerHeader next = header_;
   edit(&next);
   next.sequence = header_.sequence + 1;
-  std::string block;
-  next.EncodeTo(&block);
-  // Invariant: the copy not holding the current header is overwritten first and synced, so
-  // a torn write leaves the current one. Then the other copy gets the same bytes, so that
-  // later damage to either copy falls back to this header, not to the one before it.
-  int first = 1 - current_header_copy_;
-  for (int copy : {first, 1 - first}) {
-    absl::Status s = file_->Write(kHeaderCopyOffset[copy], block);
-    if (s.ok()) s = file_->Sync();
-    if (!s.ok()) return s;
-    if (copy == first) {
-      header_ = next;
-      current_header_copy_ = copy;
-    }
-  }
+  if (auto s = WriteHeaderCopies(file_.get(), current_header_copy_, next); !s.ok()) return s;
+  header_ = std::move(next);
   return absl::OkStatus();
 }
 
@@ -512,19 +542,25 @@ absl::Status Layer::Freeze(const std::string& name, int64_t frozen_ns) {
   if (name.size() > kMaxSnapshotNameLength) {
     return absl::InvalidArgumentError("snapshot name longer than 255 bytes");
   }
-  force_checkpoint_ = true;
+  // No checkpoint: a frozen layer keeps the journal records it has (opening replays them),
+  // so freezing costs one journal append and a header switch — it runs while a live
+  // snapshot pauses I/O.
   if (auto s = Flush(); !s.ok()) return s;
   if (auto s = UpdateHeader([&](LayerHeader* h) {
         h->state = LayerState::kFrozen;
         h->snapshot_name = name;
         h->frozen_ns = frozen_ns;
+        h->journal_end_seq = next_seq_;  // lets an open tell a damaged record from the end
       });
       !s.ok()) {
     return s;
   }
-  // A frozen layer never journals or grows again: give back the journal region and the
+  // A frozen layer never journals or grows again: give back the unused journal and the
   // unused tail of the last extent. Failing here only wastes space, never data.
-  (void)file_->PunchHole(header_.journal_offset, header_.journal_size);
+  uint64_t used = (journal_tail_ + kJournalBlockSize - 1) / kJournalBlockSize * kJournalBlockSize;
+  if (used < header_.journal_size) {
+    (void)file_->PunchHole(header_.journal_offset + used, header_.journal_size - used);
+  }
   if (file_->Truncate(high_water_ * header_.cluster_size).ok()) end_slot_ = high_water_;
   return absl::OkStatus();
 }

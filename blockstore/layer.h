@@ -55,6 +55,10 @@ struct FlushBatch {
 // sequence); *copy, if given, receives which copy that was.
 absl::StatusOr<LayerHeader> ReadLayerHeader(File* file, int* copy = nullptr);
 absl::StatusOr<LayerHeader> ReadLayerHeader(Env* env, const std::string& path);
+// Edits the header of the layer at `path` without loading its index (relinking a child, a
+// merge's final switch): sequence + 1, both copies written as Layer::UpdateHeader does.
+absl::Status EditLayerHeader(Env* env, const std::string& path,
+                             const std::function<void(LayerHeader*)>& edit);
 
 class Layer {
  public:
@@ -134,6 +138,7 @@ class Layer {
   Layer() = default;
   absl::Status LoadTable();
   absl::Status ReplayJournal();
+  absl::Status CheckJournalEnd(uint64_t stopped_at) const;
   absl::Status RebuildAllocator();
   absl::Status GrowExtent();
   absl::Status WriteHeader();

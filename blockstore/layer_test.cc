@@ -127,8 +127,12 @@ TEST_F(LayerTest, DamagedHeaderCopyFallsBackToTheOther) {
 }
 
 TEST_F(LayerTest, CorruptTableIsDataLossNamingTheFile) {
-  auto layer = Create();
-  Put(layer.get(), 1, 1);
+  auto created = Create();
+  Put(created.get(), 1, 1);
+  ASSERT_TRUE(created->Flush().ok());
+  created.reset();
+  auto layer = std::move(*Open(Layer::Mode::kWritable));  // checkpoints the journal
+  ASSERT_GT(layer->header().table_entries, 0u);
   ASSERT_TRUE(layer->Freeze("snap", 1).ok());
   uint64_t table = layer->header().table_offset;
   layer.reset();
@@ -137,6 +141,24 @@ TEST_F(LayerTest, CorruptTableIsDataLossNamingTheFile) {
   ASSERT_FALSE(broken.ok());
   EXPECT_EQ(broken.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(broken.status().message().find("checkpoint table"), absl::string_view::npos);
+}
+
+TEST_F(LayerTest, DamagedJournalRecordOfAFrozenLayerIsDataLoss) {
+  // A frozen layer's journal is complete: a bad record before its recorded end is damage,
+  // not a torn tail, and must not silently drop the records after it.
+  auto layer = Create();
+  Put(layer.get(), 1, 1);
+  ASSERT_TRUE(layer->Flush().ok());
+  Put(layer.get(), 2, 1);
+  ASSERT_TRUE(layer->Freeze("snap", 1).ok());
+  uint64_t journal = layer->header().journal_offset;
+  layer.reset();
+  ASSERT_TRUE(Open().ok());
+  testing::XorByte(path_, journal + 8);  // first record's sequence
+  auto broken = Open();
+  ASSERT_FALSE(broken.ok());
+  EXPECT_EQ(broken.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(broken.status().message().find("journal record"), absl::string_view::npos);
 }
 
 TEST_F(LayerTest, FreedSlotIsReusedOnlyAfterFlush) {

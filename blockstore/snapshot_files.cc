@@ -38,14 +38,19 @@ std::string SnapshotPath(const std::string& top_path, absl::string_view name) {
   return absl::StrCat(DirName(top_path), "/", Stem(top_path), "@", name, ".strata");
 }
 
-absl::StatusOr<std::string> FreezeAndStack(Env* env, Layer* active, const std::string& top_path,
-                                           const std::string& name, int64_t frozen_ns) {
+absl::Status PrepareNextLayer(Env* env, const Layer& active, const std::string& top_path,
+                              const std::string& name) {
   std::string frozen_path = SnapshotPath(top_path, name);
   std::string pending = PendingPath(top_path);
   if (env->Exists(frozen_path)) {
     return absl::AlreadyExistsError(absl::StrCat("snapshot file ", frozen_path, " exists"));
   }
-  const LayerHeader& h = active->header();
+  const LayerHeader& h = active.header();
+  if (auto existing = ReadLayerHeader(env, pending);
+      existing.ok() && existing->parent_uuid == h.uuid &&
+      existing->parent_path == BaseName(frozen_path) && existing->state == LayerState::kActive) {
+    return absl::OkStatus();  // prepared already, for this very snapshot
+  }
   LayerCreateParams params;
   params.virtual_size = h.virtual_size;
   params.cluster_size = h.cluster_size;
@@ -55,11 +60,17 @@ absl::StatusOr<std::string> FreezeAndStack(Env* env, Layer* active, const std::s
   params.parent_uuid = h.uuid;
   params.parent_size = h.virtual_size;
   params.journal_size = h.journal_size;
-  (void)env->Remove(pending);  // left by a crash before step 2 (RecoverInterruptedSnapshot)
-  // Step 1.
+  (void)env->Remove(pending);  // prepared for another name, or left by a crash
   auto next = Layer::Create(env, pending, params);
-  if (!next.ok()) return next.status();
-  next->reset();
+  return next.ok() ? absl::OkStatus() : next.status();
+}
+
+absl::StatusOr<std::string> FreezeAndStack(Env* env, Layer* active, const std::string& top_path,
+                                           const std::string& name, int64_t frozen_ns) {
+  std::string frozen_path = SnapshotPath(top_path, name);
+  std::string pending = PendingPath(top_path);
+  // Step 1.
+  if (auto s = PrepareNextLayer(env, *active, top_path, name); !s.ok()) return s;
   // Step 2.
   absl::Status s = env->Link(top_path, frozen_path);
   if (s.ok()) s = env->SyncDir(DirName(top_path));

@@ -24,7 +24,12 @@ class Layer;
 absl::Status ValidateSnapshotName(absl::string_view name);
 // `<dir>/<stem>@<name>.strata` for a disk at `top_path` (`<dir>/<stem>[.strata]`).
 std::string SnapshotPath(const std::string& top_path, absl::string_view name);
-// Runs steps 1-4 for the open active layer `active` at `top_path`; returns the frozen path.
+// Step 1 alone, so a live snapshot can do it before pausing I/O: the new layer's creation
+// and its syncs then cost no pause. A pending file nobody uses is removed at the next open.
+absl::Status PrepareNextLayer(Env* env, const Layer& active, const std::string& top_path,
+                              const std::string& name);
+// Runs steps 1-4 for the open active layer `active` at `top_path` (step 1 only if
+// PrepareNextLayer did not already); returns the frozen path.
 absl::StatusOr<std::string> FreezeAndStack(Env* env, Layer* active, const std::string& top_path,
                                            const std::string& name, int64_t frozen_ns);
 // Finishes or rolls back a snapshot interrupted by a crash; returns what it did ("" if

@@ -169,6 +169,12 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
     }
     if (absl::Now() - begin < kShortFlush) break;
   }
+  // The next layer's file (created and synced) needs no pause either.
+  if (absl::Status prepared = chain->PrepareSnapshot(name); !prepared.ok()) {
+    ++snapshot_failures_;
+    return absl::Status(prepared.code(),
+                        absl::StrCat("snapshot '", name, "': ", prepared.message()));
+  }
   absl::Duration pause, freeze;
   absl::Status st = server_->RunPaused(
       [&]() -> absl::Status {
