@@ -255,6 +255,9 @@ void Connection::Shutdown() {
   shutting_down_ = true;
   Process();  // answers complete requests still in the input buffer with ESHUTDOWN
   BeginDrain("server shutting down");
+  // A connection that was already draining (its client gone) is untouched by BeginDrain; if it
+  // is idle it must close now, or it keeps the worker's loop (and Server::Shutdown) alive.
+  MaybeClose();
 }
 
 void Connection::Dispatch(Request* r) {
@@ -846,6 +849,10 @@ void Connection::Release(Request* r) {
   delete r;
   --inflight_;
   if (started) worker_->RequestDone();
+  // Whatever path releases the last request of a draining connection closes it. Not only
+  // OnSend: once a send has failed (client gone), Reply and QueueRaw release finished requests
+  // directly, and nothing else would ever look at the connection again.
+  MaybeClose();
 }
 
 void Connection::BeginDrain(std::string reason) {

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -347,6 +349,55 @@ TEST_F(EngineTest, BadMagicEndsOnlyThatConnection) {
   char buf[16];
   EXPECT_EQ(nbd_pread(h, buf, sizeof(buf), 0, 0), 0);
   nbd_close(h);
+}
+
+// The fio hang: a client pipelines requests and goes away without reading the replies. The
+// server's send then fails (EPIPE) while requests are still running; those finish afterwards and
+// are released straight away (there is nobody to send to). The last of them must close the
+// connection, or it stays open, idle and draining, forever, and Shutdown never joins the worker.
+TEST_F(EngineTest, ClientGoneWithRepliesQueuedClosesAndShutdownReturns) {
+  int fd = RawTransmission(this, Connect());
+  // Large reads of holes (no file I/O, replies at once) fill the socket, so a send is pending
+  // or fails as soon as we close; unaligned writes to one sub-block run one at a time (the
+  // others are parked), so many of them finish after the send has failed. 8 + 240 requests
+  // stay under the per-connection limit of 256, so the server reads all of them.
+  std::string req;
+  for (int i = 0; i < 8; ++i) {
+    req += RequestBytes(nbd::Command::kRead, 1000 + i, (i % 2) * (4 << 20), 4 << 20);
+  }
+  for (int i = 0; i < 240; ++i) {
+    req += RequestBytes(nbd::Command::kWrite, i, 8192 + (i % 64) * 64, 60) +
+           std::string(60, static_cast<char>('a' + i % 26));
+  }
+  ASSERT_TRUE(WriteAll(fd, req));
+  close(fd);
+
+  // The connection closes by itself, without a shutdown.
+  size_t open = 1;
+  for (int i = 0; i < 500 && open > 0; ++i) {
+    auto stats = server_->CollectStats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    open = 0;
+    for (const WorkerStats& w : *stats) open += w.connections.size();
+    if (open > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(open, 0u) << "a connection whose client is gone stayed open";
+
+  // And Shutdown returns. If it hangs, the worker can never be joined: fail the whole binary
+  // rather than hang ctest.
+  std::atomic<bool> done{false};
+  std::thread stopper([&] {
+    server_->Shutdown();
+    done = true;
+  });
+  for (int i = 0; i < 1000 && !done; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (!done) {
+    fprintf(stderr, "FAILED: Server::Shutdown did not return within 10 s (worker still busy)\n");
+    std::_Exit(1);
+  }
+  stopper.join();
 }
 
 }  // namespace
