@@ -150,6 +150,8 @@ void Connection::ArmRecv() {
 void Connection::OnRecv(int res) {
   recv_in_flight_ = false;
   if (state_ >= State::kDraining) {
+    // A payload buffer the cancelled recv may have been filling is free only now.
+    ReleasePayload();
     MaybeClose();
     return;
   }
@@ -859,16 +861,22 @@ void Connection::BeginDrain(std::string reason) {
   if (state_ >= State::kDraining) return;
   state_ = State::kDraining;
   close_reason_ = std::move(reason);
-  if (payload_req_ != nullptr) {
-    Release(payload_req_);
-    payload_req_ = nullptr;
-  }
+  // With a recv in flight the kernel may still write into the payload buffer: keep it until
+  // that recv completes (OnRecv), or the pool could hand it to another request meanwhile.
+  if (!recv_in_flight_) ReleasePayload();
   if (recv_in_flight_) {
     io_uring_sqe* sqe = worker_->GetSqe();
     io_uring_prep_cancel64(sqe, MakeUserData(CompletionTag::kRecv, this), 0);
     io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kIgnore, nullptr));
   }
   MaybeClose();
+}
+
+void Connection::ReleasePayload() {
+  if (payload_req_ == nullptr) return;
+  Request* r = payload_req_;
+  payload_req_ = nullptr;
+  Release(r);
 }
 
 void Connection::MaybeClose() {

@@ -158,6 +158,8 @@ class Connection {
   void AcquireBuffer(Request* r, uint64_t start, uint64_t end);
   void Release(Request* r);
   void BeginDrain(std::string reason);
+  // Frees a WRITE whose payload was still being received (the connection is draining).
+  void ReleasePayload();
   void MaybeClose();
 
   Worker* worker_;
