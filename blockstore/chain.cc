@@ -174,8 +174,19 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
   chain->env_ = env;
   chain->options_ = options;
   chain->top_path_ = top_path;
-  if (auto recovered = RecoverInterruptedSnapshot(env, top_path); !recovered.ok()) {
-    return recovered.status();
+  if (options.writable) {
+    // Only with the disk locked: recovery renames and removes files, which must never race
+    // a server's live snapshot or another writer. A read-only open leaves them alone (a
+    // frozen top reads as the snapshot it is).
+    std::unique_ptr<File> probe;
+    if (options.lock) {
+      auto file = env->Open(top_path, {});
+      if (!file.ok()) return file.status();
+      probe = std::move(*file);
+      if (auto s = Lock(probe.get(), true); !s.ok()) return s;
+    }
+    auto recovered = RecoverInterruptedSnapshot(env, top_path);
+    if (!recovered.ok()) return recovered.status();
   }
 
   // Top down: open each layer and check it is the parent its child names.

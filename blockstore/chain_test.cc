@@ -174,6 +174,21 @@ TEST_F(ChainTest, SecondWriterIsRefusedByTheLock) {
   EXPECT_TRUE(Chain::Open(top_, {.writable = false, .lock = false}).ok());
 }
 
+TEST_F(ChainTest, InspectingAServedDiskNeverTouchesASnapshotInProgress) {
+  // A live snapshot prepares the next layer before pausing I/O; `strata info` (a read-only,
+  // unlocked open) in that window must not mistake it for a crash's leftovers and remove it.
+  auto chain = Open();
+  ASSERT_TRUE(chain->PrepareSnapshot("live").ok());
+  std::string pending = dir_.File(".disk.strata.new");
+  ASSERT_TRUE(Env::Default()->Exists(pending));
+  ASSERT_TRUE(Chain::Open(top_, {.writable = false, .lock = false}).ok());
+  EXPECT_TRUE(Env::Default()->Exists(pending));
+  EXPECT_FALSE(Chain::Open(top_).ok());  // a second writer is refused before any recovery
+  EXPECT_TRUE(Env::Default()->Exists(pending));
+  ASSERT_TRUE(chain->Snapshot("live").ok());
+  EXPECT_FALSE(Env::Default()->Exists(pending));
+}
+
 TEST_F(ChainTest, MissingParentNamesTheFile) {
   ASSERT_EQ(unlink(base_.c_str()), 0);
   auto chain = Chain::Open(top_);

@@ -48,7 +48,8 @@ std::string TimeString(int64_t ns) {
   return buf;
 }
 
-// Says what an interrupted commit or snapshot left, finishing it, before any command runs.
+// Finishes what an interrupted commit left, and says so, before a command that changes the
+// chain. Read-only commands do not: they must never race a running merge or server.
 absl::Status RecoverFirst(Env* env, const std::string& top) {
   ProgressBar bar("resume commit");
   auto resumed = ResumeInterruptedCommit(env, top, [&](uint64_t d, uint64_t t) { bar.Update(d, t); });
@@ -111,7 +112,6 @@ int InfoCommand(int argc, char** argv) {
   if (!args.ok()) return Fail(args.status());
   if (args->positional.size() != 1) return Usage("strata info [--json] LAYER");
   const std::string top = args->positional[0];
-  if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(s);
   auto chain = Chain::Open(top, {.writable = false, .lock = false});
   if (!chain.ok()) return Fail(chain.status());
   auto layers = (*chain)->Layers();
@@ -193,7 +193,6 @@ int MapCommand(int argc, char** argv) {
     return Usage("strata map [--json] [--diff SNAPSHOT [--to SNAPSHOT]] LAYER");
   }
   const std::string top = args->positional[0];
-  if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(s);
   if (args->Has("--diff")) return PrintDiff(top, *args);
   auto chain = Chain::Open(top, {.writable = false, .lock = false});
   if (!chain.ok()) return Fail(chain.status());
@@ -262,7 +261,6 @@ int ExportCommand(int argc, char** argv) {
   if (!args.ok()) return Fail(args.status());
   if (args->positional.size() != 2) return Usage("strata export LAYER OUT.raw");
   const std::string top = args->positional[0], out_path = args->positional[1];
-  if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(s);
   // Shared locks: a served disk (exclusive lock) cannot be exported inconsistently; export
   // its snapshot instead.
   auto chain = Chain::Open(top, {.writable = false});
