@@ -21,6 +21,7 @@
 #include "server/server.h"
 #include "server/chain_storage.h"
 #include "server/storage.h"
+#include "server/test_chain_server.h"
 
 namespace strata {
 namespace {
@@ -44,41 +45,9 @@ constexpr uint64_t kDiskSize = 8 << 20;
 class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/strata-engine-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    path_ = dir_ + "/disk.strata";
-    CreateOptions create;
-    create.size = kDiskSize;
-    auto h = CreateLayer(path_, create);
-    ASSERT_TRUE(h.ok()) << h.status();
-    auto s = OpenChainStorage(path_, true, false);
-    ASSERT_TRUE(s.ok()) << s.status();
-    storage_ = std::move(*s);
-    auto e = std::make_shared<Export>();
-    e->name = "disk";
-    e->storage = storage_.get();
-    exports_.Add(e);
-    ServerOptions options;
-    options.workers = 2;
-    server_ = std::make_unique<Server>(&exports_, options);
-    absl::Status st = server_->Start();
-    if (!st.ok()) GTEST_SKIP() << "io_uring unavailable: " << st;
+    if (!t_.Start(kDiskSize, "disk")) return;
   }
-  void TearDown() override {
-    if (server_) server_->Shutdown();
-    server_.reset();
-    storage_.reset();
-    std::filesystem::remove_all(dir_);
-  }
-
-  // A connected socket whose other end the server serves.
-  int Connect() {
-    int sv[2];
-    EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    server_->AddConnection(sv[0], "socketpair");
-    return sv[1];
-  }
+  int Connect() { return t_.Connect(); }
 
   nbd_handle* Open(bool structured = true) {
     nbd_handle* h = nbd_create();
@@ -93,11 +62,11 @@ class EngineTest : public ::testing::Test {
     return h;
   }
 
-  std::string dir_;
-  std::string path_;
-  std::unique_ptr<ChainStorage> storage_;
-  ExportTable exports_;
-  std::unique_ptr<Server> server_;
+  TestChainServer t_;
+  const std::string& path_ = t_.path;
+  std::unique_ptr<ChainStorage>& storage_ = t_.storage;
+  ExportTable& exports_ = t_.exports;
+  std::unique_ptr<Server>& server_ = t_.server;
 };
 
 TEST_F(EngineTest, SimpleRepliesWriteAndReadBack) {

@@ -11,6 +11,7 @@
 
 #include "gtest/gtest.h"
 #include "server/nbd_protocol.h"
+#include "server/test_chain_server.h"
 
 namespace strata {
 namespace {
@@ -21,25 +22,7 @@ constexpr uint64_t kDiskSize = 8 << 20;
 class LiveControlTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    char tmpl[] = "/tmp/strata-live-XXXXXX";
-    ASSERT_NE(mkdtemp(tmpl), nullptr);
-    dir_ = tmpl;
-    path_ = dir_ + "/disk.strata";
-    CreateOptions create;
-    create.size = kDiskSize;
-    ASSERT_TRUE(CreateLayer(path_, create).ok());
-    auto s = OpenChainStorage(path_, true, false);
-    ASSERT_TRUE(s.ok()) << s.status();
-    storage_ = std::move(*s);
-    auto e = std::make_shared<Export>();
-    e->name = "";
-    e->storage = storage_.get();
-    exports_.Add(e);
-    ServerOptions options;
-    options.workers = 2;
-    server_ = std::make_unique<Server>(&exports_, options);
-    absl::Status st = server_->Start();
-    if (!st.ok()) GTEST_SKIP() << "io_uring unavailable: " << st;
+    if (!t_.Start(kDiskSize, "")) return;
     LiveControlOptions live;
     live.pause_timeout = absl::Milliseconds(500);
     live_ = std::make_unique<LiveControl>(server_.get(), &exports_, storage_.get(), live);
@@ -47,9 +30,6 @@ class LiveControlTest : public ::testing::Test {
   void TearDown() override {
     if (server_) server_->Shutdown();
     live_.reset();
-    server_.reset();
-    storage_.reset();
-    std::filesystem::remove_all(dir_);
   }
   json Request(json request, absl::Status* status = nullptr) {
     json reply = json::object();
@@ -57,12 +37,7 @@ class LiveControlTest : public ::testing::Test {
     if (status != nullptr) *status = st;
     return reply;
   }
-  int Connect() {
-    int sv[2];
-    EXPECT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-    server_->AddConnection(sv[0], "socketpair");
-    return sv[1];
-  }
+  int Connect() { return t_.Connect(); }
   nbd_handle* Open(const std::string& export_name) {
     nbd_handle* h = nbd_create();
     nbd_set_export_name(h, export_name.c_str());
@@ -70,10 +45,11 @@ class LiveControlTest : public ::testing::Test {
     return h;
   }
 
-  std::string dir_, path_;
-  std::unique_ptr<ChainStorage> storage_;
-  ExportTable exports_;
-  std::unique_ptr<Server> server_;
+  TestChainServer t_;
+  const std::string& dir_ = t_.dir;
+  std::unique_ptr<ChainStorage>& storage_ = t_.storage;
+  ExportTable& exports_ = t_.exports;
+  std::unique_ptr<Server>& server_ = t_.server;
   std::unique_ptr<LiveControl> live_;
 };
 
