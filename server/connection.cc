@@ -327,6 +327,23 @@ void Connection::Execute(Request* r) {
   }
 }
 
+
+namespace {
+
+// The data I/O for `seg` of request `r`, whose bytes at virtual offset `pos` live in r->buf.
+IoPiece PieceFor(Request* r, const Segment& seg, uint64_t pos) {
+  IoPiece piece;
+  piece.req = r;
+  piece.buf = r->buf + (pos - r->buf_start);
+  piece.file_offset = seg.file_offset;
+  piece.virtual_offset = pos;
+  piece.length = static_cast<uint32_t>(seg.length);
+  piece.fd = seg.fd;
+  return piece;
+}
+
+}  // namespace
+
 void Connection::StartRead(Request* r) {
   const uint64_t off = r->h.offset;
   const uint64_t len = r->h.length;
@@ -357,13 +374,8 @@ void Connection::StartRead(Request* r) {
     const uint64_t t = std::min(seg_end, off + len);
     bool hole = false;
     if (seg.kind == Segment::Kind::kData) {
-      IoPiece p;
-      p.req = r;
-      p.buf = r->buf + (pos - r->buf_start);
-      p.file_offset = seg.file_offset;
-      p.virtual_offset = pos;
-      p.length = static_cast<uint32_t>(direct ? AlignUp(seg.length, kSectorSize) : seg.length);
-      p.fd = seg.fd;
+      IoPiece p = PieceFor(r, seg, pos);
+      if (direct) p.length = static_cast<uint32_t>(AlignUp(seg.length, kSectorSize));
       r->pieces.push_back(p);
     } else if (holes && t > s && t - s >= kMinHoleChunk) {
       hole = true;
@@ -436,13 +448,7 @@ void Connection::StartRange(Request* r) {
     for (const Segment& seg : segs) {
       char* dst = r->buf + (pos - r->buf_start);
       if (seg.kind == Segment::Kind::kData) {
-        IoPiece piece;
-        piece.req = r;
-        piece.buf = dst;
-        piece.file_offset = seg.file_offset;
-        piece.virtual_offset = pos;
-        piece.length = static_cast<uint32_t>(seg.length);
-        piece.fd = seg.fd;
+        IoPiece piece = PieceFor(r, seg, pos);
         if (storage_->direct_io()) {
           // A fill is a partial sub-block: O_DIRECT reads the whole aligned block into a
           // bounce buffer and the fill's part is copied into the margin afterwards. The file
@@ -478,13 +484,7 @@ void Connection::SubmitTargets(Request* r) {
   uint64_t pos = p.start;
   for (const Segment& seg : p.targets) {
     if (seg.kind == Segment::Kind::kData) {
-      IoPiece piece;
-      piece.req = r;
-      piece.buf = r->buf + (pos - r->buf_start);
-      piece.file_offset = seg.file_offset;
-      piece.virtual_offset = pos;
-      piece.length = static_cast<uint32_t>(seg.length);
-      piece.fd = seg.fd;
+      IoPiece piece = PieceFor(r, seg, pos);
       piece.write = true;
       r->pieces.push_back(piece);
     }
