@@ -20,17 +20,13 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+source "$here/lib.sh"
 if [[ ${SMOKE:-0} == 1 ]]; then SIZE=${SIZE:-128M}; REPEAT=${REPEAT:-1}; fi
 REPEAT=${REPEAT:-3}
 SIZE=${SIZE:-1G}
 WORK_PARENT=${WORK_PARENT:-/var/tmp}
 RESULTS=${RESULTS:-/tmp/strata-bench-results/commit-$(date -u +%Y%m%d-%H%M%S)}
-if [[ -z ${STRATA:-} ]]; then
-  for c in "$repo/build-bench/cli/strata" "$repo/build/cli/strata" "$(command -v strata || true)"; do
-    if [[ -n $c && -x $c ]]; then STRATA=$c; break; fi
-  done
-fi
-STRATA=${STRATA:-}
+find_strata
 SIZE_BYTES=$(numfmt --from=iec "$SIZE")
 MIB=$(( SIZE_BYTES >> 20 ))
 
@@ -41,14 +37,7 @@ URI="nbd+unix:///?socket=$SOCK"
 STARTED_PIDS=()
 SERVER_PID=""
 log() { echo "[commit_bench $(date +%H:%M:%S)] $*" >&2; }
-cleanup() {
-  local pid
-  for pid in "${STARTED_PIDS[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap stop_started_and_clean EXIT
 trap 'exit 130' INT TERM
 for t in qemu-img qemu-nbd nbdcopy nbdinfo numfmt python3; do
   command -v "$t" >/dev/null || { echo "missing tool: $t (scripts/install-deps.sh)" >&2; exit 2; }

@@ -47,6 +47,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+source "$here/lib.sh"
 
 SMOKE=${SMOKE:-0}
 if [[ $SMOKE == 1 ]]; then
@@ -67,12 +68,7 @@ RESULTS=${RESULTS:-/tmp/strata-bench-results/fio-compare-$STAMP}
 STRATA_SERVE_ARGS=${STRATA_SERVE_ARGS:-}
 CLUSTER=65536
 
-if [[ -z ${STRATA:-} ]]; then
-  for c in "$repo/build-bench/cli/strata" "$repo/build/cli/strata" "$(command -v strata || true)"; do
-    if [[ -n $c && -x $c ]]; then STRATA=$c; break; fi
-  done
-fi
-STRATA=${STRATA:-}
+find_strata
 
 SIZE_BYTES=$(numfmt --from=iec "$SIZE")
 (( SIZE_BYTES % CLUSTER == 0 )) || { echo "SIZE must be a multiple of 64 KiB" >&2; exit 2; }
@@ -92,14 +88,7 @@ SERVER_LABEL=""
 
 log() { echo "[fio_compare $(date +%H:%M:%S)] $*" >&2; }
 
-cleanup() {
-  local pid
-  for pid in "${STARTED_PIDS[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap stop_started_and_clean EXIT
 trap 'exit 130' INT TERM
 
 need() { command -v "$1" >/dev/null || { echo "missing tool: $1 (scripts/install-deps.sh)" >&2; exit 2; }; }

@@ -27,6 +27,7 @@ export PATH="/usr/bin:/usr/sbin:/bin:/sbin:$PATH"
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
+source "$here/lib.sh"
 SMOKE=${SMOKE:-0}
 if [[ $SMOKE == 1 ]]; then
   SIZE=${SIZE:-256M}; RUNTIME=${RUNTIME:-2}; SNAPSHOTS=${SNAPSHOTS:-10}; DEPTHS=${DEPTHS:-"0 8"}
@@ -41,12 +42,7 @@ SECTIONS=${SECTIONS:-"pause depth"}
 WORK_PARENT=${WORK_PARENT:-/var/tmp}
 RESULTS=${RESULTS:-/tmp/strata-bench-results/snapshot-$(date +%Y%m%d-%H%M%S)}
 
-if [[ -z ${STRATA:-} ]]; then
-  for c in "$repo/build-bench/cli/strata" "$repo/build/cli/strata" "$repo/build-live/cli/strata" \
-           "$(command -v strata || true)"; do
-    if [[ -n $c && -x $c ]]; then STRATA=$c; break; fi
-  done
-fi
+find_strata
 for t in fio jq qemu-img qemu-nbd nbdinfo; do
   command -v "$t" >/dev/null || { echo "snapshot_bench: $t not installed" >&2; exit 1; }
 done
