@@ -142,7 +142,7 @@ if [[ " $TARGETS " == *" strata "* && " $SECTIONS " == *" pause "* ]]; then
   : >"$WORK/pauses"
   for i in $(seq 1 "$SNAPSHOTS"); do
     "$STRATA" snapshot --control "$WORK/disk.ctl" "p$i" --json |
-      jq -r '"\(.pause_ms) \(.freeze_ms)"' >>"$WORK/pauses"
+      jq -r '"\(.pause_ms) \(.switch_ms) \(.durable_ms)"' >>"$WORK/pauses"
     sleep 0.2
   done
   cmd "strata snapshot --control $WORK/disk.ctl p\$i --json   # x $SNAPSHOTS, every 0.2 s"
@@ -151,8 +151,12 @@ if [[ " $TARGETS " == *" strata "* && " $SECTIONS " == *" pause "* ]]; then
   "$STRATA" stats --control "$WORK/disk.ctl" >"$RESULTS/pause-stats.json"
   stop_server
   cp "$WORK/pauses" "$RESULTS/pauses.txt"
-  read -r f50 f99 < <(sort -g -k2 "$WORK/pauses" | awk '{v[NR]=$2} END {
-      n = NR; printf "%.2f %.2f\n", v[int(0.50 * n + 0.999999)], v[int(0.99 * n + 0.999999)] }')
+  column_p50_p99() {  # COLUMN of $WORK/pauses -> "p50 p99"
+    sort -g -k"$1" "$WORK/pauses" | awk -v c="$1" '{v[NR]=$c} END {
+      n = NR; printf "%.2f %.2f\n", v[int(0.50 * n + 0.999999)], v[int(0.99 * n + 0.999999)] }'
+  }
+  read -r s50 s99 < <(column_p50_p99 2)
+  read -r d50 d99 < <(column_p50_p99 3)
   read -r p50 p90 p99 pmax < <(sort -g "$WORK/pauses" | awk '{v[NR]=$1} END {
       n = NR
       i50 = int(0.50 * n + 0.999999); i90 = int(0.90 * n + 0.999999); i99 = int(0.99 * n + 0.999999)
@@ -160,9 +164,9 @@ if [[ " $TARGETS " == *" strata "* && " $SECTIONS " == *" pause "* ]]; then
   {
     echo "## Snapshot pause under 4k random write QD32 ($SNAPSHOTS snapshots)"
     echo
-    echo "| p50 ms | p90 ms | p99 ms | max ms | of which in Chain::Snapshot p50 / p99 ms | load during the run (IOPS) |"
-    echo "|---|---|---|---|---|---|"
-    echo "| $p50 | $p90 | $p99 | $pmax | $f50 / $f99 | $load_iops |"
+    echo "| p50 ms | p90 ms | p99 ms | max ms | of which switching layers p50 / p99 ms | made durable after the pause p50 / p99 ms | load during the run (IOPS) |"
+    echo "|---|---|---|---|---|---|---|"
+    echo "| $p50 | $p90 | $p99 | $pmax | $s50 / $s99 | $d50 / $d99 | $load_iops |"
     echo
   } >>"$RESULTS/report.md"
   # Deleting 100 preallocated layer files can take minutes on a volume mounted with

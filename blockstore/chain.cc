@@ -164,6 +164,7 @@ Chain::~Chain() {
       std::fprintf(stderr, "strata: closing %s: %s\n", top_path_.c_str(),
                    std::string(s.message()).c_str());
     }
+    CancelSnapshot();
   }
 }
 
@@ -307,7 +308,7 @@ std::vector<LayerInfo> Chain::Layers() const {
   auto add = [&](const Layer& layer, int position) {
     LayerInfo info;
     info.position = position;
-    info.path = layer.display_path();
+    info.path = layer.path();
     info.header = layer.header();
     info.allocated_bytes = layer.referenced_slots() * layer.cluster_size();
     info.file_bytes = layer.file()->AllocatedBytes().value_or(0);
@@ -493,6 +494,9 @@ absl::Status Chain::Trim(uint64_t offset, uint64_t length) {
 absl::Status Chain::Flush() {
   if (!options_.writable) return absl::OkStatus();
   absl::MutexLock flush_lock(&flush_mu_);
+  // Writes acknowledged before a snapshot live in the layer it froze: that must be durable
+  // before a flush of the layer above can acknowledge anything.
+  if (auto s = CompleteSnapshotLocked(); !s.ok()) return s;
   FlushBatch batch;
   {
     absl::MutexLock lock(&mu_);
@@ -505,7 +509,7 @@ absl::Status Chain::Flush() {
   Layer* layer;
   {
     absl::MutexLock lock(&mu_);
-    layer = active_.get();  // stable: Snapshot also holds flush_mu_
+    layer = active_.get();  // stable: SwitchSnapshot also holds flush_mu_
   }
   absl::Status s = layer->file()->Sync();
   if (s.ok()) s = layer->WriteFlush(batch);
@@ -557,59 +561,143 @@ absl::Status Chain::CheckNewSnapshotName(absl::string_view name) const {
   for (const auto& layer : frozen_) {
     if (layer->header().snapshot_name == name) {
       return absl::AlreadyExistsError(absl::StrCat("snapshot '", name, "' already exists (",
-                                                   layer->display_path(), ")"));
+                                                   layer->path(), ")"));
     }
   }
   return absl::OkStatus();
 }
 
+// The next active layer, created and opened before the pause, not yet in the chain.
+struct Chain::PreparedSnapshot {
+  std::string name;
+  std::unique_ptr<Layer> next;
+};
+
+// The layer a switch froze in memory, until CompleteSnapshot makes that durable.
+struct Chain::FreezingLayer {
+  std::string name;
+  int64_t frozen_ns = 0;
+  Layer* layer = nullptr;  // owned by frozen_
+};
+
+absl::StatusOr<Chain::SnapshotResult> Chain::Snapshot(absl::string_view name) {
+  if (auto s = PrepareSnapshot(name); !s.ok()) return s;
+  auto result = SwitchSnapshot(name);
+  if (!result.ok()) {
+    CancelSnapshot();
+    return result.status();
+  }
+  if (auto s = CompleteSnapshot(); !s.ok()) return s;
+  return result;
+}
+
 absl::Status Chain::PrepareSnapshot(absl::string_view name) {
   if (auto s = CheckWritable(); !s.ok()) return s;
   if (auto s = ValidateSnapshotName(name); !s.ok()) return s;
-  // The active layer only changes in Snapshot, which the caller serializes with this call;
-  // reading its header needs no lock held across the file creation.
+  // The next layer's file goes where a snapshot not yet durable still keeps its new layer.
+  if (auto s = CompleteSnapshot(); !s.ok()) return s;
+  absl::MutexLock snapshot_lock(&snapshot_mu_);
+  if (prepared_ != nullptr && prepared_->name == name) return absl::OkStatus();
+  CancelPreparedLocked();
+  // The active layer changes only in SwitchSnapshot, which needs snapshot_mu_: it stays.
   const Layer* active;
   {
     absl::ReaderMutexLock lock(&mu_);
     if (auto s = CheckNewSnapshotName(name); !s.ok()) return s;
     active = active_.get();
   }
-  return PrepareNextLayer(env_, *active, top_path_, std::string(name));
+  const std::string snapshot(name);
+  if (auto s = PrepareNextLayer(env_, *active, top_path_, snapshot); !s.ok()) return s;
+  auto next = Layer::Open(env_, PendingLayerPath(top_path_), Layer::Mode::kWritable,
+                          options_.direct_io);
+  absl::Status s = next.status();
+  if (s.ok() && options_.lock) s = Lock((*next)->file(), true);
+  if (!s.ok()) {
+    AbandonNextLayer(env_, *active, top_path_, snapshot);
+    return s;
+  }
+  prepared_ = std::make_unique<PreparedSnapshot>(PreparedSnapshot{snapshot, std::move(*next)});
+  return absl::OkStatus();
 }
 
-absl::StatusOr<Chain::SnapshotResult> Chain::Snapshot(absl::string_view name) {
-  if (auto s = CheckWritable(); !s.ok()) return s;
-  if (auto s = ValidateSnapshotName(name); !s.ok()) return s;
+absl::StatusOr<Chain::SnapshotResult> Chain::SwitchSnapshot(absl::string_view name) {
+  absl::MutexLock snapshot_lock(&snapshot_mu_);
+  if (prepared_ == nullptr || prepared_->name != name) {
+    return absl::FailedPreconditionError(absl::StrCat("snapshot '", name, "' was not prepared"));
+  }
   absl::MutexLock flush_lock(&flush_mu_);
   absl::MutexLock lock(&mu_);
   if (!inflight_->ranges.empty()) {
     return absl::FailedPreconditionError("snapshot with writes in flight: drain first");
   }
-  if (auto s = CheckNewSnapshotName(name); !s.ok()) return s;
-  auto frozen_path = FreezeAndStack(env_, active_.get(), top_path_, std::string(name), NowNs());
-  if (!frozen_path.ok()) return frozen_path.status();
-  auto next = Layer::Open(env_, top_path_, Layer::Mode::kWritable, options_.direct_io);
-  if (!next.ok()) {
-    return absl::Status(next.status().code(),
-                        absl::StrCat("snapshot '", name, "' was taken (", *frozen_path,
-                                     ") but the new active layer failed to open: ",
-                                     next.status().message()));
+  // A full journal makes the next flush write a checkpoint table, which allocates space. Do
+  // it now, while a failure (a full volume) still leaves the disk as it was: after the switch
+  // freezing the layer must need no new space.
+  if (active_->FlushNeedsCheckpoint()) {
+    if (auto s = active_->Flush(); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("snapshot '", name, "': checkpoint of ",
+                                                 top_path_, ": ", s.message()));
+    }
   }
   if (options_.lock) {
     // The frozen layer keeps its open file description: downgrade its lock to shared.
     (void)Lock(active_->file(), false);
-    if (auto s = Lock((*next)->file(), true); !s.ok()) return s;
   }
-  uint16_t position = static_cast<uint16_t>(frozen_.size() + 1);
+  const uint16_t position = static_cast<uint16_t>(frozen_.size() + 1);
   active_->index().ForEach([&](uint64_t cluster, const ClusterEntry& e) {
     view_->Overlay(position, cluster, e);
   });
-  active_->ReleaseIndex();
-  active_->set_path(*frozen_path);
-  SnapshotResult result{*frozen_path, active_->header().uuid};
+  const std::string frozen_path = SnapshotPath(top_path_, name);
+  active_->set_path(frozen_path);
+  prepared_->next->set_path(top_path_);
+  SnapshotResult result{frozen_path, active_->header().uuid};
+  freezing_ = std::make_unique<FreezingLayer>(
+      FreezingLayer{prepared_->name, NowNs(), active_.get()});
   frozen_.push_back(std::move(active_));
-  active_ = std::move(*next);
+  active_ = std::move(prepared_->next);
+  prepared_.reset();
   return result;
+}
+
+absl::Status Chain::CompleteSnapshot() {
+  absl::MutexLock flush_lock(&flush_mu_);
+  return CompleteSnapshotLocked();
+}
+
+absl::Status Chain::CompleteSnapshotLocked() {
+  if (freezing_ == nullptr) return absl::OkStatus();
+  Layer* layer = freezing_->layer;
+  // The frozen layer takes no writes any more, so its flush and header need no lock; readers
+  // see its header change only under mu_.
+  auto frozen = layer->WriteFrozenHeader(freezing_->name, freezing_->frozen_ns);
+  absl::Status s = frozen.status();
+  if (s.ok()) s = StackNextLayer(env_, top_path_);
+  if (!s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("snapshot '", freezing_->name, "' of ", top_path_,
+                                               " is not durable yet (new writes go above it; "
+                                               "every flush retries): ", s.message()));
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    layer->PublishHeader(*std::move(frozen));
+    layer->ReleaseIndex();
+  }
+  layer->ReleaseUnusedSpace();
+  freezing_.reset();
+  return absl::OkStatus();
+}
+
+void Chain::CancelSnapshot() {
+  absl::MutexLock snapshot_lock(&snapshot_mu_);
+  CancelPreparedLocked();
+}
+
+void Chain::CancelPreparedLocked() {
+  if (prepared_ == nullptr) return;
+  const std::string name = prepared_->name;
+  prepared_.reset();  // closes the new layer's file
+  absl::ReaderMutexLock lock(&mu_);
+  AbandonNextLayer(env_, *active_, top_path_, name);
 }
 
 absl::Status Chain::ReadSegments(const std::vector<Segment>& segments, char* out) const {

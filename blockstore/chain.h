@@ -144,16 +144,26 @@ class Chain {
   absl::Status Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const;
 
   // Freezes the active layer as snapshot `name` and puts a new empty active layer on top of it
-  // at the same path; the frozen layer moves to `<stem>@<name>.strata` beside it.
-  // REQUIRES: no write prepared and unfinished (the server drains first).
+  // at the same path; the frozen layer moves to `<stem>@<name>.strata` beside it. Three steps,
+  // so that a live server stops I/O only for the middle one (snapshot_files.h):
+  //   PrepareSnapshot: creates and opens the next layer's file and links the snapshot's name
+  //     (the fsync-heavy part); I/O goes on. Completes an earlier snapshot first.
+  //   SwitchSnapshot: from here on writes go to the new layer. In memory only, unless the old
+  //     layer's journal is full (it is then checkpointed here, which can fail cleanly).
+  //     REQUIRES: no write prepared and unfinished (the server drains first).
+  //   CompleteSnapshot: makes the frozen layer durable and renames the new one into place.
+  //     Until it succeeds Flush() retries it first, so no flush acknowledges a write above a
+  //     snapshot that could still be lost, and the chain reopens as before the snapshot.
+  // Snapshot() runs all three; CancelSnapshot() gives up a prepared, unswitched snapshot.
   struct SnapshotResult {
     std::string frozen_path;
     Uuid frozen_uuid;
   };
   absl::StatusOr<SnapshotResult> Snapshot(absl::string_view name);
-  // Optional, before Snapshot(name) and outside any I/O pause: creates the next active
-  // layer's file (the slow, fsync-heavy part), so Snapshot only freezes and renames.
   absl::Status PrepareSnapshot(absl::string_view name);
+  absl::StatusOr<SnapshotResult> SwitchSnapshot(absl::string_view name);
+  absl::Status CompleteSnapshot();
+  void CancelSnapshot();
 
   // --- Synchronous wrappers (offline tool, tests) ---
   absl::Status Read(uint64_t offset, absl::Span<char> out) const;
@@ -178,7 +188,12 @@ class Chain {
   void ForEachCluster(uint64_t start_sb, uint64_t end_sb,
                       const std::function<void(uint64_t, uint32_t)>& fn) const;
 
+  absl::Status CompleteSnapshotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(flush_mu_);
+  void CancelPreparedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(snapshot_mu_);
+
   struct Inflight;
+  struct PreparedSnapshot;
+  struct FreezingLayer;
   Env* env_ = nullptr;
   ChainOptions options_;
   std::string top_path_;
@@ -186,7 +201,10 @@ class Chain {
   uint32_t cluster_size_ = 0;
   uint32_t sub_block_size_ = 0;
 
-  absl::Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes Flush and Snapshot
+  absl::Mutex snapshot_mu_ ABSL_ACQUIRED_BEFORE(flush_mu_);  // serializes snapshot steps
+  absl::Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes Flush and the freeze
+  std::unique_ptr<PreparedSnapshot> prepared_ ABSL_GUARDED_BY(snapshot_mu_);
+  std::unique_ptr<FreezingLayer> freezing_ ABSL_GUARDED_BY(flush_mu_);
   mutable absl::Mutex mu_;
   std::unique_ptr<RawBase> base_;                   // may be null
   std::vector<std::unique_ptr<Layer>> frozen_ ABSL_GUARDED_BY(mu_);  // positions 1..N-1

@@ -2,6 +2,7 @@
 
 #include <thread>
 
+#include "blockstore/crash_env.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
 #include "blockstore/test_util.h"
@@ -187,6 +188,76 @@ TEST_F(ChainTest, InspectingAServedDiskNeverTouchesASnapshotInProgress) {
   EXPECT_TRUE(Env::Default()->Exists(pending));
   ASSERT_TRUE(chain->Snapshot("live").ok());
   EXPECT_FALSE(Env::Default()->Exists(pending));
+}
+
+TEST_F(ChainTest, SwitchedSnapshotTakesNewWritesAndBecomesDurableAtTheNextFlush) {
+  auto chain = Open();
+  ASSERT_TRUE(chain->Write(0, std::string(4096, 'a')).ok());
+  ASSERT_TRUE(chain->PrepareSnapshot("s1").ok());
+  auto switched = chain->SwitchSnapshot("s1");
+  ASSERT_TRUE(switched.ok()) << switched.status();
+  // Memory only so far: the disk's path still names the old, active layer.
+  auto on_disk = ReadLayerHeader(Env::Default(), switched->frozen_path);
+  ASSERT_TRUE(on_disk.ok());
+  EXPECT_EQ(on_disk->state, LayerState::kActive);
+  ASSERT_TRUE(chain->Write(0, std::string(1024, 'b')).ok());
+  EXPECT_EQ(Read(chain.get(), 0, 4096), std::string(1024, 'b') + std::string(3072, 'a'));
+  // A flush of the new layer first makes the snapshot durable.
+  ASSERT_TRUE(chain->Flush().ok());
+  on_disk = ReadLayerHeader(Env::Default(), switched->frozen_path);
+  ASSERT_TRUE(on_disk.ok());
+  EXPECT_EQ(on_disk->state, LayerState::kFrozen);
+  EXPECT_EQ(on_disk->snapshot_name, "s1");
+  EXPECT_FALSE(Env::Default()->Exists(dir_.File(".disk.strata.new")));
+  EXPECT_TRUE(chain->CompleteSnapshot().ok());  // nothing left to do
+  EXPECT_EQ(chain->Layers()[1].header.state, LayerState::kFrozen);
+  chain.reset();
+  auto reopened = Open();
+  EXPECT_EQ(Read(reopened.get(), 0, 4096), std::string(1024, 'b') + std::string(3072, 'a'));
+  auto frozen = Chain::Open(dir_.File("disk@s1.strata"), {.writable = false});
+  ASSERT_TRUE(frozen.ok()) << frozen.status();
+  EXPECT_EQ(Read(frozen->get(), 0, 4096), std::string(4096, 'a'));
+}
+
+TEST_F(ChainTest, CancelledSnapshotLeavesNoFiles) {
+  auto chain = Open();
+  ASSERT_TRUE(chain->PrepareSnapshot("gone").ok());
+  EXPECT_TRUE(Env::Default()->Exists(dir_.File("disk@gone.strata")));
+  EXPECT_EQ(chain->SwitchSnapshot("other").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  chain->CancelSnapshot();
+  EXPECT_FALSE(Env::Default()->Exists(dir_.File("disk@gone.strata")));
+  EXPECT_FALSE(Env::Default()->Exists(dir_.File(".disk.strata.new")));
+  EXPECT_EQ(chain->Layers().size(), 2u);
+  ASSERT_TRUE(chain->Write(0, std::string(512, 'c')).ok());
+  ASSERT_TRUE(chain->Flush().ok());
+  EXPECT_TRUE(chain->Snapshot("gone").ok());
+}
+
+TEST_F(ChainTest, SnapshotThatCouldNotBeMadeDurableIsRetriedByEachFlush) {
+  CrashEnv env(7);
+  auto chain = Open({.env = &env});
+  ASSERT_TRUE(chain->Write(0, std::string(4096, 'a')).ok());
+  ASSERT_TRUE(chain->PrepareSnapshot("s1").ok());
+  ASSERT_TRUE(chain->SwitchSnapshot("s1").ok());
+  ASSERT_TRUE(chain->Write(4096, std::string(4096, 'b')).ok());
+  env.FailSyncsAfter(0);  // the disk refuses every sync for a while
+  absl::Status s = chain->CompleteSnapshot();
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("'s1'"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("not durable yet"), absl::string_view::npos) << s;
+  // No flush may acknowledge the writes above it meanwhile, nor a new snapshot start.
+  EXPECT_FALSE(chain->Flush().ok());
+  EXPECT_FALSE(chain->PrepareSnapshot("s2").ok());
+  env.FailSyncsAfter(-1);
+  ASSERT_TRUE(chain->Flush().ok());
+  EXPECT_EQ(chain->Layers()[1].header.snapshot_name, "s1");
+  chain.reset();
+  auto frozen = Chain::Open(dir_.File("disk@s1.strata"), {.writable = false});
+  ASSERT_TRUE(frozen.ok()) << frozen.status();
+  EXPECT_EQ(Read(frozen->get(), 0, 8192), std::string(4096, 'a') + base_data_.substr(4096, 4096));
+  auto reopened = Open();
+  EXPECT_EQ(Read(reopened.get(), 0, 8192), std::string(4096, 'a') + std::string(4096, 'b'));
 }
 
 TEST_F(ChainTest, MissingParentNamesTheFile) {

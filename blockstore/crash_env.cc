@@ -1,6 +1,7 @@
 #include "blockstore/crash_env.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "absl/strings/str_cat.h"
@@ -10,8 +11,9 @@ namespace {
 
 class CrashFile final : public File {
  public:
-  CrashFile(CrashEnv* env, std::unique_ptr<File> real)
-      : File(real->path()), env_(env), real_(std::move(real)) {}
+  CrashFile(CrashEnv* env, std::unique_ptr<File> real, CrashEnv::Inode inode)
+      : File(real->path()), env_(env), real_(std::move(real)), inode_(inode),
+        dir_(DirName(path())) {}
 
   absl::Status Read(uint64_t offset, size_t n, char* dst) const override {
     return real_->Read(offset, n, dst);
@@ -19,11 +21,11 @@ class CrashFile final : public File {
   absl::Status Write(uint64_t offset, absl::string_view data) override {
     CrashEnv::Write w{offset, std::string(data), Previous(offset, data.size())};
     if (auto s = real_->Write(offset, data); !s.ok()) return s;
-    env_->RecordWrite(path(), std::move(w));
+    env_->RecordWrite(inode_, dir_, std::move(w));
     return absl::OkStatus();
   }
   absl::Status Sync() override {
-    if (auto s = env_->RecordSync(path()); !s.ok()) return s;
+    if (auto s = env_->RecordSync(inode_, path()); !s.ok()) return s;
     return real_->Sync();
   }
   absl::Status Allocate(uint64_t offset, uint64_t length) override {
@@ -33,13 +35,17 @@ class CrashFile final : public File {
     // Undone by a crash like a write of zeros.
     CrashEnv::Write w{offset, std::string(length, '\0'), Previous(offset, length)};
     if (auto s = real_->PunchHole(offset, length); !s.ok()) return s;
-    env_->RecordWrite(path(), std::move(w));
+    env_->RecordWrite(inode_, dir_, std::move(w));
     return absl::OkStatus();
   }
   absl::Status Truncate(uint64_t size) override { return real_->Truncate(size); }
   absl::StatusOr<uint64_t> Size() const override { return real_->Size(); }
   absl::StatusOr<uint64_t> AllocatedBytes() const override { return real_->AllocatedBytes(); }
   int fd() const override { return real_->fd(); }
+  void set_path(std::string path) override {
+    real_->set_path(path);
+    File::set_path(std::move(path));
+  }
 
  private:
   std::string Previous(uint64_t offset, size_t n) const {
@@ -52,6 +58,8 @@ class CrashFile final : public File {
 
   CrashEnv* env_;
   std::unique_ptr<File> real_;
+  const CrashEnv::Inode inode_;
+  const std::string dir_;
 };
 
 absl::Status WriteAt(const std::string& path, uint64_t offset, absl::string_view data) {
@@ -63,45 +71,45 @@ absl::Status WriteAt(const std::string& path, uint64_t offset, absl::string_view
   return absl::OkStatus();
 }
 
+// The current name of `inode` in `dir`, or "" when it has none left.
+std::string FindInode(const std::string& dir, CrashEnv::Inode inode) {
+  auto names = Env::Default()->ListDir(dir);
+  if (!names.ok()) return "";
+  for (const std::string& name : *names) {
+    std::string path = dir + "/" + name;
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0 && st.st_dev == inode.dev && st.st_ino == inode.ino) {
+      return path;
+    }
+  }
+  return "";
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<File>> CrashEnv::Open(const std::string& path,
                                                      const OpenOptions& options) {
   auto real = Env::Default()->Open(path, options);
   if (!real.ok()) return real.status();
-  return std::make_unique<CrashFile>(this, std::move(*real));
+  struct stat st;
+  if (fstat((*real)->fd(), &st) != 0) return ErrnoStatus(errno, "fstat", path);
+  return std::make_unique<CrashFile>(this, std::move(*real), Inode{st.st_dev, st.st_ino});
 }
 
-absl::Status CrashEnv::Rename(const std::string& from, const std::string& to) {
+void CrashEnv::RecordWrite(Inode inode, const std::string& dir, Write write) {
   absl::MutexLock lock(&mu_);
-  if (auto s = Env::Default()->Rename(from, to); !s.ok()) return s;
-  auto node = pending_.extract(from);
-  pending_.erase(to);
-  if (!node.empty()) {
-    node.key() = to;
-    pending_.insert(std::move(node));
-  }
-  return absl::OkStatus();
+  Unsynced& u = pending_[inode];
+  u.dir = dir;
+  u.writes.push_back(std::move(write));
 }
 
-absl::Status CrashEnv::Remove(const std::string& path) {
-  absl::MutexLock lock(&mu_);
-  pending_.erase(path);
-  return Env::Default()->Remove(path);
-}
-
-void CrashEnv::RecordWrite(const std::string& path, Write write) {
-  absl::MutexLock lock(&mu_);
-  pending_[path].push_back(std::move(write));
-}
-
-absl::Status CrashEnv::RecordSync(const std::string& path) {
+absl::Status CrashEnv::RecordSync(Inode inode, const std::string& path) {
   absl::MutexLock lock(&mu_);
   if (syncs_until_failure_ == 0) {
     return absl::DataLossError(absl::StrCat("fdatasync ", path, ": injected I/O error"));
   }
   if (syncs_until_failure_ > 0) --syncs_until_failure_;
-  pending_.erase(path);
+  pending_.erase(inode);
   return absl::OkStatus();
 }
 
@@ -112,8 +120,10 @@ void CrashEnv::FailSyncsAfter(int after) {
 
 void CrashEnv::Crash() {
   absl::MutexLock lock(&mu_);
-  for (auto& [path, writes] : pending_) {
-    if (!Env::Default()->Exists(path)) continue;
+  for (auto& [inode, unsynced] : pending_) {
+    const std::string path = FindInode(unsynced.dir, inode);
+    if (path.empty()) continue;  // removed: nothing to roll back
+    const std::vector<Write>& writes = unsynced.writes;
     // Back to the last synced state...
     for (auto it = writes.rbegin(); it != writes.rend(); ++it) {
       (void)WriteAt(path, it->offset, it->previous);

@@ -147,13 +147,24 @@ TEST_F(CrashTest, PowerLossAtEverySyncPoint) {
       auto chain = Chain::Open(top, {.env = &env});
       ASSERT_TRUE(chain.ok()) << chain.status();
       env.FailSyncsAfter(fail_after);
-      int snapshots = 0;
+      int snapshots = 0, done = 0;
       for (const Op& op : Workload(fail_after, 60)) {
         absl::Status s = Apply(chain->get(), op);
         if (op.kind != Op::kFlush || s.ok()) ApplyToModel(&model, op);
-        if (op.kind == Op::kFlush && s.ok() && snapshots < 3 && fail_after % 3 == 0) {
+        ++done;
+        if (snapshots >= 3) continue;
+        const std::string name = "s" + std::to_string(snapshots);
+        if (fail_after % 3 == 0 && op.kind == Op::kFlush && s.ok()) {
           // A snapshot is a flush too, and must survive the crash as a whole or not at all.
-          if ((*chain)->Snapshot("s" + std::to_string(snapshots++)).ok()) model.Flushed();
+          ++snapshots;
+          if ((*chain)->Snapshot(name).ok()) model.Flushed();
+        } else if (fail_after % 3 == 1 && done % 15 == 0) {
+          // As a live server does, with writes not yet flushed below it: switched in memory,
+          // writes go on above it, and the next flush must make it durable first.
+          ++snapshots;
+          if ((*chain)->PrepareSnapshot(name).ok() && !(*chain)->SwitchSnapshot(name).ok()) {
+            (*chain)->CancelSnapshot();
+          }
         }
       }
       // The chain's destructor tries to flush; with the disk dead it fails: not acknowledged.

@@ -41,6 +41,9 @@ class File {
   // The descriptor for callers that do their own I/O (the server's io_uring ring).
   virtual int fd() const = 0;
   const std::string& path() const { return path_; }
+  // The file was renamed or linked while open: messages name it by `path` from now on.
+  // REQUIRES: no other thread uses the file meanwhile.
+  virtual void set_path(std::string path) { path_ = std::move(path); }
 
  private:
   std::string path_;

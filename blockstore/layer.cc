@@ -368,9 +368,7 @@ void Layer::SetEntry(uint64_t cluster, const ClusterEntry& entry) {
 
 absl::StatusOr<FlushBatch> Layer::PrepareFlush() {
   FlushBatch batch;
-  uint64_t blocks = (dirty_.size() + kRecordsPerJournalBlock - 1) / kRecordsPerJournalBlock;
-  batch.checkpoint =
-      force_checkpoint_ || journal_tail_ + blocks * kJournalBlockSize > header_.journal_size;
+  batch.checkpoint = FlushNeedsCheckpoint();
   if (batch.checkpoint) {
     batch.table_slots = SlotsFor(index_.size() * kTableEntrySize);
     // The table is one contiguous run at the end of the used space.
@@ -530,39 +528,61 @@ absl::Status EditLayerHeader(Env* env, const std::string& path,
 }
 
 absl::Status Layer::UpdateHeader(const std::function<void(LayerHeader*)>& edit) {
-  LayerHeader next = header_;
-  edit(&next);
-  next.sequence = header_.sequence + 1;
-  if (auto s = WriteHeaderCopies(file_.get(), current_header_copy_, next); !s.ok()) return s;
-  header_ = std::move(next);
+  auto next = WriteEditedHeader(edit);
+  if (!next.ok()) return next.status();
+  header_ = *std::move(next);
   return absl::OkStatus();
 }
 
+absl::StatusOr<LayerHeader> Layer::WriteEditedHeader(
+    const std::function<void(LayerHeader*)>& edit) const {
+  LayerHeader next = header_;
+  edit(&next);
+  next.sequence = header_.sequence + 1;
+  // Both copies are rewritten from header_, so a retry after a failure writes the same bytes.
+  if (auto s = WriteHeaderCopies(file_.get(), current_header_copy_, next); !s.ok()) return s;
+  return next;
+}
+
+void Layer::set_path(const std::string& path) {
+  file_->set_path(path);
+  if (data_file_) data_file_->set_path(path);
+}
+
+bool Layer::FlushNeedsCheckpoint() const {
+  uint64_t blocks = (dirty_.size() + kRecordsPerJournalBlock - 1) / kRecordsPerJournalBlock;
+  return force_checkpoint_ || journal_tail_ + blocks * kJournalBlockSize > header_.journal_size;
+}
+
 absl::Status Layer::Freeze(const std::string& name, int64_t frozen_ns) {
+  auto frozen = WriteFrozenHeader(name, frozen_ns);
+  if (!frozen.ok()) return frozen.status();
+  PublishHeader(*std::move(frozen));
+  ReleaseUnusedSpace();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LayerHeader> Layer::WriteFrozenHeader(const std::string& name, int64_t frozen_ns) {
   if (name.size() > kMaxSnapshotNameLength) {
     return absl::InvalidArgumentError("snapshot name longer than 255 bytes");
   }
   // No checkpoint: a frozen layer keeps the journal records it has (opening replays them),
-  // so freezing costs one journal append and a header switch — it runs while a live
-  // snapshot pauses I/O.
+  // so freezing costs one journal append and a header switch.
   if (auto s = Flush(); !s.ok()) return s;
-  if (auto s = UpdateHeader([&](LayerHeader* h) {
-        h->state = LayerState::kFrozen;
-        h->snapshot_name = name;
-        h->frozen_ns = frozen_ns;
-        h->journal_end_seq = next_seq_;  // lets an open tell a damaged record from the end
-      });
-      !s.ok()) {
-    return s;
-  }
-  // A frozen layer never journals or grows again: give back the unused journal and the
-  // unused tail of the last extent. Failing here only wastes space, never data.
+  return WriteEditedHeader([&](LayerHeader* h) {
+    h->state = LayerState::kFrozen;
+    h->snapshot_name = name;
+    h->frozen_ns = frozen_ns;
+    h->journal_end_seq = next_seq_;  // lets an open tell a damaged record from the end
+  });
+}
+
+void Layer::ReleaseUnusedSpace() {
   uint64_t used = (journal_tail_ + kJournalBlockSize - 1) / kJournalBlockSize * kJournalBlockSize;
   if (used < header_.journal_size) {
     (void)file_->PunchHole(header_.journal_offset + used, header_.journal_size - used);
   }
   if (file_->Truncate(high_water_ * header_.cluster_size).ok()) end_slot_ = high_water_;
-  return absl::OkStatus();
 }
 
 }  // namespace strata

@@ -76,10 +76,8 @@ class Layer {
 
   const LayerHeader& header() const { return header_; }
   const std::string& path() const { return file_->path(); }
-  void set_path(std::string path) { path_override_ = std::move(path); }
-  const std::string& display_path() const {
-    return path_override_.empty() ? file_->path() : path_override_;
-  }
+  // The layer's file was renamed or linked while open (a snapshot): see File::set_path.
+  void set_path(const std::string& path);
   File* file() const { return file_.get(); }
   // The descriptor segments name for data I/O (O_DIRECT when opened so).
   int data_fd() const { return data_file_ ? data_file_->fd() : file_->fd(); }
@@ -115,10 +113,25 @@ class Layer {
   // All three steps plus the data sync, for single-threaded callers.
   absl::Status Flush();
 
-  // Flushes, then marks the layer frozen under `name` at `frozen_ns` (header switch).
+  // True when the next flush must write a checkpoint table (the dirty entries do not fit in
+  // the journal), which allocates space; a plain journal append never does.
+  bool FlushNeedsCheckpoint() const;
+
+  // Flushes, then marks the layer frozen under `name` at `frozen_ns` (header switch), then
+  // gives back the space a frozen layer no longer needs. The three steps below, in order.
   absl::Status Freeze(const std::string& name, int64_t frozen_ns);
+  // Flushes and writes both header copies as frozen (the commit point of a snapshot), leaving
+  // header() as it was: a live chain publishes the new header under its own lock.
+  absl::StatusOr<LayerHeader> WriteFrozenHeader(const std::string& name, int64_t frozen_ns);
+  void PublishHeader(LayerHeader header) { header_ = std::move(header); }
+  // A frozen layer never journals or grows again: punches the unused journal and truncates
+  // the unused tail of the last extent. Failing only wastes space, so errors are ignored.
+  void ReleaseUnusedSpace();
   // Rewrites the header (the other copy, sequence + 1) after `edit` changed it, and syncs.
   absl::Status UpdateHeader(const std::function<void(LayerHeader*)>& edit);
+  // The same without changing header(): returns the header now on disk.
+  absl::StatusOr<LayerHeader> WriteEditedHeader(
+      const std::function<void(LayerHeader*)>& edit) const;
 
   // First slot after the header and journal region.
   uint32_t first_data_slot() const { return first_data_slot_; }
@@ -152,7 +165,6 @@ class Layer {
 
   std::unique_ptr<File> file_;
   std::unique_ptr<File> data_file_;  // O_DIRECT twin when direct_io
-  std::string path_override_;
   bool writable_ = false;
   LayerHeader header_;
   int current_header_copy_ = 0;

@@ -9,17 +9,23 @@
 namespace strata {
 namespace {
 
-std::string PendingPath(const std::string& top_path) {
-  return absl::StrCat(DirName(top_path), "/.", BaseName(top_path), ".new");
-}
-
 std::string Stem(const std::string& top_path) {
   std::string base = BaseName(top_path);
   if (absl::EndsWith(base, ".strata")) base.resize(base.size() - 7);
   return base;
 }
 
+// True when `path` is step 2's link: another name of the still-active layer `active`.
+bool IsLinkTo(Env* env, const std::string& path, const LayerHeader& active) {
+  auto h = ReadLayerHeader(env, path);
+  return h.ok() && h->uuid == active.uuid && h->state == LayerState::kActive;
+}
+
 }  // namespace
+
+std::string PendingLayerPath(const std::string& top_path) {
+  return absl::StrCat(DirName(top_path), "/.", BaseName(top_path), ".new");
+}
 
 absl::Status ValidateSnapshotName(absl::string_view name) {
   bool ok = !name.empty() && name.size() <= 64 && name[0] != '.';
@@ -40,67 +46,63 @@ std::string SnapshotPath(const std::string& top_path, absl::string_view name) {
 
 absl::Status PrepareNextLayer(Env* env, const Layer& active, const std::string& top_path,
                               const std::string& name) {
+  const LayerHeader& h = active.header();
   std::string frozen_path = SnapshotPath(top_path, name);
-  std::string pending = PendingPath(top_path);
-  if (env->Exists(frozen_path)) {
+  std::string pending = PendingLayerPath(top_path);
+  bool linked = env->Exists(frozen_path);
+  if (linked && !IsLinkTo(env, frozen_path, h)) {
     return absl::AlreadyExistsError(absl::StrCat("snapshot file ", frozen_path, " exists"));
   }
-  const LayerHeader& h = active.header();
-  if (auto existing = ReadLayerHeader(env, pending);
-      existing.ok() && existing->parent_uuid == h.uuid &&
-      existing->parent_path == BaseName(frozen_path) && existing->state == LayerState::kActive) {
-    return absl::OkStatus();  // prepared already, for this very snapshot
+  // Step 1, unless done already for this very snapshot.
+  auto existing = ReadLayerHeader(env, pending);
+  if (!existing.ok() || existing->parent_uuid != h.uuid ||
+      existing->parent_path != BaseName(frozen_path) || existing->state != LayerState::kActive) {
+    LayerCreateParams params;
+    params.virtual_size = h.virtual_size;
+    params.cluster_size = h.cluster_size;
+    params.sub_block_size = h.sub_block_size;
+    params.parent_format = ParentFormat::kStrata;
+    params.parent_path = BaseName(frozen_path);
+    params.parent_uuid = h.uuid;
+    params.parent_size = h.virtual_size;
+    params.journal_size = h.journal_size;
+    (void)env->Remove(pending);  // prepared for another name, or left by a crash
+    auto next = Layer::Create(env, pending, params);
+    if (!next.ok()) return next.status();
   }
-  LayerCreateParams params;
-  params.virtual_size = h.virtual_size;
-  params.cluster_size = h.cluster_size;
-  params.sub_block_size = h.sub_block_size;
-  params.parent_format = ParentFormat::kStrata;
-  params.parent_path = BaseName(frozen_path);
-  params.parent_uuid = h.uuid;
-  params.parent_size = h.virtual_size;
-  params.journal_size = h.journal_size;
-  (void)env->Remove(pending);  // prepared for another name, or left by a crash
-  auto next = Layer::Create(env, pending, params);
-  return next.ok() ? absl::OkStatus() : next.status();
-}
-
-absl::StatusOr<std::string> FreezeAndStack(Env* env, Layer* active, const std::string& top_path,
-                                           const std::string& name, int64_t frozen_ns) {
-  std::string frozen_path = SnapshotPath(top_path, name);
-  std::string pending = PendingPath(top_path);
-  // Step 1.
-  if (auto s = PrepareNextLayer(env, *active, top_path, name); !s.ok()) return s;
+  if (linked) return absl::OkStatus();
   // Step 2.
   absl::Status s = env->Link(top_path, frozen_path);
   if (s.ok()) s = env->SyncDir(DirName(top_path));
-  // Step 3.
-  if (s.ok()) s = active->Freeze(name, frozen_ns);
-  if (!s.ok()) {
-    // Still before the commit point (the header switch): undo, best effort.
-    if (active->header().state == LayerState::kActive) {
-      (void)env->Remove(frozen_path);
-      (void)env->Remove(pending);
-    }
-    return s;
+  if (!s.ok()) AbandonNextLayer(env, active, top_path, name);
+  return s;
+}
+
+void AbandonNextLayer(Env* env, const Layer& active, const std::string& top_path,
+                      const std::string& name) {
+  std::string frozen_path = SnapshotPath(top_path, name);
+  if (IsLinkTo(env, frozen_path, active.header())) (void)env->Remove(frozen_path);
+  (void)env->Remove(PendingLayerPath(top_path));
+  (void)env->SyncDir(DirName(top_path));
+}
+
+absl::Status StackNextLayer(Env* env, const std::string& top_path) {
+  std::string pending = PendingLayerPath(top_path);
+  if (env->Exists(pending)) {
+    if (auto s = env->Rename(pending, top_path); !s.ok()) return s;
   }
-  // Step 4.
-  s = env->Rename(pending, top_path);
-  if (s.ok()) s = env->SyncDir(DirName(top_path));
-  if (!s.ok()) return s;
-  return frozen_path;
+  return env->SyncDir(DirName(top_path));
 }
 
 absl::StatusOr<std::string> RecoverInterruptedSnapshot(Env* env, const std::string& top_path) {
-  std::string pending = PendingPath(top_path);
+  std::string pending = PendingLayerPath(top_path);
   if (!env->Exists(pending)) return std::string();
   auto top = ReadLayerHeader(env, top_path);
   if (!top.ok()) return top.status();
   auto next = ReadLayerHeader(env, pending);
   if (top->state == LayerState::kFrozen && next.ok() && next->parent_uuid == top->uuid) {
     // Past step 3: the snapshot exists; finish step 4.
-    if (auto s = env->Rename(pending, top_path); !s.ok()) return s;
-    if (auto s = env->SyncDir(DirName(top_path)); !s.ok()) return s;
+    if (auto s = StackNextLayer(env, top_path); !s.ok()) return s;
     return absl::StrCat("completed the interrupted snapshot '", top->snapshot_name, "' of ",
                         top_path);
   }
@@ -115,8 +117,7 @@ absl::StatusOr<std::string> RecoverInterruptedSnapshot(Env* env, const std::stri
   for (const std::string& name : *names) {
     if (!absl::StartsWith(name, prefix) || !absl::EndsWith(name, ".strata")) continue;
     std::string path = DirName(top_path) + "/" + name;
-    auto h = ReadLayerHeader(env, path);
-    if (h.ok() && h->uuid == top->uuid && h->state == LayerState::kActive) {
+    if (IsLinkTo(env, path, *top)) {
       if (auto s = env->Remove(path); !s.ok()) return s;
     }
   }

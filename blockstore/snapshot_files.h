@@ -3,8 +3,10 @@
 // step leaves recoverable (FORMAT.md, "Snapshot"):
 //   1. create the new layer at `.<name>.new` (parent = the future frozen file), synced;
 //   2. hard-link the active layer to `<stem>@<snapshot>.strata`, directory synced;
-//   3. freeze it (flush, checkpoint, header switch to frozen);
+//   3. freeze it (flush, header switch to frozen): the commit point;
 //   4. rename `.<name>.new` over the disk's path, directory synced.
+// Steps 1-2 (PrepareNextLayer) run before a live snapshot pauses I/O; the pause itself only
+// switches writes to the new layer in memory (Chain), and steps 3-4 run after I/O resumed.
 // RecoverInterruptedSnapshot() finishes after 3 and rolls back before it.
 #ifndef STRATA_BLOCKSTORE_SNAPSHOT_FILES_H_
 #define STRATA_BLOCKSTORE_SNAPSHOT_FILES_H_
@@ -24,14 +26,18 @@ class Layer;
 absl::Status ValidateSnapshotName(absl::string_view name);
 // `<dir>/<stem>@<name>.strata` for a disk at `top_path` (`<dir>/<stem>[.strata]`).
 std::string SnapshotPath(const std::string& top_path, absl::string_view name);
-// Step 1 alone, so a live snapshot can do it before pausing I/O: the new layer's creation
-// and its syncs then cost no pause. A pending file nobody uses is removed at the next open.
+// Where the next active layer is created (step 1) until step 4 renames it.
+std::string PendingLayerPath(const std::string& top_path);
+// Steps 1 and 2 for the open active layer `active` at `top_path`; a no-op when they were done
+// already for this very snapshot.
 absl::Status PrepareNextLayer(Env* env, const Layer& active, const std::string& top_path,
                               const std::string& name);
-// Runs steps 1-4 for the open active layer `active` at `top_path` (step 1 only if
-// PrepareNextLayer did not already); returns the frozen path.
-absl::StatusOr<std::string> FreezeAndStack(Env* env, Layer* active, const std::string& top_path,
-                                           const std::string& name, int64_t frozen_ns);
+// Undoes steps 1 and 2 (a snapshot given up before step 3), best effort: a leftover is
+// rolled back at the next open anyway.
+void AbandonNextLayer(Env* env, const Layer& active, const std::string& top_path,
+                      const std::string& name);
+// Step 4, after step 3 made the frozen layer durable; may be repeated.
+absl::Status StackNextLayer(Env* env, const std::string& top_path);
 // Finishes or rolls back a snapshot interrupted by a crash; returns what it did ("" if
 // nothing was found).
 absl::StatusOr<std::string> RecoverInterruptedSnapshot(Env* env, const std::string& top_path);

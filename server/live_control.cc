@@ -154,10 +154,10 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
   }
   absl::StatusOr<Chain::SnapshotResult> result =
       absl::InternalError("snapshot did not run");  // replaced inside the pause
-  // Flush first, while clients keep running: the flush inside the pause (Chain::Snapshot
-  // makes the frozen layer durable) then only covers what was written in the meantime. Under
-  // a heavy write load a flush lets new dirty data pile up, so flush again while that shrinks
-  // the next one (each is shorter than the last), at most kPreFlushes times.
+  // Flush first, while clients keep running: the freeze after the pause (which makes the
+  // frozen layer durable and so delays the reply) then only covers what was written in the
+  // meantime. Under a heavy write load a flush lets new dirty data pile up, so flush again
+  // while that shrinks the next one (each is shorter than the last), at most kPreFlushes times.
   constexpr int kPreFlushes = 4;
   constexpr absl::Duration kShortFlush = absl::Milliseconds(2);
   for (int i = 0; i < kPreFlushes; ++i) {
@@ -175,18 +175,19 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
     return absl::Status(prepared.code(),
                         absl::StrCat("snapshot '", name, "': ", prepared.message()));
   }
-  absl::Duration pause, freeze;
+  // The pause only moves new writes to the new layer, in memory.
+  absl::Duration pause, switch_time;
   absl::Status st = server_->RunPaused(
       [&]() -> absl::Status {
         const absl::Time begin = absl::Now();
-        result = chain->Snapshot(name);
-        freeze = absl::Now() - begin;
+        result = chain->SwitchSnapshot(name);
+        switch_time = absl::Now() - begin;
         return result.status();
       },
       &pause, options_.pause_timeout);
   const double pause_ms = absl::ToDoubleMilliseconds(pause);
-  const double freeze_ms = absl::ToDoubleMilliseconds(freeze);
   if (!st.ok()) {
+    chain->CancelSnapshot();
     ++snapshot_failures_;
     if (st.code() == absl::StatusCode::kDeadlineExceeded) ++pause_timeouts_;
     STRATA_LOG(kError, "snapshot '%s' failed (I/O paused %.3f ms, disk served as before): %s",
@@ -194,15 +195,27 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
     return absl::Status(st.code(), absl::StrCat("snapshot '", name, "': ", st.message()));
   }
   pauses_ms_.push_back(pause_ms);
-  STRATA_LOG(kInfo, "snapshot '%s' taken live: %s (I/O paused %.3f ms, of which %.3f ms freezing)",
-             name, result->frozen_path, pause_ms, freeze_ms);
+  // I/O runs again; the reply waits until the snapshot is durable (a flush of the new layer
+  // would wait for it too). A failure leaves it pending: the error says so, flushes retry.
+  const absl::Time durable_begin = absl::Now();
+  if (absl::Status durable = chain->CompleteSnapshot(); !durable.ok()) {
+    ++snapshot_failures_;
+    STRATA_LOG(kError, "%s", durable.ToString());
+    return durable;
+  }
+  const double durable_ms = absl::ToDoubleMilliseconds(absl::Now() - durable_begin);
+  STRATA_LOG(kInfo,
+             "snapshot '%s' taken live: %s (I/O paused %.3f ms, of which %.3f ms switching "
+             "layers; made durable in %.3f ms after resuming)",
+             name, result->frozen_path, pause_ms, absl::ToDoubleMilliseconds(switch_time),
+             durable_ms);
   (*reply)["name"] = name;
   (*reply)["file"] = result->frozen_path;
   (*reply)["uuid"] = UuidToString(result->frozen_uuid);
   (*reply)["pause_ms"] = Round3(pause_ms);
-  // The part of the pause spent in Chain::Snapshot (flush, freeze, new layer); the rest is
-  // draining requests in flight and resuming.
-  (*reply)["freeze_ms"] = Round3(freeze_ms);
+  (*reply)["switch_ms"] = Round3(absl::ToDoubleMilliseconds(switch_time));  // part of the pause
+  // Making the frozen layer durable, after I/O resumed: it delays this reply, not the disk.
+  (*reply)["durable_ms"] = Round3(durable_ms);
   // The export is opened after the pause; a failure here does not undo the snapshot.
   if (absl::Status e = ExportSnapshot(name, result->frozen_path); e.ok()) {
     (*reply)["export"] = "@" + name;

@@ -293,17 +293,17 @@ void RunConsistency(const Params& p) {
   EXPECT_TRUE(server.Stop());
   std::string out;
   EXPECT_TRUE(server.Check(&out)) << out;
-  json pauses = json::array(), freezes = json::array();
+  json pauses = json::array(), switches = json::array();
   for (const Snap& s : snaps) {
     pauses.push_back(s.reply["pause_ms"]);
-    freezes.push_back(s.reply["freeze_ms"]);
+    switches.push_back(s.reply["switch_ms"]);
   }
   std::printf("live_snapshot: %zu writes on %d connections, %zu snapshots; blocks checked: "
               "%llu acknowledged before, %llu in flight, %llu zero; pauses (ms) %s, of which "
-              "freezing %s\n",
+              "switching layers %s\n",
               total, p.connections, snaps.size(), static_cast<unsigned long long>(exact),
               static_cast<unsigned long long>(in_flight), static_cast<unsigned long long>(zero),
-              pauses.dump().c_str(), freezes.dump().c_str());
+              pauses.dump().c_str(), switches.dump().c_str());
 }
 
 TEST(LiveSnapshotTest, AtomicAcrossFourMultiConnWritersOnFourWorkers) {
