@@ -106,16 +106,6 @@ drop_caches() {
   if [[ -w /proc/sys/vm/drop_caches ]]; then echo 3 >/proc/sys/vm/drop_caches; fi
 }
 
-# utime+stime of a process, all threads, in clock ticks (fields 14 and 15 of /proc/PID/stat;
-# split after the last ')' because the command name may hold spaces).
-cpu_ticks() {
-  local stat
-  stat=$(<"/proc/$1/stat")
-  stat=${stat##*) }
-  # shellcheck disable=SC2086
-  set -- $stat
-  echo $(( ${12} + ${13} ))
-}
 
 note_cmd() { grep -qxF -- "$*" "$CMDS" || printf '%s\n' "$*" >>"$CMDS"; }
 

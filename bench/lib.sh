@@ -20,3 +20,14 @@ stop_started_and_clean() {
   done
   rm -rf "$WORK"
 }
+
+# utime+stime of a process, all threads, in clock ticks (fields 14 and 15 of /proc/PID/stat;
+# split after the last ')' because the command name may hold spaces).
+cpu_ticks() {
+  local stat
+  stat=$(<"/proc/$1/stat")
+  stat=${stat##*) }
+  # shellcheck disable=SC2086
+  set -- $stat
+  echo $(( ${12} + ${13} ))
+}

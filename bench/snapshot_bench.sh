@@ -7,17 +7,20 @@
 #                a 4k random-write QD32 fio load (fio --ioengine=nbd, 1 connection) on a
 #                SIZE disk; figure = the server's own pause_ms (no request could start) per
 #                snapshot: p50, p90, p99, max; plus the load's IOPS during the run.
-#   rw4k-qd32@D  4k random write, QD32, RUNTIME s, on the top of a chain with D snapshots below
-#                it (D in DEPTHS, default "0 8 64"); every snapshot layer holds LAYER_IOS random
-#                4 KiB writes (fio --number_ios, its own seed). strata: the chain is built live
-#                with the control socket; qemu: qemu-img create -f qcow2 -b PREV -F qcow2 per
-#                layer, each filled through qemu-nbd, then qemu-nbd --cache=writeback on the top.
+#   rw4k-qd32@D  4k random write, QD32, RUNTIME s, on an empty top over a chain with D snapshots
+#                below it (D in DEPTHS, default "0 8 64"); every snapshot layer holds LAYER_IOS
+#                random 4 KiB writes (fio --number_ios, its own seed). strata: the chain is built
+#                live with the control socket; qemu: qemu-img create -f qcow2 -b PREV -F qcow2
+#                per layer, each filled through qemu-nbd, then qemu-nbd --cache=writeback on the
+#                top. Median of ROUNDS rounds; each round measures every (server, depth) once,
+#                in a rotating order, on a fresh empty top.
 #   rr4k-qd32@D  4k random read, QD32, RUNTIME s, same chains (after the write run).
 #
 # Environment:
 #   STRATA=path   strata binary (default: <repo>/build-bench/cli/strata, build/, build-live/, PATH)
-#   SIZE=1G  RUNTIME=10  SNAPSHOTS=100  DEPTHS="0 8 64"  LAYER_IOS=2048
+#   SIZE=1G  RUNTIME=10  SNAPSHOTS=100  DEPTHS="0 8 64"  LAYER_IOS=2048  ROUNDS=3
 #   SMOKE=1       quick check of the harness: SIZE=256M RUNTIME=2 SNAPSHOTS=10 DEPTHS="0 8"
+#                 ROUNDS=1
 #   SECTIONS="pause depth"  TARGETS="strata qemu"   WORK_PARENT=/var/tmp   RESULTS=dir (default
 #   /tmp/strata-bench-results/snapshot-DATE)
 # Results: markdown on stdout and in $RESULTS/report.md, raw fio JSON and the commands beside.
@@ -31,12 +34,14 @@ source "$here/lib.sh"
 SMOKE=${SMOKE:-0}
 if [[ $SMOKE == 1 ]]; then
   SIZE=${SIZE:-256M}; RUNTIME=${RUNTIME:-2}; SNAPSHOTS=${SNAPSHOTS:-10}; DEPTHS=${DEPTHS:-"0 8"}
+  ROUNDS=${ROUNDS:-1}
 fi
 SIZE=${SIZE:-1G}
 RUNTIME=${RUNTIME:-10}
 SNAPSHOTS=${SNAPSHOTS:-100}
 DEPTHS=${DEPTHS:-"0 8 64"}
 LAYER_IOS=${LAYER_IOS:-2048}
+ROUNDS=${ROUNDS:-3}
 TARGETS=${TARGETS:-"strata qemu"}
 SECTIONS=${SECTIONS:-"pause depth"}
 WORK_PARENT=${WORK_PARENT:-/var/tmp}
@@ -100,15 +105,20 @@ start_qemu() {  # QCOW2
 }
 stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
 
-# fio NAME RW [extra...] -> JSON in $RESULTS/NAME.json; prints IOPS.
+# fio NAME RW [extra...] -> JSON in $RESULTS/NAME.json; prints "IOPS SERVER_CPU_US_PER_IO".
 run_fio() {
   local name=$1 rw=$2; shift 2
   local args=(--name="$name" --ioengine=nbd --uri="$URI" --rw="$rw" --bs=4k --iodepth=32
               --size="$SIZE" --output-format=json "$@")
   cmd "fio ${args[*]}"
+  local before after
+  before=$(cpu_ticks "$SERVER_PID")
   fio "${args[@]}" >"$RESULTS/$name.json" 2>"$RESULTS/$name.err"
+  after=$(cpu_ticks "$SERVER_PID")
   fio_json "$RESULTS/$name.json" |
-    jq -r --arg rw "${rw#rand}" '.jobs[0][if $rw == "write" then "write" else "read" end].iops | floor' 
+    jq -r --arg rw "${rw#rand}" --argjson ticks $((after - before)) --argjson hz "$(getconf CLK_TCK)" '
+      .jobs[0][if $rw == "write" then "write" else "read" end] as $j
+      | "\($j.iops | floor) \(if $j.total_ios > 0 then ($ticks / $hz * 1e6 / $j.total_ios * 100 | round) / 100 else "?" end)"'
 }
 # Fills the current top with LAYER_IOS random 4k writes, seed $1.
 fill_layer() {
@@ -175,59 +185,106 @@ if [[ " $TARGETS " == *" strata "* && " $SECTIONS " == *" pause "* ]]; then
 fi
 
 # --- throughput against chain depth -----------------------------------------------------------
-declare -A W R
+# Every chain is built first, then ROUNDS rounds measure each (target, depth) once, in an order
+# that rotates every round, each on a fresh empty top (strata revert / a new qcow2 overlay):
+# the medians compare like with like, whatever the machine did in between.
+declare -A W R WC RC  # IOPS and server CPU µs per I/O, one value per round
 [[ " $SECTIONS " == *" depth "* ]] || DEPTHS=""
-for target in $TARGETS; do
-  for d in $DEPTHS; do
-    log "$target: chain with $d snapshots"
-    mkdir -p "$WORK/old/$target$d" && mv "$WORK"/disk*.strata "$WORK"/q*.qcow2 "$WORK/old/$target$d/" 2>/dev/null || true
-    if [[ $target == strata ]]; then
-      "$STRATA" create --size "$SIZE" "$WORK/disk.strata" >/dev/null
-      start_strata "$WORK/disk.strata"
-      for i in $(seq 1 "$d"); do
-        fill_layer "$i"
-        "$STRATA" snapshot --control "$WORK/disk.ctl" "l$i" >/dev/null
-      done
-    else
-      qemu-img create -q -f qcow2 "$WORK/q0.qcow2" "$SIZE"
-      cmd "qemu-img create -q -f qcow2 $WORK/q0.qcow2 $SIZE"
-      for i in $(seq 1 "$d"); do
-        start_qemu "$WORK/q$((i - 1)).qcow2"
-        fill_layer "$i"
-        stop_server
-        qemu-img create -q -f qcow2 -b "$WORK/q$((i - 1)).qcow2" -F qcow2 "$WORK/q$i.qcow2"
-      done
-      [[ $d == 0 ]] || cmd "qemu-img create -q -f qcow2 -b q\$((i-1)).qcow2 -F qcow2 q\$i.qcow2   # i = 1..$d, each filled first"
-      start_qemu "$WORK/q$d.qcow2"
-    fi
-    W[$target,$d]=$(run_fio "$target-rw4k-qd32-d$d" randwrite --time_based --runtime="$RUNTIME" \
-                      --randseed=4242)
-    R[$target,$d]=$(run_fio "$target-rr4k-qd32-d$d" randread --time_based --runtime="$RUNTIME" \
-                      --randseed=4343)
+build_chain() {  # TARGET DEPTH -> the chain in $WORK/TARGET-dDEPTH
+  local target=$1 d=$2 dir="$WORK/$1-d$2"
+  mkdir -p "$dir"
+  log "$target: building a chain with $d snapshots"
+  if [[ $target == strata ]]; then
+    "$STRATA" create --size "$SIZE" "$dir/disk.strata" >/dev/null
+    start_strata "$dir/disk.strata"
+    for i in $(seq 1 "$d"); do
+      fill_layer "$i"
+      "$STRATA" snapshot --control "$WORK/disk.ctl" "l$i" >/dev/null
+    done
     stop_server
+  else
+    qemu-img create -q -f qcow2 "$dir/q0.qcow2" "$SIZE"
+    for i in $(seq 1 "$d"); do
+      start_qemu "$dir/q$((i - 1)).qcow2"
+      fill_layer "$i"
+      stop_server
+      qemu-img create -q -f qcow2 -b "$dir/q$((i - 1)).qcow2" -F qcow2 "$dir/q$i.qcow2"
+    done
+  fi
+}
+serve_fresh_top() {  # TARGET DEPTH: empties the top layer and serves the chain
+  local target=$1 d=$2 dir="$WORK/$1-d$2"
+  if [[ $target == strata ]]; then
+    "$STRATA" revert "$dir/disk.strata" >/dev/null
+    start_strata "$dir/disk.strata"
+  else
+    rm -f "$dir/q$d.qcow2"
+    if [[ $d == 0 ]]; then qemu-img create -q -f qcow2 "$dir/q0.qcow2" "$SIZE"
+    else qemu-img create -q -f qcow2 -b "$dir/q$((d - 1)).qcow2" -F qcow2 "$dir/q$d.qcow2"; fi
+    start_qemu "$dir/q$d.qcow2"
+  fi
+}
+median() { tr ' ' '\n' | { grep . || true; } | sort -n | awk '{v[NR]=$1} END { if (NR) print v[int((NR + 1) / 2)] }'; }
+if [[ -n $DEPTHS ]]; then
+  cmd "# chains: strata create + (fio fill, strata snapshot --control) x D; qemu-img create -f qcow2 -b q\$((i-1)).qcow2 -F qcow2 q\$i.qcow2, each filled through qemu-nbd first"
+  cmd "# each round and (target, depth): strata revert TOP / a new empty qcow2 top, then the two fio runs below"
+  for target in $TARGETS; do for d in $DEPTHS; do build_chain "$target" "$d"; done; done
+  sync; sleep 5  # let writeback of the build settle
+  read -ra depth_list <<<"$DEPTHS"
+  for round in $(seq 1 "$ROUNDS"); do
+    n=${#depth_list[@]}
+    for k in $(seq 0 $((n - 1))); do
+      d=${depth_list[$(((k + round - 1) % n))]}
+      for target in $TARGETS; do
+        log "round $round: $target with $d snapshots"
+        serve_fresh_top "$target" "$d"
+        read -r iops cpu < <(run_fio "$target-rw4k-qd32-d$d-r$round" randwrite --time_based \
+                               --runtime="$RUNTIME" --randseed=4242)
+        W[$target,$d]+=" $iops"; WC[$target,$d]+=" $cpu"
+        read -r iops cpu < <(run_fio "$target-rr4k-qd32-d$d-r$round" randread --time_based \
+                               --runtime="$RUNTIME" --randseed=4343)
+        R[$target,$d]+=" $iops"; RC[$target,$d]+=" $cpu"
+        stop_server
+      done
+    done
   done
-done
+fi
 
 pct() {  # value base -> "+1.2%"
   awk -v v="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%+.1f%%", (v - b) * 100 / b; else print "?" }'
 }
 [[ -n $DEPTHS ]] && {
-  echo "## Throughput against chain depth (IOPS; change against depth 0 of the same server)"
+  first=${DEPTHS%% *}
+  echo "## Throughput against chain depth (median IOPS of $ROUNDS rounds; change against depth $first of the same server)"
   echo
   echo "| snapshots below the top | strata rw4k-qd32 | qemu-nbd qcow2 rw4k-qd32 | strata rr4k-qd32 | qemu-nbd qcow2 rr4k-qd32 |"
   echo "|---|---|---|---|---|"
-  first=${DEPTHS%% *}
   for d in $DEPTHS; do
     row="| $d"
     for kind in W R; do
       for target in strata qemu; do
         if [[ $kind == W ]]; then v=${W[$target,$d]:-}; b=${W[$target,$first]:-}
         else v=${R[$target,$d]:-}; b=${R[$target,$first]:-}; fi
+        v=$(median <<<"$v"); b=$(median <<<"$b")
         if [[ -z $v ]]; then row+=" | -"; elif [[ $d == "$first" ]]; then row+=" | $v"; else row+=" | $v ($(pct "$v" "$b"))"; fi
       done
     done
     echo "$row |"
   done
+  echo
+  echo "Server CPU per I/O (median µs; less sensitive to what else the machine does than IOPS):"
+  echo
+  echo "| snapshots below the top | strata write | qemu-nbd write | strata read | qemu-nbd read |"
+  echo "|---|---|---|---|---|"
+  for d in $DEPTHS; do
+    echo "| $d | $(median <<<"${WC[strata,$d]:-}") | $(median <<<"${WC[qemu,$d]:-}") | $(median <<<"${RC[strata,$d]:-}") | $(median <<<"${RC[qemu,$d]:-}") |"
+  done
+  echo
+  echo "Every round (IOPS / server CPU µs per I/O, in round order):"
+  echo
+  for target in $TARGETS; do for d in $DEPTHS; do
+    echo "- $target depth $d: write${W[$target,$d]:-} /${WC[$target,$d]:-}; read${R[$target,$d]:-} /${RC[$target,$d]:-}"
+  done; done
   echo
   echo "Commands: $RESULTS/commands.md; raw fio JSON beside it."
 } >>"$RESULTS/report.md"

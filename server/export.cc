@@ -31,26 +31,81 @@ uint16_t TransmissionFlags(const Export& e, bool structured_replies) {
 
 void ExportTable::Add(std::shared_ptr<const Export> e) {
   absl::MutexLock lock(&mu_);
-  exports_.push_back(std::move(e));
+  ExportInfo info{e->name, e->description, e->read_only};
+  entries_.push_back(Entry{std::move(info), std::move(e), nullptr, {}});
+}
+
+void ExportTable::AddOnDemand(ExportInfo info, Opener open) {
+  absl::MutexLock lock(&mu_);
+  entries_.push_back(Entry{std::move(info), nullptr, std::move(open), {}});
 }
 
 bool ExportTable::Remove(absl::string_view name) {
   absl::MutexLock lock(&mu_);
-  return std::erase_if(exports_, [name](const auto& e) { return e->name == name; }) > 0;
+  return std::erase_if(entries_, [name](const Entry& e) { return e.info.name == name; }) > 0;
 }
 
-std::shared_ptr<const Export> ExportTable::Find(absl::string_view name) const {
-  absl::MutexLock lock(&mu_);
-  for (const auto& e : exports_) {
-    if (e->name == name) return e;
+const ExportTable::Entry* ExportTable::FindEntry(absl::string_view name) const {
+  for (const Entry& e : entries_) {
+    if (e.info.name == name) return &e;
   }
-  if (name.empty() && !exports_.empty()) return exports_.front();
+  if (name.empty() && !entries_.empty()) return &entries_.front();
   return nullptr;
 }
 
-std::vector<std::shared_ptr<const Export>> ExportTable::List() const {
+bool ExportTable::Has(absl::string_view name, std::string* canonical) const {
+  absl::ReaderMutexLock lock(&mu_);
+  const Entry* entry = FindEntry(name);
+  if (entry != nullptr && canonical != nullptr) *canonical = entry->info.name;
+  return entry != nullptr;
+}
+
+std::shared_ptr<const Export> ExportTable::Find(absl::string_view name, std::string* error) const {
+  Opener open;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    const Entry* entry = FindEntry(name);
+    if (entry == nullptr) return nullptr;
+    if (entry->fixed) return entry->fixed;
+    if (auto live = entry->live.lock()) return live;
+    open = entry->open;
+  }
+  // Opening reads every layer of a chain: not under the lock other negotiations need.
+  absl::StatusOr<std::shared_ptr<const Export>> opened = open();
+  if (!opened.ok()) {
+    if (error != nullptr) *error = std::string(opened.status().message());
+    return nullptr;
+  }
   absl::MutexLock lock(&mu_);
-  return exports_;
+  for (Entry& e : entries_) {
+    if (e.info.name != (*opened)->name) continue;
+    // Another connection may have opened it meanwhile: everyone shares one instance.
+    if (auto live = e.live.lock()) return live;
+    e.live = *opened;
+    return *opened;
+  }
+  if (error != nullptr) *error = "the export was removed while it was being opened";
+  return nullptr;
+}
+
+std::vector<ExportInfo> ExportTable::Describe() const {
+  absl::ReaderMutexLock lock(&mu_);
+  std::vector<ExportInfo> out;
+  for (const Entry& e : entries_) out.push_back(e.info);
+  return out;
+}
+
+std::vector<std::shared_ptr<const Export>> ExportTable::OpenExports() const {
+  absl::ReaderMutexLock lock(&mu_);
+  std::vector<std::shared_ptr<const Export>> out;
+  for (const Entry& e : entries_) {
+    if (e.fixed) {
+      out.push_back(e.fixed);
+    } else if (auto live = e.live.lock()) {
+      out.push_back(std::move(live));
+    }
+  }
+  return out;
 }
 
 }  // namespace strata

@@ -6,10 +6,12 @@
 #define STRATA_SERVER_EXPORT_H_
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "server/storage.h"
@@ -23,7 +25,8 @@ inline constexpr uint32_t kMaxPayload = 32u << 20;
 struct Export {
   std::string name;
   std::string description;
-  Storage* storage = nullptr;  // not owned; outlives every connection using the export
+  Storage* storage = nullptr;  // outlives every connection using the export
+  std::shared_ptr<Storage> owned_storage;  // holds `storage` when the export owns it
   bool read_only = false;
 
   uint64_t size() const { return storage->size(); }
@@ -36,20 +39,46 @@ struct Export {
 // structured replies were negotiated (the spec requires that).
 uint16_t TransmissionFlags(const Export& e, bool structured_replies);
 
+// What NBD_OPT_LIST and the control socket's `info` show of an export, open or not.
+struct ExportInfo {
+  std::string name;
+  std::string description;
+  bool read_only = false;
+};
+
 class ExportTable {
  public:
   void Add(std::shared_ptr<const Export> e);
+  // An export opened when a client first names it and closed when the last connection using
+  // it ends, so a hundred snapshots cost no memory or descriptors until they are read. `open`
+  // runs on the negotiating thread, without the table's lock.
+  using Opener = std::function<absl::StatusOr<std::shared_ptr<const Export>>()>;
+  void AddOnDemand(ExportInfo info, Opener open);
   // Removes the export named exactly `name` (connections already using it keep it). False if
   // there was none.
   bool Remove(absl::string_view name);
+  // Whether Find(name) names an export, without opening it; *canonical receives its exact
+  // name ("" resolves to the default export's).
+  bool Has(absl::string_view name, std::string* canonical = nullptr) const;
   // Exact name; "" names the first (default) export, as NBD_OPT_EXPORT_NAME's "default
-  // export" wording allows. nullptr when unknown.
-  std::shared_ptr<const Export> Find(absl::string_view name) const;
-  std::vector<std::shared_ptr<const Export>> List() const;
+  // export" wording allows. Opens an on-demand export. nullptr when unknown, or when it could
+  // not be opened (then *error, if given, says why).
+  std::shared_ptr<const Export> Find(absl::string_view name, std::string* error = nullptr) const;
+  std::vector<ExportInfo> Describe() const;
+  // The exports open now: the fixed ones and on-demand ones in use.
+  std::vector<std::shared_ptr<const Export>> OpenExports() const;
 
  private:
+  struct Entry {
+    ExportInfo info;
+    std::shared_ptr<const Export> fixed;  // or:
+    Opener open;
+    std::weak_ptr<const Export> live;     // the open instance while connections use it
+  };
+  const Entry* FindEntry(absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+
   mutable absl::Mutex mu_;
-  std::vector<std::shared_ptr<const Export>> exports_ ABSL_GUARDED_BY(mu_);
+  mutable std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace strata

@@ -28,6 +28,12 @@ bool ReadString(absl::string_view data, size_t* pos, absl::string_view* out) {
   return true;
 }
 
+// Why a client's export name was refused: unknown, or it failed to open (`error`).
+std::string UnknownExport(absl::string_view name, const std::string& error) {
+  if (!error.empty()) return error;
+  return absl::StrFormat("no export named \"%s\"", absl::CHexEscape(name));
+}
+
 }  // namespace
 
 absl::string_view Name(HandshakeState state) {
@@ -146,11 +152,11 @@ void Handshake::HandleOption(uint32_t option, absl::string_view data, std::strin
         ReplyError(out, option, OptionReply::kErrInvalid, "NBD_OPT_LIST takes no data");
         return;
       }
-      for (const auto& e : exports_->List()) {
+      for (const ExportInfo& e : exports_->Describe()) {
         std::string payload;
-        nbd::Append32(&payload, static_cast<uint32_t>(e->name.size()));
-        payload += e->name;
-        payload += e->description;
+        nbd::Append32(&payload, static_cast<uint32_t>(e.name.size()));
+        payload += e.name;
+        payload += e.description;
         Reply(out, option, OptionReply::kServer, payload);
       }
       Reply(out, option, OptionReply::kAck, "");
@@ -197,9 +203,10 @@ void Handshake::HandleExportName(absl::string_view data, std::string* out) {
     Close("NBD_OPT_EXPORT_NAME: export name longer than 4096 bytes");
     return;
   }
-  std::shared_ptr<const Export> e = exports_->Find(data);
+  std::string error;
+  std::shared_ptr<const Export> e = exports_->Find(data, &error);
   if (e == nullptr) {
-    Close(absl::StrFormat("NBD_OPT_EXPORT_NAME: unknown export \"%s\"", absl::CHexEscape(data)));
+    Close(absl::StrFormat("NBD_OPT_EXPORT_NAME: %s", UnknownExport(data, error)));
     return;
   }
   negotiated_.export_ = e;
@@ -244,10 +251,10 @@ void Handshake::HandleInfoOrGo(Option option, absl::string_view data, std::strin
       default: break;  // NBD_INFO_EXPORT and NBD_INFO_BLOCK_SIZE are always sent; others ignored
     }
   }
-  std::shared_ptr<const Export> e = exports_->Find(name);
+  std::string error;
+  std::shared_ptr<const Export> e = exports_->Find(name, &error);
   if (e == nullptr) {
-    ReplyError(out, opt, OptionReply::kErrUnknown,
-               absl::StrFormat("no export named \"%s\"", absl::CHexEscape(name)));
+    ReplyError(out, opt, OptionReply::kErrUnknown, UnknownExport(name, error));
     return;
   }
   const uint16_t flags = TransmissionFlags(*e, negotiated_.structured_replies);
@@ -330,10 +337,10 @@ void Handshake::HandleMetaContext(Option option, absl::string_view data, std::st
     ReplyError(out, opt, OptionReply::kErrInvalid, "trailing bytes after the queries");
     return;
   }
-  std::shared_ptr<const Export> e = exports_->Find(name);
-  if (e == nullptr) {
-    ReplyError(out, opt, OptionReply::kErrUnknown,
-               absl::StrFormat("no export named \"%s\"", absl::CHexEscape(name)));
+  // Contexts depend only on the export's name: an on-demand export is not opened for them.
+  std::string export_name;
+  if (!exports_->Has(name, &export_name)) {
+    ReplyError(out, opt, OptionReply::kErrUnknown, UnknownExport(name, ""));
     return;
   }
   bool base = false;
@@ -359,7 +366,7 @@ void Handshake::HandleMetaContext(Option option, absl::string_view data, std::st
   if (set) {
     meta_base_ = base;
     meta_strata_ = strata;
-    meta_export_ = e->name;
+    meta_export_ = export_name;
   }
 }
 

@@ -80,22 +80,33 @@ LiveControl::~LiveControl() = default;
 
 absl::Status LiveControl::ExportSnapshot(const std::string& name, const std::string& path) {
   const std::string export_name = absl::StrCat("@", name);
-  if (exports_->Find(export_name) != nullptr) return absl::OkStatus();
-  // Read-only: shared locks only, beside the server's own shared lock on this frozen file.
-  absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
-      OpenChainStorage(path, /*writable=*/false, options_.direct_io);
-  if (!storage.ok()) {
-    return absl::Status(storage.status().code(),
-                        absl::StrCat("export ", export_name, ": ", storage.status().message()));
-  }
-  auto e = std::make_shared<Export>();
-  e->name = export_name;
-  e->description = absl::StrCat("snapshot '", name, "' of ", disk_->top_path(), " (read-only)");
-  e->storage = storage->get();
-  e->read_only = true;
-  snapshots_.push_back({name, std::move(*storage), true});
-  exports_->Add(std::move(e));
-  STRATA_LOG(kInfo, "export \"%s\": snapshot %s (read-only)", export_name, path);
+  if (exports_->Has(export_name)) return absl::OkStatus();
+  ExportInfo info{export_name,
+                  absl::StrCat("snapshot '", name, "' of ", disk_->top_path(), " (read-only)"),
+                  /*read_only=*/true};
+  const bool direct_io = options_.direct_io;
+  exports_->AddOnDemand(info, [info, path, direct_io]()
+                                  -> absl::StatusOr<std::shared_ptr<const Export>> {
+    // Read-only: shared locks only, beside the server's own shared lock on this frozen file.
+    absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
+        OpenChainStorage(path, /*writable=*/false, direct_io);
+    if (!storage.ok()) {
+      STRATA_LOG(kError, "export %s: %s", info.name, storage.status().ToString());
+      return absl::Status(storage.status().code(), absl::StrCat("export ", info.name, ": ",
+                                                                storage.status().message()));
+    }
+    auto e = std::make_shared<Export>();
+    e->name = info.name;
+    e->description = info.description;
+    e->owned_storage = std::move(*storage);
+    e->storage = e->owned_storage.get();
+    e->read_only = true;
+    STRATA_LOG(kDebug, "export \"%s\" opened: %s", info.name, path);
+    return e;
+  });
+  exported_.push_back(name);
+  STRATA_LOG(kInfo, "export \"%s\": snapshot %s (read-only, opened on demand)", export_name,
+             path);
   return absl::OkStatus();
 }
 
@@ -120,9 +131,7 @@ absl::Status LiveControl::AddSnapshotExports() {
 std::vector<std::string> LiveControl::SnapshotExportNames() const {
   absl::MutexLock lock(&mu_);
   std::vector<std::string> names;
-  for (const auto& s : snapshots_) {
-    if (s.exported) names.push_back("@" + s.name);
-  }
+  for (const std::string& name : exported_) names.push_back("@" + name);
   return names;
 }
 
@@ -254,7 +263,7 @@ absl::Status LiveControl::List(json* reply) {
       if (frozen) {
         j["snapshot"] = h.snapshot_name;
         j["snapshot_time"] = IsoTime(h.frozen_ns);
-        if (!h.snapshot_name.empty() && exports_->Find("@" + h.snapshot_name) != nullptr) {
+        if (!h.snapshot_name.empty() && exports_->Has("@" + h.snapshot_name)) {
           j["export"] = "@" + h.snapshot_name;
         }
       }
@@ -346,9 +355,9 @@ absl::Status LiveControl::Info(json* reply) {
   (*reply)["top_file"] = disk_->top_path();
   (*reply)["read_only"] = !disk_->writable();
   json exports = json::array();
-  for (const auto& e : exports_->List()) {
-    exports.push_back({{"name", e->name}, {"read_only", e->read_only},
-                       {"description", e->description}});
+  for (const ExportInfo& e : exports_->Describe()) {
+    exports.push_back({{"name", e.name}, {"read_only", e.read_only},
+                       {"description", e.description}});
   }
   (*reply)["exports"] = std::move(exports);
   (*reply)["connections"] = *connections;
@@ -406,7 +415,7 @@ absl::Status LiveControl::Revert(const json& request, json* reply) {
     return absl::Status(st.code(), absl::StrCat("revert to ", target, ": ", st.message()));
   }
   // Snapshots above the target are no longer in the served chain (their files stay, a
-  // branch): their exports go. The storages stay alive until shutdown.
+  // branch): their exports go. Connections reading one keep it open until they end.
   std::set<std::string> in_chain;
   if (disk_->chain() != nullptr) {
     for (const LayerInfo& info : disk_->chain()->Layers()) {
@@ -414,13 +423,12 @@ absl::Status LiveControl::Revert(const json& request, json* reply) {
     }
   }
   std::vector<std::string> removed;
-  for (auto& s : snapshots_) {
-    if (s.exported && !in_chain.count(s.name)) {
-      exports_->Remove("@" + s.name);
-      s.exported = false;
-      removed.push_back("@" + s.name);
-    }
-  }
+  std::erase_if(exported_, [&](const std::string& snapshot) {
+    if (in_chain.count(snapshot)) return false;
+    exports_->Remove("@" + snapshot);
+    removed.push_back("@" + snapshot);
+    return true;
+  });
   STRATA_LOG(kInfo, "reverted %s to %s (I/O paused %.3f ms)%s", disk_->top_path(), target,
              absl::ToDoubleMilliseconds(pause),
              removed.empty() ? "" : absl::StrCat("; exports removed: ", absl::StrJoin(removed, ", ")));

@@ -2,18 +2,20 @@
 // the snapshot exports, list, stats, info and online revert. ControlSocket (control_socket.h)
 // is the transport; this is the handler behind it.
 //
-// Design note. A live snapshot is Server::RunPaused(Chain::Snapshot): every worker stops
-// starting requests, the started ones finish and their replies are sent, the active layer is
-// frozen (flushed: durable before the reply) and a new one stacked, the workers resume. So a
-// write acknowledged before the snapshot reply is in the snapshot, none acknowledged after it
-// is, and a write in flight lands wholly on one side (it either finished before the pause or
-// starts after it). The drain is bounded (`pause_timeout`): a client that does not read its
-// replies makes the snapshot fail with a clear error instead of stalling every client.
+// Design note. A live snapshot is Chain::PrepareSnapshot (next layer file, outside any pause),
+// then Server::RunPaused(Chain::SwitchSnapshot): every worker stops starting requests, the
+// started ones finish and their replies are sent, new writes move to the new layer in memory,
+// the workers resume; then Chain::CompleteSnapshot makes the frozen layer durable before the
+// reply. So a write acknowledged before the snapshot request is in the snapshot, none sent
+// after the reply is, and a write in flight lands wholly on one side (it either finished
+// before the pause or starts after it). The drain is bounded (`pause_timeout`): a client that
+// does not read its replies makes the snapshot fail with a clear error instead of stalling
+// every client.
 //
-// Each frozen layer of the served chain with a snapshot name is exported read-only as "@NAME":
-// its own Chain opened read-only on `<stem>@NAME.strata` (shared flocks, compatible with the
-// server's), opened outside the pause so it does not lengthen it. Export storages live until
-// this object is destroyed (after the server shut down), since connections hold raw pointers.
+// Each frozen layer of the served chain with a snapshot name is exported read-only as "@NAME",
+// opened on demand (ExportTable::AddOnDemand): its own Chain opened read-only on
+// `<stem>@NAME.strata` (shared flocks, compatible with the server's) when a client names it,
+// closed when its last connection ends. Many snapshots then cost nothing until read.
 //
 // Thread safety: Handle() is called by the control socket's one thread; requests are therefore
 // serialized. Every method takes mu_ anyway so tests may call it from anywhere.
@@ -44,7 +46,7 @@ struct LiveControlOptions {
 class LiveControl {
  public:
   // `disk` is the served chain, also in `exports` as the default export. All three outlive
-  // this object's use; this object must outlive the server's connections.
+  // this object's use.
   LiveControl(Server* server, ExportTable* exports, ChainStorage* disk, LiveControlOptions options);
   ~LiveControl();
 
@@ -74,12 +76,7 @@ class LiveControl {
   const int64_t started_wall_ns_;
 
   mutable absl::Mutex mu_;
-  struct SnapshotExport {
-    std::string name;  // snapshot name (the export is "@" + name)
-    std::unique_ptr<ChainStorage> storage;
-    bool exported = false;  // still in the table (a revert below it removes it)
-  };
-  std::vector<SnapshotExport> snapshots_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> exported_ ABSL_GUARDED_BY(mu_);  // snapshot names, in export order
   std::vector<double> pauses_ms_ ABSL_GUARDED_BY(mu_);  // successful live snapshots
   uint64_t snapshot_failures_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pause_timeouts_ ABSL_GUARDED_BY(mu_) = 0;

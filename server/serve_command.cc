@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -262,6 +263,18 @@ int Fail(const std::string& message) {
   return 1;
 }
 
+// A chain holds one descriptor per layer (two with --cache=none), each connection and ring a
+// few more: the usual soft limit of 1024 is too low for a disk with many snapshots, and the
+// hard limit is what the administrator allows.
+void RaiseOpenFileLimit() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+  limit.rlim_cur = limit.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+    STRATA_LOG(kInfo, "could not raise the open-file limit: %s", strerror(errno));
+  }
+}
+
 }  // namespace
 
 std::string UnixUri(const std::string& socket_path, const std::string& export_name) {
@@ -291,6 +304,7 @@ int ServeMain(int argc, char** argv) {
     o.workers = std::clamp<int>(static_cast<int>(std::thread::hardware_concurrency()), 1, 4);
   }
   if (!o.pid_file.empty()) o.pid_file = Absolute(o.pid_file);
+  RaiseOpenFileLimit();
 
   // --- Open the disk ---
   absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
@@ -435,8 +449,8 @@ int ServeMain(int argc, char** argv) {
   std::string where;
   for (const Listener& l : listeners) absl::StrAppend(&where, where.empty() ? "" : ", ", l.description);
   STRATA_LOG(kInfo, "serving %s (%s, cache=%s%s) on %s with %d workers%s", o.layer,
-             exports.List()[0]->description, Name(o.cache),
-             exports.List()[0]->read_only ? ", read-only" : "", where, o.workers,
+             exports.Find("")->description, Name(o.cache),
+             exports.Find("")->read_only ? ", read-only" : "", where, o.workers,
              control ? absl::StrCat("; control socket ", control->path()) : "");
 
   pid_t child = -1;

@@ -185,7 +185,7 @@ absl::Status Server::RunPaused(const std::function<absl::Status()>& fn, absl::Du
     st = fn();
     // fn may have changed the chain (a snapshot adds a layer): let storage re-read what it
     // caches.
-    for (const auto& e : exports_->List()) e->storage->Refresh();
+    for (const auto& e : exports_->OpenExports()) e->storage->Refresh();
   }
   for (auto& w : workers_) w->Resume();
   if (pause != nullptr) *pause = absl::Now() - begin;

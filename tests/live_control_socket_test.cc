@@ -54,6 +54,11 @@ TEST_F(LiveControlSocketTest, EveryRequestAnswers) {
   EXPECT_EQ(snap["export"], "@before");
   EXPECT_TRUE(snap["uuid"].is_string());
   EXPECT_TRUE(snap["pause_ms"].is_number());
+  EXPECT_TRUE(snap["switch_ms"].is_number());
+  EXPECT_TRUE(snap["durable_ms"].is_number());
+  EXPECT_LE(snap["switch_ms"].get<double>(), snap["pause_ms"].get<double>()) << snap;
+  // Durable before the reply: the next layer was already renamed into place.
+  EXPECT_FALSE(std::filesystem::exists(server.dir() + "/.disk.strata.new"));
 
   json list = Control(ctl, {{"request", "list"}});
   ASSERT_EQ(list["ok"], true) << list;
@@ -203,6 +208,59 @@ TEST_F(LiveControlSocketTest, ControlPathOptionsAndStartupExports) {
   EXPECT_TRUE(server.Stop());
 }
 
+int OpenDescriptors(pid_t pid) {
+  int n = 0;
+  for ([[maybe_unused]] const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    ++n;
+  }
+  return n;
+}
+
+// Snapshot exports open when a client names one and close when it disconnects: 30 snapshots
+// cost the server one descriptor each (its own chain), not a chain of up to 30 layers each.
+TEST_F(LiveControlSocketTest, SnapshotExportsOpenOnDemand) {
+  NbdTestServer server;
+  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB}));
+  ASSERT_TRUE(server.Start());
+  const std::string ctl = Ctl(server);
+  NbdHandle h = server.Connect();
+  ASSERT_TRUE(h);
+  const int before = OpenDescriptors(server.pid());
+  constexpr int kSnapshots = 30;
+  for (int i = 0; i < kSnapshots; ++i) {
+    ASSERT_TRUE(WritePattern(h.get(), uint64_t(i) * 64 * kKiB, 64 * kKiB, i + 1));
+    json snap = Control(ctl, {{"request", "snapshot"}, {"name", "s" + std::to_string(i)}});
+    ASSERT_EQ(snap["ok"], true) << snap;
+    EXPECT_EQ(snap["export"], "@s" + std::to_string(i));
+  }
+  const int after = OpenDescriptors(server.pid());
+  EXPECT_LE(after - before, kSnapshots + 4) << before << " -> " << after;
+  json info = Control(ctl, {{"request", "info"}});
+  EXPECT_EQ(info["exports"].size(), size_t{kSnapshots + 1}) << info;
+  {
+    // The oldest snapshot holds only its own write; the newest holds all of them.
+    NbdHandle first = server.Connect({.export_name = "@s0"});
+    ASSERT_TRUE(first);
+    EXPECT_TRUE(ReadsPattern(first.get(), 0, 64 * kKiB, 1));
+    EXPECT_TRUE(ReadsBase(first.get(), 64 * kKiB, 64 * kKiB));
+    NbdHandle last = server.Connect({.export_name = "@s29"});
+    ASSERT_TRUE(last);
+    EXPECT_TRUE(ReadsPattern(last.get(), 29 * 64 * kKiB, 64 * kKiB, 30));
+    EXPECT_GT(OpenDescriptors(server.pid()), after + 30);  // @s29's chain is open
+  }
+  // Both clients are gone: their chains close.
+  int now = 0;
+  for (int i = 0; i < 50; ++i) {
+    now = OpenDescriptors(server.pid());
+    if (now <= after) break;
+    usleep(100000);
+  }
+  EXPECT_LE(now, after);
+  h.reset();
+  EXPECT_TRUE(server.Stop()) << server.ServerLog();
+}
+
 // A snapshot while the host volume is full fails with the reason, and the disk keeps being
 // served as before (reads, rewrites of allocated space); once space returns it works.
 TEST_F(LiveControlSocketTest, SnapshotOnAFullVolumeFailsCleanly) {
@@ -273,6 +331,9 @@ TEST_F(LiveControlSocketTest, SnapshotOnAFullVolumeFailsCleanly) {
   EXPECT_EQ(snap["ok"], false) << snap;
   EXPECT_FALSE(snap.value("error", "").empty());
   std::printf("snapshot on a full volume: %s\n", snap.dump().c_str());
+  // Nothing is left of the attempt: no snapshot name, no half-made next layer.
+  EXPECT_FALSE(std::filesystem::exists(mnt + "/vm@full.strata"));
+  EXPECT_FALSE(std::filesystem::exists(mnt + "/.vm.strata.new"));
   // Served as before: data reads back, allocated space can be rewritten, flush works.
   EXPECT_TRUE(ReadsPattern(h.get(), 0, 1 * kMiB, 7));
   FillPattern(buf.data(), 0, buf.size(), 8);
