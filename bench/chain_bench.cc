@@ -286,6 +286,25 @@ BENCHMARK(BM_WriteMeta<WriteKind::kFirst>)->Name("write_meta/first")->Iterations
 BENCHMARK(BM_WriteMeta<WriteKind::kFill>)->Name("write_meta/fill")->Iterations(kWriteClusters);
 BENCHMARK(BM_WriteMeta<WriteKind::kRewrite>)->Name("write_meta/rewrite")->Iterations(kWriteClusters);
 
+// Random 4 KiB writes into the active layer of lookup's chains (1, 8 and 64 layers), once the
+// lookups ran: the write path touches only the active layer's index, whatever lies below.
+void BM_WriteMetaAtDepth(benchmark::State& state) {
+  Chain* chain = LookupChain(static_cast<int>(state.range(0)));
+  const uint64_t blocks = chain->size() / kIoSize;
+  Rng rng{0x2545f4914f6cdd1dull};
+  for (auto _ : state) {
+    auto plan = chain->PrepareWrite((rng.Next() % blocks) * kIoSize, kIoSize);
+    if (!plan.ok()) {
+      state.SkipWithError(plan.status().ToString().c_str());
+      break;
+    }
+    chain->FinishWrite(*plan, true);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_WriteMetaAtDepth)->Name("write_meta/depth")->Arg(1)->Arg(8)->Arg(64)
+    ->Iterations(kWriteClusters);
+
 void AddContext() {
   benchmark::AddCustomContext("strata_build_type", STRATA_BUILD_TYPE);
 #if !defined(__OPTIMIZE__)
