@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -260,6 +261,12 @@ void Connection::Shutdown() {
   // A connection that was already draining (its client gone) is untouched by BeginDrain; if it
   // is idle it must close now, or it keeps the worker's loop (and Server::Shutdown) alive.
   MaybeClose();
+}
+
+void Connection::Abort() {
+  if (state_ == State::kClosed) return;
+  ::shutdown(fd_, SHUT_RDWR);
+  BeginDrain("closed by the server's shutdown grace period");
 }
 
 void Connection::Dispatch(Request* r) {

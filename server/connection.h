@@ -115,6 +115,9 @@ class Connection {
   // Worker shutdown: requests already received but not started are refused with ESHUTDOWN
   // (spec, "Terminating the transmission phase"); started ones finish; then close.
   void Shutdown();
+  // Shuts the socket down (the server's shutdown grace ran out): a send the client never reads
+  // fails, so the connection can close once its started file I/O is done.
+  void Abort();
 
   // Completions dispatched by the worker.
   void OnRecv(int res);

@@ -61,6 +61,8 @@ Serves the chain whose top layer is LAYER over NBD.
   --log-level=error|info|debug   (default info; logs go to stderr)
   --foreground           do not daemonize (implied by --run)
   --pid-file FILE        write the server's pid once it is listening
+  --shutdown-timeout S   on SIGTERM/SIGINT, wait at most S seconds (default 10) for clients
+                         to take the replies of requests already started; then close them
   --run 'CMD'            captive mode: run CMD via /bin/sh -c with $uri, $nbd, $unixsocket
                          (or $port), $exportname set; stop when it exits and return its status
 )";
@@ -109,7 +111,8 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& a
       st = flag(&o.no_control);
     } else if (name == "--socket" || name == "--control" || name == "--socket-mode" || name == "--listen" ||
                name == "--export-name" || name == "--cache" || name == "--workers" ||
-               name == "--log-level" || name == "--pid-file" || name == "--run") {
+               name == "--log-level" || name == "--pid-file" || name == "--run" ||
+               name == "--shutdown-timeout") {
       absl::StatusOr<std::string> v = value();
       if (!v.ok()) return v.status();
       if (name == "--socket") {
@@ -158,6 +161,12 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& a
         if (!ParseLogLevel(*v, &o.log_level)) {
           return absl::InvalidArgumentError(
               absl::StrFormat("--log-level: \"%s\" is not error, info or debug", *v));
+        }
+      } else if (name == "--shutdown-timeout") {
+        if (!absl::SimpleAtoi(*v, &o.shutdown_timeout_s) || o.shutdown_timeout_s < 0 ||
+            o.shutdown_timeout_s > 86400) {
+          return absl::InvalidArgumentError(absl::StrFormat(
+              "--shutdown-timeout: \"%s\" is not a number of seconds from 0 to 86400", *v));
         }
       } else if (name == "--pid-file") {
         if (v->empty()) return absl::InvalidArgumentError("--pid-file: empty path");
@@ -409,6 +418,7 @@ int ServeMain(int argc, char** argv) {
   // --- Serve ---
   ServerOptions server_options;
   server_options.workers = o.workers;
+  server_options.shutdown_grace = absl::Seconds(o.shutdown_timeout_s);
   Server server(&exports, server_options);
   if (absl::Status st = server.Start(); !st.ok()) {
     close_listeners();

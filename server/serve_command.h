@@ -35,6 +35,7 @@ struct ServeOptions {
   bool foreground = false;
   std::string pid_file;
   std::string run;
+  int shutdown_timeout_s = 10;  // --shutdown-timeout
   bool help = false;
 };
 

@@ -18,13 +18,14 @@ TEST(ServeOptionsTest, DefaultsWithOnlyALayer) {
   EXPECT_EQ(o->workers, 0);
   EXPECT_EQ(o->log_level, LogLevel::kInfo);
   EXPECT_FALSE(o->foreground);
+  EXPECT_EQ(o->shutdown_timeout_s, 10);
 }
 
 TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
   auto o = ParseServeOptions({"--socket", "/tmp/s.sock", "--socket-mode=0660", "--listen",
                               ":10809", "--export-name=vm", "--read-only", "--cache", "none",
                               "--workers=3", "--log-level", "debug", "--pid-file", "/tmp/p",
-                              "--foreground", "/img/top.strata"});
+                              "--shutdown-timeout", "2", "--foreground", "/img/top.strata"});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(*o->socket, "/tmp/s.sock");
   EXPECT_EQ(o->socket_mode, 0660u);
@@ -36,6 +37,7 @@ TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
   EXPECT_EQ(o->workers, 3);
   EXPECT_EQ(o->log_level, LogLevel::kDebug);
   EXPECT_EQ(o->pid_file, "/tmp/p");
+  EXPECT_EQ(o->shutdown_timeout_s, 2);
   EXPECT_TRUE(o->foreground);
   EXPECT_EQ(o->layer, "/img/top.strata");
 }
@@ -66,6 +68,8 @@ TEST(ServeOptionsTest, BadValuesAreRefusedWithTheOptionName) {
            {"--listen=nowhere", "d"},
            {"--listen=:70000", "d"},
            {"--log-level=loud", "d"},
+           {"--shutdown-timeout=-1", "d"},
+           {"--shutdown-timeout=soon", "d"},
            {"--read-only=yes", "d"},
            {"--bogus", "d"},
            {"--socket"},

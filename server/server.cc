@@ -221,6 +221,17 @@ void Server::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
   for (auto& w : workers_) w->Shutdown();
+  const absl::Time deadline = absl::Now() + options_.shutdown_grace;
+  bool forced = false;
+  for (auto& w : workers_) {
+    if (!forced && !w->WaitStopped(deadline)) {
+      forced = true;
+      STRATA_LOG(kError, "shutdown: connections still open after %s (a client that does not "
+                         "read its replies?): closing their sockets",
+                 absl::FormatDuration(options_.shutdown_grace));
+      for (auto& x : workers_) x->AbortConnections();
+    }
+  }
   for (auto& w : workers_) w->Join();
   workers_.clear();
   pool_.reset();  // runs what is queued, then joins

@@ -41,6 +41,9 @@ struct ServerOptions {
   int workers = 1;
   int blocking_threads = 4;
   WorkerLimits limits;
+  // How long Shutdown waits for connections to finish their started requests and send their
+  // replies before it closes their sockets (a client that stops reading would hold it forever).
+  absl::Duration shutdown_grace = absl::Seconds(10);
 };
 
 class Server {
@@ -65,6 +68,8 @@ class Server {
   NoSpaceState& no_space() { return no_space_; }
   int workers() const { return static_cast<int>(workers_.size()); }
   // Ends every connection once its started requests are answered, then joins the workers.
+  // Connections still open after `shutdown_grace` get their sockets shut down: their started
+  // file I/O still completes, but unsent replies are dropped.
   void Shutdown();
 
  private:

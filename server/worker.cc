@@ -118,6 +118,16 @@ void Worker::Shutdown() {
   });
 }
 
+bool Worker::WaitStopped(absl::Time deadline) {
+  return stopped_.WaitForNotificationWithDeadline(deadline);
+}
+
+void Worker::AbortConnections() {
+  Post([this] {
+    for (Connection* c : connections_) c->Abort();
+  });
+}
+
 void Worker::Pause(std::function<void()> on_drained) {
   Post([this, on_drained = std::move(on_drained)]() mutable {
     paused_ = true;
@@ -274,6 +284,7 @@ void Worker::Loop() {
   // Requests are all done (connections close only when idle); the wake read and the timer
   // go with the ring.
   io_uring_submit(&ring_);
+  stopped_.Notify();
 }
 
 }  // namespace strata

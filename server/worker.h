@@ -28,6 +28,8 @@
 
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "server/blocking_pool.h"
 #include "server/buffer_pool.h"
 #include "server/export.h"
@@ -93,6 +95,10 @@ class Worker {
   void AddConnection(int fd, std::string peer);
   // Ends every connection once its started requests are done; then the loop ends.
   void Shutdown();
+  // After Shutdown: true once the loop ended, false if `deadline` passed first.
+  bool WaitStopped(absl::Time deadline);
+  // Shuts down every connection's socket, so replies a client never reads stop holding it.
+  void AbortConnections();
   void Pause(std::function<void()> on_drained);
   // Ends a pause (also one that never drained: Server::RunPaused's timeout).
   void Resume();
@@ -155,6 +161,7 @@ class Worker {
   bool timer_armed_ = false;
   __kernel_timespec timer_ts_{};
   bool stopping_ = false;
+  absl::Notification stopped_;  // the loop ended
   bool paused_ = false;
   std::function<void()> on_drained_;
   int64_t active_ = 0;  // requests started and not yet replied and released

@@ -480,6 +480,41 @@ TEST_F(MalformedTest, OversizedWriteDoesNotKillServer) {
   }
 }
 
+// A client that sends reads and never reads the replies cannot hold a shutdown: after
+// --shutdown-timeout its socket is closed, the server exits cleanly, and a write it
+// acknowledged (not flushed) survives, because the clean close flushes.
+TEST_F(MalformedTest, ClientThatStopsReadingCannotHoldShutdown) {
+  ASSERT_TRUE(server_.Stop());
+  ASSERT_TRUE(server_.Start({.extra_args = {"--shutdown-timeout", "1"}}));
+  RawConn c(server_.socket_path());
+  ASSERT_TRUE(c.EnterTransmission());
+  const std::string data(4096, 'q');
+  ASSERT_TRUE(c.Send(RawConn::Request(0, kCmdWrite, 1, 3 * kMiB, 4096) + data));
+  uint32_t err = 1;
+  uint64_t handle = 0;
+  ASSERT_TRUE(c.RecvSimpleReply(&err, &handle));
+  ASSERT_EQ(err, 0u);
+  // 8 x 16 MiB of replies: far beyond what the socket buffers hold.
+  for (uint64_t i = 0; i < 8; ++i) {
+    ASSERT_TRUE(c.Send(RawConn::Request(0, kCmdRead, 100 + i, 0, 16 * kMiB)));
+  }
+  usleep(300000);  // the server is stuck sending now
+  const auto begin = std::chrono::steady_clock::now();
+  EXPECT_TRUE(server_.Stop());
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+  EXPECT_LT(seconds, 8.0) << server_.ServerLog();
+  EXPECT_NE(server_.ServerLog().find("closing their sockets"), std::string::npos)
+      << server_.ServerLog();
+  c.Close();
+  ASSERT_TRUE(server_.Start());
+  NbdHandle h = server_.Connect();
+  ASSERT_TRUE(h);
+  std::string back(4096, '\0');
+  ASSERT_EQ(nbd_pread(h.get(), back.data(), back.size(), 3 * kMiB, 0), 0) << nbd_get_error();
+  EXPECT_EQ(back, data);
+}
+
 // An unknown command gets EINVAL and the session continues; so does an unknown command flag, and
 // BLOCK_STATUS without a negotiated meta context.
 TEST_F(MalformedTest, UnknownCommandAndFlagGetEinvalAndSessionContinues) {
