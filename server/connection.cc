@@ -526,14 +526,9 @@ void Connection::WritesDone(Request* r) {
 }
 
 void Connection::StartZero(Request* r) {
+  // FAST_ZERO needs no check: whole sub-blocks become zero marks (with NO_HOLE keeping their
+  // space) and only the unaligned edges are written, so this is never slower than a WRITE.
   const uint16_t flags = r->h.flags;
-  if ((flags & nbd::kCmdFlagFastZero) && (flags & nbd::kCmdFlagNoHole)) {
-    // Without holes, zeroing data sub-blocks means writing zeros: no faster than a WRITE, so
-    // the spec wants a quick ENOTSUP (PROTOCOL.md, "FAST_ZERO").
-    Fail(r, absl::UnimplementedError(absl::StrCat(
-                DescribeRequest(r->h), ": FAST_ZERO with NO_HOLE would write zero data")));
-    return;
-  }
   if (r->h.length == 0) {
     Reply(r);
     return;
@@ -722,12 +717,7 @@ void Connection::Reply(Request* r) {
       worker_->no_space()->OnNoSpace();
     }
     if (error != nbd::Error::kNoSpc || ShouldLogNoSpace()) {
-      // FAST_ZERO refusals are part of the protocol, not errors worth a line.
-      if (r->status.code() == absl::StatusCode::kUnimplemented) {
-        STRATA_LOG(kDebug, "conn %d: %s -> %s", id_, r->status.ToString(), nbd::Name(error));
-      } else {
-        STRATA_LOG(kError, "conn %d: %s -> %s", id_, r->status.ToString(), nbd::Name(error));
-      }
+      STRATA_LOG(kError, "conn %d: %s -> %s", id_, r->status.ToString(), nbd::Name(error));
     }
     r->header.clear();
     r->reply.clear();
