@@ -150,6 +150,33 @@ TEST_F(LiveLifecycleTest, DeleteSnapshotKeepsTheLatestState) {
   Check("after serving the merged disk");
 }
 
+// A branch: a new active layer on snapshot s1 (`strata create -b`), served by a second server
+// while the first keeps serving the disk (their shared locks on s1 are compatible). The branch
+// starts as s1 and takes writes of its own; the disk does not see them.
+TEST_F(LiveLifecycleTest, BranchOnASnapshotIsServedBesideTheRunningDisk) {
+  if (access("/usr/bin/nbdcopy", X_OK) != 0 || access("/usr/bin/qemu-io", X_OK) != 0) {
+    GTEST_SKIP() << "nbdcopy or qemu-io not installed";
+  }
+  const std::string s1 = SnapshotBetweenWrites();
+  const std::string branch = server_.dir() + "/branch.strata";
+  std::string out;
+  ASSERT_TRUE(Strata({"create", "-b", "disk@s1.strata", "-F", "strata", branch}, &out)) << out;
+  const std::string before = server_.dir() + "/branch-before.raw";
+  const std::string after = server_.dir() + "/branch-after.raw";
+  const std::string script = "nbdcopy \"$uri\" " + before +
+                             " && qemu-io -f raw -c 'write -P 0x62 0 1M' \"$uri\" >/dev/null"
+                             " && nbdcopy \"$uri\" " + after;
+  ASSERT_TRUE(Strata({"serve", "--run", script, branch}, &out)) << out;
+  EXPECT_EQ(Diff(FileContents(before), s1), -1) << "the branch did not start as s1";
+  std::string want = s1;
+  want.replace(0, 1 * kMiB, std::string(1 * kMiB, 'b'));
+  EXPECT_EQ(Diff(FileContents(after), want), -1) << "the branch lost its write";
+  ExpectDisk(latest_, "the disk beside its branch");
+  ASSERT_TRUE(server_.Stop());
+  Check("after serving a branch");
+  ASSERT_TRUE(Strata({"check", branch}, &out)) << out;
+}
+
 // A full backup of snapshot s1 with nbdcopy while a client keeps writing, then an incremental
 // one: the ranges `strata map --diff s1 --to s2` names, copied from @s2 onto the first backup,
 // give exactly @s2.
