@@ -1,8 +1,10 @@
 #!/bin/sh
 # /init of the kernel-nbd guest (see tests/guest_kernel_nbd.sh). Serves a chain from inside the
 # guest on a unix socket, attaches the kernel's nbd driver to it (simple replies only, the
-# path QEMU-less users hit), makes and uses an ext4 file system, restarts the server and checks
-# the files, then runs `strata check`. Prints one result line with the host's nonce:
+# path QEMU-less users hit), makes and uses an ext4 file system, takes a live snapshot of it
+# while mounted (fsfreeze around `strata snapshot --control`), changes files, checks the
+# snapshot through its @NAME export on /dev/nbd1, restarts the server and checks the files,
+# then runs `strata check`. Prints one result line with the host's nonce:
 #   STRATA-GUEST-RESULT <nonce> PASS|FAIL <reason>
 # and powers off. Every wait is bounded; the host also bounds the whole guest.
 export PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin
@@ -51,18 +53,21 @@ stop_server() {
   rc=$?
   [ $rc -eq 0 ] || { cat $W/server.log; result FAIL "server exit status $rc after SIGTERM"; }
 }
-attach() {
-  nbd-client -unix $SOCK /dev/nbd0 -b 4096 -t 10 || result FAIL "nbd-client attach"
+attach() {  # [DEVICE [nbd-client options...]] (default nbd0, the default export)
+  dev=${1:-nbd0}
+  [ $# -gt 0 ] && shift
+  nbd-client -unix $SOCK /dev/$dev -b 4096 -t 10 "$@" || result FAIL "nbd-client attach $dev"
   i=0
-  while [ "$(cat /sys/block/nbd0/size)" = 0 ]; do
-    i=$((i + 1)); [ $i -lt 100 ] || result FAIL "nbd0 has size 0 after attach"; sleep 0.1
+  while [ "$(cat /sys/block/$dev/size)" = 0 ]; do
+    i=$((i + 1)); [ $i -lt 100 ] || result FAIL "$dev has size 0 after attach"; sleep 0.1
   done
 }
-detach() {
-  nbd-client -d /dev/nbd0 || result FAIL "nbd-client -d"
+detach() {  # [DEVICE]
+  dev=${1:-nbd0}
+  nbd-client -d /dev/$dev || result FAIL "nbd-client -d $dev"
   i=0
-  while [ "$(cat /sys/block/nbd0/size)" != 0 ]; do
-    i=$((i + 1)); [ $i -lt 100 ] || result FAIL "nbd0 still attached after -d"; sleep 0.1
+  while [ "$(cat /sys/block/$dev/size)" != 0 ]; do
+    i=$((i + 1)); [ $i -lt 100 ] || result FAIL "$dev still attached after -d"; sleep 0.1
   done
 }
 
@@ -99,9 +104,38 @@ dd if=/dev/urandom of=/mnt/dir/trimmed bs=1M count=4 2>/dev/null
 sync
 rm /mnt/dir/trimmed
 fstrim /mnt 2>/dev/null || step "fstrim not available (ignored)"
-(cd /mnt && find . -type f ! -name lost+found | sort | xargs sha256sum) >$W/sums
+sums() { (cd /mnt && find . -type f ! -name lost+found | sort | xargs sha256sum) >$1; }
+sums $W/sums
 [ "$(wc -l <$W/sums)" -ge 201 ] || result FAIL "checksum list too short"
 sync
+
+if [ "$SERVER" = strata ]; then
+  # The "snapshot before an upgrade" workflow on a mounted file system: freeze it (ext4
+  # flushes and checkpoints its journal, so the snapshot is a clean file system), take a live
+  # snapshot through the control socket, thaw, and let the "upgrade" change files.
+  step "live snapshot of the mounted file system"
+  fsfreeze --freeze /mnt || result FAIL "fsfreeze --freeze"
+  strata snapshot --control $W/disk.ctl before-upgrade >$W/snapshot.log 2>&1
+  rc=$?
+  fsfreeze --unfreeze /mnt || result FAIL "fsfreeze --unfreeze"
+  [ $rc -eq 0 ] || { cat $W/snapshot.log; result FAIL "strata snapshot --control"; }
+  cat $W/snapshot.log
+  dd if=/dev/urandom of=/mnt/big bs=1M count=24 conv=notrunc 2>/dev/null || result FAIL "upgrade big"
+  rm -r /mnt/dir/sub
+  dd if=/dev/urandom of=/mnt/new bs=1M count=8 2>/dev/null || result FAIL "upgrade new"
+  sync
+  step "the snapshot, attached as /dev/nbd1 beside the running disk"
+  attach nbd1 -N @before-upgrade
+  e2fsck -f -n /dev/nbd1 >$W/fsck-snapshot.log 2>&1 \
+    || { cat $W/fsck-snapshot.log; result FAIL "e2fsck of the snapshot found errors"; }
+  mkdir -p /snap
+  mount -t ext4 -o ro /dev/nbd1 /snap || result FAIL "mount the snapshot"
+  (cd /snap && sha256sum -c -s $W/sums) || result FAIL "the snapshot lost files written before it"
+  [ -e /snap/new ] && result FAIL "the snapshot holds a file written after it"
+  umount /snap
+  detach nbd1
+  sums $W/sums
+fi
 umount /mnt || result FAIL "umount"
 detach
 stop_server
