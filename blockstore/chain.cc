@@ -156,6 +156,19 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
   return (*layer)->header();
 }
 
+// The next active layer, created and opened before the pause, not yet in the chain.
+struct Chain::PreparedSnapshot {
+  std::string name;
+  std::unique_ptr<Layer> next;
+};
+
+// The layer a switch froze in memory, until CompleteSnapshot makes that durable.
+struct Chain::FreezingLayer {
+  std::string name;
+  int64_t frozen_ns = 0;
+  Layer* layer = nullptr;  // owned by frozen_
+};
+
 Chain::Chain() : inflight_(std::make_unique<Inflight>()) {}
 Chain::~Chain() {
   // A clean close keeps every finished write, as if the user had flushed.
@@ -315,6 +328,11 @@ std::vector<LayerInfo> Chain::Layers() const {
     out.push_back(std::move(info));
   };
   for (size_t i = 0; i < frozen_.size(); ++i) add(*frozen_[i], static_cast<int>(i + 1));
+  if (freezing_view_ != nullptr) {
+    LayerInfo& info = out[out.size() - 1];  // the layer just below the active one
+    info.freezing = true;
+    info.header.snapshot_name = freezing_view_->name;
+  }
   add(*active_, static_cast<int>(frozen_.size() + 1));
   return out;
 }
@@ -567,19 +585,6 @@ absl::Status Chain::CheckNewSnapshotName(absl::string_view name) const {
   return absl::OkStatus();
 }
 
-// The next active layer, created and opened before the pause, not yet in the chain.
-struct Chain::PreparedSnapshot {
-  std::string name;
-  std::unique_ptr<Layer> next;
-};
-
-// The layer a switch froze in memory, until CompleteSnapshot makes that durable.
-struct Chain::FreezingLayer {
-  std::string name;
-  int64_t frozen_ns = 0;
-  Layer* layer = nullptr;  // owned by frozen_
-};
-
 absl::StatusOr<Chain::SnapshotResult> Chain::Snapshot(absl::string_view name) {
   if (auto s = PrepareSnapshot(name); !s.ok()) return s;
   auto result = SwitchSnapshot(name);
@@ -626,6 +631,10 @@ absl::StatusOr<Chain::SnapshotResult> Chain::SwitchSnapshot(absl::string_view na
     return absl::FailedPreconditionError(absl::StrCat("snapshot '", name, "' was not prepared"));
   }
   absl::MutexLock flush_lock(&flush_mu_);
+  if (freezing_ != nullptr) {  // PrepareSnapshot completes it; a stack of two is never built
+    return absl::FailedPreconditionError(absl::StrCat(
+        "snapshot '", name, "': snapshot '", freezing_->name, "' is not durable yet"));
+  }
   absl::MutexLock lock(&mu_);
   if (!inflight_->ranges.empty()) {
     return absl::FailedPreconditionError("snapshot with writes in flight: drain first");
@@ -653,6 +662,7 @@ absl::StatusOr<Chain::SnapshotResult> Chain::SwitchSnapshot(absl::string_view na
   SnapshotResult result{frozen_path, active_->header().uuid};
   freezing_ = std::make_unique<FreezingLayer>(
       FreezingLayer{prepared_->name, NowNs(), active_.get()});
+  freezing_view_ = freezing_.get();
   frozen_.push_back(std::move(active_));
   active_ = std::move(prepared_->next);
   prepared_.reset();
@@ -681,6 +691,7 @@ absl::Status Chain::CompleteSnapshotLocked() {
     absl::MutexLock lock(&mu_);
     layer->PublishHeader(*std::move(frozen));
     layer->ReleaseIndex();
+    freezing_view_ = nullptr;
   }
   layer->ReleaseUnusedSpace();
   freezing_.reset();

@@ -71,6 +71,9 @@ struct LayerInfo {
   LayerHeader header;        // for strata layers
   uint64_t allocated_bytes = 0;  // bytes of data slots referenced by the index
   uint64_t file_bytes = 0;       // bytes the file occupies on the host (st_blocks)
+  // A live snapshot switched away from this layer but could not make it durable yet (see
+  // CompleteSnapshot): header.snapshot_name holds the pending name, header.state still active.
+  bool freezing = false;
 };
 
 class Env;
@@ -205,6 +208,7 @@ class Chain {
   absl::Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes Flush and the freeze
   std::unique_ptr<PreparedSnapshot> prepared_ ABSL_GUARDED_BY(snapshot_mu_);
   std::unique_ptr<FreezingLayer> freezing_ ABSL_GUARDED_BY(flush_mu_);
+  const FreezingLayer* freezing_view_ ABSL_GUARDED_BY(mu_) = nullptr;  // freezing_, for Layers()
   mutable absl::Mutex mu_;
   std::unique_ptr<RawBase> base_;                   // may be null
   std::vector<std::unique_ptr<Layer>> frozen_ ABSL_GUARDED_BY(mu_);  // positions 1..N-1

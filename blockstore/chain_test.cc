@@ -249,8 +249,15 @@ TEST_F(ChainTest, SnapshotThatCouldNotBeMadeDurableIsRetriedByEachFlush) {
   // No flush may acknowledge the writes above it meanwhile, nor a new snapshot start.
   EXPECT_FALSE(chain->Flush().ok());
   EXPECT_FALSE(chain->PrepareSnapshot("s2").ok());
+  auto layers = chain->Layers();
+  ASSERT_EQ(layers.size(), 3u);
+  EXPECT_TRUE(layers[1].freezing);
+  EXPECT_EQ(layers[1].header.snapshot_name, "s1");
+  EXPECT_EQ(layers[1].header.state, LayerState::kActive);  // as on disk
   env.FailSyncsAfter(-1);
   ASSERT_TRUE(chain->Flush().ok());
+  EXPECT_FALSE(chain->Layers()[1].freezing);
+  EXPECT_EQ(chain->Layers()[1].header.state, LayerState::kFrozen);
   EXPECT_EQ(chain->Layers()[1].header.snapshot_name, "s1");
   chain.reset();
   auto frozen = Chain::Open(dir_.File("disk@s1.strata"), {.writable = false});

@@ -256,7 +256,9 @@ absl::Status LiveControl::List(json* reply) {
     } else {
       const LayerHeader& h = l.header;
       const bool frozen = h.state == LayerState::kFrozen;
-      j["state"] = frozen ? "frozen" : "active";
+      // "freezing": a live snapshot whose layer is not durable yet (every flush retries).
+      j["state"] = l.freezing ? "freezing" : frozen ? "frozen" : "active";
+      if (l.freezing) j["snapshot"] = h.snapshot_name;
       j["uuid"] = UuidToString(h.uuid);
       j["allocated_bytes"] = l.allocated_bytes;
       j["created"] = IsoTime(h.created_ns);
