@@ -39,9 +39,7 @@ SERVER_PID=""
 log() { echo "[commit_bench $(date +%H:%M:%S)] $*" >&2; }
 trap stop_started_and_clean EXIT
 trap 'exit 130' INT TERM
-for t in qemu-img qemu-nbd nbdcopy nbdinfo numfmt python3; do
-  command -v "$t" >/dev/null || { echo "missing tool: $t (scripts/install-deps.sh)" >&2; exit 2; }
-done
+require_tools commit_bench qemu-img qemu-nbd nbdcopy nbdinfo numfmt python3
 strata_ok=0
 if [[ -n $STRATA ]] && "$STRATA" --help 2>&1 | grep -q "^ *commit" && "$STRATA" serve --help >/dev/null 2>&1; then
   strata_ok=1
@@ -134,17 +132,17 @@ fi
 done
 
 # --- report
-median() { if (( $# == 0 )); then echo "–"; else printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; fi; }
+median_or_dash() { local m; m=$(median <<<"$*"); echo "${m:-–}"; }
 {
   echo "## commit_bench: merge $SIZE of written data into a raw base ($(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -r), $(nproc) CPUs)"
   echo
   echo "| what | median s (incl. sync) | all runs, s | merged image == data |"
   echo "|---|---|---|---|"
   for n in strata-commit qemu-img-commit qemu-img-commit-raw cp-sync; do
-    echo "| $n | $(median ${SECS[$n]:-}) | ${SECS[$n]:-not measured} | ${VERIFIED[$n]:-–} |"
+    echo "| $n | $(median_or_dash ${SECS[$n]:-}) | ${SECS[$n]:-not measured} | ${VERIFIED[$n]:-–} |"
   done
   echo
-  python3 - "$(median ${SECS[strata-commit]:-})" "$(median ${SECS[qemu-img-commit]:-})" "$(median ${SECS[cp-sync]:-})" <<'EOF'
+  python3 - "$(median_or_dash ${SECS[strata-commit]:-})" "$(median_or_dash ${SECS[qemu-img-commit]:-})" "$(median_or_dash ${SECS[cp-sync]:-})" <<'EOF'
 import sys
 s, q, c = [float(x) if x and x != "–" else None for x in sys.argv[1:]]
 print("| check | measured | target | met |")

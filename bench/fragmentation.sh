@@ -31,9 +31,7 @@ READS=${READS:-3}
 WORK_PARENT=${WORK_PARENT:-/var/tmp}
 RESULTS=${RESULTS:-/tmp/strata-bench-results/fragmentation-$(date -u +%Y%m%d-%H%M%S)}
 find_strata
-for t in fio jq qemu-img qemu-nbd nbdinfo filefrag; do
-  command -v "$t" >/dev/null || { echo "fragmentation: $t not installed" >&2; exit 2; }
-done
+require_tools fragmentation fio jq qemu-img qemu-nbd nbdinfo filefrag
 [[ -x ${STRATA:-} ]] || { echo "fragmentation: no strata binary (STRATA=...)" >&2; exit 2; }
 
 mkdir -p "$RESULTS"
@@ -77,7 +75,6 @@ stop() {
   SERVER_PID=""
 }
 fio_json() { sed -n '/^{/,$p' "$1"; }
-median() { tr ' ' '\n' | { grep . || true; } | sort -n | awk '{v[NR]=$1} END { if (NR) print v[int((NR + 1) / 2)] }'; }
 
 truncate -s "$SIZE" "$WORK/base.raw"
 declare -A EXTENTS MIB READ

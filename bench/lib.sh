@@ -31,3 +31,17 @@ cpu_ticks() {
   set -- $stat
   echo $(( ${12} + ${13} ))
 }
+
+# The median of the numbers on stdin (separated by blanks or newlines); prints nothing for none.
+median() {
+  tr ' ' '\n' | { grep . || true; } | sort -n |
+    awk '{v[NR]=$1} END { if (NR) print v[int((NR + 1) / 2)] }'
+}
+
+# require_tools SCRIPT TOOL...: exits 2 naming the first tool that is not installed.
+require_tools() {
+  local who=$1 t; shift
+  for t in "$@"; do
+    command -v "$t" >/dev/null || { echo "$who: $t not installed (scripts/install-deps.sh)" >&2; exit 2; }
+  done
+}

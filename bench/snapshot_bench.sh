@@ -48,9 +48,7 @@ WORK_PARENT=${WORK_PARENT:-/var/tmp}
 RESULTS=${RESULTS:-/tmp/strata-bench-results/snapshot-$(date +%Y%m%d-%H%M%S)}
 
 find_strata
-for t in fio jq qemu-img qemu-nbd nbdinfo; do
-  command -v "$t" >/dev/null || { echo "snapshot_bench: $t not installed" >&2; exit 1; }
-done
+require_tools snapshot_bench fio jq qemu-img qemu-nbd nbdinfo
 [[ -x ${STRATA:-} ]] || { echo "snapshot_bench: no strata binary (STRATA=...)" >&2; exit 1; }
 
 mkdir -p "$RESULTS"
@@ -224,7 +222,6 @@ serve_fresh_top() {  # TARGET DEPTH: empties the top layer and serves the chain
     start_qemu "$dir/q$d.qcow2"
   fi
 }
-median() { tr ' ' '\n' | { grep . || true; } | sort -n | awk '{v[NR]=$1} END { if (NR) print v[int((NR + 1) / 2)] }'; }
 if [[ -n $DEPTHS ]]; then
   cmd "# chains: strata create + (fio fill, strata snapshot --control) x D; qemu-img create -f qcow2 -b q\$((i-1)).qcow2 -F qcow2 q\$i.qcow2, each filled through qemu-nbd first"
   cmd "# each round and (target, depth): strata revert TOP / a new empty qcow2 top, then the two fio runs below"
