@@ -169,6 +169,7 @@ struct Params {
   int workers;
   int snapshots;
   int gap_ms;  // between snapshots
+  const char* cache = "";  // --cache=none|writeback; "" = the server's default
 };
 
 void RunConsistency(const Params& p) {
@@ -178,7 +179,7 @@ void RunConsistency(const Params& p) {
   const uint64_t disk = 8 * kMiB;
   const uint64_t blocks = disk / kBlock;
   ASSERT_TRUE(server.CreateChain({.disk_size = disk, .with_base = false}));
-  ASSERT_TRUE(server.Start({.workers = p.workers}));
+  ASSERT_TRUE(server.Start({.cache = p.cache, .workers = p.workers}));
   const std::string ctl = server.dir() + "/disk.ctl";
 
   std::vector<NbdHandle> handles;
@@ -312,6 +313,12 @@ TEST(LiveSnapshotTest, AtomicAcrossFourMultiConnWritersOnFourWorkers) {
 
 TEST(LiveSnapshotTest, AtomicWithOneWorkerAndDeepQueues) {
   RunConsistency({.connections = 3, .depth = 64, .workers = 1, .snapshots = 10, .gap_ms = 30});
+}
+
+// O_DIRECT data descriptors: the next layer is opened for direct I/O before the pause.
+TEST(LiveSnapshotTest, AtomicWithDirectIo) {
+  RunConsistency({.connections = 2, .depth = 16, .workers = 2, .snapshots = 8, .gap_ms = 40,
+                  .cache = "none"});
 }
 
 }  // namespace
