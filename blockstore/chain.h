@@ -8,9 +8,10 @@
 // The synchronous Read()/Write()/... wrappers do the I/O themselves for the tool and tests.
 //
 // Thread safety: every method may be called concurrently from several threads (one internal
-// mutex guards the metadata; no I/O happens under it except allocation's fallocate and the
-// journal/checkpoint writes in Flush()). File descriptors in segments stay valid for the
-// lifetime of the Chain, across snapshots.
+// mutex guards the metadata; no I/O happens under it except allocation's fallocate and, when
+// the journal is full, a checkpoint in SwitchSnapshot). Flushes and the snapshot steps are
+// serialized by their own mutexes, which I/O may hold. File descriptors in segments stay valid
+// for the lifetime of the Chain, across snapshots.
 #ifndef STRATA_BLOCKSTORE_CHAIN_H_
 #define STRATA_BLOCKSTORE_CHAIN_H_
 
