@@ -47,7 +47,6 @@ else
   log "strata commit/serve not available (STRATA='$STRATA'): strata is skipped"
 fi
 
-drop_caches() { sync; if [[ -w /proc/sys/vm/drop_caches ]]; then echo 3 >/proc/sys/vm/drop_caches; fi; }
 
 start_server() {  # LABEL COMMAND...
   local label=$1; shift
@@ -55,13 +54,7 @@ start_server() {  # LABEL COMMAND...
   "$@" >"$RESULTS/server-$label.log" 2>&1 &
   SERVER_PID=$!
   STARTED_PIDS+=("$SERVER_PID")
-  local i
-  for (( i = 0; i < 200; i++ )); do
-    if [[ -S $SOCK ]] && nbdinfo --size "$URI" >/dev/null 2>&1; then return 0; fi
-    kill -0 "$SERVER_PID" 2>/dev/null || { log "$label exited early"; cat "$RESULTS/server-$label.log" >&2; return 1; }
-    sleep 0.05
-  done
-  log "$label did not come up"; return 1
+  wait_for_nbd "$SERVER_PID" "$SOCK" "$RESULTS/server-$label.log" || { log "$label did not come up"; return 1; }
 }
 stop_server() { kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; }
 

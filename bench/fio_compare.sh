@@ -91,8 +91,7 @@ log() { echo "[fio_compare $(date +%H:%M:%S)] $*" >&2; }
 trap stop_started_and_clean EXIT
 trap 'exit 130' INT TERM
 
-need() { command -v "$1" >/dev/null || { echo "missing tool: $1 (scripts/install-deps.sh)" >&2; exit 2; }; }
-for t in fio qemu-nbd qemu-img nbdkit nbdinfo nbdsh python3 numfmt; do need "$t"; done
+require_tools fio_compare fio qemu-nbd qemu-img nbdkit nbdinfo nbdsh python3 numfmt
 
 strata_ok=0
 if [[ -n $STRATA ]] && "$STRATA" serve --help >/dev/null 2>&1; then strata_ok=1; fi
@@ -100,11 +99,6 @@ if (( !strata_ok )); then
   log "strata serve not available (STRATA='$STRATA'): strata targets are skipped"
 fi
 want_section() { [[ " $SECTIONS " == *" $1 "* ]]; }
-
-drop_caches() {
-  sync
-  if [[ -w /proc/sys/vm/drop_caches ]]; then echo 3 >/proc/sys/vm/drop_caches; fi
-}
 
 
 note_cmd() { grep -qxF -- "$*" "$CMDS" || printf '%s\n' "$*" >>"$CMDS"; }
@@ -119,15 +113,7 @@ start_server() {
   SERVER_SOCK=$sock
   SERVER_LABEL=$label
   STARTED_PIDS+=("$SERVER_PID")
-  local i
-  for (( i = 0; i < 200; i++ )); do
-    if [[ -S $sock ]] && nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1; then return 0; fi
-    if ! kill -0 "$SERVER_PID" 2>/dev/null; then
-      log "server $label exited early:"; cat "$RESULTS/server-$label.log" >&2; return 1
-    fi
-    sleep 0.05
-  done
-  log "server $label did not come up on $sock"; return 1
+  wait_for_nbd "$SERVER_PID" "$sock" "$RESULTS/server-$label.log" || { log "server $label did not come up"; return 1; }
 }
 
 # SIGTERM, then SIGKILL if the server has not exited 20 s later (noted in the report: a server

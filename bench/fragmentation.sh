@@ -45,11 +45,8 @@ trap 'exit 130' INT TERM
 log() { echo "[fragmentation $(date +%H:%M:%S)] $*" >&2; }
 cmd() { printf '%s\n' "$*" >>"$RESULTS/commands.md"; }
 
-cold=1
-drop_caches() {
-  sync
-  if [[ -w /proc/sys/vm/drop_caches ]]; then echo 3 >/proc/sys/vm/drop_caches; else cold=0; fi
-}
+cold=1  # whether drop_caches can drop the page cache (root)
+[[ -w /proc/sys/vm/drop_caches ]] || cold=0
 start() {  # TARGET
   rm -f "$SOCK"
   if [[ $1 == strata ]]; then
@@ -61,19 +58,9 @@ start() {  # TARGET
   fi
   SERVER_PID=$!
   STARTED_PIDS+=("$SERVER_PID")
-  for _ in $(seq 150); do
-    kill -0 "$SERVER_PID" 2>/dev/null || { log "server exited"; tail "$RESULTS/server.log" >&2; exit 1; }
-    if [[ -S $SOCK ]] && timeout 5 nbdinfo --size "$URI" >/dev/null 2>&1; then return; fi
-    sleep 0.1
-  done
-  log "server did not come up"; exit 1
+  wait_for_nbd "$SERVER_PID" "$SOCK" "$RESULTS/server.log" || exit 1
 }
-stop() {
-  kill -TERM "$SERVER_PID" 2>/dev/null || true
-  for _ in $(seq 300); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  wait "$SERVER_PID" 2>/dev/null || true
-  SERVER_PID=""
-}
+stop() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
 fio_json() { sed -n '/^{/,$p' "$1"; }
 
 truncate -s "$SIZE" "$WORK/base.raw"

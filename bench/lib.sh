@@ -45,3 +45,36 @@ require_tools() {
     command -v "$t" >/dev/null || { echo "$who: $t not installed (scripts/install-deps.sh)" >&2; exit 2; }
   done
 }
+
+# wait_for_nbd PID SOCKET LOG: waits (at most 15 s) until the server PID answers NBD on the unix
+# SOCKET; returns 1 with the tail of its LOG if it exited or never answered.
+wait_for_nbd() {
+  local pid=$1 sock=$2 logfile=$3 i
+  for (( i = 0; i < 150; i++ )); do
+    if [[ -S $sock ]] && timeout 5 nbdinfo --size "nbd+unix:///?socket=$sock" >/dev/null 2>&1; then
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "server pid $pid exited early:" >&2; tail "$logfile" >&2; return 1
+    fi
+    sleep 0.1
+  done
+  echo "server pid $pid did not answer on $sock within 15 s" >&2; return 1
+}
+
+# stop_pid PID: SIGTERM, at most 10 s to exit, then SIGKILL; reaps it. Only our own children.
+stop_pid() {
+  local pid=$1
+  [[ -n $pid ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# Writes dirty pages back, then drops the page cache when allowed (root); never fails.
+drop_caches() {
+  sync
+  if [[ -w /proc/sys/vm/drop_caches ]]; then echo 3 >/proc/sys/vm/drop_caches; fi
+  return 0
+}

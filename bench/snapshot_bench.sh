@@ -59,14 +59,6 @@ log() { printf 'snapshot_bench %s: %s\n' "$(date +%T)" "$*" >&2; }
 # fio's nbd engine prints "fio: connected to NBD server" before the JSON document.
 fio_json() { sed -n '/^{/,$p' "$1"; }
 cmd() { printf '%s\n' "$*" >>"$RESULTS/commands.md"; }
-stop_pid() {  # PID: SIGTERM, bounded wait, SIGKILL; only our own children
-  local pid=$1
-  [[ -n $pid ]] || return 0
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
 cleanup() {
   stop_pid "$FIO_PID"
   stop_pid "$SERVER_PID"
@@ -77,14 +69,7 @@ trap cleanup EXIT
 SOCK="$WORK/disk.sock"
 URI="nbd+unix:///?socket=$SOCK"
 
-wait_ready() {
-  for _ in $(seq 150); do
-    kill -0 "$SERVER_PID" 2>/dev/null || { log "server exited"; tail "$WORK/server.log" >&2; exit 1; }
-    if [[ -S $SOCK ]] && timeout 5 nbdinfo --size "$URI" >/dev/null 2>&1; then return; fi
-    sleep 0.1
-  done
-  log "server did not come up"; exit 1
-}
+wait_ready() { wait_for_nbd "$SERVER_PID" "$SOCK" "$WORK/server.log" || exit 1; }
 start_strata() {  # LAYER
   rm -f "$SOCK"
   cmd "$STRATA serve --foreground --socket $SOCK --control $WORK/disk.ctl --log-level=error $1"

@@ -325,14 +325,13 @@ std::vector<LayerInfo> Chain::Layers() const {
     info.header = layer.header();
     info.allocated_bytes = layer.referenced_slots() * layer.cluster_size();
     info.file_bytes = layer.file()->AllocatedBytes().value_or(0);
+    if (freezing_view_ != nullptr && freezing_view_->layer == &layer) {
+      info.freezing = true;
+      info.header.snapshot_name = freezing_view_->name;
+    }
     out.push_back(std::move(info));
   };
   for (size_t i = 0; i < frozen_.size(); ++i) add(*frozen_[i], static_cast<int>(i + 1));
-  if (freezing_view_ != nullptr) {
-    LayerInfo& info = out[out.size() - 1];  // the layer just below the active one
-    info.freezing = true;
-    info.header.snapshot_name = freezing_view_->name;
-  }
   add(*active_, static_cast<int>(frozen_.size() + 1));
   return out;
 }

@@ -1,9 +1,9 @@
 // CrashEnv: an Env for tests that simulates power loss, like LevelDB's fault-injection Env.
 // Files are real; every write since a file's last Sync() is remembered with the bytes it
 // replaced, per inode (as the page cache does: a file renamed or linked while open keeps its
-// unsynced writes under every name). Crash() rolls every file back to its last synced state and then re-applies a
-// random subset of the unsynced writes, in order, some torn at a 512-byte boundary: any state
-// a disk with a volatile cache may leave. Directory operations and size changes (allocate,
+// unsynced writes under every name). Crash() rolls every file back to its last synced state
+// and then re-applies a random subset of the unsynced writes, in order, some torn at a
+// 512-byte boundary: any state a disk with a volatile cache may leave. Directory operations and size changes (allocate,
 // truncate) count as durable at once, a simplification stated in FORMAT.md.
 #ifndef STRATA_BLOCKSTORE_CRASH_ENV_H_
 #define STRATA_BLOCKSTORE_CRASH_ENV_H_

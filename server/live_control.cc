@@ -78,9 +78,9 @@ LiveControl::LiveControl(Server* server, ExportTable* exports, ChainStorage* dis
 
 LiveControl::~LiveControl() = default;
 
-absl::Status LiveControl::ExportSnapshot(const std::string& name, const std::string& path) {
+void LiveControl::ExportSnapshot(const std::string& name, const std::string& path) {
   const std::string export_name = absl::StrCat("@", name);
-  if (exports_->Has(export_name)) return absl::OkStatus();
+  if (exports_->Has(export_name)) return;
   ExportInfo info{export_name,
                   absl::StrCat("snapshot '", name, "' of ", disk_->top_path(), " (read-only)"),
                   /*read_only=*/true};
@@ -107,25 +107,18 @@ absl::Status LiveControl::ExportSnapshot(const std::string& name, const std::str
   exported_.push_back(name);
   STRATA_LOG(kInfo, "export \"%s\": snapshot %s (read-only, opened on demand)", export_name,
              path);
-  return absl::OkStatus();
 }
 
-absl::Status LiveControl::AddSnapshotExports() {
+void LiveControl::AddSnapshotExports() {
   absl::MutexLock lock(&mu_);
-  if (disk_->chain() == nullptr) return absl::OkStatus();
-  absl::Status first;
+  if (disk_->chain() == nullptr) return;
   for (const LayerInfo& info : disk_->chain()->Layers()) {
     if (info.is_raw_base || info.header.state != LayerState::kFrozen ||
         info.header.snapshot_name.empty()) {
       continue;
     }
-    absl::Status st = ExportSnapshot(info.header.snapshot_name, info.path);
-    if (!st.ok()) {
-      STRATA_LOG(kError, "%s", st.ToString());
-      if (first.ok()) first = st;
-    }
+    ExportSnapshot(info.header.snapshot_name, info.path);
   }
-  return first;
 }
 
 std::vector<std::string> LiveControl::SnapshotExportNames() const {
@@ -225,14 +218,8 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
   (*reply)["switch_ms"] = Round3(absl::ToDoubleMilliseconds(switch_time));  // part of the pause
   // Making the frozen layer durable, after I/O resumed: it delays this reply, not the disk.
   (*reply)["durable_ms"] = Round3(durable_ms);
-  // The export is opened after the pause; a failure here does not undo the snapshot.
-  if (absl::Status e = ExportSnapshot(name, result->frozen_path); e.ok()) {
-    (*reply)["export"] = "@" + name;
-  } else {
-    STRATA_LOG(kError, "%s", e.ToString());
-    (*reply)["export"] = nullptr;
-    (*reply)["export_error"] = std::string(e.message());
-  }
+  ExportSnapshot(name, result->frozen_path);  // opened when a client names it
+  (*reply)["export"] = "@" + name;
   return absl::OkStatus();
 }
 

@@ -50,8 +50,9 @@ class LiveControl {
   LiveControl(Server* server, ExportTable* exports, ChainStorage* disk, LiveControlOptions options);
   ~LiveControl();
 
-  // Exports every named frozen layer of the served chain as "@NAME" (at startup).
-  absl::Status AddSnapshotExports();
+  // Exports every named frozen layer of the served chain as "@NAME" (at startup). Nothing is
+  // opened here: a snapshot that cannot be opened fails when a client names it.
+  void AddSnapshotExports();
   // The control socket's handler: dispatches on request["request"].
   absl::Status Handle(const nlohmann::json& request, nlohmann::json* reply);
 
@@ -64,7 +65,8 @@ class LiveControl {
   absl::Status Stats(nlohmann::json* reply);
   absl::Status Info(nlohmann::json* reply);
   absl::Status Revert(const nlohmann::json& request, nlohmann::json* reply);
-  absl::Status ExportSnapshot(const std::string& name, const std::string& path)
+  // Registers "@name", opened on demand from `path`.
+  void ExportSnapshot(const std::string& name, const std::string& path)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Connections of every worker (also those still negotiating).
   absl::StatusOr<int> CountConnections();

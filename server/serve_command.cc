@@ -429,10 +429,7 @@ int ServeMain(int argc, char** argv) {
   live_options.direct_io = o.cache == CacheMode::kNone;
   if (!o.no_control) live_options.control_path = Absolute(o.control.value_or(DefaultControlPath(o.layer)));
   LiveControl live(&server, &exports, storage->get(), live_options);
-  if (absl::Status st = live.AddSnapshotExports(); !st.ok()) {
-    // The disk itself is fine: serve it, without the snapshot that failed to open.
-    STRATA_LOG(kError, "some snapshot exports are unavailable: %s", st.ToString());
-  }
+  live.AddSnapshotExports();
   std::unique_ptr<ControlSocket> control;
   if (!o.no_control) {
     absl::StatusOr<std::unique_ptr<ControlSocket>> c = ControlSocket::Start(

@@ -124,7 +124,9 @@ bool Worker::WaitStopped(absl::Time deadline) {
 
 void Worker::AbortConnections() {
   Post([this] {
-    for (Connection* c : connections_) c->Abort();
+    // Copy: Abort may close a connection (and erase it) right away.
+    std::vector<Connection*> all(connections_.begin(), connections_.end());
+    for (Connection* c : all) c->Abort();
   });
 }
 
