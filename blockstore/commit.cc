@@ -23,7 +23,6 @@
 namespace strata {
 namespace {
 
-constexpr uint64_t kCopyBuffer = 8ull << 20;  // the user-space fallback's buffer
 constexpr uint64_t kMaxRun = 64ull << 20;     // one copy_file_range call at most
 
 enum class Phase { kCopy, kRelink };
@@ -127,28 +126,6 @@ absl::Status LockExclusive(File* file) {
       file->path(), " is in use (a running `strata serve`?): stop the server first"));
 }
 
-// Copies `length` bytes between files, in the kernel when it can (copy_file_range).
-absl::Status CopyRange(File* from, uint64_t from_off, File* to, uint64_t to_off, uint64_t length,
-                       std::string* buffer) {
-  while (length > 0) {
-    loff_t in = static_cast<loff_t>(from_off), out = static_cast<loff_t>(to_off);
-    ssize_t n = copy_file_range(from->fd(), &in, to->fd(), &out, length, 0);
-    if (n <= 0) {
-      if (n < 0 && errno != EXDEV && errno != EINVAL && errno != EOPNOTSUPP && errno != ENOSYS) {
-        return ErrnoStatus(errno, "copy_file_range", to->path(), static_cast<int64_t>(to_off));
-      }
-      // Fallback: through user space.
-      n = static_cast<ssize_t>(std::min<uint64_t>(length, buffer->size()));
-      if (auto s = from->Read(from_off, n, buffer->data()); !s.ok()) return s;
-      if (auto s = to->Write(to_off, absl::string_view(buffer->data(), n)); !s.ok()) return s;
-    }
-    from_off += n;
-    to_off += n;
-    length -= n;
-  }
-  return absl::OkStatus();
-}
-
 // Copy phase: C's index entries in slot order, from journal.copied_entries on, into P.
 absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journal,
                       const Progress& progress, uint64_t batch_bytes, uint64_t* bytes_copied) {
@@ -168,14 +145,13 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
   for (const auto& [cluster, e] : work) {
     total += uint64_t{static_cast<uint32_t>(__builtin_popcount(e.present))} * sbs;
   }
-  std::string buffer(kCopyBuffer, '\0');
   uint64_t done = 0, since_flush = 0;
   size_t journal_done_base = 0;  // entries of `work` already counted in the journal
   // A run of sub-blocks contiguous in both files becomes one copy.
   uint64_t run_from = 0, run_to = 0, run_len = 0;
   auto emit = [&]() -> absl::Status {
     if (run_len == 0) return absl::OkStatus();
-    absl::Status s = CopyRange(child->file(), run_from, parent->file(), run_to, run_len, &buffer);
+    absl::Status s = env->CopyRange(child->file(), run_from, parent->file(), run_to, run_len);
     // Start writing the run back now, without waiting: the batch's flush then finds most of
     // it on disk, and reading the next runs overlaps with writing this one.
     if (s.ok()) {

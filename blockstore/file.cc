@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
@@ -195,6 +196,30 @@ class PosixEnv final : public Env {
 };
 
 }  // namespace
+
+absl::Status Env::CopyRange(File* from, uint64_t from_off, File* to, uint64_t to_off,
+                            uint64_t length) {
+  constexpr uint64_t kCopyBuffer = 8ull << 20;  // the user-space fallback's buffer
+  std::string buffer;
+  while (length > 0) {
+    loff_t in = static_cast<loff_t>(from_off), out = static_cast<loff_t>(to_off);
+    ssize_t n = copy_file_range(from->fd(), &in, to->fd(), &out, length, 0);
+    if (n <= 0) {
+      if (n < 0 && errno != EXDEV && errno != EINVAL && errno != EOPNOTSUPP && errno != ENOSYS) {
+        return ErrnoStatus(errno, "copy_file_range", to->path(), static_cast<int64_t>(to_off));
+      }
+      // Fallback: through user space.
+      if (buffer.empty()) buffer.resize(std::min(length, kCopyBuffer));
+      n = static_cast<ssize_t>(std::min<uint64_t>(length, buffer.size()));
+      if (auto s = from->Read(from_off, n, buffer.data()); !s.ok()) return s;
+      if (auto s = to->Write(to_off, absl::string_view(buffer.data(), n)); !s.ok()) return s;
+    }
+    from_off += n;
+    to_off += n;
+    length -= n;
+  }
+  return absl::OkStatus();
+}
 
 Env* Env::Default() {
   static PosixEnv env;

@@ -70,6 +70,10 @@ class Env {
   virtual absl::Status SyncDir(const std::string& dir) = 0;
   // Regular files in `dir` (names only).
   virtual absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) = 0;
+  // Copies `length` bytes of `from` @ from_off to `to` @ to_off: in the kernel when it can
+  // (copy_file_range), else through user space. Not durable until `to` is synced.
+  virtual absl::Status CopyRange(File* from, uint64_t from_off, File* to, uint64_t to_off,
+                                 uint64_t length);
 };
 
 // Path helpers (no I/O).
