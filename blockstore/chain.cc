@@ -16,6 +16,7 @@
 #include "blockstore/file.h"
 #include "blockstore/flat_view.h"
 #include "blockstore/layer.h"
+#include "blockstore/recovery.h"
 #include "blockstore/snapshot_files.h"
 
 namespace strata {
@@ -189,20 +190,22 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
   chain->options_ = options;
   chain->top_path_ = top_path;
   if (options.writable) {
-    // Only with the disk locked: recovery renames and removes files, which must never race
-    // a server's live snapshot or another writer. A read-only open leaves them alone (a
-    // frozen top reads as the snapshot it is).
-    std::unique_ptr<File> probe;
-    if (options.lock) {
-      auto file = env->Open(top_path, {});
-      if (!file.ok()) return file.status();
-      probe = std::move(*file);
-      if (auto s = Lock(probe.get(), true); !s.ok()) return s;
-    }
-    auto recovered = RecoverInterruptedSnapshot(env, top_path);
+    // Only with the disk locked (RecoverChain takes the locks, released before the layers'
+    // own below): recovery renames and removes files, which must never race a server's live
+    // snapshot or another writer. A read-only open leaves them alone (a frozen top reads as
+    // the snapshot it is; an unfinished merge is refused below).
+    LockSet locks;
+    auto recovered = RecoverChain(env, top_path, options.lock ? &locks : nullptr);
     if (!recovered.ok()) return recovered.status();
   }
 
+  auto refuse_unfinished_merge = [&](const std::string& path) {
+    if (!env->Exists(MergeJournalPath(path))) return absl::OkStatus();
+    return absl::FailedPreconditionError(absl::StrCat(
+        "an interrupted commit of ", path, " was found (", MergeJournalPath(path),
+        "): run `strata commit --resume ", top_path, "` to finish it"));
+  };
+  if (auto s = refuse_unfinished_merge(top_path); !s.ok()) return s;
   // Top down: open each layer and check it is the parent its child names.
   std::vector<std::unique_ptr<Layer>> stack;
   auto top = Layer::Open(env, top_path, options.writable ? Layer::Mode::kWritable : Layer::Mode::kReadOnly,
@@ -215,12 +218,6 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
     const LayerHeader& ch = child.header();
     if (!seen.insert(UuidToString(ch.uuid)).second || stack.size() > kMaxDepth) {
       return absl::DataLossError(absl::StrCat("layer ", child.path(), ": parent links loop"));
-    }
-    if (env->Exists(MergeJournalPath(child.path()))) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "an interrupted commit into ", child.path(), " was found (", 
-          MergeJournalPath(child.path()), "): run `strata commit --resume ", top_path,
-          "` to finish it"));
     }
     if (ch.parent_format == ParentFormat::kNone) break;
     std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
@@ -251,6 +248,8 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
       chain->base_ = std::move(base);
       break;
     }
+    // Before the parent's UUID is compared: an unfinished relink changes UUIDs first.
+    if (auto s = refuse_unfinished_merge(parent_path); !s.ok()) return s;
     auto parent = Layer::Open(env, parent_path, Layer::Mode::kReadOnly, options.direct_io);
     if (!parent.ok()) {
       return absl::Status(parent.status().code(),

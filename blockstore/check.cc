@@ -1,11 +1,16 @@
 #include "blockstore/check.h"
 
+#include <sys/file.h>
 #include <unistd.h>
 
+#include <cerrno>
+
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "blockstore/chain.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
+#include "blockstore/recovery.h"
 
 namespace strata {
 namespace {
@@ -72,37 +77,73 @@ void CheckLeaks(Layer& layer, File* writable, bool repair, CheckReport* report) 
       .push_back(s.ok() ? what : absl::StrCat(what, "; repair failed: ", s.message()));
 }
 
+// True when another process holds the top's exclusive lock: a server (or a merge) has the
+// disk open for writing, and what the files say may lag behind what it holds in memory.
+bool OpenForWriting(Env* env, const std::string& top_path) {
+  auto file = env->Open(top_path, {});
+  return file.ok() && flock((*file)->fd(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+}
+
 }  // namespace
 
 absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bool repair) {
   CheckReport report;
   if (!env->Exists(top_path)) return absl::NotFoundError(absl::StrCat(top_path, ": no such file"));
-  std::string pending = absl::StrCat(DirName(top_path), "/.", BaseName(top_path), ".new");
-  if (env->Exists(pending)) {
-    report.problems.push_back(absl::StrCat(
-        pending, ": an interrupted snapshot; opening the disk (e.g. `strata info`) finishes or "
-                 "rolls it back"));
+  // A repair holds the top's lock (and each repaired layer's) to the end: punching space a
+  // running server has just reused for an unflushed write would destroy it.
+  LockSet locks;
+  if (repair) {
+    if (auto s = locks.Exclusive(env, top_path); !s.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot repair ", top_path, " while it is open for writing: ", s.message(),
+          " (`strata check` without --repair reads it as it is on disk)"));
+    }
+    auto recovered = RecoverChain(env, top_path, &locks);
+    if (!recovered.ok()) report.problems.push_back(std::string(recovered.status().message()));
+    for (absl::string_view line : absl::StrSplit(recovered.value_or(""), '\n', absl::SkipEmpty())) {
+      report.repaired.push_back(std::string(line));
+    }
+  } else if (OpenForWriting(env, top_path)) {
+    report.notes.push_back(absl::StrCat(
+        top_path, " is open for writing (a running `strata serve`?): this check reads the "
+                  "files as they are on disk, so its view may be stale (a leak may be space "
+                  "the server has just allocated); stop the server for a definitive answer"));
+  }
+  const auto interrupted = FindInterruptedOperations(env, top_path);
+  for (const InterruptedOperation& op : interrupted) {
+    if (op.recoverable) {
+      report.repairable.push_back(absl::StrCat(
+          op.what, "; `strata check --repair`, or any strata command that changes the disk, "
+                   "finishes or rolls it back"));
+    } else {
+      report.problems.push_back(op.what);
+    }
   }
   std::string path = top_path;
   for (int depth = 0; depth < kMaxDepth; ++depth) {
-    if (env->Exists(MergeJournalPath(path))) {
-      report.problems.push_back(absl::StrCat(
-          MergeJournalPath(path), ": an interrupted commit; run `strata commit --resume ",
-          top_path, "`"));
+    bool fix = repair;
+    if (fix) {
+      if (auto s = locks.Exclusive(env, path); !s.ok()) {
+        report.problems.push_back(absl::StrCat(path, ": not repaired: ", s.message()));
+        fix = false;
+      }
     }
-    auto file = env->Open(path, {.writable = repair});
+    auto file = env->Open(path, {.writable = fix});
     if (!file.ok()) {
       report.problems.push_back(std::string(file.status().message()));
       break;
     }
-    CheckHeaderCopies(file->get(), repair, &report);
+    CheckHeaderCopies(file->get(), fix, &report);
     auto header = ReadLayerHeader(file->get());
     if (!header.ok()) {
       report.problems.push_back(std::string(header.status().message()));
       break;
     }
-    auto layer = Layer::Open(env, path, Layer::Mode::kReadOnly);
-    if (!layer.ok()) {
+    if (header->state == LayerState::kMerging) {
+      // Only the merge may open it (it is a mix of two layers until the merge ends); the
+      // interrupted merge is reported above.
+      report.notes.push_back(absl::StrCat(path, ": merging, not checked"));
+    } else if (auto layer = Layer::Open(env, path, Layer::Mode::kReadOnly); !layer.ok()) {
       report.problems.push_back(std::string(layer.status().message()));
     } else {
       report.notes.push_back(absl::StrCat(
@@ -110,7 +151,7 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
           header->snapshot_name, header->snapshot_name.empty() ? "" : "'", ", ",
           (*layer)->index().size(), " clusters indexed, ",
           (*layer)->journal_tail() / kJournalRecordSize, " journal records replayed"));
-      CheckLeaks(**layer, file->get(), repair, &report);
+      CheckLeaks(**layer, file->get(), fix, &report);
     }
     if (header->parent_format != ParentFormat::kStrata) {
       if (header->parent_format == ParentFormat::kRaw) {
@@ -121,8 +162,9 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
     }
     path = ResolvePath(DirName(path), header->parent_path);
   }
-  // The links as a server would follow them: UUIDs, sizes, geometry, states.
-  if (report.problems.empty()) {
+  // The links as a server would follow them: UUIDs, sizes, geometry, states (an unfinished
+  // operation, reported above, would only fail this).
+  if (report.problems.empty() && interrupted.empty()) {
     auto chain = Chain::Open(top_path, {.writable = false, .lock = false, .env = env});
     if (!chain.ok()) report.problems.push_back(std::string(chain.status().message()));
   }

@@ -1,7 +1,10 @@
 // `strata check`: verifies a chain without trusting it — every header copy, checkpoint table
 // and journal record checksum, index entry bounds, slots claimed twice, leaked space, parent
-// links, and leftovers of interrupted snapshots or merges. Repairs only what cannot lose data:
-// a damaged header copy (rewritten from the good one) and leaked space (punched out).
+// links, and leftovers of interrupted operations (recovery.h). Repairs only what cannot lose
+// data: interrupted operations (finished or rolled back by RecoverChain), a damaged header copy
+// (rewritten from the good one) and leaked space (punched out). A repair refuses while the
+// disk is open for writing (its top layer's lock); a plain check of a served disk says that
+// its view may be stale.
 #ifndef STRATA_BLOCKSTORE_CHECK_H_
 #define STRATA_BLOCKSTORE_CHECK_H_
 
@@ -16,13 +19,15 @@ class Env;
 
 struct CheckReport {
   std::vector<std::string> problems;   // the chain is damaged or inconsistent
-  std::vector<std::string> repairable; // safe to fix with --repair (leaks, a bad header copy)
+  std::vector<std::string> repairable; // safe to fix with --repair (leaks, a bad header copy,
+                                       // an interrupted operation)
   std::vector<std::string> repaired;   // fixed by this run
   std::vector<std::string> notes;      // facts worth showing (layers checked, journal records)
   bool clean() const { return problems.empty() && repairable.empty(); }
 };
 
-// A non-OK status only when the check itself could not run (e.g. the top file is missing).
+// A non-OK status only when the check itself could not run (e.g. the top file is missing, or
+// a repair found the disk in use).
 absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bool repair);
 
 }  // namespace strata

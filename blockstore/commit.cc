@@ -1,11 +1,10 @@
 #include "blockstore/commit.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -14,11 +13,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/strings/match.h"
 #include "absl/strings/ascii.h"
 #include "blockstore/crc32c.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
-#include "blockstore/snapshot_files.h"
+#include "blockstore/recovery.h"
 
 namespace strata {
 namespace {
@@ -27,10 +27,15 @@ constexpr uint64_t kMaxRun = 64ull << 20;     // one copy_file_range call at mos
 
 enum class Phase { kCopy, kRelink };
 
-// `<P>.merge`: text, one key=value per line, the last line `crc=` over everything before it.
+// `<C>.merge`: text, one key=value per line, the last line `crc=` over everything before it.
+// Version 2 stores paths relative to the journal's own directory; version 1 stored them as
+// the tool was given them, relative to a working directory nobody can know later.
+constexpr absl::string_view kJournalMagic = "strata-merge 2";
 struct MergeJournal {
   Phase phase = Phase::kCopy;
-  std::string child_path;  // as given to the tool (or resolved from the chain)
+  // In memory, paths to use. On disk C by file name (the journal lives beside C), P as a
+  // child records its parent (ParentLink): both resolve the same from any directory.
+  std::string child_path;
   std::string parent_path;
   Uuid child_uuid{};
   Uuid parent_uuid{};
@@ -38,14 +43,21 @@ struct MergeJournal {
   // How many of C's index entries, taken in the copy order (CopyInto), are durably in P. C
   // does not change during the merge, so the order is the same on every run.
   uint64_t copied_entries = 0;
+  // Absolute directories searched for C's children at the relink, fixed when the merge began.
+  std::vector<std::string> dirs;
 };
+
+// The journal lives beside C's path: a file in the chain from start to end (P moves there).
+std::string JournalPathOf(const MergeJournal& j) { return MergeJournalPath(j.child_path); }
 
 std::string Encode(const MergeJournal& j) {
   std::string body = absl::StrCat(
-      "strata-merge 1\nphase=", j.phase == Phase::kCopy ? "copy" : "relink",
-      "\nchild=", j.child_path, "\nparent=", j.parent_path, "\nchild_uuid=", UuidToString(j.child_uuid),
-      "\nparent_uuid=", UuidToString(j.parent_uuid), "\nchild_was_active=", j.child_was_active,
-      "\ncopied_entries=", j.copied_entries, "\n");
+      kJournalMagic, "\nphase=", j.phase == Phase::kCopy ? "copy" : "relink",
+      "\nchild=", BaseName(j.child_path),
+      "\nparent=", ParentLink(DirName(j.child_path), j.parent_path),
+      "\nchild_uuid=", UuidToString(j.child_uuid), "\nparent_uuid=", UuidToString(j.parent_uuid),
+      "\nchild_was_active=", j.child_was_active, "\ncopied_entries=", j.copied_entries, "\n");
+  for (const std::string& dir : j.dirs) absl::StrAppend(&body, "dir=", dir, "\n");
   return absl::StrCat(body, "crc=", crc32c::Value(body.data(), body.size()), "\n");
 }
 
@@ -76,34 +88,47 @@ absl::StatusOr<MergeJournal> ReadJournal(Env* env, const std::string& path) {
   if (!size.ok()) return size.status();
   std::string text(*size, '\0');
   if (auto s = (*file)->Read(0, text.size(), text.data()); !s.ok()) return s;
+  auto bad = [&](absl::string_view what) {
+    return absl::DataLossError(absl::StrCat("merge journal ", path, ": ", what));
+  };
   size_t crc_at = text.rfind("crc=");
   uint32_t crc = 0;
   if (crc_at == std::string::npos ||
       !absl::SimpleAtoi(absl::StripAsciiWhitespace(text.substr(crc_at + 4)), &crc) ||
       crc != crc32c::Value(text.data(), crc_at)) {
-    return absl::DataLossError(absl::StrCat("merge journal ", path, ": checksum mismatch"));
+    return bad("checksum mismatch");
+  }
+  if (!absl::StartsWith(text, absl::StrCat(kJournalMagic, "\n"))) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "merge journal ", path, " was written by an older strata (\"",
+        text.substr(0, text.find('\n')), "\": its paths are relative to the directory that "
+        "strata ran in): finish the merge with that version, from that directory"));
   }
   MergeJournal j;
+  std::string child, parent;
   for (absl::string_view line : absl::StrSplit(text.substr(0, crc_at), '\n')) {
     std::pair<std::string, std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
     if (kv.first == "phase") j.phase = kv.second == "copy" ? Phase::kCopy : Phase::kRelink;
-    if (kv.first == "child") j.child_path = kv.second;
-    if (kv.first == "parent") j.parent_path = kv.second;
+    if (kv.first == "child") child = kv.second;
+    if (kv.first == "parent") parent = kv.second;
+    if (kv.first == "dir") j.dirs.push_back(kv.second);
     if (kv.first == "child_was_active") j.child_was_active = kv.second == "1";
     if (kv.first == "copied_entries" && !absl::SimpleAtoi(kv.second, &j.copied_entries)) {
-      return absl::DataLossError(absl::StrCat("merge journal ", path, ": bad copied_entries"));
+      return bad("bad copied_entries");
     }
     if (kv.first == "child_uuid" || kv.first == "parent_uuid") {
       auto u = ParseUuid(kv.second);
-      if (!u.ok()) return absl::DataLossError(absl::StrCat("merge journal ", path, ": bad uuid"));
+      if (!u.ok()) return bad("bad uuid");
       (kv.first == "child_uuid" ? j.child_uuid : j.parent_uuid) = *u;
     }
   }
+  if (parent.empty() || MergeJournalPath(child) != BaseName(path)) {
+    return bad("does not name the layer beside it and its parent");
+  }
+  j.child_path = ResolvePath(DirName(path), child);
+  j.parent_path = ResolvePath(DirName(path), parent);
   return j;
 }
-
-// The journal lives beside C's path: a file in the chain from start to end (P moves there).
-std::string JournalPathOf(const MergeJournal& j) { return MergeJournalPath(j.child_path); }
 
 // Replaces the journal atomically: a torn write leaves the previous version.
 absl::Status WriteJournal(Env* env, const MergeJournal& j) {
@@ -118,12 +143,6 @@ absl::Status WriteJournal(Env* env, const MergeJournal& j) {
   if (s.ok()) s = env->Rename(tmp, path);
   if (s.ok()) s = env->SyncDir(DirName(path));
   return s;
-}
-
-absl::Status LockExclusive(File* file) {
-  if (flock(file->fd(), LOCK_EX | LOCK_NB) == 0) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat(
-      file->path(), " is in use (a running `strata serve`?): stop the server first"));
 }
 
 // Copy phase: C's index entries in slot order, from journal.copied_entries on, into P.
@@ -203,105 +222,214 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
   return absl::OkStatus();
 }
 
+// `path`'s directory, absolute: what a journal records, meaning the same from anywhere.
+std::string AbsoluteDir(const std::string& path) {
+  char* real = realpath(DirName(path).c_str(), nullptr);
+  std::string abs = real ? real : DirName(path);
+  free(real);
+  return abs;
+}
+
+// Beside a layer: the directories of children created on it from elsewhere (RecordBranchDir),
+// one absolute path a line, replaced by rename.
+constexpr char kBranchDirsFile[] = ".strata-branches";
+
+std::vector<std::string> RecordedBranchDirs(Env* env, const std::string& dir) {
+  auto file = env->Open(dir + "/" + kBranchDirsFile, {});
+  if (!file.ok()) return {};  // none recorded
+  auto size = (*file)->Size();
+  std::string text(size.ok() ? *size : 0, '\0');
+  if (!(*file)->Read(0, text.size(), text.data()).ok()) return {};
+  return absl::StrSplit(text, '\n', absl::SkipEmpty());
+}
+
+void AddUnique(std::vector<std::string>* dirs, const std::string& dir) {
+  if (std::find(dirs->begin(), dirs->end(), dir) == dirs->end()) dirs->push_back(dir);
+}
+
+// The absolute directories of the chain's layers from `top_path` down (as far as it reads).
+std::vector<std::string> ChainDirs(Env* env, const std::string& top_path) {
+  std::vector<std::string> dirs;
+  std::string path = top_path;
+  for (int depth = 0; depth < 65536; ++depth) {
+    AddUnique(&dirs, AbsoluteDir(path));
+    auto h = ReadLayerHeader(env, path);
+    if (!h.ok() || h->parent_format != ParentFormat::kStrata) break;
+    path = ResolvePath(DirName(path), h->parent_path);
+  }
+  return dirs;
+}
+
+// Where a child of P or C can be, as far as strata can know: the directories of P, C and the
+// chain, and every directory recorded beside them. A child anywhere else is not found (the
+// README says what to do about it).
+std::vector<std::string> SearchDirs(Env* env, const std::vector<std::string>& known) {
+  std::vector<std::string> dirs = known;
+  for (const std::string& dir : known) {
+    for (const std::string& recorded : RecordedBranchDirs(env, dir)) AddUnique(&dirs, recorded);
+  }
+  return dirs;
+}
+
+struct Child {
+  std::string path;
+  Uuid uuid;
+};
+
+// Layer files in `dirs` whose header names `parent_uuid` as their strata parent.
+absl::StatusOr<std::vector<Child>> FindChildren(Env* env, const std::vector<std::string>& dirs,
+                                                const Uuid& parent_uuid) {
+  std::vector<Child> out;
+  for (const std::string& dir : dirs) {
+    auto names = env->ListDir(dir);
+    if (absl::IsNotFound(names.status())) continue;  // a recorded directory removed since
+    if (!names.ok()) return names.status();
+    for (const std::string& name : *names) {
+      std::string path = dir + "/" + name;
+      auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
+      if (h.ok() && h->parent_format == ParentFormat::kStrata && h->parent_uuid == parent_uuid) {
+        out.push_back({path, h->uuid});
+      }
+    }
+  }
+  return out;
+}
+
+absl::Status Lock(Env* env, LockSet* locks, const std::string& path) {
+  return locks ? locks->Exclusive(env, path) : absl::OkStatus();
+}
+
+// Locks C and P and checks that they are the layers the journal names, before anything is
+// changed: a journal must never act on other files (moved, replaced, or another disk's).
+// Returns true when P already sits at C's path (the relink's final rename happened).
+absl::StatusOr<bool> LockJournalLayers(Env* env, const MergeJournal& j, LockSet* locks) {
+  auto check = [&](const std::string& path, const Uuid& want) -> absl::StatusOr<Uuid> {
+    if (auto s = Lock(env, locks, path); !s.ok()) return s;
+    auto h = ReadLayerHeader(env, path);
+    if (!h.ok()) return h.status();
+    if (h->uuid != want && !(path == j.child_path && h->uuid == j.parent_uuid)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "merge journal ", JournalPathOf(j), " names ", path, " as layer ", UuidToString(want),
+          " but that file is layer ", UuidToString(h->uuid),
+          ": refusing to touch it (were files moved or replaced?)"));
+    }
+    return h->uuid;
+  };
+  auto at_c = check(j.child_path, j.child_uuid);
+  if (!at_c.ok()) return at_c.status();
+  if (*at_c == j.parent_uuid) return j.phase == Phase::kRelink;
+  if (auto at_p = check(j.parent_path, j.parent_uuid); !at_p.ok()) return at_p.status();
+  return false;
+}
+
+// Copy phase: P fenced, C's data copied in, P checkpointed; then the journal says relink.
+absl::StatusOr<uint64_t> CopyPhase(Env* env, MergeJournal* journal, const Progress& progress,
+                                   uint64_t batch_bytes) {
+  uint64_t copied = 0;
+  {
+    auto child = Layer::Open(env, journal->child_path, Layer::Mode::kReadOnly);
+    if (!child.ok()) return child.status();
+    auto parent = Layer::Open(env, journal->parent_path, Layer::Mode::kMergeTarget);
+    if (!parent.ok()) return parent.status();
+    // The fence: from here until the relink gives P C's state, P holds a mix of both layers,
+    // so every open but a merge's refuses it (info, export, serve --read-only of P). It
+    // journals like an active layer meanwhile: its journal's end is not known (0).
+    if ((*parent)->header().state != LayerState::kMerging) {
+      if (auto s = (*parent)->UpdateHeader([](LayerHeader* h) {
+            h->state = LayerState::kMerging;
+            h->journal_end_seq = 0;
+          });
+          !s.ok()) {
+        return s;
+      }
+    }
+    if (auto s = CopyInto(env, child->get(), parent->get(), journal, progress, batch_bytes,
+                          &copied);
+        !s.ok()) {
+      return s;
+    }
+  }
+  // Reopening checkpoints the journal the copy appended to (FORMAT.md §2, rule 5), so P's
+  // journal ends where it starts: the end a frozen header must record (journal_end_seq).
+  auto parent = Layer::Open(env, journal->parent_path, Layer::Mode::kMergeTarget);
+  if (!parent.ok()) return parent.status();
+  if (auto s = (*parent)->UpdateHeader(
+          [](LayerHeader* h) { h->journal_end_seq = h->journal_start_seq; });
+      !s.ok()) {
+    return s;
+  }
+  (*parent)->ReleaseUnusedSpace();
+  journal->phase = Phase::kRelink;
+  if (auto s = WriteJournal(env, *journal); !s.ok()) return s;
+  return copied;
+}
+
 // Relink phase: P takes C's place — C's path, and C's state (active) or snapshot name and
 // children (frozen). Every step is idempotent so a resume can repeat it; the rename over C's
-// path is the last one.
-absl::Status Relink(Env* env, const MergeJournal& j) {
-  if (auto at_c = ReadLayerHeader(env, j.child_path);
-      at_c.ok() && at_c->uuid == j.parent_uuid && !env->Exists(j.parent_path)) {
-    return absl::OkStatus();  // the final rename already happened
-  }
+// path is the last one. REQUIRES: LockJournalLayers checked both files.
+absl::Status Relink(Env* env, const MergeJournal& j, LockSet* locks) {
   auto child = ReadLayerHeader(env, j.child_path);
   if (!child.ok()) return child.status();
   auto parent = ReadLayerHeader(env, j.parent_path);
   if (!parent.ok()) return parent.status();
+  const bool moves = DirName(j.child_path) != DirName(j.parent_path);
   // P's own parent link must still resolve from C's directory.
   std::string link = parent->parent_path;
-  if (parent->parent_format != ParentFormat::kNone &&
-      DirName(j.child_path) != DirName(j.parent_path)) {
+  if (parent->parent_format != ParentFormat::kNone && moves) {
     link = ParentLink(DirName(j.child_path), ResolvePath(DirName(j.parent_path), link));
   }
+  // One header write ends the fence: P goes from merging to C's state.
   if (auto s = EditLayerHeader(env, j.parent_path, [&](LayerHeader* h) {
         h->state = child->state;
         h->snapshot_name = child->snapshot_name;
         h->frozen_ns = child->frozen_ns;
         h->parent_path = link;
+        if (child->state == LayerState::kActive) h->journal_end_seq = 0;
       });
       !s.ok()) {
     return s;
   }
   // C's children keep their parent path (P moves there) and learn P's UUID.
-  auto children = FindChildren(env, DirName(j.child_path), j.child_uuid);
+  auto children = FindChildren(env, j.dirs, j.child_uuid);
   if (!children.ok()) return children.status();
-  for (const std::string& path : *children) {
-    if (auto s = EditLayerHeader(env, path, [&](LayerHeader* h) { h->parent_uuid = j.parent_uuid; });
+  for (const Child& c : *children) {
+    if (auto s = Lock(env, locks, c.path); !s.ok()) return s;
+    if (auto s = EditLayerHeader(env, c.path, [&](LayerHeader* h) { h->parent_uuid = j.parent_uuid; });
         !s.ok()) {
       return s;
     }
   }
   if (auto s = env->Rename(j.parent_path, j.child_path); !s.ok()) return s;
-  return env->SyncDir(DirName(j.child_path));
+  if (auto s = env->SyncDir(DirName(j.child_path)); !s.ok()) return s;
+  // A rename across directories is durable only once both are synced.
+  return moves ? env->SyncDir(DirName(j.parent_path)) : absl::OkStatus();
 }
 
-absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal, const Progress& progress,
-                                       uint64_t batch_bytes = kCommitBatchBytes) {
+absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal, LockSet* locks,
+                                       const Progress& progress, uint64_t batch_bytes) {
   CommitResult result;
-  const std::string& parent_path = journal.parent_path;
-  if (journal.phase == Phase::kCopy) {
-    auto child = Layer::Open(env, journal.child_path, Layer::Mode::kReadOnly);
-    if (!child.ok()) return child.status();
-    auto parent = Layer::Open(env, parent_path, Layer::Mode::kMergeTarget);
-    if (!parent.ok()) return parent.status();
-    if (auto s = LockExclusive((*child)->file()); !s.ok()) return s;
-    if (auto s = LockExclusive((*parent)->file()); !s.ok()) return s;
-    if ((*child)->header().uuid != journal.child_uuid ||
-        (*parent)->header().uuid != journal.parent_uuid) {
-      return absl::DataLossError(absl::StrCat("merge journal ", JournalPathOf(journal),
-                                              " names layers that are not these files"));
+  auto renamed = LockJournalLayers(env, journal, locks);
+  if (!renamed.ok()) return renamed.status();
+  if (!*renamed) {
+    if (journal.phase == Phase::kCopy) {
+      auto copied = CopyPhase(env, &journal, progress, batch_bytes);
+      if (!copied.ok()) return copied.status();
+      result.bytes_copied = *copied;
     }
-    if (auto s = CopyInto(env, child->get(), parent->get(), &journal, progress, batch_bytes,
-                          &result.bytes_copied);
-        !s.ok()) {
-      return s;
-    }
-    // The parent's checkpoint makes its index compact before the relink.
-    if (auto s = (*parent)->Freeze((*parent)->header().snapshot_name,
-                                   (*parent)->header().frozen_ns);
-        !s.ok()) {
-      return s;
-    }
-    journal.phase = Phase::kRelink;
-    if (auto s = WriteJournal(env, journal); !s.ok()) return s;
+    if (auto s = Relink(env, journal, locks); !s.ok()) return s;
   }
-  if (auto s = Relink(env, journal); !s.ok()) return s;
   result.merged_into = journal.child_path;
   if (auto s = env->Remove(JournalPathOf(journal)); !s.ok()) return s;
   if (auto s = env->SyncDir(DirName(JournalPathOf(journal))); !s.ok()) return s;
   return result;
 }
 
-}  // namespace
-
-absl::StatusOr<std::vector<std::string>> FindChildren(Env* env, const std::string& dir,
-                                                      const Uuid& parent_uuid) {
-  auto names = env->ListDir(dir);
-  if (!names.ok()) return names.status();
-  std::vector<std::string> out;
-  for (const std::string& name : *names) {
-    std::string path = dir + "/" + name;
-    auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
-    if (h.ok() && h->parent_format == ParentFormat::kStrata && h->parent_uuid == parent_uuid) {
-      out.push_back(path);
-    }
-  }
-  return out;
-}
-
-absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path,
-                                         const Progress& progress, uint64_t batch_bytes) {
-  if (auto resumed = ResumeInterruptedCommit(env, layer_path, progress); !resumed.ok()) {
-    return resumed.status();
-  }
+// CommitLayer once the chain is recovered and its top locked in `locks`; `chain_dirs`: the
+// directories of the chain the commit is asked for in.
+absl::StatusOr<CommitResult> CommitRecovered(Env* env, const std::string& layer_path,
+                                             const std::vector<std::string>& chain_dirs,
+                                             LockSet* locks, const Progress& progress,
+                                             uint64_t batch_bytes) {
   auto child = ReadLayerHeader(env, layer_path);
   if (!child.ok()) return child.status();
   if (child->parent_format != ParentFormat::kStrata) {
@@ -316,19 +444,20 @@ absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path
     return absl::FailedPreconditionError(absl::StrCat(
         parent_path, " is not the parent ", layer_path, " was created on (UUID differs)"));
   }
+  if (parent->state != LayerState::kFrozen) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot commit ", layer_path, " into ", parent_path, ": it is ", Name(parent->state),
+        ", not a frozen snapshot"));
+  }
+  std::vector<std::string> known = {AbsoluteDir(layer_path), AbsoluteDir(parent_path)};
+  for (const std::string& dir : chain_dirs) AddUnique(&known, dir);
+  std::vector<std::string> dirs = SearchDirs(env, known);
   // Other children of P would silently change content: refuse.
+  auto children = FindChildren(env, dirs, parent->uuid);
+  if (!children.ok()) return children.status();
   std::vector<std::string> others;
-  for (const std::string& dir : {DirName(parent_path), DirName(layer_path)}) {
-    auto children = FindChildren(env, dir, parent->uuid);
-    if (!children.ok()) return children.status();
-    for (const std::string& path : *children) {
-      auto h = ReadLayerHeader(env, path);
-      if (h.ok() && h->uuid != child->uuid &&
-          std::find(others.begin(), others.end(), path) == others.end()) {
-        others.push_back(path);
-      }
-    }
-    if (dir == DirName(layer_path) && DirName(parent_path) == dir) break;
+  for (const Child& c : *children) {
+    if (c.uuid != child->uuid) others.push_back(c.path);
   }
   if (!others.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -341,21 +470,43 @@ absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path
   journal.child_uuid = child->uuid;
   journal.parent_uuid = parent->uuid;
   journal.child_was_active = child->state == LayerState::kActive;
+  journal.dirs = dirs;
   // Lock before writing the journal: a served chain must not see one appear.
-  {
-    auto c = env->Open(layer_path, {});
-    auto p = env->Open(parent_path, {});
-    if (!c.ok()) return c.status();
-    if (!p.ok()) return p.status();
-    if (auto s = LockExclusive(c->get()); !s.ok()) return s;
-    if (auto s = LockExclusive(p->get()); !s.ok()) return s;
-    if (auto s = WriteJournal(env, journal); !s.ok()) return s;
+  if (auto s = Lock(env, locks, layer_path); !s.ok()) return s;
+  if (auto s = Lock(env, locks, parent_path); !s.ok()) return s;
+  if (auto s = WriteJournal(env, journal); !s.ok()) return s;
+  return RunCommit(env, journal, locks, progress, batch_bytes);
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> FinishInterruptedCommit(Env* env, const std::string& journal_path,
+                                                    LockSet* locks, const Progress& progress) {
+  auto journal = ReadJournal(env, journal_path);
+  if (!journal.ok()) return journal.status();
+  auto done = RunCommit(env, *journal, locks, progress, kCommitBatchBytes);
+  if (!done.ok()) {
+    return absl::Status(done.status().code(),
+                        absl::StrCat("finishing the interrupted commit of ", journal->child_path,
+                                     " into ", journal->parent_path, ": ",
+                                     done.status().message()));
   }
-  return RunCommit(env, journal, progress, batch_bytes);
+  return absl::StrCat("completed the interrupted commit of ", journal->child_path, " into ",
+                      journal->parent_path);
+}
+
+absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path,
+                                         const Progress& progress, uint64_t batch_bytes) {
+  LockSet locks;
+  if (auto r = RecoverChain(env, layer_path, &locks, progress); !r.ok()) return r.status();
+  return CommitRecovered(env, layer_path, ChainDirs(env, layer_path), &locks, progress,
+                         batch_bytes);
 }
 
 absl::StatusOr<CommitResult> DeleteSnapshot(Env* env, const std::string& top_path,
                                             const std::string& name, const Progress& progress) {
+  LockSet locks;
+  if (auto r = RecoverChain(env, top_path, &locks, progress); !r.ok()) return r.status();
   std::string above = top_path;
   for (int depth = 0; depth < 65536; ++depth) {
     auto h = ReadLayerHeader(env, above);
@@ -364,48 +515,25 @@ absl::StatusOr<CommitResult> DeleteSnapshot(Env* env, const std::string& top_pat
     std::string parent_path = ResolvePath(DirName(above), h->parent_path);
     auto p = ReadLayerHeader(env, parent_path);
     if (!p.ok()) return p.status();
-    if (p->snapshot_name == name) return CommitLayer(env, above, progress);
+    if (p->snapshot_name == name) {
+      return CommitRecovered(env, above, ChainDirs(env, top_path), &locks, progress,
+                             kCommitBatchBytes);
+    }
     above = parent_path;
   }
   return absl::NotFoundError(absl::StrCat("no snapshot '", name, "' in the chain of ", top_path));
 }
 
-absl::StatusOr<std::string> ResumeInterruptedCommit(Env* env, const std::string& top_path,
-                                                    const Progress& progress) {
-  std::string result;
-  std::string path = top_path;
-  for (int depth = 0; depth < 65536; ++depth) {
-    std::string journal_path = MergeJournalPath(path);
-    if (env->Exists(journal_path)) {
-      auto journal = ReadJournal(env, journal_path);
-      if (!journal.ok()) return journal.status();
-      auto done = RunCommit(env, *journal, progress);
-      if (!done.ok()) {
-        return absl::Status(done.status().code(),
-                            absl::StrCat("resuming the interrupted commit of ",
-                                         journal->child_path, " into ", journal->parent_path,
-                                         ": ", done.status().message()));
-      }
-      absl::StrAppend(&result, "completed the interrupted commit of ", journal->child_path,
-                      " into ", journal->parent_path, "\n");
-    }
-    auto h = ReadLayerHeader(env, path);
-    if (!h.ok()) {
-      if (path == top_path && absl::IsNotFound(h.status())) break;
-      return h.status();
-    }
-    if (h->parent_format != ParentFormat::kStrata) break;
-    path = ResolvePath(DirName(path), h->parent_path);
-  }
-  return result;
+std::string RevertPendingPath(const std::string& top_path) {
+  return absl::StrCat(DirName(top_path), "/.", BaseName(top_path), ".revert");
 }
 
 absl::Status Revert(Env* env, const std::string& top_path, const std::string& snapshot_name) {
-  auto top = Layer::Open(env, top_path, Layer::Mode::kReadOnly);
+  LockSet locks;
+  if (auto r = RecoverChain(env, top_path, &locks); !r.ok()) return r.status();
+  auto top = ReadLayerHeader(env, top_path);
   if (!top.ok()) return top.status();
-  if (auto s = LockExclusive((*top)->file()); !s.ok()) return s;
-  LayerHeader target = (*top)->header();
-  std::string target_path = top_path;
+  const LayerHeader& target = *top;
   if (target.state != LayerState::kActive) {
     return absl::FailedPreconditionError(absl::StrCat(top_path, " is not an active layer"));
   }
@@ -437,13 +565,34 @@ absl::Status Revert(Env* env, const std::string& top_path, const std::string& sn
     params.parent_uuid = h.uuid;
     params.parent_size = h.virtual_size;
   }
-  std::string pending = absl::StrCat(DirName(top_path), "/.", BaseName(top_path), ".revert");
-  (void)env->Remove(pending);
+  // RecoverChain removed any leftover of an earlier revert: the name is free.
+  std::string pending = RevertPendingPath(top_path);
   auto fresh = Layer::Create(env, pending, params);
   if (!fresh.ok()) return fresh.status();
   fresh->reset();
   if (auto s = env->Rename(pending, top_path); !s.ok()) return s;
   return env->SyncDir(DirName(top_path));
+}
+
+absl::Status RecordBranchDir(Env* env, const std::string& parent_path,
+                             const std::string& child_path) {
+  const std::string parent_dir = AbsoluteDir(parent_path), child_dir = AbsoluteDir(child_path);
+  std::vector<std::string> dirs = RecordedBranchDirs(env, parent_dir);
+  if (parent_dir == child_dir ||
+      std::find(dirs.begin(), dirs.end(), child_dir) != dirs.end()) {
+    return absl::OkStatus();
+  }
+  dirs.push_back(child_dir);
+  const std::string path = parent_dir + "/" + kBranchDirsFile, tmp = path + ".tmp";
+  (void)env->Remove(tmp);
+  auto file = env->Open(tmp, {.writable = true, .create = true});
+  if (!file.ok()) return file.status();
+  absl::Status s = (*file)->Write(0, absl::StrCat(absl::StrJoin(dirs, "\n"), "\n"));
+  if (s.ok()) s = (*file)->Sync();
+  file->reset();
+  if (s.ok()) s = env->Rename(tmp, path);
+  if (s.ok()) s = env->SyncDir(parent_dir);
+  return s;
 }
 
 }  // namespace strata

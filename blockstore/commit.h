@@ -4,16 +4,21 @@
 // the chain, as Hyper-V merges an .AVHD into its parent: P takes C's place — its file name,
 // and its state: the disk's active layer when C was the top, else C's snapshot name, time and
 // children. The snapshot P stood for is gone, and the chain is one layer shorter.
-// Crash safety. A merge journal (`<C>.merge`, written by rename) records the phase and how
-// far the copy got. Copy phase: C's sub-blocks are written into P, flushed in batches, the
-// journal's progress advanced after each batch; while C is still in the chain it hides every
-// sub-block the copy touches in P, so the disk reads the same at every instant and a restart
-// simply continues from the recorded cluster. Relink phase: header switches, then P renamed
-// over C, each idempotent; then the journal is removed. Any chain holding C refuses to open
-// while the
-// journal exists; ResumeInterruptedCommit() finishes the work (there is nothing to roll back
-// to: P's snapshot state is partly overwritten by then, which is what deleting it means).
-// Refuses when C or P is in use (flock) or P has children other than C.
+// Crash safety (FORMAT.md §3). A merge journal (`<C>.merge`, written by rename) records the
+// phase, how far the copy got, and both layers' UUIDs; its paths are relative to its own
+// directory, so it means the same files from any working directory. Before the copy P's
+// header says `merging`, which every open but the merge's refuses: P is then neither
+// snapshot. Copy phase: C's sub-blocks are written into P, flushed in batches, the journal's
+// progress advanced after each batch; C still hides every sub-block the copy touched, so the
+// chain through C reads the same at every instant and a restart continues from the recorded
+// cluster. Relink phase: P's header takes C's state, C's children learn P's UUID, P is renamed
+// over C, each step idempotent and done only after checking the files still carry the
+// journal's UUIDs; then the journal is removed. RecoverChain (recovery.h) finishes an
+// interrupted merge; there is nothing to roll back to (P's old content is partly overwritten,
+// which is what deleting its snapshot means).
+// Refuses when C, P or a child of C is in use (flock), or P has children other than C in the
+// directories a merge can know about (P's, C's, the chain's, and those recorded by
+// RecordBranchDir).
 #ifndef STRATA_BLOCKSTORE_COMMIT_H_
 #define STRATA_BLOCKSTORE_COMMIT_H_
 
@@ -49,20 +54,29 @@ absl::StatusOr<CommitResult> DeleteSnapshot(Env* env, const std::string& top_pat
                                             const std::string& name,
                                             const Progress& progress = nullptr);
 
-// Finds merge journals along the chain topped by `top_path` (whose top may be missing if the
-// crash hit a rename) and completes them. Returns a description of what was done, "" if
-// nothing was found.
-absl::StatusOr<std::string> ResumeInterruptedCommit(Env* env, const std::string& top_path,
-                                                    const Progress& progress = nullptr);
-
 // Discards the active layer's changes: replaces `top_path` with a new empty active layer on
 // the same parent, or on the frozen snapshot `snapshot_name` further down the chain (the
-// layers in between stay as files, a branch). Atomic (rename).
+// layers in between stay as files, a branch). Atomic: the new layer is created at
+// RevertPendingPath() and renamed over the top.
 absl::Status Revert(Env* env, const std::string& top_path, const std::string& snapshot_name = "");
+std::string RevertPendingPath(const std::string& top_path);
 
-// Layer files in `dir` whose header names `parent_uuid` as parent (paths).
-absl::StatusOr<std::vector<std::string>> FindChildren(Env* env, const std::string& dir,
-                                                      const std::array<uint8_t, 16>& parent_uuid);
+// Remembers, beside `parent_path`, the directory of a new layer created on it elsewhere, so
+// that a merge into the parent finds that child (a merge cannot search the whole file
+// system). A no-op when both share a directory.
+absl::Status RecordBranchDir(Env* env, const std::string& parent_path,
+                             const std::string& child_path);
+
+class LockSet;
+// Finishes the merge whose journal is `journal_path`, under `locks` (nullptr: none). Only
+// RecoverChain calls it; returns what it did.
+absl::StatusOr<std::string> FinishInterruptedCommit(Env* env, const std::string& journal_path,
+                                                    LockSet* locks, const Progress& progress);
+
+// RecoverChain(env, top_path, own locks, progress) by its old name, for callers that only
+// finished merges (crash_test.cc) until they move to recovery.h.
+absl::StatusOr<std::string> ResumeInterruptedCommit(Env* env, const std::string& top_path,
+                                                    const Progress& progress = nullptr);
 
 }  // namespace strata
 

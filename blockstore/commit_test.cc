@@ -2,15 +2,22 @@
 
 #include "blockstore/chain.h"
 #include "blockstore/check.h"
-#include "blockstore/crash_env.h"
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "blockstore/fail_env.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
+#include "blockstore/recovery.h"
 #include "blockstore/test_util.h"
 #include "gtest/gtest.h"
 
 namespace strata {
 namespace {
 
+using testing::FailEnv;
+using testing::FailNth;
 using testing::PatternBytes;
 using testing::TempDir;
 
@@ -116,21 +123,19 @@ TEST_F(CommitTest, RefusesWithoutAStrataParent) {
   EXPECT_NE(result.status().message().find("raw"), absl::string_view::npos);
 }
 
-TEST_F(CommitTest, ChainWithMergeJournalRefusesToOpenUntilResumed) {
+TEST_F(CommitTest, ReadOnlyOpenRefusesAnInterruptedMergeAndAWritableOneFinishesIt) {
   WriteAndSnapshot(0, 'a', "s1");
   WriteAndSnapshot(0, 'b', "");
   std::string before = ReadAll(top_);
-  // The disk dies during the copy: the merge journal stays behind.
-  CrashEnv dying(1);
-  dying.FailSyncsAfter(3);
+  // The copy's progress update fails: the merge journal stays behind.
+  FailEnv dying(FailNth("rename", ".merge", 2));
   ASSERT_FALSE(CommitLayer(&dying, top_).ok());
   ASSERT_TRUE(Env::Default()->Exists(MergeJournalPath(top_)));
-  auto open = Chain::Open(top_);
+  auto open = Chain::Open(top_, {.writable = false});
   ASSERT_FALSE(open.ok());
   EXPECT_NE(open.status().message().find("interrupted commit"), absl::string_view::npos);
-  auto resumed = ResumeInterruptedCommit(Env::Default(), top_);
-  ASSERT_TRUE(resumed.ok()) << resumed.status();
-  EXPECT_NE(resumed->find("completed the interrupted commit"), std::string::npos);
+  ASSERT_TRUE(Chain::Open(top_).ok());  // as `strata serve` opens it
+  EXPECT_FALSE(Env::Default()->Exists(MergeJournalPath(top_)));
   EXPECT_EQ(ReadAll(top_), before);
   EXPECT_EQ(Depth(), 2u);
   ExpectClean();
@@ -148,6 +153,145 @@ TEST_F(CommitTest, RevertDiscardsChanges) {
   EXPECT_EQ(ReadAll(top_), s1);
   EXPECT_EQ(Revert(Env::Default(), top_, "nope").code(), absl::StatusCode::kNotFound);
   ExpectClean();
+}
+
+// Finding: killed between its journal renames, a merge left P frozen, so `info`, `export` and
+// `serve --read-only` of the snapshot read a mix of both layers. P now says `merging`.
+TEST_F(CommitTest, MergeTargetIsFencedUntilTheMergeFinishes) {
+  WriteAndSnapshot(0, 'a', "s1");
+  for (uint64_t off = 0; off < kDisk; off += 4 * 65536) WriteAndSnapshot(off, 'b', "");
+  const std::string before = ReadAll(top_);
+  const std::string snap = dir_.File("disk@s1.strata");
+  // The journal's first progress update (after the first 64 KiB batch) fails: the copy has
+  // started and P holds some of C's clusters.
+  FailEnv dying(FailNth("rename", ".merge", 2));
+  ASSERT_FALSE(CommitLayer(&dying, top_, nullptr, 65536).ok());
+  auto h = ReadLayerHeader(Env::Default(), snap);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->state, LayerState::kMerging);
+  auto layer = Layer::Open(Env::Default(), snap, Layer::Mode::kReadOnly);
+  ASSERT_FALSE(layer.ok());
+  EXPECT_NE(layer.status().message().find("interrupted merge"), absl::string_view::npos);
+  EXPECT_FALSE(Chain::Open(snap, {.writable = false, .lock = false}).ok());
+  {
+    LockSet locks;
+    auto resumed = RecoverChain(Env::Default(), top_, &locks);
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+  }
+  EXPECT_EQ(ReadAll(top_), before);
+  EXPECT_EQ(Depth(), 2u);
+  ExpectClean();
+}
+
+// Finding: a merge only searched C's directory for C's children, so a top layer in another
+// directory kept C's UUID as its parent's and the chain no longer opened.
+TEST_F(CommitTest, CrossDirectoryMergeRelinksAChildInAThirdDirectory) {
+  TempDir b, c;
+  WriteAndSnapshot(0, 'a', "s1");
+  ASSERT_EQ(unlink(top_.c_str()), 0);  // only the branch below stays on s1
+  const std::string mid = b.File("vm.strata"), top = c.File("top.strata");
+  ASSERT_TRUE(CreateLayer(mid, {.parent = dir_.File("disk@s1.strata"),
+                                .parent_format = ParentFormat::kStrata})
+                  .ok());
+  {
+    auto chain = Chain::Open(mid);
+    ASSERT_TRUE(chain.ok()) << chain.status();
+    ASSERT_TRUE((*chain)->Write(65536, std::string(65536, 'b')).ok());
+    ASSERT_TRUE((*chain)->Snapshot("s2").ok());
+  }
+  ASSERT_EQ(unlink(mid.c_str()), 0);
+  ASSERT_TRUE(CreateLayer(top, {.parent = b.File("vm@s2.strata"),
+                                .parent_format = ParentFormat::kStrata})
+                  .ok());
+  const std::string before = ReadAll(top);
+  auto deleted = DeleteSnapshot(Env::Default(), top, "s1");
+  ASSERT_TRUE(deleted.ok()) << deleted.status();
+  EXPECT_EQ(ReadAll(top), before);
+  EXPECT_FALSE(Env::Default()->Exists(dir_.File("disk@s1.strata")));
+  ASSERT_TRUE(Chain::Open(top).ok());
+}
+
+// The working directory the merge ran in, and the one it is resumed from.
+class CwdGuard {
+ public:
+  explicit CwdGuard(const std::string& dir) : saved_(std::filesystem::current_path()) {
+    std::filesystem::current_path(dir);
+  }
+  ~CwdGuard() { std::filesystem::current_path(saved_); }
+
+ private:
+  std::filesystem::path saved_;
+};
+
+// Finding: the journal stored paths relative to the working directory, and a resume from
+// vm2/ of vm1's interrupted merge renamed vm2's snapshot over vm2's active layer.
+TEST_F(CommitTest, JournalResolvesFromItsOwnDirectory) {
+  for (const char* vm : {"vm1", "vm2"}) {
+    std::filesystem::create_directory(dir_.File(vm));
+    const std::string disk = dir_.File(std::string(vm) + "/disk.strata");
+    ASSERT_TRUE(CreateLayer(disk, {.parent = base_, .parent_format = ParentFormat::kRaw}).ok());
+    auto chain = Chain::Open(disk);
+    ASSERT_TRUE(chain.ok());
+    ASSERT_TRUE((*chain)->Write(0, std::string(65536, vm[2])).ok());
+    ASSERT_TRUE((*chain)->Snapshot("s1").ok());
+    ASSERT_TRUE((*chain)->Write(65536, std::string(65536, vm[2])).ok());
+  }
+  const std::string vm1 = dir_.File("vm1/disk.strata"), vm2 = dir_.File("vm2/disk.strata");
+  const std::string vm1_before = ReadAll(vm1), vm2_before = ReadAll(vm2);
+  {
+    CwdGuard cwd(dir_.File("vm1"));
+    FailEnv dying(FailNth("remove", "disk.strata.merge", 1));  // just before the unlink
+    ASSERT_FALSE(DeleteSnapshot(&dying, "disk.strata", "s1").ok());
+  }
+  ASSERT_TRUE(Env::Default()->Exists(MergeJournalPath(vm1)));
+  {
+    CwdGuard cwd(dir_.File("vm2"));
+    LockSet locks;
+    auto resumed = RecoverChain(Env::Default(), "../vm1/disk.strata", &locks);
+    ASSERT_TRUE(resumed.ok()) << resumed.status();
+  }
+  EXPECT_FALSE(Env::Default()->Exists(MergeJournalPath(vm1)));
+  EXPECT_TRUE(Env::Default()->Exists(dir_.File("vm2/disk@s1.strata")));
+  EXPECT_EQ(ReadAll(vm2), vm2_before);
+  EXPECT_EQ(ReadAll(vm1), vm1_before);
+}
+
+// A journal acts only on the layers whose UUIDs it recorded: here vm1's journal is put beside
+// another disk's layers of the same names.
+TEST_F(CommitTest, JournalRefusesLayersWithOtherUuids) {
+  WriteAndSnapshot(0, 'a', "s1");
+  WriteAndSnapshot(65536, 'b', "");
+  FailEnv dying(FailNth("rename", ".merge", 2));
+  ASSERT_FALSE(CommitLayer(&dying, top_, nullptr, 65536).ok());
+  TempDir other;
+  const std::string other_top = other.File("disk.strata");
+  ASSERT_TRUE(CreateLayer(other_top, {.parent = base_, .parent_format = ParentFormat::kRaw}).ok());
+  {
+    auto chain = Chain::Open(other_top);
+    ASSERT_TRUE(chain.ok());
+    ASSERT_TRUE((*chain)->Snapshot("s1").ok());
+  }
+  std::filesystem::copy_file(MergeJournalPath(top_), MergeJournalPath(other_top));
+  LockSet locks;
+  auto resumed = RecoverChain(Env::Default(), other_top, &locks);
+  ASSERT_FALSE(resumed.ok());
+  EXPECT_NE(resumed.status().message().find("refusing to touch"), absl::string_view::npos);
+  auto h = ReadLayerHeader(Env::Default(), other.File("disk@s1.strata"));
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->state, LayerState::kFrozen);
+}
+
+// Finding: a branch in another directory was silently changed by a merge into its parent.
+TEST_F(CommitTest, RefusesWhenARecordedBranchElsewhereUsesTheParent) {
+  WriteAndSnapshot(0, 'a', "s1");
+  TempDir other;
+  const std::string snap = dir_.File("disk@s1.strata"), branch = other.File("b2.strata");
+  ASSERT_TRUE(CreateLayer(branch, {.parent = snap, .parent_format = ParentFormat::kStrata}).ok());
+  ASSERT_TRUE(RecordBranchDir(Env::Default(), snap, branch).ok());
+  auto result = DeleteSnapshot(Env::Default(), top_, "s1");
+  ASSERT_FALSE(result.ok());
+  EXPECT_NE(result.status().message().find("b2.strata"), absl::string_view::npos);
+  EXPECT_TRUE(Chain::Open(branch, {.writable = false}).ok());
 }
 
 }  // namespace

@@ -37,6 +37,7 @@ absl::string_view Name(LayerState state) {
   switch (state) {
     case LayerState::kActive: return "active";
     case LayerState::kFrozen: return "frozen";
+    case LayerState::kMerging: return "merging";
   }
   return "unknown";
 }
@@ -158,8 +159,8 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
     return absl::DataLossError(absl::StrCat("bad geometry: cluster size ", cluster_size,
                                             ", sub-block size ", sub_block_size));
   }
-  if (raw_state != static_cast<uint32_t>(LayerState::kActive) &&
-      raw_state != static_cast<uint32_t>(LayerState::kFrozen)) {
+  if (raw_state < static_cast<uint32_t>(LayerState::kActive) ||
+      raw_state > static_cast<uint32_t>(LayerState::kMerging)) {
     return absl::DataLossError(absl::StrCat("bad state ", raw_state));
   }
   if (raw_format > static_cast<uint32_t>(ParentFormat::kStrata)) {

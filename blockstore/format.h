@@ -51,7 +51,9 @@ inline std::string MergeJournalPath(const std::string& layer_path) {
   return layer_path + ".merge";
 }
 
-enum class LayerState : uint32_t { kActive = 1, kFrozen = 2 };
+// kMerging: a frozen layer that an offline commit is rewriting (its copy phase); it reads as
+// neither snapshot, so only the commit opens it (Layer::Mode::kMergeTarget).
+enum class LayerState : uint32_t { kActive = 1, kFrozen = 2, kMerging = 3 };
 enum class ParentFormat : uint32_t { kNone = 0, kRaw = 1, kStrata = 2 };
 absl::string_view Name(LayerState state);
 absl::string_view Name(ParentFormat format);

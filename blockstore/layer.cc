@@ -150,6 +150,12 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Open(Env* env, const std::string& 
   const LayerHeader& h = layer->header_;
   if (h.journal_offset != h.cluster_size) return layer->Corrupt("journal not at slot 1");
   layer->first_data_slot_ = 1 + layer->SlotsFor(h.journal_size);
+  if (h.state == LayerState::kMerging && mode != Mode::kMergeTarget) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", path, " is being rewritten by an interrupted merge (`strata commit` or "
+        "`strata delete-snapshot`) and holds neither layer's content: finish the merge with "
+        "`strata commit --resume` on the disk's top layer"));
+  }
   if (mode == Mode::kWritable && h.state != LayerState::kActive) {
     return absl::FailedPreconditionError(absl::StrCat(
         "layer ", path, " is a frozen snapshot ('", h.snapshot_name,

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
+#include "blockstore/recovery.h"
 
 namespace strata {
 namespace {
@@ -15,10 +16,10 @@ std::string Stem(const std::string& top_path) {
   return base;
 }
 
-// True when `path` is step 2's link: another name of the still-active layer `active`.
-bool IsLinkTo(Env* env, const std::string& path, const LayerHeader& active) {
+// True when `path` is step 2's link: another name of the still-active layer `uuid`.
+bool IsLinkTo(Env* env, const std::string& path, const Uuid& uuid) {
   auto h = ReadLayerHeader(env, path);
-  return h.ok() && h->uuid == active.uuid && h->state == LayerState::kActive;
+  return h.ok() && h->uuid == uuid && h->state == LayerState::kActive;
 }
 
 }  // namespace
@@ -50,7 +51,7 @@ absl::Status PrepareNextLayer(Env* env, const Layer& active, const std::string& 
   std::string frozen_path = SnapshotPath(top_path, name);
   std::string pending = PendingLayerPath(top_path);
   bool linked = env->Exists(frozen_path);
-  if (linked && !IsLinkTo(env, frozen_path, h)) {
+  if (linked && !IsLinkTo(env, frozen_path, h.uuid)) {
     return absl::AlreadyExistsError(absl::StrCat("snapshot file ", frozen_path, " exists"));
   }
   // Step 1, unless done already for this very snapshot.
@@ -81,7 +82,7 @@ absl::Status PrepareNextLayer(Env* env, const Layer& active, const std::string& 
 void AbandonNextLayer(Env* env, const Layer& active, const std::string& top_path,
                       const std::string& name) {
   std::string frozen_path = SnapshotPath(top_path, name);
-  if (IsLinkTo(env, frozen_path, active.header())) (void)env->Remove(frozen_path);
+  if (IsLinkTo(env, frozen_path, active.header().uuid)) (void)env->Remove(frozen_path);
   (void)env->Remove(PendingLayerPath(top_path));
   (void)env->SyncDir(DirName(top_path));
 }
@@ -94,14 +95,19 @@ absl::Status StackNextLayer(Env* env, const std::string& top_path) {
   return env->SyncDir(DirName(top_path));
 }
 
-absl::StatusOr<std::string> RecoverInterruptedSnapshot(Env* env, const std::string& top_path) {
+absl::StatusOr<std::string> RecoverInterruptedSnapshot(Env* env, const std::string& top_path,
+                                                       LockSet* locks) {
   std::string pending = PendingLayerPath(top_path);
   if (!env->Exists(pending)) return std::string();
   auto top = ReadLayerHeader(env, top_path);
   if (!top.ok()) return top.status();
   auto next = ReadLayerHeader(env, pending);
   if (top->state == LayerState::kFrozen && next.ok() && next->parent_uuid == top->uuid) {
-    // Past step 3: the snapshot exists; finish step 4.
+    // Past step 3: the snapshot exists; finish step 4 (unless a live server still holds the
+    // new layer: it finishes it itself).
+    if (locks != nullptr) {
+      if (auto s = locks->Exclusive(env, pending); !s.ok()) return s;
+    }
     if (auto s = StackNextLayer(env, top_path); !s.ok()) return s;
     return absl::StrCat("completed the interrupted snapshot '", top->snapshot_name, "' of ",
                         top_path);
@@ -110,14 +116,17 @@ absl::StatusOr<std::string> RecoverInterruptedSnapshot(Env* env, const std::stri
     return absl::DataLossError(absl::StrCat(top_path, " is frozen and ", pending,
                                             " is not its child: repair by hand"));
   }
-  // Before step 3: roll back. A link made in step 2 names the still-active layer.
+  // Before step 3: roll back. Step 2's link is an active `<stem>@NAME.strata` (no snapshot
+  // file is active otherwise) of the layer being snapshotted: the top, or the new layer's
+  // parent when something (an older strata's revert) replaced the top meanwhile; then the
+  // link is the only name left of the discarded layer.
   auto names = env->ListDir(DirName(top_path));
   if (!names.ok()) return names.status();
   std::string prefix = Stem(top_path) + "@";
   for (const std::string& name : *names) {
     if (!absl::StartsWith(name, prefix) || !absl::EndsWith(name, ".strata")) continue;
     std::string path = DirName(top_path) + "/" + name;
-    if (IsLinkTo(env, path, *top)) {
+    if (IsLinkTo(env, path, top->uuid) || (next.ok() && IsLinkTo(env, path, next->parent_uuid))) {
       if (auto s = env->Remove(path); !s.ok()) return s;
     }
   }

@@ -7,7 +7,8 @@
 //   4. rename `.<name>.new` over the disk's path, directory synced.
 // Steps 1-2 (PrepareNextLayer) run before a live snapshot pauses I/O; the pause itself only
 // switches writes to the new layer in memory (Chain), and steps 3-4 run after I/O resumed.
-// RecoverInterruptedSnapshot() finishes after 3 and rolls back before it.
+// RecoverInterruptedSnapshot() finishes after 3 and rolls back before it; only RecoverChain
+// (recovery.h) calls it, so that no command acts over an unfinished snapshot.
 #ifndef STRATA_BLOCKSTORE_SNAPSHOT_FILES_H_
 #define STRATA_BLOCKSTORE_SNAPSHOT_FILES_H_
 
@@ -21,6 +22,7 @@ namespace strata {
 
 class Env;
 class Layer;
+class LockSet;
 
 // Names are 1-64 characters of [A-Za-z0-9._-], not starting with '.': they become file names.
 absl::Status ValidateSnapshotName(absl::string_view name);
@@ -38,9 +40,11 @@ void AbandonNextLayer(Env* env, const Layer& active, const std::string& top_path
                       const std::string& name);
 // Step 4, after step 3 made the frozen layer durable; may be repeated.
 absl::Status StackNextLayer(Env* env, const std::string& top_path);
-// Finishes or rolls back a snapshot interrupted by a crash; returns what it did ("" if
+// Finishes or rolls back a snapshot interrupted by a crash, taking in `locks` (nullptr: none)
+// the lock of the new layer before renaming it into place; returns what it did ("" if
 // nothing was found).
-absl::StatusOr<std::string> RecoverInterruptedSnapshot(Env* env, const std::string& top_path);
+absl::StatusOr<std::string> RecoverInterruptedSnapshot(Env* env, const std::string& top_path,
+                                                       LockSet* locks);
 
 }  // namespace strata
 

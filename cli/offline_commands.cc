@@ -18,6 +18,7 @@
 #include "blockstore/diff.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
+#include "blockstore/recovery.h"
 #include "cli/args.h"
 #include "cli/control_client.h"
 #include "cli/progress.h"
@@ -48,13 +49,16 @@ std::string TimeString(int64_t ns) {
   return buf;
 }
 
-// Finishes what an interrupted commit left, and says so, before a command that changes the
-// chain. Read-only commands do not: they must never race a running merge or server.
+// Finishes or rolls back every interrupted operation (recovery.h), and says so, before a
+// command that changes the chain; the blockstore call that follows recovers too, but finds
+// nothing left. Read-only commands do not: they must never race a running merge or server.
 absl::Status RecoverFirst(Env* env, const std::string& top) {
   ProgressBar bar("resume commit");
-  auto resumed = ResumeInterruptedCommit(env, top, [&](uint64_t d, uint64_t t) { bar.Update(d, t); });
-  if (!resumed.ok()) return resumed.status();
-  if (!resumed->empty()) std::fprintf(stderr, "strata: %s", resumed->c_str());
+  LockSet locks;
+  auto recovered =
+      RecoverChain(env, top, &locks, [&](uint64_t d, uint64_t t) { bar.Update(d, t); });
+  if (!recovered.ok()) return recovered.status();
+  if (!recovered->empty()) std::fprintf(stderr, "strata: %s", recovered->c_str());
   return absl::OkStatus();
 }
 
@@ -98,6 +102,13 @@ int CreateCommand(int argc, char** argv) {
   }
   auto header = CreateLayer(args->positional[0], options);
   if (!header.ok()) return Fail(header.status());
+  if (options.parent_format == ParentFormat::kStrata) {
+    // So that a merge into the parent finds this branch and refuses to change it.
+    const std::string parent = ResolvePath(DirName(args->positional[0]), options.parent);
+    if (auto s = RecordBranchDir(Env::Default(), parent, args->positional[0]); !s.ok()) {
+      return Fail(s);
+    }
+  }
   std::printf("created %s: %s, cluster %s, sub-block %s%s\n", args->positional[0].c_str(),
               HumanBytes(header->virtual_size).c_str(), HumanBytes(header->cluster_size).c_str(),
               HumanBytes(header->sub_block_size).c_str(),
@@ -322,9 +333,9 @@ int CommitCommand(int argc, char** argv) {
   if (!args.ok()) return Fail(args.status());
   if (args->positional.size() != 1) return Usage("strata commit [--resume] LAYER");
   const std::string layer = args->positional[0];
+  if (auto s = RecoverFirst(Env::Default(), layer); !s.ok()) return Fail(s);
   if (args->Has("--resume")) {
-    if (auto s = RecoverFirst(Env::Default(), layer); !s.ok()) return Fail(s);
-    std::printf("%s: no interrupted commit left\n", layer.c_str());
+    std::printf("%s: no interrupted operation left\n", layer.c_str());
     return 0;
   }
   ProgressBar bar("commit");

@@ -1,0 +1,143 @@
+#include "blockstore/recovery.h"
+
+#include <sys/file.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+#include "blockstore/file.h"
+#include "blockstore/format.h"
+#include "blockstore/layer.h"
+#include "blockstore/snapshot_files.h"
+
+namespace strata {
+namespace {
+
+constexpr int kMaxDepth = 65536;
+
+enum class Leftover { kRevert, kSnapshot, kMerge, kMergingWithoutJournal };
+struct Found {
+  Leftover kind;
+  std::string path;  // the leftover file (kMergingWithoutJournal: the merging layer)
+};
+
+// Every leftover of the chain topped by `top_path`, in the order they must be dealt with: the
+// top's own first (they decide which file the top is), then the merges from the top down.
+std::vector<Found> FindLeftovers(Env* env, const std::string& top_path) {
+  std::vector<Found> found;
+  for (auto [kind, path] : {std::pair{Leftover::kRevert, RevertPendingPath(top_path)},
+                            std::pair{Leftover::kSnapshot, PendingLayerPath(top_path)}}) {
+    if (env->Exists(path)) found.push_back({kind, path});
+  }
+  std::string path = top_path;
+  bool journal_above = false;  // the layer above this one has a merge journal
+  for (int depth = 0; depth < kMaxDepth; ++depth) {
+    bool journal = env->Exists(MergeJournalPath(path));
+    if (journal) found.push_back({Leftover::kMerge, MergeJournalPath(path)});
+    auto h = ReadLayerHeader(env, path);
+    if (!h.ok()) break;  // opening the chain reports it
+    if (h->state == LayerState::kMerging && !journal_above) {
+      found.push_back({Leftover::kMergingWithoutJournal, path});
+    }
+    if (h->parent_format != ParentFormat::kStrata) break;
+    journal_above = journal;
+    path = ResolvePath(DirName(path), h->parent_path);
+  }
+  return found;
+}
+
+std::string Describe(const Found& f) {
+  switch (f.kind) {
+    case Leftover::kRevert:
+      return absl::StrCat(f.path, ": left by an interrupted revert (which did not happen)");
+    case Leftover::kSnapshot:
+      return absl::StrCat(f.path, ": the new layer of an interrupted snapshot");
+    case Leftover::kMerge:
+      return absl::StrCat(f.path, ": the journal of an interrupted commit (merge)");
+    case Leftover::kMergingWithoutJournal:
+      return absl::StrCat(f.path, " is being rewritten by an interrupted commit whose journal is "
+                                  "not beside the layer above it here: run `strata commit "
+                                  "--resume` on the disk's top layer");
+  }
+  return f.path;
+}
+
+absl::StatusOr<std::string> Recover(Env* env, const std::string& top_path, const Found& f,
+                                    LockSet* locks, const Progress& progress) {
+  switch (f.kind) {
+    case Leftover::kRevert:
+      // The rename is the revert's only step that changes the disk: it did not happen.
+      if (auto s = env->Remove(f.path); !s.ok()) return s;
+      if (auto s = env->SyncDir(DirName(f.path)); !s.ok()) return s;
+      return absl::StrCat("removed ", f.path, ", left by an interrupted revert of ", top_path);
+    case Leftover::kSnapshot:
+      return RecoverInterruptedSnapshot(env, top_path, locks);
+    case Leftover::kMerge:
+      return FinishInterruptedCommit(env, f.path, locks, progress);
+    case Leftover::kMergingWithoutJournal:
+      break;
+  }
+  return absl::FailedPreconditionError(Describe(f));
+}
+
+}  // namespace
+
+LockSet::LockSet() = default;
+LockSet::~LockSet() = default;
+
+absl::Status LockSet::Exclusive(Env* env, const std::string& path) {
+  auto file = env->Open(path, {});
+  if (!file.ok()) return file.status();
+  struct stat st;
+  if (fstat((*file)->fd(), &st) != 0) return ErrnoStatus(errno, "stat", path);
+  for (const auto& held : files_) {
+    struct stat h;
+    if (fstat(held->fd(), &h) == 0 && h.st_dev == st.st_dev && h.st_ino == st.st_ino) {
+      return absl::OkStatus();
+    }
+  }
+  if (flock((*file)->fd(), LOCK_EX | LOCK_NB) != 0) {
+    if (errno != EWOULDBLOCK) return ErrnoStatus(errno, "flock", path);
+    return absl::FailedPreconditionError(absl::StrCat(
+        path, " is in use (a running `strata serve`, or another strata command): stop it "
+              "first"));
+  }
+  files_.push_back(std::move(*file));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> RecoverChain(Env* env, const std::string& top_path, LockSet* locks,
+                                         const Progress& progress) {
+  if (locks != nullptr) {
+    if (auto s = locks->Exclusive(env, top_path); !s.ok()) return s;
+  }
+  std::string log;
+  // Each round deals with one leftover, then looks again: finishing one changes the files
+  // the next is found by (a finished snapshot puts a new layer at the top).
+  for (int round = 0; round < kMaxDepth; ++round) {
+    std::vector<Found> found = FindLeftovers(env, top_path);
+    if (found.empty()) return log;
+    auto done = Recover(env, top_path, found.front(), locks, progress);
+    if (!done.ok()) return done.status();
+    absl::StrAppend(&log, *done, "\n");
+  }
+  return absl::InternalError(absl::StrCat(top_path, ": interrupted operations keep appearing"));
+}
+
+std::vector<InterruptedOperation> FindInterruptedOperations(Env* env,
+                                                            const std::string& top_path) {
+  std::vector<InterruptedOperation> out;
+  for (const Found& f : FindLeftovers(env, top_path)) {
+    out.push_back({Describe(f), f.kind != Leftover::kMergingWithoutJournal});
+  }
+  return out;
+}
+
+absl::StatusOr<std::string> ResumeInterruptedCommit(Env* env, const std::string& top_path,
+                                                    const Progress& progress) {
+  LockSet locks;
+  return RecoverChain(env, top_path, &locks, progress);
+}
+
+}  // namespace strata
