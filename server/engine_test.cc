@@ -17,11 +17,13 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "server/blocking_pool.h"
 #include "server/nbd_protocol.h"
 #include "server/server.h"
 #include "server/chain_storage.h"
 #include "server/storage.h"
 #include "server/test_chain_server.h"
+#include "server/worker.h"
 
 namespace strata {
 namespace {
@@ -369,6 +371,45 @@ TEST_F(EngineTest, ClientGoneWithRepliesQueuedClosesAndShutdownReturns) {
     std::_Exit(1);
   }
   stopper.join();
+}
+
+
+// Issue 16 item 5: Worker::Shutdown used to fire a pause's drained callback at once, so a
+// RunPaused in progress ran its function (a live snapshot's switch) while requests were still
+// active. The callback fires only once no request is active, shutdown or not.
+TEST_F(EngineTest, ShutdownDuringAPauseDoesNotReleaseItEarly) {
+  // A worker of our own, so the test drives Pause/Shutdown/Resume itself.
+  BlockingPool pool(1);
+  NoSpaceState no_space;
+  Worker worker(9, &exports_, &pool, &no_space);
+  ASSERT_TRUE(worker.Init().ok());
+  worker.Start();
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  worker.AddConnection(sv[0], "socketpair");
+  // Large reads of holes whose replies the client never reads: the socket fills, the replies
+  // stay unsent, so the requests stay active and the worker cannot drain.
+  int fd = RawTransmission(this, sv[1]);
+  std::string req;
+  for (int i = 0; i < 8; ++i) req += RequestBytes(nbd::Command::kRead, i, 0, 4 << 20);
+  ASSERT_TRUE(WriteAll(fd, req));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+
+  std::atomic<bool> drained{false};
+  worker.Pause([&] { drained = true; });
+  worker.Shutdown();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_FALSE(drained) << "the pause was released while requests were active";
+
+  // The client goes away: the sends fail, the requests end, and only now the pause drains.
+  close(fd);
+  for (int i = 0; i < 500 && !drained; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(drained);
+  worker.Resume();
+  EXPECT_TRUE(worker.WaitStopped(absl::Now() + absl::Seconds(10)));
+  worker.Join();
 }
 
 }  // namespace

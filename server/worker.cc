@@ -99,19 +99,9 @@ void Worker::AddConnection(int fd, std::string peer) {
 void Worker::Shutdown() {
   Post([this] {
     stopping_ = true;
-    // Shutting down ends a pause: held requests run (their connections close only when they
-    // are answered), and a RunPaused waiting on us is released rather than left hanging.
-    if (paused_) {
-      paused_ = false;
-      if (on_drained_) {
-        auto cb = std::move(on_drained_);
-        on_drained_ = nullptr;
-        cb();
-      }
-      std::deque<Request*> held;
-      held.swap(held_);
-      for (Request* r : held) r->conn->Execute(r);
-    }
+    // A pause in progress is left alone: its drained callback fires only in CheckDrained, once
+    // no request is active, and its Resume (RunPaused always sends one, after its function or
+    // its timeout) runs the held requests; their connections close once they are answered.
     // Copy: Shutdown may close a connection (and erase it) right away.
     std::vector<Connection*> all(connections_.begin(), connections_.end());
     for (Connection* c : all) c->Shutdown();
@@ -159,6 +149,7 @@ void Worker::CollectStats(std::function<void(WorkerStats)> done) {
   });
 }
 
+// The only place the drained callback fires: a pause is released only with no request active.
 void Worker::CheckDrained() {
   if (paused_ && on_drained_ && active_ == 0) {
     auto cb = std::move(on_drained_);

@@ -93,12 +93,15 @@ class Worker {
   void Post(std::function<void()> fn);
   // Takes ownership of a connected socket.
   void AddConnection(int fd, std::string peer);
-  // Ends every connection once its started requests are done; then the loop ends.
+  // Ends every connection once its started requests are done; then the loop ends. A pause in
+  // progress is not ended: only its Resume runs the held requests.
   void Shutdown();
   // After Shutdown: true once the loop ended, false if `deadline` passed first.
   bool WaitStopped(absl::Time deadline);
   // Shuts down every connection's socket, so replies a client never reads stop holding it.
   void AbortConnections();
+  // Stops starting requests; `on_drained` runs on the ring thread once no started request is
+  // active (finished and its reply sent), and never before, whatever happens meanwhile.
   void Pause(std::function<void()> on_drained);
   // Ends a pause (also one that never drained: Server::RunPaused's timeout).
   void Resume();
