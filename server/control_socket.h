@@ -6,7 +6,9 @@
 // broken control client cannot stall the data path. Requests are handled one at a time, in
 // arrival order (so concurrent snapshot requests are serialized). A line longer than
 // kMaxLine gets an error reply and the connection closed; malformed JSON or an unknown
-// request gets an error reply and the connection stays.
+// request gets an error reply and the connection stays. Replies can be large (a `list` of a
+// deep chain, `stats` of many connections): each client has an output queue sent as its
+// socket accepts it (POLLOUT), and a client whose unsent replies pass kMaxQueued is dropped.
 #ifndef STRATA_SERVER_CONTROL_SOCKET_H_
 #define STRATA_SERVER_CONTROL_SOCKET_H_
 
@@ -17,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "nlohmann/json.hpp"
 
 namespace strata {
@@ -25,6 +28,9 @@ class ControlSocket {
  public:
   static constexpr size_t kMaxLine = 64 << 10;
   static constexpr int kMaxClients = 64;
+  // Unsent reply bytes per client: a `list` of the deepest chain (65 535 layers, about 300
+  // bytes each) is about 20 MiB; past this the client is not reading and is dropped.
+  static constexpr size_t kMaxQueued = 64 << 20;
   // Returns the reply for one request (without "ok": the socket adds it, from the status).
   using Handler = std::function<absl::Status(const nlohmann::json& request, nlohmann::json* reply)>;
 
@@ -37,8 +43,16 @@ class ControlSocket {
   const std::string& path() const { return path_; }
 
  private:
+  struct Client;
   ControlSocket() = default;
   void Run();
+  // Reads what the client sent and queues the replies of its complete lines.
+  void Receive(Client* c);
+  // Queues a reply; drops the client when its queue would pass kMaxQueued.
+  void Queue(Client* c, const std::string& reply);
+  // Sends queued bytes until the socket would block.
+  void Send(Client* c);
+  void Drop(Client* c, absl::string_view why);
 
   std::string path_;
   int listen_fd_ = -1;

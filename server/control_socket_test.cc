@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "gtest/gtest.h"
@@ -16,6 +17,10 @@ using nlohmann::json;
 
 absl::Status Echo(const json& request, json* reply) {
   if (request["request"] == "fail") return absl::FailedPreconditionError("asked to fail");
+  if (request["request"] == "big") {  // a reply of about request["bytes"] bytes
+    (*reply)["data"] = std::string(request["bytes"].get<size_t>(), 'x');
+    return absl::OkStatus();
+  }
   (*reply)["echo"] = request["request"];
   return absl::OkStatus();
 }
@@ -103,6 +108,58 @@ TEST_F(ControlSocketTest, OversizedLineIsRefusedAndOthersStillServed) {
 TEST_F(ControlSocketTest, AbruptDisconnectMidLineIsHarmless) {
   int fd = Connect();
   send(fd, "{\"requ", 6, 0);
+  close(fd);
+  int other = Connect();
+  send(other, "{\"request\":\"y\"}\n", 16, 0);
+  EXPECT_EQ(Parse(ReadLine(other))["echo"], "y");
+  close(other);
+}
+
+// Issue 16 item 3: a reply went out with one non-blocking send, so one larger than the
+// socket buffer (a `list` of ~1000 layers) was cut off and the client dropped.
+TEST_F(ControlSocketTest, LargeReplyToAClientThatReadsLateArrivesWhole) {
+  int fd = Connect();
+  constexpr size_t kBytes = 4 << 20;
+  std::string req = json{{"request", "big"}, {"bytes", kBytes}}.dump() + "\n";
+  ASSERT_EQ(send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  usleep(200000);  // the socket buffer fills long before the reply is all sent
+  std::string line;
+  char buf[1 << 16];
+  for (ssize_t n; (line.empty() || line.back() != '\n') &&
+                  (n = recv(fd, buf, sizeof(buf), 0)) > 0;) {
+    line.append(buf, static_cast<size_t>(n));
+  }
+  json r = json::parse(line, nullptr, /*allow_exceptions=*/false);
+  ASSERT_FALSE(r.is_discarded()) << "the reply was cut off";
+  EXPECT_EQ(r["ok"], true);
+  EXPECT_EQ(r["data"].get<std::string>().size(), kBytes);
+  // The connection stays usable.
+  std::string small = "{\"request\":\"z\"}\n";
+  send(fd, small.data(), small.size(), 0);
+  EXPECT_EQ(Parse(ReadLine(fd))["echo"], "z");
+  close(fd);
+}
+
+// The other side of the queue: a client that asks and never reads is dropped once its unsent
+// replies pass the bound, and the others are still served.
+TEST_F(ControlSocketTest, AClientThatNeverReadsIsDroppedPastTheBound) {
+  int fd = Connect();
+  constexpr size_t kBytes = 8 << 20;
+  constexpr size_t kRequests = ControlSocket::kMaxQueued / kBytes + 2;
+  std::string req;
+  for (size_t i = 0; i < kRequests; ++i) {
+    req += json{{"request", "big"}, {"bytes", kBytes}}.dump() + "\n";
+  }
+  ASSERT_EQ(send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  // Dropped: what the socket buffer holds can be read, then end of file, with fewer replies
+  // than requests.
+  size_t lines = 0, n = 0;
+  char buf[1 << 16];
+  usleep(500000);
+  while ((n = static_cast<size_t>(std::max<ssize_t>(0, recv(fd, buf, sizeof(buf), 0)))) > 0) {
+    lines += static_cast<size_t>(std::count(buf, buf + n, '\n'));
+  }
+  EXPECT_LT(lines, kRequests);
   close(fd);
   int other = Connect();
   send(other, "{\"request\":\"y\"}\n", 16, 0);
