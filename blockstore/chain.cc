@@ -117,6 +117,7 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
   // As qemu-img: a relative parent path is relative to the new layer's directory.
   const std::string parent = ResolvePath(DirName(layer_path), options.parent);
   LayerCreateParams params;
+  params.journal_size = options.journal_size;
   params.cluster_size = options.cluster_size;
   params.sub_block_size = options.sub_block_size;
   params.parent_format = options.parent.empty() ? ParentFormat::kNone : options.parent_format;
@@ -328,6 +329,11 @@ std::vector<LayerInfo> Chain::Layers() const {
       info.freezing = true;
       info.header.snapshot_name = freezing_view_->name;
     }
+    if (freezing_view_ != nullptr && &layer == active_.get()) {
+      // Not renamed yet: that is the last step of the freeze below it.
+      info.path = PendingLayerPath(top_path_);
+      info.final_path = top_path_;
+    }
     out.push_back(std::move(info));
   };
   for (size_t i = 0; i < frozen_.size(); ++i) add(*frozen_[i], static_cast<int>(i + 1));
@@ -383,11 +389,69 @@ void Chain::MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>
   }
 }
 
-absl::Status Chain::MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out) const {
+absl::Status Chain::MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
+                            ReadPin* pin) const {
   if (auto s = CheckRange(offset, length); !s.ok()) return s;
   absl::ReaderMutexLock lock(&mu_);  // readers resolve in parallel; writers exclude them
   MapReadLocked(offset, length, out);
+  // Under mu_: a flush ending the epoch (under mu_ too) comes entirely before or after.
+  pin->Release();
+  pin->chain_ = this;
+  pin->epoch_ = Pin();
   return absl::OkStatus();
+}
+
+ReadPin& ReadPin::operator=(ReadPin&& other) noexcept {
+  if (this != &other) {
+    Release();
+    chain_ = std::exchange(other.chain_, nullptr);
+    epoch_ = other.epoch_;
+  }
+  return *this;
+}
+
+void ReadPin::Release() {
+  if (chain_ != nullptr) std::exchange(chain_, nullptr)->Unpin(epoch_);
+}
+
+uint64_t Chain::Pin() const {
+  absl::MutexLock lock(&pin_mu_);
+  ++pins_[read_epoch_];
+  return read_epoch_;
+}
+
+void Chain::Unpin(uint64_t epoch) const {
+  absl::MutexLock lock(&pin_mu_);
+  auto it = pins_.find(epoch);
+  if (--it->second == 0) pins_.erase(it);
+}
+
+uint64_t Chain::OldestPinnedEpoch() const {
+  absl::MutexLock lock(&pin_mu_);
+  return pins_.empty() ? read_epoch_ : pins_.begin()->first;
+}
+
+uint64_t Chain::EndReadEpoch() {
+  absl::MutexLock lock(&pin_mu_);
+  return read_epoch_++;
+}
+
+void Chain::ReleaseQuarantinedLocked() {
+  // Lazily, where slots are taken: an unpin stays a counter decrement.
+  if (active_->has_quarantined()) active_->ReleaseQuarantined(OldestPinnedEpoch());
+}
+
+absl::Status Chain::failure() const {
+  absl::ReaderMutexLock lock(&mu_);
+  return failure_;
+}
+
+void Chain::FailLocked(const std::string& layer_path, const absl::Status& cause) {
+  if (!failure_.ok()) return;
+  failure_ = absl::DataLossError(absl::StrCat(
+      layer_path, ": a sync failed (", cause.message(),
+      "); writes since the last completed flush may be lost, so the disk takes no more writes "
+      "and every flush fails until it is reopened, at its last durable state"));
 }
 
 absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) {
@@ -404,6 +468,7 @@ absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) 
   if (plan.end > offset + length) range.tail_excl = static_cast<int64_t>(range.end_sb - 1);
 
   absl::MutexLock lock(&mu_);
+  if (!failure_.ok()) return failure_;
   if (inflight_->Conflicts(range)) {
     return absl::UnavailableError(absl::StrCat("write ", offset, "+", length,
                                                " overlaps an unaligned write in flight"));
@@ -413,6 +478,7 @@ absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) 
     uint64_t piece_end = std::min(plan.end, (cluster + 1) * cluster_size_);
     ClusterEntry entry = active_->Get(cluster);
     if (entry.slot == 0) {
+      ReleaseQuarantinedLocked();
       auto slot = active_->AllocateSlot();
       if (!slot.ok()) {
         return absl::Status(slot.status().code(),
@@ -430,11 +496,13 @@ absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) 
   if (plan.end > offset + length) {
     MapReadLocked(offset + length, plan.end - offset - length, &plan.tail_fill);
   }
+  if (plan.widened()) plan.fill_pin = Pin();
   inflight_->Add(range);
   return plan;
 }
 
 void Chain::FinishWrite(const WritePlan& plan, bool succeeded) {
+  if (plan.fill_pin != 0) Unpin(plan.fill_pin);
   absl::MutexLock lock(&mu_);
   uint64_t start_sb = plan.start / sub_block_size_;
   uint64_t end_sb = (plan.end + sub_block_size_ - 1) / sub_block_size_;
@@ -470,6 +538,7 @@ bool Chain::WriteInFlightIn(uint64_t first_cluster, uint64_t end_cluster) const 
 }
 
 absl::Status Chain::MarkZero(uint64_t offset, uint64_t length, bool may_trim) {
+  if (!failure_.ok()) return failure_;
   uint64_t start_sb = (offset + sub_block_size_ - 1) / sub_block_size_;
   uint64_t end_sb = (offset + length) / sub_block_size_;
   if (offset + length == size_) end_sb = (size_ + sub_block_size_ - 1) / sub_block_size_;
@@ -510,6 +579,7 @@ absl::Status Chain::Trim(uint64_t offset, uint64_t length) {
 absl::Status Chain::Flush() {
   if (!options_.writable) return absl::OkStatus();
   absl::MutexLock flush_lock(&flush_mu_);
+  if (auto s = failure(); !s.ok()) return s;
   // Writes acknowledged before a snapshot live in the layer it froze: that must be durable
   // before a flush of the layer above can acknowledge anything.
   if (auto s = CompleteSnapshotLocked(); !s.ok()) return s;
@@ -528,10 +598,11 @@ absl::Status Chain::Flush() {
     layer = active_.get();  // stable: SwitchSnapshot also holds flush_mu_
   }
   absl::Status s = layer->file()->Sync();
-  if (s.ok()) s = layer->WriteFlush(batch);
+  if (s.ok()) s = layer->WriteFlush(&batch);
   absl::MutexLock lock(&mu_);
-  layer->FinishFlush(batch, s.ok());
-  return s;
+  layer->FinishFlush(&batch, s.ok(), EndReadEpoch());
+  if (!s.ok()) FailLocked(layer->path(), s);
+  return s.ok() ? s : failure_;
 }
 
 absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const {
@@ -646,10 +717,8 @@ absl::StatusOr<Chain::SnapshotResult> Chain::SwitchSnapshot(absl::string_view na
                                                  top_path_, ": ", s.message()));
     }
   }
-  if (options_.lock) {
-    // The frozen layer keeps its open file description: downgrade its lock to shared.
-    (void)Lock(active_->file(), false);
-  }
+  // The frozen layer keeps its exclusive lock until CompleteSnapshot has renamed the new one
+  // to the disk's path.
   const uint16_t position = static_cast<uint16_t>(frozen_.size() + 1);
   active_->index().ForEach([&](uint64_t cluster, const ClusterEntry& e) {
     view_->Overlay(position, cluster, e);
@@ -674,26 +743,48 @@ absl::Status Chain::CompleteSnapshot() {
 
 absl::Status Chain::CompleteSnapshotLocked() {
   if (freezing_ == nullptr) return absl::OkStatus();
+  if (auto s = failure(); !s.ok()) return s;
   Layer* layer = freezing_->layer;
   // The frozen layer takes no writes any more, so its flush and header need no lock; readers
   // see its header change only under mu_.
   auto frozen = layer->WriteFrozenHeader(freezing_->name, freezing_->frozen_ns);
   absl::Status s = frozen.status();
+  if (!s.ok()) {
+    // Its flush syncs guest data: a failure there is sticky as in Flush(). Only step 4 (the
+    // rename) may be retried.
+    absl::MutexLock lock(&mu_);
+    FailLocked(layer->path(), s);
+  }
   if (s.ok()) s = StackNextLayer(env_, top_path_);
   if (!s.ok()) {
     return absl::Status(s.code(), absl::StrCat("snapshot '", freezing_->name, "' of ", top_path_,
                                                " is not durable yet (new writes go above it; "
                                                "every flush retries): ", s.message()));
   }
+  // The disk's path names the new layer now, locked exclusively since PrepareSnapshot: only
+  // from here may the frozen layer's lock become shared. flock converts a lock by dropping it
+  // first, so before the rename another process could have locked the disk's path in that gap
+  // and rolled the snapshot back under us.
+  CompletedSnapshot done{freezing_->name, layer->path(), frozen->uuid, absl::OkStatus()};
+  if (options_.lock) done.lock = Lock(layer->file(), false);
+  // Before the index is dropped (it finds the last slot in use); nothing else reads or
+  // changes a frozen layer's index or allocator.
+  layer->ReleaseQuarantined(OldestPinnedEpoch());
+  layer->ReleaseUnusedSpace();
   {
     absl::MutexLock lock(&mu_);
     layer->PublishHeader(*std::move(frozen));
     layer->ReleaseIndex();
     freezing_view_ = nullptr;
   }
-  layer->ReleaseUnusedSpace();
   freezing_.reset();
+  if (snapshot_listener_) snapshot_listener_(done);
   return absl::OkStatus();
+}
+
+void Chain::SetSnapshotListener(std::function<void(const CompletedSnapshot&)> listener) {
+  absl::MutexLock flush_lock(&flush_mu_);
+  snapshot_listener_ = std::move(listener);
 }
 
 void Chain::CancelSnapshot() {
@@ -736,7 +827,8 @@ absl::Status Chain::ReadSegments(const std::vector<Segment>& segments, char* out
 absl::Status Chain::Read(uint64_t offset, absl::Span<char> out) const {
   if (options_.direct_io) return absl::FailedPreconditionError("synchronous read with O_DIRECT");
   std::vector<Segment> segments;
-  if (auto s = MapRead(offset, out.size(), &segments); !s.ok()) return s;
+  ReadPin pin;
+  if (auto s = MapRead(offset, out.size(), &segments, &pin); !s.ok()) return s;
   return ReadSegments(segments, out.data());
 }
 

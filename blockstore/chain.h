@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -52,7 +53,28 @@ struct WritePlan {
   std::vector<Segment> head_fill;     // current contents of [start, request offset)
   std::vector<Segment> tail_fill;     // current contents of [request end, end)
   std::vector<Segment> targets;       // where [start, end) goes; kData in the active layer
+  uint64_t fill_pin = 0;              // keeps the fills' slots from reuse until FinishWrite
   bool widened() const { return !head_fill.empty() || !tail_fill.empty(); }
+};
+
+class Chain;
+
+// Keeps the slots a MapRead returned from being reused until the caller has read them: a slot
+// that a trim frees meanwhile stays quarantined (FORMAT.md, Durability 2), so a pread issued
+// after MapRead returned never sees another cluster's bytes. Release() once the reads it
+// covers completed (the destructor does). REQUIRES: released before the Chain is destroyed.
+class ReadPin {
+ public:
+  ReadPin() = default;
+  ReadPin(ReadPin&& other) noexcept { *this = std::move(other); }
+  ReadPin& operator=(ReadPin&& other) noexcept;
+  ~ReadPin() { Release(); }
+  void Release();
+
+ private:
+  friend class Chain;
+  const Chain* chain_ = nullptr;
+  uint64_t epoch_ = 0;
 };
 
 // Block status of a run. `layer` is the chain position answering it: 0 = the raw base,
@@ -75,6 +97,9 @@ struct LayerInfo {
   // A live snapshot switched away from this layer but could not make it durable yet (see
   // CompleteSnapshot): header.snapshot_name holds the pending name, header.state still active.
   bool freezing = false;
+  // Set on the active layer above a freezing one: its file is still at `path` (the pending
+  // name) and is renamed to this, the disk's path, once the snapshot below is durable.
+  std::string final_path;
 };
 
 class Env;
@@ -94,6 +119,8 @@ struct CreateOptions {
   uint64_t size = 0;                  // without a parent; rounded up to 512 bytes
   uint32_t cluster_size = kDefaultClusterSize;       // with a strata parent: the parent's
   uint32_t sub_block_size = kDefaultSubBlockSize;
+  // Layers stacked on it later take the same. Small journals checkpoint often (tests).
+  uint64_t journal_size = kDefaultJournalSize;
   Env* env = nullptr;
 };
 // Creates an empty active layer at `layer_path` (like `qemu-img create -b PARENT -F FMT`). A
@@ -123,13 +150,16 @@ class Chain {
 
   // --- Metadata API for a caller that does its own I/O (the server) ---
 
-  // Appends to *out the segments covering [offset, offset + length), coalesced.
-  absl::Status MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out) const;
+  // Appends to *out the segments covering [offset, offset + length), coalesced. *pin keeps
+  // their slots from reuse until released (after the caller's reads completed).
+  absl::Status MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
+                       ReadPin* pin) const;
   // Allocates space for a write of [offset, offset + length). kResourceExhausted when the host
   // volume is full; kUnavailable when a widened edge conflicts with another write in flight on
   // the same sub-block (retry after some write finishes); kFailedPrecondition when read-only.
   absl::StatusOr<WritePlan> PrepareWrite(uint64_t offset, uint64_t length);
-  // Records a prepared write once its data is written (succeeded) or abandons it.
+  // Records a prepared write once its data is written (succeeded) or abandons it. Call it for
+  // every plan PrepareWrite returned: it also ends the plan's pin on its fills.
   void FinishWrite(const WritePlan& plan, bool succeeded);
   // Marks the whole sub-blocks of [offset, offset + length) as reading zeros, without data.
   // Sub-block-unaligned edges cannot be marked: they are appended to *data_ranges as
@@ -142,8 +172,13 @@ class Chain {
   // their space; partial sub-blocks are left as they are (TRIM is advisory).
   absl::Status Trim(uint64_t offset, uint64_t length);
   // Makes every finished write durable: data synced, then the index journal appended and
-  // synced (FORMAT.md, "Durability").
+  // synced (FORMAT.md, "Durability"). A failed sync is sticky (see failure()).
   absl::Status Flush();
+  // OK, or why the disk takes no more writes: a sync of a layer failed, so writes since the
+  // last completed flush may be lost (Linux marks the pages of a failed writeback clean: a
+  // later successful fdatasync proves nothing about them). Every later write, zero, trim and
+  // flush fails with this; reads go on. Reopening the chain gives its last durable state.
+  absl::Status failure() const;
   // Appends block status of [offset, offset + length) to *out, merged into maximal runs.
   absl::Status Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const;
 
@@ -168,6 +203,19 @@ class Chain {
   absl::StatusOr<SnapshotResult> SwitchSnapshot(absl::string_view name);
   absl::Status CompleteSnapshot();
   void CancelSnapshot();
+  // A live snapshot made durable, wherever that happened (CompleteSnapshot, or the Flush or
+  // PrepareSnapshot that completed it first). `lock`: the frozen layer's flock, exclusive
+  // until the new layer was renamed to the disk's path, then made shared so snapshot readers
+  // can open it; not OK if that failed (the layer may then be unlocked).
+  struct CompletedSnapshot {
+    std::string name;
+    std::string frozen_path;
+    Uuid frozen_uuid;
+    absl::Status lock;
+  };
+  // Called exactly once per snapshot SwitchSnapshot made, when it becomes durable, on the
+  // thread that completed it and with the flush lock held: it must not call into this Chain.
+  void SetSnapshotListener(std::function<void(const CompletedSnapshot&)> listener);
 
   // --- Synchronous wrappers (offline tool, tests) ---
   absl::Status Read(uint64_t offset, absl::Span<char> out) const;
@@ -193,6 +241,18 @@ class Chain {
                       const std::function<void(uint64_t, uint32_t)>& fn) const;
 
   absl::Status CompleteSnapshotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(flush_mu_);
+  // Records a failed sync of `layer_path` as the sticky failure (the first one wins).
+  void FailLocked(const std::string& layer_path, const absl::Status& cause)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Read pins (ReadPin): reads pinned at epoch e may use slots freed by a flush that finished
+  // in epoch >= e; each such flush quarantines its slots under its epoch and starts a new one.
+  friend class ReadPin;
+  uint64_t Pin() const;
+  void Unpin(uint64_t epoch) const;
+  uint64_t OldestPinnedEpoch() const;
+  uint64_t EndReadEpoch();  // returns the epoch ended
+  void ReleaseQuarantinedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CancelPreparedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(snapshot_mu_);
 
   struct Inflight;
@@ -209,6 +269,7 @@ class Chain {
   absl::Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes Flush and the freeze
   std::unique_ptr<PreparedSnapshot> prepared_ ABSL_GUARDED_BY(snapshot_mu_);
   std::unique_ptr<FreezingLayer> freezing_ ABSL_GUARDED_BY(flush_mu_);
+  std::function<void(const CompletedSnapshot&)> snapshot_listener_ ABSL_GUARDED_BY(flush_mu_);
   const FreezingLayer* freezing_view_ ABSL_GUARDED_BY(mu_) = nullptr;  // freezing_, for Layers()
   mutable absl::Mutex mu_;
   std::unique_ptr<RawBase> base_;                   // may be null
@@ -216,6 +277,11 @@ class Chain {
   std::unique_ptr<Layer> active_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<FlatView> view_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Inflight> inflight_ ABSL_GUARDED_BY(mu_);
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);
+
+  mutable absl::Mutex pin_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  mutable uint64_t read_epoch_ ABSL_GUARDED_BY(pin_mu_) = 1;
+  mutable std::map<uint64_t, uint64_t> pins_ ABSL_GUARDED_BY(pin_mu_);  // epoch -> reads
 };
 
 }  // namespace strata

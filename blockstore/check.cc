@@ -27,11 +27,24 @@ void CheckHeaderCopies(File* file, bool repair, CheckReport* report) {
     status[i] = copies[i].DecodeFrom(
         absl::string_view(blocks).substr(kHeaderCopyOffset[i], kHeaderBlockSize));
   }
-  if (status[0].ok() == status[1].ok()) return;  // both fine, or both bad (Open reports)
-  int bad = status[0].ok() ? 1 : 0;
-  std::string what = absl::StrCat(file->path(), ": header copy ", bad, " @ ",
-                                  kHeaderCopyOffset[bad], ": ", status[bad].message(),
-                                  " (the other copy is valid)");
+  if (!status[0].ok() && !status[1].ok()) return;  // Layer::Open reports it
+  std::string what;
+  int bad;
+  if (status[0].ok() && status[1].ok()) {
+    if (blocks.compare(0, kHeaderBlockSize, blocks, kHeaderBlockSize, kHeaderBlockSize) == 0) {
+      return;
+    }
+    // A header update was interrupted between its two writes. The newer copy rules, but until
+    // the older one is rewritten, damage to the newer would fall back to an older state.
+    bad = copies[1].sequence > copies[0].sequence ? 0 : 1;
+    what = absl::StrCat(file->path(), ": header copy ", bad, " @ ", kHeaderCopyOffset[bad],
+                        " holds an older header (sequence ", copies[bad].sequence, ", the other ",
+                        copies[1 - bad].sequence, "): an interrupted header update");
+  } else {
+    bad = status[0].ok() ? 1 : 0;
+    what = absl::StrCat(file->path(), ": header copy ", bad, " @ ", kHeaderCopyOffset[bad], ": ",
+                        status[bad].message(), " (the other copy is valid)");
+  }
   if (!repair) {
     report->repairable.push_back(what);
     return;

@@ -1,5 +1,8 @@
 #include "blockstore/check.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "blockstore/chain.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
@@ -83,6 +86,57 @@ TEST_F(CheckTest, LeakedClusterIsRepairedByPunching) {
   EXPECT_NE(r.repairable[0].find("unreferenced"), std::string::npos);
   EXPECT_EQ(Check(true).repaired.size(), 1u);
   EXPECT_TRUE(Check().clean());
+}
+
+TEST_F(CheckTest, HeaderCopiesThatDisagreeAreRepairable) {
+  // A crash between the two writes of a header update: both copies valid, one older.
+  std::string older;
+  {
+    auto layer = Layer::Open(Env::Default(), top_, Layer::Mode::kReadOnly);
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    older.resize(kHeaderBlockSize);
+    ASSERT_TRUE((*layer)->file()->Read(0, older.size(), older.data()).ok());
+  }
+  {
+    auto layer = Layer::Open(Env::Default(), top_, Layer::Mode::kWritable);  // a header update
+    ASSERT_TRUE(layer.ok()) << layer.status();
+  }
+  int fd = open(top_.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, older.data(), older.size(), 0), static_cast<ssize_t>(older.size()));
+  close(fd);
+  CheckReport r = Check();
+  ASSERT_EQ(r.repairable.size(), 1u);
+  EXPECT_NE(r.repairable[0].find("older header"), std::string::npos) << r.repairable[0];
+  EXPECT_TRUE(r.problems.empty());
+  EXPECT_EQ(Check(true).repaired.size(), 1u);
+  EXPECT_TRUE(Check().clean());
+}
+
+TEST_F(CheckTest, ClustersTrimmedBeforeASnapshotLeaveNothingPastTheEnd) {
+  // Offline and live snapshots: a frozen layer ends at its last slot in use.
+  for (bool live : {false, true}) {
+    auto chain = Chain::Open(top_);
+    ASSERT_TRUE(chain.ok()) << chain.status();
+    for (uint64_t c = 0; c < 10; ++c) {
+      ASSERT_TRUE((*chain)->Write(c * kDefaultClusterSize, std::string(4096, 'w')).ok());
+    }
+    ASSERT_TRUE((*chain)->Flush().ok());
+    ASSERT_TRUE((*chain)->Trim(5 * kDefaultClusterSize, 5 * kDefaultClusterSize).ok());
+    const std::string name = live ? "live" : "offline";
+    if (live) {
+      ASSERT_TRUE((*chain)->PrepareSnapshot(name).ok());
+      ASSERT_TRUE((*chain)->SwitchSnapshot(name).ok());
+      ASSERT_TRUE((*chain)->CompleteSnapshot().ok());
+    } else {
+      ASSERT_TRUE((*chain)->Snapshot(name).ok());
+    }
+    chain->reset();
+    CheckReport r = Check();
+    EXPECT_TRUE(r.clean()) << name << ": "
+                           << (r.repairable.empty() ? (r.problems.empty() ? "" : r.problems[0])
+                                                    : r.repairable[0]);
+  }
 }
 
 TEST_F(CheckTest, NotALayerIsAClearError) {

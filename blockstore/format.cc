@@ -25,7 +25,7 @@ static_assert(kOffParentPath + kMaxParentPathLength <= kOffName);
 static_assert(kOffName + kMaxSnapshotNameLength < kOffHeaderCrc);
 
 // Journal record field offsets.
-constexpr size_t kRecCrc = 0, kRecKind = 4, kRecSequence = 8, kRecCluster = 16, kRecSlot = 20,
+constexpr size_t kRecCrc = 0, kRecKind = 4, kRecFlushBlock = 6, kRecSequence = 8, kRecCluster = 16, kRecSlot = 20,
                  kRecPresent = 24, kRecZero = 28;
 static_assert(kRecZero + 4 == kJournalRecordSize);
 
@@ -169,9 +169,30 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
   if (path_len > kMaxParentPathLength || name_len > kMaxSnapshotNameLength) {
     return absl::DataLossError("parent path or snapshot name too long");
   }
-  if (journal_size % kJournalBlockSize != 0 || journal_offset % kJournalBlockSize != 0 ||
-      journal_offset < 2 * kHeaderBlockSize) {
-    return absl::DataLossError("bad journal region");
+  if (virtual_size == 0 || virtual_size % 512 != 0 ||
+      virtual_size / cluster_size >= kMaxClustersPerLayer) {
+    return absl::DataLossError(absl::StrCat("bad virtual size ", virtual_size, " (a multiple of ",
+                                            "512 bytes, at most 2^32 clusters)"));
+  }
+  if (journal_offset != cluster_size || journal_size < kJournalBlockSize ||
+      journal_size > kMaxJournalSize || journal_size % kJournalBlockSize != 0) {
+    return absl::DataLossError(absl::StrCat("bad journal region: ", journal_size, " bytes @ ",
+                                            journal_offset, " (slot 1, 4 KiB .. 256 MiB)"));
+  }
+  // Sequence numbers of the journal's epoch must not wrap, and a frozen layer's recorded end
+  // lies within its epoch.
+  const uint64_t capacity = JournalCapacity(journal_size);
+  if (journal_start_seq == 0 || journal_start_seq > UINT64_MAX - 2 * capacity ||
+      (journal_end_seq != 0 &&
+       (journal_end_seq < journal_start_seq || journal_end_seq > journal_start_seq + capacity))) {
+    return absl::DataLossError(absl::StrCat("bad journal sequence range: start ",
+                                            journal_start_seq, ", end ", journal_end_seq));
+  }
+  const uint64_t clusters = (virtual_size + cluster_size - 1) / cluster_size;
+  if (table_entries > clusters || (table_entries != 0 && (table_offset == 0 ||
+                                                           table_offset % cluster_size != 0))) {
+    return absl::DataLossError(absl::StrCat("bad checkpoint table: ", table_entries,
+                                            " entries @ ", table_offset));
   }
   state = static_cast<LayerState>(raw_state);
   parent_format = static_cast<ParentFormat>(raw_format);
@@ -183,6 +204,7 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
 void JournalRecord::EncodeTo(char* dst) const {
   std::memset(dst, 0, kJournalRecordSize);
   EncodeFixed16(dst + kRecKind, static_cast<uint16_t>(kind));
+  EncodeFixed16(dst + kRecFlushBlock, flush_block);
   EncodeFixed64(dst + kRecSequence, sequence);
   EncodeFixed32(dst + kRecCluster, cluster);
   EncodeFixed32(dst + kRecSlot, entry.slot);
@@ -203,6 +225,7 @@ absl::Status JournalRecord::DecodeFrom(const char* src) {
     return absl::DataLossError(absl::StrCat("bad journal record kind ", raw_kind));
   }
   kind = static_cast<RecordKind>(raw_kind);
+  flush_block = DecodeFixed16(src + kRecFlushBlock);
   sequence = DecodeFixed64(src + kRecSequence);
   cluster = DecodeFixed32(src + kRecCluster);
   entry.slot = DecodeFixed32(src + kRecSlot);

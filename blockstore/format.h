@@ -30,6 +30,7 @@ inline constexpr uint32_t kMaxClusterSize = 2u << 20;    // 2 MiB
 inline constexpr uint32_t kMinSubBlockSize = 512;
 inline constexpr uint32_t kDefaultClusterSize = 64 << 10;
 inline constexpr uint32_t kDefaultSubBlockSize = 4 << 10;
+inline constexpr uint64_t kMaxClustersPerLayer = uint64_t{1} << 32;
 inline constexpr size_t kMaxParentPathLength = 1024;
 inline constexpr size_t kMaxSnapshotNameLength = 255;
 
@@ -40,6 +41,14 @@ inline constexpr uint64_t kJournalBlockSize = 4096;
 inline constexpr uint64_t kJournalRecordSize = 32;
 inline constexpr uint64_t kRecordsPerJournalBlock = kJournalBlockSize / kJournalRecordSize;
 inline constexpr uint64_t kDefaultJournalSize = 8 << 20;
+// A record's flush_block is 16 bits, so one flush spans at most 65536 blocks: the journal is
+// at most 256 MiB (32 times the default; more would only delay checkpoints).
+inline constexpr uint64_t kMaxJournalSize = (uint64_t{1} << 16) * kJournalBlockSize;
+// Records the journal region can hold: every journal epoch (the records appended between two
+// checkpoints) lies within [journal_start_seq, journal_start_seq + capacity).
+inline constexpr uint64_t JournalCapacity(uint64_t journal_size) {
+  return journal_size / kJournalRecordSize;
+}
 
 // Checkpoint table: an array of kTableEntrySize-byte entries sorted by cluster, whose CRC32C is
 // in the header.
@@ -108,11 +117,14 @@ struct ClusterEntry {
 };
 
 // A journal record: cluster `cluster` of this layer now has `entry`. Records with kind kPad
-// fill the rest of a block. Sequence numbers are contiguous from journal_start_seq; replay
-// stops at the first record whose CRC or sequence does not match.
+// fill the rest of a block. Sequence numbers are contiguous from journal_start_seq, so a
+// record's sequence is fixed by its position; replay stops at the first record whose CRC or
+// sequence does not match. `flush_block` is the record's block index within the flush that
+// wrote it: it tells a torn last flush from damage to an earlier one (FORMAT.md).
 enum class RecordKind : uint16_t { kPad = 1, kCluster = 2 };
 struct JournalRecord {
   RecordKind kind = RecordKind::kCluster;
+  uint16_t flush_block = 0;
   uint64_t sequence = 0;
   uint32_t cluster = 0;
   ClusterEntry entry;

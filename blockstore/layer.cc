@@ -46,6 +46,37 @@ absl::Status ValidateGeometry(uint32_t cluster_size, uint32_t sub_block_size) {
 
 }  // namespace
 
+// Reads the journal region record by record, a chunk at a time.
+class JournalChunks {
+ public:
+  JournalChunks(File* file, uint64_t offset, uint64_t size);
+  // The kJournalRecordSize bytes at `pos` bytes into the journal; valid until the next call.
+  absl::StatusOr<const char*> Record(uint64_t pos);
+
+ private:
+  File* const file_;
+  const uint64_t offset_, size_;
+  uint64_t chunk_start_ = 0;
+  std::string chunk_;
+};
+
+JournalChunks::JournalChunks(File* file, uint64_t offset, uint64_t size)
+    : file_(file), offset_(offset), size_(size) {}
+
+absl::StatusOr<const char*> JournalChunks::Record(uint64_t pos) {
+  // 64 KiB at a time: replay usually stops in the first chunk, so an empty journal costs one
+  // small read.
+  constexpr uint64_t kChunk = 64 << 10;
+  if (pos < chunk_start_ || pos + kJournalRecordSize > chunk_start_ + chunk_.size()) {
+    chunk_start_ = pos / kChunk * kChunk;
+    chunk_.resize(std::min(kChunk, size_ - chunk_start_));
+    if (auto s = file_->Read(offset_ + chunk_start_, chunk_.size(), chunk_.data()); !s.ok()) {
+      return s;
+    }
+  }
+  return chunk_.data() + (pos - chunk_start_);
+}
+
 absl::StatusOr<LayerHeader> ReadLayerHeader(File* file, int* copy) {
   std::string blocks(2 * kHeaderBlockSize, '\0');
   if (auto s = file->Read(0, blocks.size(), blocks.data()); !s.ok()) {
@@ -86,15 +117,16 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Create(Env* env, const std::string
     return absl::InvalidArgumentError(
         absl::StrCat("virtual size ", params.virtual_size, " must be a positive multiple of 512"));
   }
-  if (params.virtual_size / params.cluster_size >= (1ull << 32)) {
+  if (params.virtual_size / params.cluster_size >= kMaxClustersPerLayer) {
     return absl::InvalidArgumentError("virtual size exceeds 2^32 clusters");
   }
   if (params.parent_path.size() > kMaxParentPathLength) {
     return absl::InvalidArgumentError(absl::StrCat("parent path longer than ",
                                                    kMaxParentPathLength, " bytes"));
   }
-  if (params.journal_size < kJournalBlockSize || params.journal_size % kJournalBlockSize != 0) {
-    return absl::InvalidArgumentError("journal size must be a multiple of 4 KiB");
+  if (params.journal_size < kJournalBlockSize || params.journal_size > kMaxJournalSize ||
+      params.journal_size % kJournalBlockSize != 0) {
+    return absl::InvalidArgumentError("journal size must be a multiple of 4 KiB, at most 256 MiB");
   }
   auto layer = std::unique_ptr<Layer>(new Layer());
   auto file = env->Open(path, {.writable = true, .create = true});
@@ -161,6 +193,7 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Open(Env* env, const std::string& 
         "layer ", path, " is a frozen snapshot ('", h.snapshot_name,
         "'): put a new layer on it with `strata create -b ", path, " -F strata NEW`"));
   }
+  if (auto s = layer->CheckFitsFile(); !s.ok()) return s;
   if (auto s = layer->LoadTable(); !s.ok()) return s;
   if (auto s = layer->ReplayJournal(); !s.ok()) return s;
   if (auto s = layer->RebuildAllocator(); !s.ok()) return s;
@@ -172,12 +205,51 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Open(Env* env, const std::string& 
   if (writable) {
     // A frozen layer's journal region was released; take it back before any flush needs it.
     if (auto s = layer->file_->Allocate(h.journal_offset, h.journal_size); !s.ok()) return s;
-    if (layer->journal_tail_ > 0) {
-      layer->force_checkpoint_ = true;
-      if (auto s = layer->Flush(); !s.ok()) return s;
-    }
+    if (auto s = layer->StartJournalEpoch(); !s.ok()) return s;
   }
   return layer;
+}
+
+absl::Status Layer::CheckFitsFile() const {
+  // Every region the header names must lie inside the file before anything is read or
+  // allocated for it: a crafted header must not make us allocate by its numbers.
+  auto size = file_->Size();
+  if (!size.ok()) return size.status();
+  const uint64_t reserved = uint64_t{first_data_slot_} * header_.cluster_size;
+  if (*size < reserved) {
+    return Corrupt(absl::StrCat("the file is ", *size, " bytes, shorter than its header and ",
+                                "journal (", reserved, " bytes)"));
+  }
+  const LayerHeader& h = header_;
+  if (h.table_entries != 0 &&
+      (h.table_offset < reserved || h.table_offset > *size ||
+       h.table_entries > (*size - h.table_offset) / kTableEntrySize)) {
+    return Corrupt(absl::StrCat("checkpoint table @ ", h.table_offset, " with ", h.table_entries,
+                                " entries does not fit the file (", *size, " bytes)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Layer::StartJournalEpoch() {
+  // Every writable open starts a new journal epoch past every sequence number the region can
+  // hold (FORMAT.md, Durability 5): blocks a torn flush left beyond where replay stopped can
+  // then never match the sequence of a later append at their position. With records to keep,
+  // the checkpoint does it; otherwise a header update alone.
+  if (journal_tail_ > 0) {
+    force_checkpoint_ = true;
+    return Flush();
+  }
+  const uint64_t next = NextEpochStart();
+  absl::Status s = UpdateHeader([&](LayerHeader* h) {
+    h->journal_start_seq = next;
+    if (h->state != LayerState::kActive) h->journal_end_seq = 0;  // a merge journals on
+  });
+  if (s.ok()) next_seq_ = next;
+  return s;
+}
+
+uint64_t Layer::NextEpochStart() const {
+  return header_.journal_start_seq + JournalCapacity(header_.journal_size);
 }
 
 absl::Status Layer::ValidateEntry(uint64_t cluster, const ClusterEntry& e) const {
@@ -199,11 +271,6 @@ absl::Status Layer::ValidateEntry(uint64_t cluster, const ClusterEntry& e) const
 absl::Status Layer::LoadTable() {
   const LayerHeader& h = header_;
   if (h.table_entries == 0) return absl::OkStatus();
-  if (h.table_entries > cluster_count() || h.table_offset % h.cluster_size != 0 ||
-      h.table_offset / h.cluster_size < first_data_slot_) {
-    return Corrupt(absl::StrCat("checkpoint table @ ", h.table_offset, " with ", h.table_entries,
-                                " entries does not fit the layer"));
-  }
   std::string table(h.table_entries * kTableEntrySize, '\0');
   if (auto s = file_->Read(h.table_offset, table.size(), table.data()); !s.ok()) {
     return Corrupt(absl::StrCat("checkpoint table: ", s.message()));
@@ -230,44 +297,66 @@ absl::Status Layer::ReplayJournal() {
   const LayerHeader& h = header_;
   next_seq_ = h.journal_start_seq;
   journal_tail_ = 0;
-  // Frozen layers replay too: a merge into one journals like an active layer. Reading stops
-  // at the first chunk that ends the journal, so an empty journal costs one small read.
-  constexpr uint64_t kChunk = 64 << 10;
-  std::string chunk;
-  for (uint64_t base = 0; base < h.journal_size; base += kChunk) {
-    chunk.resize(std::min(kChunk, h.journal_size - base));
-    if (auto s = file_->Read(h.journal_offset + base, chunk.size(), chunk.data()); !s.ok()) {
-      return Corrupt(absl::StrCat("journal: ", s.message()));
-    }
-    for (uint64_t off = 0; off + kJournalRecordSize <= chunk.size(); off += kJournalRecordSize) {
-      JournalRecord record;
-      // The first record that fails its CRC or breaks the sequence is where the last flush
-      // ended (or tore): everything before it was made durable by a completed flush.
-      if (!record.DecodeFrom(chunk.data() + off).ok() || record.sequence != next_seq_) {
-        return CheckJournalEnd(h.journal_offset + base + off);
+  // A frozen layer whose header records where its journal ends reads exactly that far:
+  // stopping before is damage, and nothing past it belongs to the layer.
+  const bool bounded = h.state != LayerState::kActive && h.journal_end_seq != 0;
+  const uint64_t limit =
+      bounded ? (h.journal_end_seq - h.journal_start_seq) * kJournalRecordSize : h.journal_size;
+  JournalChunks chunks(file_.get(), h.journal_offset, h.journal_size);
+  for (uint64_t pos = 0; pos < limit; pos += kJournalRecordSize) {
+    auto raw = chunks.Record(pos);
+    if (!raw.ok()) return Corrupt(absl::StrCat("journal: ", raw.status().message()));
+    JournalRecord record;
+    // The first record that fails its CRC or breaks the sequence is where the last flush
+    // ended (or tore): everything before it was made durable by a completed flush.
+    if (!record.DecodeFrom(*raw).ok() || record.sequence != next_seq_) {
+      if (bounded) {
+        return Corrupt(absl::StrCat("journal record @ ", h.journal_offset + pos,
+                                    ": checksum or sequence mismatch before the end the frozen "
+                                    "header records (sequence ", h.journal_end_seq, ")"));
       }
-      if (record.kind == RecordKind::kCluster) {
-        if (auto s = ValidateEntry(record.cluster, record.entry); !s.ok()) {
-          return Corrupt(absl::StrCat("journal record @ ", h.journal_offset + base + off, ": ",
-                                      s.message()));
-        }
-        index_.Set(record.cluster, record.entry);
-      }
-      ++next_seq_;
-      journal_tail_ = base + off + kJournalRecordSize;
+      return CheckNoLaterFlush(pos, &chunks);
     }
+    if (record.kind == RecordKind::kCluster) {
+      if (auto s = ValidateEntry(record.cluster, record.entry); !s.ok()) {
+        return Corrupt(absl::StrCat("journal record @ ", h.journal_offset + pos, ": ",
+                                    s.message()));
+      }
+      index_.Set(record.cluster, record.entry);
+    }
+    ++next_seq_;
+    journal_tail_ = pos + kJournalRecordSize;
   }
-  return CheckJournalEnd(h.journal_offset + h.journal_size);
+  return absl::OkStatus();
 }
 
-absl::Status Layer::CheckJournalEnd(uint64_t stopped_at) const {
-  // An active layer's journal may end anywhere (a torn last flush). A frozen one is complete
-  // and immutable: ending before the sequence its header records means a damaged record.
-  // (More records than that is a merge into it in progress, which journals.)
-  if (header_.state == LayerState::kFrozen && next_seq_ < header_.journal_end_seq) {
-    return Corrupt(absl::StrCat("journal record @ ", stopped_at, ": checksum or sequence mismatch ",
-                                "before the end the frozen header records (sequence ",
-                                header_.journal_end_seq, ")"));
+absl::Status Layer::CheckNoLaterFlush(uint64_t stop, JournalChunks* chunks) const {
+  // A torn last flush may leave any subset of its blocks, so intact records of that flush
+  // past the stop are expected. An intact record of a *later* flush is not: a flush is
+  // written only after the one before it was synced, so the record at the stop belonged to a
+  // completed flush and is damaged. Records of older epochs carry other sequence numbers.
+  const LayerHeader& h = header_;
+  const uint64_t stop_block = stop / kJournalBlockSize;
+  for (uint64_t block = stop_block + 1; block * kJournalBlockSize < h.journal_size; ++block) {
+    for (uint64_t i = 0; i < kRecordsPerJournalBlock; ++i) {
+      const uint64_t pos = block * kJournalBlockSize + i * kJournalRecordSize;
+      auto raw = chunks->Record(pos);
+      if (!raw.ok()) return Corrupt(absl::StrCat("journal: ", raw.status().message()));
+      JournalRecord record;
+      if (!record.DecodeFrom(*raw).ok() ||
+          record.sequence != h.journal_start_seq + pos / kJournalRecordSize ||
+          record.flush_block > block) {
+        continue;
+      }
+      if (block - record.flush_block > stop_block) {
+        return Corrupt(absl::StrCat(
+            "journal record @ ", h.journal_offset + stop, " (sequence ",
+            h.journal_start_seq + stop / kJournalRecordSize,
+            "): checksum or sequence mismatch, but a later flush's record @ ",
+            h.journal_offset + pos, " is intact: a completed flush was damaged"));
+      }
+      break;  // this block belongs to the torn flush: look at the next one
+    }
   }
   return absl::OkStatus();
 }
@@ -402,39 +491,57 @@ absl::StatusOr<FlushBatch> Layer::PrepareFlush() {
   return batch;
 }
 
-absl::Status Layer::WriteFlush(const FlushBatch& batch) {
-  absl::Status s = batch.checkpoint ? WriteCheckpoint(batch) : AppendJournal(batch);
+absl::Status Layer::WriteFlush(FlushBatch* batch) {
+  absl::Status s = batch->checkpoint ? WriteCheckpoint(batch) : AppendJournal(*batch);
   if (!s.ok()) return s;
   // The freed slots are unreachable from the durable index now: give their space back to
-  // the host volume before anyone can reuse them (FinishFlush).
+  // the host volume before anyone can reuse them (FinishFlush). A failed punch only wastes
+  // space (a reused slot's stale sub-blocks are never read: they are not present), so it
+  // does not fail a flush whose index is durable.
   const uint64_t cs = header_.cluster_size;
-  for (uint32_t slot : batch.freed_slots) {
-    if (auto p = file_->PunchHole(slot * cs, cs); !p.ok() && !absl::IsUnimplemented(p)) return p;
-  }
-  if (batch.old_table_slots > 0) {
-    if (auto p = file_->PunchHole(batch.old_table_slot * cs, batch.old_table_slots * cs);
-        !p.ok() && !absl::IsUnimplemented(p)) {
-      return p;
-    }
+  for (uint32_t slot : batch->freed_slots) (void)file_->PunchHole(slot * cs, cs);
+  if (batch->old_table_slots > 0) {
+    (void)file_->PunchHole(batch->old_table_slot * cs, batch->old_table_slots * cs);
   }
   return absl::OkStatus();
 }
 
-void Layer::FinishFlush(const FlushBatch& batch, bool ok) {
+void Layer::FinishFlush(FlushBatch* batch, bool ok, uint64_t reuse_tag) {
   if (ok) {
-    free_slots_.insert(free_slots_.end(), batch.freed_slots.begin(), batch.freed_slots.end());
-    for (uint32_t i = 0; i < batch.old_table_slots; ++i) {
-      free_slots_.push_back(batch.old_table_slot + i);
+    if (batch->header.has_value()) {
+      header_ = *std::move(batch->header);
+      journal_tail_ = 0;
+      next_seq_ = header_.journal_start_seq;
+    }
+    for (uint32_t slot : batch->freed_slots) quarantined_.push_back({reuse_tag, slot});
+    for (uint32_t i = 0; i < batch->old_table_slots; ++i) {
+      quarantined_.push_back({reuse_tag, batch->old_table_slot + i});
     }
     return;
   }
+  FinishFailedFlush(*batch);
+}
+
+void Layer::ReleaseQuarantined(uint64_t oldest_pinned_tag) {
+  auto reusable = [&](const std::pair<uint64_t, uint32_t>& q) {
+    return q.first < oldest_pinned_tag;
+  };
+  for (const auto& q : quarantined_) {
+    if (reusable(q)) free_slots_.push_back(q.second);
+  }
+  std::erase_if(quarantined_, reusable);
+}
+
+void Layer::FinishFailedFlush(const FlushBatch& batch) {
   // Nothing of this batch is known durable: its entries must go out with the next flush, and
-  // its slots stay unusable until then.
+  // its slots stay unusable until then. The next flush is a checkpoint, which starts a new
+  // journal epoch: blocks this attempt may have left in the journal can never be replayed
+  // after the ones a retry appends at the same positions.
+  force_checkpoint_ = true;
   for (const auto& [cluster, entry] : batch.records) {
     if (!batch.checkpoint || index_.Get(cluster) == entry) dirty_.insert(cluster);
   }
   if (batch.checkpoint) {
-    force_checkpoint_ = true;
     for (uint32_t i = 0; i < batch.table_slots; ++i) {
       pending_free_.push_back(batch.table_slot + i);
     }
@@ -446,8 +553,9 @@ absl::Status Layer::Flush() {
   auto batch = PrepareFlush();
   if (!batch.ok()) return batch.status();
   absl::Status s = file_->Sync();
-  if (s.ok()) s = WriteFlush(*batch);
-  FinishFlush(*batch, s.ok());
+  if (s.ok()) s = WriteFlush(&*batch);
+  FinishFlush(&*batch, s.ok());
+  ReleaseQuarantined(UINT64_MAX);  // a single-threaded owner maps no reads concurrently
   return s;
 }
 
@@ -460,6 +568,7 @@ absl::Status Layer::AppendJournal(const FlushBatch& batch) {
   for (uint64_t i = 0; i < padded; ++i) {
     JournalRecord record;
     record.sequence = next_seq_ + i;
+    record.flush_block = static_cast<uint16_t>(i / kRecordsPerJournalBlock);
     if (i < count) {
       record.kind = RecordKind::kCluster;
       record.cluster = batch.records[i].first;
@@ -477,28 +586,31 @@ absl::Status Layer::AppendJournal(const FlushBatch& batch) {
   return absl::OkStatus();
 }
 
-absl::Status Layer::WriteCheckpoint(const FlushBatch& batch) {
-  std::string table(batch.records.size() * kTableEntrySize, '\0');
-  for (size_t i = 0; i < batch.records.size(); ++i) {
-    EncodeTableEntry(batch.records[i].first, batch.records[i].second,
+absl::Status Layer::WriteCheckpoint(FlushBatch* batch) {
+  std::string table(batch->records.size() * kTableEntrySize, '\0');
+  for (size_t i = 0; i < batch->records.size(); ++i) {
+    EncodeTableEntry(batch->records[i].first, batch->records[i].second,
                      table.data() + i * kTableEntrySize);
   }
-  uint64_t table_offset = uint64_t{batch.table_slot} * header_.cluster_size;
+  uint64_t table_offset = uint64_t{batch->table_slot} * header_.cluster_size;
   if (!table.empty()) {
     // Invariant: the table is durable before the header that points to it.
     if (auto s = file_->Write(table_offset, table); !s.ok()) return s;
     if (auto s = file_->Sync(); !s.ok()) return s;
   }
   uint32_t crc = crc32c::Value(table.data(), table.size());
-  uint64_t start_seq = next_seq_;
-  absl::Status s = UpdateHeader([&](LayerHeader* h) {
+  const uint64_t start_seq = NextEpochStart();  // every older journal record is now stale
+  // Written now, published by FinishFlush under the owner's lock: readers of header() (a
+  // live `list`) never see it change under them.
+  auto next = WriteEditedHeader([&](LayerHeader* h) {
     h->table_offset = table.empty() ? 0 : table_offset;
-    h->table_entries = batch.records.size();
+    h->table_entries = batch->records.size();
     h->table_crc = crc;
-    h->journal_start_seq = start_seq;  // every older journal record is now stale
+    h->journal_start_seq = start_seq;
+    if (h->state != LayerState::kActive) h->journal_end_seq = 0;  // a merge journals on
   });
-  if (!s.ok()) return s;
-  journal_tail_ = 0;
+  if (!next.ok()) return next.status();
+  batch->header = *std::move(next);
   return absl::OkStatus();
 }
 
@@ -588,7 +700,16 @@ void Layer::ReleaseUnusedSpace() {
   if (used < header_.journal_size) {
     (void)file_->PunchHole(header_.journal_offset + used, header_.journal_size - used);
   }
-  if (file_->Truncate(high_water_ * header_.cluster_size).ok()) end_slot_ = high_water_;
+  // Up to the last slot still in use: slots freed at the top (a trim before the snapshot) are
+  // never allocated again, so they go too, and `check` finds nothing past the end. A
+  // quarantined slot may still be read by a read mapped before its trim: it stays.
+  uint64_t end = std::max<uint64_t>(first_data_slot_,
+                                    header_.table_entries ? table_slot() + table_slots() : 0);
+  index_.ForEach([&](uint64_t, const ClusterEntry& e) {
+    end = std::max<uint64_t>(end, uint64_t{e.slot} + 1);
+  });
+  for (const auto& [tag, slot] : quarantined_) end = std::max<uint64_t>(end, uint64_t{slot} + 1);
+  if (file_->Truncate(end * header_.cluster_size).ok()) high_water_ = end_slot_ = end;
 }
 
 }  // namespace strata

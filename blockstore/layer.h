@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,7 +50,10 @@ struct FlushBatch {
   uint32_t old_table_slot = 0;                             // freed by a checkpoint
   uint32_t old_table_slots = 0;
   std::vector<uint32_t> freed_slots;                       // reusable once durable
+  std::optional<LayerHeader> header;  // a checkpoint's new header, published by FinishFlush
 };
+
+class JournalChunks;
 
 // Reads and checks only the header of the layer at `path` (the valid copy with the higher
 // sequence); *copy, if given, receives which copy that was.
@@ -65,9 +69,10 @@ class Layer {
   // Creates a new active layer file (fails if it exists) and makes it durable.
   static absl::StatusOr<std::unique_ptr<Layer>> Create(Env* env, const std::string& path,
                                                        const LayerCreateParams& params);
-  // Opens a layer: reads both headers, the checkpoint table and replays the journal. A
-  // writable open of a layer whose journal holds records checkpoints at once, so appends
-  // always start on a clean block boundary. kWritable requires an active layer; kMergeTarget
+  // Opens a layer: checks the header against the file, reads the checkpoint table and replays
+  // the journal. A writable open starts a new journal epoch (a checkpoint when the journal
+  // holds records, else a header update), so appends start on a clean block boundary and no
+  // block a torn flush left can be replayed after them. kWritable requires an active layer; kMergeTarget
   // also opens a frozen one, for an offline commit into it.
   enum class Mode { kReadOnly, kWritable, kMergeTarget };
   static absl::StatusOr<std::unique_ptr<Layer>> Open(Env* env, const std::string& path, Mode mode,
@@ -106,11 +111,17 @@ class Layer {
 
   // Flush in three steps (see the design note). Data must be synced between PrepareFlush and
   // WriteFlush (Chain::Flush does it) for entries captured to point at durable data.
+  // WriteFlush changes nothing a reader under the owner's lock sees; FinishFlush publishes.
   absl::StatusOr<FlushBatch> PrepareFlush();
-  absl::Status WriteFlush(const FlushBatch& batch);
-  // Frees what the batch freed once it is durable (ok), or marks its entries dirty again.
-  void FinishFlush(const FlushBatch& batch, bool ok);
-  // All three steps plus the data sync, for single-threaded callers.
+  absl::Status WriteFlush(FlushBatch* batch);
+  // Once the batch is durable (ok): publishes a checkpoint's header and quarantines the slots
+  // it freed under `reuse_tag`. Else marks its entries dirty again and forces a checkpoint.
+  void FinishFlush(FlushBatch* batch, bool ok, uint64_t reuse_tag = 0);
+  // Quarantined slots become reusable once every read that may still use them ended: those
+  // with a tag below `oldest_pinned_tag` (the owner's oldest read in flight; see Chain).
+  void ReleaseQuarantined(uint64_t oldest_pinned_tag);
+  bool has_quarantined() const { return !quarantined_.empty(); }
+  // All three steps plus the data sync, for single-threaded callers (no concurrent reads).
   absl::Status Flush();
 
   // True when the next flush must write a checkpoint table (the dirty entries do not fit in
@@ -125,7 +136,8 @@ class Layer {
   absl::StatusOr<LayerHeader> WriteFrozenHeader(const std::string& name, int64_t frozen_ns);
   void PublishHeader(LayerHeader header) { header_ = std::move(header); }
   // A frozen layer never journals or grows again: punches the unused journal and truncates
-  // the unused tail of the last extent. Failing only wastes space, so errors are ignored.
+  // the file after the last slot in use. Failing only wastes space, so errors are ignored.
+  // REQUIRES: the index is still loaded (before ReleaseIndex).
   void ReleaseUnusedSpace();
   // Rewrites the header (the other copy, sequence + 1) after `edit` changed it, and syncs.
   absl::Status UpdateHeader(const std::function<void(LayerHeader*)>& edit);
@@ -150,12 +162,16 @@ class Layer {
  private:
   Layer() = default;
   absl::Status LoadTable();
+  absl::Status CheckFitsFile() const;
   absl::Status ReplayJournal();
-  absl::Status CheckJournalEnd(uint64_t stopped_at) const;
+  absl::Status CheckNoLaterFlush(uint64_t stop, JournalChunks* chunks) const;
+  absl::Status StartJournalEpoch();
+  uint64_t NextEpochStart() const;
+  void FinishFailedFlush(const FlushBatch& batch);
   absl::Status RebuildAllocator();
   absl::Status GrowExtent();
   absl::Status WriteHeader();
-  absl::Status WriteCheckpoint(const FlushBatch& batch);
+  absl::Status WriteCheckpoint(FlushBatch* batch);
   absl::Status ValidateEntry(uint64_t cluster, const ClusterEntry& entry) const;
   absl::Status Corrupt(absl::string_view what) const;
   absl::Status AppendJournal(const FlushBatch& batch);
@@ -179,6 +195,7 @@ class Layer {
   uint64_t end_slot_ = 0;     // slots below are allocated on the host volume
   std::vector<uint32_t> free_slots_;
   std::vector<uint32_t> pending_free_;
+  std::vector<std::pair<uint64_t, uint32_t>> quarantined_;  // (reuse tag, slot), see FinishFlush
 
   // Journal (touched only by the flush path).
   uint64_t journal_tail_ = 0;  // bytes used

@@ -1,5 +1,10 @@
 #include "blockstore/layer.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <functional>
+
 #include "blockstore/test_util.h"
 #include "gtest/gtest.h"
 
@@ -159,6 +164,172 @@ TEST_F(LayerTest, DamagedJournalRecordOfAFrozenLayerIsDataLoss) {
   ASSERT_FALSE(broken.ok());
   EXPECT_EQ(broken.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(broken.status().message().find("journal record"), absl::string_view::npos);
+}
+
+// Overwrites `n` bytes at `offset` with zeros, as a write that never reached the disk.
+void ZeroBytes(const std::string& path, uint64_t offset, uint64_t n) {
+  int fd = open(path.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << path;
+  std::string zeros(n, '\0');
+  ASSERT_EQ(pwrite(fd, zeros.data(), n, static_cast<off_t>(offset)), static_cast<ssize_t>(n));
+  close(fd);
+}
+
+TEST_F(LayerTest, TornMultiBlockFlushIsNeverReplayedAfterALaterRun) {
+  // 200 dirty clusters: one flush of two journal blocks. Power fails during its fdatasync with
+  // block 1 on disk but not block 0; a second run then writes cluster 150 and flushes
+  // (acknowledged). Block 1's stale records must never be replayed after that run's append,
+  // whose first block reuses block 0's position.
+  auto layer = Create();
+  for (uint64_t c = 0; c < 200; ++c) Put(layer.get(), c, 0x1);
+  ASSERT_TRUE(layer->Flush().ok());
+  const uint64_t journal = layer->header().journal_offset;
+  layer.reset();
+  ZeroBytes(path_, journal, kJournalBlockSize);
+  {
+    auto second = Open(Layer::Mode::kWritable);
+    ASSERT_TRUE(second.ok()) << second.status();
+    EXPECT_TRUE((*second)->Get(199).empty());  // the torn flush is not replayed
+    Put(second->get(), 150, 0x3);
+    ASSERT_TRUE((*second)->Flush().ok());
+  }
+  auto reopened = Open();
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ((*reopened)->Get(150).present, 0x3u);
+  for (uint64_t c : {0, 149, 151, 199}) EXPECT_TRUE((*reopened)->Get(c).empty()) << c;
+  EXPECT_EQ((*reopened)->referenced_slots(), 1u);
+}
+
+TEST_F(LayerTest, EveryWritableOpenStartsANewJournalEpoch) {
+  auto layer = Create();
+  const uint64_t first = layer->header().journal_start_seq;
+  layer.reset();
+  ASSERT_TRUE(Open(Layer::Mode::kWritable).ok());  // empty journal: a header update
+  auto reopened = Open();
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ((*reopened)->header().journal_start_seq,
+            first + JournalCapacity(kDefaultJournalSize));
+}
+
+TEST_F(LayerTest, DamagedRecordOfACompletedFlushIsDataLoss) {
+  // A bad record followed by an intact later flush cannot be a torn tail: a flush is written
+  // only after the one before it was synced.
+  auto layer = Create();
+  Put(layer.get(), 1, 1);
+  ASSERT_TRUE(layer->Flush().ok());
+  Put(layer.get(), 2, 1);
+  ASSERT_TRUE(layer->Flush().ok());
+  const uint64_t journal = layer->header().journal_offset;
+  layer.reset();
+  testing::XorByte(path_, journal + 20);  // the first flush's only record
+  auto broken = Open();
+  ASSERT_FALSE(broken.ok());
+  EXPECT_EQ(broken.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(broken.status().message().find("a completed flush was damaged"),
+            absl::string_view::npos) << broken.status();
+  EXPECT_NE(broken.status().message().find(path_), absl::string_view::npos);
+}
+
+TEST_F(LayerTest, TornLastFlushWithALaterBlockIntactStillOpens) {
+  auto layer = Create();
+  Put(layer.get(), 1, 1);
+  ASSERT_TRUE(layer->Flush().ok());                          // block 0
+  for (uint64_t c = 10; c < 210; ++c) Put(layer.get(), c, 1);
+  ASSERT_TRUE(layer->Flush().ok());                          // blocks 1 and 2
+  const uint64_t journal = layer->header().journal_offset;
+  layer.reset();
+  ZeroBytes(path_, journal + kJournalBlockSize, kJournalBlockSize);  // block 1 never landed
+  auto reopened = Open();
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ((*reopened)->Get(1).present, 1u);
+  EXPECT_TRUE((*reopened)->Get(10).empty());
+  EXPECT_TRUE((*reopened)->Get(209).empty());  // block 2 survived but belongs to the torn flush
+}
+
+TEST_F(LayerTest, FrozenLayerReplaysExactlyToItsRecordedEnd) {
+  auto layer = Create();
+  Put(layer.get(), 1, 1);
+  ASSERT_TRUE(layer->Freeze("snap", 1).ok());
+  const LayerHeader h = layer->header();
+  layer.reset();
+  ASSERT_EQ(h.journal_end_seq, h.journal_start_seq + kRecordsPerJournalBlock);
+  // A valid record right after the recorded end, with the sequence replay would expect next.
+  JournalRecord stray;
+  stray.sequence = h.journal_end_seq;
+  stray.cluster = 7;
+  stray.entry = {.slot = 0, .present = 0, .zero = 1};
+  std::string bytes(kJournalRecordSize, '\0');
+  stray.EncodeTo(bytes.data());
+  int fd = open(path_.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, bytes.data(), bytes.size(),
+                   static_cast<off_t>(h.journal_offset + kJournalBlockSize)),
+            static_cast<ssize_t>(bytes.size()));
+  close(fd);
+  auto reopened = Open();
+  ASSERT_TRUE(reopened.ok()) << reopened.status();
+  EXPECT_EQ((*reopened)->Get(1).present, 1u);
+  EXPECT_TRUE((*reopened)->Get(7).empty());
+}
+
+// Writes `h` into both header copies of `path`, with a valid CRC.
+void WriteBothHeaders(const std::string& path, const LayerHeader& h) {
+  std::string block;
+  h.EncodeTo(&block);
+  int fd = open(path.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0) << path;
+  for (uint64_t at : kHeaderCopyOffset) {
+    ASSERT_EQ(pwrite(fd, block.data(), block.size(), static_cast<off_t>(at)),
+              static_cast<ssize_t>(block.size()));
+  }
+  close(fd);
+}
+
+TEST_F(LayerTest, CraftedHeaderWithValidCrcIsCorruptNotACrash) {
+  auto layer = Create();
+  const LayerHeader good = layer->header();
+  layer.reset();
+  struct Case {
+    const char* what;
+    std::function<void(LayerHeader*)> edit;
+  };
+  const Case cases[] = {
+      {"16 EiB disk with a 2^40-entry table",
+       [](LayerHeader* h) {
+         h->virtual_size = ~uint64_t{0} - 65535;
+         h->table_offset = 1 << 20;
+         h->table_entries = uint64_t{1} << 40;
+       }},
+      {"size not a multiple of 512", [](LayerHeader* h) { h->virtual_size = 1000; }},
+      {"more than 2^32 clusters", [](LayerHeader* h) { h->virtual_size = uint64_t{1} << 50; }},
+      {"table beyond the file",
+       [](LayerHeader* h) {
+         h->table_offset = uint64_t{1} << 40;
+         h->table_entries = 10;
+       }},
+      {"journal beyond the file", [](LayerHeader* h) { h->journal_size = 256 << 20; }},
+      {"journal larger than the format allows", [](LayerHeader* h) { h->journal_size = 1ull << 40; }},
+      {"journal not at slot 1", [](LayerHeader* h) { h->journal_offset = 3 * 65536; }},
+      {"sequence about to wrap", [](LayerHeader* h) { h->journal_start_seq = ~uint64_t{0} - 5; }},
+      {"end past what the journal holds",
+       [](LayerHeader* h) {
+         h->state = LayerState::kFrozen;
+         h->journal_end_seq = h->journal_start_seq + JournalCapacity(h->journal_size) + 1;
+       }},
+  };
+  for (const Case& c : cases) {
+    LayerHeader h = good;
+    c.edit(&h);
+    WriteBothHeaders(path_, h);
+    for (Layer::Mode mode : {Layer::Mode::kReadOnly, Layer::Mode::kWritable}) {
+      auto opened = Open(mode);
+      ASSERT_FALSE(opened.ok()) << c.what;
+      EXPECT_EQ(opened.status().code(), absl::StatusCode::kDataLoss) << c.what;
+      EXPECT_NE(opened.status().message().find(path_), absl::string_view::npos) << c.what;
+    }
+  }
+  WriteBothHeaders(path_, good);
+  EXPECT_TRUE(Open().ok());
 }
 
 TEST_F(LayerTest, FreedSlotIsReusedOnlyAfterFlush) {

@@ -28,10 +28,10 @@ absl::Status ChainStorage::Missing() const {
                               "server"));
 }
 
-absl::Status ChainStorage::MapRead(uint64_t offset, uint64_t length,
-                                   std::vector<Segment>* out) const {
+absl::Status ChainStorage::MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
+                                   ReadPin* pin) const {
   if (chain_ == nullptr) return Missing();
-  return chain_->MapRead(offset, length, out);
+  return chain_->MapRead(offset, length, out, pin);
 }
 absl::StatusOr<WritePlan> ChainStorage::PrepareWrite(uint64_t offset, uint64_t length) {
   if (chain_ == nullptr) return Missing();

@@ -28,8 +28,8 @@ class ChainStorage final : public Storage {
   int top_position() const override { return top_position_.load(std::memory_order_relaxed); }
   std::string Describe() const override;
 
-  absl::Status MapRead(uint64_t offset, uint64_t length,
-                       std::vector<Segment>* out) const override;
+  absl::Status MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
+                       ReadPin* pin) const override;
   absl::StatusOr<WritePlan> PrepareWrite(uint64_t offset, uint64_t length) override;
   void FinishWrite(const WritePlan& plan, bool succeeded) override;
   absl::Status Zero(uint64_t offset, uint64_t length, bool may_trim,

@@ -365,7 +365,7 @@ void Connection::StartRead(Request* r) {
   const uint64_t start = AlignDown(off, a);
   const uint64_t end = std::min(AlignUp(off + len, a), storage_->size());
   AcquireBuffer(r, start, AlignUp(off + len, kDirectIoAlignment));
-  absl::Status st = storage_->MapRead(start, end - start, &r->segments);
+  absl::Status st = storage_->MapRead(start, end - start, &r->segments, &r->read_pin);
   if (!st.ok()) {
     Fail(r, std::move(st));
     return;
@@ -695,6 +695,7 @@ void Connection::PiecesDone(Request* r) {
       RangeWritten(r);  // FinishWrite(plan, ok), then the next range or the reply
       return;
     default:
+      r->read_pin.Release();  // the preads are done: trimmed slots may be reused
       Reply(r);
       return;
   }

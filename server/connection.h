@@ -87,6 +87,7 @@ struct Request {
 
   // READ
   std::vector<Segment> segments;
+  ReadPin read_pin;  // READ: keeps `segments`' slots from reuse until the preads completed
   std::vector<ReadRun> runs;
 
   // WRITE / WRITE_ZEROES: ranges written one after the other through PrepareWrite.

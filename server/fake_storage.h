@@ -20,7 +20,8 @@ class FakeStorage : public Storage {
   bool direct_io() const override { return false; }
   int top_position() const override { return 2; }
   std::string Describe() const override { return "fake disk"; }
-  absl::Status MapRead(uint64_t, uint64_t length, std::vector<Segment>* out) const override {
+  absl::Status MapRead(uint64_t, uint64_t length, std::vector<Segment>* out,
+                       ReadPin*) const override {
     Segment s;
     s.length = length;
     out->push_back(s);

@@ -39,8 +39,9 @@ class Storage {
   // One line naming what is served, for logs and NBD_INFO_DESCRIPTION.
   virtual std::string Describe() const = 0;
 
-  virtual absl::Status MapRead(uint64_t offset, uint64_t length,
-                               std::vector<Segment>* out) const = 0;
+  // *pin keeps the segments' slots from reuse until released, after the reads completed.
+  virtual absl::Status MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
+                               ReadPin* pin) const = 0;
   virtual absl::StatusOr<WritePlan> PrepareWrite(uint64_t offset, uint64_t length) = 0;
   virtual void FinishWrite(const WritePlan& plan, bool succeeded) = 0;
   virtual absl::Status Zero(uint64_t offset, uint64_t length, bool may_trim,

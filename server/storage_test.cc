@@ -109,7 +109,8 @@ TEST_F(ChainStorageTest, ZeroReturnsUnalignedEdgesAsDataRanges) {
 
 TEST_F(ChainStorageTest, OutOfRangeIsKOutOfRange) {
   std::vector<Segment> segs;
-  EXPECT_EQ(storage_->MapRead(1 << 20, 1, &segs).code(), absl::StatusCode::kOutOfRange);
+  ReadPin pin;
+  EXPECT_EQ(storage_->MapRead(1 << 20, 1, &segs, &pin).code(), absl::StatusCode::kOutOfRange);
   EXPECT_EQ(storage_->PrepareWrite((1 << 20) - 1, 2).status().code(),
             absl::StatusCode::kOutOfRange);
 }
