@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 
@@ -19,6 +20,16 @@ namespace {
 constexpr uint64_t kBlock = 4096;  // a pending write persists block by block, in any subset
 constexpr uint64_t kSector = 512;  // and a block it keeps may still be torn at sectors
 constexpr uint8_t kWhole = 0xff;   // every sector of a piece (a block has 8)
+
+// A 4 KiB block, and the hash of its bytes once asked (a shared block is copied, not changed).
+struct Block {
+  std::string bytes = std::string(kBlock, '\0');
+  mutable uint64_t hash = 0;  // 0: not computed yet
+  uint64_t Hash() const {
+    if (hash == 0) hash = std::hash<std::string_view>()(bytes) | 1;
+    return hash;
+  }
+};
 
 // Sparse file content: 4 KiB blocks, absent ones read as zeros. Copies share their blocks
 // until one of them writes (a CrashPoint costs little).
@@ -50,20 +61,21 @@ class Content {
   }
   // Everything at and past `size` reads as zeros.
   void Cut(uint64_t size) { Zero(size, UINT64_MAX); }
-  const std::map<uint64_t, std::shared_ptr<std::string>>& blocks() const { return blocks_; }
+  const std::map<uint64_t, std::shared_ptr<Block>>& blocks() const { return blocks_; }
 
  private:
   char* Mutable(uint64_t b) {
-    std::shared_ptr<std::string>& block = blocks_[b];
+    std::shared_ptr<Block>& block = blocks_[b];
     if (!block) {
-      block = std::make_shared<std::string>(kBlock, '\0');
+      block = std::make_shared<Block>();
     } else if (block.use_count() > 1) {
-      block = std::make_shared<std::string>(*block);
+      block = std::make_shared<Block>(*block);
     }
-    return block->data();
+    block->hash = 0;
+    return block->bytes.data();
   }
 
-  std::map<uint64_t, std::shared_ptr<std::string>> blocks_;
+  std::map<uint64_t, std::shared_ptr<Block>> blocks_;
 };
 
 // One pending operation on an inode.
@@ -103,7 +115,9 @@ struct Inode {
   uint64_t durable_size = 0;
   std::vector<Op> pending;  // since the last Sync(), in program order
   uint64_t size = 0;        // now: the real file's size
-  uint64_t version = 0;     // changes whenever the real file does
+  // A real operation failed part way: the real file may hold what no operation recorded, so a
+  // crash writes it out anew instead of patching it.
+  bool diverged = false;
 };
 
 // A directory operation in the log.
@@ -260,34 +274,70 @@ uint64_t Mix(uint64_t h, uint64_t v) {
 uint64_t Fingerprint(const Content& content, uint64_t size) {
   uint64_t h = Mix(0, size);
   for (const auto& [b, block] : content.blocks()) {
-    h = Mix(Mix(h, b), std::hash<std::string_view>()(*block));
+    h = Mix(Mix(h, b), block->Hash());
   }
   return h;
 }
 
-// `path` with its directory resolved (relative to the working directory, symlinks followed):
-// the model's name for it. Directories are not modeled, so they exist.
-std::string Canonical(const std::string& path) {
-  char* real = realpath(DirName(path).c_str(), nullptr);
-  std::string dir = real ? real : DirName(path);
-  free(real);
-  return dir == "/" ? "/" + BaseName(path) : dir + "/" + BaseName(path);
+// Brings the real file `fd` from content `from` (`from_size` bytes) to `to` (`size` bytes):
+// writes the blocks that differ, in runs, and punches out the blocks `to` does not have.
+absl::Status Rewrite(int fd, const std::string& path, const Content& from, uint64_t from_size,
+                     const Content& to, uint64_t size) {
+  constexpr size_t kRun = 1 << 20;
+  if (size != from_size && ftruncate(fd, static_cast<off_t>(size)) != 0) {
+    return ErrnoStatus(errno, "crash: truncate", path);
+  }
+  std::string run;
+  uint64_t run_at = 0;
+  auto write_run = [&]() -> absl::Status {
+    if (!run.empty() && pwrite(fd, run.data(), run.size(), static_cast<off_t>(run_at)) !=
+                            static_cast<ssize_t>(run.size())) {
+      return ErrnoStatus(errno, "crash: write", path, static_cast<int64_t>(run_at));
+    }
+    run.clear();
+    return absl::OkStatus();
+  };
+  auto old = from.blocks().begin(), now = to.blocks().begin();
+  while (old != from.blocks().end() || now != to.blocks().end()) {
+    uint64_t b = std::min(old != from.blocks().end() ? old->first : UINT64_MAX,
+                          now != to.blocks().end() ? now->first : UINT64_MAX);
+    const Block* was = old != from.blocks().end() && old->first == b ? (old++)->second.get() : nullptr;
+    const Block* is = now != to.blocks().end() && now->first == b ? (now++)->second.get() : nullptr;
+    // Copies share unchanged blocks, so most compare by pointer.
+    if (b * kBlock >= size || was == is || (was && is && was->bytes == is->bytes)) continue;
+    if (is == nullptr) {
+      if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(b * kBlock),
+                    kBlock) != 0) {
+        return ErrnoStatus(errno, "crash: punch hole", path, static_cast<int64_t>(b * kBlock));
+      }
+      continue;
+    }
+    if (!run.empty() && (run_at + run.size() != b * kBlock || run.size() >= kRun)) {
+      if (auto s = write_run(); !s.ok()) return s;
+    }
+    if (run.empty()) run_at = b * kBlock;
+    run.append(is->bytes, 0, std::min<uint64_t>(kBlock, size - b * kBlock));
+  }
+  return write_run();
 }
 
 absl::Status WriteOut(const std::string& path, const Inode& inode) {
   int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus(errno, "crash: create", path);
-  absl::Status s;
-  for (const auto& [b, block] : inode.durable.blocks()) {
-    size_t n = std::min<uint64_t>(kBlock, inode.durable_size - b * kBlock);
-    if (pwrite(fd, block->data(), n, static_cast<off_t>(b * kBlock)) != static_cast<ssize_t>(n)) {
-      s = ErrnoStatus(errno, "crash: write", path, static_cast<int64_t>(b * kBlock));
-      break;
-    }
-  }
-  if (s.ok() && ftruncate(fd, static_cast<off_t>(inode.durable_size)) != 0) {
-    s = ErrnoStatus(errno, "crash: truncate", path);
-  }
+  absl::Status s = Rewrite(fd, path, Content(), 0, inode.durable, inode.durable_size);
+  close(fd);
+  return s;
+}
+
+// Rewrites the real file `path`, which holds `now`'s content with everything pending applied,
+// as `target`'s durable content.
+absl::Status Patch(const std::string& path, const Inode& now, const Inode& target) {
+  Content current;
+  uint64_t size;
+  Apply(now, KeepAll(now), &current, &size);
+  int fd = open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "crash: open", path);
+  absl::Status s = Rewrite(fd, path, current, size, target.durable, target.durable_size);
   close(fd);
   return s;
 }
@@ -338,7 +388,7 @@ class CrashFile final : public File {
     absl::MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("write", path()); !s.ok()) return s;
     absl::Status s = real_->Write(offset, data);
-    Inode& i = Changed();
+    Inode& i = Touched(s);
     if (!s.ok() || data.empty()) return s;
     Resized(&i, std::max(i.size, offset + data.size()));
     i.pending.push_back({Op::Kind::kWrite, offset, data.size(), 0,
@@ -357,7 +407,7 @@ class CrashFile final : public File {
     absl::MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("fallocate", path()); !s.ok()) return s;
     absl::Status s = real_->Allocate(offset, length);
-    Inode& i = Changed();
+    Inode& i = Touched(s);
     if (s.ok()) Resized(&i, std::max(i.size, offset + length));
     return s;
   }
@@ -365,7 +415,7 @@ class CrashFile final : public File {
     absl::MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("punch hole", path()); !s.ok()) return s;
     absl::Status s = real_->PunchHole(offset, length);
-    Inode& i = Changed();
+    Inode& i = Touched(s);
     if (s.ok() && offset < i.size) {
       i.pending.push_back({Op::Kind::kPunch, offset, std::min(length, i.size - offset)});
     }
@@ -375,7 +425,7 @@ class CrashFile final : public File {
     absl::MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("truncate", path()); !s.ok()) return s;
     absl::Status s = real_->Truncate(size);
-    Inode& i = Changed();
+    Inode& i = Touched(s);
     if (s.ok()) Resized(&i, size);
     return s;
   }
@@ -396,10 +446,10 @@ class CrashFile final : public File {
   }
 
  private:
-  // The inode, its real file just touched: a crash must rewrite it from the model.
-  Inode& Changed() {
+  // The inode after a real operation that returned `s`.
+  Inode& Touched(const absl::Status& s) {
     Inode& i = env_->model_->inodes.at(inode_);
-    i.version = env_->next_version_++;
+    i.diverged |= !s.ok();
     return i;
   }
   static void Resized(Inode* i, uint64_t size) {
@@ -423,7 +473,7 @@ absl::Status CrashEnv::Import(const std::string& root) {
   for (std::filesystem::recursive_directory_iterator it(root, error), end; !error && it != end;
        it.increment(error)) {
     if (!it->is_regular_file()) continue;
-    const std::string path = Canonical(it->path().string());
+    const std::string path = CanonicalLocked(it->path().string());
     struct stat st;
     if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "crash env: stat", path);
     auto [known, fresh] = seen.emplace(std::make_pair(st.st_dev, st.st_ino), 0);
@@ -474,10 +524,23 @@ absl::Status CrashEnv::ImportLocked(const std::string& path, uint64_t* inode) {
   close(fd);
   if (!s.ok()) return s;
   *inode = next_inode_++;
-  i.version = next_version_++;
   model_->inodes[*inode] = std::move(i);
   model_->names[path] = model_->durable_names[path] = *inode;
   return absl::OkStatus();
+}
+
+std::string CrashEnv::CanonicalLocked(const std::string& path) {
+  const std::string dir = DirName(path);
+  auto known = dir[0] == '/' ? dirs_.find(dir) : dirs_.end();  // relative: the cwd may change
+  if (known == dirs_.end()) {
+    char* real = realpath(dir.c_str(), nullptr);
+    std::string resolved = real ? real : dir;
+    free(real);
+    if (resolved == "/") resolved.clear();
+    if (dir[0] != '/') return resolved + "/" + BaseName(path);
+    known = dirs_.emplace(dir, std::move(resolved)).first;
+  }
+  return known->second + "/" + BaseName(path);
 }
 
 uint64_t CrashEnv::InodeAtLocked(const std::string& path) {
@@ -515,11 +578,11 @@ absl::StatusOr<std::unique_ptr<File>> CrashEnv::Open(const std::string& path,
   if (auto s = CheckPowerLocked("open", path); !s.ok()) return s;
   auto real = Env::Default()->Open(path, options);
   if (!real.ok()) return real.status();
-  const std::string name = Canonical(path);
+  const std::string name = CanonicalLocked(path);
   uint64_t inode;
   if (options.create) {
     inode = next_inode_++;
-    model_->inodes[inode].version = next_version_++;
+    model_->inodes[inode];
     model_->names[name] = inode;
     model_->dir_log.push_back({DirOp::Kind::kCreate, name, "", inode});
   } else if (inode = InodeAtLocked(name); inode == 0) {
@@ -538,7 +601,7 @@ void CrashEnv::Closed(CrashFile* file) {
 absl::Status CrashEnv::Rename(const std::string& from, const std::string& to) {
   absl::MutexLock lock(&mu_);
   if (auto s = CheckPowerLocked("rename", absl::StrCat(from, " -> ", to)); !s.ok()) return s;
-  const std::string f = Canonical(from), t = Canonical(to);
+  const std::string f = CanonicalLocked(from), t = CanonicalLocked(to);
   const uint64_t inode = InodeAtLocked(f);
   InodeAtLocked(t);  // a name it replaces must be able to come back
   if (auto s = Env::Default()->Rename(from, to); !s.ok() || f == t) return s;
@@ -551,9 +614,9 @@ absl::Status CrashEnv::Rename(const std::string& from, const std::string& to) {
 absl::Status CrashEnv::Link(const std::string& from, const std::string& to) {
   absl::MutexLock lock(&mu_);
   if (auto s = CheckPowerLocked("link", absl::StrCat(from, " -> ", to)); !s.ok()) return s;
-  const uint64_t inode = InodeAtLocked(Canonical(from));
+  const uint64_t inode = InodeAtLocked(CanonicalLocked(from));
   if (auto s = Env::Default()->Link(from, to); !s.ok()) return s;
-  const std::string t = Canonical(to);
+  const std::string t = CanonicalLocked(to);
   model_->names[t] = inode;
   model_->dir_log.push_back({DirOp::Kind::kLink, t, "", inode});
   return absl::OkStatus();
@@ -562,7 +625,7 @@ absl::Status CrashEnv::Link(const std::string& from, const std::string& to) {
 absl::Status CrashEnv::Remove(const std::string& path) {
   absl::MutexLock lock(&mu_);
   if (auto s = CheckPowerLocked("remove", path); !s.ok()) return s;
-  const std::string name = Canonical(path);
+  const std::string name = CanonicalLocked(path);
   const uint64_t inode = InodeAtLocked(name);
   if (auto s = Env::Default()->Remove(path); !s.ok() || inode == 0) return s;
   model_->names.erase(name);
@@ -651,8 +714,6 @@ absl::StatusOr<uint64_t> CrashEnv::Crash(const CrashPoint& at, const CrashChoice
   next.durable_names = was.durable_names;
   for (size_t i = 0; i < sel.dir_ops; ++i) was.dir_log[i].ApplyTo(&next.durable_names);
   next.names = next.durable_names;
-  std::set<uint64_t> named_now, reuse;
-  for (const auto& [path, id] : model_->names) named_now.insert(id);
   uint64_t print = 0;
   for (const auto& [path, id] : next.names) {
     print = Mix(Mix(print, std::hash<std::string>()(path)), id);
@@ -667,50 +728,49 @@ absl::StatusOr<uint64_t> CrashEnv::Crash(const CrashPoint& at, const CrashChoice
       Apply(before, kept->second, &after.durable, &after.durable_size);
     }
     after.size = after.durable_size;
-    // A file untouched since `at`, with nothing pending then, already holds its crash state.
-    auto now = model_->inodes.find(id);
-    if (before.pending.empty() && now != model_->inodes.end() &&
-        now->second.version == before.version && named_now.count(id)) {
-      reuse.insert(id);
-      after.version = before.version;
-    } else {
-      after.version = next_version_++;
-    }
     print = Mix(print, Fingerprint(after.durable, after.durable_size));
   }
-  if (auto s = MaterializeLocked(next, reuse); !s.ok()) return s;
+  if (auto s = MaterializeLocked(next); !s.ok()) return s;
   *model_ = std::move(next);
   power_cut_ = false;
   syncs_until_cut_ = -1;
   return print;
 }
 
-absl::Status CrashEnv::MaterializeLocked(const CrashModel& next, const std::set<uint64_t>& reuse) {
-  // A file kept as it is waits under a temporary name while every current name goes.
-  std::map<uint64_t, std::string> parked;
+absl::Status CrashEnv::MaterializeLocked(const CrashModel& next) {
+  // The files that stay get only their differing blocks rewritten (re-creating them would
+  // also free and reallocate their preallocated extents: slow).
+  std::map<uint64_t, std::string> parked;  // a file that stays, under a temporary name
   for (const auto& [path, id] : model_->names) {
-    if (!reuse.count(id) || parked.count(id)) continue;
+    auto now = model_->inodes.find(id);
+    if (!next.inodes.count(id) || parked.count(id) || now->second.diverged) continue;
+    if (auto s = Patch(path, now->second, next.inodes.at(id)); !s.ok()) return s;
     std::string temp = absl::StrCat(DirName(path), "/.crash-env-", id);
     unlink(temp.c_str());
     if (link(path.c_str(), temp.c_str()) != 0) return ErrnoStatus(errno, "crash: link", temp);
     parked[id] = temp;
   }
+  auto stays = [&](const std::string& path, uint64_t id) {
+    auto now = model_->names.find(path);
+    return now != model_->names.end() && now->second == id && parked.count(id);
+  };
   for (const auto& [path, id] : model_->names) {
+    auto after = next.names.find(path);
+    if (after != next.names.end() && stays(path, after->second)) continue;
     if (unlink(path.c_str()) != 0 && errno != ENOENT) return ErrnoStatus(errno, "crash: remove", path);
   }
-  std::map<uint64_t, std::string> first;  // hard links stay hard links
+  std::map<uint64_t, std::string> written;  // hard links stay hard links
   for (const auto& [path, id] : next.names) {
-    if (auto f = first.find(id); f != first.end()) {
-      if (link(f->second.c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "crash: link", path);
-    } else if (auto p = parked.find(id); p != parked.end()) {
-      if (rename(p->second.c_str(), path.c_str()) != 0) {
-        return ErrnoStatus(errno, "crash: rename", path);
-      }
-    } else if (auto s = WriteOut(path, next.inodes.at(id)); !s.ok()) {
-      return s;
+    if (stays(path, id)) continue;
+    const std::string* from = parked.count(id) ? &parked[id] : written.count(id) ? &written[id] : nullptr;
+    if (from != nullptr) {
+      if (link(from->c_str(), path.c_str()) != 0) return ErrnoStatus(errno, "crash: link", path);
+      continue;
     }
-    first[id] = path;
+    if (auto s = WriteOut(path, next.inodes.at(id)); !s.ok()) return s;
+    written[id] = path;
   }
+  for (const auto& [id, temp] : parked) unlink(temp.c_str());
   return absl::OkStatus();
 }
 

@@ -38,7 +38,6 @@
 #include <map>
 #include <memory>
 #include <random>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -142,27 +141,28 @@ class CrashEnv : public Env {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SyncPointLocked(absl::string_view op, const std::string& path)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `path` with its directory resolved (relative to the working directory, symlinks
+  // followed): the model's name for it. Directories are not modeled, so they exist and stay.
+  std::string CanonicalLocked(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The model inode named `path` (canonical), taking an unknown existing file as durable;
   // 0 when there is no such file.
   uint64_t InodeAtLocked(const std::string& path) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status ImportLocked(const std::string& path, uint64_t* inode)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Replaces the real files named now by those of `next`; the inodes in `reuse` keep their
-  // real file (its content is already theirs).
-  absl::Status MaterializeLocked(const CrashModel& next, const std::set<uint64_t>& reuse)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Turns the real files, named and filled as the model holds them now, into those of `next`.
+  absl::Status MaterializeLocked(const CrashModel& next) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   void Closed(CrashFile* file);
 
   mutable absl::Mutex mu_;
   std::unique_ptr<CrashModel> model_ ABSL_GUARDED_BY(mu_);
   uint64_t next_inode_ ABSL_GUARDED_BY(mu_) = 1;
-  uint64_t next_version_ ABSL_GUARDED_BY(mu_) = 1;
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);
   int syncs_until_failure_ ABSL_GUARDED_BY(mu_) = -1;
   int syncs_until_cut_ ABSL_GUARDED_BY(mu_) = -1;
   bool power_cut_ ABSL_GUARDED_BY(mu_) = false;
   std::map<int, CrashFile*> open_ ABSL_GUARDED_BY(mu_);  // by real descriptor
+  std::map<std::string, std::string> dirs_ ABSL_GUARDED_BY(mu_);  // absolute -> resolved
 };
 
 }  // namespace strata

@@ -23,8 +23,10 @@ namespace strata::testing {
 
 class TempDir {
  public:
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "strata-test-XXXXXX").string();
+  TempDir() : TempDir(std::filesystem::temp_directory_path().string()) {}
+  // A new directory inside `parent`.
+  explicit TempDir(const std::string& parent) {
+    std::string tmpl = parent + "/strata-test-XXXXXX";
     path_ = mkdtemp(tmpl.data());
   }
   ~TempDir() { std::filesystem::remove_all(path_); }
