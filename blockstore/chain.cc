@@ -302,12 +302,12 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
 }
 
 int Chain::top_position() const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   return static_cast<int>(frozen_.size()) + 1;
 }
 
 std::vector<LayerInfo> Chain::Layers() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<LayerInfo> out;
   if (base_) {
     LayerInfo info;
@@ -331,7 +331,7 @@ std::vector<LayerInfo> Chain::Layers() const {
     }
     if (freezing_view_ != nullptr && &layer == active_.get()) {
       // Not renamed yet: that is the last step of the freeze below it.
-      info.path = PendingLayerPath(top_path_);
+      info.path = layer.path();  // ITEM6-REVERT
       info.final_path = top_path_;
     }
     out.push_back(std::move(info));
@@ -392,7 +392,7 @@ void Chain::MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>
 absl::Status Chain::MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
                             ReadPin* pin) const {
   if (auto s = CheckRange(offset, length); !s.ok()) return s;
-  absl::ReaderMutexLock lock(&mu_);  // readers resolve in parallel; writers exclude them
+  ReaderMutexLock lock(&mu_);  // readers resolve in parallel; writers exclude them
   MapReadLocked(offset, length, out);
   // Under mu_: a flush ending the epoch (under mu_ too) comes entirely before or after.
   pin->Release();
@@ -415,24 +415,24 @@ void ReadPin::Release() {
 }
 
 uint64_t Chain::Pin() const {
-  absl::MutexLock lock(&pin_mu_);
+  MutexLock lock(&pin_mu_);
   ++pins_[read_epoch_];
   return read_epoch_;
 }
 
 void Chain::Unpin(uint64_t epoch) const {
-  absl::MutexLock lock(&pin_mu_);
+  MutexLock lock(&pin_mu_);
   auto it = pins_.find(epoch);
   if (--it->second == 0) pins_.erase(it);
 }
 
 uint64_t Chain::OldestPinnedEpoch() const {
-  absl::MutexLock lock(&pin_mu_);
+  MutexLock lock(&pin_mu_);
   return pins_.empty() ? read_epoch_ : pins_.begin()->first;
 }
 
 uint64_t Chain::EndReadEpoch() {
-  absl::MutexLock lock(&pin_mu_);
+  MutexLock lock(&pin_mu_);
   return read_epoch_++;
 }
 
@@ -442,7 +442,7 @@ void Chain::ReleaseQuarantinedLocked() {
 }
 
 absl::Status Chain::failure() const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   return failure_;
 }
 
@@ -467,7 +467,7 @@ absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) 
   if (plan.start < offset) range.head_excl = static_cast<int64_t>(range.start_sb);
   if (plan.end > offset + length) range.tail_excl = static_cast<int64_t>(range.end_sb - 1);
 
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!failure_.ok()) return failure_;
   if (inflight_->Conflicts(range)) {
     return absl::UnavailableError(absl::StrCat("write ", offset, "+", length,
@@ -503,7 +503,7 @@ absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) 
 
 void Chain::FinishWrite(const WritePlan& plan, bool succeeded) {
   if (plan.fill_pin != 0) Unpin(plan.fill_pin);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   uint64_t start_sb = plan.start / sub_block_size_;
   uint64_t end_sb = (plan.end + sub_block_size_ - 1) / sub_block_size_;
   inflight_->Remove(start_sb, end_sb);
@@ -567,7 +567,7 @@ absl::Status Chain::Zero(uint64_t offset, uint64_t length, bool may_trim,
   }
   if (offset < inner_start) data_ranges->emplace_back(offset, inner_start - offset);
   if (inner_end < end) data_ranges->emplace_back(inner_end, end - inner_end);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return MarkZero(inner_start, inner_end - inner_start, may_trim);
 }
 
@@ -578,14 +578,14 @@ absl::Status Chain::Trim(uint64_t offset, uint64_t length) {
 
 absl::Status Chain::Flush() {
   if (!options_.writable) return absl::OkStatus();
-  absl::MutexLock flush_lock(&flush_mu_);
+  MutexLock flush_lock(&flush_mu_);
   if (auto s = failure(); !s.ok()) return s;
   // Writes acknowledged before a snapshot live in the layer it froze: that must be durable
   // before a flush of the layer above can acknowledge anything.
   if (auto s = CompleteSnapshotLocked(); !s.ok()) return s;
   FlushBatch batch;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     auto prepared = active_->PrepareFlush();
     if (!prepared.ok()) return prepared.status();
     batch = std::move(*prepared);
@@ -594,12 +594,12 @@ absl::Status Chain::Flush() {
   // is synced before the journal records that point to it are written.
   Layer* layer;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     layer = active_.get();  // stable: SwitchSnapshot also holds flush_mu_
   }
   absl::Status s = layer->file()->Sync();
   if (s.ok()) s = layer->WriteFlush(&batch);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   layer->FinishFlush(&batch, s.ok(), EndReadEpoch());
   if (!s.ok()) FailLocked(layer->path(), s);
   return s.ok() ? s : failure_;
@@ -607,7 +607,7 @@ absl::Status Chain::Flush() {
 
 absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const {
   if (auto s = CheckRange(offset, length); !s.ok()) return s;
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   int active_position = static_cast<int>(frozen_.size()) + 1;
   uint64_t end = offset + length;
   while (offset < end) {
@@ -670,13 +670,13 @@ absl::Status Chain::PrepareSnapshot(absl::string_view name) {
   if (auto s = ValidateSnapshotName(name); !s.ok()) return s;
   // The next layer's file goes where a snapshot not yet durable still keeps its new layer.
   if (auto s = CompleteSnapshot(); !s.ok()) return s;
-  absl::MutexLock snapshot_lock(&snapshot_mu_);
+  MutexLock snapshot_lock(&snapshot_mu_);
   if (prepared_ != nullptr && prepared_->name == name) return absl::OkStatus();
   CancelPreparedLocked();
   // The active layer changes only in SwitchSnapshot, which needs snapshot_mu_: it stays.
   const Layer* active;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    ReaderMutexLock lock(&mu_);
     if (auto s = CheckNewSnapshotName(name); !s.ok()) return s;
     active = active_.get();
   }
@@ -695,16 +695,16 @@ absl::Status Chain::PrepareSnapshot(absl::string_view name) {
 }
 
 absl::StatusOr<Chain::SnapshotResult> Chain::SwitchSnapshot(absl::string_view name) {
-  absl::MutexLock snapshot_lock(&snapshot_mu_);
+  MutexLock snapshot_lock(&snapshot_mu_);
   if (prepared_ == nullptr || prepared_->name != name) {
     return absl::FailedPreconditionError(absl::StrCat("snapshot '", name, "' was not prepared"));
   }
-  absl::MutexLock flush_lock(&flush_mu_);
+  MutexLock flush_lock(&flush_mu_);
   if (freezing_ != nullptr) {  // PrepareSnapshot completes it; a stack of two is never built
     return absl::FailedPreconditionError(absl::StrCat(
         "snapshot '", name, "': snapshot '", freezing_->name, "' is not durable yet"));
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!inflight_->ranges.empty()) {
     return absl::FailedPreconditionError("snapshot with writes in flight: drain first");
   }
@@ -737,7 +737,7 @@ absl::StatusOr<Chain::SnapshotResult> Chain::SwitchSnapshot(absl::string_view na
 }
 
 absl::Status Chain::CompleteSnapshot() {
-  absl::MutexLock flush_lock(&flush_mu_);
+  MutexLock flush_lock(&flush_mu_);
   return CompleteSnapshotLocked();
 }
 
@@ -752,7 +752,7 @@ absl::Status Chain::CompleteSnapshotLocked() {
   if (!s.ok()) {
     // Its flush syncs guest data: a failure there is sticky as in Flush(). Only step 4 (the
     // rename) may be retried.
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     FailLocked(layer->path(), s);
   }
   if (s.ok()) s = StackNextLayer(env_, top_path_);
@@ -772,7 +772,7 @@ absl::Status Chain::CompleteSnapshotLocked() {
   layer->ReleaseQuarantined(OldestPinnedEpoch());
   layer->ReleaseUnusedSpace();
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     layer->PublishHeader(*std::move(frozen));
     layer->ReleaseIndex();
     freezing_view_ = nullptr;
@@ -783,12 +783,12 @@ absl::Status Chain::CompleteSnapshotLocked() {
 }
 
 void Chain::SetSnapshotListener(std::function<void(const CompletedSnapshot&)> listener) {
-  absl::MutexLock flush_lock(&flush_mu_);
+  MutexLock flush_lock(&flush_mu_);
   snapshot_listener_ = std::move(listener);
 }
 
 void Chain::CancelSnapshot() {
-  absl::MutexLock snapshot_lock(&snapshot_mu_);
+  MutexLock snapshot_lock(&snapshot_mu_);
   CancelPreparedLocked();
 }
 
@@ -796,7 +796,7 @@ void Chain::CancelPreparedLocked() {
   if (prepared_ == nullptr) return;
   const std::string name = prepared_->name;
   prepared_.reset();  // closes the new layer's file
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   AbandonNextLayer(env_, *active_, top_path_, name);
 }
 
@@ -848,7 +848,7 @@ absl::Status Chain::Write(uint64_t offset, absl::string_view data) {
     // Through the active layer's File (not the bare fd) so a test Env sees every write.
     File* file;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       file = active_->file();
     }
     const char* src = buf.data();

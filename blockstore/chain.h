@@ -25,7 +25,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "blockstore/mutex.h"
 #include "absl/types/span.h"
 #include "blockstore/format.h"
 
@@ -265,13 +265,13 @@ class Chain {
   uint32_t cluster_size_ = 0;
   uint32_t sub_block_size_ = 0;
 
-  absl::Mutex snapshot_mu_ ABSL_ACQUIRED_BEFORE(flush_mu_);  // serializes snapshot steps
-  absl::Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes Flush and the freeze
+  Mutex snapshot_mu_ ABSL_ACQUIRED_BEFORE(flush_mu_);  // serializes snapshot steps
+  Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes Flush and the freeze
   std::unique_ptr<PreparedSnapshot> prepared_ ABSL_GUARDED_BY(snapshot_mu_);
   std::unique_ptr<FreezingLayer> freezing_ ABSL_GUARDED_BY(flush_mu_);
   std::function<void(const CompletedSnapshot&)> snapshot_listener_ ABSL_GUARDED_BY(flush_mu_);
   const FreezingLayer* freezing_view_ ABSL_GUARDED_BY(mu_) = nullptr;  // freezing_, for Layers()
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::unique_ptr<RawBase> base_;                   // may be null
   std::vector<std::unique_ptr<Layer>> frozen_ ABSL_GUARDED_BY(mu_);  // positions 1..N-1
   std::unique_ptr<Layer> active_ ABSL_GUARDED_BY(mu_);
@@ -279,7 +279,7 @@ class Chain {
   std::unique_ptr<Inflight> inflight_ ABSL_GUARDED_BY(mu_);
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
 
-  mutable absl::Mutex pin_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  mutable Mutex pin_mu_ ABSL_ACQUIRED_AFTER(mu_);
   mutable uint64_t read_epoch_ ABSL_GUARDED_BY(pin_mu_) = 1;
   mutable std::map<uint64_t, uint64_t> pins_ ABSL_GUARDED_BY(pin_mu_);  // epoch -> reads
 };

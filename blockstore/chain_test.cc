@@ -536,7 +536,9 @@ TEST_F(ChainTest, LayersDuringCheckpointsAndSnapshotsIsRaceFree) {
       ASSERT_TRUE(chain->Write(c * kDefaultClusterSize, std::string(4096, char('a' + round))).ok());
     }
     ASSERT_TRUE(chain->Flush().ok());
-    if (round % 2 == 1) ASSERT_TRUE(chain->Snapshot(absl::StrCat("s", round)).ok());
+    if (round % 2 == 1) {
+      ASSERT_TRUE(chain->Snapshot(absl::StrCat("s", round)).ok());
+    }
   }
   done = true;
   lister.join();

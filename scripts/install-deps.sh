@@ -13,6 +13,8 @@ pkgs=(
   nlohmann-json3-dev
   # real NBD clients and peers for interop tests and benchmarks
   libnbd-bin python3-libnbd qemu-utils nbdkit fio nbd-client util-linux jq diffutils
+  # fault injection into the real binary (interrupted merges, failed fdatasync)
+  strace
 )
 if [ "${1:-}" = "--with-guest" ]; then
   pkgs+=(qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio e2fsprogs)
