@@ -331,7 +331,7 @@ std::vector<LayerInfo> Chain::Layers() const {
     }
     if (freezing_view_ != nullptr && &layer == active_.get()) {
       // Not renamed yet: that is the last step of the freeze below it.
-      info.path = layer.path();  // ITEM6-REVERT
+      info.path = PendingLayerPath(top_path_);
       info.final_path = top_path_;
     }
     out.push_back(std::move(info));

@@ -68,30 +68,100 @@ json CountersJson(const IoCounters& io) {
 
 }  // namespace
 
+// The snapshot exports and the count of live snapshots taken (see the design note in the
+// header): changed by the chain's listener, on whichever thread completed a snapshot.
+class LiveControl::Published {
+ public:
+  Published(ExportTable* exports, std::string top_path, bool direct_io)
+      : exports_(exports), top_path_(std::move(top_path)), direct_io_(direct_io) {}
+
+  // Registers "@name" (once), opened on demand from `path`.
+  void Add(const std::string& name, const std::string& path) {
+    absl::MutexLock lock(&mu_);
+    ExportLocked(name, path);
+  }
+  // The chain's listener: a live snapshot is durable.
+  void Completed(const Chain::CompletedSnapshot& s) {
+    if (!s.lock.ok()) {
+      STRATA_LOG(kError,
+                 "snapshot '%s': %s lost its lock, so another strata process could change it "
+                 "while it is served: %s",
+                 s.name, s.frozen_path, s.lock.message());
+    }
+    absl::MutexLock lock(&mu_);
+    ++taken_;
+    ExportLocked(s.name, s.frozen_path);
+  }
+  uint64_t taken() const {
+    absl::MutexLock lock(&mu_);
+    return taken_;
+  }
+  std::vector<std::string> Names() const {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> names;
+    for (const std::string& name : exported_) names.push_back("@" + name);
+    return names;
+  }
+  // Removes the exports of the snapshots not in `keep`; returns their export names.
+  std::vector<std::string> RemoveAllBut(const std::set<std::string>& keep) {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> removed;
+    std::erase_if(exported_, [&](const std::string& snapshot) {
+      if (keep.count(snapshot)) return false;
+      exports_->Remove("@" + snapshot);
+      removed.push_back("@" + snapshot);
+      return true;
+    });
+    return removed;
+  }
+
+ private:
+  void ExportLocked(const std::string& name, const std::string& path)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  ExportTable* const exports_;
+  const std::string top_path_;
+  const bool direct_io_;
+  mutable absl::Mutex mu_;
+  std::vector<std::string> exported_ ABSL_GUARDED_BY(mu_);  // snapshot names, in export order
+  uint64_t taken_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 LiveControl::LiveControl(Server* server, ExportTable* exports, ChainStorage* disk,
                          LiveControlOptions options)
     : server_(server),
       exports_(exports),
       disk_(disk),
       options_(std::move(options)),
-      started_wall_ns_(WallNs()) {}
+      started_wall_ns_(WallNs()),
+      published_(std::make_shared<Published>(exports, disk->top_path(), options_.direct_io)) {
+  WatchSnapshots();
+}
 
 LiveControl::~LiveControl() = default;
 
-void LiveControl::ExportSnapshot(const std::string& name, const std::string& path) {
+void LiveControl::WatchSnapshots() {
+  if (disk_->chain() == nullptr) return;
+  // The chain may complete a snapshot when it closes, after this object is gone: the
+  // listener keeps what it changes alive.
+  disk_->chain()->SetSnapshotListener(
+      [published = published_](const Chain::CompletedSnapshot& s) { published->Completed(s); });
+}
+
+void LiveControl::Published::ExportLocked(const std::string& name, const std::string& path) {
   const std::string export_name = absl::StrCat("@", name);
   if (exports_->Has(export_name)) return;
   ExportInfo info{export_name,
-                  absl::StrCat("snapshot '", name, "' of ", disk_->top_path(), " (read-only)"),
+                  absl::StrCat("snapshot '", name, "' of ", top_path_, " (read-only)"),
                   /*read_only=*/true};
-  const bool direct_io = options_.direct_io;
+  const bool direct_io = direct_io_;
   exports_->AddOnDemand(info, [info, path, direct_io]()
                                   -> absl::StatusOr<std::shared_ptr<const Export>> {
     // Read-only: shared locks only, beside the server's own shared lock on this frozen file.
     absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
         OpenChainStorage(path, /*writable=*/false, direct_io);
     if (!storage.ok()) {
-      STRATA_LOG(kError, "export %s: %s", info.name, storage.status().ToString());
+      STRATA_LOG(kError, "export %s: %s", info.name, storage.status().message());
       return absl::Status(storage.status().code(), absl::StrCat("export ", info.name, ": ",
                                                                 storage.status().message()));
     }
@@ -117,16 +187,11 @@ void LiveControl::AddSnapshotExports() {
         info.header.snapshot_name.empty()) {
       continue;
     }
-    ExportSnapshot(info.header.snapshot_name, info.path);
+    published_->Add(info.header.snapshot_name, info.path);
   }
 }
 
-std::vector<std::string> LiveControl::SnapshotExportNames() const {
-  absl::MutexLock lock(&mu_);
-  std::vector<std::string> names;
-  for (const std::string& name : exported_) names.push_back("@" + name);
-  return names;
-}
+std::vector<std::string> LiveControl::SnapshotExportNames() const { return published_->Names(); }
 
 absl::Status LiveControl::Handle(const json& request, json* reply) {
   const std::string what = request.value("request", std::string());
@@ -193,17 +258,18 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
     ++snapshot_failures_;
     if (st.code() == absl::StatusCode::kDeadlineExceeded) ++pause_timeouts_;
     STRATA_LOG(kError, "snapshot '%s' failed (I/O paused %.3f ms, disk served as before): %s",
-               name, pause_ms, st.ToString());
+               name, pause_ms, st.message());
     return absl::Status(st.code(), absl::StrCat("snapshot '", name, "': ", st.message()));
   }
   pauses_ms_.push_back(pause_ms);
   // I/O runs again; the reply waits until the snapshot is durable (a flush of the new layer
-  // would wait for it too). A failure leaves it pending: the error says so, flushes retry.
+  // would wait for it too), and published_ has exported it. A failure leaves it pending: the
+  // error says so; the flush or snapshot that completes it later publishes it.
   const absl::Time durable_begin = absl::Now();
   if (absl::Status durable = chain->CompleteSnapshot(); !durable.ok()) {
-    ++snapshot_failures_;
-    STRATA_LOG(kError, "%s", durable.ToString());
-    return durable;
+    STRATA_LOG(kError, "%s", durable.message());
+    return absl::Status(durable.code(), absl::StrCat(durable.message(), "; @", name,
+                                                     " is exported once it is durable"));
   }
   const double durable_ms = absl::ToDoubleMilliseconds(absl::Now() - durable_begin);
   STRATA_LOG(kInfo,
@@ -218,8 +284,7 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
   (*reply)["switch_ms"] = Round3(absl::ToDoubleMilliseconds(switch_time));  // part of the pause
   // Making the frozen layer durable, after I/O resumed: it delays this reply, not the disk.
   (*reply)["durable_ms"] = Round3(durable_ms);
-  ExportSnapshot(name, result->frozen_path);  // opened when a client names it
-  (*reply)["export"] = "@" + name;
+  (*reply)["export"] = "@" + name;  // opened when a client names it
   return absl::OkStatus();
 }
 
@@ -237,6 +302,8 @@ absl::Status LiveControl::List(json* reply) {
   json out = json::array();
   for (const LayerInfo& l : layers) {
     json j{{"position", l.position}, {"file", l.path}, {"file_bytes", l.file_bytes}};
+    // The active layer above a freezing snapshot keeps its pending name until the freeze ends.
+    if (!l.final_path.empty()) j["final_file"] = l.final_path;
     if (l.is_raw_base) {
       j["state"] = "raw base";
       j["allocated_bytes"] = l.file_bytes;
@@ -310,9 +377,14 @@ absl::Status LiveControl::Stats(json* reply) {
               {"since", ns.full() ? json(IsoTime(ns.since_wall_ns())) : json(nullptr)},
               {"last", ns.last_wall_ns() ? json(IsoTime(ns.last_wall_ns())) : json(nullptr)}};
   (*reply)["enospc"] = std::move(enospc);
+  // A failed sync makes the disk refuse writes and flushes until restarted (README,
+  // Guarantees): say so, with the cause.
+  absl::Status failure =
+      disk_->chain() != nullptr ? disk_->chain()->failure() : absl::OkStatus();
+  (*reply)["sync_failure"] = failure.ok() ? json(nullptr) : json(std::string(failure.message()));
 
   absl::MutexLock lock(&mu_);
-  json snaps{{"taken", pauses_ms_.size()},
+  json snaps{{"taken", published_->taken()},
              {"failed", snapshot_failures_},
              {"pause_timeouts", pause_timeouts_}};
   if (!pauses_ms_.empty()) {
@@ -400,6 +472,7 @@ absl::Status LiveControl::Revert(const json& request, json* reply) {
         return disk_->Revert(name);
       },
       &pause, options_.pause_timeout);
+  WatchSnapshots();  // the chain was reopened, whether the revert succeeded or not
   if (!st.ok()) {
     return absl::Status(st.code(), absl::StrCat("revert to ", target, ": ", st.message()));
   }
@@ -411,13 +484,7 @@ absl::Status LiveControl::Revert(const json& request, json* reply) {
       if (!info.is_raw_base) in_chain.insert(info.header.snapshot_name);
     }
   }
-  std::vector<std::string> removed;
-  std::erase_if(exported_, [&](const std::string& snapshot) {
-    if (in_chain.count(snapshot)) return false;
-    exports_->Remove("@" + snapshot);
-    removed.push_back("@" + snapshot);
-    return true;
-  });
+  const std::vector<std::string> removed = published_->RemoveAllBut(in_chain);
   STRATA_LOG(kInfo, "reverted %s to %s (I/O paused %.3f ms)%s", disk_->top_path(), target,
              absl::ToDoubleMilliseconds(pause),
              removed.empty() ? "" : absl::StrCat("; exports removed: ", absl::StrJoin(removed, ", ")));

@@ -17,6 +17,12 @@
 // `<stem>@NAME.strata` (shared flocks, compatible with the server's) when a client names it,
 // closed when its last connection ends. Many snapshots then cost nothing until read.
 //
+// A live snapshot is published (exported and counted as taken) by the chain's snapshot
+// listener, exactly once, when it becomes durable: usually in CompleteSnapshot before the
+// reply, but after an I/O error there it is a later FLUSH or the next snapshot that completes
+// it, on whichever thread runs that. So the published state (Published) has its own lock,
+// never held while calling into the chain, and the listener shares its ownership.
+//
 // Thread safety: Handle() is called by the control socket's one thread; requests are therefore
 // serialized. Every method takes mu_ anyway so tests may call it from anywhere.
 #ifndef STRATA_SERVER_LIVE_CONTROL_H_
@@ -65,9 +71,8 @@ class LiveControl {
   absl::Status Stats(nlohmann::json* reply);
   absl::Status Info(nlohmann::json* reply);
   absl::Status Revert(const nlohmann::json& request, nlohmann::json* reply);
-  // Registers "@name", opened on demand from `path`.
-  void ExportSnapshot(const std::string& name, const std::string& path)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Has the served chain (a new one after a revert) report completed snapshots to published_.
+  void WatchSnapshots();
   // Connections of every worker (also those still negotiating).
   absl::StatusOr<int> CountConnections();
 
@@ -77,9 +82,11 @@ class LiveControl {
   const LiveControlOptions options_;
   const int64_t started_wall_ns_;
 
+  class Published;
+  const std::shared_ptr<Published> published_;
+
   mutable absl::Mutex mu_;
-  std::vector<std::string> exported_ ABSL_GUARDED_BY(mu_);  // snapshot names, in export order
-  std::vector<double> pauses_ms_ ABSL_GUARDED_BY(mu_);  // successful live snapshots
+  std::vector<double> pauses_ms_ ABSL_GUARDED_BY(mu_);  // live snapshots switched
   uint64_t snapshot_failures_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pause_timeouts_ ABSL_GUARDED_BY(mu_) = 0;
 };

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 
+#include "blockstore/fail_env.h"
 #include "gtest/gtest.h"
 #include "server/nbd_protocol.h"
 #include "server/test_chain_server.h"
@@ -22,6 +23,7 @@ constexpr uint64_t kDiskSize = 8 << 20;
 class LiveControlTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    t_.env = env_.get();
     if (!t_.Start(kDiskSize, "")) return;
     LiveControlOptions live;
     live.pause_timeout = absl::Milliseconds(500);
@@ -45,7 +47,9 @@ class LiveControlTest : public ::testing::Test {
     return h;
   }
 
+  std::unique_ptr<Env> env_;  // before t_: the chain uses it until it closes
   TestChainServer t_;
+  const std::string& path_ = t_.path;
   const std::string& dir_ = t_.dir;
   std::unique_ptr<ChainStorage>& storage_ = t_.storage;
   ExportTable& exports_ = t_.exports;
@@ -207,6 +211,83 @@ TEST_F(LiveControlTest, BadRequestsAreRefusedWithAReason) {
   EXPECT_FALSE(st.ok());
   Request({{"request", "revert"}, {"name", "missing"}}, &st);
   EXPECT_EQ(st.code(), absl::StatusCode::kNotFound) << st;
+}
+
+// The chain's first rename of the next layer into place (a snapshot's last step) fails, as an
+// I/O error would; later ones succeed.
+class LiveControlFailingRenameTest : public LiveControlTest {
+ protected:
+  void SetUp() override {
+    env_ = std::make_unique<testing::FailEnv>(testing::FailNth("rename", "/disk.strata", 1));
+    LiveControlTest::SetUp();
+  }
+  std::vector<std::string> ListedExports() {
+    nbd_handle* h = nbd_create();
+    nbd_set_opt_mode(h, true);
+    EXPECT_EQ(nbd_connect_socket(h, Connect()), 0) << nbd_get_error();
+    std::vector<std::string> names;
+    auto add = [](void* names, const char* name, const char*) {
+      static_cast<std::vector<std::string>*>(names)->push_back(name);
+      return 0;
+    };
+    EXPECT_GE(nbd_opt_list(h, {.callback = add, .user_data = &names}), 0) << nbd_get_error();
+    nbd_opt_abort(h);
+    nbd_close(h);
+    return names;
+  }
+};
+
+// Issue 16 items 2 and 6: a snapshot whose completion failed was completed later inside the
+// chain (by a FLUSH, or the next snapshot) without the server hearing of it: `list` showed it
+// frozen without an export, @NAME was missing from NBD_OPT_LIST until a restart, a retry said
+// "already exists", stats counted it taken and failed. Completion anywhere publishes it, once.
+// Meanwhile `list` names the new layer by the file it still is.
+TEST_F(LiveControlFailingRenameTest, SnapshotCompletedByALaterFlushIsExportedOnce) {
+  nbd_handle* h = Open("");
+  std::string a(4096, 'a'), b(4096, 'b');
+  ASSERT_EQ(nbd_pwrite(h, a.data(), a.size(), 0, 0), 0);
+  absl::Status st;
+  Request({{"request", "snapshot"}, {"name", "s1"}}, &st);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("not durable yet"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("@s1 is exported once it is durable"), std::string::npos) << st;
+
+  json list = Request({{"request", "list"}});
+  ASSERT_EQ(list["layers"].size(), 2u) << list;
+  EXPECT_EQ(list["layers"][0]["state"], "active");
+  EXPECT_EQ(list["layers"][0]["file"], dir_ + "/.disk.strata.new") << list;
+  EXPECT_EQ(list["layers"][0]["final_file"], path_);
+  EXPECT_EQ(list["layers"][1]["state"], "freezing");
+  EXPECT_FALSE(list["layers"][1].contains("export")) << list;
+  json stats = Request({{"request", "stats"}});
+  EXPECT_EQ(stats["snapshots"]["taken"], 0);
+  EXPECT_EQ(stats["snapshots"]["failed"], 0);  // not failed: pending
+  EXPECT_EQ(ListedExports(), std::vector<std::string>{""});
+
+  // A client's FLUSH completes it (the rename works now): it is published there.
+  ASSERT_EQ(nbd_pwrite(h, b.data(), b.size(), 0, 0), 0);
+  ASSERT_EQ(nbd_flush(h, 0), 0) << nbd_get_error();
+  list = Request({{"request", "list"}});
+  EXPECT_EQ(list["layers"][0]["file"], path_);
+  EXPECT_FALSE(list["layers"][0].contains("final_file")) << list;
+  EXPECT_EQ(list["layers"][1]["state"], "frozen");
+  EXPECT_EQ(list["layers"][1]["export"], "@s1") << list;
+  EXPECT_EQ(ListedExports(), (std::vector<std::string>{"", "@s1"}));
+  nbd_handle* snap = Open("@s1");
+  std::string back(4096, '?');
+  ASSERT_EQ(nbd_pread(snap, back.data(), back.size(), 0, 0), 0);
+  EXPECT_EQ(back, a);
+  nbd_close(snap);
+
+  // Once: more flushes and snapshots publish nothing more about s1.
+  ASSERT_EQ(nbd_flush(h, 0), 0);
+  Request({{"request", "snapshot"}, {"name", "s2"}}, &st);
+  ASSERT_TRUE(st.ok()) << st;
+  stats = Request({{"request", "stats"}});
+  EXPECT_EQ(stats["snapshots"]["taken"], 2);
+  EXPECT_EQ(stats["snapshots"]["failed"], 0);
+  EXPECT_EQ(live_->SnapshotExportNames(), (std::vector<std::string>{"@s1", "@s2"}));
+  nbd_close(h);
 }
 
 }  // namespace

@@ -24,6 +24,7 @@ struct TestChainServer {
   std::unique_ptr<ChainStorage> storage;
   ExportTable exports;
   std::unique_ptr<Server> server;
+  Env* env = nullptr;  // the chain's file layer (set before Start; nullptr: the real one)
 
   // Creates a `size`-byte disk and serves it as `export_name` on two workers. Returns false
   // (with a failure or a skip recorded) when that is impossible; callers return at once.
@@ -41,12 +42,12 @@ struct TestChainServer {
       ADD_FAILURE() << h.status();
       return false;
     }
-    auto s = OpenChainStorage(path, true, false);
-    if (!s.ok()) {
-      ADD_FAILURE() << s.status();
+    auto chain = Chain::Open(path, {.env = env});
+    if (!chain.ok()) {
+      ADD_FAILURE() << chain.status();
       return false;
     }
-    storage = std::move(*s);
+    storage = std::make_unique<ChainStorage>(std::move(*chain), /*direct_io=*/false);
     auto e = std::make_shared<Export>();
     e->name = export_name;
     e->storage = storage.get();
