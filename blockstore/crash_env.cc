@@ -13,6 +13,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace strata {
 namespace {
@@ -370,6 +371,71 @@ std::vector<CrashChoice> CrashPoint::Choices(uint64_t exhaustive_bound, int samp
   std::mt19937_64 rng(seed);
   for (int i = 0; i < samples; ++i) out.push_back(CrashChoice::Random(rng()));
   return out;
+}
+
+std::string CrashPoint::Describe(const CrashChoice& choice) const {
+  const CrashModel& m = *model_;
+  const Selection sel = Select(m, choice);
+  auto name = [&](uint64_t id) {
+    for (const auto& [path, inode] : m.durable_names) {
+      if (inode == id) return BaseName(path);
+    }
+    for (const DirOp& op : m.dir_log) {
+      if (op.inode == id) return BaseName(op.path);
+    }
+    return std::string("(no name)");
+  };
+  std::vector<std::string> parts;
+  for (const auto& [id, kept] : sel.kept) {
+    std::vector<std::string> ops;
+    size_t piece = 0, resizes = 0;
+    for (const Op& op : m.inodes.at(id).pending) {
+      if (op.kind == Op::Kind::kResize) {
+        ops.push_back(absl::StrCat("size ", op.size, resizes++ < kept.size_changes ? " kept" : " lost"));
+        continue;
+      }
+      // Runs of pieces in one state: kept, lost, or torn (some sectors).
+      std::vector<std::string> runs;
+      uint64_t at = op.offset, run_at = op.offset;
+      int run_state = -1;
+      for (uint64_t i = 0; i < Pieces(op); ++i) {
+        uint8_t mask = kept.pieces[piece++];
+        int state = mask == kWhole ? 0 : mask == 0 ? 1 : 2;
+        uint64_t end = op.kind == Op::Kind::kPunch ? op.offset + op.length
+                                                    : std::min((at / kBlock + 1) * kBlock, op.offset + op.length);
+        if (state != run_state && run_state >= 0) {
+          runs.push_back(absl::StrCat(run_state == 0 ? "kept" : run_state == 1 ? "lost" : "torn",
+                                      " @", run_at, "+", at - run_at));
+          run_at = at;
+        }
+        run_state = state;
+        at = end;
+      }
+      runs.push_back(absl::StrCat(run_state == 0 ? "kept" : run_state == 1 ? "lost" : "torn", " @",
+                                  run_at, "+", at - run_at));
+      ops.push_back(absl::StrCat(op.kind == Op::Kind::kWrite ? "write @" : "punch @", op.offset,
+                                 "+", op.length, ": ", absl::StrJoin(runs, ", ")));
+    }
+    constexpr size_t kShown = 12;  // a failure message, not a dump
+    if (ops.size() > kShown) {
+      const size_t more = ops.size() - kShown;
+      ops.resize(kShown);
+      ops.push_back(absl::StrCat("... ", more, " more"));
+    }
+    parts.push_back(absl::StrCat(name(id), ": ", absl::StrJoin(ops, "; ")));
+  }
+  if (!m.dir_log.empty()) {
+    std::vector<std::string> dir_ops;
+    for (size_t i = 0; i < m.dir_log.size(); ++i) {
+      const DirOp& op = m.dir_log[i];
+      const char* kind[] = {"create ", "link ", "rename ", "remove "};
+      dir_ops.push_back(absl::StrCat(kind[static_cast<int>(op.kind)],
+                                     op.kind == DirOp::Kind::kRename ? BaseName(op.from) + " -> " : "",
+                                     BaseName(op.path), i < sel.dir_ops ? " kept" : " lost"));
+    }
+    parts.push_back(absl::StrCat("directories: ", absl::StrJoin(dir_ops, ", ")));
+  }
+  return parts.empty() ? "nothing pending" : absl::StrJoin(parts, " | ");
 }
 
 // A file of the model: real I/O, each change recorded on the inode.

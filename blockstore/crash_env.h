@@ -82,6 +82,8 @@ class CrashPoint {
   // The choices a sweep tries here: every state when there are at most `exhaustive_bound`,
   // else Nothing, Everything and `samples` random states drawn from `seed`.
   std::vector<CrashChoice> Choices(uint64_t exhaustive_bound, int samples, uint64_t seed) const;
+  // What `choice` keeps of the pending operations, file by file, for a failure message.
+  std::string Describe(const CrashChoice& choice) const;
 
  private:
   friend class CrashEnv;

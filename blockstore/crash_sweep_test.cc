@@ -50,7 +50,7 @@ struct Budget {
 };
 Budget SweepBudget() {
   const char* mode = getenv("STRATA_CRASH_STATES");
-  if (mode != nullptr && std::string(mode) == "long") return {1024, 40};
+  if (mode != nullptr && std::string(mode) == "long") return {4096, 64};
   return {8, 1};
 }
 
@@ -199,7 +199,7 @@ class Family {
           if (&e == &disks.front()) first_read = read;
         }
         if (!v.empty()) {
-          Violated(where, v);
+          Violated(absl::StrCat(where, " [", point.Describe(choice), "]"), v);
         } else if (then) {
           then(env, first_read, where);
         }
@@ -208,6 +208,7 @@ class Family {
     }
   }
 
+ private:
   // Counts the crash state of Crash()'s `print`; false (and a failure) when it failed.
   bool Count(const absl::StatusOr<uint64_t>& print) {
     if (!print.ok()) {
@@ -220,8 +221,6 @@ class Family {
   void Violated(const std::string& where, const std::string& what) {
     if (violations_++ < 3) ADD_FAILURE() << name_ << ", " << where << ": " << what;
   }
-
- private:
   void Report() {
     std::printf("[crash sweep] %s: %d stops, %zu distinct crash states, %d violating\n",
                 name_.c_str(), stops_, distinct_.size(), violations_);
@@ -340,7 +339,13 @@ TEST_F(CrashSweepTest, WritesAndFlushes) {
   Family family("(a) writes, zeroes, trims, flushes, checkpoints");
   family.Sweep(&env_, setup, {Fresh(top)}, [&](CrashEnv* env, Disks* disks) {
     auto chain = Chain::Open(top, {.env = env});
-    if (Done(env, chain.status(), "open")) Workload(env, chain->get(), &disks->front(), 6);
+    if (!Done(env, chain.status(), "open")) return;
+    Workload(env, chain->get(), &disks->front(), 6);
+    if (env->power_cut()) return;
+    // Else the sweep never saw a checkpoint (it moves the journal's start).
+    auto header = ReadLayerHeader(env, top);
+    ASSERT_TRUE(header.ok()) << header.status();
+    EXPECT_GT(header->journal_start_seq, 1u) << "the workload never filled the journal";
   });
 }
 
@@ -466,34 +471,64 @@ TEST_F(CrashSweepTest, CommitAndDeleteSnapshot) {
   });
 }
 
-// (d) A snapshot interrupted after its link (step 2), then a snapshot deleted below it: the
-// leftover must be dealt with first.
-TEST_F(CrashSweepTest, DeleteSnapshotOverAnInterruptedSnapshot) {
+// Leaves snapshot `name` of `top` interrupted: crashes (nothing pending kept) at its sync
+// points in turn until `reached` holds afterwards.
+void InterruptSnapshot(CrashEnv* env, const std::string& top, const std::string& name,
+                       const std::function<bool()>& reached) {
+  const CrashPoint before = env->Point();
+  for (int stop = 0;; ++stop) {
+    ASSERT_LT(stop, 50) << "snapshot " << name << " never got there";
+    ASSERT_TRUE(env->Crash(before, CrashChoice::Nothing()).ok());
+    env->CutPowerAtSync(stop);
+    {
+      auto chain = Chain::Open(top, {.env = env});
+      if (chain.ok()) (void)(*chain)->Snapshot(name);
+    }
+    ASSERT_TRUE(env->power_cut()) << "snapshot " << name << " completed";
+    ASSERT_TRUE(env->Crash(CrashChoice::Nothing()).ok());
+    if (reached()) return;
+  }
+}
+
+// (d) A snapshot s3 interrupted before its commit point (linked, not frozen: it rolls back)
+// and after it (frozen, its new layer not renamed yet: it must be finished), then a snapshot
+// deleted below it, or the top committed: the leftover must be dealt with first.
+TEST_F(CrashSweepTest, MergesOverAnInterruptedSnapshot) {
   const std::string top = MakeChain(dir_.path());
   const CrashPoint setup = Import();
-  Expect e = ChainExpect(top);
-  e.maybe_snapshots["s1"] = e.snapshots["s1"];
-  e.snapshots.erase("s1");
-  e.maybe_snapshots["s3"] = e.disk.now();
-  // The power goes at the first sync point after step 2's link is durable.
-  for (int stop = 0;; ++stop) {
-    ASSERT_LT(stop, 50) << "snapshot s3 never reached step 2";
+  const Expect chain = ChainExpect(top);
+  auto frozen = [&] {
+    auto h = ReadLayerHeader(&env_, top);
+    return h.ok() && h->state == LayerState::kFrozen;
+  };
+  for (bool committed : {false, true}) {
     ASSERT_TRUE(env_.Crash(setup, CrashChoice::Nothing()).ok());
-    env_.CutPowerAtSync(stop);
-    {
-      auto chain = Chain::Open(top, {.env = &env_});
-      ASSERT_TRUE(chain.ok() || env_.power_cut()) << chain.status();
-      if (chain.ok()) (void)(*chain)->Snapshot("s3");
+    InterruptSnapshot(&env_, top, "s3", [&] {
+      return env_.Exists(PendingLayerPath(top)) && env_.Exists(SnapshotPath(top, "s3")) &&
+             frozen() == committed;
+    });
+    if (HasFatalFailure()) return;
+    const CrashPoint interrupted = env_.Point();
+    const std::string when = committed ? "after its commit point" : "before its commit point";
+    Expect deleting = chain, committing = chain;
+    deleting.maybe_snapshots["s1"] = chain.snapshots.at("s1");  // gone once merged
+    deleting.snapshots.erase("s1");
+    (committed ? deleting.snapshots : deleting.maybe_snapshots)["s3"] = chain.disk.now();
+    // Committing the top merges it into s3 once s3 is finished, else into s2.
+    committing.maybe_snapshots["s3"] = chain.disk.now();
+    if (!committed) {
+      committing.maybe_snapshots["s2"] = chain.snapshots.at("s2");
+      committing.snapshots.erase("s2");
     }
-    ASSERT_TRUE(env_.power_cut()) << "snapshot s3 completed";
-    ASSERT_TRUE(env_.Crash(CrashChoice::Nothing()).ok());
-    if (env_.Exists(SnapshotPath(top, "s3"))) break;
+    Family delete_family(absl::StrCat("(d) delete-snapshot s1 over snapshot s3 interrupted ", when));
+    delete_family.Sweep(&env_, interrupted, {deleting}, [&](CrashEnv* env, Disks*) {
+      Done(env, DeleteSnapshot(env, top, "s1").status(), "delete-snapshot");
+    });
+    Family commit_family(absl::StrCat("(d) commit of the top over snapshot s3 interrupted ", when));
+    commit_family.Sweep(&env_, interrupted, {committing}, [&](CrashEnv* env, Disks*) {
+      Done(env, CommitLayer(env, top).status(), "commit");
+    });
   }
-  ASSERT_TRUE(env_.Exists(PendingLayerPath(top)));
-  Family family("(d) delete-snapshot s1 over an interrupted snapshot s3");
-  family.Sweep(&env_, env_.Point(), {e}, [&](CrashEnv* env, Disks*) {
-    Done(env, DeleteSnapshot(env, top, "s1").status(), "delete-snapshot");
-  });
 }
 
 // (d) Two disks in sibling directories vm1/ and vm2/; merges named by relative paths from the
