@@ -30,9 +30,13 @@
 // ("Acknowledged after the reply" is judged by submit time: a write acknowledged by the
 // server before the snapshot, whose ack this process only noticed after reading the control
 // reply, is legitimately in the snapshot.)
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <libnbd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -319,6 +323,60 @@ TEST(LiveSnapshotTest, AtomicWithOneWorkerAndDeepQueues) {
 TEST(LiveSnapshotTest, AtomicWithDirectIo) {
   RunConsistency({.connections = 2, .depth = 16, .workers = 2, .snapshots = 8, .gap_ms = 40,
                   .cache = "none"});
+}
+
+// Issue 16 item 4: SwitchSnapshot turned the frozen layer's exclusive flock into a shared one
+// while the disk's path still named that file (the new layer is renamed there only after I/O
+// resumes). flock converts a lock by dropping it first, so in that gap another strata process
+// could lock the disk and roll the snapshot back (remove .disk.strata.new under the server);
+// and until the rename anyone could take a shared lock, e.g. a second (read-only) server. The
+// disk's path must be locked exclusively by the server at every instant: another open file
+// description gets no lock on it, exclusive or shared, all through live snapshots.
+TEST(LiveSnapshotTest, TheDisksPathStaysLockedExclusivelyThroughSnapshots) {
+  STRATA_SKIP_IF_NO_SERVER();
+  if (SelectedServer() != ServerKind::kStrata) GTEST_SKIP() << "live snapshots are strata's";
+  NbdTestServer server;
+  ASSERT_TRUE(server.CreateChain({.disk_size = 8 * kMiB, .with_base = false}));
+  ASSERT_TRUE(server.Start());
+  const std::string ctl = server.dir() + "/disk.ctl";
+  NbdHandle h = server.Connect({.meta_contexts = {}});
+  ASSERT_TRUE(h);
+
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> probes{0}, exclusive{0}, shared{0};
+  std::thread prober([&] {
+    while (!stop) {
+      // A fresh open file description each time, of the file the path names now.
+      int fd = open(server.layer_path().c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      const bool ex = flock(fd, LOCK_EX | LOCK_NB) == 0;
+      const bool sh = !ex && flock(fd, LOCK_SH | LOCK_NB) == 0;
+      // Counted only if the path still names the locked file: a shared lock on what a rename
+      // meanwhile made the frozen snapshot (the file we opened) is what snapshot readers take.
+      struct stat locked, named;
+      if ((ex || sh) && fstat(fd, &locked) == 0 && stat(server.layer_path().c_str(), &named) == 0 &&
+          locked.st_ino == named.st_ino) {
+        ++(ex ? exclusive : shared);
+      }
+      close(fd);
+      ++probes;
+    }
+  });
+  for (int i = 0; i < 30; ++i) {
+    // Unflushed data, so each freeze after the pause has a sync to do (a wider gap).
+    ASSERT_TRUE(WritePattern(h.get(), (i % 8) * 256 * kKiB, 256 * kKiB, i));
+    json r = Control(ctl, {{"request", "snapshot"}, {"name", "s" + std::to_string(i)}});
+    ASSERT_EQ(r["ok"], true) << r;
+  }
+  stop = true;
+  prober.join();
+  EXPECT_EQ(exclusive.load(), 0u) << "another process locked the served disk exclusively";
+  EXPECT_EQ(shared.load(), 0u) << "the served disk's path was not locked exclusively";
+  EXPECT_GT(probes.load(), 1000u) << "too few probes to mean anything";
+  h.reset();
+  EXPECT_TRUE(server.Stop());
+  std::string out;
+  EXPECT_TRUE(server.Check(&out)) << out;
 }
 
 }  // namespace
