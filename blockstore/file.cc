@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -18,7 +19,14 @@ absl::Status ErrnoStatus(int err, absl::string_view op, absl::string_view path, 
   if (err == ENOSPC || err == EDQUOT) {
     return absl::ResourceExhaustedError(absl::StrCat(op, " ", where, ": host volume full"));
   }
-  return absl::ErrnoToStatus(err, absl::StrCat(op, " ", where));
+  return StatusFromErrno(err, absl::StrCat(op, " ", where));
+}
+
+absl::Status StatusFromErrno(int err, absl::string_view message) {
+  if (err == EIO || err == EUCLEAN) {
+    return absl::DataLossError(absl::StrCat(message, ": ", strerror(err)));
+  }
+  return absl::ErrnoToStatus(err, message);
 }
 
 std::string DirName(const std::string& path) {

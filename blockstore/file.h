@@ -89,6 +89,9 @@ std::string ParentLink(const std::string& child_dir, const std::string& parent);
 // Turns errno into a Status naming the operation and file.
 absl::Status ErrnoStatus(int err, absl::string_view op, absl::string_view path,
                          int64_t offset = -1);
+// absl::ErrnoToStatus, except that EIO and EUCLEAN (data the device or file system could not
+// read or keep, or found corrupt) are kDataLoss: absl leaves them kUnknown.
+absl::Status StatusFromErrno(int err, absl::string_view message);
 
 }  // namespace strata
 

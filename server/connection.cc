@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "blockstore/file.h"
 #include "server/log.h"
 #include "server/worker.h"
 
@@ -638,7 +639,7 @@ void Connection::OnPiece(IoPiece* p, int res) {
   // 1. Error
   if (res < 0 && res != -EAGAIN && res != -EINTR) {
     if (r->status.ok()) {
-      r->status = absl::ErrnoToStatus(
+      r->status = StatusFromErrno(
           -res, absl::StrFormat("%s: %s %s @ %#x length %#x", DescribeRequest(r->h),
                                 p->write ? "write" : "read", FdName(p->fd),
                                 p->file_offset + p->done, p->length - p->done));
@@ -718,7 +719,7 @@ void Connection::Reply(Request* r) {
       worker_->no_space()->OnNoSpace();
     }
     if (error != nbd::Error::kNoSpc || ShouldLogNoSpace()) {
-      STRATA_LOG(kError, "conn %d: %s -> %s", id_, r->status.ToString(), nbd::Name(error));
+      STRATA_LOG(kError, "conn %d: %s -> %s", id_, r->status.message(), nbd::Name(error));
     }
     r->header.clear();
     r->reply.clear();

@@ -319,7 +319,7 @@ int ServeMain(int argc, char** argv) {
   absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
       OpenChainStorage(o.layer, !o.read_only, o.cache == CacheMode::kNone);
   if (!storage.ok()) {
-    std::string message = storage.status().ToString();
+    std::string message(storage.status().message());
     if (storage.status().code() == absl::StatusCode::kFailedPrecondition && !o.read_only) {
       absl::StrAppend(&message, " (a frozen snapshot can be served with --read-only)");
     }
@@ -344,7 +344,7 @@ int ServeMain(int argc, char** argv) {
   if (o.socket || !o.listen_address) {
     unix_path = Absolute(o.socket.value_or(DefaultSocketPath(o.layer)));
     absl::StatusOr<Listener> l = ListenUnix(unix_path, o.socket_mode);
-    if (!l.ok()) return Fail(l.status().ToString());
+    if (!l.ok()) return Fail(std::string(l.status().message()));
     listeners.push_back(*l);
     uri = UnixUri(unix_path, o.export_name);
   }
@@ -353,7 +353,7 @@ int ServeMain(int argc, char** argv) {
     absl::StatusOr<Listener> l = ListenTcp(*o.listen_address, o.listen_port);
     if (!l.ok()) {
       close_listeners();
-      return Fail(l.status().ToString());
+      return Fail(std::string(l.status().message()));
     }
     listeners.push_back(*l);
     tcp_port = std::stoi(l->description.substr(l->description.rfind(':') + 1));
@@ -422,7 +422,7 @@ int ServeMain(int argc, char** argv) {
   Server server(&exports, server_options);
   if (absl::Status st = server.Start(); !st.ok()) {
     close_listeners();
-    return Fail(st.ToString());
+    return Fail(std::string(st.message()));
   }
   // Live control: snapshot exports of the chain's existing snapshots, and the control socket.
   LiveControlOptions live_options;
@@ -440,7 +440,7 @@ int ServeMain(int argc, char** argv) {
     if (!c.ok()) {
       server.Shutdown();
       close_listeners();
-      return Fail(absl::StrCat("control socket: ", c.status().ToString(),
+      return Fail(absl::StrCat("control socket: ", c.status().message(),
                                " (--control PATH elsewhere, or --no-control)"));
     }
     control = std::move(*c);
@@ -450,7 +450,7 @@ int ServeMain(int argc, char** argv) {
       control.reset();
       server.Shutdown();
       close_listeners();
-      return Fail(st.ToString());
+      return Fail(std::string(st.message()));
     }
   }
   std::string where;
@@ -554,7 +554,7 @@ int ServeMain(int argc, char** argv) {
   server.Shutdown();
   if ((*storage)->writable()) {
     if (absl::Status st = (*storage)->Flush(); !st.ok()) {
-      STRATA_LOG(kError, "final flush failed: %s", st.ToString());
+      STRATA_LOG(kError, "final flush failed: %s", st.message());
       if (exit_code == 0) exit_code = 1;
     }
   }
