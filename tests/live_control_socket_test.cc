@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <libnbd.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -16,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "control_util.h"
 #include "nbd_test_server.h"
@@ -356,6 +358,75 @@ TEST_F(LiveControlSocketTest, SnapshotOnAFullVolumeFailsCleanly) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(text.find("host volume full"), std::string::npos) << text;
   ASSERT_EQ(RunCommand({StrataBinary(), "check", layer}, &out), 0) << out;
+}
+
+// Issue 16 item 3: replies went out with one non-blocking send, and a short write dropped the
+// client, so a reply over ~210 KB (the socket buffer) never arrived whole. `list` of a chain
+// with 1 000 live snapshots is such a reply.
+TEST_F(LiveControlSocketTest, ListOfAThousandSnapshotsArrivesWhole) {
+  NbdTestServer server;
+  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB, .with_base = false}));
+  ASSERT_TRUE(server.Start());
+  const std::string ctl = Ctl(server);
+  constexpr int kSnapshots = 1000;
+  int fd = ControlConnect(ctl);
+  ASSERT_GE(fd, 0);
+  for (int i = 0; i < kSnapshots; ++i) {
+    ASSERT_TRUE(ControlSend(fd, json{{"request", "snapshot"}, {"name", "s" + std::to_string(i)}}
+                                        .dump() + "\n"));
+    json r = json::parse(ControlReadLine(fd), nullptr, false);
+    ASSERT_TRUE(r.is_object() && r["ok"] == true) << i << ": " << r << server.ServerLog();
+  }
+  close(fd);
+  fd = ControlConnect(ctl);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(ControlSend(fd, "{\"request\":\"list\"}\n"));
+  const std::string line = ControlReadLine(fd);
+  close(fd);
+  EXPECT_GT(line.size(), 256 * kKiB) << "not the large reply this test is about";
+  json list = json::parse(line, nullptr, false);
+  ASSERT_TRUE(list.is_object()) << "cut off after " << line.size() << " bytes";
+  ASSERT_EQ(list["layers"].size(), kSnapshots + 1u);
+  EXPECT_EQ(list["layers"][kSnapshots]["export"], "@s0");
+  // The CLI reads it whole too.
+  std::string out;
+  ASSERT_EQ(RunCommand({StrataBinary(), "list", "--control", ctl, "--json"}, &out), 0) << out;
+  EXPECT_EQ(json::parse(out, nullptr, false)["layers"].size(), kSnapshots + 1u);
+  EXPECT_TRUE(server.Stop());
+}
+
+// The same for `stats` with 1 000 NBD connections open (each one is listed). The server
+// raises its own open-file limit; this process needs one descriptor per connection too.
+TEST_F(LiveControlSocketTest, StatsOfAThousandConnectionsArrivesWhole) {
+  constexpr size_t kConnections = 1000;
+  rlimit limit;
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &limit), 0);
+  if (limit.rlim_max < kConnections + 100) {
+    GTEST_SKIP() << "open-file hard limit " << limit.rlim_max << " is below "
+                 << kConnections + 100;
+  }
+  limit.rlim_cur = limit.rlim_max;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &limit), 0);
+  NbdTestServer server;
+  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB, .with_base = false}));
+  ASSERT_TRUE(server.Start());
+  std::vector<NbdHandle> handles;
+  for (size_t i = 0; i < kConnections; ++i) {
+    handles.push_back(server.Connect({.meta_contexts = {}}));
+    ASSERT_TRUE(handles.back()) << "connection " << i;
+  }
+  int fd = ControlConnect(Ctl(server));
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(ControlSend(fd, "{\"request\":\"stats\"}\n"));
+  const std::string line = ControlReadLine(fd);
+  close(fd);
+  EXPECT_GT(line.size(), 256 * kKiB) << "not the large reply this test is about";
+  json stats = json::parse(line, nullptr, false);
+  ASSERT_TRUE(stats.is_object()) << "cut off after " << line.size() << " bytes";
+  EXPECT_EQ(stats["connections_open"], kConnections);
+  EXPECT_EQ(stats["connections"].size(), kConnections);
+  handles.clear();
+  EXPECT_TRUE(server.Stop());
 }
 
 }  // namespace
