@@ -41,8 +41,8 @@ T0=$SECONDS
 
 # strace must be able to trace and to inject a signal (ptrace may be forbidden in a container).
 rc=0
-strace -f -qq -o /dev/null -e trace=getppid -e inject=getppid:signal=KILL:when=1 \
-  /usr/bin/python3 -c 'import os; os.getppid()' 2>/dev/null || rc=$?
+(strace -f -qq -o /dev/null -e trace=getppid -e inject=getppid:signal=KILL:when=1 \
+  /usr/bin/python3 -c 'import os; os.getppid()' || exit $?) 2>/dev/null || rc=$?
 [ "$rc" -eq 137 ] || skip "strace cannot inject SIGKILL here (exit $rc; ptrace not permitted?)"
 
 DROP=0
@@ -395,6 +395,13 @@ live_case() {  # SC N DROP MODE
     violate "the server stopped serving without being killed: $(grep -v ' info: ' "$CASE/server.log" | tail -2 | tr '\n' ' ')"
   fi
   if [ "$drop" = 1 ]; then drop_caches; DROPPED[$FAM]=$(( ${DROPPED[$FAM]:-0} + 1 )); fi
+  # Before the restart recovers anything: nothing `check` calls a problem.
+  rc=0; (cd "$CASE/elsewhere" && timeout 60 "$STRATA" check ../vm/disk.strata) >"$CASE/check1.out" 2>&1 || rc=$?
+  case "$(check_kind "$CASE/check1.out")" in
+    clean|repairable) ;;
+    problems) violate "check after the kill finds problems: $(grep -m2 '^error' "$CASE/check1.out" | tr '\n' ' ')" ;;
+    *) violate "check after the kill gives no verdict (exit $rc): $(tail -2 "$CASE/check1.out" | tr '\n' ' ')" ;;
+  esac
 
   # Restart with the same command, no strace.
   rm -f "$CASE/vm/server.pid"
