@@ -27,8 +27,9 @@
 // process that lost power there; the test closes everything and crashes.
 //
 // Not modeled: directories themselves (they exist beforehand and stay), preallocation (an
-// Allocate counts only as a size change), a file's Sync() making its new name durable (ext4
-// does; POSIX does not promise it). Files change only through this Env once they are imported
+// Allocate counts only as a size change; a crash rewrites only the blocks that differ, so a
+// file that stays keeps its real extents), zeros written as data (a crash writes them as
+// holes), a file's Sync() making its new name durable (ext4 does; POSIX does not promise it). Files change only through this Env once they are imported
 // (Import); a file it has not seen yet is taken as durable when first used. Syncs are not
 // passed on to the real files: the model alone decides what survives. Thread-safe.
 #ifndef STRATA_BLOCKSTORE_CRASH_ENV_H_

@@ -50,7 +50,7 @@ struct Budget {
 };
 Budget SweepBudget() {
   const char* mode = getenv("STRATA_CRASH_STATES");
-  if (mode != nullptr && std::string(mode) == "long") return {4096, 64};
+  if (mode != nullptr && std::string(mode) == "long") return {4096, 96};
   return {8, 1};
 }
 
