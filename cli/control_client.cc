@@ -41,19 +41,23 @@ absl::StatusOr<json> ControlRequest(const std::string& socket_path, const json& 
     close(fd);
     return absl::UnavailableError(absl::StrCat("sending to ", socket_path, ": ", strerror(errno)));
   }
+  // Replies can be megabytes (a list of a deep chain): only new bytes are searched.
   std::string reply;
-  char buf[4096];
-  while (reply.find('\n') == std::string::npos) {
+  char buf[1 << 16];
+  size_t end = std::string::npos;
+  while (end == std::string::npos) {
     ssize_t n = recv(fd, buf, sizeof(buf), 0);
     if (n <= 0) {
       close(fd);
       return absl::UnavailableError(absl::StrCat(
           "no reply from ", socket_path, n < 0 ? absl::StrCat(": ", strerror(errno)) : ""));
     }
+    end = reply.size();
     reply.append(buf, static_cast<size_t>(n));
+    end = reply.find('\n', end);
   }
   close(fd);
-  json parsed = json::parse(reply.substr(0, reply.find('\n')), nullptr, false);
+  json parsed = json::parse(reply.substr(0, end), nullptr, false);
   if (parsed.is_discarded() || !parsed.is_object()) {
     return absl::DataLossError("malformed reply from the server");
   }
