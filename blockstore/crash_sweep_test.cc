@@ -623,6 +623,27 @@ struct Aligned {
   size_t size;
 };
 
+// What `segments` hold, read through the env's files (aligned, for O_DIRECT descriptors).
+std::string ReadSegments(CrashEnv* env, const std::vector<Segment>& segments) {
+  std::string out;
+  for (const Segment& seg : segments) {
+    if (seg.kind == Segment::Kind::kZero) {
+      out.append(seg.length, '\0');
+      continue;
+    }
+    File* file = env->FileForFd(seg.fd);
+    if (file == nullptr) {
+      ADD_FAILURE() << "segment fd " << seg.fd << " is no file of the env";
+      return out;
+    }
+    Aligned buf(std::string(seg.length, '\0'));
+    absl::Status s = file->Read(seg.file_offset, seg.length, static_cast<char*>(buf.buf));
+    EXPECT_TRUE(s.ok()) << s;
+    out.append(buf.view().data(), buf.view().size());
+  }
+  return out;
+}
+
 // (g) The chain driven as the server drives it: PrepareWrite, the data written at the
 // segments' file offsets through the File owning each descriptor (the server's io_uring
 // writes Segment::fd), FinishWrite; Zero and Trim; Flush; on O_DIRECT descriptors.
@@ -670,10 +691,22 @@ TEST_F(CrashSweepTest, ServerStyle) {
       e->disk.Write(zero_at, std::string(2 * kCluster, '\0'));
       if (!Done(env, chain->Zero(zero_at, 2 * kCluster, round % 2 == 0, &edges), "zero")) return;
       EXPECT_TRUE(edges.empty());
+      // A read mapped before a trim whose pread runs only after the trim, a flush and a write
+      // that wants a slot (the server's preads run after MapRead dropped the lock): it reads
+      // the old bytes or zeros, never the later cluster's (FORMAT.md §2, rule 2).
       const uint64_t trim_at = (90 + round * 20) * kCluster;
+      if (!write(trim_at, PatternBytes(kCluster, 900 + round))) return;
+      std::vector<Segment> mapped;
+      ReadPin pin;
+      if (!Done(env, chain->MapRead(trim_at, kCluster, &mapped, &pin), "map read")) return;
       e->disk.Write(trim_at, std::string(kCluster, '\0'));
       if (!Done(env, chain->Trim(trim_at, kCluster), "trim")) return;
       if (!Flush(env, chain, e)) return;
+      const std::string later = PatternBytes(kCluster, 950 + round);
+      if (!write((250 + round) * kCluster, later)) return;
+      const std::string got = ReadSegments(env, mapped);
+      EXPECT_NE(got, later) << "a read mapped before a trim returned a later cluster's bytes";
+      pin.Release();
     }
   });
 }

@@ -234,6 +234,8 @@ absl::Status JournalRecord::DecodeFrom(const char* src) {
   return absl::OkStatus();
 }
 
+uint64_t JournalRecord::SequenceOf(const char* src) { return DecodeFixed64(src + kRecSequence); }
+
 void EncodeTableEntry(uint32_t cluster, const ClusterEntry& entry, char* dst) {
   EncodeFixed32(dst, cluster);
   EncodeFixed32(dst + 4, entry.slot);

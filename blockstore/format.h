@@ -130,6 +130,7 @@ struct JournalRecord {
   ClusterEntry entry;
   void EncodeTo(char* dst) const;                      // kJournalRecordSize bytes
   absl::Status DecodeFrom(const char* src);            // kDataLoss on CRC mismatch
+  static uint64_t SequenceOf(const char* src);         // unchecked: a quick filter
 };
 
 // A checkpoint table entry.
