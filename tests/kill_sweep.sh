@@ -233,7 +233,7 @@ verify_offline() {
   # The chain opens, or the read-only tool says which command finishes the operation.
   rc=0; (cd "$CDIR" && timeout 60 "$STRATA" info "$P/disk.strata") >"$CASE/info.out" 2>&1 || rc=$?
   if [ "$rc" -ne 0 ]; then
-    fix="$(grep -o 'run `strata [^`]*`' "$CASE/info.out" | head -1 | sed 's/^run `strata //; s/`$//')"
+    fix="$(grep -o 'run `strata [^`]*`' "$CASE/info.out" | head -1 | sed 's/^run `strata //; s/`$//' || true)"
     if [ -z "$fix" ]; then
       violate "info refuses without naming a command to finish: $(tail -1 "$CASE/info.out")"
     else
