@@ -726,16 +726,8 @@ absl::StatusOr<std::vector<std::string>> CrashEnv::ListDir(const std::string& di
 
 absl::Status CrashEnv::CopyRange(File* from, uint64_t from_off, File* to, uint64_t to_off,
                                  uint64_t length) {
-  std::string buffer(std::min<uint64_t>(length, 1 << 20), '\0');
-  while (length > 0) {
-    size_t n = std::min<uint64_t>(length, buffer.size());
-    if (auto s = from->Read(from_off, n, buffer.data()); !s.ok()) return s;
-    if (auto s = to->Write(to_off, absl::string_view(buffer.data(), n)); !s.ok()) return s;
-    from_off += n;
-    to_off += n;
-    length -= n;
-  }
-  return absl::OkStatus();
+  // As reads and writes of the files, so the copy lands in the model like any write.
+  return CopyThroughUserSpace(from, from_off, to, to_off, length);
 }
 
 CrashPoint CrashEnv::Point() const {

@@ -205,10 +205,23 @@ class PosixEnv final : public Env {
 
 }  // namespace
 
+absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint64_t to_off,
+                                  uint64_t length) {
+  constexpr uint64_t kCopyBuffer = 8ull << 20;
+  std::string buffer(std::min(length, kCopyBuffer), '\0');
+  while (length > 0) {
+    const size_t n = std::min<uint64_t>(length, buffer.size());
+    if (auto s = from->Read(from_off, n, buffer.data()); !s.ok()) return s;
+    if (auto s = to->Write(to_off, absl::string_view(buffer.data(), n)); !s.ok()) return s;
+    from_off += n;
+    to_off += n;
+    length -= n;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Env::CopyRange(File* from, uint64_t from_off, File* to, uint64_t to_off,
                             uint64_t length) {
-  constexpr uint64_t kCopyBuffer = 8ull << 20;  // the user-space fallback's buffer
-  std::string buffer;
   while (length > 0) {
     loff_t in = static_cast<loff_t>(from_off), out = static_cast<loff_t>(to_off);
     ssize_t n = copy_file_range(from->fd(), &in, to->fd(), &out, length, 0);
@@ -216,11 +229,8 @@ absl::Status Env::CopyRange(File* from, uint64_t from_off, File* to, uint64_t to
       if (n < 0 && errno != EXDEV && errno != EINVAL && errno != EOPNOTSUPP && errno != ENOSYS) {
         return ErrnoStatus(errno, "copy_file_range", to->path(), static_cast<int64_t>(to_off));
       }
-      // Fallback: through user space.
-      if (buffer.empty()) buffer.resize(std::min(length, kCopyBuffer));
-      n = static_cast<ssize_t>(std::min<uint64_t>(length, buffer.size()));
-      if (auto s = from->Read(from_off, n, buffer.data()); !s.ok()) return s;
-      if (auto s = to->Write(to_off, absl::string_view(buffer.data(), n)); !s.ok()) return s;
+      // The kernel cannot copy between these files: the rest goes through user space.
+      return CopyThroughUserSpace(from, from_off, to, to_off, length);
     }
     from_off += n;
     to_off += n;

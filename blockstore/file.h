@@ -76,6 +76,11 @@ class Env {
                                  uint64_t length);
 };
 
+// Copies `length` bytes with File::Read and File::Write, a buffer at a time: Env::CopyRange's
+// fallback, and how a test Env sees a copy.
+absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint64_t to_off,
+                                  uint64_t length);
+
 // Path helpers (no I/O).
 std::string DirName(const std::string& path);
 std::string BaseName(const std::string& path);

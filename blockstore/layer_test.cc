@@ -32,6 +32,17 @@ class LayerTest : public ::testing::Test {
     layer->SetEntry(cluster, {.slot = *slot, .present = present, .zero = 0});
   }
 
+  // Cluster 1 flushed, then cluster 2 flushed: one journal block each. Returns where the
+  // journal starts; the layer is closed.
+  uint64_t TwoFlushesOfOneRecord() {
+    auto layer = Create();
+    Put(layer.get(), 1, 1);
+    EXPECT_TRUE(layer->Flush().ok());
+    Put(layer.get(), 2, 1);
+    EXPECT_TRUE(layer->Flush().ok());
+    return layer->header().journal_offset;
+  }
+
   TempDir dir_;
   std::string path_ = dir_.File("l.strata");
 };
@@ -85,13 +96,7 @@ TEST_F(LayerTest, FullJournalCheckpoints) {
 }
 
 TEST_F(LayerTest, TornJournalRecordEndsReplay) {
-  auto layer = Create();
-  Put(layer.get(), 1, 1);
-  ASSERT_TRUE(layer->Flush().ok());
-  Put(layer.get(), 2, 1);
-  ASSERT_TRUE(layer->Flush().ok());
-  uint64_t journal = layer->header().journal_offset;
-  layer.reset();
+  const uint64_t journal = TwoFlushesOfOneRecord();
   // Corrupt the second flush's block: the first flush's record must still be there.
   testing::XorByte(path_, journal + kJournalBlockSize + 10);
   auto reopened = Open();
@@ -214,13 +219,7 @@ TEST_F(LayerTest, EveryWritableOpenStartsANewJournalEpoch) {
 TEST_F(LayerTest, DamagedRecordOfACompletedFlushIsDataLoss) {
   // A bad record followed by an intact later flush cannot be a torn tail: a flush is written
   // only after the one before it was synced.
-  auto layer = Create();
-  Put(layer.get(), 1, 1);
-  ASSERT_TRUE(layer->Flush().ok());
-  Put(layer.get(), 2, 1);
-  ASSERT_TRUE(layer->Flush().ok());
-  const uint64_t journal = layer->header().journal_offset;
-  layer.reset();
+  const uint64_t journal = TwoFlushesOfOneRecord();
   testing::XorByte(path_, journal + 20);  // the first flush's only record
   auto broken = Open();
   ASSERT_FALSE(broken.ok());
