@@ -50,6 +50,8 @@ struct MergeJournal {
 // The journal lives beside C's path: a file in the chain from start to end (P moves there).
 std::string JournalPathOf(const MergeJournal& j) { return MergeJournalPath(j.child_path); }
 
+std::string AbsoluteDir(const std::string& path);
+
 std::string Encode(const MergeJournal& j) {
   std::string body = absl::StrCat(
       kJournalMagic, "\nphase=", j.phase == Phase::kCopy ? "copy" : "relink",
@@ -57,7 +59,12 @@ std::string Encode(const MergeJournal& j) {
       "\nparent=", ParentLink(DirName(j.child_path), j.parent_path),
       "\nchild_uuid=", UuidToString(j.child_uuid), "\nparent_uuid=", UuidToString(j.parent_uuid),
       "\nchild_was_active=", j.child_was_active, "\ncopied_entries=", j.copied_entries, "\n");
-  for (const std::string& dir : j.dirs) absl::StrAppend(&body, "dir=", dir, "\n");
+  // The journal's own directory as ".": a directory moved or copied with an unfinished merge
+  // in it then resumes on its own files, never on those where it used to be.
+  const std::string own_dir = AbsoluteDir(j.child_path);
+  for (const std::string& dir : j.dirs) {
+    absl::StrAppend(&body, "dir=", dir == own_dir ? "." : dir, "\n");
+  }
   return absl::StrCat(body, "crc=", crc32c::Value(body.data(), body.size()), "\n");
 }
 
@@ -111,7 +118,7 @@ absl::StatusOr<MergeJournal> ReadJournal(Env* env, const std::string& path) {
     if (kv.first == "phase") j.phase = kv.second == "copy" ? Phase::kCopy : Phase::kRelink;
     if (kv.first == "child") child = kv.second;
     if (kv.first == "parent") parent = kv.second;
-    if (kv.first == "dir") j.dirs.push_back(kv.second);
+    if (kv.first == "dir") j.dirs.push_back(kv.second == "." ? AbsoluteDir(path) : kv.second);
     if (kv.first == "child_was_active") j.child_was_active = kv.second == "1";
     if (kv.first == "copied_entries" && !absl::SimpleAtoi(kv.second, &j.copied_entries)) {
       return bad("bad copied_entries");

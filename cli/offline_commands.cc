@@ -264,7 +264,7 @@ int CheckCommand(int argc, char** argv) {
   }
   std::printf("%s: %zu problems, %zu repairable\n", args->positional[0].c_str(),
               report->problems.size(), report->repairable.size());
-  return report->problems.empty() ? 3 : 4;
+  return report->problems.empty() ? 4 : 3;
 }
 
 int ExportCommand(int argc, char** argv) {

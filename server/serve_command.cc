@@ -312,6 +312,12 @@ int ServeMain(int argc, char** argv) {
   if (o.workers == 0) {
     o.workers = std::clamp<int>(static_cast<int>(std::thread::hardware_concurrency()), 1, 4);
   }
+  // The daemon changes to "/": every path the user gave is resolved against the working
+  // directory now, or the control socket, the snapshot files and the @NAME exports would be
+  // looked for under "/".
+  o.layer = Absolute(o.layer);
+  if (o.control) o.control = Absolute(*o.control);
+  if (o.socket) o.socket = Absolute(*o.socket);
   if (!o.pid_file.empty()) o.pid_file = Absolute(o.pid_file);
   RaiseOpenFileLimit();
 
