@@ -38,14 +38,7 @@ class CommitTest : public ::testing::Test {
       ASSERT_TRUE((*chain)->Snapshot(name).ok());
     }
   }
-  std::string ReadAll(const std::string& top) {
-    auto chain = Chain::Open(top, {.writable = false});
-    EXPECT_TRUE(chain.ok()) << chain.status();
-    if (!chain.ok()) return "";
-    std::string out(kDisk, '\0');
-    EXPECT_TRUE((*chain)->Read(0, absl::MakeSpan(out)).ok());
-    return out;
-  }
+  std::string ReadAll(const std::string& top) { return testing::ReadDisk(top, kDisk); }
   size_t Depth() {
     auto chain = Chain::Open(top_, {.writable = false, .lock = false});
     return chain.ok() ? (*chain)->Layers().size() : 0;

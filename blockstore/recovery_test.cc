@@ -40,14 +40,7 @@ class RecoveryTest : public ::testing::Test {
       ASSERT_TRUE((*layer)->WriteFrozenHeader(name, 1).ok());
     }
   }
-  std::string ReadAll(const std::string& top) {
-    auto chain = Chain::Open(top, {.writable = false});
-    EXPECT_TRUE(chain.ok()) << chain.status();
-    if (!chain.ok()) return "";
-    std::string out(kDisk, '\0');
-    EXPECT_TRUE((*chain)->Read(0, absl::MakeSpan(out)).ok());
-    return out;
-  }
+  std::string ReadAll(const std::string& top) { return testing::ReadDisk(top, kDisk); }
   size_t Depth() {
     auto chain = Chain::Open(top_, {.writable = false});
     return chain.ok() ? (*chain)->Layers().size() : 0;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
+#include "blockstore/chain.h"
 #include "blockstore/crc32c.h"
 #include "gtest/gtest.h"
 
@@ -50,6 +51,17 @@ inline void WriteFileBytes(const std::string& path, const std::string& data) {
   ASSERT_GE(fd, 0) << path;
   ASSERT_EQ(pwrite(fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
   close(fd);
+}
+
+// The first `size` bytes of the disk topped by `top`, through a read-only chain; "" (and a
+// test failure) when it does not open.
+inline std::string ReadDisk(const std::string& top, uint64_t size) {
+  auto chain = Chain::Open(top, {.writable = false});
+  EXPECT_TRUE(chain.ok()) << chain.status();
+  if (!chain.ok()) return "";
+  std::string out(size, '\0');
+  EXPECT_TRUE((*chain)->Read(0, absl::MakeSpan(out)).ok());
+  return out;
 }
 
 inline void XorByte(const std::string& path, uint64_t offset, uint8_t mask = 0x40) {
