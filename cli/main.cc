@@ -4,7 +4,7 @@
 
 #include "cli/control_client.h"
 #include "cli/offline_commands.h"
-#include "server/serve_command.h"
+#include "cli/serve_command.h"
 
 namespace {
 

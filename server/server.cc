@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "server/engine/storage.h"
 #include "server/log.h"
 
 namespace strata {

@@ -15,10 +15,10 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "server/blocking_pool.h"
-#include "server/export.h"
-#include "server/stats.h"
-#include "server/worker.h"
+#include "server/engine/blocking_pool.h"
+#include "server/nbd/export.h"
+#include "server/engine/stats.h"
+#include "server/engine/worker.h"
 
 namespace strata {
 

@@ -1,0 +1,60 @@
+// `strata serve [options] LAYER`: option parsing, listening, daemonizing, captive --run mode and
+// signal-driven shutdown around a Server. The strata CLI calls ServeMain with argv[0] = "serve".
+// Option parsing is a pure function (ParseServeOptions) so it is unit-tested without a process.
+#ifndef STRATA_CLI_SERVE_COMMAND_H_
+#define STRATA_CLI_SERVE_COMMAND_H_
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/log.h"
+#include "server/engine/storage.h"
+
+namespace strata {
+
+enum class CacheMode { kNone, kWriteback };
+absl::string_view Name(CacheMode mode);
+
+struct ServeOptions {
+  std::string layer;
+  std::optional<std::string> socket;  // --socket; default beside LAYER unless --listen only
+  std::optional<std::string> control;  // --control; default DefaultControlPath(layer)
+  bool no_control = false;             // --no-control
+  unsigned socket_mode = 0600;
+  std::optional<std::string> listen_address;  // --listen ADDR:PORT
+  int listen_port = 0;
+  std::string export_name;
+  bool read_only = false;
+  CacheMode cache = CacheMode::kWriteback;
+  int workers = 0;  // 0: number of CPUs, at most 4
+  LogLevel log_level = LogLevel::kInfo;
+  bool foreground = false;
+  std::string pid_file;
+  std::string run;
+  int shutdown_timeout_s = 10;  // --shutdown-timeout
+  bool help = false;
+};
+
+// Parses the arguments after "serve". Accepts `--opt VALUE` and `--opt=VALUE`; `--` ends options.
+absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& args);
+std::string ServeUsage();
+
+// LAYER's directory + "/" + LAYER's file name without extension + ".sock".
+std::string DefaultSocketPath(const std::string& layer);
+// LAYER's directory + "/" + LAYER's file name without extension + ".ctl".
+std::string DefaultControlPath(const std::string& layer);
+// nbd+unix:///EXPORT?socket=PATH (the export part only when non-empty), percent-encoded.
+std::string UnixUri(const std::string& socket_path, const std::string& export_name);
+// nbd://HOST:PORT/EXPORT.
+std::string TcpUri(const std::string& host, int port, const std::string& export_name);
+
+// argv[0] is "serve". Returns the process exit status.
+int ServeMain(int argc, char** argv);
+
+}  // namespace strata
+
+#endif  // STRATA_CLI_SERVE_COMMAND_H_

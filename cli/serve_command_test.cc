@@ -1,0 +1,130 @@
+#include "cli/serve_command.h"
+
+#include "gtest/gtest.h"
+
+namespace strata {
+namespace {
+
+TEST(ServeOptionsTest, DefaultsWithOnlyALayer) {
+  auto o = ParseServeOptions({"disk.strata"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->layer, "disk.strata");
+  EXPECT_FALSE(o->socket.has_value());
+  EXPECT_EQ(o->socket_mode, 0600u);
+  EXPECT_FALSE(o->listen_address.has_value());
+  EXPECT_EQ(o->export_name, "");
+  EXPECT_FALSE(o->read_only);
+  EXPECT_EQ(o->cache, CacheMode::kWriteback);
+  EXPECT_EQ(o->workers, 0);
+  EXPECT_EQ(o->log_level, LogLevel::kInfo);
+  EXPECT_FALSE(o->foreground);
+  EXPECT_EQ(o->shutdown_timeout_s, 10);
+}
+
+TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
+  auto o = ParseServeOptions({"--socket", "/tmp/s.sock", "--socket-mode=0660", "--listen",
+                              ":10809", "--export-name=vm", "--read-only", "--cache", "none",
+                              "--workers=3", "--log-level", "debug", "--pid-file", "/tmp/p",
+                              "--shutdown-timeout", "2", "--foreground", "/img/top.strata"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(*o->socket, "/tmp/s.sock");
+  EXPECT_EQ(o->socket_mode, 0660u);
+  EXPECT_EQ(*o->listen_address, "127.0.0.1");
+  EXPECT_EQ(o->listen_port, 10809);
+  EXPECT_EQ(o->export_name, "vm");
+  EXPECT_TRUE(o->read_only);
+  EXPECT_EQ(o->cache, CacheMode::kNone);
+  EXPECT_EQ(o->workers, 3);
+  EXPECT_EQ(o->log_level, LogLevel::kDebug);
+  EXPECT_EQ(o->pid_file, "/tmp/p");
+  EXPECT_EQ(o->shutdown_timeout_s, 2);
+  EXPECT_TRUE(o->foreground);
+  EXPECT_EQ(o->layer, "/img/top.strata");
+}
+
+TEST(ServeOptionsTest, RunImpliesForeground) {
+  auto o = ParseServeOptions({"--run", "nbdinfo $uri", "d.strata"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->run, "nbdinfo $uri");
+  EXPECT_TRUE(o->foreground);
+}
+
+TEST(ServeOptionsTest, ListenTakesAddressAndPort) {
+  auto o = ParseServeOptions({"--listen=0.0.0.0:0", "d"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(*o->listen_address, "0.0.0.0");
+  EXPECT_EQ(o->listen_port, 0);
+  auto v6 = ParseServeOptions({"--listen=[::1]:99", "d"});
+  ASSERT_TRUE(v6.ok());
+  EXPECT_EQ(*v6->listen_address, "[::1]");
+}
+
+TEST(ServeOptionsTest, BadValuesAreRefusedWithTheOptionName) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"--cache=sometimes", "d"},
+           {"--workers=0", "d"},
+           {"--workers", "many", "d"},
+           {"--socket-mode=999", "d"},
+           {"--listen=nowhere", "d"},
+           {"--listen=:70000", "d"},
+           {"--log-level=loud", "d"},
+           {"--shutdown-timeout=-1", "d"},
+           {"--shutdown-timeout=soon", "d"},
+           {"--read-only=yes", "d"},
+           {"--bogus", "d"},
+           {"--socket"},
+           {},
+           {"a", "b"}}) {
+    auto o = ParseServeOptions(args);
+    EXPECT_FALSE(o.ok()) << (args.empty() ? "(none)" : args[0]);
+  }
+  EXPECT_NE(ParseServeOptions({"--cache=x", "d"}).status().message().find("--cache"),
+            std::string::npos);
+}
+
+TEST(ServeOptionsTest, DoubleDashEndsOptions) {
+  auto o = ParseServeOptions({"--", "--weird-name.strata"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->layer, "--weird-name.strata");
+}
+
+TEST(ServeOptionsTest, HelpNeedsNoLayer) {
+  auto o = ParseServeOptions({"--help"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_TRUE(o->help);
+}
+
+TEST(ServeOptionsTest, DefaultSocketSitsBesideTheLayer) {
+  EXPECT_EQ(DefaultSocketPath("/img/disk.strata"), "/img/disk.sock");
+  EXPECT_EQ(DefaultSocketPath("disk.strata"), "./disk.sock");
+  EXPECT_EQ(DefaultSocketPath("/a.b/disk"), "/a.b/disk.sock");
+  EXPECT_EQ(DefaultSocketPath("/top.x.strata"), "/top.x.sock");
+}
+
+TEST(ServeOptionsTest, ControlSocketOptions) {
+  EXPECT_EQ(DefaultControlPath("/img/disk.strata"), "/img/disk.ctl");
+  EXPECT_EQ(DefaultControlPath("disk.strata"), "./disk.ctl");
+  auto o = ParseServeOptions({"disk.strata"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_FALSE(o->control.has_value());
+  EXPECT_FALSE(o->no_control);
+  o = ParseServeOptions({"--control=/run/vm.ctl", "disk.strata"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(*o->control, "/run/vm.ctl");
+  o = ParseServeOptions({"--no-control", "disk.strata"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_TRUE(o->no_control);
+  EXPECT_FALSE(ParseServeOptions({"--no-control", "--control", "x", "disk.strata"}).ok());
+  EXPECT_FALSE(ParseServeOptions({"--control=", "disk.strata"}).ok());
+  EXPECT_FALSE(ParseServeOptions({"--no-control=1", "disk.strata"}).ok());
+}
+
+TEST(ServeOptionsTest, UrisAreEncoded) {
+  EXPECT_EQ(UnixUri("/tmp/d.sock", ""), "nbd+unix:///?socket=/tmp/d.sock");
+  EXPECT_EQ(UnixUri("/tmp/a b.sock", "vm 1"), "nbd+unix:///vm%201?socket=/tmp/a%20b.sock");
+  EXPECT_EQ(TcpUri("127.0.0.1", 10809, ""), "nbd://127.0.0.1:10809/");
+  EXPECT_EQ(TcpUri("::1", 5, "x"), "nbd://[::1]:5/x");
+}
+
+}  // namespace
+}  // namespace strata

@@ -1,0 +1,495 @@
+#include "server/control/live_control.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "blockstore/format.h"
+#include "server/log.h"
+#include "server/nbd/protocol.h"
+
+namespace strata {
+
+using json = nlohmann::json;
+
+namespace {
+
+constexpr char kRequests[] = "snapshot, list, stats, info, revert";
+
+std::string IsoTime(int64_t wall_ns) {
+  if (wall_ns <= 0) return "";
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixNanos(wall_ns),
+                          absl::UTCTimeZone());
+}
+
+double Round3(double v) { return std::round(v * 1000) / 1000; }
+
+// p in [0, 1] over a sorted copy (nearest rank).
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t rank = static_cast<size_t>(std::ceil(p * static_cast<double>(v.size())));
+  return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
+}
+
+json LatencyJson(const LatencyHistogram& h) {
+  auto us = [](uint64_t ns) { return Round3(static_cast<double>(ns) / 1000); };
+  return json{{"count", h.count},
+              {"mean", h.count ? us(h.sum_ns / h.count) : 0.0},
+              {"p50", us(h.PercentileNs(0.50))},
+              {"p90", us(h.PercentileNs(0.90))},
+              {"p99", us(h.PercentileNs(0.99))},
+              {"max", us(h.max_ns)}};
+}
+
+json CountersJson(const IoCounters& io) {
+  json by_command = json::object();
+  for (int i = 0; i <= kCountedCommands; ++i) {
+    if (io.requests[i] == 0) continue;
+    std::string name = i == kOtherCommand
+                           ? "other"
+                           : std::string(nbd::Name(static_cast<nbd::Command>(i)));
+    if (name.rfind("NBD_CMD_", 0) == 0) name = name.substr(8);
+    for (char& c : name) c = static_cast<char>(tolower(static_cast<unsigned char>(c)));
+    by_command[name] = io.requests[i];
+  }
+  return json{{"requests", io.total_requests()},
+              {"requests_by_command", by_command},
+              {"errors", io.errors},
+              {"enospc_replies", io.enospc_replies},
+              {"bytes_read", io.bytes_read},
+              {"bytes_written", io.bytes_written},
+              {"latency_us", LatencyJson(io.latency)}};
+}
+
+}  // namespace
+
+// The snapshot exports and the count of live snapshots taken (see the design note in the
+// header): changed by the chain's listener, on whichever thread completed a snapshot.
+class LiveControl::Published {
+ public:
+  Published(ExportTable* exports, std::string top_path, bool direct_io)
+      : exports_(exports), top_path_(std::move(top_path)), direct_io_(direct_io) {}
+
+  // Registers "@name" (once), opened on demand from `path`.
+  void Add(const std::string& name, const std::string& path) {
+    absl::MutexLock lock(&mu_);
+    ExportLocked(name, path);
+  }
+  // The chain's listener: a live snapshot is durable.
+  void Completed(const Chain::CompletedSnapshot& s) {
+    if (!s.lock.ok()) {
+      STRATA_LOG(kError,
+                 "snapshot '%s': %s lost its lock, so another strata process could change it "
+                 "while it is served: %s",
+                 s.name, s.frozen_path, s.lock.message());
+    }
+    absl::MutexLock lock(&mu_);
+    ++taken_;
+    ExportLocked(s.name, s.frozen_path);
+  }
+  uint64_t taken() const {
+    absl::MutexLock lock(&mu_);
+    return taken_;
+  }
+  std::vector<std::string> Names() const {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> names;
+    for (const std::string& name : exported_) names.push_back("@" + name);
+    return names;
+  }
+  // Removes the exports of the snapshots not in `keep`; returns their export names.
+  std::vector<std::string> RemoveAllBut(const std::set<std::string>& keep) {
+    absl::MutexLock lock(&mu_);
+    std::vector<std::string> removed;
+    std::erase_if(exported_, [&](const std::string& snapshot) {
+      if (keep.count(snapshot)) return false;
+      exports_->Remove("@" + snapshot);
+      removed.push_back("@" + snapshot);
+      return true;
+    });
+    return removed;
+  }
+
+ private:
+  void ExportLocked(const std::string& name, const std::string& path)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  ExportTable* const exports_;
+  const std::string top_path_;
+  const bool direct_io_;
+  mutable absl::Mutex mu_;
+  std::vector<std::string> exported_ ABSL_GUARDED_BY(mu_);  // snapshot names, in export order
+  uint64_t taken_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+LiveControl::LiveControl(Server* server, ExportTable* exports, ChainStorage* disk,
+                         LiveControlOptions options)
+    : server_(server),
+      exports_(exports),
+      disk_(disk),
+      options_(std::move(options)),
+      started_wall_ns_(WallNs()),
+      published_(std::make_shared<Published>(exports, disk->top_path(), options_.direct_io)) {
+  WatchSnapshots();
+}
+
+LiveControl::~LiveControl() = default;
+
+void LiveControl::WatchSnapshots() {
+  if (disk_->chain() == nullptr) return;
+  // The chain may complete a snapshot when it closes, after this object is gone: the
+  // listener keeps what it changes alive.
+  disk_->chain()->SetSnapshotListener(
+      [published = published_](const Chain::CompletedSnapshot& s) { published->Completed(s); });
+}
+
+void LiveControl::Published::ExportLocked(const std::string& name, const std::string& path) {
+  const std::string export_name = absl::StrCat("@", name);
+  if (exports_->Has(export_name)) return;
+  ExportInfo info{export_name,
+                  absl::StrCat("snapshot '", name, "' of ", top_path_, " (read-only)"),
+                  /*read_only=*/true};
+  const bool direct_io = direct_io_;
+  exports_->AddOnDemand(info, [info, path, direct_io]()
+                                  -> absl::StatusOr<std::shared_ptr<const Export>> {
+    // Read-only: shared locks only, beside the server's own shared lock on this frozen file.
+    absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
+        OpenChainStorage(path, /*writable=*/false, direct_io);
+    if (!storage.ok()) {
+      STRATA_LOG(kError, "export %s: %s", info.name, storage.status().message());
+      return absl::Status(storage.status().code(), absl::StrCat("export ", info.name, ": ",
+                                                                storage.status().message()));
+    }
+    Storage* opened = storage->get();
+    auto e = NewExport(info.name, opened, std::move(*storage));
+    e->description = info.description;
+    e->read_only = true;
+    STRATA_LOG(kDebug, "export \"%s\" opened: %s", info.name, path);
+    return e;
+  });
+  exported_.push_back(name);
+  STRATA_LOG(kInfo, "export \"%s\": snapshot %s (read-only, opened on demand)", export_name,
+             path);
+}
+
+void LiveControl::AddSnapshotExports() {
+  absl::MutexLock lock(&mu_);
+  if (disk_->chain() == nullptr) return;
+  for (const LayerInfo& info : disk_->chain()->Layers()) {
+    if (info.is_raw_base || info.header.state != LayerState::kFrozen ||
+        info.header.snapshot_name.empty()) {
+      continue;
+    }
+    published_->Add(info.header.snapshot_name, info.path);
+  }
+}
+
+std::vector<std::string> LiveControl::SnapshotExportNames() const { return published_->Names(); }
+
+absl::Status LiveControl::Handle(const json& request, json* reply) {
+  const std::string what = request.value("request", std::string());
+  if (what == "snapshot") return Snapshot(request, reply);
+  if (what == "list") return List(reply);
+  if (what == "stats") return Stats(reply);
+  if (what == "info") return Info(reply);
+  if (what == "revert") return Revert(request, reply);
+  return absl::InvalidArgumentError(
+      absl::StrFormat("unknown request \"%s\" (known: %s)", what, kRequests));
+}
+
+// ---------------------------------------------------------------------------------------------
+// snapshot {"name": NAME} -> {"name", "file", "uuid", "export", "pause_ms"}
+
+absl::Status LiveControl::Snapshot(const json& request, json* reply) {
+  if (!request.contains("name") || !request["name"].is_string() ||
+      request["name"].get<std::string>().empty()) {
+    return absl::InvalidArgumentError("snapshot: \"name\" (a non-empty string) is required");
+  }
+  const std::string name = request["name"].get<std::string>();
+  absl::MutexLock lock(&mu_);
+  Chain* chain = disk_->chain();
+  if (chain == nullptr || !disk_->writable()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "snapshot '", name, "': ", disk_->top_path(), " is served read-only; nothing to freeze"));
+  }
+  absl::StatusOr<Chain::SnapshotResult> result =
+      absl::InternalError("snapshot did not run");  // replaced inside the pause
+  // Flush first, while clients keep running: the freeze after the pause (which makes the
+  // frozen layer durable and so delays the reply) then only covers what was written in the
+  // meantime. Under a heavy write load a flush lets new dirty data pile up, so flush again
+  // while that shrinks the next one (each is shorter than the last), at most kPreFlushes times.
+  constexpr int kPreFlushes = 4;
+  constexpr absl::Duration kShortFlush = absl::Milliseconds(2);
+  for (int i = 0; i < kPreFlushes; ++i) {
+    const absl::Time begin = absl::Now();
+    if (absl::Status pre = chain->Flush(); !pre.ok()) {
+      ++snapshot_failures_;
+      return absl::Status(pre.code(), absl::StrCat("snapshot '", name,
+                                                   "': flush before the pause: ", pre.message()));
+    }
+    if (absl::Now() - begin < kShortFlush) break;
+  }
+  // The next layer's file (created and synced) needs no pause either.
+  if (absl::Status prepared = chain->PrepareSnapshot(name); !prepared.ok()) {
+    ++snapshot_failures_;
+    return absl::Status(prepared.code(),
+                        absl::StrCat("snapshot '", name, "': ", prepared.message()));
+  }
+  // The pause only moves new writes to the new layer, in memory.
+  absl::Duration pause, switch_time;
+  absl::Status st = server_->RunPaused(
+      [&]() -> absl::Status {
+        const absl::Time begin = absl::Now();
+        result = chain->SwitchSnapshot(name);
+        switch_time = absl::Now() - begin;
+        return result.status();
+      },
+      &pause, options_.pause_timeout);
+  const double pause_ms = absl::ToDoubleMilliseconds(pause);
+  if (!st.ok()) {
+    chain->CancelSnapshot();
+    ++snapshot_failures_;
+    if (st.code() == absl::StatusCode::kDeadlineExceeded) ++pause_timeouts_;
+    STRATA_LOG(kError, "snapshot '%s' failed (I/O paused %.3f ms, disk served as before): %s",
+               name, pause_ms, st.message());
+    return absl::Status(st.code(), absl::StrCat("snapshot '", name, "': ", st.message()));
+  }
+  pauses_ms_.push_back(pause_ms);
+  // I/O runs again; the reply waits until the snapshot is durable (a flush of the new layer
+  // would wait for it too), and published_ has exported it. A failure leaves it pending: the
+  // error says so; the flush or snapshot that completes it later publishes it.
+  const absl::Time durable_begin = absl::Now();
+  if (absl::Status durable = chain->CompleteSnapshot(); !durable.ok()) {
+    STRATA_LOG(kError, "%s", durable.message());
+    return absl::Status(durable.code(), absl::StrCat(durable.message(), "; @", name,
+                                                     " is exported once it is durable"));
+  }
+  const double durable_ms = absl::ToDoubleMilliseconds(absl::Now() - durable_begin);
+  STRATA_LOG(kInfo,
+             "snapshot '%s' taken live: %s (I/O paused %.3f ms, of which %.3f ms switching "
+             "layers; made durable in %.3f ms after resuming)",
+             name, result->frozen_path, pause_ms, absl::ToDoubleMilliseconds(switch_time),
+             durable_ms);
+  (*reply)["name"] = name;
+  (*reply)["file"] = result->frozen_path;
+  (*reply)["uuid"] = UuidToString(result->frozen_uuid);
+  (*reply)["pause_ms"] = Round3(pause_ms);
+  (*reply)["switch_ms"] = Round3(absl::ToDoubleMilliseconds(switch_time));  // part of the pause
+  // Making the frozen layer durable, after I/O resumed: it delays this reply, not the disk.
+  (*reply)["durable_ms"] = Round3(durable_ms);
+  (*reply)["export"] = "@" + name;  // opened when a client names it
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// list -> {"layers": [...]}, the top first
+
+absl::Status LiveControl::List(json* reply) {
+  absl::MutexLock lock(&mu_);
+  Chain* chain = disk_->chain();
+  if (chain == nullptr) return disk_->Flush();  // the "could not be reopened" error
+  std::vector<LayerInfo> layers = chain->Layers();
+  std::sort(layers.begin(), layers.end(),
+            [](const LayerInfo& a, const LayerInfo& b) { return a.position > b.position; });
+  const int64_t now = WallNs();
+  json out = json::array();
+  for (const LayerInfo& l : layers) {
+    json j{{"position", l.position}, {"file", l.path}, {"file_bytes", l.file_bytes}};
+    // The active layer above a freezing snapshot keeps its pending name until the freeze ends.
+    if (!l.final_path.empty()) j["final_file"] = l.final_path;
+    if (l.is_raw_base) {
+      j["state"] = "raw base";
+      j["allocated_bytes"] = l.file_bytes;
+    } else {
+      const LayerHeader& h = l.header;
+      const bool frozen = h.state == LayerState::kFrozen;
+      // "freezing": a live snapshot whose layer is not durable yet (every flush retries).
+      j["state"] = l.freezing ? "freezing" : frozen ? "frozen" : "active";
+      if (l.freezing) j["snapshot"] = h.snapshot_name;
+      j["uuid"] = UuidToString(h.uuid);
+      j["allocated_bytes"] = l.allocated_bytes;
+      j["created"] = IsoTime(h.created_ns);
+      if (frozen) {
+        j["snapshot"] = h.snapshot_name;
+        j["snapshot_time"] = IsoTime(h.frozen_ns);
+        if (!h.snapshot_name.empty() && exports_->Has("@" + h.snapshot_name)) {
+          j["export"] = "@" + h.snapshot_name;
+        }
+      }
+      // Age of the state the layer holds: since the snapshot for a frozen layer, since its
+      // creation for the active one.
+      const int64_t since = frozen && h.frozen_ns > 0 ? h.frozen_ns : h.created_ns;
+      if (since > 0) j["age_seconds"] = Round3(static_cast<double>(now - since) / 1e9);
+    }
+    out.push_back(std::move(j));
+  }
+  (*reply)["layers"] = std::move(out);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// stats -> {"total", "connections", "enospc", "snapshots", ...}
+
+absl::Status LiveControl::Stats(json* reply) {
+  absl::StatusOr<std::vector<WorkerStats>> workers = server_->CollectStats();
+  if (!workers.ok()) return workers.status();
+  const int64_t now = MonotonicNs();
+  IoCounters total;
+  int64_t in_flight = 0;
+  uint64_t closed = 0;
+  json conns = json::array();
+  for (const WorkerStats& w : *workers) {
+    total.Merge(w.closed);
+    closed += w.connections_closed;
+    for (const ConnectionStats& c : w.connections) {
+      total.Merge(c.io);
+      in_flight += c.in_flight;
+      json j = CountersJson(c.io);
+      j["id"] = c.id;
+      j["worker"] = c.worker;
+      j["peer"] = c.peer;
+      j["export"] = c.negotiated ? json(c.export_name) : json(nullptr);
+      j["in_flight"] = c.in_flight;
+      j["age_seconds"] = Round3(static_cast<double>(now - c.opened_ns) / 1e9);
+      conns.push_back(std::move(j));
+    }
+  }
+  std::sort(conns.begin(), conns.end(),
+            [](const json& a, const json& b) { return a["id"] < b["id"]; });
+  json t = CountersJson(total);
+  t["in_flight"] = in_flight;
+  (*reply)["total"] = std::move(t);
+  (*reply)["connections"] = std::move(conns);
+  (*reply)["connections_open"] = (*reply)["connections"].size();
+  (*reply)["connections_closed"] = closed;
+
+  const NoSpaceState& ns = server_->no_space();
+  json enospc{{"full", ns.full()},
+              {"replies", ns.replies()},
+              {"episodes", ns.episodes()},
+              {"since", ns.full() ? json(IsoTime(ns.since_wall_ns())) : json(nullptr)},
+              {"last", ns.last_wall_ns() ? json(IsoTime(ns.last_wall_ns())) : json(nullptr)}};
+  (*reply)["enospc"] = std::move(enospc);
+  // A failed sync makes the disk refuse writes and flushes until restarted (README,
+  // Guarantees): say so, with the cause.
+  absl::Status failure =
+      disk_->chain() != nullptr ? disk_->chain()->failure() : absl::OkStatus();
+  (*reply)["sync_failure"] = failure.ok() ? json(nullptr) : json(std::string(failure.message()));
+
+  absl::MutexLock lock(&mu_);
+  json snaps{{"taken", published_->taken()},
+             {"failed", snapshot_failures_},
+             {"pause_timeouts", pause_timeouts_}};
+  if (!pauses_ms_.empty()) {
+    snaps["last_pause_ms"] = Round3(pauses_ms_.back());
+    snaps["pause_p50_ms"] = Round3(Percentile(pauses_ms_, 0.50));
+    snaps["pause_p99_ms"] = Round3(Percentile(pauses_ms_, 0.99));
+    snaps["pause_max_ms"] = Round3(*std::max_element(pauses_ms_.begin(), pauses_ms_.end()));
+  } else {
+    snaps["last_pause_ms"] = nullptr;
+  }
+  (*reply)["snapshots"] = std::move(snaps);
+  (*reply)["uptime_seconds"] = Round3(static_cast<double>(WallNs() - started_wall_ns_) / 1e9);
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// info -> {"size", "cluster_size", "sub_block_size", "top_file", "exports", "connections", ...}
+
+absl::Status LiveControl::Info(json* reply) {
+  absl::StatusOr<int> connections = CountConnections();
+  if (!connections.ok()) return connections.status();
+  absl::MutexLock lock(&mu_);
+  (*reply)["size"] = disk_->size();
+  (*reply)["sub_block_size"] = disk_->sub_block_size();
+  if (disk_->chain() != nullptr) {
+    (*reply)["cluster_size"] = disk_->chain()->cluster_size();
+    (*reply)["layers"] = disk_->chain()->top_position();
+  }
+  (*reply)["top_file"] = disk_->top_path();
+  (*reply)["read_only"] = !disk_->writable();
+  json exports = json::array();
+  for (const ExportInfo& e : exports_->Describe()) {
+    exports.push_back({{"name", e.name}, {"read_only", e.read_only},
+                       {"description", e.description}});
+  }
+  (*reply)["exports"] = std::move(exports);
+  (*reply)["connections"] = *connections;
+  (*reply)["workers"] = server_->workers();
+  (*reply)["control_socket"] = options_.control_path;
+  (*reply)["pause_timeout_ms"] = absl::ToInt64Milliseconds(options_.pause_timeout);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> LiveControl::CountConnections() {
+  absl::StatusOr<std::vector<WorkerStats>> workers = server_->CollectStats();
+  if (!workers.ok()) return workers.status();
+  int n = 0;
+  for (const WorkerStats& w : *workers) n += static_cast<int>(w.connections.size());
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------
+// revert {"name"?} -> {"reverted_to", "file"}
+
+absl::Status LiveControl::Revert(const json& request, json* reply) {
+  std::string name;
+  if (request.contains("name")) {
+    if (!request["name"].is_string()) {
+      return absl::InvalidArgumentError("revert: \"name\" must be a string (a snapshot name)");
+    }
+    name = request["name"].get<std::string>();
+  }
+  const std::string target = name.empty() ? "its parent" : absl::StrCat("snapshot '", name, "'");
+  auto refuse = [&](int n) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "revert refused: %d client connection%s open (an online revert changes the disk under "
+        "a client's feet; disconnect every client, e.g. shut the guest down, then retry)",
+        n, n == 1 ? " is" : "s are"));
+  };
+  absl::StatusOr<int> connections = CountConnections();
+  if (!connections.ok()) return connections.status();
+  if (*connections > 0) return refuse(*connections);
+  absl::MutexLock lock(&mu_);
+  if (!disk_->writable()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("revert: ", disk_->top_path(), " is served read-only"));
+  }
+  absl::Duration pause;
+  absl::Status st = server_->RunPaused(
+      [&]() -> absl::Status {
+        // Counted again with every worker paused: a client that connected meanwhile wins.
+        absl::StatusOr<int> now = CountConnections();
+        if (!now.ok()) return now.status();
+        if (*now > 0) return refuse(*now);
+        return disk_->Revert(name);
+      },
+      &pause, options_.pause_timeout);
+  WatchSnapshots();  // the chain was reopened, whether the revert succeeded or not
+  if (!st.ok()) {
+    return absl::Status(st.code(), absl::StrCat("revert to ", target, ": ", st.message()));
+  }
+  // Snapshots above the target are no longer in the served chain (their files stay, a
+  // branch): their exports go. Connections reading one keep it open until they end.
+  std::set<std::string> in_chain;
+  if (disk_->chain() != nullptr) {
+    for (const LayerInfo& info : disk_->chain()->Layers()) {
+      if (!info.is_raw_base) in_chain.insert(info.header.snapshot_name);
+    }
+  }
+  const std::vector<std::string> removed = published_->RemoveAllBut(in_chain);
+  STRATA_LOG(kInfo, "reverted %s to %s (I/O paused %.3f ms)%s", disk_->top_path(), target,
+             absl::ToDoubleMilliseconds(pause),
+             removed.empty() ? "" : absl::StrCat("; exports removed: ", absl::StrJoin(removed, ", ")));
+  (*reply)["reverted_to"] = name.empty() ? json(nullptr) : json(name);
+  (*reply)["file"] = disk_->top_path();
+  (*reply)["exports_removed"] = removed;
+  return absl::OkStatus();
+}
+
+}  // namespace strata

@@ -1,0 +1,102 @@
+#include "server/engine/chain_storage.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "blockstore/commit.h"
+#include "blockstore/file.h"
+
+namespace strata {
+
+ChainStorage::ChainStorage(std::unique_ptr<Chain> chain, bool direct_io)
+    : chain_(std::move(chain)),
+      direct_io_(direct_io),
+      writable_(chain_->writable()),
+      size_(chain_->size()),
+      sub_block_size_(chain_->sub_block_size()),
+      top_path_(chain_->top_path()) {
+  Refresh();
+}
+
+std::string ChainStorage::Describe() const {
+  return absl::StrFormat("strata chain %s (%d layers above the base)", top_path_, top_position());
+}
+
+// Only reachable after a revert whose reopen failed: every request fails, nothing crashes.
+absl::Status ChainStorage::Missing() const {
+  return absl::UnavailableError(
+      absl::StrCat(top_path_, ": the chain could not be reopened after a revert; restart the "
+                              "server"));
+}
+
+absl::Status ChainStorage::MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
+                                   ReadPin* pin) const {
+  if (chain_ == nullptr) return Missing();
+  return chain_->MapRead(offset, length, out, pin);
+}
+absl::StatusOr<WritePlan> ChainStorage::PrepareWrite(uint64_t offset, uint64_t length) {
+  if (chain_ == nullptr) return Missing();
+  return chain_->PrepareWrite(offset, length);
+}
+void ChainStorage::FinishWrite(const WritePlan& plan, bool succeeded) {
+  if (chain_ != nullptr) chain_->FinishWrite(plan, succeeded);
+}
+absl::Status ChainStorage::Zero(uint64_t offset, uint64_t length, bool may_trim,
+                                std::vector<std::pair<uint64_t, uint64_t>>* data_ranges) {
+  if (chain_ == nullptr) return Missing();
+  return chain_->Zero(offset, length, may_trim, data_ranges);
+}
+absl::Status ChainStorage::Trim(uint64_t offset, uint64_t length) {
+  if (chain_ == nullptr) return Missing();
+  return chain_->Trim(offset, length);
+}
+absl::Status ChainStorage::Flush() {
+  if (chain_ == nullptr) return Missing();
+  return chain_->Flush();
+}
+absl::Status ChainStorage::Extents(uint64_t offset, uint64_t length,
+                                   std::vector<Extent>* out) const {
+  if (chain_ == nullptr) return Missing();
+  return chain_->Extents(offset, length, out);
+}
+
+void ChainStorage::Refresh() {
+  if (chain_ != nullptr) top_position_.store(chain_->top_position(), std::memory_order_relaxed);
+}
+
+absl::Status ChainStorage::Revert(const std::string& name) {
+  if (chain_ == nullptr) return Missing();
+  if (!writable_) {
+    return absl::FailedPreconditionError(absl::StrCat(top_path_, " is served read-only"));
+  }
+  if (absl::Status st = chain_->Flush(); !st.ok()) return st;
+  ChainOptions options;
+  options.writable = true;
+  options.direct_io = direct_io_;
+  // Revert takes the top layer's exclusive lock, which our open chain holds: close it first.
+  chain_.reset();
+  absl::Status reverted = strata::Revert(Env::Default(), top_path_, name);
+  absl::StatusOr<std::unique_ptr<Chain>> reopened = Chain::Open(top_path_, options);
+  if (!reopened.ok()) {
+    return absl::Status(reopened.status().code(),
+                        absl::StrCat(reverted.ok() ? "reverted, but " : "revert failed and ",
+                                     "reopening ", top_path_, " failed: ",
+                                     reopened.status().message(),
+                                     reverted.ok() ? "" : absl::StrCat(" (revert: ",
+                                                                       reverted.message(), ")")));
+  }
+  chain_ = std::move(*reopened);
+  Refresh();
+  return reverted;
+}
+
+absl::StatusOr<std::unique_ptr<ChainStorage>> OpenChainStorage(const std::string& top_path,
+                                                               bool writable, bool direct_io) {
+  ChainOptions options;
+  options.writable = writable;
+  options.direct_io = direct_io;
+  absl::StatusOr<std::unique_ptr<Chain>> chain = Chain::Open(top_path, options);
+  if (!chain.ok()) return chain.status();
+  return std::make_unique<ChainStorage>(std::move(*chain), direct_io);
+}
+
+}  // namespace strata

@@ -1,0 +1,478 @@
+#include "server/engine/connection.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "blockstore/file.h"
+#include "server/log.h"
+#include "server/engine/block_status.h"
+#include "server/engine/worker.h"
+
+namespace strata {
+
+using nbd::Command;
+
+namespace {
+
+// 64 KiB of option data plus headers must fit (Handshake::kMaxOptionLength); 128 KiB also holds
+// a few dozen pipelined small WRITEs per recv.
+constexpr size_t kInputBuffer = 128 << 10;
+// Replies gathered into one sendmsg.
+constexpr size_t kMaxSendIov = 256;
+// ENOSPC is logged at most once a second: a full host volume fails every allocating write and
+// must not flood the log (DESIGN.md, "Full host volume").
+bool ShouldLogNoSpace() {
+  static std::atomic<int64_t> last{0};
+  int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                    std::chrono::steady_clock::now().time_since_epoch())
+                    .count();
+  int64_t prev = last.load();
+  return prev != now && last.compare_exchange_strong(prev, now);
+}
+
+}  // namespace
+
+absl::string_view Request::Name(Phase phase) {
+  switch (phase) {
+    case Phase::kPayload: return "payload";
+    case Phase::kHeld: return "held";
+    case Phase::kDisk: return "disk";
+    case Phase::kSending: return "sending";
+  }
+  return "?";
+}
+
+Connection::Connection(Worker* worker, int fd, uint64_t id, std::string peer)
+    : worker_(worker),
+      fd_(fd),
+      id_(id),
+      peer_(std::move(peer)),
+      handshake_(worker->exports()),
+      buffers_(&worker->buffers()),
+      in_(kInputBuffer),
+      opened_ns_(MonotonicNs()) {
+  if (LogEnabled(LogLevel::kDebug)) {
+    handshake_.set_trace([id](const std::string& line) {
+      STRATA_LOG(kDebug, "conn %d: %s", id, line);
+    });
+  }
+}
+
+Connection::~Connection() = default;
+
+ConnectionStats Connection::Stats() const {
+  ConnectionStats st;
+  st.id = id_;
+  st.worker = worker_->index();
+  st.peer = peer_;
+  st.negotiated = session_.export_ != nullptr;
+  if (st.negotiated) st.export_name = session_.export_->name;
+  st.in_flight = inflight_;
+  st.opened_ns = opened_ns_;
+  st.io = io_;
+  return st;
+}
+
+void Connection::Start() {
+  STRATA_LOG(kInfo, "conn %d: opened from %s on worker %d", id_, peer_, worker_->index());
+  std::string greeting;
+  Handshake::WriteGreeting(&greeting);
+  QueueRaw(std::move(greeting));
+  ArmRecv();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input
+
+bool Connection::FlowBlocked() const {
+  const WorkerLimits& limits = worker_->limits();
+  return inflight_ >= limits.max_requests_per_connection ||
+         buffers_.bytes() >= limits.max_buffer_bytes_per_connection;
+}
+
+void Connection::ArmRecv() {
+  if (recv_in_flight_ || state_ >= State::kDraining) return;
+  char* target;
+  size_t len;
+  if (payload_req_ != nullptr) {
+    target = payload_req_->data() + payload_req_->payload_got;
+    len = payload_req_->h.length - payload_req_->payload_got;
+  } else {
+    if (FlowBlocked()) return;
+    if (in_begin_ > 0) {
+      std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
+      in_end_ -= in_begin_;
+      in_begin_ = 0;
+    }
+    if (in_end_ == in_.size()) return;  // parser is waiting on flow control
+    target = in_.data() + in_end_;
+    len = in_.size() - in_end_;
+  }
+  io_uring_sqe* sqe = worker_->GetSqe();
+  io_uring_prep_recv(sqe, fd_, target, len, 0);
+  io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kRecv, this));
+  recv_in_flight_ = true;
+}
+
+void Connection::OnRecv(int res) {
+  recv_in_flight_ = false;
+  if (state_ >= State::kDraining) {
+    // A payload buffer the cancelled recv may have been filling is free only now.
+    ReleasePayload();
+    MaybeClose();
+    return;
+  }
+  if (res == -EAGAIN || res == -EINTR || res == -ENOBUFS) {
+    ArmRecv();
+    return;
+  }
+  if (res < 0) {
+    BeginDrain(absl::StrCat("recv failed: ", strerror(-res)));
+    return;
+  }
+  if (res == 0) {
+    BeginDrain(payload_req_ != nullptr ? "client closed the connection in a WRITE payload"
+                                       : "client closed the connection");
+    return;
+  }
+  if (payload_req_ != nullptr) {
+    Request* r = payload_req_;
+    r->payload_got += res;
+    if (r->payload_got == r->h.length) {
+      payload_req_ = nullptr;
+      Dispatch(r);
+    }
+  } else {
+    in_end_ += res;
+  }
+  Process();
+  ArmRecv();
+}
+
+void Connection::Process() {
+  if (state_ == State::kHandshake) {
+    std::string out;
+    size_t used = handshake_.Feed(
+        absl::string_view(in_.data() + in_begin_, in_end_ - in_begin_), &out);
+    in_begin_ += used;
+    if (!out.empty()) QueueRaw(std::move(out));
+    if (handshake_.state() == HandshakeState::kClosed) {
+      BeginDrain(handshake_.close_reason());
+      return;
+    }
+    if (handshake_.state() != HandshakeState::kTransmission) return;
+    session_ = handshake_.negotiated();
+    storage_ = session_.export_->storage;
+    buffers_.set_alignment(std::max<uint64_t>(kDirectIoAlignment, storage_->sub_block_size()));
+    disk_ = {this, worker_, storage_, &buffers_, &session_};
+    state_ = State::kTransmission;
+    STRATA_LOG(kDebug, "conn %d: export \"%s\" size %d flags %s%s%s%s", id_,
+               session_.export_->name, session_.export_->size(),
+               nbd::TransmissionFlagsToString(session_.transmission_flags),
+               session_.structured_replies ? ", structured replies" : "",
+               session_.base_allocation ? ", base:allocation" : "",
+               session_.strata_layer ? ", strata:layer" : "");
+  }
+  while (state_ == State::kTransmission && payload_req_ == nullptr &&
+         in_end_ - in_begin_ >= nbd::kRequestHeaderSize && !FlowBlocked()) {
+    nbd::RequestHeader h = nbd::RequestHeader::DecodeFrom(in_.data() + in_begin_);
+    in_begin_ += nbd::kRequestHeaderSize;
+    if (h.magic != nbd::kRequestMagic) {
+      STRATA_LOG(kError, "conn %d: bad request magic %#x: closing", id_, h.magic);
+      BeginDrain("bad request magic");
+      return;
+    }
+    const Command cmd = static_cast<Command>(h.type);
+    if (cmd == Command::kDisc) {
+      BeginDrain("client sent NBD_CMD_DISC");
+      return;
+    }
+    if (cmd == Command::kWrite && h.length > kMaxPayload) {
+      // The spec lets a server hang up on payloads of 32 MiB or more rather than swallow them.
+      STRATA_LOG(kError, "conn %d: %s: payload above %u bytes: closing", id_, DescribeRequest(h),
+                 kMaxPayload);
+      BeginDrain("oversized WRITE payload");
+      return;
+    }
+    Request* r = NewRequest();
+    r->h = h;
+    r->cmd = cmd;
+    r->start_ns = MonotonicNs();
+    r->status = ValidateRequest(h, session_);
+    if (cmd == Command::kWrite) {
+      // Even an invalid WRITE consumes its payload, to keep the stream in step.
+      if (r->status.ok()) {
+        buffers_.Acquire(&r->buf, h.offset, h.offset + h.length);
+      } else {
+        // The offset may be anything (even overflow offset + length): a plain buffer.
+        buffers_.AcquireUnaligned(&r->buf, h.offset, h.length);
+      }
+      size_t have = std::min<size_t>(h.length, in_end_ - in_begin_);
+      std::memcpy(r->data(), in_.data() + in_begin_, have);
+      in_begin_ += have;
+      r->payload_got = static_cast<uint32_t>(have);
+      if (r->payload_got < h.length) {
+        payload_req_ = r;  // the rest goes straight into r->buf
+        return;
+      }
+    }
+    Dispatch(r);
+  }
+}
+
+void Connection::Shutdown() {
+  shutting_down_ = true;
+  Process();  // answers complete requests still in the input buffer with ESHUTDOWN
+  BeginDrain("server shutting down");
+  // A connection that was already draining (its client gone) is untouched by BeginDrain; if it
+  // is idle it must close now, or it keeps the worker's loop (and Server::Shutdown) alive.
+  MaybeClose();
+}
+
+void Connection::Abort() {
+  if (state_ == State::kClosed) return;
+  ::shutdown(fd_, SHUT_RDWR);
+  BeginDrain("closed by the server's shutdown grace period");
+}
+
+void Connection::Dispatch(Request* r) {
+  if (shutting_down_ && r->status.ok()) {
+    r->status = absl::CancelledError(
+        absl::StrCat(DescribeRequest(r->h), ": refused, the server is shutting down"));
+  }
+  if (!r->status.ok()) {
+    Reply(r);
+    return;
+  }
+  if (worker_->paused()) {
+    Enter(r, Request::Phase::kHeld);
+    worker_->Hold(r);
+    return;
+  }
+  Execute(r);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Execute: the single entry point from the protocol into storage.
+
+void Connection::Execute(Request* r) {
+  r->started = true;
+  Enter(r, Request::Phase::kDisk);
+  worker_->RequestStarted();
+  STRATA_LOG(kDebug, "conn %d: %s", id_, DescribeRequest(r->h));
+  if (r->cmd == Command::kRead) io_.bytes_read += r->h.length;
+  if (r->cmd == Command::kWrite) io_.bytes_written += r->h.length;
+  r->io.Start(&disk_, r);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+void Connection::Reply(Request* r) {
+  Enter(r, Request::Phase::kSending);
+  const uint16_t type = r->h.type;
+  ++io_.requests[type < kCountedCommands ? type : kOtherCommand];
+  io_.latency.Add(static_cast<uint64_t>(MonotonicNs() - r->start_ns));
+  if (!r->status.ok()) {
+    ++io_.errors;
+    const nbd::Error error = ErrorFor(r->status, r->cmd);
+    if (error == nbd::Error::kNoSpc && r->status.code() == absl::StatusCode::kResourceExhausted) {
+      // The host volume is full (not a write past the end of the disk).
+      ++io_.enospc_replies;
+      worker_->no_space()->OnNoSpace();
+    }
+    if (error != nbd::Error::kNoSpc || ShouldLogNoSpace()) {
+      STRATA_LOG(kError, "conn %d: %s -> %s", id_, r->status.message(), nbd::Name(error));
+    }
+    r->header.clear();
+    r->reply.clear();
+    EncodeErrorReply(r->h.handle, session_.structured_replies, error, r->status.message(),
+                     r->error_offset, &r->header);
+    r->reply.push_back({true, 0, r->header.size()});
+  } else if (r->reply.empty()) {
+    if (r->cmd == Command::kWrite || r->cmd == Command::kWriteZeroes) {
+      worker_->no_space()->OnWriteSucceeded();
+    }
+    if (r->cmd == Command::kRead) {
+      EncodeReadReply(r->h.handle, r->h.offset, r->h.length, session_.structured_replies,
+                      r->io.runs(), &r->header, &r->reply);
+    } else if (r->cmd == Command::kBlockStatus) {
+      EncodeBlockStatusReply(session_, r->h, r->io.status_length(), r->io.extents(),
+                             storage_->top_position(), &r->header);
+      r->reply.push_back({true, 0, r->header.size()});
+    } else {
+      EncodeDoneReply(r->h.handle, session_.structured_replies, &r->header);
+      r->reply.push_back({true, 0, r->header.size()});
+    }
+  }
+  if (send_failed_) {
+    Release(r);
+    return;
+  }
+  send_queue_.push_back(r);
+  FlushSends();
+}
+
+void Connection::QueueRaw(std::string bytes) {
+  Request* r = NewRequest();
+  r->raw = true;
+  r->header = std::move(bytes);
+  r->reply.push_back({true, 0, r->header.size()});
+  r->phase = Request::Phase::kSending;
+  if (send_failed_) {
+    Release(r);
+    return;
+  }
+  send_queue_.push_back(r);
+  FlushSends();
+}
+
+void Connection::FlushSends() {
+  if (send_in_flight_ || send_queue_.empty() || send_failed_) return;
+  send_iov_.clear();
+  for (Request* r : send_queue_) {
+    for (size_t i = r->reply_index; i < r->reply.size() && send_iov_.size() < kMaxSendIov; ++i) {
+      const ReplyPiece& piece = r->reply[i];
+      char* base = piece.from_header ? r->header.data() + piece.offset : r->data() + piece.offset;
+      size_t skip = i == r->reply_index ? r->reply_skip : 0;
+      send_iov_.push_back({base + skip, piece.length - skip});
+    }
+    if (send_iov_.size() >= kMaxSendIov) break;
+  }
+  send_msg_ = {};
+  send_msg_.msg_iov = send_iov_.data();
+  send_msg_.msg_iovlen = send_iov_.size();
+  io_uring_sqe* sqe = worker_->GetSqe();
+  io_uring_prep_sendmsg(sqe, fd_, &send_msg_, MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kSend, this));
+  send_in_flight_ = true;
+}
+
+void Connection::OnSend(int res) {
+  send_in_flight_ = false;
+  if (res == -EAGAIN || res == -EINTR || res == -ENOBUFS) {
+    FlushSends();
+    return;
+  }
+  std::vector<Request*> sent;
+  if (res < 0) {
+    if (state_ < State::kDraining) {
+      STRATA_LOG(kInfo, "conn %d: send failed: %s; dropping %d queued replies", id_,
+                 strerror(-res), send_queue_.size());
+    }
+    send_failed_ = true;
+    sent.assign(send_queue_.begin(), send_queue_.end());
+    send_queue_.clear();
+  } else {
+    size_t left = static_cast<size_t>(res);
+    while (left > 0 && !send_queue_.empty()) {
+      Request* r = send_queue_.front();
+      const size_t remaining = r->reply[r->reply_index].length - r->reply_skip;
+      if (left < remaining) {
+        r->reply_skip += left;
+        break;
+      }
+      left -= remaining;
+      r->reply_skip = 0;
+      if (++r->reply_index == r->reply.size()) {
+        send_queue_.pop_front();
+        sent.push_back(r);
+      }
+    }
+  }
+  for (Request* r : sent) Release(r);
+  if (send_failed_ && state_ < State::kDraining) BeginDrain("send failed");
+  FlushSends();
+  if (state_ == State::kTransmission || state_ == State::kHandshake) {
+    Process();
+    ArmRecv();
+  }
+  MaybeClose();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifetime
+
+Request* Connection::NewRequest() {
+  Request* r = new Request;
+  r->conn = this;
+  ++inflight_;
+  return r;
+}
+
+// Every phase change goes through here: a request that went backwards, or skipped its disk
+// I/O, would be replied twice or have its buffer freed under a running SQE.
+void Connection::Enter(Request* r, Request::Phase next) {
+  using Phase = Request::Phase;
+  const Phase from = r->phase;
+  const bool legal = (from == Phase::kPayload && next != Phase::kPayload) ||
+                     (from == Phase::kHeld && (next == Phase::kDisk || next == Phase::kSending)) ||
+                     (from == Phase::kDisk && next == Phase::kSending &&
+                      r->io.step() == DiskIo::Step::kDone);
+  if (!legal) {
+    STRATA_LOG(kError, "conn %d: %s: illegal phase change %s -> %s (disk I/O %s)", id_,
+               DescribeRequest(r->h), Request::Name(from), Request::Name(next),
+               DiskIo::Name(r->io.step()));
+    abort();
+  }
+  r->phase = next;
+}
+
+void Connection::Release(Request* r) {
+  buffers_.Release(&r->buf);
+  const bool started = r->started;
+  delete r;
+  --inflight_;
+  if (started) worker_->RequestDone();
+  // Whatever path releases the last request of a draining connection closes it. Not only
+  // OnSend: once a send has failed (client gone), Reply and QueueRaw release finished requests
+  // directly, and nothing else would ever look at the connection again.
+  MaybeClose();
+}
+
+void Connection::BeginDrain(std::string reason) {
+  if (state_ >= State::kDraining) return;
+  state_ = State::kDraining;
+  close_reason_ = std::move(reason);
+  // With a recv in flight the kernel may still write into the payload buffer: keep it until
+  // that recv completes (OnRecv), or the pool could hand it to another request meanwhile.
+  if (!recv_in_flight_) ReleasePayload();
+  if (recv_in_flight_) {
+    io_uring_sqe* sqe = worker_->GetSqe();
+    io_uring_prep_cancel64(sqe, MakeUserData(CompletionTag::kRecv, this), 0);
+    io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kIgnore, nullptr));
+  }
+  MaybeClose();
+}
+
+void Connection::ReleasePayload() {
+  if (payload_req_ == nullptr) return;
+  Request* r = payload_req_;
+  payload_req_ = nullptr;
+  Release(r);
+}
+
+void Connection::MaybeClose() {
+  if (state_ != State::kDraining || inflight_ > 0 || send_in_flight_ || recv_in_flight_) return;
+  state_ = State::kClosed;
+  close(fd_);
+  STRATA_LOG(kInfo,
+             "conn %d: closed (%s): export \"%s\"%s, %d requests, %d errors, %d bytes read, "
+             "%d written",
+             id_, close_reason_, session_.export_ ? session_.export_->name : "",
+             session_.export_ ? "" : " (not negotiated)", io_.total_requests(), io_.errors,
+             io_.bytes_read, io_.bytes_written);
+  worker_->ConnectionClosed(this, io_);
+}
+
+}  // namespace strata

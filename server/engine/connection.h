@@ -1,0 +1,153 @@
+// Connection: one NBD client on a worker's ring, from greeting to close: the NBD conversation.
+//
+// Design note. A connection has at most one recv and one send in flight. The recv fills an input
+// buffer that the handshake, then the request parser, consume; a WRITE payload beyond what the
+// buffer already holds is received straight into the request's own (aligned) buffer, so large
+// writes are never copied. Each parsed request goes validate (nbd/request.h) -> execute (its
+// DiskIo, disk_io.h) -> reply; requests run concurrently and complete in any order. A finished
+// request's reply is queued; the queue is sent by one sendmsg at a time gathering many replies,
+// so one reply's bytes never interleave with another's and a short send just resumes where it
+// stopped.
+//
+// Request lifecycle (Request::Phase, in order): kPayload (parsed; a WRITE receiving its data)
+// -> kHeld (the worker is paused) -> kDisk (its DiskIo runs) -> kSending (reply queued) ->
+// released. Invalid requests and refusals skip to kSending. Enter() checks every transition.
+//
+// Not done yet: registered (fixed) buffers and files; a handshake timeout; TLS.
+#ifndef STRATA_SERVER_ENGINE_CONNECTION_H_
+#define STRATA_SERVER_ENGINE_CONNECTION_H_
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "server/engine/disk_io.h"
+#include "server/engine/stats.h"
+#include "server/engine/storage.h"
+#include "server/nbd/handshake.h"
+#include "server/nbd/request.h"
+
+namespace strata {
+
+class Worker;
+class Connection;
+
+struct Request {
+  enum class Phase : uint8_t { kPayload, kHeld, kDisk, kSending };
+  static absl::string_view Name(Phase phase);
+
+  Connection* conn = nullptr;
+  nbd::RequestHeader h;
+  nbd::Command cmd = nbd::Command::kRead;
+  Phase phase = Phase::kPayload;
+  bool raw = false;      // handshake bytes, not an NBD request
+  bool started = false;  // counted in the worker's active requests
+  int64_t start_ns = 0;  // MonotonicNs() when parsed: the latency figure starts here
+  absl::Status status;
+  std::optional<uint64_t> error_offset;
+
+  IoBuffer buf;              // the payload, the data read, or a write widened to sub-blocks
+  uint32_t payload_got = 0;  // WRITE payload bytes received so far
+  DiskIo io;
+
+  // Reply on the wire: header bytes plus pieces of header/data.
+  std::string header;
+  std::vector<ReplyPiece> reply;
+  size_t reply_index = 0;  // first piece not fully sent
+  size_t reply_skip = 0;   // bytes of reply[reply_index] already sent
+
+  char* data() const { return buf.At(h.offset); }
+};
+
+class Connection {
+ public:
+  Connection(Worker* worker, int fd, uint64_t id, std::string peer);
+  ~Connection();
+
+  // Sends the greeting and starts reading.
+  void Start();
+  // Worker shutdown: requests already received but not started are refused with ESHUTDOWN
+  // (spec, "Terminating the transmission phase"); started ones finish; then close.
+  void Shutdown();
+  // Shuts the socket down (the server's shutdown grace ran out): a send the client never reads
+  // fails, so the connection can close once its started file I/O is done.
+  void Abort();
+
+  // Completions dispatched by the worker.
+  void OnRecv(int res);
+  void OnSend(int res);
+  // Held request resumed by the worker.
+  void Execute(Request* r);
+  // The request's DiskIo is done: its status is final.
+  void DiskIoDone(Request* r) { Reply(r); }
+
+  uint64_t id() const { return id_; }
+  // A copy of the counters (ring thread only).
+  ConnectionStats Stats() const;
+
+ private:
+  enum class State { kHandshake, kTransmission, kDraining, kClosed };
+
+  // Input
+  void ArmRecv();
+  void Process();
+  bool FlowBlocked() const;
+  void Dispatch(Request* r);
+  // Output
+  void Reply(Request* r);
+  void QueueRaw(std::string bytes);
+  void FlushSends();
+  // Lifetime
+  Request* NewRequest();
+  void Enter(Request* r, Request::Phase next);
+  void Release(Request* r);
+  void BeginDrain(std::string reason);
+  // Frees a WRITE whose payload was still being received (the connection is draining).
+  void ReleasePayload();
+  void MaybeClose();
+
+  Worker* worker_;
+  const int fd_;
+  const uint64_t id_;
+  const std::string peer_;
+  State state_ = State::kHandshake;
+  std::string close_reason_;
+  Handshake handshake_;
+  Negotiated session_;
+  Storage* storage_ = nullptr;
+  BufferAccount buffers_;
+  DiskIoContext disk_;  // what every request's DiskIo runs against, once negotiated
+
+  // Input buffer [in_begin_, in_end_) of in_.
+  std::vector<char> in_;
+  size_t in_begin_ = 0;
+  size_t in_end_ = 0;
+  bool recv_in_flight_ = false;
+  Request* payload_req_ = nullptr;  // WRITE whose payload is being received directly
+
+  // Output
+  std::deque<Request*> send_queue_;
+  std::vector<iovec> send_iov_;
+  msghdr send_msg_{};
+  bool send_in_flight_ = false;
+  bool send_failed_ = false;
+  bool shutting_down_ = false;
+
+  int inflight_ = 0;  // requests (and raw sends) not yet released
+
+  // Counters for `stats` and the close log line; written on the ring thread only.
+  IoCounters io_;
+  const int64_t opened_ns_;
+};
+
+}  // namespace strata
+
+#endif  // STRATA_SERVER_ENGINE_CONNECTION_H_

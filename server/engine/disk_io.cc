@@ -1,0 +1,437 @@
+#include "server/engine/disk_io.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "blockstore/file.h"
+#include "server/engine/connection.h"
+#include "server/engine/worker.h"
+#include "server/log.h"
+
+namespace strata {
+
+using nbd::Command;
+
+namespace {
+
+// Holes shorter than this are sent as zero bytes inside OFFSET_DATA: a chunk header for a few
+// zero bytes saves nothing.
+constexpr uint64_t kMinHoleChunk = 4096;
+// WRITE_ZEROES that must write zero data does it in pieces of this size (one buffer each).
+constexpr uint64_t kZeroWriteChunk = 1 << 20;
+// BLOCK_STATUS looks at most this far per request; clients ask again from where it stopped.
+constexpr uint64_t kMaxStatusQuery = 1ull << 30;
+// O_DIRECT needs lengths in whole logical blocks; at the very end of a disk whose size is
+// not a multiple of 4 KiB we round the last read up to this and accept the short read.
+constexpr uint64_t kSectorSize = 512;
+
+uint64_t AlignDown(uint64_t v, uint64_t a) { return v / a * a; }
+uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+// The file behind an fd, for error messages (the error path only).
+std::string FdName(int fd) {
+  char link[64];
+  char target[PATH_MAX];
+  snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, target, sizeof(target) - 1);
+  if (n <= 0) return absl::StrCat("fd ", fd);
+  return std::string(target, n);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Buffers
+
+void BufferAccount::Acquire(IoBuffer* b, uint64_t start, uint64_t end) {
+  const uint64_t s = AlignDown(start, alignment_);
+  const uint64_t e = std::max(AlignUp(end, alignment_), s + alignment_);
+  b->data = pool_->Acquire(e - s, &b->cap);
+  b->start = s;
+  bytes_ += b->cap;
+}
+
+void BufferAccount::AcquireUnaligned(IoBuffer* b, uint64_t offset, uint64_t length) {
+  b->data = pool_->Acquire(std::max<uint64_t>(length, 1), &b->cap);
+  b->start = offset;
+  bytes_ += b->cap;
+}
+
+void BufferAccount::Release(IoBuffer* b) {
+  if (b->data == nullptr) return;
+  pool_->Release(b->data, b->cap);
+  bytes_ -= b->cap;
+  *b = IoBuffer{};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps
+
+absl::string_view DiskIo::Name(Step step) {
+  switch (step) {
+    case Step::kIdle: return "idle";
+    case Step::kBlockingCall: return "blocking call";
+    case Step::kReading: return "reading";
+    case Step::kZeroing: return "zeroing";
+    case Step::kParked: return "parked";
+    case Step::kReplenishing: return "replenishing slots";
+    case Step::kFilling: return "filling";
+    case Step::kWriting: return "writing";
+    case Step::kFua: return "FUA flush";
+    case Step::kDone: return "done";
+  }
+  return "?";
+}
+
+void DiskIo::Retry() { Advance(); }
+
+void DiskIo::Start(const DiskIoContext* ctx, Request* r) {
+  ctx_ = ctx;
+  r_ = r;
+  Advance();
+}
+
+// The one place that decides what follows each step. A step that failed has set r_->status.
+void DiskIo::Advance() {
+  const bool ok = r_->status.ok();
+  switch (step_) {
+    case Step::kIdle:
+      break;
+    case Step::kReading:
+      read_pin_.Release();  // the preads are done: trimmed slots may be reused
+      return Finish();
+    case Step::kZeroing:
+      return ok ? NextRange() : Finish();
+    case Step::kParked:
+    case Step::kReplenishing:
+      return ok ? PrepareRange() : Finish();
+    case Step::kFilling:
+      return ok ? WriteTargets() : EndRange();
+    case Step::kWriting:
+      return EndRange();
+    case Step::kBlockingCall:
+    case Step::kFua:
+      return Finish();
+    case Step::kDone:
+      STRATA_LOG(kError, "%s: disk I/O advanced after it was done", DescribeRequest(r_->h));
+      abort();  // a second reply for one request would corrupt the client's stream
+  }
+  // kIdle: the command's first step.
+  Storage* s = ctx_->storage;
+  const nbd::RequestHeader h = r_->h;
+  const bool fua = h.flags & nbd::kCmdFlagFua;
+  switch (r_->cmd) {
+    case Command::kRead:
+      return BeginRead();
+    case Command::kWrite:
+      if (h.length > 0) ranges_.push_back({h.offset, h.length});
+      return NextRange();
+    case Command::kWriteZeroes:
+      return BeginZero();
+    case Command::kTrim:
+      return RunOnPool(Step::kBlockingCall, [s, h, fua]() -> absl::Status {
+        if (h.length == 0) return absl::OkStatus();
+        absl::Status st = s->Trim(h.offset, h.length);
+        if (st.ok() && fua) st = s->GroupFlush();
+        return st;
+      });
+    case Command::kFlush:
+      // A read-only export has nothing to make durable.
+      return RunOnPool(Step::kBlockingCall, [s, ro = ctx_->session->export_->read_only]() {
+        return ro ? absl::OkStatus() : s->GroupFlush();
+      });
+    case Command::kCache:
+      return RunOnPool(Step::kBlockingCall, [s, h]() { return s->Cache(h.offset, h.length); });
+    case Command::kBlockStatus:
+      return BeginBlockStatus();
+    default:
+      // ValidateRequest refused every other command.
+      return Fail(absl::InternalError(absl::StrCat(DescribeRequest(h), ": not executable")));
+  }
+}
+
+void DiskIo::Finish() {
+  step_ = Step::kDone;
+  ctx_->conn->DiskIoDone(r_);
+}
+
+void DiskIo::Fail(absl::Status status) {
+  if (r_->status.ok()) r_->status = std::move(status);
+  Finish();
+}
+
+void DiskIo::RunOnPool(Step step, std::function<absl::Status()> work) {
+  step_ = step;
+  ctx_->worker->RunBlocking(std::move(work), [this](absl::Status st) {
+    if (!st.ok() && r_->status.ok()) r_->status = std::move(st);
+    Advance();
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// READ
+
+void DiskIo::BeginRead() {
+  const uint64_t off = r_->h.offset;
+  const uint64_t len = r_->h.length;
+  if (len == 0) return Finish();
+  Storage* storage = ctx_->storage;
+  // O_DIRECT: read the aligned range around the request into an aligned buffer.
+  const uint64_t a = storage->direct_io() ? kDirectIoAlignment : 1;
+  const uint64_t start = AlignDown(off, a);
+  const uint64_t end = std::min(AlignUp(off + len, a), storage->size());
+  ctx_->buffers->Acquire(&r_->buf, start, AlignUp(off + len, kDirectIoAlignment));
+  absl::Status st = storage->MapRead(start, end - start, &segments_, &read_pin_);
+  if (!st.ok()) return Fail(std::move(st));
+  // Holes go out as OFFSET_HOLE chunks when the client reads structured replies and did not
+  // ask for a single chunk (DF); otherwise they are zero-filled.
+  const bool holes = ctx_->session->structured_replies && !(r_->h.flags & nbd::kCmdFlagDf);
+  uint64_t pos = start;
+  for (const Segment& seg : segments_) {
+    AddReadSegment(seg, pos, holes);
+    pos += seg.length;
+  }
+  if (pos < off + len) {
+    return Fail(absl::InternalError(
+        absl::StrFormat("%s: MapRead covered only up to %#x", DescribeRequest(r_->h), pos)));
+  }
+  SubmitPieces(Step::kReading);
+}
+
+// `seg` covers [pos, pos + seg.length) of the aligned range: a pread, zeros or a hole run.
+void DiskIo::AddReadSegment(const Segment& seg, uint64_t pos, bool holes) {
+  const uint64_t off = r_->h.offset;
+  const uint64_t end = off + r_->h.length;
+  // The part of this segment inside the request, for the reply runs.
+  const uint64_t s = std::max(pos, off);
+  const uint64_t t = std::min(pos + seg.length, end);
+  bool hole = false;
+  if (seg.kind == Segment::Kind::kData) {
+    IoPiece p = PieceFor(seg, pos);
+    if (ctx_->storage->direct_io()) p.length = static_cast<uint32_t>(AlignUp(seg.length, kSectorSize));
+    pieces_.push_back(p);
+  } else if (holes && t > s && t - s >= kMinHoleChunk) {
+    hole = true;
+  } else {
+    std::memset(r_->buf.At(pos), 0, seg.length);
+  }
+  if (t <= s) return;
+  if (!runs_.empty() && runs_.back().hole == hole) {
+    runs_.back().length += t - s;
+  } else {
+    runs_.push_back({t - s, hole});
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WRITE and WRITE_ZEROES
+
+void DiskIo::BeginZero() {
+  // FAST_ZERO needs no check: whole sub-blocks become zero marks (with NO_HOLE keeping their
+  // space) and only the unaligned edges are written, so this is never slower than a WRITE.
+  if (r_->h.length == 0) return Finish();
+  const nbd::RequestHeader h = r_->h;
+  RunOnPool(Step::kZeroing, [this, s = ctx_->storage, h]() {
+    std::vector<std::pair<uint64_t, uint64_t>> data_ranges;
+    absl::Status st = s->Zero(h.offset, h.length, !(h.flags & nbd::kCmdFlagNoHole), &data_ranges);
+    // What must be written as zero data goes in buffer-sized pieces.
+    for (auto [off, len] : data_ranges) {
+      while (len > 0) {
+        uint64_t n = std::min(len, kZeroWriteChunk - off % kZeroWriteChunk);
+        ranges_.push_back({off, n});
+        off += n;
+        len -= n;
+      }
+    }
+    return st;
+  });
+}
+
+void DiskIo::NextRange() {
+  if (next_range_ < ranges_.size()) return PrepareRange();
+  if (r_->h.flags & nbd::kCmdFlagFua) {
+    return RunOnPool(Step::kFua, [s = ctx_->storage]() { return s->GroupFlush(); });
+  }
+  Finish();
+}
+
+void DiskIo::PrepareRange() {
+  const auto [off, len] = ranges_[next_range_];
+  if (r_->cmd == Command::kWriteZeroes) {
+    // The payload of a zero write is zeros; the margins get the fills.
+    FitBuffer(off, off + len, 0, 0);
+    std::memset(r_->buf.At(off), 0, len);
+  }
+  absl::StatusOr<WritePlan> plan = ctx_->storage->PrepareWrite(off, len);
+  if (plan.status().code() == absl::StatusCode::kUnavailable) {
+    step_ = Step::kParked;
+    ctx_->worker->Park(this);
+    return;
+  }
+  if (!plan.ok()) return Fail(plan.status());
+  plan_ = std::move(*plan);
+  // The plan may widen the range beyond the buffer's margins: keep the payload, in place or
+  // moved into a buffer that covers the plan.
+  FitBuffer(plan_.start, plan_.end, off, len);
+  AddFills(plan_.head_fill, plan_.start);
+  AddFills(plan_.tail_fill, off + len);
+  if (pieces_.empty()) return WriteTargets();
+  SubmitPieces(Step::kFilling);
+}
+
+// Makes r_->buf cover [start, end), keeping the bytes of [keep_offset, +keep_length).
+void DiskIo::FitBuffer(uint64_t start, uint64_t end, uint64_t keep_offset, uint64_t keep_length) {
+  if (r_->buf.Covers(AlignDown(start, ctx_->buffers->alignment()),
+                     AlignUp(end, ctx_->buffers->alignment()))) {
+    return;
+  }
+  IoBuffer old = r_->buf;
+  ctx_->buffers->Acquire(&r_->buf, start, end);
+  if (keep_length > 0) std::memcpy(r_->buf.At(keep_offset), old.At(keep_offset), keep_length);
+  ctx_->buffers->Release(&old);
+}
+
+// The current contents of a widened margin: preads of its data segments, zeros elsewhere.
+void DiskIo::AddFills(const std::vector<Segment>& segments, uint64_t pos) {
+  for (const Segment& seg : segments) {
+    char* dst = r_->buf.At(pos);
+    pos += seg.length;
+    if (seg.kind != Segment::Kind::kData) {
+      std::memset(dst, 0, seg.length);
+      continue;
+    }
+    IoPiece piece = PieceFor(seg, pos - seg.length);
+    if (ctx_->storage->direct_io()) {
+      // A fill is a partial sub-block: O_DIRECT reads the whole aligned block into a bounce
+      // buffer and the fill's part is copied into the margin afterwards. The file offset of a
+      // sub-block is sub-block aligned, so the same rounding holds in the file.
+      const uint64_t head = seg.file_offset % kDirectIoAlignment;
+      const uint64_t aligned_len = AlignUp(head + seg.length, kDirectIoAlignment);
+      piece.buf = ctx_->worker->buffers().Acquire(aligned_len, &piece.bounce_cap);
+      piece.file_offset = seg.file_offset - head;
+      piece.length = static_cast<uint32_t>(aligned_len);
+      piece.copy_dst = dst;
+      piece.copy_offset = static_cast<uint32_t>(head);
+      piece.copy_len = static_cast<uint32_t>(seg.length);
+    }
+    pieces_.push_back(piece);
+  }
+}
+
+void DiskIo::WriteTargets() {
+  uint64_t pos = plan_.start;
+  for (const Segment& seg : plan_.targets) {
+    if (seg.kind == Segment::Kind::kData) {
+      IoPiece piece = PieceFor(seg, pos);
+      piece.write = true;
+      pieces_.push_back(piece);
+    }
+    pos += seg.length;
+  }
+  SubmitPieces(Step::kWriting);
+}
+
+void DiskIo::EndRange() {
+  const bool ok = r_->status.ok();
+  ctx_->storage->FinishWrite(plan_, ok);
+  plan_ = WritePlan{};
+  ctx_->worker->WriteFinished();
+  if (!ok) return Finish();
+  ++next_range_;
+  NextRange();
+}
+
+// ---------------------------------------------------------------------------------------------
+// BLOCK_STATUS
+
+void DiskIo::BeginBlockStatus() {
+  status_length_ = std::min<uint64_t>(r_->h.length, kMaxStatusQuery);
+  absl::Status st = ctx_->storage->Extents(r_->h.offset, status_length_, &extents_);
+  if (!st.ok()) return Fail(std::move(st));
+  Finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// File I/O pieces
+
+// The data I/O for `seg`, whose bytes at virtual offset `pos` live in the request's buffer.
+IoPiece DiskIo::PieceFor(const Segment& seg, uint64_t pos) {
+  IoPiece piece;
+  piece.io = this;
+  piece.buf = r_->buf.At(pos);
+  piece.file_offset = seg.file_offset;
+  piece.virtual_offset = pos;
+  piece.length = static_cast<uint32_t>(seg.length);
+  piece.fd = seg.fd;
+  return piece;
+}
+
+// Enters `step` with every piece built so far in flight; with none, the step is over at once.
+void DiskIo::SubmitPieces(Step step) {
+  step_ = step;
+  if (pieces_.empty()) return Advance();
+  pending_ = static_cast<int>(pieces_.size());
+  for (IoPiece& p : pieces_) PrepareSqe(&p);
+}
+
+// The SQE for what is left of `p`: all of it, or the rest after a short transfer.
+void DiskIo::PrepareSqe(IoPiece* p) {
+  io_uring_sqe* sqe = ctx_->worker->GetSqe();
+  if (p->write) {
+    io_uring_prep_write(sqe, p->fd, p->buf + p->done, p->length - p->done, p->file_offset + p->done);
+  } else {
+    io_uring_prep_read(sqe, p->fd, p->buf + p->done, p->length - p->done, p->file_offset + p->done);
+  }
+  io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kPiece, p));
+}
+
+void DiskIo::RecordPieceError(const IoPiece& p, int err) {
+  if (!r_->status.ok()) return;  // the first error is the one the client hears of
+  r_->status = StatusFromErrno(
+      err, absl::StrFormat("%s: %s %s @ %#x length %#x", DescribeRequest(r_->h),
+                           p.write ? "write" : "read", FdName(p.fd), p.file_offset + p.done,
+                           p.length - p.done));
+  const uint64_t at = std::max(p.virtual_offset + p.done, r_->h.offset);
+  if (at < r_->h.offset + r_->h.length) r_->error_offset = at;
+}
+
+void DiskIo::OnPiece(IoPiece* p, int res) {
+  if (res == -EAGAIN || res == -EINTR || (res > 0 && p->done + res < p->length)) {
+    // Interrupted, or a short transfer: resume where it stopped.
+    if (res > 0) p->done += res;
+    PrepareSqe(p);
+    return;
+  }
+  if (res < 0) {
+    RecordPieceError(*p, -res);
+  } else if (res == 0 && p->done < p->length) {
+    if (p->write) {
+      if (r_->status.ok()) {
+        r_->status = absl::DataLossError(absl::StrFormat("%s: write to %s @ %#x wrote nothing",
+                                                         DescribeRequest(r_->h), FdName(p->fd),
+                                                         p->file_offset + p->done));
+      }
+    } else {
+      // Reading past the end of a file (a raw base shorter than the disk) reads zeros.
+      std::memset(p->buf + p->done, 0, p->length - p->done);
+    }
+  }
+  // Done: a fill read through a bounce buffer lands in the request's buffer now.
+  if (p->copy_dst != nullptr) {
+    if (r_->status.ok()) std::memcpy(p->copy_dst, p->buf + p->copy_offset, p->copy_len);
+    ctx_->worker->buffers().Release(p->buf, p->bounce_cap);
+    p->copy_dst = nullptr;
+  }
+  if (--pending_ > 0) return;
+  pieces_.clear();
+  Advance();
+}
+
+}  // namespace strata

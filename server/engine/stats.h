@@ -1,0 +1,112 @@
+// Server statistics for the control socket's `stats` request.
+//
+// Design note. The hot path must stay cheap, so counters are plain integers owned by the
+// connection that updates them on its worker's ring thread; nobody else writes them. A `stats`
+// request posts a closure to every worker (Worker::CollectStats), which copies its connections'
+// counters on the ring thread — no atomics, no locks on the data path. Counters of closed
+// connections are folded into a per-worker total so the server-wide figures never go
+// backwards. The one server-wide state is the host-volume-full (ENOSPC) state, a few atomics
+// touched only when an ENOSPC reply is sent, plus one relaxed load per successful write.
+#ifndef STRATA_SERVER_ENGINE_STATS_H_
+#define STRATA_SERVER_ENGINE_STATS_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace strata {
+
+// Request latencies in power-of-two buckets of nanoseconds: bucket i counts [2^i, 2^(i+1)).
+// Percentiles are reported as a bucket's upper bound (at most 2x pessimistic), capped by max.
+struct LatencyHistogram {
+  static constexpr int kBuckets = 64;
+  uint64_t buckets[kBuckets] = {};
+  uint64_t count = 0;
+  uint64_t max_ns = 0;
+  uint64_t sum_ns = 0;
+
+  void Add(uint64_t ns) {
+    int b = ns == 0 ? 0 : 63 - __builtin_clzll(ns);
+    ++buckets[b];
+    ++count;
+    sum_ns += ns;
+    if (ns > max_ns) max_ns = ns;
+  }
+  void Merge(const LatencyHistogram& o);
+  // p in [0, 1]; 0 when empty.
+  uint64_t PercentileNs(double p) const;
+};
+
+// NBD commands 0..kResize are counted by number; anything else under kOtherCommand.
+inline constexpr int kCountedCommands = 9;
+inline constexpr int kOtherCommand = kCountedCommands;
+
+struct IoCounters {
+  uint64_t requests[kCountedCommands + 1] = {};
+  uint64_t errors = 0;
+  uint64_t enospc_replies = 0;
+  uint64_t bytes_read = 0;
+  uint64_t bytes_written = 0;
+  LatencyHistogram latency;
+
+  uint64_t total_requests() const;
+  void Merge(const IoCounters& o);
+};
+
+// One connection, as copied by its worker for a `stats` request.
+struct ConnectionStats {
+  uint64_t id = 0;
+  int worker = 0;
+  std::string peer;
+  std::string export_name;
+  bool negotiated = false;  // past the handshake
+  int64_t in_flight = 0;    // requests parsed and not yet replied
+  int64_t opened_ns = 0;    // CLOCK_MONOTONIC
+  IoCounters io;
+};
+
+struct WorkerStats {
+  std::vector<ConnectionStats> connections;
+  IoCounters closed;          // connections that are gone
+  uint64_t connections_closed = 0;
+};
+
+// CLOCK_MONOTONIC in nanoseconds (vDSO, tens of ns).
+int64_t MonotonicNs();
+// Wall clock in nanoseconds since the epoch.
+int64_t WallNs();
+
+// The host volume is full: set by the first ENOSPC (kResourceExhausted) reply, cleared by a
+// successful write at least kLeaveAfterNs after the last ENOSPC reply (a rewrite of already
+// allocated space succeeds while the volume is still full, so one success alone proves
+// nothing). Logs one line when entering and one when leaving.
+class NoSpaceState {
+ public:
+  static constexpr int64_t kLeaveAfterNs = 1'000'000'000;
+  // An ENOSPC reply is being sent.
+  void OnNoSpace();
+  // A WRITE or WRITE_ZEROES succeeded. Cheap unless the volume is marked full.
+  void OnWriteSucceeded() {
+    if (full_.load(std::memory_order_relaxed)) MaybeLeave();
+  }
+  bool full() const { return full_.load(std::memory_order_relaxed); }
+  uint64_t replies() const { return replies_.load(std::memory_order_relaxed); }
+  // Wall time (ns) the current (or last) full period began; 0 if never.
+  int64_t since_wall_ns() const { return since_wall_ns_.load(std::memory_order_relaxed); }
+  int64_t last_wall_ns() const { return last_wall_ns_.load(std::memory_order_relaxed); }
+  uint64_t episodes() const { return episodes_.load(std::memory_order_relaxed); }
+
+ private:
+  void MaybeLeave();
+  std::atomic<bool> full_{false};
+  std::atomic<uint64_t> replies_{0};
+  std::atomic<uint64_t> episodes_{0};
+  std::atomic<int64_t> last_mono_ns_{0};
+  std::atomic<int64_t> since_wall_ns_{0};
+  std::atomic<int64_t> last_wall_ns_{0};
+};
+
+}  // namespace strata
+
+#endif  // STRATA_SERVER_ENGINE_STATS_H_

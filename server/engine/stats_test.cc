@@ -1,0 +1,55 @@
+#include "server/engine/stats.h"
+
+#include "gtest/gtest.h"
+
+namespace strata {
+namespace {
+
+TEST(LatencyHistogramTest, PercentilesAreBucketUpperBoundsCappedByMax) {
+  LatencyHistogram h;
+  EXPECT_EQ(h.PercentileNs(0.5), 0u);
+  for (int i = 0; i < 90; ++i) h.Add(1000);     // bucket [512, 1024)
+  for (int i = 0; i < 10; ++i) h.Add(100000);   // bucket [65536, 131072)
+  EXPECT_EQ(h.count, 100u);
+  EXPECT_EQ(h.PercentileNs(0.5), 1023u);
+  EXPECT_EQ(h.PercentileNs(0.9), 1023u);
+  EXPECT_EQ(h.PercentileNs(0.99), 100000u);  // capped by the max, not 131071
+  EXPECT_EQ(h.max_ns, 100000u);
+  LatencyHistogram other;
+  other.Add(0);
+  h.Merge(other);
+  EXPECT_EQ(h.count, 101u);
+  EXPECT_EQ(h.PercentileNs(0.0), 1u);
+}
+
+TEST(IoCountersTest, MergeAddsEverything) {
+  IoCounters a, b;
+  a.requests[0] = 2;
+  b.requests[1] = 3;
+  b.requests[kOtherCommand] = 1;
+  b.errors = 1;
+  b.bytes_written = 4096;
+  a.Merge(b);
+  EXPECT_EQ(a.total_requests(), 6u);
+  EXPECT_EQ(a.errors, 1u);
+  EXPECT_EQ(a.bytes_written, 4096u);
+}
+
+TEST(NoSpaceStateTest, EntersOnENOSPCAndLeavesOnlyAfterAQuietSecond) {
+  NoSpaceState s;
+  EXPECT_FALSE(s.full());
+  s.OnWriteSucceeded();
+  EXPECT_FALSE(s.full());
+  s.OnNoSpace();
+  s.OnNoSpace();
+  EXPECT_TRUE(s.full());
+  EXPECT_EQ(s.replies(), 2u);
+  EXPECT_EQ(s.episodes(), 1u);
+  EXPECT_GT(s.since_wall_ns(), 0);
+  // A rewrite of allocated space right after an ENOSPC proves nothing about free space.
+  s.OnWriteSucceeded();
+  EXPECT_TRUE(s.full());
+}
+
+}  // namespace
+}  // namespace strata

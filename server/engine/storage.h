@@ -1,0 +1,84 @@
+// Storage: the one narrow interface through which server/ reaches the disk it serves, the way
+// nbdkit filters call next->pread. It mirrors the metadata half of blockstore's Chain
+// (blockstore/chain.h): the server asks where bytes live and moves them itself on its io_uring
+// ring. ChainStorage (chain_storage.h) adapts a Chain; fake_storage.h is a stand-in for
+// protocol tests.
+//
+// Threading: every method may be called from any worker thread concurrently. MapRead,
+// PrepareWrite, FinishWrite and Extents are called on the ring threads and must not sleep
+// (metadata only); Zero, Trim, Flush and Cache may block and run on the blocking pool.
+#ifndef STRATA_SERVER_ENGINE_STORAGE_H_
+#define STRATA_SERVER_ENGINE_STORAGE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "blockstore/chain.h"  // Segment, WritePlan, Extent: plain structs
+#include "server/nbd/export.h"
+
+namespace strata {
+
+class Storage {
+ public:
+  virtual ~Storage() = default;
+
+  virtual uint64_t size() const = 0;
+  virtual uint32_t sub_block_size() const = 0;
+  virtual bool writable() const = 0;
+  // True when files were opened with O_DIRECT: buffers, file offsets and lengths of data I/O
+  // must be aligned to kDirectIoAlignment.
+  virtual bool direct_io() const = 0;
+  // Position of the top layer as in Extent::layer (0 = a raw base alone). Used to turn
+  // Extent::layer into the strata:layer depth.
+  virtual int top_position() const = 0;
+  // One line naming what is served, for logs and NBD_INFO_DESCRIPTION.
+  virtual std::string Describe() const = 0;
+
+  // *pin keeps the segments' slots from reuse until released, after the reads completed.
+  virtual absl::Status MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
+                               ReadPin* pin) const = 0;
+  virtual absl::StatusOr<WritePlan> PrepareWrite(uint64_t offset, uint64_t length) = 0;
+  virtual void FinishWrite(const WritePlan& plan, bool succeeded) = 0;
+  virtual absl::Status Zero(uint64_t offset, uint64_t length, bool may_trim,
+                            std::vector<std::pair<uint64_t, uint64_t>>* data_ranges) = 0;
+  virtual absl::Status Trim(uint64_t offset, uint64_t length) = 0;
+  virtual absl::Status Flush() = 0;
+  virtual absl::Status Extents(uint64_t offset, uint64_t length,
+                               std::vector<Extent>* out) const = 0;
+  // Hint that [offset, offset + length) will be read soon (NBD_CMD_CACHE). May block.
+  virtual absl::Status Cache(uint64_t offset, uint64_t length);
+  // Called with every worker paused and drained (Server::RunPaused), e.g. after a snapshot.
+  virtual void Refresh() {}
+
+  // Flush() with group commit, for concurrent callers (blocking-pool threads): a caller waits for
+  // a flush that *starts* after it arrived, and one Flush() serves every caller that arrived
+  // while the previous one ran. So N connections flushing at once cost two fdatasyncs, not N,
+  // and each still covers every write completed before its FLUSH arrived.
+  absl::Status GroupFlush();
+
+ private:
+  absl::Mutex flush_mu_;
+  bool flush_running_ ABSL_GUARDED_BY(flush_mu_) = false;
+  uint64_t flush_started_ ABSL_GUARDED_BY(flush_mu_) = 0;  // generation of the last flush begun
+  uint64_t flush_done_ ABSL_GUARDED_BY(flush_mu_) = 0;     // generation of the last flush ended
+  absl::Status flush_status_ ABSL_GUARDED_BY(flush_mu_);   // result of flush_done_
+};
+
+// The export of `storage` named `name`: its description, size and sub-block from the storage,
+// read-only when the storage is. `owned` (optional) is kept alive by the export.
+std::shared_ptr<Export> NewExport(std::string name, Storage* storage,
+                                  std::shared_ptr<Storage> owned = nullptr);
+
+// O_DIRECT alignment used for buffers, file offsets and lengths. 4096 covers every logical
+// block size we expect (512-byte and 4K-native devices).
+inline constexpr uint64_t kDirectIoAlignment = 4096;
+
+}  // namespace strata
+
+#endif  // STRATA_SERVER_ENGINE_STORAGE_H_
