@@ -10,6 +10,8 @@
 #   strata-none  strata serve --cache=none, one empty layer on the base     }
 #   nbdkit-file  nbdkit file on the base                                    } page-cache pair
 #   strata-wb    strata serve --cache=writeback, one empty layer on the base}
+#   before-none  } the same two with the BASELINE binary (an earlier build), when BASELINE is
+#   before-wb    } set: a change's before/after ratios from one run
 #
 # Workloads (one line each, db_bench style):
 #   rr4k-qd1     4k random read, QD1, 1 connection (latency: p50 is the figure)
@@ -43,6 +45,8 @@
 #   WORK_PARENT=/var/tmp    where the temporary data directory goes (deleted at exit)
 #   RESULTS=dir             where results go (default /tmp/strata-bench-results/fio-compare-DATE)
 #   STRATA_SERVE_ARGS=...   extra arguments for strata serve (e.g. --workers 2)
+#   BASELINE=path           an earlier strata binary: adds the before-* targets to the main and
+#                           copy-on-write sections and a "this build vs BASELINE" table
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -59,7 +63,10 @@ RUNTIME=${RUNTIME:-10}
 SECTIONS=${SECTIONS:-"main cow chain"}
 ROUNDS=${ROUNDS:-1}
 ROUND=1
-TARGETS=${TARGETS:-"phys null qemu-raw strata-none nbdkit-file strata-wb"}
+BASELINE=${BASELINE:-}
+DEFAULT_TARGETS="phys null qemu-raw strata-none nbdkit-file strata-wb"
+if [[ -n $BASELINE ]]; then DEFAULT_TARGETS+=" before-none before-wb"; fi
+TARGETS=${TARGETS:-$DEFAULT_TARGETS}
 STRATA_DEPTHS=${STRATA_DEPTHS:-"1 8 64"}
 QCOW_DEPTHS=${QCOW_DEPTHS:-"1 8 32 64"}
 WORK_PARENT=${WORK_PARENT:-/var/tmp}
@@ -196,6 +203,10 @@ dd if=/dev/urandom of="$BASE" bs=1M count=$(( SIZE_BYTES >> 20 )) iflag=fullbloc
 note_cmd "# $(date -u '+%Y-%m-%d %H:%M UTC') $(uname -r), $(nproc) CPUs, fio $(fio --version), $(qemu-nbd --version | head -1), $(nbdkit --version)"
 note_cmd "base: dd if=/dev/urandom of=base.raw bs=1M count=$(( SIZE_BYTES >> 20 ))"
 note_cmd "strata: ${STRATA:-none} (serve available: $strata_ok)"
+if [[ -n $BASELINE ]]; then
+  "$BASELINE" serve --help >/dev/null 2>&1 || { echo "BASELINE=$BASELINE cannot serve" >&2; exit 2; }
+  note_cmd "baseline (before-* targets): $BASELINE"
+fi
 
 NCLUSTERS=$(( SIZE_BYTES / CLUSTER ))
 # iolog v2: one 4k write at the start of every 64 KiB cluster, in a fixed shuffled order.
@@ -239,10 +250,11 @@ new_strata_layer() {  # PATH PARENT FORMAT
   "$STRATA" create -b "$2" -F "$3" "$1" >/dev/null
 }
 
-strata_serve() {  # LABEL LAYER CACHE
+strata_serve() {  # LABEL LAYER CACHE [BINARY]
+  local bin=${4:-$STRATA}
   # shellcheck disable=SC2086
-  start_server "$1" "$SOCK" "$STRATA" serve --socket "$SOCK" --cache="$3" --foreground $STRATA_SERVE_ARGS "$2"
-  [[ $1 == fill ]] || note_cmd "$1 server: $STRATA serve --socket SOCK --cache=$3 --foreground $STRATA_SERVE_ARGS $2"
+  start_server "$1" "$SOCK" "$bin" serve --socket "$SOCK" --cache="$3" --foreground $STRATA_SERVE_ARGS "$2"
+  [[ $1 == fill ]] || note_cmd "$1 server: $bin serve --socket SOCK --cache=$3 --foreground $STRATA_SERVE_ARGS $2"
 }
 
 qemu_serve() {  # LABEL FORMAT IMAGE [extra]
@@ -269,12 +281,13 @@ if want_section main; then
         nbdkit-file)
           start_server nbdkit-file "$SOCK" nbdkit -f -U "$SOCK" file file="$BASE"
           note_cmd "nbdkit-file server: nbdkit -f -U SOCK file file=$BASE" ;;
-        strata-none|strata-wb)
+        strata-none|strata-wb|before-none|before-wb)
           (( strata_ok )) || continue
-          cache=none; if [[ $t == strata-wb ]]; then cache=writeback; fi
+          cache=none; if [[ $t == *-wb ]]; then cache=writeback; fi
+          bin=$STRATA; if [[ $t == before-* ]]; then bin=$BASELINE; fi
           new_strata_layer "$WORK/$t.strata" "$BASE" raw
           note_cmd "$t layer: $STRATA create -b $BASE -F raw $WORK/$t.strata"
-          strata_serve "$t" "$WORK/$t.strata" "$cache" ;;
+          strata_serve "$t" "$WORK/$t.strata" "$cache" "$bin" ;;
         *) log "unknown target $t"; continue ;;
       esac
       SPID[$t]=$SERVER_PID; SSOCK[$t]=$SOCK
@@ -305,11 +318,14 @@ if want_section cow; then
   COW_ARGS=(--read_iolog="$COW_LOG" --replay_no_stall=1 --iodepth=32)
   note_cmd "cow iolog: $NCLUSTERS lines 'nbd write C*65536 4096', clusters shuffled (seed 42)"
   if (( strata_ok )); then
-    new_strata_layer "$WORK/cow.strata" "$BASE" raw
-    strata_serve strata-cow "$WORK/cow.strata" none
-    run_fio strata-none cow-first "nbd:$SOCK" "${COW_ARGS[@]}"
-    run_fio strata-none cow-rewrite "nbd:$SOCK" "${COW_ARGS[@]}"
-    stop_server; rm -f "$WORK/cow.strata"
+    for t in strata-none ${BASELINE:+before-none}; do
+      bin=$STRATA; if [[ $t == before-* ]]; then bin=$BASELINE; fi
+      new_strata_layer "$WORK/cow.strata" "$BASE" raw
+      strata_serve "${t%-none}-cow" "$WORK/cow.strata" none "$bin"
+      run_fio "$t" cow-first "nbd:$SOCK" "${COW_ARGS[@]}"
+      run_fio "$t" cow-rewrite "nbd:$SOCK" "${COW_ARGS[@]}"
+      stop_server; rm -f "$WORK/cow.strata"
+    done
   fi
   for v in qcow2 qcow2-l2x; do
     opts=""; if [[ $v == qcow2-l2x ]]; then opts="-o extended_l2=on"; fi
@@ -384,7 +400,8 @@ def fmt(v, unit=""):
     if unit == "iops": return f"{v/1000:.1f}k"
     if unit == "mbs": return f"{v/1e6:.0f}"
     return f"{v:.1f}"
-targets = [t for t in ["phys", "null", "qemu-raw", "strata-none", "nbdkit-file", "strata-wb"]
+targets = [t for t in ["phys", "null", "qemu-raw", "strata-none", "nbdkit-file", "strata-wb",
+                       "before-none", "before-wb"]
            if any(k[0] == t for k in runs)]
 wls = ["rr4k-qd1", "rr4k-qd32", "rr4k-2c", "sr1m-qd32", "sw1m-qd32", "rw4k-qd32", "rw4k-2c"]
 out = []
@@ -411,7 +428,7 @@ if any(k[1] in wls for k in runs):
                     cells.append(fmt(get(t, w, key)))
             p(f"| {w} | " + " | ".join(cells) + " |")
         p("")
-cow = [t for t in ["strata-none", "qemu-qcow2", "qemu-qcow2-l2x"] if (t, "cow-first") in runs]
+cow = [t for t in ["strata-none", "before-none", "qemu-qcow2", "qemu-qcow2-l2x"] if (t, "cow-first") in runs]
 if cow:
     p("### Copy-on-write: 4k first write per 64 KiB cluster vs rewrite (iolog replay, QD32)\n")
     p("| target | first-write IOPS | rewrite IOPS | first/rewrite | CPU µs/IO first | CPU µs/IO rewrite |")
@@ -459,6 +476,18 @@ for name, v, op, goal in checks:
 wb = [("strata-wb / nbdkit file, " + w, ratio(get("strata-wb", w, "iops"), get("nbdkit-file", w, "iops"))) for w in wls]
 if any(v is not None for _, v in wb):
     p("\nPage-cache pair (no target in the issue): " + ", ".join(f"{n.split(', ')[1]} {v:.2f}" for n, v in wb if v is not None))
+before = [(now, then) for now, then in [("strata-none", "before-none"), ("strata-wb", "before-wb")]
+          if any(k[0] == then for k in runs)]
+if before:
+    p("\n### This build vs BASELINE (ratios within this run: > 1 is faster / more CPU)\n")
+    p("| workload | " + " | ".join(f"{n} / {b} IOPS | CPU µs/IO" for n, b in before) + " |")
+    p("|---" * (2 * len(before) + 1) + "|")
+    for w in wls + ["cow-first", "cow-rewrite"]:
+        cells = []
+        for n, b in before:
+            r, c = ratio(get(n, w, "iops"), get(b, w, "iops")), ratio(get(n, w, "cpu_us_per_io"), get(b, w, "cpu_us_per_io"))
+            cells += [f"{r:.3f}" if r else "–", f"{c:.3f}" if c else "–"]
+        if any(x != "–" for x in cells): p(f"| {w} | " + " | ".join(cells) + " |")
 import os
 inc = os.path.join(os.path.dirname(runs_path), "incidents.txt")
 if os.path.exists(inc):
