@@ -205,6 +205,25 @@ absl::Status LiveControl::Handle(const json& request, json* reply) {
 // ---------------------------------------------------------------------------------------------
 // snapshot {"name": NAME} -> {"name", "file", "uuid", "export", "pause_ms"}
 
+namespace {
+
+// Flushes while clients keep running: the freeze after the pause (which makes the frozen layer
+// durable and so delays the reply) then only covers what was written in the meantime. Under a
+// heavy write load a flush lets new dirty data pile up, so flush again while that shrinks the
+// next one (each is shorter than the last), at most kPreFlushes times.
+absl::Status FlushBeforePause(Chain* chain) {
+  constexpr int kPreFlushes = 4;
+  constexpr absl::Duration kShortFlush = absl::Milliseconds(2);
+  for (int i = 0; i < kPreFlushes; ++i) {
+    const absl::Time begin = absl::Now();
+    if (absl::Status st = chain->Flush(); !st.ok()) return st;
+    if (absl::Now() - begin < kShortFlush) break;
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status LiveControl::Snapshot(const json& request, json* reply) {
   if (!request.contains("name") || !request["name"].is_string() ||
       request["name"].get<std::string>().empty()) {
@@ -219,20 +238,10 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
   }
   absl::StatusOr<Chain::SnapshotResult> result =
       absl::InternalError("snapshot did not run");  // replaced inside the pause
-  // Flush first, while clients keep running: the freeze after the pause (which makes the
-  // frozen layer durable and so delays the reply) then only covers what was written in the
-  // meantime. Under a heavy write load a flush lets new dirty data pile up, so flush again
-  // while that shrinks the next one (each is shorter than the last), at most kPreFlushes times.
-  constexpr int kPreFlushes = 4;
-  constexpr absl::Duration kShortFlush = absl::Milliseconds(2);
-  for (int i = 0; i < kPreFlushes; ++i) {
-    const absl::Time begin = absl::Now();
-    if (absl::Status pre = chain->Flush(); !pre.ok()) {
-      ++snapshot_failures_;
-      return absl::Status(pre.code(), absl::StrCat("snapshot '", name,
-                                                   "': flush before the pause: ", pre.message()));
-    }
-    if (absl::Now() - begin < kShortFlush) break;
+  if (absl::Status pre = FlushBeforePause(chain); !pre.ok()) {
+    ++snapshot_failures_;
+    return absl::Status(pre.code(), absl::StrCat("snapshot '", name,
+                                                 "': flush before the pause: ", pre.message()));
   }
   // The next layer's file (created and synced) needs no pause either.
   if (absl::Status prepared = chain->PrepareSnapshot(name); !prepared.ok()) {

@@ -30,7 +30,7 @@ constexpr size_t kInputBuffer = 128 << 10;
 // Replies gathered into one sendmsg.
 constexpr size_t kMaxSendIov = 256;
 // ENOSPC is logged at most once a second: a full host volume fails every allocating write and
-// must not flood the log (DESIGN.md, "Full host volume").
+// must not flood the log (README, "What strata guarantees": a full host volume).
 bool ShouldLogNoSpace() {
   static std::atomic<int64_t> last{0};
   int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
