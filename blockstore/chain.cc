@@ -9,8 +9,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "blockstore/file.h"
@@ -103,6 +105,23 @@ void Append(std::vector<Segment>* out, const Segment& seg) {
   out->push_back(seg);
 }
 
+// PrepareWrite's two kUnavailable failures carry which one they are under this payload.
+constexpr absl::string_view kRetryPayload = "strata.blockstore/retry";
+constexpr absl::string_view kWriteConflict = "write-conflict";
+constexpr absl::string_view kNeedsSlots = "needs-slots";
+
+absl::Status RetryableError(absl::string_view why, absl::string_view message) {
+  absl::Status status = absl::UnavailableError(message);
+  status.SetPayload(kRetryPayload, absl::Cord(why));
+  return status;
+}
+
+bool IsRetryable(const absl::Status& status, absl::string_view why) {
+  if (!absl::IsUnavailable(status)) return false;
+  auto payload = status.GetPayload(kRetryPayload);
+  return payload.has_value() && *payload == why;
+}
+
 uint32_t SubBlockMask(uint64_t first_sb, uint64_t end_sb) {
   uint64_t n = end_sb - first_sb;
   uint32_t ones = n >= 32 ? 0xffffffffu : (1u << n) - 1;
@@ -110,6 +129,9 @@ uint32_t SubBlockMask(uint64_t first_sb, uint64_t end_sb) {
 }
 
 }  // namespace
+
+bool IsWriteConflict(const absl::Status& status) { return IsRetryable(status, kWriteConflict); }
+bool NeedsSlots(const absl::Status& status) { return IsRetryable(status, kNeedsSlots); }
 
 absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
                                         const CreateOptions& options) {
@@ -298,6 +320,9 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
     chain->frozen_.push_back(std::move(stack[i]));
   }
   chain->active_ = std::move(stack.front());
+  // So that the first writes find slots ready. A full volume fails only the writes that need
+  // space (they replenish again), not the open: reads go on.
+  if (options.writable) (void)chain->ReplenishSlots();
   return chain;
 }
 
@@ -470,23 +495,24 @@ absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) 
   MutexLock lock(&mu_);
   if (!failure_.ok()) return failure_;
   if (inflight_->Conflicts(range)) {
-    return absl::UnavailableError(absl::StrCat("write ", offset, "+", length,
-                                               " overlaps an unaligned write in flight"));
+    return RetryableError(kWriteConflict, absl::StrCat("write ", offset, "+", length,
+                                                       " overlaps an unaligned write in flight"));
   }
+  ReleaseQuarantinedLocked();
   for (uint64_t pos = plan.start; pos < plan.end;) {
     uint64_t cluster = pos / cluster_size_;
     uint64_t piece_end = std::min(plan.end, (cluster + 1) * cluster_size_);
     ClusterEntry entry = active_->Get(cluster);
     if (entry.slot == 0) {
-      ReleaseQuarantinedLocked();
-      auto slot = active_->AllocateSlot();
-      if (!slot.ok()) {
-        return absl::Status(slot.status().code(),
-                            absl::StrCat("write ", offset, "+", length, ": allocating cluster ",
-                                         cluster, ": ", slot.status().message()));
+      std::optional<uint32_t> slot = active_->slots()->Take();
+      if (!slot.has_value()) {
+        return RetryableError(kNeedsSlots, absl::StrCat("write ", offset, "+", length,
+                                                        ": cluster ", cluster, ": layer ",
+                                                        active_->path(), " has no ready slot"));
       }
       entry.slot = *slot;
       active_->SetEntry(cluster, entry);
+      plan.replenish = active_->slots()->wants_refill();
     }
     Append(&plan.targets, {Segment::Kind::kData, piece_end - pos, active_->data_fd(),
                            uint64_t{entry.slot} * cluster_size_ + pos % cluster_size_});
@@ -499,6 +525,39 @@ absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) 
   if (plan.widened()) plan.fill_pin = Pin();
   inflight_->Add(range);
   return plan;
+}
+
+absl::Status Chain::ReplenishSlots() {
+  if (auto s = CheckWritable(); !s.ok()) return s;
+  MutexLock replenish_lock(&replenish_mu_);
+  Layer* layer;
+  SlotAllocator::Refill refill;
+  {
+    MutexLock lock(&mu_);
+    if (!failure_.ok()) return failure_;
+    ReleaseQuarantinedLocked();
+    layer = active_.get();  // stable: SwitchSnapshot also takes replenish_mu_
+    refill = layer->slots()->PlanRefill();
+  }
+  // Without mu_: ring threads map reads and prepare writes (from what is ready) meanwhile.
+  layer->slots()->Fill(&refill);
+  MutexLock lock(&mu_);
+  return layer->slots()->Publish(refill);
+}
+
+absl::StatusOr<WritePlan> Chain::PrepareWriteBlocking(uint64_t offset, uint64_t length) {
+  // First, as a server does in the background (plan.replenish): freed slots are then ready
+  // and reused before the tail. A failure here fails only a write that needs a slot, below.
+  (void)ReplenishSlots();
+  // Terminates: a replenish that returns OK left a slot ready, and each retry gives at least
+  // one more cluster its slot (no other writer runs beside a synchronous caller).
+  for (;;) {
+    auto plan = PrepareWrite(offset, length);
+    if (!NeedsSlots(plan.status())) return plan;
+    if (auto s = ReplenishSlots(); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("write ", offset, "+", length, ": ", s.message()));
+    }
+  }
 }
 
 void Chain::FinishWrite(const WritePlan& plan, bool succeeded) {
@@ -704,6 +763,7 @@ absl::StatusOr<Chain::SnapshotResult> Chain::SwitchSnapshot(absl::string_view na
     return absl::FailedPreconditionError(absl::StrCat(
         "snapshot '", name, "': snapshot '", freezing_->name, "' is not durable yet"));
   }
+  MutexLock replenish_lock(&replenish_mu_);  // no refill may publish into the old layer
   MutexLock lock(&mu_);
   if (!inflight_->ranges.empty()) {
     return absl::FailedPreconditionError("snapshot with writes in flight: drain first");
@@ -838,7 +898,7 @@ absl::Status Chain::Write(uint64_t offset, absl::string_view data) {
   std::string buf;
   while (!data.empty()) {
     uint64_t n = std::min<uint64_t>(kPiece, data.size());
-    auto plan = PrepareWrite(offset, n);
+    auto plan = PrepareWriteBlocking(offset, n);
     if (!plan.ok()) return plan.status();
     buf.resize(plan->end - plan->start);
     uint64_t head = offset - plan->start;

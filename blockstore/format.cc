@@ -29,8 +29,6 @@ constexpr size_t kRecCrc = 0, kRecKind = 4, kRecFlushBlock = 6, kRecSequence = 8
                  kRecPresent = 24, kRecZero = 28;
 static_assert(kRecZero + 4 == kJournalRecordSize);
 
-bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
-
 }  // namespace
 
 absl::string_view Name(LayerState state) {
@@ -126,6 +124,7 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
     return absl::DataLossError("header checksum mismatch");
   }
   uint32_t version = DecodeFixed32(p + kOffVersion);
+  uint32_t header_size = DecodeFixed32(p + kOffHeaderSize);
   if (version != kFormatVersion) {
     return absl::UnimplementedError(absl::StrCat("unsupported format version ", version));
   }
@@ -152,10 +151,11 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
 
   // A header with a valid CRC can still carry values this code cannot use (written by a
   // buggy or newer writer): reject them here so nothing below trusts them.
-  if (!IsPowerOfTwo(cluster_size) || cluster_size < kMinClusterSize ||
-      cluster_size > kMaxClusterSize || !IsPowerOfTwo(sub_block_size) ||
-      sub_block_size < kMinSubBlockSize || sub_block_size > cluster_size ||
-      cluster_size / sub_block_size > kMaxSubBlocksPerCluster) {
+  if (header_size != kHeaderBlockSize) {
+    return absl::DataLossError(absl::StrCat("bad header size ", header_size, " (expected ",
+                                            kHeaderBlockSize, ")"));
+  }
+  if (!IsValidGeometry(cluster_size, sub_block_size)) {
     return absl::DataLossError(absl::StrCat("bad geometry: cluster size ", cluster_size,
                                             ", sub-block size ", sub_block_size));
   }
