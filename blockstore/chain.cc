@@ -205,6 +205,106 @@ Chain::~Chain() {
   }
 }
 
+namespace {
+
+absl::Status RefuseUnfinishedMerge(Env* env, const std::string& path,
+                                   const std::string& top_path) {
+  if (!env->Exists(MergeJournalPath(path))) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "an interrupted commit of ", path, " was found (", MergeJournalPath(path),
+      "): run `strata commit --resume ", top_path, "` to finish it"));
+}
+
+// The raw base `child` names at `path`, checked against the size it recorded.
+absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const ChainOptions& options,
+                                                     const Layer& child,
+                                                     const std::string& path) {
+  auto base = std::make_unique<RawBase>();
+  auto file = env->Open(path, {});
+  if (!file.ok()) {
+    return absl::NotFoundError(absl::StrCat("layer ", child.path(), ": raw base ", path, ": ",
+                                            file.status().message()));
+  }
+  base->file = std::move(*file);
+  auto size = base->file->Size();
+  if (!size.ok()) return size.status();
+  base->size = *size;
+  const LayerHeader& ch = child.header();
+  if (base->size != ch.parent_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), ": raw base ", path, " is ", base->size, " bytes but was ",
+        ch.parent_size, " when the layer was created: the base changed"));
+  }
+  if (options.direct_io) {
+    auto direct = env->Open(path, {.direct_io = true});
+    if (!direct.ok()) return direct.status();
+    base->direct = std::move(*direct);
+  }
+  if (options.lock) {
+    if (auto s = Lock(base->file.get(), false); !s.ok()) return s;
+  }
+  return base;
+}
+
+// `parent` (opened from `parent_path`) is the layer `child` names.
+absl::Status CheckParent(const Layer& child, const std::string& parent_path,
+                         const Layer& parent) {
+  const LayerHeader& ch = child.header();
+  const LayerHeader& ph = parent.header();
+  if (ph.uuid != ch.parent_uuid) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), " expects parent UUID ", UuidToString(ch.parent_uuid), " but ",
+        parent_path, " has ", UuidToString(ph.uuid), ": the parent was replaced"));
+  }
+  if (ph.virtual_size != ch.virtual_size || ph.cluster_size != ch.cluster_size ||
+      ph.sub_block_size != ch.sub_block_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), " and its parent ", parent_path,
+        " differ in virtual size or cluster geometry"));
+  }
+  if (ph.state != LayerState::kFrozen) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), ": parent ", parent_path,
+        " is active (writable): a parent must be a frozen snapshot"));
+  }
+  return absl::OkStatus();
+}
+
+// Top down: opens each layer below the one at stack->back() and checks it is the parent its
+// child names, down to the raw base (*base) or a layer without a parent.
+absl::Status OpenParents(Env* env, const ChainOptions& options, const std::string& top_path,
+                         std::vector<std::unique_ptr<Layer>>* stack,
+                         std::unique_ptr<RawBase>* base) {
+  absl::flat_hash_set<std::string> seen;
+  for (;;) {
+    const Layer& child = *stack->back();
+    const LayerHeader& ch = child.header();
+    if (!seen.insert(UuidToString(ch.uuid)).second || stack->size() > kMaxDepth) {
+      return absl::DataLossError(absl::StrCat("layer ", child.path(), ": parent links loop"));
+    }
+    if (ch.parent_format == ParentFormat::kNone) return absl::OkStatus();
+    std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
+    if (ch.parent_format == ParentFormat::kRaw) {
+      auto raw = OpenRawBase(env, options, child, parent_path);
+      if (!raw.ok()) return raw.status();
+      *base = std::move(*raw);
+      return absl::OkStatus();
+    }
+    // Before the parent's UUID is compared: an unfinished relink changes UUIDs first.
+    if (auto s = RefuseUnfinishedMerge(env, parent_path, top_path); !s.ok()) return s;
+    auto parent = Layer::Open(env, parent_path, Layer::Mode::kReadOnly, options.direct_io);
+    if (!parent.ok()) {
+      return absl::Status(parent.status().code(),
+                          absl::StrCat("layer ", child.path(), ": parent: ",
+                                       parent.status().message()));
+    }
+    if (auto s = CheckParent(child, parent_path, **parent); !s.ok()) return s;
+    stack->push_back(std::move(*parent));
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
                                                    ChainOptions options) {
   auto chain = std::unique_ptr<Chain>(new Chain());
@@ -221,83 +321,14 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
     auto recovered = RecoverChain(env, top_path, options.lock ? &locks : nullptr);
     if (!recovered.ok()) return recovered.status();
   }
-
-  auto refuse_unfinished_merge = [&](const std::string& path) {
-    if (!env->Exists(MergeJournalPath(path))) return absl::OkStatus();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "an interrupted commit of ", path, " was found (", MergeJournalPath(path),
-        "): run `strata commit --resume ", top_path, "` to finish it"));
-  };
-  if (auto s = refuse_unfinished_merge(top_path); !s.ok()) return s;
-  // Top down: open each layer and check it is the parent its child names.
+  if (auto s = RefuseUnfinishedMerge(env, top_path, top_path); !s.ok()) return s;
   std::vector<std::unique_ptr<Layer>> stack;
-  auto top = Layer::Open(env, top_path, options.writable ? Layer::Mode::kWritable : Layer::Mode::kReadOnly,
+  auto top = Layer::Open(env, top_path,
+                         options.writable ? Layer::Mode::kWritable : Layer::Mode::kReadOnly,
                          options.direct_io);
   if (!top.ok()) return top.status();
   stack.push_back(std::move(*top));
-  absl::flat_hash_set<std::string> seen;
-  for (;;) {
-    Layer& child = *stack.back();
-    const LayerHeader& ch = child.header();
-    if (!seen.insert(UuidToString(ch.uuid)).second || stack.size() > kMaxDepth) {
-      return absl::DataLossError(absl::StrCat("layer ", child.path(), ": parent links loop"));
-    }
-    if (ch.parent_format == ParentFormat::kNone) break;
-    std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
-    if (ch.parent_format == ParentFormat::kRaw) {
-      auto base = std::make_unique<RawBase>();
-      auto file = env->Open(parent_path, {});
-      if (!file.ok()) {
-        return absl::NotFoundError(absl::StrCat("layer ", child.path(), ": raw base ",
-                                                parent_path, ": ", file.status().message()));
-      }
-      base->file = std::move(*file);
-      auto size = base->file->Size();
-      if (!size.ok()) return size.status();
-      base->size = *size;
-      if (base->size != ch.parent_size) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "layer ", child.path(), ": raw base ", parent_path, " is ", base->size,
-            " bytes but was ", ch.parent_size, " when the layer was created: the base changed"));
-      }
-      if (options.direct_io) {
-        auto direct = env->Open(parent_path, {.direct_io = true});
-        if (!direct.ok()) return direct.status();
-        base->direct = std::move(*direct);
-      }
-      if (options.lock) {
-        if (auto s = Lock(base->file.get(), false); !s.ok()) return s;
-      }
-      chain->base_ = std::move(base);
-      break;
-    }
-    // Before the parent's UUID is compared: an unfinished relink changes UUIDs first.
-    if (auto s = refuse_unfinished_merge(parent_path); !s.ok()) return s;
-    auto parent = Layer::Open(env, parent_path, Layer::Mode::kReadOnly, options.direct_io);
-    if (!parent.ok()) {
-      return absl::Status(parent.status().code(),
-                          absl::StrCat("layer ", child.path(), ": parent: ",
-                                       parent.status().message()));
-    }
-    const LayerHeader& ph = (*parent)->header();
-    if (ph.uuid != ch.parent_uuid) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "layer ", child.path(), " expects parent UUID ", UuidToString(ch.parent_uuid), " but ",
-          parent_path, " has ", UuidToString(ph.uuid), ": the parent was replaced"));
-    }
-    if (ph.virtual_size != ch.virtual_size || ph.cluster_size != ch.cluster_size ||
-        ph.sub_block_size != ch.sub_block_size) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "layer ", child.path(), " and its parent ", parent_path,
-          " differ in virtual size or cluster geometry"));
-    }
-    if (ph.state != LayerState::kFrozen) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "layer ", child.path(), ": parent ", parent_path,
-          " is active (writable): a parent must be a frozen snapshot"));
-    }
-    stack.push_back(std::move(*parent));
-  }
+  if (auto s = OpenParents(env, options, top_path, &stack, &chain->base_); !s.ok()) return s;
   if (options.lock) {
     for (size_t i = 0; i < stack.size(); ++i) {
       if (auto s = Lock(stack[i]->file(), i == 0 && options.writable); !s.ok()) return s;

@@ -427,7 +427,7 @@ void Connection::StartRange(Request* r) {
     std::memset(r->buf + (off - r->buf_start), 0, len);
   }
   absl::StatusOr<WritePlan> plan = storage_->PrepareWrite(off, len);
-  if (plan.status().code() == absl::StatusCode::kUnavailable) {
+  if (IsWriteConflict(plan.status())) {
     r->phase = RequestPhase::kParked;
     worker_->Park(r);
     return;
