@@ -184,9 +184,9 @@ class Chain {
   void FinishWrite(const WritePlan& plan, bool succeeded);
   // Blocks (fallocate). Refills the active layer's reserve of ready slots: free slots
   // allocated again (up to an extent's worth), and, below the low-water mark, the file grown
-  // by an extent (as big as GrowExtent made them). Does not hold the mutex that MapRead and
-  // PrepareWrite take while it allocates. One at a time; thread-safe. OK when a slot is
-  // ready; else kResourceExhausted naming the file when the host volume is full.
+  // by an extent (an eighth of the file, 16 MiB .. 1 GiB). Does not hold the mutex that
+  // MapRead and PrepareWrite take while it allocates. One at a time; thread-safe. OK when a
+  // slot is ready; else kResourceExhausted naming the file when the host volume is full.
   absl::Status ReplenishSlots();
   // Metadata only. Marks the whole sub-blocks of [offset, offset + length) as reading zeros,
   // without data.

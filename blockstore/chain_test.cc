@@ -537,8 +537,8 @@ class ReplenishTest : public ChainTest {
     // "Full" spares the header and journal (a writable open allocates them again).
     constexpr uint64_t kDataStart = 65536 + kDefaultJournalSize;
     env_.set_allocate_hook([this](const std::string& path, uint64_t offset, uint64_t) {
-      if (offset < kDataStart) return absl::OkStatus();
       allocations_.fetch_add(1);
+      if (offset < kDataStart) return absl::OkStatus();
       if (hold_.load()) {
         entered_.Notify();
         release_.WaitForNotification();
@@ -607,13 +607,22 @@ TEST_F(ReplenishTest, ReadsAndWritesGoOnWhileReplenishAllocates) {
   absl::Status replenished;
   std::thread replenisher([&] { replenished = chain->ReplenishSlots(); });
   entered_.WaitForNotification();  // inside fallocate now
-  std::vector<Segment> segments;
-  ReadPin pin;
-  EXPECT_TRUE(chain->MapRead(0, 65536, &segments, &pin).ok());
-  pin.Release();
-  EXPECT_TRUE(NeedsSlots(chain->PrepareWrite(0, 4096).status())) << "not ready before publish";
+  // On another thread, so that a replenish holding the chain's mutex fails the test instead
+  // of hanging it.
+  absl::Notification mapped;
+  std::thread ring([&] {
+    std::vector<Segment> segments;
+    ReadPin pin;
+    EXPECT_TRUE(chain->MapRead(0, 65536, &segments, &pin).ok());
+    pin.Release();
+    EXPECT_TRUE(NeedsSlots(chain->PrepareWrite(0, 4096).status())) << "ready before publish";
+    mapped.Notify();
+  });
+  EXPECT_TRUE(mapped.WaitForNotificationWithTimeout(absl::Seconds(20)))
+      << "MapRead waited for the fallocate";
   hold_ = false;
   release_.Notify();
+  ring.join();
   replenisher.join();
   ASSERT_TRUE(replenished.ok()) << replenished;
   auto plan = chain->PrepareWrite(0, 4096);

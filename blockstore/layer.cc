@@ -235,9 +235,10 @@ absl::Status Layer::CheckEntry(uint64_t cluster, const ClusterEntry& e) const {
   // A sub-block both present and zero would read as data in one place and zeros in another
   // (Extents vs MapRead), and a merge would keep either: FORMAT.md makes them disjoint.
   if ((e.present & e.zero) != 0) {
-    return absl::DataLossError(absl::StrCat("cluster ", cluster, ": bad sub-block masks: present ",
-                                            absl::Hex(e.present), " and zero ", absl::Hex(e.zero),
-                                            " overlap"));
+    return absl::DataLossError(absl::StrCat("cluster ", cluster,
+                                            ": bad sub-block masks: present 0x",
+                                            absl::Hex(e.present), " and zero 0x",
+                                            absl::Hex(e.zero), " overlap"));
   }
   if (((e.present | e.zero) & ~full) != 0) {
     return absl::DataLossError(absl::StrCat("cluster ", cluster,

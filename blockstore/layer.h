@@ -156,8 +156,8 @@ class Layer {
   // header() as it was: a live chain publishes the new header under its own lock.
   absl::StatusOr<LayerHeader> WriteFrozenHeader(const std::string& name, int64_t frozen_ns);
   void PublishHeader(LayerHeader header) { header_ = std::move(header); }
-  // A frozen layer never journals or grows again: punches the unused journal and truncates
-  // the file after the last slot in use. Failing only wastes space, so errors are ignored.
+  // A frozen layer never journals or grows again: punches the unused journal and the ready
+  // free slots, and truncates the file after the last slot in use. Failing only wastes space, so errors are ignored.
   // REQUIRES: the index is still loaded (before ReleaseIndex).
   void ReleaseUnusedSpace();
   // Rewrites the header (the other copy, sequence + 1) after `edit` changed it, and syncs.
