@@ -9,8 +9,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "blockstore/file.h"
@@ -103,6 +105,23 @@ void Append(std::vector<Segment>* out, const Segment& seg) {
   out->push_back(seg);
 }
 
+// PrepareWrite's two kUnavailable failures carry which one they are under this payload.
+constexpr absl::string_view kRetryPayload = "strata.blockstore/retry";
+constexpr absl::string_view kWriteConflict = "write-conflict";
+constexpr absl::string_view kNeedsSlots = "needs-slots";
+
+absl::Status RetryableError(absl::string_view why, absl::string_view message) {
+  absl::Status status = absl::UnavailableError(message);
+  status.SetPayload(kRetryPayload, absl::Cord(why));
+  return status;
+}
+
+bool IsRetryable(const absl::Status& status, absl::string_view why) {
+  if (!absl::IsUnavailable(status)) return false;
+  auto payload = status.GetPayload(kRetryPayload);
+  return payload.has_value() && *payload == why;
+}
+
 uint32_t SubBlockMask(uint64_t first_sb, uint64_t end_sb) {
   uint64_t n = end_sb - first_sb;
   uint32_t ones = n >= 32 ? 0xffffffffu : (1u << n) - 1;
@@ -110,6 +129,9 @@ uint32_t SubBlockMask(uint64_t first_sb, uint64_t end_sb) {
 }
 
 }  // namespace
+
+bool IsWriteConflict(const absl::Status& status) { return IsRetryable(status, kWriteConflict); }
+bool NeedsSlots(const absl::Status& status) { return IsRetryable(status, kNeedsSlots); }
 
 absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
                                         const CreateOptions& options) {
@@ -183,6 +205,106 @@ Chain::~Chain() {
   }
 }
 
+namespace {
+
+absl::Status RefuseUnfinishedMerge(Env* env, const std::string& path,
+                                   const std::string& top_path) {
+  if (!env->Exists(MergeJournalPath(path))) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "an interrupted commit of ", path, " was found (", MergeJournalPath(path),
+      "): run `strata commit --resume ", top_path, "` to finish it"));
+}
+
+// The raw base `child` names at `path`, checked against the size it recorded.
+absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const ChainOptions& options,
+                                                     const Layer& child,
+                                                     const std::string& path) {
+  auto base = std::make_unique<RawBase>();
+  auto file = env->Open(path, {});
+  if (!file.ok()) {
+    return absl::NotFoundError(absl::StrCat("layer ", child.path(), ": raw base ", path, ": ",
+                                            file.status().message()));
+  }
+  base->file = std::move(*file);
+  auto size = base->file->Size();
+  if (!size.ok()) return size.status();
+  base->size = *size;
+  const LayerHeader& ch = child.header();
+  if (base->size != ch.parent_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), ": raw base ", path, " is ", base->size, " bytes but was ",
+        ch.parent_size, " when the layer was created: the base changed"));
+  }
+  if (options.direct_io) {
+    auto direct = env->Open(path, {.direct_io = true});
+    if (!direct.ok()) return direct.status();
+    base->direct = std::move(*direct);
+  }
+  if (options.lock) {
+    if (auto s = Lock(base->file.get(), false); !s.ok()) return s;
+  }
+  return base;
+}
+
+// `parent` (opened from `parent_path`) is the layer `child` names.
+absl::Status CheckParent(const Layer& child, const std::string& parent_path,
+                         const Layer& parent) {
+  const LayerHeader& ch = child.header();
+  const LayerHeader& ph = parent.header();
+  if (ph.uuid != ch.parent_uuid) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), " expects parent UUID ", UuidToString(ch.parent_uuid), " but ",
+        parent_path, " has ", UuidToString(ph.uuid), ": the parent was replaced"));
+  }
+  if (ph.virtual_size != ch.virtual_size || ph.cluster_size != ch.cluster_size ||
+      ph.sub_block_size != ch.sub_block_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), " and its parent ", parent_path,
+        " differ in virtual size or cluster geometry"));
+  }
+  if (ph.state != LayerState::kFrozen) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), ": parent ", parent_path,
+        " is active (writable): a parent must be a frozen snapshot"));
+  }
+  return absl::OkStatus();
+}
+
+// Top down: opens each layer below the one at stack->back() and checks it is the parent its
+// child names, down to the raw base (*base) or a layer without a parent.
+absl::Status OpenParents(Env* env, const ChainOptions& options, const std::string& top_path,
+                         std::vector<std::unique_ptr<Layer>>* stack,
+                         std::unique_ptr<RawBase>* base) {
+  absl::flat_hash_set<std::string> seen;
+  for (;;) {
+    const Layer& child = *stack->back();
+    const LayerHeader& ch = child.header();
+    if (!seen.insert(UuidToString(ch.uuid)).second || stack->size() > kMaxDepth) {
+      return absl::DataLossError(absl::StrCat("layer ", child.path(), ": parent links loop"));
+    }
+    if (ch.parent_format == ParentFormat::kNone) return absl::OkStatus();
+    std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
+    if (ch.parent_format == ParentFormat::kRaw) {
+      auto raw = OpenRawBase(env, options, child, parent_path);
+      if (!raw.ok()) return raw.status();
+      *base = std::move(*raw);
+      return absl::OkStatus();
+    }
+    // Before the parent's UUID is compared: an unfinished relink changes UUIDs first.
+    if (auto s = RefuseUnfinishedMerge(env, parent_path, top_path); !s.ok()) return s;
+    auto parent = Layer::Open(env, parent_path, Layer::Mode::kReadOnly, options.direct_io);
+    if (!parent.ok()) {
+      return absl::Status(parent.status().code(),
+                          absl::StrCat("layer ", child.path(), ": parent: ",
+                                       parent.status().message()));
+    }
+    if (auto s = CheckParent(child, parent_path, **parent); !s.ok()) return s;
+    stack->push_back(std::move(*parent));
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
                                                    ChainOptions options) {
   auto chain = std::unique_ptr<Chain>(new Chain());
@@ -199,83 +321,14 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
     auto recovered = RecoverChain(env, top_path, options.lock ? &locks : nullptr);
     if (!recovered.ok()) return recovered.status();
   }
-
-  auto refuse_unfinished_merge = [&](const std::string& path) {
-    if (!env->Exists(MergeJournalPath(path))) return absl::OkStatus();
-    return absl::FailedPreconditionError(absl::StrCat(
-        "an interrupted commit of ", path, " was found (", MergeJournalPath(path),
-        "): run `strata commit --resume ", top_path, "` to finish it"));
-  };
-  if (auto s = refuse_unfinished_merge(top_path); !s.ok()) return s;
-  // Top down: open each layer and check it is the parent its child names.
+  if (auto s = RefuseUnfinishedMerge(env, top_path, top_path); !s.ok()) return s;
   std::vector<std::unique_ptr<Layer>> stack;
-  auto top = Layer::Open(env, top_path, options.writable ? Layer::Mode::kWritable : Layer::Mode::kReadOnly,
+  auto top = Layer::Open(env, top_path,
+                         options.writable ? Layer::Mode::kWritable : Layer::Mode::kReadOnly,
                          options.direct_io);
   if (!top.ok()) return top.status();
   stack.push_back(std::move(*top));
-  absl::flat_hash_set<std::string> seen;
-  for (;;) {
-    Layer& child = *stack.back();
-    const LayerHeader& ch = child.header();
-    if (!seen.insert(UuidToString(ch.uuid)).second || stack.size() > kMaxDepth) {
-      return absl::DataLossError(absl::StrCat("layer ", child.path(), ": parent links loop"));
-    }
-    if (ch.parent_format == ParentFormat::kNone) break;
-    std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
-    if (ch.parent_format == ParentFormat::kRaw) {
-      auto base = std::make_unique<RawBase>();
-      auto file = env->Open(parent_path, {});
-      if (!file.ok()) {
-        return absl::NotFoundError(absl::StrCat("layer ", child.path(), ": raw base ",
-                                                parent_path, ": ", file.status().message()));
-      }
-      base->file = std::move(*file);
-      auto size = base->file->Size();
-      if (!size.ok()) return size.status();
-      base->size = *size;
-      if (base->size != ch.parent_size) {
-        return absl::FailedPreconditionError(absl::StrCat(
-            "layer ", child.path(), ": raw base ", parent_path, " is ", base->size,
-            " bytes but was ", ch.parent_size, " when the layer was created: the base changed"));
-      }
-      if (options.direct_io) {
-        auto direct = env->Open(parent_path, {.direct_io = true});
-        if (!direct.ok()) return direct.status();
-        base->direct = std::move(*direct);
-      }
-      if (options.lock) {
-        if (auto s = Lock(base->file.get(), false); !s.ok()) return s;
-      }
-      chain->base_ = std::move(base);
-      break;
-    }
-    // Before the parent's UUID is compared: an unfinished relink changes UUIDs first.
-    if (auto s = refuse_unfinished_merge(parent_path); !s.ok()) return s;
-    auto parent = Layer::Open(env, parent_path, Layer::Mode::kReadOnly, options.direct_io);
-    if (!parent.ok()) {
-      return absl::Status(parent.status().code(),
-                          absl::StrCat("layer ", child.path(), ": parent: ",
-                                       parent.status().message()));
-    }
-    const LayerHeader& ph = (*parent)->header();
-    if (ph.uuid != ch.parent_uuid) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "layer ", child.path(), " expects parent UUID ", UuidToString(ch.parent_uuid), " but ",
-          parent_path, " has ", UuidToString(ph.uuid), ": the parent was replaced"));
-    }
-    if (ph.virtual_size != ch.virtual_size || ph.cluster_size != ch.cluster_size ||
-        ph.sub_block_size != ch.sub_block_size) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "layer ", child.path(), " and its parent ", parent_path,
-          " differ in virtual size or cluster geometry"));
-    }
-    if (ph.state != LayerState::kFrozen) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "layer ", child.path(), ": parent ", parent_path,
-          " is active (writable): a parent must be a frozen snapshot"));
-    }
-    stack.push_back(std::move(*parent));
-  }
+  if (auto s = OpenParents(env, options, top_path, &stack, &chain->base_); !s.ok()) return s;
   if (options.lock) {
     for (size_t i = 0; i < stack.size(); ++i) {
       if (auto s = Lock(stack[i]->file(), i == 0 && options.writable); !s.ok()) return s;
@@ -298,6 +351,9 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
     chain->frozen_.push_back(std::move(stack[i]));
   }
   chain->active_ = std::move(stack.front());
+  // So that the first writes find slots ready. A full volume fails only the writes that need
+  // space (they replenish again), not the open: reads go on.
+  if (options.writable) (void)chain->ReplenishSlots();
   return chain;
 }
 
@@ -470,23 +526,24 @@ absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) 
   MutexLock lock(&mu_);
   if (!failure_.ok()) return failure_;
   if (inflight_->Conflicts(range)) {
-    return absl::UnavailableError(absl::StrCat("write ", offset, "+", length,
-                                               " overlaps an unaligned write in flight"));
+    return RetryableError(kWriteConflict, absl::StrCat("write ", offset, "+", length,
+                                                       " overlaps an unaligned write in flight"));
   }
+  ReleaseQuarantinedLocked();
   for (uint64_t pos = plan.start; pos < plan.end;) {
     uint64_t cluster = pos / cluster_size_;
     uint64_t piece_end = std::min(plan.end, (cluster + 1) * cluster_size_);
     ClusterEntry entry = active_->Get(cluster);
     if (entry.slot == 0) {
-      ReleaseQuarantinedLocked();
-      auto slot = active_->AllocateSlot();
-      if (!slot.ok()) {
-        return absl::Status(slot.status().code(),
-                            absl::StrCat("write ", offset, "+", length, ": allocating cluster ",
-                                         cluster, ": ", slot.status().message()));
+      std::optional<uint32_t> slot = active_->slots()->Take();
+      if (!slot.has_value()) {
+        return RetryableError(kNeedsSlots, absl::StrCat("write ", offset, "+", length,
+                                                        ": cluster ", cluster, ": layer ",
+                                                        active_->path(), " has no ready slot"));
       }
       entry.slot = *slot;
       active_->SetEntry(cluster, entry);
+      plan.replenish = active_->slots()->wants_refill();
     }
     Append(&plan.targets, {Segment::Kind::kData, piece_end - pos, active_->data_fd(),
                            uint64_t{entry.slot} * cluster_size_ + pos % cluster_size_});
@@ -499,6 +556,41 @@ absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) 
   if (plan.widened()) plan.fill_pin = Pin();
   inflight_->Add(range);
   return plan;
+}
+
+absl::Status Chain::ReplenishSlots() {
+  if (auto s = CheckWritable(); !s.ok()) return s;
+  MutexLock replenish_lock(&replenish_mu_);
+  Layer* layer;
+  SlotAllocator::Refill refill;
+  {
+    MutexLock lock(&mu_);
+    if (!failure_.ok()) return failure_;
+    ReleaseQuarantinedLocked();
+    // Lives as long as the chain. Should SwitchSnapshot freeze it meanwhile, the refill still
+    // publishes into it, before CompleteSnapshot (which takes replenish_mu_) releases its space.
+    layer = active_.get();
+    refill = layer->slots()->PlanRefill();
+  }
+  // Without mu_: ring threads map reads and prepare writes (from what is ready) meanwhile.
+  layer->slots()->Fill(&refill);
+  MutexLock lock(&mu_);
+  return layer->slots()->Publish(refill);
+}
+
+absl::StatusOr<WritePlan> Chain::PrepareWriteBlocking(uint64_t offset, uint64_t length) {
+  // First, as a server does in the background (plan.replenish): freed slots are then ready
+  // and reused before the tail. A failure here fails only a write that needs a slot, below.
+  (void)ReplenishSlots();
+  // Terminates: a replenish that returns OK left a slot ready, and each retry gives at least
+  // one more cluster its slot (no other writer runs beside a synchronous caller).
+  for (;;) {
+    auto plan = PrepareWrite(offset, length);
+    if (!NeedsSlots(plan.status())) return plan;
+    if (auto s = ReplenishSlots(); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("write ", offset, "+", length, ": ", s.message()));
+    }
+  }
 }
 
 void Chain::FinishWrite(const WritePlan& plan, bool succeeded) {
@@ -704,6 +796,8 @@ absl::StatusOr<Chain::SnapshotResult> Chain::SwitchSnapshot(absl::string_view na
     return absl::FailedPreconditionError(absl::StrCat(
         "snapshot '", name, "': snapshot '", freezing_->name, "' is not durable yet"));
   }
+  // Not replenish_mu_: a refill's fallocate must not lengthen the pause. One planned for the
+  // layer that freezes here publishes into it before CompleteSnapshot releases its space.
   MutexLock lock(&mu_);
   if (!inflight_->ranges.empty()) {
     return absl::FailedPreconditionError("snapshot with writes in flight: drain first");
@@ -744,6 +838,10 @@ absl::Status Chain::CompleteSnapshot() {
 absl::Status Chain::CompleteSnapshotLocked() {
   if (freezing_ == nullptr) return absl::OkStatus();
   if (auto s = failure(); !s.ok()) return s;
+  // A refill planned before the switch may still be allocating in the frozen layer: wait for
+  // it to end (any later one refills the new active layer) before the layer's flush reads its
+  // allocator and its unused space is given back.
+  { MutexLock barrier(&replenish_mu_); }
   Layer* layer = freezing_->layer;
   // The frozen layer takes no writes any more, so its flush and header need no lock; readers
   // see its header change only under mu_.
@@ -838,7 +936,7 @@ absl::Status Chain::Write(uint64_t offset, absl::string_view data) {
   std::string buf;
   while (!data.empty()) {
     uint64_t n = std::min<uint64_t>(kPiece, data.size());
-    auto plan = PrepareWrite(offset, n);
+    auto plan = PrepareWriteBlocking(offset, n);
     if (!plan.ok()) return plan.status();
     buf.resize(plan->end - plan->start);
     uint64_t head = offset - plan->start;

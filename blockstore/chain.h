@@ -7,11 +7,19 @@
 // returns where a write goes, FinishWrite() records it in the index once the data is written.
 // The synchronous Read()/Write()/... wrappers do the I/O themselves for the tool and tests.
 //
+// Slots for new data come from the active layer's reserve of ready slots (space already
+// allocated on the host volume; slot_allocator.h), so PrepareWrite never does I/O. When the
+// reserve runs dry PrepareWrite fails with NeedsSlots(); ReplenishSlots() refills it (blocking).
+// plan.replenish asks for that in the background before it runs dry.
+//
 // Thread safety: every method may be called concurrently from several threads (one internal
-// mutex guards the metadata; no I/O happens under it except allocation's fallocate and, when
-// the journal is full, a checkpoint in SwitchSnapshot). Flushes and the snapshot steps are
-// serialized by their own mutexes, which I/O may hold. File descriptors in segments stay valid
-// for the lifetime of the Chain, across snapshots.
+// mutex guards the metadata; no I/O happens under it except a checkpoint table's fallocate in
+// Flush and, when the journal is full, a checkpoint in SwitchSnapshot). Flushes, replenishing
+// and the snapshot steps are serialized by their own mutexes, which I/O may hold. File
+// descriptors in segments stay valid for the lifetime of the Chain, across snapshots.
+//
+// Cost of each call: "metadata only" calls take the internal mutex and do no I/O (safe on an
+// io_uring ring thread); "blocks" calls may wait on file I/O (fallocate, fsync, reads).
 #ifndef STRATA_BLOCKSTORE_CHAIN_H_
 #define STRATA_BLOCKSTORE_CHAIN_H_
 
@@ -54,10 +62,21 @@ struct WritePlan {
   std::vector<Segment> tail_fill;     // current contents of [request end, end)
   std::vector<Segment> targets;       // where [start, end) goes; kData in the active layer
   uint64_t fill_pin = 0;              // keeps the fills' slots from reuse until FinishWrite
+  // The write took slots and left the reserve below its low-water mark, or freed slots wait to
+  // be allocated again: run ReplenishSlots() off the ring thread soon, so that later writes do
+  // not fail with NeedsSlots() and reuse freed space before the file grows.
+  bool replenish = false;
   bool widened() const { return !head_fill.empty() || !tail_fill.empty(); }
 };
 
 class Chain;
+
+// The two retryable failures of PrepareWrite, both kUnavailable, told apart by a payload:
+// a widened edge conflicts with another write in flight on the same sub-block (retry after
+// some write finishes) ...
+bool IsWriteConflict(const absl::Status& status);
+// ... or the active layer has no ready slot left (retry after Chain::ReplenishSlots()).
+bool NeedsSlots(const absl::Status& status);
 
 // Keeps the slots a MapRead returned from being reused until the caller has read them: a slot
 // that a trim frees meanwhile stays quarantined (FORMAT.md, Durability 2), so a pread issued
@@ -134,7 +153,8 @@ class Chain {
   // Opens the chain whose top is `top_path`, following parent links down to the base and
   // checking UUIDs, sizes and formats; errors name the file and the broken link. A writable
   // chain takes an exclusive flock on the top layer (and shared ones below), so a second
-  // server or an offline merge refuses while it is open.
+  // server or an offline merge refuses while it is open, and fills the active layer's reserve
+  // of slots (a full volume does not fail the open: writes then fail as they would). Blocks.
   static absl::StatusOr<std::unique_ptr<Chain>> Open(const std::string& top_path,
                                                      ChainOptions options = {});
   ~Chain();
@@ -150,28 +170,36 @@ class Chain {
 
   // --- Metadata API for a caller that does its own I/O (the server) ---
 
-  // Appends to *out the segments covering [offset, offset + length), coalesced. *pin keeps
-  // their slots from reuse until released (after the caller's reads completed).
+  // Metadata only. Appends to *out the segments covering [offset, offset + length), coalesced.
+  // *pin keeps their slots from reuse until released (after the caller's reads completed).
   absl::Status MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
                        ReadPin* pin) const;
-  // Allocates space for a write of [offset, offset + length). kResourceExhausted when the host
-  // volume is full; kUnavailable when a widened edge conflicts with another write in flight on
-  // the same sub-block (retry after some write finishes); kFailedPrecondition when read-only.
+  // Metadata only. Takes ready slots for a write of [offset, offset + length) and says where
+  // it goes. Retryable failures: IsWriteConflict(), NeedsSlots() (clusters it already gave a
+  // slot keep it, so each retry after a replenish makes progress); kFailedPrecondition when
+  // read-only; the sticky failure().
   absl::StatusOr<WritePlan> PrepareWrite(uint64_t offset, uint64_t length);
-  // Records a prepared write once its data is written (succeeded) or abandons it. Call it for
-  // every plan PrepareWrite returned: it also ends the plan's pin on its fills.
+  // Metadata only. Records a prepared write once its data is written (succeeded) or abandons
+  // it. Call it for every plan PrepareWrite returned: it also ends the plan's pin on its fills.
   void FinishWrite(const WritePlan& plan, bool succeeded);
-  // Marks the whole sub-blocks of [offset, offset + length) as reading zeros, without data.
+  // Blocks (fallocate). Refills the active layer's reserve of ready slots: free slots
+  // allocated again (up to an extent's worth), and, below the low-water mark, the file grown
+  // by an extent (an eighth of the file, 16 MiB .. 1 GiB). Does not hold the mutex that
+  // MapRead and PrepareWrite take while it allocates. One at a time; thread-safe. OK when a
+  // slot is ready; else kResourceExhausted naming the file when the host volume is full.
+  absl::Status ReplenishSlots();
+  // Metadata only. Marks the whole sub-blocks of [offset, offset + length) as reading zeros,
+  // without data.
   // Sub-block-unaligned edges cannot be marked: they are appended to *data_ranges as
   // (offset, length) for the caller to write as zero data (through PrepareWrite). With
   // `may_trim` (no NBD NO_HOLE) a cluster left without data gives its space back; without it
   // the space stays reserved, so later writes there cannot fail for lack of space.
   absl::Status Zero(uint64_t offset, uint64_t length, bool may_trim,
                     std::vector<std::pair<uint64_t, uint64_t>>* data_ranges);
-  // Discards [offset, offset + length): whole sub-blocks read as zeros afterwards and release
+  // Metadata only. Discards [offset, offset + length): whole sub-blocks read as zeros afterwards and release
   // their space; partial sub-blocks are left as they are (TRIM is advisory).
   absl::Status Trim(uint64_t offset, uint64_t length);
-  // Makes every finished write durable: data synced, then the index journal appended and
+  // Blocks (fsync). Makes every finished write durable: data synced, then the index journal appended and
   // synced (FORMAT.md, "Durability"). A failed sync is sticky (see failure()).
   absl::Status Flush();
   // OK, or why the disk takes no more writes: a sync of a layer failed, so writes since the
@@ -179,18 +207,21 @@ class Chain {
   // later successful fdatasync proves nothing about them). Every later write, zero, trim and
   // flush fails with this; reads go on. Reopening the chain gives its last durable state.
   absl::Status failure() const;
-  // Appends block status of [offset, offset + length) to *out, merged into maximal runs.
+  // Metadata only. Appends block status of [offset, offset + length) to *out, merged into
+  // maximal runs.
   absl::Status Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const;
 
   // Freezes the active layer as snapshot `name` and puts a new empty active layer on top of it
   // at the same path; the frozen layer moves to `<stem>@<name>.strata` beside it. Three steps,
   // so that a live server stops I/O only for the middle one (snapshot_files.h):
-  //   PrepareSnapshot: creates and opens the next layer's file and links the snapshot's name
-  //     (the fsync-heavy part); I/O goes on. Completes an earlier snapshot first.
+  //   PrepareSnapshot (blocks): creates and opens the next layer's file and links the
+  //     snapshot's name (the fsync-heavy part); I/O goes on. Completes an earlier snapshot
+  //     first. The new layer starts with no ready slots: its first write needs ReplenishSlots.
   //   SwitchSnapshot: from here on writes go to the new layer. In memory only, unless the old
-  //     layer's journal is full (it is then checkpointed here, which can fail cleanly).
+  //     layer's journal is full (it is then checkpointed here, which can fail cleanly); waits
+  //     for a ReplenishSlots in progress.
   //     REQUIRES: no write prepared and unfinished (the server drains first).
-  //   CompleteSnapshot: makes the frozen layer durable and renames the new one into place.
+  //   CompleteSnapshot (blocks): makes the frozen layer durable and renames the new one into place.
   //     Until it succeeds Flush() retries it first, so no flush acknowledges a write above a
   //     snapshot that could still be lost, and the chain reopens as before the snapshot.
   // Snapshot() runs all three; CancelSnapshot() gives up a prepared, unswitched snapshot.
@@ -217,7 +248,7 @@ class Chain {
   // thread that completed it and with the flush lock held: it must not call into this Chain.
   void SetSnapshotListener(std::function<void(const CompletedSnapshot&)> listener);
 
-  // --- Synchronous wrappers (offline tool, tests) ---
+  // --- Synchronous wrappers (offline tool, tests): all block; writes replenish as needed ---
   absl::Status Read(uint64_t offset, absl::Span<char> out) const;
   absl::Status Write(uint64_t offset, absl::string_view data);
   absl::Status WriteZeroes(uint64_t offset, uint64_t length, bool may_trim = true);
@@ -228,6 +259,8 @@ class Chain {
   absl::Status CheckWritable() const;
   absl::Status CheckNewSnapshotName(absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status ReadSegments(const std::vector<Segment>& segments, char* out) const;
+  // PrepareWrite, replenishing and retrying while it needs slots: for synchronous callers.
+  absl::StatusOr<WritePlan> PrepareWriteBlocking(uint64_t offset, uint64_t length);
   void MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>* out) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   Segment SegmentFor(uint64_t cluster, uint32_t sub_block, uint64_t offset, uint64_t length) const
@@ -266,7 +299,9 @@ class Chain {
   uint32_t sub_block_size_ = 0;
 
   Mutex snapshot_mu_ ABSL_ACQUIRED_BEFORE(flush_mu_);  // serializes snapshot steps
-  Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(mu_);  // serializes Flush and the freeze
+  Mutex flush_mu_ ABSL_ACQUIRED_BEFORE(replenish_mu_);  // serializes Flush and the freeze
+  // Serializes ReplenishSlots, and keeps the active layer in place while one allocates.
+  Mutex replenish_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   std::unique_ptr<PreparedSnapshot> prepared_ ABSL_GUARDED_BY(snapshot_mu_);
   std::unique_ptr<FreezingLayer> freezing_ ABSL_GUARDED_BY(flush_mu_);
   std::function<void(const CompletedSnapshot&)> snapshot_listener_ ABSL_GUARDED_BY(flush_mu_);

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 
 #include "blockstore/fail_env.h"
 #include "blockstore/file.h"
@@ -44,37 +45,16 @@ class SyncFailingEnv : public Env {
   }
 
  private:
-  class SyncFailingFile final : public File {
+  class SyncFailingFile final : public testing::ForwardingFile {
    public:
     SyncFailingFile(std::unique_ptr<File> real, const bool* fail)
-        : File(real->path()), real_(std::move(real)), fail_(fail) {}
-    absl::Status Read(uint64_t offset, size_t n, char* dst) const override {
-      return real_->Read(offset, n, dst);
-    }
-    absl::Status Write(uint64_t offset, absl::string_view data) override {
-      return real_->Write(offset, data);
-    }
+        : ForwardingFile(std::move(real)), fail_(fail) {}
     absl::Status Sync() override {
       if (*fail_) return absl::DataLossError(absl::StrCat("injected fdatasync failure: ", path()));
-      return real_->Sync();
-    }
-    absl::Status Allocate(uint64_t offset, uint64_t length) override {
-      return real_->Allocate(offset, length);
-    }
-    absl::Status PunchHole(uint64_t offset, uint64_t length) override {
-      return real_->PunchHole(offset, length);
-    }
-    absl::Status Truncate(uint64_t size) override { return real_->Truncate(size); }
-    absl::StatusOr<uint64_t> Size() const override { return real_->Size(); }
-    absl::StatusOr<uint64_t> AllocatedBytes() const override { return real_->AllocatedBytes(); }
-    int fd() const override { return real_->fd(); }
-    void set_path(std::string path) override {
-      real_->set_path(path);
-      File::set_path(std::move(path));
+      return ForwardingFile::Sync();
     }
 
    private:
-    std::unique_ptr<File> real_;
     const bool* fail_;
   };
   bool fail_ = false;
@@ -153,6 +133,8 @@ TEST_F(ChainTest, ConflictingWidenedWriteIsUnavailable) {
   ASSERT_TRUE(a.ok());
   auto b = chain->PrepareWrite(512, 512);
   EXPECT_EQ(b.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(IsWriteConflict(b.status())) << b.status();
+  EXPECT_FALSE(NeedsSlots(b.status()));
   auto c = chain->PrepareWrite(4096, 4096);  // another sub-block: fine
   EXPECT_TRUE(c.ok());
   chain->FinishWrite(*a, true);
@@ -544,6 +526,131 @@ TEST_F(ChainTest, LayersDuringCheckpointsAndSnapshotsIsRaceFree) {
   lister.join();
   reader.join();
   EXPECT_EQ(Read(chain.get(), 0, 1), "f");
+}
+
+// The reserve of ready slots (slot_allocator.h), seen through a FailEnv that counts every
+// Allocate and can fail it (a full volume) or hold it (an allocation in progress).
+class ReplenishTest : public ChainTest {
+ protected:
+  void SetUp() override {
+    ChainTest::SetUp();
+    // "Full" spares the header and journal (a writable open allocates them again).
+    constexpr uint64_t kDataStart = 65536 + kDefaultJournalSize;
+    env_.set_allocate_hook([this](const std::string& path, uint64_t offset, uint64_t) {
+      allocations_.fetch_add(1);
+      if (offset < kDataStart) return absl::OkStatus();
+      if (hold_.load()) {
+        entered_.Notify();
+        release_.WaitForNotification();
+      }
+      return full_.load() ? absl::ResourceExhaustedError(path + ": host volume full")
+                          : absl::OkStatus();
+    });
+  }
+  // Opened while the volume is full: the active layer has no ready slot.
+  std::unique_ptr<Chain> OpenWithEmptyReserve() {
+    full_ = true;
+    auto chain = Open({.env = &env_});
+    full_ = false;
+    return chain;
+  }
+
+  testing::FailEnv env_{[](absl::string_view, const std::string&) { return false; }};
+  std::atomic<int> allocations_{0};
+  std::atomic<bool> full_{false};
+  std::atomic<bool> hold_{false};
+  absl::Notification entered_, release_;
+};
+
+TEST_F(ReplenishTest, EmptyReserveNeedsSlotsWithoutIo) {
+  auto chain = OpenWithEmptyReserve();
+  const int before = allocations_.load();
+  auto plan = chain->PrepareWrite(0, 4096);
+  EXPECT_TRUE(NeedsSlots(plan.status())) << plan.status();
+  EXPECT_FALSE(IsWriteConflict(plan.status()));
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(plan.status().message().find(top_), absl::string_view::npos) << plan.status();
+  EXPECT_EQ(allocations_.load(), before) << "PrepareWrite allocated on the write path";
+}
+
+TEST_F(ReplenishTest, ReplenishThenPrepareWriteSucceeds) {
+  auto chain = OpenWithEmptyReserve();
+  ASSERT_TRUE(NeedsSlots(chain->PrepareWrite(0, 4096).status()));
+  const int before = allocations_.load();
+  ASSERT_TRUE(chain->ReplenishSlots().ok());
+  EXPECT_GT(allocations_.load(), before);
+  const int after = allocations_.load();
+  auto plan = chain->PrepareWrite(0, 4096);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(plan->replenish) << "a fresh extent is above the low-water mark";
+  chain->FinishWrite(*plan, true);
+  EXPECT_EQ(allocations_.load(), after);
+}
+
+TEST_F(ReplenishTest, FullVolumeIsEnospcAfterReplenish) {
+  auto chain = OpenWithEmptyReserve();
+  full_ = true;
+  absl::Status s = chain->ReplenishSlots();
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find(top_), absl::string_view::npos) << s;
+  // A synchronous write replenishes itself and fails as it did when it allocated inline.
+  s = chain->Write(0, std::string(4096, 'w'));
+  EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+  EXPECT_NE(s.message().find("full"), absl::string_view::npos) << s;
+  full_ = false;
+  EXPECT_TRUE(chain->Write(0, std::string(4096, 'w')).ok());
+}
+
+TEST_F(ReplenishTest, ReadsAndWritesGoOnWhileReplenishAllocates) {
+  auto chain = OpenWithEmptyReserve();
+  hold_ = true;
+  absl::Status replenished;
+  std::thread replenisher([&] { replenished = chain->ReplenishSlots(); });
+  entered_.WaitForNotification();  // inside fallocate now
+  // On another thread, so that a replenish holding the chain's mutex fails the test instead
+  // of hanging it.
+  absl::Notification mapped;
+  std::thread ring([&] {
+    std::vector<Segment> segments;
+    ReadPin pin;
+    EXPECT_TRUE(chain->MapRead(0, 65536, &segments, &pin).ok());
+    pin.Release();
+    EXPECT_TRUE(NeedsSlots(chain->PrepareWrite(0, 4096).status())) << "ready before publish";
+    mapped.Notify();
+  });
+  EXPECT_TRUE(mapped.WaitForNotificationWithTimeout(absl::Seconds(20)))
+      << "MapRead waited for the fallocate";
+  hold_ = false;
+  release_.Notify();
+  ring.join();
+  replenisher.join();
+  ASSERT_TRUE(replenished.ok()) << replenished;
+  auto plan = chain->PrepareWrite(0, 4096);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  chain->FinishWrite(*plan, false);
+}
+
+TEST_F(ReplenishTest, FreedSlotsAskForAReplenishAndAreReusedAfterIt) {
+  auto chain = Open({.env = &env_});
+  ASSERT_TRUE(chain->Write(0, std::string(65536, 'a')).ok());
+  std::vector<Segment> old;
+  ReadPin pin;
+  ASSERT_TRUE(chain->MapRead(0, 65536, &old, &pin).ok());
+  pin.Release();
+  ASSERT_TRUE(chain->Trim(0, 65536).ok());
+  ASSERT_TRUE(chain->Flush().ok());
+  // The freed slot's space was punched: not ready, so the tail serves and a refill is asked.
+  auto plan = chain->PrepareWrite(5 * 65536, 65536);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_TRUE(plan->replenish);
+  EXPECT_NE(plan->targets[0].file_offset, old[0].file_offset);
+  chain->FinishWrite(*plan, true);
+  ASSERT_TRUE(chain->ReplenishSlots().ok());
+  plan = chain->PrepareWrite(6 * 65536, 65536);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(plan->replenish);
+  EXPECT_EQ(plan->targets[0].file_offset, old[0].file_offset) << "freed slot reused first";
+  chain->FinishWrite(*plan, true);
 }
 
 }  // namespace

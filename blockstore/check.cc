@@ -19,38 +19,34 @@ constexpr int kMaxDepth = 65535;
 
 // Checks both header copies of `file`; rewrites a damaged one from the valid one on repair.
 void CheckHeaderCopies(File* file, bool repair, CheckReport* report) {
-  std::string blocks(2 * kHeaderBlockSize, '\0');
-  if (!file->Read(0, blocks.size(), blocks.data()).ok()) return;  // Layer::Open reports it
-  LayerHeader copies[2];
-  absl::Status status[2];
-  for (int i = 0; i < 2; ++i) {
-    status[i] = copies[i].DecodeFrom(
-        absl::string_view(blocks).substr(kHeaderCopyOffset[i], kHeaderBlockSize));
-  }
-  if (!status[0].ok() && !status[1].ok()) return;  // Layer::Open reports it
+  auto read = ReadHeaderCopies(file);
+  if (!read.ok()) return;  // Layer::Open reports it
+  const HeaderCopies& c = *read;
+  if (!c.status[0].ok() && !c.status[1].ok()) return;  // Layer::Open reports it
   std::string what;
   int bad;
-  if (status[0].ok() && status[1].ok()) {
-    if (blocks.compare(0, kHeaderBlockSize, blocks, kHeaderBlockSize, kHeaderBlockSize) == 0) {
+  if (c.status[0].ok() && c.status[1].ok()) {
+    if (c.blocks.compare(0, kHeaderBlockSize, c.blocks, kHeaderBlockSize, kHeaderBlockSize) == 0) {
       return;
     }
     // A header update was interrupted between its two writes. The newer copy rules, but until
     // the older one is rewritten, damage to the newer would fall back to an older state.
-    bad = copies[1].sequence > copies[0].sequence ? 0 : 1;
+    bad = 1 - c.newest();
     what = absl::StrCat(file->path(), ": header copy ", bad, " @ ", kHeaderCopyOffset[bad],
-                        " holds an older header (sequence ", copies[bad].sequence, ", the other ",
-                        copies[1 - bad].sequence, "): an interrupted header update");
+                        " holds an older header (sequence ", c.header[bad].sequence,
+                        ", the other ", c.header[1 - bad].sequence,
+                        "): an interrupted header update");
   } else {
-    bad = status[0].ok() ? 1 : 0;
+    bad = c.status[0].ok() ? 1 : 0;
     what = absl::StrCat(file->path(), ": header copy ", bad, " @ ", kHeaderCopyOffset[bad], ": ",
-                        status[bad].message(), " (the other copy is valid)");
+                        c.status[bad].message(), " (the other copy is valid)");
   }
   if (!repair) {
     report->repairable.push_back(what);
     return;
   }
   std::string good;
-  copies[1 - bad].EncodeTo(&good);
+  c.header[1 - bad].EncodeTo(&good);
   absl::Status s = file->Write(kHeaderCopyOffset[bad], good);
   if (s.ok()) s = file->Sync();
   (s.ok() ? report->repaired : report->problems)

@@ -1,7 +1,8 @@
 // FailEnv, for tests: the real file system, except that the directory operations a test picks
 // fail. It interrupts a merge, snapshot or revert at an exact step (the process "dies" there:
 // the test stops using the operation and recovers with the real Env), whatever CrashEnv's
-// persistence model does.
+// persistence model does. With an allocate hook it also sees (and may fail or hold up) every
+// File::Allocate, the only call that takes space from the host volume.
 #ifndef STRATA_BLOCKSTORE_FAIL_ENV_H_
 #define STRATA_BLOCKSTORE_FAIL_ENV_H_
 
@@ -17,16 +18,72 @@
 
 namespace strata::testing {
 
+// Called before each File::Allocate of a file the Env opened: a non-OK status fails the call
+// (a full volume: kResourceExhausted), and the hook may block (an allocation in progress).
+using AllocateHook =
+    std::function<absl::Status(const std::string& path, uint64_t offset, uint64_t length)>;
+
+// The real file with every call passed on: a test's File overrides the calls it changes.
+class ForwardingFile : public File {
+ public:
+  explicit ForwardingFile(std::unique_ptr<File> real)
+      : File(real->path()), real_(std::move(real)) {}
+  absl::Status Read(uint64_t offset, size_t n, char* dst) const override {
+    return real_->Read(offset, n, dst);
+  }
+  absl::Status Write(uint64_t offset, absl::string_view data) override {
+    return real_->Write(offset, data);
+  }
+  absl::Status Sync() override { return real_->Sync(); }
+  absl::Status Allocate(uint64_t offset, uint64_t length) override {
+    return real_->Allocate(offset, length);
+  }
+  absl::Status PunchHole(uint64_t offset, uint64_t length) override {
+    return real_->PunchHole(offset, length);
+  }
+  absl::Status Truncate(uint64_t size) override { return real_->Truncate(size); }
+  absl::StatusOr<uint64_t> Size() const override { return real_->Size(); }
+  absl::StatusOr<uint64_t> AllocatedBytes() const override { return real_->AllocatedBytes(); }
+  int fd() const override { return real_->fd(); }
+  void set_path(std::string path) override {
+    real_->set_path(path);
+    File::set_path(std::move(path));
+  }
+
+ private:
+  std::unique_ptr<File> real_;
+};
+
+// The real file, with Allocate through a hook.
+class HookedFile : public ForwardingFile {
+ public:
+  HookedFile(std::unique_ptr<File> real, std::shared_ptr<AllocateHook> hook)
+      : ForwardingFile(std::move(real)), hook_(std::move(hook)) {}
+  absl::Status Allocate(uint64_t offset, uint64_t length) override {
+    if (absl::Status s = (*hook_)(path(), offset, length); !s.ok()) return s;
+    return ForwardingFile::Allocate(offset, length);
+  }
+
+ private:
+  std::shared_ptr<AllocateHook> hook_;
+};
+
 class FailEnv : public Env {
  public:
   // Called before each rename ("rename", target path) and removal ("remove", path): true
   // makes that call fail.
   using Predicate = std::function<bool(absl::string_view op, const std::string& path)>;
   explicit FailEnv(Predicate fail) : fail_(std::move(fail)) {}
+  // Files opened from now on call `hook` before each Allocate. REQUIRES: no concurrent Open.
+  void set_allocate_hook(AllocateHook hook) {
+    hook_ = std::make_shared<AllocateHook>(std::move(hook));
+  }
 
   absl::StatusOr<std::unique_ptr<File>> Open(const std::string& path,
                                              const OpenOptions& options) override {
-    return real()->Open(path, options);
+    auto file = real()->Open(path, options);
+    if (!file.ok() || hook_ == nullptr) return file;
+    return std::make_unique<HookedFile>(std::move(*file), hook_);
   }
   absl::Status Rename(const std::string& from, const std::string& to) override {
     if (fail_("rename", to)) return Injected("rename", to);
@@ -55,6 +112,7 @@ class FailEnv : public Env {
     return absl::UnavailableError(absl::StrCat("injected failure: ", op, " ", path));
   }
   Predicate fail_;
+  std::shared_ptr<AllocateHook> hook_;
 };
 
 // Fails the n-th (1-based) call of `op` whose path ends with `suffix`.

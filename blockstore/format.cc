@@ -29,7 +29,40 @@ constexpr size_t kRecCrc = 0, kRecKind = 4, kRecFlushBlock = 6, kRecSequence = 8
                  kRecPresent = 24, kRecZero = 28;
 static_assert(kRecZero + 4 == kJournalRecordSize);
 
-bool IsPowerOfTwo(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+// The sizes and regions a decoded header names, checked before anything divides by them or
+// reads where they point.
+absl::Status CheckSizesAndRegions(const LayerHeader& h) {
+  if (!IsValidGeometry(h.cluster_size, h.sub_block_size)) {
+    return absl::DataLossError(absl::StrCat("bad geometry: cluster size ", h.cluster_size,
+                                            ", sub-block size ", h.sub_block_size));
+  }
+  if (h.virtual_size == 0 || h.virtual_size % 512 != 0 ||
+      h.virtual_size / h.cluster_size >= kMaxClustersPerLayer) {
+    return absl::DataLossError(absl::StrCat("bad virtual size ", h.virtual_size,
+                                            " (a multiple of 512 bytes, at most 2^32 clusters)"));
+  }
+  if (h.journal_offset != h.cluster_size || h.journal_size < kJournalBlockSize ||
+      h.journal_size > kMaxJournalSize || h.journal_size % kJournalBlockSize != 0) {
+    return absl::DataLossError(absl::StrCat("bad journal region: ", h.journal_size, " bytes @ ",
+                                            h.journal_offset, " (slot 1, 4 KiB .. 256 MiB)"));
+  }
+  // Sequence numbers of the journal's epoch must not wrap, and a frozen layer's recorded end
+  // lies within its epoch.
+  const uint64_t capacity = JournalCapacity(h.journal_size);
+  if (h.journal_start_seq == 0 || h.journal_start_seq > UINT64_MAX - 2 * capacity ||
+      (h.journal_end_seq != 0 && (h.journal_end_seq < h.journal_start_seq ||
+                                  h.journal_end_seq > h.journal_start_seq + capacity))) {
+    return absl::DataLossError(absl::StrCat("bad journal sequence range: start ",
+                                            h.journal_start_seq, ", end ", h.journal_end_seq));
+  }
+  const uint64_t clusters = (h.virtual_size + h.cluster_size - 1) / h.cluster_size;
+  if (h.table_entries > clusters ||
+      (h.table_entries != 0 && (h.table_offset == 0 || h.table_offset % h.cluster_size != 0))) {
+    return absl::DataLossError(absl::StrCat("bad checkpoint table: ", h.table_entries,
+                                            " entries @ ", h.table_offset));
+  }
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -126,6 +159,7 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
     return absl::DataLossError("header checksum mismatch");
   }
   uint32_t version = DecodeFixed32(p + kOffVersion);
+  uint32_t header_size = DecodeFixed32(p + kOffHeaderSize);
   if (version != kFormatVersion) {
     return absl::UnimplementedError(absl::StrCat("unsupported format version ", version));
   }
@@ -152,12 +186,9 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
 
   // A header with a valid CRC can still carry values this code cannot use (written by a
   // buggy or newer writer): reject them here so nothing below trusts them.
-  if (!IsPowerOfTwo(cluster_size) || cluster_size < kMinClusterSize ||
-      cluster_size > kMaxClusterSize || !IsPowerOfTwo(sub_block_size) ||
-      sub_block_size < kMinSubBlockSize || sub_block_size > cluster_size ||
-      cluster_size / sub_block_size > kMaxSubBlocksPerCluster) {
-    return absl::DataLossError(absl::StrCat("bad geometry: cluster size ", cluster_size,
-                                            ", sub-block size ", sub_block_size));
+  if (header_size != kHeaderBlockSize) {
+    return absl::DataLossError(absl::StrCat("bad header size ", header_size, " (expected ",
+                                            kHeaderBlockSize, ")"));
   }
   if (raw_state < static_cast<uint32_t>(LayerState::kActive) ||
       raw_state > static_cast<uint32_t>(LayerState::kMerging)) {
@@ -169,31 +200,7 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
   if (path_len > kMaxParentPathLength || name_len > kMaxSnapshotNameLength) {
     return absl::DataLossError("parent path or snapshot name too long");
   }
-  if (virtual_size == 0 || virtual_size % 512 != 0 ||
-      virtual_size / cluster_size >= kMaxClustersPerLayer) {
-    return absl::DataLossError(absl::StrCat("bad virtual size ", virtual_size, " (a multiple of ",
-                                            "512 bytes, at most 2^32 clusters)"));
-  }
-  if (journal_offset != cluster_size || journal_size < kJournalBlockSize ||
-      journal_size > kMaxJournalSize || journal_size % kJournalBlockSize != 0) {
-    return absl::DataLossError(absl::StrCat("bad journal region: ", journal_size, " bytes @ ",
-                                            journal_offset, " (slot 1, 4 KiB .. 256 MiB)"));
-  }
-  // Sequence numbers of the journal's epoch must not wrap, and a frozen layer's recorded end
-  // lies within its epoch.
-  const uint64_t capacity = JournalCapacity(journal_size);
-  if (journal_start_seq == 0 || journal_start_seq > UINT64_MAX - 2 * capacity ||
-      (journal_end_seq != 0 &&
-       (journal_end_seq < journal_start_seq || journal_end_seq > journal_start_seq + capacity))) {
-    return absl::DataLossError(absl::StrCat("bad journal sequence range: start ",
-                                            journal_start_seq, ", end ", journal_end_seq));
-  }
-  const uint64_t clusters = (virtual_size + cluster_size - 1) / cluster_size;
-  if (table_entries > clusters || (table_entries != 0 && (table_offset == 0 ||
-                                                           table_offset % cluster_size != 0))) {
-    return absl::DataLossError(absl::StrCat("bad checkpoint table: ", table_entries,
-                                            " entries @ ", table_offset));
-  }
+  if (auto s = CheckSizesAndRegions(*this); !s.ok()) return s;
   state = static_cast<LayerState>(raw_state);
   parent_format = static_cast<ParentFormat>(raw_format);
   parent_path.assign(p + kOffParentPath, path_len);

@@ -33,6 +33,15 @@ inline constexpr uint32_t kDefaultSubBlockSize = 4 << 10;
 inline constexpr uint64_t kMaxClustersPerLayer = uint64_t{1} << 32;
 inline constexpr size_t kMaxParentPathLength = 1024;
 inline constexpr size_t kMaxSnapshotNameLength = 255;
+// The geometry the limits above allow: both sizes powers of two, the cluster 8 KiB .. 2 MiB,
+// the sub-block at least 512 B and at most 32 of them per cluster.
+inline constexpr bool IsValidGeometry(uint32_t cluster_size, uint32_t sub_block_size) {
+  auto pow2 = [](uint32_t v) { return v != 0 && (v & (v - 1)) == 0; };
+  return pow2(cluster_size) && cluster_size >= kMinClusterSize &&
+         cluster_size <= kMaxClusterSize && pow2(sub_block_size) &&
+         sub_block_size >= kMinSubBlockSize && sub_block_size <= cluster_size &&
+         cluster_size / sub_block_size <= kMaxSubBlocksPerCluster;
+}
 
 // Journal: 32-byte records in 4 KiB blocks. A flush appends whole blocks only, so it never
 // rewrites a block holding records an earlier flush made durable (a torn write could destroy

@@ -69,7 +69,8 @@ TEST(LayerHeaderTest, RoundTrip) {
 TEST(LayerHeaderTest, EveryFlippedByteIsDetected) {
   std::string block;
   SampleHeader().EncodeTo(&block);
-  for (size_t i = 0; i < block.size(); i += 7) {
+  // All 4096: a decode is a CRC over 4 KiB, so the whole sweep takes milliseconds.
+  for (size_t i = 0; i < block.size(); ++i) {
     std::string bad = block;
     bad[i] ^= 0x01;
     LayerHeader d;
@@ -93,6 +94,45 @@ TEST(LayerHeaderTest, BadGeometryWithValidCrcIsRejected) {
   h.EncodeTo(&block);
   LayerHeader d;
   EXPECT_EQ(d.DecodeFrom(block).code(), absl::StatusCode::kDataLoss);
+}
+
+// Re-encodes the CRC after a test changed bytes of an encoded header.
+void Reseal(std::string* block) {
+  EncodeFixed32(block->data() + kHeaderBlockSize - 4,
+                crc32c::Mask(crc32c::Value(block->data(), kHeaderBlockSize - 4)));
+}
+
+TEST(LayerHeaderTest, HeaderSizeOtherThan4096IsRejected) {
+  std::string block;
+  SampleHeader().EncodeTo(&block);
+  EncodeFixed32(block.data() + 12, 8192);  // header_size
+  Reseal(&block);
+  LayerHeader d;
+  absl::Status s = d.DecodeFrom(block);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("header size"), absl::string_view::npos) << s;
+}
+
+TEST(LayerHeaderTest, VirtualSizeNotAMultipleOf512IsRejected) {
+  LayerHeader h = SampleHeader();
+  h.virtual_size = (1 << 30) + 100;
+  std::string block;
+  h.EncodeTo(&block);
+  LayerHeader d;
+  absl::Status s = d.DecodeFrom(block);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("virtual size"), absl::string_view::npos) << s;
+}
+
+TEST(GeometryTest, LimitsOfFormatH) {
+  EXPECT_TRUE(IsValidGeometry(kDefaultClusterSize, kDefaultSubBlockSize));
+  EXPECT_TRUE(IsValidGeometry(kMinClusterSize, kMinSubBlockSize));
+  EXPECT_TRUE(IsValidGeometry(kMaxClusterSize, kMaxClusterSize / 32));
+  EXPECT_FALSE(IsValidGeometry(kMaxClusterSize, kMaxClusterSize / 64));  // 64 sub-blocks
+  EXPECT_FALSE(IsValidGeometry(3 << 13, 4096));                          // not a power of two
+  EXPECT_FALSE(IsValidGeometry(kMinClusterSize / 2, 512));
+  EXPECT_FALSE(IsValidGeometry(65536, 256));
+  EXPECT_FALSE(IsValidGeometry(65536, 131072));
 }
 
 TEST(JournalRecordTest, RoundTripAndCorruption) {

@@ -3,6 +3,8 @@
 #include <time.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -11,12 +13,6 @@
 
 namespace strata {
 namespace {
-
-// A new extent is an eighth of the file, at least 16 MiB and at most 1 GiB: big enough that a
-// sequentially written layer stays in few host extents, small enough that a nearly full
-// volume still gets the last of its space one cluster at a time (GrowExtent falls back).
-constexpr uint64_t kMinExtentBytes = 16ull << 20;
-constexpr uint64_t kMaxExtentBytes = 1ull << 30;
 
 int64_t NowNs() {
   timespec ts;
@@ -28,74 +24,38 @@ uint32_t FullMask(uint32_t sub_blocks) {
   return sub_blocks == 32 ? 0xffffffffu : (1u << sub_blocks) - 1;
 }
 
-absl::Status ValidateGeometry(uint32_t cluster_size, uint32_t sub_block_size) {
-  LayerHeader probe;
-  probe.cluster_size = cluster_size;
-  probe.sub_block_size = sub_block_size;
-  auto pow2 = [](uint32_t v) { return v != 0 && (v & (v - 1)) == 0; };
-  if (!pow2(cluster_size) || cluster_size < kMinClusterSize || cluster_size > kMaxClusterSize ||
-      !pow2(sub_block_size) || sub_block_size < kMinSubBlockSize ||
-      sub_block_size > cluster_size || cluster_size / sub_block_size > kMaxSubBlocksPerCluster) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cluster size ", cluster_size, " / sub-block size ", sub_block_size,
-        ": both must be powers of two, cluster 8 KiB..2 MiB, sub-block >= 512 B, at most ",
-        kMaxSubBlocksPerCluster, " sub-blocks per cluster"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
-// Reads the journal region record by record, a chunk at a time.
-class JournalChunks {
- public:
-  JournalChunks(File* file, uint64_t offset, uint64_t size);
-  // The kJournalRecordSize bytes at `pos` bytes into the journal; valid until the next call.
-  absl::StatusOr<const char*> Record(uint64_t pos);
+int HeaderCopies::newest() const {
+  if (!status[0].ok()) return 1;
+  if (!status[1].ok()) return 0;
+  return header[1].sequence > header[0].sequence ? 1 : 0;
+}
 
- private:
-  File* const file_;
-  const uint64_t offset_, size_;
-  uint64_t chunk_start_ = 0;
-  std::string chunk_;
-};
-
-JournalChunks::JournalChunks(File* file, uint64_t offset, uint64_t size)
-    : file_(file), offset_(offset), size_(size) {}
-
-absl::StatusOr<const char*> JournalChunks::Record(uint64_t pos) {
-  // 64 KiB at a time: replay usually stops in the first chunk, so an empty journal costs one
-  // small read.
-  constexpr uint64_t kChunk = 64 << 10;
-  if (pos < chunk_start_ || pos + kJournalRecordSize > chunk_start_ + chunk_.size()) {
-    chunk_start_ = pos / kChunk * kChunk;
-    chunk_.resize(std::min(kChunk, size_ - chunk_start_));
-    if (auto s = file_->Read(offset_ + chunk_start_, chunk_.size(), chunk_.data()); !s.ok()) {
-      return s;
-    }
+absl::StatusOr<HeaderCopies> ReadHeaderCopies(File* file) {
+  HeaderCopies copies;
+  copies.blocks.assign(2 * kHeaderBlockSize, '\0');
+  if (auto s = file->Read(0, copies.blocks.size(), copies.blocks.data()); !s.ok()) {
+    return absl::DataLossError(absl::StrCat("layer ", file->path(), ": ", s.message()));
   }
-  return chunk_.data() + (pos - chunk_start_);
+  for (int i = 0; i < 2; ++i) {
+    copies.status[i] = copies.header[i].DecodeFrom(
+        absl::string_view(copies.blocks).substr(kHeaderCopyOffset[i], kHeaderBlockSize));
+  }
+  return copies;
 }
 
 absl::StatusOr<LayerHeader> ReadLayerHeader(File* file, int* copy) {
-  std::string blocks(2 * kHeaderBlockSize, '\0');
-  if (auto s = file->Read(0, blocks.size(), blocks.data()); !s.ok()) {
-    return absl::DataLossError(absl::StrCat("layer ", file->path(), ": ", s.message()));
+  auto copies = ReadHeaderCopies(file);
+  if (!copies.ok()) return copies.status();
+  if (!copies->status[0].ok() && !copies->status[1].ok()) {
+    return absl::DataLossError(absl::StrCat(
+        "layer ", file->path(), ": no valid header: copy 0 @ 0: ", copies->status[0].message(),
+        "; copy 1 @ 4096: ", copies->status[1].message()));
   }
-  LayerHeader copies[2];
-  absl::Status status[2];
-  for (int i = 0; i < 2; ++i) {
-    status[i] = copies[i].DecodeFrom(
-        absl::string_view(blocks).substr(kHeaderCopyOffset[i], kHeaderBlockSize));
-  }
-  if (!status[0].ok() && !status[1].ok()) {
-    return absl::DataLossError(absl::StrCat("layer ", file->path(),
-                                            ": no valid header: copy 0 @ 0: ", status[0].message(),
-                                            "; copy 1 @ 4096: ", status[1].message()));
-  }
-  int pick = !status[0].ok() ? 1 : !status[1].ok() ? 0 : copies[1].sequence > copies[0].sequence;
+  const int pick = copies->newest();
   if (copy != nullptr) *copy = pick;
-  return copies[pick];
+  return copies->header[pick];
 }
 
 absl::StatusOr<LayerHeader> ReadLayerHeader(Env* env, const std::string& path) {
@@ -104,15 +64,25 @@ absl::StatusOr<LayerHeader> ReadLayerHeader(Env* env, const std::string& path) {
   return ReadLayerHeader(file->get());
 }
 
-Layer::~Layer() = default;
+Layer::~Layer() {
+  // Free slots a refill allocated again hold space no index entry references: give it back,
+  // as the flush that freed them did, so that a closed layer leaks nothing (`check`).
+  if (writable_) slots_.PunchReadyFree();
+}
 
 absl::Status Layer::Corrupt(absl::string_view what) const {
   return absl::DataLossError(absl::StrCat("layer ", path(), ": ", what));
 }
 
-absl::StatusOr<std::unique_ptr<Layer>> Layer::Create(Env* env, const std::string& path,
-                                                     const LayerCreateParams& params) {
-  if (auto s = ValidateGeometry(params.cluster_size, params.sub_block_size); !s.ok()) return s;
+namespace {
+
+absl::Status ValidateCreateParams(const LayerCreateParams& params) {
+  if (!IsValidGeometry(params.cluster_size, params.sub_block_size)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cluster size ", params.cluster_size, " / sub-block size ", params.sub_block_size,
+        ": both must be powers of two, cluster 8 KiB..2 MiB, sub-block >= 512 B, at most ",
+        kMaxSubBlocksPerCluster, " sub-blocks per cluster"));
+  }
   if (params.virtual_size == 0 || params.virtual_size % 512 != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("virtual size ", params.virtual_size, " must be a positive multiple of 512"));
@@ -128,6 +98,14 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Create(Env* env, const std::string
       params.journal_size % kJournalBlockSize != 0) {
     return absl::InvalidArgumentError("journal size must be a multiple of 4 KiB, at most 256 MiB");
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Layer>> Layer::Create(Env* env, const std::string& path,
+                                                     const LayerCreateParams& params) {
+  if (auto s = ValidateCreateParams(params); !s.ok()) return s;
   auto layer = std::unique_ptr<Layer>(new Layer());
   auto file = env->Open(path, {.writable = true, .create = true});
   if (!file.ok()) return file.status();
@@ -149,8 +127,9 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Create(Env* env, const std::string
   h.journal_start_seq = 1;
   h.parent_path = params.parent_path;
   layer->first_data_slot_ = 1 + layer->SlotsFor(h.journal_size);
-  layer->high_water_ = layer->end_slot_ = layer->first_data_slot_;
-  layer->next_seq_ = 1;
+  layer->slots_.Reset(layer->file_.get(), h.cluster_size, layer->first_data_slot_,
+                      layer->first_data_slot_, {});
+  layer->journal_.Reset(layer->file_.get(), h.journal_offset, h.journal_size, 1);
   // Header and journal space are reserved now so that a flush never needs new space.
   absl::Status s = layer->file_->Allocate(0, uint64_t{layer->first_data_slot_} * h.cluster_size);
   std::string block;
@@ -235,35 +214,42 @@ absl::Status Layer::StartJournalEpoch() {
   // hold (FORMAT.md, Durability 5): blocks a torn flush left beyond where replay stopped can
   // then never match the sequence of a later append at their position. With records to keep,
   // the checkpoint does it; otherwise a header update alone.
-  if (journal_tail_ > 0) {
+  if (journal_.tail() > 0) {
     force_checkpoint_ = true;
     return Flush();
   }
-  const uint64_t next = NextEpochStart();
+  const uint64_t next = journal_.NextEpochStart();
   absl::Status s = UpdateHeader([&](LayerHeader* h) {
     h->journal_start_seq = next;
     if (h->state != LayerState::kActive) h->journal_end_seq = 0;  // a merge journals on
   });
-  if (s.ok()) next_seq_ = next;
+  if (s.ok()) journal_.StartEpoch(next);
   return s;
 }
 
-uint64_t Layer::NextEpochStart() const {
-  return header_.journal_start_seq + JournalCapacity(header_.journal_size);
-}
-
-absl::Status Layer::ValidateEntry(uint64_t cluster, const ClusterEntry& e) const {
-  uint32_t full = FullMask(header_.SubBlocksPerCluster());
-  if (cluster >= cluster_count()) return Corrupt(absl::StrCat("cluster ", cluster, " beyond disk"));
-  if ((e.present & e.zero) != 0 || ((e.present | e.zero) & ~full) != 0) {
-    return Corrupt(absl::StrCat("cluster ", cluster, ": bad sub-block masks"));
+absl::Status Layer::CheckEntry(uint64_t cluster, const ClusterEntry& e) const {
+  const uint32_t full = FullMask(header_.SubBlocksPerCluster());
+  if (cluster >= cluster_count()) {
+    return absl::DataLossError(absl::StrCat("cluster ", cluster, " beyond disk"));
+  }
+  // A sub-block both present and zero would read as data in one place and zeros in another
+  // (Extents vs MapRead), and a merge would keep either: FORMAT.md makes them disjoint.
+  if ((e.present & e.zero) != 0) {
+    return absl::DataLossError(absl::StrCat("cluster ", cluster,
+                                            ": bad sub-block masks: present 0x",
+                                            absl::Hex(e.present), " and zero 0x",
+                                            absl::Hex(e.zero), " overlap"));
+  }
+  if (((e.present | e.zero) & ~full) != 0) {
+    return absl::DataLossError(absl::StrCat("cluster ", cluster,
+                                            ": bad sub-block masks: bits beyond the cluster"));
   }
   if (e.present != 0 && e.slot == 0) {
-    return Corrupt(absl::StrCat("cluster ", cluster, ": data without a slot"));
+    return absl::DataLossError(absl::StrCat("cluster ", cluster, ": data without a slot"));
   }
   if (e.slot != 0 && e.slot < first_data_slot_) {
-    return Corrupt(absl::StrCat("cluster ", cluster, ": slot ", e.slot,
-                                " inside the header/journal area"));
+    return absl::DataLossError(absl::StrCat("cluster ", cluster, ": slot ", e.slot,
+                                            " inside the header/journal area"));
   }
   return absl::OkStatus();
 }
@@ -287,7 +273,9 @@ absl::Status Layer::LoadTable() {
       return Corrupt(absl::StrCat("checkpoint table entry ", i, ": clusters out of order"));
     }
     previous = cluster;
-    if (auto s = ValidateEntry(cluster, entry); !s.ok()) return s;
+    if (auto s = CheckEntry(cluster, entry); !s.ok()) {
+      return Corrupt(absl::StrCat("checkpoint table entry ", i, ": ", s.message()));
+    }
     index_.Set(cluster, entry);
   }
   return absl::OkStatus();
@@ -295,81 +283,24 @@ absl::Status Layer::LoadTable() {
 
 absl::Status Layer::ReplayJournal() {
   const LayerHeader& h = header_;
-  next_seq_ = h.journal_start_seq;
-  journal_tail_ = 0;
+  journal_.Reset(file_.get(), h.journal_offset, h.journal_size, h.journal_start_seq);
   // A frozen layer whose header records where its journal ends reads exactly that far:
   // stopping before is damage, and nothing past it belongs to the layer.
-  const bool bounded = h.state != LayerState::kActive && h.journal_end_seq != 0;
-  const uint64_t limit =
-      bounded ? (h.journal_end_seq - h.journal_start_seq) * kJournalRecordSize : h.journal_size;
-  JournalChunks chunks(file_.get(), h.journal_offset, h.journal_size);
-  for (uint64_t pos = 0; pos < limit; pos += kJournalRecordSize) {
-    auto raw = chunks.Record(pos);
-    if (!raw.ok()) return Corrupt(absl::StrCat("journal: ", raw.status().message()));
-    JournalRecord record;
-    // The first record that fails its CRC or breaks the sequence is where the last flush
-    // ended (or tore): everything before it was made durable by a completed flush.
-    if (!record.DecodeFrom(*raw).ok() || record.sequence != next_seq_) {
-      if (bounded) {
-        return Corrupt(absl::StrCat("journal record @ ", h.journal_offset + pos,
-                                    ": checksum or sequence mismatch before the end the frozen "
-                                    "header records (sequence ", h.journal_end_seq, ")"));
-      }
-      return CheckNoLaterFlush(pos, &chunks);
-    }
-    if (record.kind == RecordKind::kCluster) {
-      if (auto s = ValidateEntry(record.cluster, record.entry); !s.ok()) {
-        return Corrupt(absl::StrCat("journal record @ ", h.journal_offset + pos, ": ",
-                                    s.message()));
-      }
-      index_.Set(record.cluster, record.entry);
-    }
-    ++next_seq_;
-    journal_tail_ = pos + kJournalRecordSize;
-  }
-  return absl::OkStatus();
-}
-
-absl::Status Layer::CheckNoLaterFlush(uint64_t stop, JournalChunks* chunks) const {
-  // A torn last flush may leave any subset of its blocks, so intact records of that flush
-  // past the stop are expected. An intact record of a *later* flush is not: a flush is
-  // written only after the one before it was synced, so the record at the stop belonged to a
-  // completed flush and is damaged. Records of older epochs carry other sequence numbers.
-  const LayerHeader& h = header_;
-  const uint64_t stop_block = stop / kJournalBlockSize;
-  for (uint64_t block = stop_block + 1; block * kJournalBlockSize < h.journal_size; ++block) {
-    for (uint64_t i = 0; i < kRecordsPerJournalBlock; ++i) {
-      const uint64_t pos = block * kJournalBlockSize + i * kJournalRecordSize;
-      auto raw = chunks->Record(pos);
-      if (!raw.ok()) return Corrupt(absl::StrCat("journal: ", raw.status().message()));
-      const uint64_t expected = h.journal_start_seq + pos / kJournalRecordSize;
-      // Most of the region is zeros or older epochs: the sequence alone rules them out,
-      // without a checksum or an error status per record.
-      if (JournalRecord::SequenceOf(*raw) != expected) continue;
-      JournalRecord record;
-      if (!record.DecodeFrom(*raw).ok() || record.sequence != expected ||
-          record.flush_block > block) {
-        continue;
-      }
-      if (block - record.flush_block > stop_block) {
-        return Corrupt(absl::StrCat(
-            "journal record @ ", h.journal_offset + stop, " (sequence ",
-            h.journal_start_seq + stop / kJournalRecordSize,
-            "): checksum or sequence mismatch, but a later flush's record @ ",
-            h.journal_offset + pos, " is intact: a completed flush was damaged"));
-      }
-      break;  // this block belongs to the torn flush: look at the next one
-    }
-  }
-  return absl::OkStatus();
+  const uint64_t end_seq = h.state != LayerState::kActive ? h.journal_end_seq : 0;
+  absl::Status s = journal_.Replay(end_seq, [&](const JournalRecord& record) {
+    if (auto s = CheckEntry(record.cluster, record.entry); !s.ok()) return s;
+    index_.Set(record.cluster, record.entry);
+    return absl::OkStatus();
+  });
+  return s.ok() ? s : Corrupt(s.message());
 }
 
 absl::Status Layer::RebuildAllocator() {
   auto size = file_->Size();
   if (!size.ok()) return size.status();
-  end_slot_ = *size / header_.cluster_size;
-  uint64_t table_end = header_.table_entries ? table_slot() + table_slots() : 0;
-  high_water_ = std::max<uint64_t>(first_data_slot_, table_end);
+  const uint64_t end_slot = *size / header_.cluster_size;
+  const uint64_t table_end = header_.table_entries ? table_slot() + table_slots() : 0;
+  uint64_t high_water = std::max<uint64_t>(first_data_slot_, table_end);
   referenced_slots_ = 0;
   absl::flat_hash_map<uint32_t, uint64_t> owner;  // slot -> cluster, to find a slot claimed twice
   absl::Status status;
@@ -384,14 +315,17 @@ absl::Status Layer::RebuildAllocator() {
       status = Corrupt(absl::StrCat("cluster ", cluster, ": slot ", e.slot,
                                     " overlaps the checkpoint table"));
     }
-    high_water_ = std::max<uint64_t>(high_water_, uint64_t{e.slot} + 1);
+    high_water = std::max<uint64_t>(high_water, uint64_t{e.slot} + 1);
   });
   if (!status.ok()) return status;
-  if (high_water_ > end_slot_) {
-    return Corrupt(absl::StrCat("index references slot ", high_water_ - 1,
+  if (high_water > end_slot) {
+    return Corrupt(absl::StrCat("index references slot ", high_water - 1,
                                 " beyond the end of the file (", *size, " bytes)"));
   }
-  if (writable_) free_slots_ = UnreferencedSlots();
+  // A writable layer may take the slots the index leaves free; their space may or may not be
+  // allocated (punched after a flush, or leaked by a crash), so they are not ready.
+  slots_.Reset(file_.get(), header_.cluster_size, high_water, end_slot,
+               writable_ ? UnreferencedSlotsBelow(high_water) : std::vector<uint32_t>{});
   return absl::OkStatus();
 }
 
@@ -404,58 +338,37 @@ uint32_t Layer::table_slots() const {
 }
 
 std::vector<uint32_t> Layer::UnreferencedSlots() const {
-  std::vector<bool> used(high_water_, false);
+  return UnreferencedSlotsBelow(slots_.high_water());
+}
+
+std::vector<uint32_t> Layer::UnreferencedSlotsBelow(uint64_t high_water) const {
+  std::vector<bool> used(high_water, false);
   for (uint32_t i = 0; i < table_slots(); ++i) used[table_slot() + i] = true;
   index_.ForEach([&](uint64_t, const ClusterEntry& e) {
     if (e.slot != 0) used[e.slot] = true;
   });
   std::vector<uint32_t> out;
-  // Highest first: AllocateSlot pops from the back, so low slots are reused first.
-  for (uint64_t slot = high_water_; slot-- > first_data_slot_;) {
+  // Highest first: the allocator pops from the back, so low slots are reused first.
+  for (uint64_t slot = high_water; slot-- > first_data_slot_;) {
     if (!used[slot]) out.push_back(static_cast<uint32_t>(slot));
   }
   return out;
 }
 
-absl::Status Layer::GrowExtent() {
-  uint64_t cs = header_.cluster_size;
-  uint64_t want = std::clamp<uint64_t>(end_slot_ * cs / 8, kMinExtentBytes, kMaxExtentBytes);
-  uint64_t slots = std::max<uint64_t>(1, want / cs);
-  if (end_slot_ + slots > (1ull << 32)) return absl::ResourceExhaustedError("layer file full");
-  absl::Status s = file_->Allocate(end_slot_ * cs, slots * cs);
-  if (absl::IsResourceExhausted(s) && slots > 1) {
-    slots = 1;  // the volume is nearly full: take what is left, one cluster at a time
-    s = file_->Allocate(end_slot_ * cs, cs);
-  }
-  if (!s.ok()) return s;
-  end_slot_ += slots;
-  return absl::OkStatus();
-}
-
-absl::StatusOr<uint32_t> Layer::AllocateSlot() {
-  if (!free_slots_.empty()) {
-    uint32_t slot = free_slots_.back();
-    // A freed slot had its space punched out; reserve it again so the data write cannot
-    // fail for lack of space after we promised it.
-    if (auto s = file_->Allocate(uint64_t{slot} * header_.cluster_size, header_.cluster_size);
-        !s.ok()) {
-      return s;
-    }
-    free_slots_.pop_back();
-    return slot;
-  }
-  if (high_water_ == end_slot_) {
-    if (auto s = GrowExtent(); !s.ok()) return s;
-  }
-  return static_cast<uint32_t>(high_water_++);
-}
-
 void Layer::SetEntry(uint64_t cluster, const ClusterEntry& entry) {
+  // A caller's bug, not the disk's: the next flush would make the entry durable and the layer
+  // would then fail to open (CheckEntry), so stop before the index holds it.
+  if ((entry.present & entry.zero) != 0) {
+    std::fprintf(stderr, "strata: layer %s: cluster %llu: present 0x%x and zero 0x%x overlap\n",
+                 path().c_str(), static_cast<unsigned long long>(cluster), entry.present,
+                 entry.zero);
+    std::abort();
+  }
   ClusterEntry old = index_.Get(cluster);
   if (old == entry) return;
   if (old.slot != entry.slot) {
     if (old.slot != 0) {
-      pending_free_.push_back(old.slot);
+      slots_.Free(old.slot);
       --referenced_slots_;
     }
     if (entry.slot != 0) ++referenced_slots_;
@@ -470,11 +383,9 @@ absl::StatusOr<FlushBatch> Layer::PrepareFlush() {
   if (batch.checkpoint) {
     batch.table_slots = SlotsFor(index_.size() * kTableEntrySize);
     // The table is one contiguous run at the end of the used space.
-    while (high_water_ + batch.table_slots > end_slot_) {
-      if (auto s = GrowExtent(); !s.ok()) return s;
-    }
-    batch.table_slot = static_cast<uint32_t>(high_water_);
-    high_water_ += batch.table_slots;
+    auto table = slots_.TakeRun(batch.table_slots);
+    if (!table.ok()) return table.status();
+    batch.table_slot = *table;
     batch.old_table_slot = table_slot();
     batch.old_table_slots = table_slots();
     batch.records.reserve(index_.size());
@@ -489,13 +400,12 @@ absl::StatusOr<FlushBatch> Layer::PrepareFlush() {
               [](const auto& a, const auto& b) { return a.first < b.first; });
   }
   dirty_.clear();
-  batch.freed_slots = std::move(pending_free_);
-  pending_free_.clear();
+  batch.freed_slots = slots_.TakePending();
   return batch;
 }
 
 absl::Status Layer::WriteFlush(FlushBatch* batch) {
-  absl::Status s = batch->checkpoint ? WriteCheckpoint(batch) : AppendJournal(*batch);
+  absl::Status s = batch->checkpoint ? WriteCheckpoint(batch) : journal_.Append(batch->records);
   if (!s.ok()) return s;
   // The freed slots are unreachable from the durable index now: give their space back to
   // the host volume before anyone can reuse them (FinishFlush). A failed punch only wastes
@@ -513,26 +423,15 @@ void Layer::FinishFlush(FlushBatch* batch, bool ok, uint64_t reuse_tag) {
   if (ok) {
     if (batch->header.has_value()) {
       header_ = *std::move(batch->header);
-      journal_tail_ = 0;
-      next_seq_ = header_.journal_start_seq;
+      journal_.StartEpoch(header_.journal_start_seq);
     }
-    for (uint32_t slot : batch->freed_slots) quarantined_.push_back({reuse_tag, slot});
+    for (uint32_t slot : batch->freed_slots) slots_.Quarantine(reuse_tag, slot);
     for (uint32_t i = 0; i < batch->old_table_slots; ++i) {
-      quarantined_.push_back({reuse_tag, batch->old_table_slot + i});
+      slots_.Quarantine(reuse_tag, batch->old_table_slot + i);
     }
     return;
   }
   FinishFailedFlush(*batch);
-}
-
-void Layer::ReleaseQuarantined(uint64_t oldest_pinned_tag) {
-  auto reusable = [&](const std::pair<uint64_t, uint32_t>& q) {
-    return q.first < oldest_pinned_tag;
-  };
-  for (const auto& q : quarantined_) {
-    if (reusable(q)) free_slots_.push_back(q.second);
-  }
-  std::erase_if(quarantined_, reusable);
 }
 
 void Layer::FinishFailedFlush(const FlushBatch& batch) {
@@ -545,11 +444,9 @@ void Layer::FinishFailedFlush(const FlushBatch& batch) {
     if (!batch.checkpoint || index_.Get(cluster) == entry) dirty_.insert(cluster);
   }
   if (batch.checkpoint) {
-    for (uint32_t i = 0; i < batch.table_slots; ++i) {
-      pending_free_.push_back(batch.table_slot + i);
-    }
+    for (uint32_t i = 0; i < batch.table_slots; ++i) slots_.Free(batch.table_slot + i);
   }
-  pending_free_.insert(pending_free_.end(), batch.freed_slots.begin(), batch.freed_slots.end());
+  slots_.ReturnPending(batch.freed_slots);
 }
 
 absl::Status Layer::Flush() {
@@ -560,33 +457,6 @@ absl::Status Layer::Flush() {
   FinishFlush(&*batch, s.ok());
   ReleaseQuarantined(UINT64_MAX);  // a single-threaded owner maps no reads concurrently
   return s;
-}
-
-absl::Status Layer::AppendJournal(const FlushBatch& batch) {
-  if (batch.records.empty()) return absl::OkStatus();
-  uint64_t count = batch.records.size();
-  uint64_t padded = (count + kRecordsPerJournalBlock - 1) / kRecordsPerJournalBlock *
-                    kRecordsPerJournalBlock;
-  std::string buf(padded * kJournalRecordSize, '\0');
-  for (uint64_t i = 0; i < padded; ++i) {
-    JournalRecord record;
-    record.sequence = next_seq_ + i;
-    record.flush_block = static_cast<uint16_t>(i / kRecordsPerJournalBlock);
-    if (i < count) {
-      record.kind = RecordKind::kCluster;
-      record.cluster = batch.records[i].first;
-      record.entry = batch.records[i].second;
-    } else {
-      record.kind = RecordKind::kPad;
-    }
-    record.EncodeTo(buf.data() + i * kJournalRecordSize);
-  }
-  absl::Status s = file_->Write(header_.journal_offset + journal_tail_, buf);
-  if (s.ok()) s = file_->Sync();
-  if (!s.ok()) return s;
-  journal_tail_ += buf.size();
-  next_seq_ += padded;
-  return absl::OkStatus();
 }
 
 absl::Status Layer::WriteCheckpoint(FlushBatch* batch) {
@@ -602,7 +472,7 @@ absl::Status Layer::WriteCheckpoint(FlushBatch* batch) {
     if (auto s = file_->Sync(); !s.ok()) return s;
   }
   uint32_t crc = crc32c::Value(table.data(), table.size());
-  const uint64_t start_seq = NextEpochStart();  // every older journal record is now stale
+  const uint64_t start_seq = journal_.NextEpochStart();  // every older journal record is now stale
   // Written now, published by FinishFlush under the owner's lock: readers of header() (a
   // live `list`) never see it change under them.
   auto next = WriteEditedHeader([&](LayerHeader* h) {
@@ -671,8 +541,7 @@ void Layer::set_path(const std::string& path) {
 }
 
 bool Layer::FlushNeedsCheckpoint() const {
-  uint64_t blocks = (dirty_.size() + kRecordsPerJournalBlock - 1) / kRecordsPerJournalBlock;
-  return force_checkpoint_ || journal_tail_ + blocks * kJournalBlockSize > header_.journal_size;
+  return force_checkpoint_ || !journal_.Fits(dirty_.size());
 }
 
 absl::Status Layer::Freeze(const std::string& name, int64_t frozen_ns) {
@@ -694,12 +563,12 @@ absl::StatusOr<LayerHeader> Layer::WriteFrozenHeader(const std::string& name, in
     h->state = LayerState::kFrozen;
     h->snapshot_name = name;
     h->frozen_ns = frozen_ns;
-    h->journal_end_seq = next_seq_;  // lets an open tell a damaged record from the end
+    h->journal_end_seq = journal_.next_seq();  // lets an open tell a damaged record from the end
   });
 }
 
 void Layer::ReleaseUnusedSpace() {
-  uint64_t used = (journal_tail_ + kJournalBlockSize - 1) / kJournalBlockSize * kJournalBlockSize;
+  uint64_t used = (journal_.tail() + kJournalBlockSize - 1) / kJournalBlockSize * kJournalBlockSize;
   if (used < header_.journal_size) {
     (void)file_->PunchHole(header_.journal_offset + used, header_.journal_size - used);
   }
@@ -711,8 +580,9 @@ void Layer::ReleaseUnusedSpace() {
   index_.ForEach([&](uint64_t, const ClusterEntry& e) {
     end = std::max<uint64_t>(end, uint64_t{e.slot} + 1);
   });
-  for (const auto& [tag, slot] : quarantined_) end = std::max<uint64_t>(end, uint64_t{slot} + 1);
-  if (file_->Truncate(end * header_.cluster_size).ok()) high_water_ = end_slot_ = end;
+  end = std::max(end, slots_.QuarantinedEnd());
+  slots_.PunchReadyFree();
+  if (file_->Truncate(end * header_.cluster_size).ok()) slots_.TruncatedTo(end);
 }
 
 }  // namespace strata

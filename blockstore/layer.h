@@ -1,16 +1,20 @@
 // Layer: one layer file (format.h, FORMAT.md) open in memory: its header, its cluster index,
-// its slot allocator, and the journal + checkpoint machinery that makes index changes durable.
+// and the two units that keep them: the journal (journal.h), which makes index changes durable,
+// and the slot allocator (slot_allocator.h), which says where new data may go.
 //
 // Design note. The index lives in memory (ClusterTable). Changes are marked dirty; a flush
 // (PrepareFlush under the owner's lock, WriteFlush without it, FinishFlush under it again)
 // appends the dirty entries to the journal, or, when the journal is full, writes a checkpoint
-// table and switches the header. Slots (cluster-sized units of the file) come from a free list
-// and then from preallocated extents at the end of the file; a slot freed by a zero/trim is
-// reused only after the index change that freed it is durable, so no durable index entry can
-// ever point at another cluster's bytes.
+// table and switches the header, which starts a new journal epoch. Slots (cluster-sized units
+// of the file) come from the allocator's reserve of ready slots (host space already allocated:
+// the preallocated tail, and freed slots allocated again), which a caller refills in the
+// background (slots(), Chain::ReplenishSlots) or AllocateSlot() refills inline. A slot freed by
+// a zero/trim is reused only after the index change that freed it is durable, so no durable
+// index entry can ever point at another cluster's bytes.
 //
 // Not thread-safe: the owner serializes calls (Chain's mutex; flushes additionally serialized
-// among themselves). REQUIRES for mutations: the layer is open writable and active.
+// among themselves; SlotAllocator::Fill may run outside it). REQUIRES for mutations: the layer
+// is open writable and active.
 #ifndef STRATA_BLOCKSTORE_LAYER_H_
 #define STRATA_BLOCKSTORE_LAYER_H_
 
@@ -27,6 +31,8 @@
 #include "blockstore/cluster_table.h"
 #include "blockstore/file.h"
 #include "blockstore/format.h"
+#include "blockstore/journal.h"
+#include "blockstore/slot_allocator.h"
 
 namespace strata {
 
@@ -53,7 +59,17 @@ struct FlushBatch {
   std::optional<LayerHeader> header;  // a checkpoint's new header, published by FinishFlush
 };
 
-class JournalChunks;
+// Both header copies of a layer file, as read and decoded: ReadLayerHeader picks one, `check`
+// compares them.
+struct HeaderCopies {
+  std::string blocks;        // the two raw blocks, kHeaderCopyOffset[i] into it
+  LayerHeader header[2];
+  absl::Status status[2];    // of each copy's DecodeFrom
+  // The valid copy with the higher sequence. REQUIRES: one is valid.
+  int newest() const;
+};
+// kDataLoss naming the file when the two blocks cannot be read.
+absl::StatusOr<HeaderCopies> ReadHeaderCopies(File* file);
 
 // Reads and checks only the header of the layer at `path` (the valid copy with the higher
 // sequence); *copy, if given, receives which copy that was.
@@ -102,11 +118,14 @@ class Layer {
   void ReleaseIndex() { index_.Clear(); }
 
   // --- Mutation ---
-  // A slot for new data: a durable-free slot or the next one of the preallocated extent, the
-  // file grown by a new extent when needed. kResourceExhausted when the volume is full.
-  absl::StatusOr<uint32_t> AllocateSlot();
+  // A slot for new data; may block on fallocate (offline callers): a ready slot, else a
+  // durable-free one allocated again, else the file grown by a new extent. kResourceExhausted
+  // when the volume is full. The write path takes slots()->Take() instead, which never blocks.
+  absl::StatusOr<uint32_t> AllocateSlot() { return slots_.Allocate(); }
+  // The slot allocator, for an owner that takes ready slots and refills them in the background.
+  SlotAllocator* slots() { return &slots_; }
   // Sets the entry of `cluster`, marks it dirty, and queues a slot it no longer references
-  // for freeing after the next flush.
+  // for freeing after the next flush. Aborts on an entry whose present and zero masks overlap.
   void SetEntry(uint64_t cluster, const ClusterEntry& entry);
 
   // Flush in three steps (see the design note). Data must be synced between PrepareFlush and
@@ -119,8 +138,10 @@ class Layer {
   void FinishFlush(FlushBatch* batch, bool ok, uint64_t reuse_tag = 0);
   // Quarantined slots become reusable once every read that may still use them ended: those
   // with a tag below `oldest_pinned_tag` (the owner's oldest read in flight; see Chain).
-  void ReleaseQuarantined(uint64_t oldest_pinned_tag);
-  bool has_quarantined() const { return !quarantined_.empty(); }
+  void ReleaseQuarantined(uint64_t oldest_pinned_tag) {
+    slots_.ReleaseQuarantined(oldest_pinned_tag);
+  }
+  bool has_quarantined() const { return slots_.has_quarantined(); }
   // All three steps plus the data sync, for single-threaded callers (no concurrent reads).
   absl::Status Flush();
 
@@ -135,8 +156,8 @@ class Layer {
   // header() as it was: a live chain publishes the new header under its own lock.
   absl::StatusOr<LayerHeader> WriteFrozenHeader(const std::string& name, int64_t frozen_ns);
   void PublishHeader(LayerHeader header) { header_ = std::move(header); }
-  // A frozen layer never journals or grows again: punches the unused journal and truncates
-  // the file after the last slot in use. Failing only wastes space, so errors are ignored.
+  // A frozen layer never journals or grows again: punches the unused journal and the ready
+  // free slots, and truncates the file after the last slot in use. Failing only wastes space, so errors are ignored.
   // REQUIRES: the index is still loaded (before ReleaseIndex).
   void ReleaseUnusedSpace();
   // Rewrites the header (the other copy, sequence + 1) after `edit` changed it, and syncs.
@@ -148,12 +169,12 @@ class Layer {
   // First slot after the header and journal region.
   uint32_t first_data_slot() const { return first_data_slot_; }
   // Slots below this are referenced, on a free list, or the checkpoint table.
-  uint64_t high_water() const { return high_water_; }
+  uint64_t high_water() const { return slots_.high_water(); }
   uint64_t cluster_count() const {
     return (header_.virtual_size + header_.cluster_size - 1) / header_.cluster_size;
   }
   // Where the journal replay stopped (bytes into the journal), for `check`.
-  uint64_t journal_tail() const { return journal_tail_; }
+  uint64_t journal_tail() const { return journal_.tail(); }
   // Data-area slots below high_water() that hold no data and are not the checkpoint table.
   std::vector<uint32_t> UnreferencedSlots() const;
   uint32_t table_slot() const;   // first slot of the checkpoint table
@@ -164,17 +185,14 @@ class Layer {
   absl::Status LoadTable();
   absl::Status CheckFitsFile() const;
   absl::Status ReplayJournal();
-  absl::Status CheckNoLaterFlush(uint64_t stop, JournalChunks* chunks) const;
   absl::Status StartJournalEpoch();
-  uint64_t NextEpochStart() const;
   void FinishFailedFlush(const FlushBatch& batch);
   absl::Status RebuildAllocator();
-  absl::Status GrowExtent();
-  absl::Status WriteHeader();
+  std::vector<uint32_t> UnreferencedSlotsBelow(uint64_t high_water) const;
   absl::Status WriteCheckpoint(FlushBatch* batch);
-  absl::Status ValidateEntry(uint64_t cluster, const ClusterEntry& entry) const;
+  // kDataLoss "cluster N: ..." (without the layer: callers add where it was read).
+  absl::Status CheckEntry(uint64_t cluster, const ClusterEntry& entry) const;
   absl::Status Corrupt(absl::string_view what) const;
-  absl::Status AppendJournal(const FlushBatch& batch);
   uint32_t SlotsFor(uint64_t bytes) const {
     return static_cast<uint32_t>((bytes + header_.cluster_size - 1) / header_.cluster_size);
   }
@@ -189,17 +207,9 @@ class Layer {
   uint64_t referenced_slots_ = 0;
   absl::flat_hash_set<uint32_t> dirty_;
 
-  // Allocator.
   uint32_t first_data_slot_ = 0;
-  uint64_t high_water_ = 0;   // slots below are in use or on a free list
-  uint64_t end_slot_ = 0;     // slots below are allocated on the host volume
-  std::vector<uint32_t> free_slots_;
-  std::vector<uint32_t> pending_free_;
-  std::vector<std::pair<uint64_t, uint32_t>> quarantined_;  // (reuse tag, slot), see FinishFlush
-
-  // Journal (touched only by the flush path).
-  uint64_t journal_tail_ = 0;  // bytes used
-  uint64_t next_seq_ = 0;
+  SlotAllocator slots_;
+  Journal journal_;  // touched only by the flush path
   bool force_checkpoint_ = false;
 };
 

@@ -5,6 +5,8 @@
 
 #include <functional>
 
+#include "blockstore/coding.h"
+#include "blockstore/crc32c.h"
 #include "blockstore/test_util.h"
 #include "gtest/gtest.h"
 
@@ -271,10 +273,17 @@ TEST_F(LayerTest, FrozenLayerReplaysExactlyToItsRecordedEnd) {
   EXPECT_TRUE((*reopened)->Get(7).empty());
 }
 
-// Writes `h` into both header copies of `path`, with a valid CRC.
-void WriteBothHeaders(const std::string& path, const LayerHeader& h) {
+// Writes `h` into both header copies of `path`, with a valid CRC; a nonzero raw.first puts
+// the 32-bit raw.second at that offset of the block first.
+void WriteBothHeaders(const std::string& path, const LayerHeader& h,
+                      std::pair<size_t, uint32_t> raw = {0, 0}) {
   std::string block;
   h.EncodeTo(&block);
+  if (raw.first != 0) {
+    EncodeFixed32(block.data() + raw.first, raw.second);
+    EncodeFixed32(block.data() + kHeaderBlockSize - 4,
+                  crc32c::Mask(crc32c::Value(block.data(), kHeaderBlockSize - 4)));
+  }
   int fd = open(path.c_str(), O_WRONLY);
   ASSERT_GE(fd, 0) << path;
   for (uint64_t at : kHeaderCopyOffset) {
@@ -291,6 +300,8 @@ TEST_F(LayerTest, CraftedHeaderWithValidCrcIsCorruptNotACrash) {
   struct Case {
     const char* what;
     std::function<void(LayerHeader*)> edit;
+    // A field LayerHeader does not carry: (offset, value) written into the encoded block.
+    std::pair<size_t, uint32_t> raw = {0, 0};
   };
   const Case cases[] = {
       {"16 EiB disk with a 2^40-entry table",
@@ -300,6 +311,7 @@ TEST_F(LayerTest, CraftedHeaderWithValidCrcIsCorruptNotACrash) {
          h->table_entries = uint64_t{1} << 40;
        }},
       {"size not a multiple of 512", [](LayerHeader* h) { h->virtual_size = 1000; }},
+      {"header size not 4096", [](LayerHeader*) {}, {12, 512}},
       {"more than 2^32 clusters", [](LayerHeader* h) { h->virtual_size = uint64_t{1} << 50; }},
       {"table beyond the file",
        [](LayerHeader* h) {
@@ -319,7 +331,7 @@ TEST_F(LayerTest, CraftedHeaderWithValidCrcIsCorruptNotACrash) {
   for (const Case& c : cases) {
     LayerHeader h = good;
     c.edit(&h);
-    WriteBothHeaders(path_, h);
+    WriteBothHeaders(path_, h, c.raw);
     for (Layer::Mode mode : {Layer::Mode::kReadOnly, Layer::Mode::kWritable}) {
       auto opened = Open(mode);
       ASSERT_FALSE(opened.ok()) << c.what;
@@ -367,6 +379,45 @@ TEST_F(LayerTest, SequentialAllocationsAreContiguous) {
     }
     previous = *slot;
   }
+}
+
+TEST_F(LayerTest, OverlappingPresentAndZeroMasksAreCorruptOnOpen) {
+  uint64_t journal_offset;
+  uint32_t slot;
+  {
+    auto layer = Create();
+    Put(layer.get(), 1, 1);
+    slot = layer->Get(1).slot;
+    ASSERT_TRUE(layer->Flush().ok());
+    journal_offset = layer->header().journal_offset;
+  }
+  // The record that flush wrote, rewritten with a valid CRC and a sub-block both present and
+  // zero.
+  JournalRecord record;
+  record.sequence = 1;
+  record.cluster = 1;
+  record.entry = {.slot = slot, .present = 1, .zero = 1};
+  char raw[kJournalRecordSize];
+  record.EncodeTo(raw);
+  int fd = open(path_.c_str(), O_WRONLY);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(pwrite(fd, raw, sizeof(raw), static_cast<off_t>(journal_offset)),
+            static_cast<ssize_t>(sizeof(raw)));
+  close(fd);
+  auto opened = Open();
+  ASSERT_FALSE(opened.ok());
+  EXPECT_EQ(opened.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(opened.status().message().find(path_), absl::string_view::npos) << opened.status();
+  EXPECT_NE(opened.status().message().find("cluster 1: "), absl::string_view::npos)
+      << opened.status();
+  EXPECT_NE(opened.status().message().find("overlap"), absl::string_view::npos)
+      << opened.status();
+}
+
+TEST_F(LayerTest, SettingOverlappingMasksAborts) {
+  auto layer = Create();
+  EXPECT_DEATH(layer->SetEntry(3, {.slot = 0, .present = 2, .zero = 2}),
+               "cluster 3: present 0x2 and zero 0x2 overlap");
 }
 
 }  // namespace

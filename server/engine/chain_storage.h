@@ -32,6 +32,7 @@ class ChainStorage final : public Storage {
                        ReadPin* pin) const override;
   absl::StatusOr<WritePlan> PrepareWrite(uint64_t offset, uint64_t length) override;
   void FinishWrite(const WritePlan& plan, bool succeeded) override;
+  absl::Status ReplenishSlots() override;
   absl::Status Zero(uint64_t offset, uint64_t length, bool may_trim,
                     std::vector<std::pair<uint64_t, uint64_t>>* data_ranges) override;
   absl::Status Trim(uint64_t offset, uint64_t length) override;

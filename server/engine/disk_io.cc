@@ -269,14 +269,19 @@ void DiskIo::PrepareRange() {
     FitBuffer(off, off + len, 0, 0);
     std::memset(r_->buf.At(off), 0, len);
   }
-  absl::StatusOr<WritePlan> plan = ctx_->storage->PrepareWrite(off, len);
-  if (plan.status().code() == absl::StatusCode::kUnavailable) {
+  Storage* storage = ctx_->storage;
+  absl::StatusOr<WritePlan> plan = storage->PrepareWrite(off, len);
+  if (IsWriteConflict(plan.status())) {
     step_ = Step::kParked;
     ctx_->worker->Park(this);
     return;
   }
+  if (NeedsSlots(plan.status())) {
+    return RunOnPool(Step::kReplenishing, [storage]() { return storage->ReplenishSlots(); });
+  }
   if (!plan.ok()) return Fail(plan.status());
   plan_ = std::move(*plan);
+  if (plan_.replenish) ReplenishSoon();
   // The plan may widen the range beyond the buffer's margins: keep the payload, in place or
   // moved into a buffer that covers the plan.
   FitBuffer(plan_.start, plan_.end, off, len);
@@ -284,6 +289,18 @@ void DiskIo::PrepareRange() {
   AddFills(plan_.tail_fill, off + len);
   if (pieces_.empty()) return WriteTargets();
   SubmitPieces(Step::kFilling);
+}
+
+// The reserve of ready slots runs low: refill it on the blocking pool before a write finds it
+// empty. Nobody waits for it, so its error is dropped: a full volume fails the write that
+// then needs a slot (kReplenishing). One at a time per disk.
+void DiskIo::ReplenishSoon() {
+  Storage* storage = ctx_->storage;
+  if (!storage->ClaimBackgroundReplenish()) return;
+  ctx_->worker->RunDetached([storage]() {
+    (void)storage->ReplenishSlots();
+    storage->EndBackgroundReplenish();
+  });
 }
 
 // Makes r_->buf cover [start, end), keeping the bytes of [keep_offset, +keep_length).

@@ -156,6 +156,7 @@ class DiskIo {
   void BeginZero();
   void NextRange();
   void PrepareRange();
+  void ReplenishSoon();
   void FitBuffer(uint64_t start, uint64_t end, uint64_t keep_offset, uint64_t keep_length);
   void AddFills(const std::vector<Segment>& segments, uint64_t pos);
   void WriteTargets();

@@ -6,10 +6,12 @@
 //
 // Threading: every method may be called from any worker thread concurrently. MapRead,
 // PrepareWrite, FinishWrite and Extents are called on the ring threads and must not sleep
-// (metadata only); Zero, Trim, Flush and Cache may block and run on the blocking pool.
+// (metadata only); Zero, Trim, Flush, Cache and ReplenishSlots may block on I/O and run on the
+// blocking pool. (Zero and Trim are metadata only in ChainStorage today.)
 #ifndef STRATA_SERVER_ENGINE_STORAGE_H_
 #define STRATA_SERVER_ENGINE_STORAGE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -40,15 +42,24 @@ class Storage {
   // One line naming what is served, for logs and NBD_INFO_DESCRIPTION.
   virtual std::string Describe() const = 0;
 
-  // *pin keeps the segments' slots from reuse until released, after the reads completed.
+  // Metadata only. *pin keeps the segments' slots from reuse until released, after the reads
+  // completed.
   virtual absl::Status MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
                                ReadPin* pin) const = 0;
+  // Metadata only. As Chain::PrepareWrite: IsWriteConflict() (park until a write finishes)
+  // and NeedsSlots() (run ReplenishSlots on the blocking pool, then retry) are retryable;
+  // plan.replenish asks for ReplenishSlots in the background.
   virtual absl::StatusOr<WritePlan> PrepareWrite(uint64_t offset, uint64_t length) = 0;
+  // Metadata only.
   virtual void FinishWrite(const WritePlan& plan, bool succeeded) = 0;
+  // May block on I/O (fallocate): refills the space new writes take (Chain::ReplenishSlots).
+  // kResourceExhausted when the host volume is full: fail the waiting write with ENOSPC.
+  virtual absl::Status ReplenishSlots() { return absl::OkStatus(); }
   virtual absl::Status Zero(uint64_t offset, uint64_t length, bool may_trim,
                             std::vector<std::pair<uint64_t, uint64_t>>* data_ranges) = 0;
   virtual absl::Status Trim(uint64_t offset, uint64_t length) = 0;
   virtual absl::Status Flush() = 0;
+  // Metadata only.
   virtual absl::Status Extents(uint64_t offset, uint64_t length,
                                std::vector<Extent>* out) const = 0;
   // Hint that [offset, offset + length) will be read soon (NBD_CMD_CACHE). May block.
@@ -62,7 +73,14 @@ class Storage {
   // and each still covers every write completed before its FLUSH arrived.
   absl::Status GroupFlush();
 
+  // The background refill plan.replenish asks for: at most one queued or running per disk, so
+  // a burst of writes that all see the reserve low queues one, not thousands. True: the caller
+  // runs ReplenishSlots off the ring, then EndBackgroundReplenish.
+  bool ClaimBackgroundReplenish() { return !background_replenish_.exchange(true); }
+  void EndBackgroundReplenish() { background_replenish_.store(false); }
+
  private:
+  std::atomic<bool> background_replenish_{false};
   absl::Mutex flush_mu_;
   bool flush_running_ ABSL_GUARDED_BY(flush_mu_) = false;
   uint64_t flush_started_ ABSL_GUARDED_BY(flush_mu_) = 0;  // generation of the last flush begun

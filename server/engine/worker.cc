@@ -184,6 +184,8 @@ void Worker::RunBlocking(std::function<absl::Status()> work,
   });
 }
 
+void Worker::RunDetached(std::function<void()> work) { pool_->Submit(std::move(work)); }
+
 void Worker::Park(DiskIo* io) {
   parked_.push_back(io);
   ArmTimer();

@@ -119,6 +119,9 @@ class Worker {
   io_uring_sqe* GetSqe();
   // Runs `work` on the blocking pool and `done` with its result back on this thread.
   void RunBlocking(std::function<absl::Status()> work, std::function<void(absl::Status)> done);
+  // Runs `work` on the blocking pool with no completion here: the pool runs it to the end
+  // before the server's storage goes away (Server::Shutdown), whatever this worker does.
+  void RunDetached(std::function<void()> work);
   bool paused() const { return paused_; }
   void Hold(Request* r) { held_.push_back(r); }
   // PrepareWrite found a conflicting write in flight: DiskIo::Retry after a write finishes or
