@@ -1,5 +1,6 @@
 #include "cli/args.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -10,10 +11,14 @@
 namespace strata::cli {
 
 absl::StatusOr<Args> Parse(int argc, char** argv, int first, const ArgSpec& spec) {
+  return Parse(std::vector<std::string>(argv + std::min(first, argc), argv + argc), spec);
+}
+
+absl::StatusOr<Args> Parse(const std::vector<std::string>& words, const ArgSpec& spec) {
   Args args;
   bool options_done = false;
-  for (int i = first; i < argc; ++i) {
-    std::string arg = argv[i];
+  for (size_t i = 0; i < words.size(); ++i) {
+    std::string arg = words[i];
     if (options_done || arg.size() < 2 || arg[0] != '-') {
       args.positional.push_back(arg);
       continue;
@@ -35,8 +40,10 @@ absl::StatusOr<Args> Parse(int argc, char** argv, int first, const ArgSpec& spec
       args.values[arg] = "";
     } else if (spec.valued.count(arg)) {
       if (!has_value) {
-        if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
-        value = argv[++i];
+        if (i + 1 >= words.size()) {
+          return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
+        }
+        value = words[++i];
       }
       args.values[arg] = value;
     } else {

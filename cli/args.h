@@ -33,6 +33,9 @@ struct Args {
 
 // Parses argv[first..argc).
 absl::StatusOr<Args> Parse(int argc, char** argv, int first, const ArgSpec& spec);
+// Parses `words` (the words after the subcommand). `--` ends the options; a repeated option
+// keeps its last value.
+absl::StatusOr<Args> Parse(const std::vector<std::string>& words, const ArgSpec& spec);
 // "64M", "1G", "4096", "1.5G" (binary units, K M G T; a bare number is bytes).
 absl::StatusOr<uint64_t> ParseSize(const std::string& text);
 // "1.0 GiB", "64 KiB", "512 B".

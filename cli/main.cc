@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
     int (*run)(int, char**);
   };
   static const Command kCommands[] = {
+      {"serve", strata::cli::ServeCommand},
       {"create", strata::cli::CreateCommand},     {"info", strata::cli::InfoCommand},
       {"map", strata::cli::MapCommand},           {"check", strata::cli::CheckCommand},
       {"export", strata::cli::ExportCommand},     {"snapshot", strata::cli::SnapshotCommand},
@@ -53,7 +54,6 @@ int main(int argc, char** argv) {
       {"delete-snapshot", strata::cli::DeleteSnapshotCommand},
       {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
   };
-  if (!std::strcmp(argv[1], "serve")) return strata::ServeMain(argc - 1, argv + 1);
   for (const Command& c : kCommands) {
     if (!std::strcmp(argv[1], c.name)) return c.run(argc, argv);
   }

@@ -1,16 +1,12 @@
+// `strata serve`: the command line around a Server. Parses the options (through cli/args.h),
+// opens the disk, listens, daemonizes, handles signals, the pid file and captive --run mode;
+// the accept loop itself is server/listener.h's AcceptLoop.
 #include "cli/serve_command.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -26,13 +22,15 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "server/engine/chain_storage.h"
+#include "cli/args.h"
 #include "server/control/control_socket.h"
-#include "server/nbd/export.h"
 #include "server/control/live_control.h"
+#include "server/engine/chain_storage.h"
+#include "server/listener.h"
+#include "server/nbd/export.h"
 #include "server/server.h"
 
-namespace strata {
+namespace strata::cli {
 
 absl::string_view Name(CacheMode mode) {
   switch (mode) {
@@ -68,126 +66,135 @@ Serves the chain whose top layer is LAYER over NBD.
 )";
 }
 
-absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& args) {
+namespace {
+
+absl::Status NotA(absl::string_view option, const std::string& value, absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrFormat("%s: \"%s\" is not %s", option, value, what));
+}
+
+// A whole number in [lo, hi]; false for anything else ("3x", "-1", "").
+bool IntIn(const std::string& value, int lo, int hi, int* out) {
+  return absl::SimpleAtoi(value, out) && *out >= lo && *out <= hi;
+}
+
+absl::Status ParseSocketMode(absl::string_view option, const std::string& v, ServeOptions* o) {
+  char* end = nullptr;
+  unsigned long mode = strtoul(v.c_str(), &end, 8);
+  if (v.empty() || *end != '\0' || mode > 0777) return NotA(option, v, "an octal mode like 0600");
+  o->socket_mode = static_cast<unsigned>(mode);
+  return absl::OkStatus();
+}
+
+absl::Status ParseListen(absl::string_view option, const std::string& v, ServeOptions* o) {
+  size_t colon = v.rfind(':');
+  int port;
+  if (colon == std::string::npos || !IntIn(v.substr(colon + 1), 0, 65535, &port)) {
+    return NotA(option, v, "ADDR:PORT or :PORT");
+  }
+  std::string addr = v.substr(0, colon);
+  o->listen_address = addr.empty() ? "127.0.0.1" : addr;
+  o->listen_port = port;
+  return absl::OkStatus();
+}
+
+absl::Status ParseCache(absl::string_view option, const std::string& v, ServeOptions* o) {
+  if (v == "none") {
+    o->cache = CacheMode::kNone;
+  } else if (v == "writeback") {
+    o->cache = CacheMode::kWriteback;
+  } else {
+    return NotA(option, v, "none or writeback");
+  }
+  return absl::OkStatus();
+}
+
+// The options whose value is a path or a command: anything but empty.
+absl::Status ParseText(absl::string_view option, const std::string& v, ServeOptions* o) {
+  if (v.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(option, option == "--run" ? ": empty command" : ": empty path"));
+  }
+  if (option == "--socket") {
+    o->socket = v;
+  } else if (option == "--control") {
+    o->control = v;
+  } else if (option == "--pid-file") {
+    o->pid_file = v;
+  } else {
+    o->run = v;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseExportName(absl::string_view option, const std::string& v, ServeOptions* o) {
+  if (v.size() > 4096) return absl::InvalidArgumentError(absl::StrCat(option, ": over 4096 bytes"));
+  o->export_name = v;
+  return absl::OkStatus();
+}
+
+absl::Status ParseLevel(absl::string_view option, const std::string& v, ServeOptions* o) {
+  if (!ParseLogLevel(v, &o->log_level)) return NotA(option, v, "error, info or debug");
+  return absl::OkStatus();
+}
+
+// --workers and --shutdown-timeout.
+absl::Status ParseNumber(absl::string_view option, const std::string& v, ServeOptions* o) {
+  if (option == "--workers") {
+    if (!IntIn(v, 1, 64, &o->workers)) return NotA(option, v, "a number from 1 to 64");
+  } else if (!IntIn(v, 0, 86400, &o->shutdown_timeout_s)) {
+    return NotA(option, v, "a number of seconds from 0 to 86400");
+  }
+  return absl::OkStatus();
+}
+
+// One option that takes a value: its name and what checks and stores the value.
+struct ValuedOption {
+  const char* name;
+  absl::Status (*parse)(absl::string_view option, const std::string& value, ServeOptions* o);
+};
+
+constexpr ValuedOption kValuedOptions[] = {
+    {"--socket", ParseText},            {"--control", ParseText},
+    {"--pid-file", ParseText},          {"--run", ParseText},
+    {"--socket-mode", ParseSocketMode}, {"--listen", ParseListen},
+    {"--export-name", ParseExportName}, {"--cache", ParseCache},
+    {"--log-level", ParseLevel},        {"--workers", ParseNumber},
+    {"--shutdown-timeout", ParseNumber},
+};
+
+const ArgSpec& ServeSpec() {
+  static const ArgSpec* const spec = [] {
+    auto* s = new ArgSpec{.flags = {"--help", "--read-only", "--foreground", "--no-control"},
+                          .aliases = {{"-h", "--help"}}};
+    for (const ValuedOption& option : kValuedOptions) s->valued.insert(option.name);
+    return s;
+  }();
+  return *spec;
+}
+
+}  // namespace
+
+absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& words) {
+  absl::StatusOr<Args> args = Parse(words, ServeSpec());
+  if (!args.ok()) return args.status();
   ServeOptions o;
-  std::vector<std::string> positional;
-  bool options_done = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (options_done || arg.size() < 2 || arg[0] != '-') {
-      positional.push_back(arg);
-      continue;
-    }
-    if (arg == "--") {
-      options_done = true;
-      continue;
-    }
-    if (arg == "-h" || arg == "--help") {
-      o.help = true;
-      continue;
-    }
-    std::string name = arg;
-    std::optional<std::string> inline_value;
-    if (size_t eq = arg.find('='); eq != std::string::npos) {
-      name = arg.substr(0, eq);
-      inline_value = arg.substr(eq + 1);
-    }
-    auto flag = [&](bool* out) -> absl::Status {
-      if (inline_value) return absl::InvalidArgumentError(name + " takes no value");
-      *out = true;
-      return absl::OkStatus();
-    };
-    auto value = [&]() -> absl::StatusOr<std::string> {
-      if (inline_value) return *inline_value;
-      if (i + 1 >= args.size()) return absl::InvalidArgumentError(name + " needs a value");
-      return args[++i];
-    };
-    absl::Status st;
-    if (name == "--read-only") {
-      st = flag(&o.read_only);
-    } else if (name == "--foreground") {
-      st = flag(&o.foreground);
-    } else if (name == "--no-control") {
-      st = flag(&o.no_control);
-    } else if (name == "--socket" || name == "--control" || name == "--socket-mode" || name == "--listen" ||
-               name == "--export-name" || name == "--cache" || name == "--workers" ||
-               name == "--log-level" || name == "--pid-file" || name == "--run" ||
-               name == "--shutdown-timeout") {
-      absl::StatusOr<std::string> v = value();
-      if (!v.ok()) return v.status();
-      if (name == "--socket") {
-        if (v->empty()) return absl::InvalidArgumentError("--socket: empty path");
-        o.socket = *v;
-      } else if (name == "--control") {
-        if (v->empty()) return absl::InvalidArgumentError("--control: empty path");
-        o.control = *v;
-      } else if (name == "--socket-mode") {
-        char* end = nullptr;
-        unsigned long mode = strtoul(v->c_str(), &end, 8);
-        if (v->empty() || *end != '\0' || mode > 0777) {
-          return absl::InvalidArgumentError(
-              absl::StrFormat("--socket-mode: \"%s\" is not an octal mode like 0600", *v));
-        }
-        o.socket_mode = static_cast<unsigned>(mode);
-      } else if (name == "--listen") {
-        size_t colon = v->rfind(':');
-        int port;
-        if (colon == std::string::npos || !absl::SimpleAtoi(v->substr(colon + 1), &port) ||
-            port < 0 || port > 65535) {
-          return absl::InvalidArgumentError(
-              absl::StrFormat("--listen: \"%s\" is not ADDR:PORT or :PORT", *v));
-        }
-        std::string addr = v->substr(0, colon);
-        o.listen_address = addr.empty() ? "127.0.0.1" : addr;
-        o.listen_port = port;
-      } else if (name == "--export-name") {
-        if (v->size() > 4096) return absl::InvalidArgumentError("--export-name: over 4096 bytes");
-        o.export_name = *v;
-      } else if (name == "--cache") {
-        if (*v == "none") {
-          o.cache = CacheMode::kNone;
-        } else if (*v == "writeback") {
-          o.cache = CacheMode::kWriteback;
-        } else {
-          return absl::InvalidArgumentError(
-              absl::StrFormat("--cache: \"%s\" is not none or writeback", *v));
-        }
-      } else if (name == "--workers") {
-        if (!absl::SimpleAtoi(*v, &o.workers) || o.workers < 1 || o.workers > 64) {
-          return absl::InvalidArgumentError(
-              absl::StrFormat("--workers: \"%s\" is not a number from 1 to 64", *v));
-        }
-      } else if (name == "--log-level") {
-        if (!ParseLogLevel(*v, &o.log_level)) {
-          return absl::InvalidArgumentError(
-              absl::StrFormat("--log-level: \"%s\" is not error, info or debug", *v));
-        }
-      } else if (name == "--shutdown-timeout") {
-        if (!absl::SimpleAtoi(*v, &o.shutdown_timeout_s) || o.shutdown_timeout_s < 0 ||
-            o.shutdown_timeout_s > 86400) {
-          return absl::InvalidArgumentError(absl::StrFormat(
-              "--shutdown-timeout: \"%s\" is not a number of seconds from 0 to 86400", *v));
-        }
-      } else if (name == "--pid-file") {
-        if (v->empty()) return absl::InvalidArgumentError("--pid-file: empty path");
-        o.pid_file = *v;
-      } else {  // --run
-        if (v->empty()) return absl::InvalidArgumentError("--run: empty command");
-        o.run = *v;
-      }
-    } else {
-      return absl::InvalidArgumentError(absl::StrFormat("unknown option %s", name));
-    }
+  o.help = args->Has("--help");
+  o.read_only = args->Has("--read-only");
+  o.foreground = args->Has("--foreground");
+  o.no_control = args->Has("--no-control");
+  for (const ValuedOption& option : kValuedOptions) {
+    if (!args->Has(option.name)) continue;
+    absl::Status st = option.parse(option.name, args->Get(option.name), &o);
     if (!st.ok()) return st;
   }
   if (o.help) return o;
-  if (positional.size() != 1) {
+  if (args->positional.size() != 1) {
     return absl::InvalidArgumentError(
-        positional.empty() ? "missing LAYER"
-                           : absl::StrFormat("expected one LAYER, got %d arguments",
-                                             positional.size()));
+        args->positional.empty() ? "missing LAYER"
+                                 : absl::StrFormat("expected one LAYER, got %d arguments",
+                                                   args->positional.size()));
   }
-  o.layer = positional[0];
+  o.layer = args->positional[0];
   if (!o.run.empty()) o.foreground = true;
   if (o.no_control && o.control) {
     return absl::InvalidArgumentError("--control and --no-control contradict each other");
@@ -249,26 +256,21 @@ absl::Status WritePidFile(const std::string& path) {
   return absl::OkStatus();
 }
 
-std::string PeerName(int fd) {
-  sockaddr_storage ss{};
-  socklen_t len = sizeof(ss);
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
-  char host[INET6_ADDRSTRLEN] = "?";
-  if (ss.ss_family == AF_INET) {
-    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-    return absl::StrFormat("%s:%d", host, ntohs(a->sin_port));
-  }
-  if (ss.ss_family == AF_INET6) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-    return absl::StrFormat("[%s]:%d", host, ntohs(a->sin6_port));
-  }
-  return "unix socket";
+}  // namespace
+
+std::string UnixUri(const std::string& socket_path, const std::string& export_name) {
+  return absl::StrCat("nbd+unix:///", UriEncode(export_name), "?socket=", UriEncode(socket_path));
 }
 
-int Fail(const std::string& message) {
-  fprintf(stderr, "strata serve: %s\n", message.c_str());
+std::string TcpUri(const std::string& host, int port, const std::string& export_name) {
+  std::string h = host.find(':') != std::string::npos && host[0] != '[' ? "[" + host + "]" : host;
+  return absl::StrFormat("nbd://%s:%d/%s", h, port, UriEncode(export_name));
+}
+
+namespace {
+
+int Fail(absl::string_view message) {
+  fprintf(stderr, "strata serve: %s\n", std::string(message).c_str());
   return 1;
 }
 
@@ -284,31 +286,8 @@ void RaiseOpenFileLimit() {
   }
 }
 
-}  // namespace
-
-std::string UnixUri(const std::string& socket_path, const std::string& export_name) {
-  return absl::StrCat("nbd+unix:///", UriEncode(export_name), "?socket=", UriEncode(socket_path));
-}
-
-std::string TcpUri(const std::string& host, int port, const std::string& export_name) {
-  std::string h = host.find(':') != std::string::npos && host[0] != '[' ? "[" + host + "]" : host;
-  return absl::StrFormat("nbd://%s:%d/%s", h, port, UriEncode(export_name));
-}
-
-int ServeMain(int argc, char** argv) {
-  std::vector<std::string> args(argv + std::min(argc, 1), argv + argc);
-  absl::StatusOr<ServeOptions> parsed = ParseServeOptions(args);
-  if (!parsed.ok()) {
-    fprintf(stderr, "strata serve: %s\n%s", std::string(parsed.status().message()).c_str(),
-            ServeUsage().c_str());
-    return 2;
-  }
-  ServeOptions o = *std::move(parsed);
-  if (o.help) {
-    fputs(ServeUsage().c_str(), stdout);
-    return 0;
-  }
-  SetLogLevel(o.log_level);
+// Fills in the defaults that depend on the machine and the working directory.
+ServeOptions Resolve(ServeOptions o) {
   if (o.workers == 0) {
     o.workers = std::clamp<int>(static_cast<int>(std::thread::hardware_concurrency()), 1, 4);
   }
@@ -319,253 +298,338 @@ int ServeMain(int argc, char** argv) {
   if (o.control) o.control = Absolute(*o.control);
   if (o.socket) o.socket = Absolute(*o.socket);
   if (!o.pid_file.empty()) o.pid_file = Absolute(o.pid_file);
-  RaiseOpenFileLimit();
+  return o;
+}
 
-  // --- Open the disk ---
+absl::StatusOr<std::unique_ptr<ChainStorage>> OpenStorage(const ServeOptions& o) {
   absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
       OpenChainStorage(o.layer, !o.read_only, o.cache == CacheMode::kNone);
-  if (!storage.ok()) {
-    std::string message(storage.status().message());
-    if (storage.status().code() == absl::StatusCode::kFailedPrecondition && !o.read_only) {
-      absl::StrAppend(&message, " (a frozen snapshot can be served with --read-only)");
-    }
-    return Fail(message);
+  if (storage.ok() || storage.status().code() != absl::StatusCode::kFailedPrecondition ||
+      o.read_only) {
+    return storage;
   }
-  ExportTable exports;
-  {
-    auto e = NewExport(o.export_name, storage->get());
-    e->read_only = e->read_only || o.read_only;
-    exports.Add(std::move(e));
-  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      storage.status().message(), " (a frozen snapshot can be served with --read-only)"));
+}
 
-  // --- Listen ---
-  std::vector<Listener> listeners;
-  std::string uri, unix_path;
-  auto close_listeners = [&listeners] {
-    for (Listener& l : listeners) CloseListener(&l);
-  };
-  if (o.socket || !o.listen_address) {
-    unix_path = Absolute(o.socket.value_or(DefaultSocketPath(o.layer)));
-    absl::StatusOr<Listener> l = ListenUnix(unix_path, o.socket_mode);
-    if (!l.ok()) return Fail(std::string(l.status().message()));
-    listeners.push_back(*l);
-    uri = UnixUri(unix_path, o.export_name);
-  }
+// The disk as the default export.
+void AddDiskExport(const ServeOptions& o, ChainStorage* storage, ExportTable* exports) {
+  std::shared_ptr<Export> e = NewExport(o.export_name, storage);
+  e->read_only = e->read_only || o.read_only;
+  exports->Add(std::move(e));
+}
+
+// Where clients reach the disk: what the "serving" lines print and --run's variables hold.
+struct Endpoint {
+  std::string uri;        // the unix socket's when there is one, else the TCP address's
+  std::string unix_path;  // empty when only TCP is served
   int tcp_port = 0;
+};
+
+// Opens the unix socket (unless --listen alone) and the TCP one (with --listen), handing them
+// to `acceptor`, which closes them whatever happens next.
+absl::StatusOr<Endpoint> Listen(const ServeOptions& o, AcceptLoop* acceptor) {
+  Endpoint e;
+  if (o.socket || !o.listen_address) {
+    e.unix_path = Absolute(o.socket.value_or(DefaultSocketPath(o.layer)));
+    absl::StatusOr<Listener> l = ListenUnix(e.unix_path, o.socket_mode);
+    if (!l.ok()) return l.status();
+    acceptor->Add(*std::move(l));
+    e.uri = UnixUri(e.unix_path, o.export_name);
+  }
   if (o.listen_address) {
     absl::StatusOr<Listener> l = ListenTcp(*o.listen_address, o.listen_port);
-    if (!l.ok()) {
-      close_listeners();
-      return Fail(std::string(l.status().message()));
-    }
-    listeners.push_back(*l);
-    tcp_port = std::stoi(l->description.substr(l->description.rfind(':') + 1));
-    if (uri.empty()) uri = TcpUri(*o.listen_address, tcp_port, o.export_name);
+    if (!l.ok()) return l.status();
+    e.tcp_port = l->port;
+    acceptor->Add(*std::move(l));
+    if (e.uri.empty()) e.uri = TcpUri(*o.listen_address, e.tcp_port, o.export_name);
   }
-  for (Listener& l : listeners) fcntl(l.fd, F_SETFL, fcntl(l.fd, F_GETFL) | O_NONBLOCK);
+  return e;
+}
 
-  // --- Daemonize (before any thread exists) ---
-  int ready_fd = -1;
-  if (!o.foreground) {
-    int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC) != 0) return Fail(absl::StrCat("pipe: ", strerror(errno)));
-    pid_t pid = fork();
-    if (pid < 0) return Fail(absl::StrCat("fork: ", strerror(errno)));
-    if (pid > 0) {
-      // Parent: wait until the daemon is serving, then tell the user where.
-      close(pipefd[1]);
-      char c;
-      ssize_t n;
-      do {
-        n = read(pipefd[0], &c, 1);
-      } while (n < 0 && errno == EINTR);
-      if (n != 1) {
-        int status = 0;
-        waitpid(pid, &status, 0);
-        return WIFEXITED(status) && WEXITSTATUS(status) != 0 ? WEXITSTATUS(status) : 1;
-      }
-      printf("serving %s at %s\nnbdinfo '%s'\n", o.layer.c_str(), uri.c_str(), uri.c_str());
-      fflush(stdout);
-      _exit(0);  // the daemon owns the socket file and the storage now
-    }
-    close(pipefd[0]);
-    ready_fd = pipefd[1];
-    setsid();
-    if (chdir("/") != 0) {
-      // Harmless: every path we keep is absolute.
-    }
-    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (devnull >= 0) {
-      dup2(devnull, STDIN_FILENO);
-      dup2(devnull, STDOUT_FILENO);
-      close(devnull);
-    }
-    // stderr stays: it is where the log goes.
+void PrintServing(const std::string& layer, const std::string& uri) {
+  printf("serving %s at %s\nnbdinfo '%s'\n", layer.c_str(), uri.c_str(), uri.c_str());
+  fflush(stdout);
+}
+
+// The parent of a daemon: waits until the daemon serves, then tells the user where and exits 0;
+// if the daemon dies first, exits with its status (it has said why on stderr). Exits with _exit:
+// the daemon owns the socket files and the storage now, and no destructor may touch them.
+[[noreturn]] void AwaitDaemon(pid_t daemon, int ready_fd, const std::string& layer,
+                              const std::string& uri) {
+  char c;
+  ssize_t n;
+  do {
+    n = read(ready_fd, &c, 1);
+  } while (n < 0 && errno == EINTR);
+  if (n == 1) {
+    PrintServing(layer, uri);
+    _exit(0);
   }
+  int status = 0;
+  waitpid(daemon, &status, 0);
+  _exit(WIFEXITED(status) && WEXITSTATUS(status) != 0 ? WEXITSTATUS(status) : 1);
+}
 
-  // --- Signals: handled through a signalfd in the accept loop; threads inherit the mask ---
+// The daemon's side: its own session, "/" as working directory (it must not hold a mount
+// busy), stdin and stdout on /dev/null. stderr stays: it is where the log goes.
+void Detach() {
+  setsid();
+  if (chdir("/") != 0) {
+    // Harmless: every path we keep is absolute.
+  }
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (devnull >= 0) {
+    dup2(devnull, STDIN_FILENO);
+    dup2(devnull, STDOUT_FILENO);
+    close(devnull);
+  }
+}
+
+// Forks (before any thread exists: a fork keeps only the calling thread). Returns, in the
+// daemon only, the pipe on which it writes one byte once it serves; the parent never returns.
+absl::StatusOr<int> Daemonize(const std::string& layer, const std::string& uri) {
+  int pipefd[2];
+  if (pipe2(pipefd, O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe");
+  pid_t pid = fork();
+  if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
+  if (pid > 0) {
+    close(pipefd[1]);
+    AwaitDaemon(pid, pipefd[0], layer, uri);
+  }
+  close(pipefd[0]);
+  Detach();
+  return pipefd[1];
+}
+
+// SIGINT, SIGTERM and SIGCHLD, blocked in every thread (threads started later inherit the
+// mask) and read from a signalfd by WaitForShutdown.
+struct ShutdownSignals {
+  int fd = -1;
+  sigset_t old_mask;  // what a --run child gets back
+  ~ShutdownSignals() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+absl::Status BlockSignals(ShutdownSignals* s) {
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGCHLD);
-  sigset_t old_mask;
-  pthread_sigmask(SIG_BLOCK, &mask, &old_mask);
+  pthread_sigmask(SIG_BLOCK, &mask, &s->old_mask);
+  // A client that disconnects mid-reply must cost a failed send, not the process.
   signal(SIGPIPE, SIG_IGN);
-  int sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (sig_fd < 0) {
-    close_listeners();
-    return Fail(absl::StrCat("signalfd: ", strerror(errno)));
-  }
+  s->fd = signalfd(-1, &mask, SFD_CLOEXEC);
+  if (s->fd < 0) return absl::ErrnoToStatus(errno, "signalfd");
+  return absl::OkStatus();
+}
 
-  // --- Serve ---
-  ServerOptions server_options;
-  server_options.workers = o.workers;
-  server_options.shutdown_grace = absl::Seconds(o.shutdown_timeout_s);
-  Server server(&exports, server_options);
-  if (absl::Status st = server.Start(); !st.ok()) {
-    close_listeners();
-    return Fail(std::string(st.message()));
-  }
-  // Live control: snapshot exports of the chain's existing snapshots, and the control socket.
-  LiveControlOptions live_options;
-  live_options.direct_io = o.cache == CacheMode::kNone;
-  if (!o.no_control) live_options.control_path = Absolute(o.control.value_or(DefaultControlPath(o.layer)));
-  LiveControl live(&server, &exports, storage->get(), live_options);
-  live.AddSnapshotExports();
-  std::unique_ptr<ControlSocket> control;
+ServerOptions MakeServerOptions(const ServeOptions& o) {
+  ServerOptions options;
+  options.workers = o.workers;
+  options.shutdown_grace = absl::Seconds(o.shutdown_timeout_s);
+  return options;
+}
+
+LiveControlOptions MakeLiveOptions(const ServeOptions& o) {
+  LiveControlOptions options;
+  options.direct_io = o.cache == CacheMode::kNone;
   if (!o.no_control) {
-    absl::StatusOr<std::unique_ptr<ControlSocket>> c = ControlSocket::Start(
-        live_options.control_path, 0600,
-        [&live](const nlohmann::json& request, nlohmann::json* reply) {
-          return live.Handle(request, reply);
-        });
-    if (!c.ok()) {
-      server.Shutdown();
-      close_listeners();
-      return Fail(absl::StrCat("control socket: ", c.status().message(),
-                               " (--control PATH elsewhere, or --no-control)"));
-    }
-    control = std::move(*c);
+    options.control_path = Absolute(o.control.value_or(DefaultControlPath(o.layer)));
   }
-  if (!o.pid_file.empty()) {
-    if (absl::Status st = WritePidFile(o.pid_file); !st.ok()) {
-      control.reset();
-      server.Shutdown();
-      close_listeners();
-      return Fail(std::string(st.message()));
-    }
-  }
-  std::string where;
-  for (const Listener& l : listeners) absl::StrAppend(&where, where.empty() ? "" : ", ", l.description);
-  STRATA_LOG(kInfo, "serving %s (%s, cache=%s%s) on %s with %d workers%s", o.layer,
-             exports.Find("")->description, Name(o.cache),
-             exports.Find("")->read_only ? ", read-only" : "", where, o.workers,
-             control ? absl::StrCat("; control socket ", control->path()) : "");
+  return options;
+}
 
-  pid_t child = -1;
-  if (!o.run.empty()) {
-    child = fork();
-    if (child == 0) {
-      pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-      signal(SIGPIPE, SIG_DFL);
-      setenv("uri", uri.c_str(), 1);
-      setenv("exportname", o.export_name.c_str(), 1);
-      if (!unix_path.empty()) {
-        setenv("unixsocket", unix_path.c_str(), 1);
-        std::string nbd = absl::StrCat("nbd:unix:", unix_path);
-        if (!o.export_name.empty()) absl::StrAppend(&nbd, ":exportname=", o.export_name);
-        setenv("nbd", nbd.c_str(), 1);
-      } else {
-        setenv("port", absl::StrCat(tcp_port).c_str(), 1);
-        std::string nbd = absl::StrFormat("nbd:%s:%d", *o.listen_address, tcp_port);
-        if (!o.export_name.empty()) absl::StrAppend(&nbd, ":exportname=", o.export_name);
-        setenv("nbd", nbd.c_str(), 1);
-      }
-      execl("/bin/sh", "sh", "-c", o.run.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    if (child < 0) {
-      control.reset();
-      server.Shutdown();
-      close_listeners();
-      return Fail(absl::StrCat("fork for --run: ", strerror(errno)));
-    }
-  } else if (ready_fd >= 0) {
+// The control socket, or nullptr with --no-control.
+absl::StatusOr<std::unique_ptr<ControlSocket>> StartControl(const ServeOptions& o,
+                                                            const std::string& path,
+                                                            LiveControl* live) {
+  if (o.no_control) return nullptr;
+  absl::StatusOr<std::unique_ptr<ControlSocket>> control = ControlSocket::Start(
+      path, 0600, [live](const nlohmann::json& request, nlohmann::json* reply) {
+        return live->Handle(request, reply);
+      });
+  if (control.ok()) return control;
+  return absl::Status(control.status().code(),
+                      absl::StrCat("control socket: ", control.status().message(),
+                                   " (--control PATH elsewhere, or --no-control)"));
+}
+
+// The --pid-file: written once the server is listening, removed when it stops.
+class PidFile {
+ public:
+  ~PidFile() {
+    if (!path_.empty()) unlink(path_.c_str());
+  }
+  absl::Status Write(const std::string& path) {
+    if (path.empty()) return absl::OkStatus();
+    if (absl::Status st = WritePidFile(path); !st.ok()) return st;
+    path_ = path;
+    return absl::OkStatus();
+  }
+
+ private:
+  std::string path_;
+};
+
+void LogServing(const ServeOptions& o, const ExportTable& exports, const AcceptLoop& acceptor,
+                const ControlSocket* control) {
+  std::string where;
+  for (const Listener& l : acceptor.listeners()) {
+    absl::StrAppend(&where, where.empty() ? "" : ", ", l.description);
+  }
+  std::shared_ptr<const Export> disk = exports.Find("");
+  STRATA_LOG(kInfo, "serving %s (%s, cache=%s%s) on %s with %d workers%s", o.layer,
+             disk->description, Name(o.cache), disk->read_only ? ", read-only" : "", where,
+             o.workers, control ? absl::StrCat("; control socket ", control->path()) : "");
+}
+
+// $uri, $exportname, $unixsocket or $port, and $nbd (qemu's nbd: syntax) for the --run command.
+void SetCaptiveEnvironment(const ServeOptions& o, const Endpoint& e) {
+  setenv("uri", e.uri.c_str(), 1);
+  setenv("exportname", o.export_name.c_str(), 1);
+  std::string nbd;
+  if (!e.unix_path.empty()) {
+    setenv("unixsocket", e.unix_path.c_str(), 1);
+    nbd = absl::StrCat("nbd:unix:", e.unix_path);
+  } else {
+    setenv("port", absl::StrCat(e.tcp_port).c_str(), 1);
+    nbd = absl::StrFormat("nbd:%s:%d", *o.listen_address, e.tcp_port);
+  }
+  if (!o.export_name.empty()) absl::StrAppend(&nbd, ":exportname=", o.export_name);
+  setenv("nbd", nbd.c_str(), 1);
+}
+
+// Starts the --run command through /bin/sh with the signals it would have had without us.
+absl::StatusOr<pid_t> RunCaptive(const ServeOptions& o, const Endpoint& e,
+                                 const sigset_t& old_mask) {
+  pid_t child = fork();
+  if (child < 0) return absl::ErrnoToStatus(errno, "fork for --run");
+  if (child > 0) return child;
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  signal(SIGPIPE, SIG_DFL);
+  SetCaptiveEnvironment(o, e);
+  execl("/bin/sh", "sh", "-c", o.run.c_str(), static_cast<char*>(nullptr));
+  _exit(127);
+}
+
+// Says the server is ready to whoever waits for it: starts the --run command (returning its
+// pid), or wakes the daemon's waiting parent, or prints where it serves. Returns -1 but for --run.
+absl::StatusOr<pid_t> Announce(const ServeOptions& o, const Endpoint& e,
+                               const ShutdownSignals& signals, int ready_fd) {
+  if (!o.run.empty()) return RunCaptive(o, e, signals.old_mask);
+  if (ready_fd >= 0) {
     char c = 'R';
     ssize_t ignored = write(ready_fd, &c, 1);
     (void)ignored;
     close(ready_fd);
   } else {
-    printf("serving %s at %s\nnbdinfo '%s'\n", o.layer.c_str(), uri.c_str(), uri.c_str());
-    fflush(stdout);
+    PrintServing(o.layer, e.uri);
   }
+  return -1;
+}
 
-  // --- Accept until a signal or the captive command ends ---
-  int exit_code = 0;
-  bool running = true;
-  while (running) {
-    std::vector<pollfd> fds;
-    fds.push_back({sig_fd, POLLIN, 0});
-    for (const Listener& l : listeners) fds.push_back({l.fd, POLLIN, 0});
-    if (poll(fds.data(), fds.size(), -1) < 0) {
-      if (errno == EINTR) continue;
-      STRATA_LOG(kError, "poll: %s", strerror(errno));
-      break;
+// Blocks until SIGINT or SIGTERM, or until the --run command `child` (when > 0) exits.
+// Returns the exit status: 0, or the command's (128 + signal if it was killed).
+int WaitForShutdown(int signal_fd, pid_t child) {
+  for (;;) {
+    signalfd_siginfo si;
+    ssize_t n = read(signal_fd, &si, sizeof(si));
+    if (n < 0 && errno == EINTR) continue;
+    if (n != sizeof(si)) {
+      STRATA_LOG(kError, "reading signals: %s: shutting down", strerror(errno));
+      return 0;
     }
-    if (fds[0].revents & POLLIN) {
-      signalfd_siginfo si;
-      while (read(sig_fd, &si, sizeof(si)) == sizeof(si)) {
-        if (si.ssi_signo == SIGCHLD) {
-          int status;
-          if (child > 0 && waitpid(child, &status, WNOHANG) == child) {
-            exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-            STRATA_LOG(kInfo, "--run command exited with status %d: shutting down", exit_code);
-            child = -1;
-            running = false;
-          }
-        } else {
-          STRATA_LOG(kInfo, "received %s: shutting down", strsignal(si.ssi_signo));
-          running = false;
-        }
-      }
+    if (si.ssi_signo != SIGCHLD) {
+      STRATA_LOG(kInfo, "received %s: shutting down", strsignal(si.ssi_signo));
+      return 0;
     }
-    for (size_t i = 1; running && i < fds.size(); ++i) {
-      if (!(fds[i].revents & POLLIN)) continue;
-      const Listener& l = listeners[i - 1];
-      for (;;) {
-        int fd = accept4(l.fd, nullptr, nullptr, SOCK_CLOEXEC);
-        if (fd < 0) {
-          if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-            STRATA_LOG(kError, "accept on %s: %s", l.description, strerror(errno));
-          }
-          break;
-        }
-        if (l.unix_path.empty()) {
-          int one = 1;
-          setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        }
-        server.AddConnection(fd, l.unix_path.empty() ? PeerName(fd) : l.description);
-      }
+    int status;
+    if (child > 0 && waitpid(child, &status, WNOHANG) == child) {
+      int exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      STRATA_LOG(kInfo, "--run command exited with status %d: shutting down", exit_code);
+      return exit_code;
     }
   }
+}
 
-  // --- Shut down: stop accepting, finish in-flight requests, flush, close ---
-  // The control socket first: it waits for a request in progress (a pause is bounded).
-  control.reset();
-  close_listeners();
-  server.Shutdown();
-  if ((*storage)->writable()) {
-    if (absl::Status st = (*storage)->Flush(); !st.ok()) {
+// Flushes and closes the disk once no request runs. Returns exit_code, or 1 in its place if
+// the flush failed.
+int CloseStorage(std::unique_ptr<ChainStorage> storage, int exit_code) {
+  if (storage->writable()) {
+    if (absl::Status st = storage->Flush(); !st.ok()) {
       STRATA_LOG(kError, "final flush failed: %s", st.message());
       if (exit_code == 0) exit_code = 1;
     }
   }
-  storage->reset();
-  if (!o.pid_file.empty()) unlink(o.pid_file.c_str());
-  close(sig_fd);
-  STRATA_LOG(kInfo, "stopped");
   return exit_code;
 }
 
-}  // namespace strata
+// Serves until a signal or the end of the --run command; returns the exit status, or why it
+// could not start.
+absl::StatusOr<int> Serve(const ServeOptions& o) {
+  absl::StatusOr<std::unique_ptr<ChainStorage>> storage = OpenStorage(o);
+  if (!storage.ok()) return storage.status();
+  ExportTable exports;
+  AddDiskExport(o, storage->get(), &exports);
+  Server server(&exports, MakeServerOptions(o));
+  // Declared after the server so that it stops before the server does on every path.
+  AcceptLoop acceptor([&server](int fd, std::string peer) {
+    server.AddConnection(fd, std::move(peer));
+  });
+  absl::StatusOr<Endpoint> endpoint = Listen(o, &acceptor);
+  if (!endpoint.ok()) return endpoint.status();
+  absl::StatusOr<int> ready_fd =
+      o.foreground ? absl::StatusOr<int>(-1) : Daemonize(o.layer, endpoint->uri);
+  if (!ready_fd.ok()) return ready_fd.status();
+  ShutdownSignals signals;
+  if (absl::Status st = BlockSignals(&signals); !st.ok()) return st;
+  if (absl::Status st = server.Start(); !st.ok()) return st;
+  // Live control: snapshot exports of the chain's existing snapshots, and the control socket.
+  LiveControlOptions live_options = MakeLiveOptions(o);
+  LiveControl live(&server, &exports, storage->get(), live_options);
+  live.AddSnapshotExports();
+  absl::StatusOr<std::unique_ptr<ControlSocket>> control =
+      StartControl(o, live_options.control_path, &live);
+  if (!control.ok()) return control.status();
+  PidFile pid_file;
+  if (absl::Status st = pid_file.Write(o.pid_file); !st.ok()) return st;
+  LogServing(o, exports, acceptor, control->get());
+  absl::StatusOr<pid_t> child = Announce(o, *endpoint, signals, *ready_fd);
+  if (!child.ok()) return child.status();
+  if (absl::Status st = acceptor.Start(); !st.ok()) return st;
+  int exit_code = WaitForShutdown(signals.fd, *child);
+  // Stop accepting, finish in-flight requests, flush, close. The control socket first: it
+  // waits for a request in progress (a pause is bounded).
+  control->reset();
+  acceptor.Stop();
+  server.Shutdown();
+  return CloseStorage(*std::move(storage), exit_code);
+}
+
+}  // namespace
+
+int ServeCommand(int argc, char** argv) {
+  std::vector<std::string> words(argv + std::min(argc, 2), argv + argc);
+  absl::StatusOr<ServeOptions> parsed = ParseServeOptions(words);
+  if (!parsed.ok()) {
+    fprintf(stderr, "strata serve: %s\n%s", std::string(parsed.status().message()).c_str(),
+            ServeUsage().c_str());
+    return 2;
+  }
+  if (parsed->help) {
+    fputs(ServeUsage().c_str(), stdout);
+    return 0;
+  }
+  ServeOptions o = Resolve(*std::move(parsed));
+  SetLogLevel(o.log_level);
+  RaiseOpenFileLimit();
+  absl::StatusOr<int> exit_code = Serve(o);
+  if (!exit_code.ok()) return Fail(exit_code.status().message());
+  STRATA_LOG(kInfo, "stopped");
+  return *exit_code;
+}
+
+}  // namespace strata::cli

@@ -1,6 +1,7 @@
-// `strata serve [options] LAYER`: option parsing, listening, daemonizing, captive --run mode and
-// signal-driven shutdown around a Server. The strata CLI calls ServeMain with argv[0] = "serve".
-// Option parsing is a pure function (ParseServeOptions) so it is unit-tested without a process.
+// `strata serve [options] LAYER`: the process around a Server (server/server.h) and its
+// AcceptLoop (server/listener.h): option parsing, daemonizing, the pid file, captive --run
+// mode and signal-driven shutdown. main.cc's command table calls ServeCommand. Option parsing
+// is a pure function (ParseServeOptions) so it is unit-tested without a process.
 #ifndef STRATA_CLI_SERVE_COMMAND_H_
 #define STRATA_CLI_SERVE_COMMAND_H_
 
@@ -14,7 +15,7 @@
 #include "server/log.h"
 #include "server/engine/storage.h"
 
-namespace strata {
+namespace strata::cli {
 
 enum class CacheMode { kNone, kWriteback };
 absl::string_view Name(CacheMode mode);
@@ -39,7 +40,8 @@ struct ServeOptions {
   bool help = false;
 };
 
-// Parses the arguments after "serve". Accepts `--opt VALUE` and `--opt=VALUE`; `--` ends options.
+// Parses the arguments after "serve" with cli/args.h: `--opt VALUE` and `--opt=VALUE`; `--`
+// ends options; a repeated option keeps its last value.
 absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& args);
 std::string ServeUsage();
 
@@ -52,9 +54,10 @@ std::string UnixUri(const std::string& socket_path, const std::string& export_na
 // nbd://HOST:PORT/EXPORT.
 std::string TcpUri(const std::string& host, int port, const std::string& export_name);
 
-// argv[0] is "serve". Returns the process exit status.
-int ServeMain(int argc, char** argv);
+// `strata serve ...`: argv[1] is "serve", like every command in main.cc's table. Returns the
+// process exit status: 0, 1 when serving failed, 2 for bad usage, or the --run command's.
+int ServeCommand(int argc, char** argv);
 
-}  // namespace strata
+}  // namespace strata::cli
 
 #endif  // STRATA_CLI_SERVE_COMMAND_H_

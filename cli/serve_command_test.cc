@@ -2,7 +2,7 @@
 
 #include "gtest/gtest.h"
 
-namespace strata {
+namespace strata::cli {
 namespace {
 
 TEST(ServeOptionsTest, DefaultsWithOnlyALayer) {
@@ -127,4 +127,4 @@ TEST(ServeOptionsTest, UrisAreEncoded) {
 }
 
 }  // namespace
-}  // namespace strata
+}  // namespace strata::cli

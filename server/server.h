@@ -1,7 +1,7 @@
-// Server: the workers, the blocking pool, the listening sockets and the accept loop, plus the
-// two whole-server operations: RunPaused (pause every worker, drain in-flight requests, run a
-// function, resume — what a live snapshot needs) and Shutdown (stop accepting, finish
-// in-flight requests, close every connection).
+// Server: the workers and the blocking pool, plus the two whole-server operations: RunPaused
+// (pause every worker, drain in-flight requests, run a function, resume — what a live snapshot
+// needs) and Shutdown (finish in-flight requests, close every connection). Connections come in
+// through AddConnection: listener.h's AcceptLoop accepts them.
 #ifndef STRATA_SERVER_SERVER_H_
 #define STRATA_SERVER_SERVER_H_
 
@@ -21,21 +21,6 @@
 #include "server/engine/worker.h"
 
 namespace strata {
-
-// A listening socket.
-struct Listener {
-  int fd = -1;
-  std::string description;  // "unix:/path" or "tcp:127.0.0.1:10809"
-  std::string unix_path;    // unlinked at close when set
-};
-
-// Creates a unix socket at `path` with permissions `mode`, replacing a stale socket file (one
-// nobody listens on) but refusing a live one or any other kind of file.
-absl::StatusOr<Listener> ListenUnix(const std::string& path, unsigned mode);
-// Listens on ADDR:PORT (an IPv4 or [IPv6] address, or a host name such as localhost); port 0
-// picks a free port (the description has the real one).
-absl::StatusOr<Listener> ListenTcp(const std::string& address, int port);
-void CloseListener(Listener* l);
 
 struct ServerOptions {
   int workers = 1;

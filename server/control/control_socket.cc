@@ -11,7 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/log.h"
-#include "server/server.h"
+#include "server/listener.h"
 
 namespace strata {
 

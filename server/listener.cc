@@ -1,0 +1,224 @@
+#include "server/listener.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "server/log.h"
+
+namespace strata {
+namespace {
+
+// "127.0.0.1:10809" or "[::1]:10809"; *port gets the port.
+std::string FormatAddress(const sockaddr_storage& ss, int* port) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (ss.ss_family == AF_INET6) {
+    auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    *port = ntohs(a->sin6_port);
+    return absl::StrFormat("[%s]:%d", host, *port);
+  }
+  auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+  inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+  *port = ntohs(a->sin_port);
+  return absl::StrFormat("%s:%d", host, *port);
+}
+
+std::string PeerName(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+  if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) return "unix socket";
+  int port;
+  return FormatAddress(ss, &port);
+}
+
+// Whether a server accepts on the unix socket at `addr`; a socket file nobody accepts on is
+// the leftover of a killed server.
+bool SocketIsLive(const sockaddr_un& addr) {
+  int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (probe < 0) return false;
+  bool live = connect(probe, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(probe);
+  return live;
+}
+
+// Removes a stale socket file at `path`; refuses a live socket or any other kind of file.
+absl::Status ClearSocketPath(const std::string& path, const sockaddr_un& addr) {
+  struct stat st;
+  if (lstat(path.c_str(), &st) != 0) return absl::OkStatus();
+  if (!S_ISSOCK(st.st_mode)) {
+    return absl::AlreadyExistsError(absl::StrFormat("%s exists and is not a socket", path));
+  }
+  if (SocketIsLive(addr)) {
+    return absl::AlreadyExistsError(
+        absl::StrFormat("%s: another server is listening on this socket", path));
+  }
+  unlink(path.c_str());
+  return absl::OkStatus();
+}
+
+// Binds and listens on `fd` at `path` with exactly `mode`.
+absl::Status BindUnix(int fd, const std::string& path, const sockaddr_un& addr, unsigned mode) {
+  // Create the file with no access for group and others from the start (no window where the
+  // umask's permissions apply), then set exactly the requested mode.
+  mode_t old = umask(0177);
+  int ret = bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr));
+  int bind_errno = errno;
+  umask(old);
+  if (ret != 0) return absl::ErrnoToStatus(bind_errno, absl::StrCat("bind ", path));
+  if (chmod(path.c_str(), mode) != 0 || listen(fd, SOMAXCONN) != 0) {
+    int e = errno;
+    unlink(path.c_str());
+    return absl::ErrnoToStatus(e, absl::StrCat("chmod/listen ", path));
+  }
+  return absl::OkStatus();
+}
+
+// One TCP listener on `ai`, described by the address it really got.
+absl::StatusOr<Listener> ListenTcpOn(const addrinfo& ai, const std::string& address, int port) {
+  int fd = socket(ai.ai_family, ai.ai_socktype | SOCK_CLOEXEC, ai.ai_protocol);
+  if (fd < 0) return absl::ErrnoToStatus(errno, "socket(TCP)");
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(fd, ai.ai_addr, ai.ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
+    int e = errno;
+    close(fd);
+    return absl::ErrnoToStatus(e, absl::StrFormat("bind/listen %s:%d", address, port));
+  }
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  Listener l{.fd = fd};
+  l.description = absl::StrCat("tcp:", FormatAddress(ss, &l.port));
+  return l;
+}
+
+}  // namespace
+
+absl::StatusOr<Listener> ListenUnix(const std::string& path, unsigned mode) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "socket path %s is longer than %d bytes", path, sizeof(addr.sun_path) - 1));
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::ErrnoToStatus(errno, "socket(AF_UNIX)");
+  absl::Status st = ClearSocketPath(path, addr);
+  if (st.ok()) st = BindUnix(fd, path, addr, mode);
+  if (!st.ok()) {
+    close(fd);
+    return st;
+  }
+  return Listener{.fd = fd, .description = absl::StrCat("unix:", path), .unix_path = path};
+}
+
+absl::StatusOr<Listener> ListenTcp(const std::string& address, int port) {
+  std::string host = address;
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  addrinfo* res = nullptr;
+  std::string service = absl::StrCat(port);
+  if (int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &res); rc != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("--listen %s:%d: %s", address, port, gai_strerror(rc)));
+  }
+  // The first address that binds wins (e.g. "localhost" may resolve to ::1 and 127.0.0.1).
+  absl::StatusOr<Listener> l = absl::UnavailableError("no address");
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    l = ListenTcpOn(*ai, address, port);
+    if (l.ok()) break;
+  }
+  freeaddrinfo(res);
+  return l;
+}
+
+void CloseListener(Listener* l) {
+  if (l->fd >= 0) close(l->fd);
+  l->fd = -1;
+  if (!l->unix_path.empty()) unlink(l->unix_path.c_str());
+  l->unix_path.clear();
+}
+
+AcceptLoop::AcceptLoop(Handler on_connection) : on_connection_(std::move(on_connection)) {}
+
+AcceptLoop::~AcceptLoop() { Stop(); }
+
+void AcceptLoop::Add(Listener listener) { listeners_.push_back(std::move(listener)); }
+
+absl::Status AcceptLoop::Start() {
+  wake_fd_ = eventfd(0, EFD_CLOEXEC);
+  if (wake_fd_ < 0) return absl::ErrnoToStatus(errno, "eventfd for the accept loop");
+  // Non-blocking, so AcceptAll can take every pending connection and stop at EAGAIN.
+  for (Listener& l : listeners_) fcntl(l.fd, F_SETFL, fcntl(l.fd, F_GETFL) | O_NONBLOCK);
+  thread_ = std::thread([this] { Run(); });
+  return absl::OkStatus();
+}
+
+void AcceptLoop::Stop() {
+  if (thread_.joinable()) {
+    uint64_t one = 1;
+    (void)!write(wake_fd_, &one, sizeof(one));
+    thread_.join();
+  }
+  if (wake_fd_ >= 0) close(wake_fd_);
+  wake_fd_ = -1;
+  for (Listener& l : listeners_) CloseListener(&l);
+}
+
+void AcceptLoop::Run() {
+  std::vector<pollfd> fds = {{wake_fd_, POLLIN, 0}};
+  for (const Listener& l : listeners_) fds.push_back({l.fd, POLLIN, 0});
+  for (;;) {
+    if (poll(fds.data(), fds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      STRATA_LOG(kError, "accept loop: poll: %s; no more connections are accepted",
+                 strerror(errno));
+      return;
+    }
+    if (fds[0].revents & POLLIN) return;
+    for (size_t i = 1; i < fds.size(); ++i) {
+      if (fds[i].revents & POLLIN) AcceptAll(listeners_[i - 1]);
+    }
+  }
+}
+
+void AcceptLoop::AcceptAll(const Listener& l) {
+  for (;;) {
+    int fd = accept4(l.fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+        STRATA_LOG(kError, "accept on %s: %s", l.description, strerror(errno));
+      }
+      return;
+    }
+    if (l.unix_path.empty()) {
+      // NBD replies are small and latency-bound: do not let Nagle hold them back.
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    on_connection_(fd, l.unix_path.empty() ? PeerName(fd) : l.description);
+  }
+}
+
+}  // namespace strata
