@@ -20,39 +20,50 @@
 #include <vector>
 
 #include "control_util.h"
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
 
 using json = nlohmann::json;
 
-class LiveControlSocketTest : public ::testing::Test {
+// Each test serves the disk it needs (SetUpServer), most of them kDisk.
+class LiveControlSocketTest : public ServerTest {
  protected:
-  void SetUp() override {
-    STRATA_SKIP_IF_NO_SERVER();
-    if (SelectedServer() != ServerKind::kStrata) GTEST_SKIP() << "the control socket is strata's";
+  LiveControlSocketTest()
+      : ServerTest({.up_to = Stage::kNone}, "the control socket is strata's") {}
+  std::string Ctl() const { return server_.dir() + "/disk.ctl"; }
+
+  // `request` on a fresh connection; its reply must be larger than a socket buffer (what the
+  // tests using this are about) and arrive whole.
+  void LargeReply(const std::string& request, json* reply) {
+    int fd = ControlConnect(Ctl());
+    ASSERT_GE(fd, 0);
+    ASSERT_TRUE(ControlSend(fd, request + "\n"));
+    const std::string line = ControlReadLine(fd);
+    close(fd);
+    EXPECT_GT(line.size(), 256 * kKiB) << "not the large reply this test is about";
+    *reply = json::parse(line, nullptr, false);
+    ASSERT_TRUE(reply->is_object()) << "cut off after " << line.size() << " bytes";
   }
-  std::string Ctl(const NbdTestServer& s) const { return s.dir() + "/disk.ctl"; }
 };
 
+constexpr ChainOptions kDisk = {.disk_size = 16 * kMiB};
+constexpr ChainOptions kDiskWithoutBase = {.disk_size = 16 * kMiB, .with_base = false};
+
 TEST_F(LiveControlSocketTest, EveryRequestAnswers) {
-  NbdTestServer server;
-  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB}));
-  ASSERT_TRUE(server.Start());
-  const std::string ctl = Ctl(server);
+  ASSERT_TRUE(SetUpServer({.chain = kDisk}));
+  const std::string ctl = Ctl();
   struct stat st;
   ASSERT_EQ(stat(ctl.c_str(), &st), 0) << "no control socket beside the layer";
   EXPECT_TRUE(S_ISSOCK(st.st_mode));
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 
-  NbdHandle h = server.Connect();
-  ASSERT_TRUE(h);
-  ASSERT_TRUE(WritePattern(h.get(), 0, 64 * kKiB, 1));
+  ASSERT_TRUE(WritePattern(h_.get(), 0, 64 * kKiB, 1));
 
   json snap = Control(ctl, {{"request", "snapshot"}, {"name", "before"}});
   ASSERT_EQ(snap["ok"], true) << snap;
-  EXPECT_EQ(snap["file"], server.dir() + "/disk@before.strata");
+  EXPECT_EQ(snap["file"], server_.dir() + "/disk@before.strata");
   EXPECT_EQ(snap["export"], "@before");
   EXPECT_TRUE(snap["uuid"].is_string());
   EXPECT_TRUE(snap["pause_ms"].is_number());
@@ -60,7 +71,7 @@ TEST_F(LiveControlSocketTest, EveryRequestAnswers) {
   EXPECT_TRUE(snap["durable_ms"].is_number());
   EXPECT_LE(snap["switch_ms"].get<double>(), snap["pause_ms"].get<double>()) << snap;
   // Durable before the reply: the next layer was already renamed into place.
-  EXPECT_FALSE(std::filesystem::exists(server.dir() + "/.disk.strata.new"));
+  EXPECT_FALSE(std::filesystem::exists(server_.dir() + "/.disk.strata.new"));
 
   json list = Control(ctl, {{"request", "list"}});
   ASSERT_EQ(list["ok"], true) << list;
@@ -90,7 +101,7 @@ TEST_F(LiveControlSocketTest, EveryRequestAnswers) {
   ASSERT_EQ(info["ok"], true) << info;
   EXPECT_EQ(info["size"], 16 * kMiB);
   EXPECT_EQ(info["connections"], 1);
-  EXPECT_EQ(info["top_file"], server.layer_path());
+  EXPECT_EQ(info["top_file"], server_.layer_path());
   ASSERT_EQ(info["exports"].size(), 2u);
   EXPECT_EQ(info["exports"][1]["name"], "@before");
 
@@ -100,19 +111,15 @@ TEST_F(LiveControlSocketTest, EveryRequestAnswers) {
             std::string::npos)
       << revert;
   // The data path never noticed any of it.
-  EXPECT_TRUE(ReadsPattern(h.get(), 0, 64 * kKiB, 1));
-  h.reset();
-  EXPECT_TRUE(server.Stop());
+  EXPECT_TRUE(ReadsPattern(h_.get(), 0, 64 * kKiB, 1));
+  h_.reset();
+  EXPECT_TRUE(server_.Stop());
   EXPECT_FALSE(std::filesystem::exists(ctl)) << "control socket left behind";
 }
 
 TEST_F(LiveControlSocketTest, MalformedInputGetsAReasonAndTheServerKeepsServing) {
-  NbdTestServer server;
-  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB}));
-  ASSERT_TRUE(server.Start());
-  const std::string ctl = Ctl(server);
-  NbdHandle h = server.Connect();
-  ASSERT_TRUE(h);
+  ASSERT_TRUE(SetUpServer({.chain = kDisk}));
+  const std::string ctl = Ctl();
 
   int fd = ControlConnect(ctl);
   ASSERT_GE(fd, 0);
@@ -152,20 +159,18 @@ TEST_F(LiveControlSocketTest, MalformedInputGetsAReasonAndTheServerKeepsServing)
   close(fd);
 
   // Still serving, on both sockets; the orphan snapshot was taken (the request was complete).
-  EXPECT_TRUE(WritePattern(h.get(), 0, 4096, 2));
-  EXPECT_TRUE(ReadsPattern(h.get(), 0, 4096, 2));
+  EXPECT_TRUE(WritePattern(h_.get(), 0, 4096, 2));
+  EXPECT_TRUE(ReadsPattern(h_.get(), 0, 4096, 2));
   json list = Control(ctl, {{"request", "list"}});
   ASSERT_EQ(list["ok"], true) << list;
   EXPECT_EQ(list["layers"][1]["snapshot"], "orphan");
-  h.reset();
-  EXPECT_TRUE(server.Stop()) << server.ServerLog();
+  h_.reset();
+  EXPECT_TRUE(server_.Stop()) << server_.ServerLog();
 }
 
 TEST_F(LiveControlSocketTest, TheCliIsTheClient) {
-  NbdTestServer server;
-  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB}));
-  ASSERT_TRUE(server.Start());
-  const std::string ctl = Ctl(server);
+  ASSERT_TRUE(SetUpServer({.up_to = Stage::kServing, .chain = kDisk}));
+  const std::string ctl = Ctl();
   std::string out;
   ASSERT_EQ(RunCommand({StrataBinary(), "snapshot", "--control", ctl, "first"}, &out), 0) << out;
   EXPECT_NE(out.find("disk@first.strata"), std::string::npos) << out;
@@ -182,32 +187,31 @@ TEST_F(LiveControlSocketTest, TheCliIsTheClient) {
   // No client connected: an online revert works.
   ASSERT_EQ(RunCommand({StrataBinary(), "revert", "--control", ctl, "first"}, &out), 0) << out;
   // A server that is not there: a clear error naming the socket.
-  ASSERT_EQ(RunCommand({StrataBinary(), "list", "--control", server.dir() + "/nope.ctl"}, &out),
+  ASSERT_EQ(RunCommand({StrataBinary(), "list", "--control", server_.dir() + "/nope.ctl"}, &out),
             1);
   EXPECT_NE(out.find("nope.ctl"), std::string::npos) << out;
-  EXPECT_TRUE(server.Stop());
+  EXPECT_TRUE(server_.Stop());
 }
 
 TEST_F(LiveControlSocketTest, ControlPathOptionsAndStartupExports) {
-  NbdTestServer server;
-  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB}));
-  ASSERT_TRUE(server.Snapshot("offline"));  // an existing snapshot: exported at startup
-  const std::string custom = server.dir() + "/custom.ctl";
-  ASSERT_TRUE(server.Start({.extra_args = {"--control", custom}}));
-  EXPECT_FALSE(std::filesystem::exists(Ctl(server)));
+  ASSERT_TRUE(SetUpServer({.up_to = Stage::kChain, .chain = kDisk}));
+  ASSERT_TRUE(server_.Snapshot("offline"));  // an existing snapshot: exported at startup
+  const std::string custom = server_.dir() + "/custom.ctl";
+  ASSERT_TRUE(server_.Start({.extra_args = {"--control", custom}}));
+  EXPECT_FALSE(std::filesystem::exists(Ctl()));
   json info = Control(custom, {{"request", "info"}});
   ASSERT_EQ(info["ok"], true) << info;
   ASSERT_EQ(info["exports"].size(), 2u);
   EXPECT_EQ(info["exports"][1]["name"], "@offline");
-  NbdHandle snap = server.Connect({.export_name = "@offline"});
+  NbdHandle snap = server_.Connect({.export_name = "@offline"});
   ASSERT_TRUE(snap);
   EXPECT_EQ(nbd_is_read_only(snap.get()), 1);
   EXPECT_TRUE(ReadsBase(snap.get(), 0, 1 * kMiB));
   snap.reset();
-  EXPECT_TRUE(server.Stop());
-  ASSERT_TRUE(server.Start({.extra_args = {"--no-control"}}));
-  EXPECT_FALSE(std::filesystem::exists(Ctl(server)));
-  EXPECT_TRUE(server.Stop());
+  EXPECT_TRUE(server_.Stop());
+  ASSERT_TRUE(server_.Start({.extra_args = {"--no-control"}}));
+  EXPECT_FALSE(std::filesystem::exists(Ctl()));
+  EXPECT_TRUE(server_.Stop());
 }
 
 int OpenDescriptors(pid_t pid) {
@@ -222,53 +226,48 @@ int OpenDescriptors(pid_t pid) {
 // Snapshot exports open when a client names one and close when it disconnects: 30 snapshots
 // cost the server one descriptor each (its own chain), not a chain of up to 30 layers each.
 TEST_F(LiveControlSocketTest, SnapshotExportsOpenOnDemand) {
-  NbdTestServer server;
-  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB}));
-  ASSERT_TRUE(server.Start());
-  const std::string ctl = Ctl(server);
-  NbdHandle h = server.Connect();
-  ASSERT_TRUE(h);
-  const int before = OpenDescriptors(server.pid());
+  ASSERT_TRUE(SetUpServer({.chain = kDisk}));
+  const std::string ctl = Ctl();
+  const int before = OpenDescriptors(server_.pid());
   constexpr int kSnapshots = 30;
   for (int i = 0; i < kSnapshots; ++i) {
-    ASSERT_TRUE(WritePattern(h.get(), uint64_t(i) * 64 * kKiB, 64 * kKiB, i + 1));
+    ASSERT_TRUE(WritePattern(h_.get(), uint64_t(i) * 64 * kKiB, 64 * kKiB, i + 1));
     json snap = Control(ctl, {{"request", "snapshot"}, {"name", "s" + std::to_string(i)}});
     ASSERT_EQ(snap["ok"], true) << snap;
     EXPECT_EQ(snap["export"], "@s" + std::to_string(i));
   }
-  const int after = OpenDescriptors(server.pid());
+  const int after = OpenDescriptors(server_.pid());
   EXPECT_LE(after - before, kSnapshots + 4) << before << " -> " << after;
   json info = Control(ctl, {{"request", "info"}});
   EXPECT_EQ(info["exports"].size(), size_t{kSnapshots + 1}) << info;
   {
     // The oldest snapshot holds only its own write; the newest holds all of them.
-    NbdHandle first = server.Connect({.export_name = "@s0"});
+    NbdHandle first = server_.Connect({.export_name = "@s0"});
     ASSERT_TRUE(first);
     EXPECT_TRUE(ReadsPattern(first.get(), 0, 64 * kKiB, 1));
     EXPECT_TRUE(ReadsBase(first.get(), 64 * kKiB, 64 * kKiB));
-    NbdHandle last = server.Connect({.export_name = "@s29"});
+    NbdHandle last = server_.Connect({.export_name = "@s29"});
     ASSERT_TRUE(last);
     EXPECT_TRUE(ReadsPattern(last.get(), 29 * 64 * kKiB, 64 * kKiB, 30));
-    EXPECT_GT(OpenDescriptors(server.pid()), after + 30);  // @s29's chain is open
+    EXPECT_GT(OpenDescriptors(server_.pid()), after + 30);  // @s29's chain is open
   }
   // Both clients are gone: their chains close.
   int now = 0;
   for (int i = 0; i < 50; ++i) {
-    now = OpenDescriptors(server.pid());
+    now = OpenDescriptors(server_.pid());
     if (now <= after) break;
     usleep(100000);
   }
   EXPECT_LE(now, after);
-  h.reset();
-  EXPECT_TRUE(server.Stop()) << server.ServerLog();
+  h_.reset();
+  EXPECT_TRUE(server_.Stop()) << server_.ServerLog();
 }
 
 // A snapshot while the host volume is full fails with the reason, and the disk keeps being
 // served as before (reads, rewrites of allocated space); once space returns it works.
 TEST_F(LiveControlSocketTest, SnapshotOnAFullVolumeFailsCleanly) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root to mount a small tmpfs";
-  NbdTestServer server;
-  const std::string mnt = server.dir() + "/small";
+  const std::string mnt = server_.dir() + "/small";
   std::filesystem::create_directories(mnt);
   if (mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=40m") != 0) {
     GTEST_SKIP() << "mount tmpfs: " << strerror(errno);
@@ -282,7 +281,7 @@ TEST_F(LiveControlSocketTest, SnapshotOnAFullVolumeFailsCleanly) {
   ASSERT_EQ(RunCommand({StrataBinary(), "create", "--size", "256M", layer}, &out), 0) << out;
   const std::string sock = mnt + "/vm.sock", ctl = mnt + "/vm.ctl";
   // Serve it with the fixture's process handling, on our own layer path.
-  std::string log = server.dir() + "/full.log";
+  std::string log = server_.dir() + "/full.log";
   pid_t pid = fork();
   if (pid == 0) {
     int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -364,10 +363,8 @@ TEST_F(LiveControlSocketTest, SnapshotOnAFullVolumeFailsCleanly) {
 // client, so a reply over ~210 KB (the socket buffer) never arrived whole. `list` of a chain
 // with 1 000 live snapshots is such a reply.
 TEST_F(LiveControlSocketTest, ListOfAThousandSnapshotsArrivesWhole) {
-  NbdTestServer server;
-  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB, .with_base = false}));
-  ASSERT_TRUE(server.Start());
-  const std::string ctl = Ctl(server);
+  ASSERT_TRUE(SetUpServer({.up_to = Stage::kServing, .chain = kDiskWithoutBase}));
+  const std::string ctl = Ctl();
   constexpr int kSnapshots = 1000;
   int fd = ControlConnect(ctl);
   ASSERT_GE(fd, 0);
@@ -375,24 +372,18 @@ TEST_F(LiveControlSocketTest, ListOfAThousandSnapshotsArrivesWhole) {
     ASSERT_TRUE(ControlSend(fd, json{{"request", "snapshot"}, {"name", "s" + std::to_string(i)}}
                                         .dump() + "\n"));
     json r = json::parse(ControlReadLine(fd), nullptr, false);
-    ASSERT_TRUE(r.is_object() && r["ok"] == true) << i << ": " << r << server.ServerLog();
+    ASSERT_TRUE(r.is_object() && r["ok"] == true) << i << ": " << r << server_.ServerLog();
   }
   close(fd);
-  fd = ControlConnect(ctl);
-  ASSERT_GE(fd, 0);
-  ASSERT_TRUE(ControlSend(fd, "{\"request\":\"list\"}\n"));
-  const std::string line = ControlReadLine(fd);
-  close(fd);
-  EXPECT_GT(line.size(), 256 * kKiB) << "not the large reply this test is about";
-  json list = json::parse(line, nullptr, false);
-  ASSERT_TRUE(list.is_object()) << "cut off after " << line.size() << " bytes";
+  json list;
+  ASSERT_NO_FATAL_FAILURE(LargeReply("{\"request\":\"list\"}", &list));
   ASSERT_EQ(list["layers"].size(), kSnapshots + 1u);
   EXPECT_EQ(list["layers"][kSnapshots]["export"], "@s0");
   // The CLI reads it whole too.
   std::string out;
   ASSERT_EQ(RunCommand({StrataBinary(), "list", "--control", ctl, "--json"}, &out), 0) << out;
   EXPECT_EQ(json::parse(out, nullptr, false)["layers"].size(), kSnapshots + 1u);
-  EXPECT_TRUE(server.Stop());
+  EXPECT_TRUE(server_.Stop());
 }
 
 // The same for `stats` with 1 000 NBD connections open (each one is listed). The server
@@ -407,26 +398,18 @@ TEST_F(LiveControlSocketTest, StatsOfAThousandConnectionsArrivesWhole) {
   }
   limit.rlim_cur = limit.rlim_max;
   ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &limit), 0);
-  NbdTestServer server;
-  ASSERT_TRUE(server.CreateChain({.disk_size = 16 * kMiB, .with_base = false}));
-  ASSERT_TRUE(server.Start());
+  ASSERT_TRUE(SetUpServer({.up_to = Stage::kServing, .chain = kDiskWithoutBase}));
   std::vector<NbdHandle> handles;
   for (size_t i = 0; i < kConnections; ++i) {
-    handles.push_back(server.Connect({.meta_contexts = {}}));
+    handles.push_back(server_.Connect({.meta_contexts = {}}));
     ASSERT_TRUE(handles.back()) << "connection " << i;
   }
-  int fd = ControlConnect(Ctl(server));
-  ASSERT_GE(fd, 0);
-  ASSERT_TRUE(ControlSend(fd, "{\"request\":\"stats\"}\n"));
-  const std::string line = ControlReadLine(fd);
-  close(fd);
-  EXPECT_GT(line.size(), 256 * kKiB) << "not the large reply this test is about";
-  json stats = json::parse(line, nullptr, false);
-  ASSERT_TRUE(stats.is_object()) << "cut off after " << line.size() << " bytes";
+  json stats;
+  ASSERT_NO_FATAL_FAILURE(LargeReply("{\"request\":\"stats\"}", &stats));
   EXPECT_EQ(stats["connections_open"], kConnections);
   EXPECT_EQ(stats["connections"].size(), kConnections);
   handles.clear();
-  EXPECT_TRUE(server.Stop());
+  EXPECT_TRUE(server_.Stop());
 }
 
 }  // namespace

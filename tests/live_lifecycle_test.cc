@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "control_util.h"
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
@@ -53,15 +53,11 @@ int64_t Diff(const std::string& a, const std::string& b) {
   return -1;
 }
 
-class LiveLifecycleTest : public ::testing::Test {
+class LiveLifecycleTest : public ServerTest {
  protected:
-  void SetUp() override {
-    STRATA_SKIP_IF_NO_SERVER();
-    if (SelectedServer() != ServerKind::kStrata) GTEST_SKIP() << "live snapshots are strata's";
-    ASSERT_TRUE(server_.CreateChain({.disk_size = kDisk}));
-    ASSERT_TRUE(server_.Start());
-    ctl_ = server_.dir() + "/disk.ctl";
-  }
+  LiveLifecycleTest()
+      : ServerTest({.up_to = Stage::kServing, .chain = {.disk_size = kDisk}},
+                   "live snapshots are strata's") {}
   // Writes, snapshot "s1" live, more writes; returns the disk as s1 saw it.
   std::string SnapshotBetweenWrites() {
     NbdHandle h = server_.Connect();
@@ -93,8 +89,7 @@ class LiveLifecycleTest : public ::testing::Test {
     return RunCommand(argv, out) == 0;
   }
 
-  NbdTestServer server_;
-  std::string ctl_;
+  const std::string ctl_ = server_.dir() + "/disk.ctl";
   std::string latest_;
 };
 

@@ -49,7 +49,7 @@
 #include <vector>
 
 #include "control_util.h"
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
@@ -176,20 +176,28 @@ struct Params {
   const char* cache = "";  // --cache=none|writeback; "" = the server's default
 };
 
-void RunConsistency(const Params& p) {
-  STRATA_SKIP_IF_NO_SERVER();
-  if (SelectedServer() != ServerKind::kStrata) GTEST_SKIP() << "live snapshots are strata's";
-  NbdTestServer server;
-  const uint64_t disk = 8 * kMiB;
+// An empty disk (every block starts as zeros, the "initial" version of the rule above).
+constexpr ChainOptions kDisk = {.disk_size = 8 * kMiB, .with_base = false};
+
+// Each test serves kDisk with the options it is about.
+class LiveSnapshotTest : public ServerTest {
+ protected:
+  LiveSnapshotTest() : ServerTest({.up_to = Stage::kNone}, "live snapshots are strata's") {}
+  void RunConsistency(const Params& p);
+};
+
+void LiveSnapshotTest::RunConsistency(const Params& p) {
+  const uint64_t disk = kDisk.disk_size;
   const uint64_t blocks = disk / kBlock;
-  ASSERT_TRUE(server.CreateChain({.disk_size = disk, .with_base = false}));
-  ASSERT_TRUE(server.Start({.cache = p.cache, .workers = p.workers}));
-  const std::string ctl = server.dir() + "/disk.ctl";
+  ASSERT_TRUE(SetUpServer({.up_to = Stage::kServing,
+                           .chain = kDisk,
+                           .serve = {.cache = p.cache, .workers = p.workers}}));
+  const std::string ctl = server_.dir() + "/disk.ctl";
 
   std::vector<NbdHandle> handles;
   std::vector<std::unique_ptr<Writer>> writers;
   for (int c = 0; c < p.connections; ++c) {
-    handles.push_back(server.Connect({.meta_contexts = {}}));
+    handles.push_back(server_.Connect({.meta_contexts = {}}));
     ASSERT_TRUE(handles.back());
     ASSERT_EQ(nbd_can_multi_conn(handles.back().get()), 1);
     writers.push_back(
@@ -212,7 +220,7 @@ void RunConsistency(const Params& p) {
     s.reply_ns = NowNs();
     close(fd);
     s.reply = json::parse(line, nullptr, false);
-    ASSERT_TRUE(s.reply.is_object() && s.reply["ok"] == true) << line << server.ServerLog();
+    ASSERT_TRUE(s.reply.is_object() && s.reply["ok"] == true) << line << server_.ServerLog();
     snaps.push_back(s);
     std::this_thread::sleep_for(std::chrono::milliseconds(p.gap_ms));
   }
@@ -238,7 +246,7 @@ void RunConsistency(const Params& p) {
   uint64_t exact = 0, in_flight = 0, zero = 0;
   std::vector<uint8_t> chunk(kMiB), want(kBlock);
   for (const Snap& s : snaps) {
-    NbdHandle h = server.Connect({.meta_contexts = {}, .export_name = "@" + s.name});
+    NbdHandle h = server_.Connect({.meta_contexts = {}, .export_name = "@" + s.name});
     ASSERT_TRUE(h);
     ASSERT_EQ(nbd_is_read_only(h.get()), 1);
     ASSERT_EQ(nbd_get_size(h.get()), static_cast<int64_t>(disk));
@@ -295,9 +303,9 @@ void RunConsistency(const Params& p) {
     }
   }
   // Every snapshot is a valid chain layer, and the live disk still checks.
-  EXPECT_TRUE(server.Stop());
+  EXPECT_TRUE(server_.Stop());
   std::string out;
-  EXPECT_TRUE(server.Check(&out)) << out;
+  EXPECT_TRUE(server_.Check(&out)) << out;
   json pauses = json::array(), switches = json::array();
   for (const Snap& s : snaps) {
     pauses.push_back(s.reply["pause_ms"]);
@@ -311,16 +319,16 @@ void RunConsistency(const Params& p) {
               pauses.dump().c_str(), switches.dump().c_str());
 }
 
-TEST(LiveSnapshotTest, AtomicAcrossFourMultiConnWritersOnFourWorkers) {
+TEST_F(LiveSnapshotTest, AtomicAcrossFourMultiConnWritersOnFourWorkers) {
   RunConsistency({.connections = 4, .depth = 16, .workers = 4, .snapshots = 16, .gap_ms = 40});
 }
 
-TEST(LiveSnapshotTest, AtomicWithOneWorkerAndDeepQueues) {
+TEST_F(LiveSnapshotTest, AtomicWithOneWorkerAndDeepQueues) {
   RunConsistency({.connections = 3, .depth = 64, .workers = 1, .snapshots = 10, .gap_ms = 30});
 }
 
 // O_DIRECT data descriptors: the next layer is opened for direct I/O before the pause.
-TEST(LiveSnapshotTest, AtomicWithDirectIo) {
+TEST_F(LiveSnapshotTest, AtomicWithDirectIo) {
   RunConsistency({.connections = 2, .depth = 16, .workers = 2, .snapshots = 8, .gap_ms = 40,
                   .cache = "none"});
 }
@@ -332,30 +340,24 @@ TEST(LiveSnapshotTest, AtomicWithDirectIo) {
 // and until the rename anyone could take a shared lock, e.g. a second (read-only) server. The
 // disk's path must be locked exclusively by the server at every instant: another open file
 // description gets no lock on it, exclusive or shared, all through live snapshots.
-TEST(LiveSnapshotTest, TheDisksPathStaysLockedExclusivelyThroughSnapshots) {
-  STRATA_SKIP_IF_NO_SERVER();
-  if (SelectedServer() != ServerKind::kStrata) GTEST_SKIP() << "live snapshots are strata's";
-  NbdTestServer server;
-  ASSERT_TRUE(server.CreateChain({.disk_size = 8 * kMiB, .with_base = false}));
-  ASSERT_TRUE(server.Start());
-  const std::string ctl = server.dir() + "/disk.ctl";
-  NbdHandle h = server.Connect({.meta_contexts = {}});
-  ASSERT_TRUE(h);
+TEST_F(LiveSnapshotTest, TheDisksPathStaysLockedExclusivelyThroughSnapshots) {
+  ASSERT_TRUE(SetUpServer({.chain = kDisk, .connect = {.meta_contexts = {}}}));
+  const std::string ctl = server_.dir() + "/disk.ctl";
 
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> probes{0}, exclusive{0}, shared{0};
   std::thread prober([&] {
     while (!stop) {
       // A fresh open file description each time, of the file the path names now.
-      int fd = open(server.layer_path().c_str(), O_RDONLY | O_CLOEXEC);
+      int fd = open(server_.layer_path().c_str(), O_RDONLY | O_CLOEXEC);
       if (fd < 0) continue;
       const bool ex = flock(fd, LOCK_EX | LOCK_NB) == 0;
       const bool sh = !ex && flock(fd, LOCK_SH | LOCK_NB) == 0;
       // Counted only if the path still names the locked file: a shared lock on what a rename
       // meanwhile made the frozen snapshot (the file we opened) is what snapshot readers take.
       struct stat locked, named;
-      if ((ex || sh) && fstat(fd, &locked) == 0 && stat(server.layer_path().c_str(), &named) == 0 &&
-          locked.st_ino == named.st_ino) {
+      if ((ex || sh) && fstat(fd, &locked) == 0 &&
+          stat(server_.layer_path().c_str(), &named) == 0 && locked.st_ino == named.st_ino) {
         ++(ex ? exclusive : shared);
       }
       close(fd);
@@ -364,7 +366,7 @@ TEST(LiveSnapshotTest, TheDisksPathStaysLockedExclusivelyThroughSnapshots) {
   });
   for (int i = 0; i < 30; ++i) {
     // Unflushed data, so each freeze after the pause has a sync to do (a wider gap).
-    ASSERT_TRUE(WritePattern(h.get(), (i % 8) * 256 * kKiB, 256 * kKiB, i));
+    ASSERT_TRUE(WritePattern(h_.get(), (i % 8) * 256 * kKiB, 256 * kKiB, i));
     json r = Control(ctl, {{"request", "snapshot"}, {"name", "s" + std::to_string(i)}});
     ASSERT_EQ(r["ok"], true) << r;
   }
@@ -373,10 +375,10 @@ TEST(LiveSnapshotTest, TheDisksPathStaysLockedExclusivelyThroughSnapshots) {
   EXPECT_EQ(exclusive.load(), 0u) << "another process locked the served disk exclusively";
   EXPECT_EQ(shared.load(), 0u) << "the served disk's path was not locked exclusively";
   EXPECT_GT(probes.load(), 1000u) << "too few probes to mean anything";
-  h.reset();
-  EXPECT_TRUE(server.Stop());
+  h_.reset();
+  EXPECT_TRUE(server_.Stop());
   std::string out;
-  EXPECT_TRUE(server.Check(&out)) << out;
+  EXPECT_TRUE(server_.Check(&out)) << out;
 }
 
 }  // namespace

@@ -13,7 +13,7 @@
 #include <random>
 #include <vector>
 
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
@@ -26,9 +26,10 @@ constexpr uint64_t kBaseOnly = 8 * kMiB;     // never written
 constexpr uint64_t kBaseHole = 40 * kMiB;    // inside the base's sparse tail
 constexpr uint64_t kLen = 256 * kKiB;
 
-class BlockStatusTest : public ::testing::Test {
+// Each test builds the chain it reads.
+class BlockStatusTest : public ServerTest {
  protected:
-  void SetUp() override { STRATA_SKIP_IF_NO_SERVER(); }
+  BlockStatusTest() : ServerTest({.up_to = Stage::kNone}) {}
 
   ConnectOptions WithContexts() {
     ConnectOptions o;
@@ -39,8 +40,7 @@ class BlockStatusTest : public ::testing::Test {
 
   // Builds the chain described at the top of the file and connects.
   void BuildThreeLevelChain() {
-    ASSERT_TRUE(server_.CreateChain());
-    ASSERT_TRUE(server_.Start());
+    ASSERT_TRUE(SetUpServer({.up_to = Stage::kServing}));
     {
       NbdHandle h = server_.Connect();
       ASSERT_TRUE(h);
@@ -64,9 +64,6 @@ class BlockStatusTest : public ::testing::Test {
   int64_t Depth(uint64_t off, uint64_t len) {
     return UniformStatus(h_.get(), server_.LayerContext(), off, len);
   }
-
-  NbdTestServer server_;
-  NbdHandle h_;
 };
 
 // Written data is allocated and not known-zero.
@@ -117,10 +114,7 @@ TEST_F(BlockStatusTest, LayerDepthNamesTheAnsweringLayer) {
 // Base-only data: allocated and not zero in base:allocation (it holds data); the base's sparse
 // tail reads as zeros and must not be reported as data that is not zero.
 TEST_F(BlockStatusTest, BaseOnlyRangesFollowTheBase) {
-  ASSERT_TRUE(server_.CreateChain());
-  ASSERT_TRUE(server_.Start());
-  h_ = server_.Connect(WithContexts());
-  ASSERT_TRUE(h_);
+  ASSERT_TRUE(SetUpServer({.connect = WithContexts()}));
   int64_t s = Alloc(kBaseOnly, kLen);
   ASSERT_GE(s, 0);
   EXPECT_FALSE(s & LIBNBD_STATE_ZERO) << "base data reported as zeros";
@@ -133,10 +127,7 @@ TEST_F(BlockStatusTest, BaseOnlyRangesFollowTheBase) {
 // A disk without a base (`strata create --size`): every untouched range is a hole that reads as
 // zeros, at depth 0; a write makes exactly its range data at depth 1.
 TEST_F(BlockStatusTest, DiskWithoutBaseIsUnallocatedUntilWritten) {
-  ASSERT_TRUE(server_.CreateChain({.with_base = false}));
-  ASSERT_TRUE(server_.Start());
-  h_ = server_.Connect(WithContexts());
-  ASSERT_TRUE(h_);
+  ASSERT_TRUE(SetUpServer({.chain = {.with_base = false}, .connect = WithContexts()}));
   EXPECT_EQ(Alloc(0, server_.disk_size()), LIBNBD_STATE_HOLE | LIBNBD_STATE_ZERO);
   if (server_.SupportsLayers()) {
     EXPECT_EQ(Depth(0, server_.disk_size()), 0);
@@ -196,10 +187,7 @@ TEST_F(BlockStatusTest, ExtentsAreConsecutiveAndInsideTheRequest) {
 // The property every consumer relies on: whatever says ZERO reads as zeros. Checked over the
 // whole disk after a random mix of writes, zeroes and trims.
 TEST_F(BlockStatusTest, EveryZeroExtentReadsAsZeros) {
-  ASSERT_TRUE(server_.CreateChain());
-  ASSERT_TRUE(server_.Start());
-  h_ = server_.Connect(WithContexts());
-  ASSERT_TRUE(h_);
+  ASSERT_TRUE(SetUpServer({.connect = WithContexts()}));
   std::mt19937_64 rng(42);  // fixed seed: a failure reproduces
   for (int i = 0; i < 200; i++) {
     uint64_t off = (rng() % (server_.disk_size() / 512 - 256)) * 512;
@@ -226,11 +214,9 @@ TEST_F(BlockStatusTest, EveryZeroExtentReadsAsZeros) {
 
 // BLOCK_STATUS is refused (EINVAL) past the end of the disk, and the connection goes on.
 TEST_F(BlockStatusTest, PastEndIsEinval) {
-  ASSERT_TRUE(server_.CreateChain());
-  ASSERT_TRUE(server_.Start());
-  h_ = server_.Connect(WithContexts());
-  ASSERT_TRUE(h_);
-  nbd_set_strict_mode(h_.get(), 0);
+  ConnectOptions past_end = WithContexts();
+  past_end.strict = false;
+  ASSERT_TRUE(SetUpServer({.connect = past_end}));
   int err = 0;
   BlockStatusOnce(h_.get(), server_.disk_size(), 4096, 0, &err);
   EXPECT_EQ(err, EINVAL) << nbd_get_error();

@@ -5,23 +5,13 @@
 #include <cstring>
 #include <vector>
 
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
 
-class CommandsTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    STRATA_SKIP_IF_NO_SERVER();
-    ASSERT_TRUE(server_.CreateChain());
-    ASSERT_TRUE(server_.Start());
-    h_ = server_.Connect();
-    ASSERT_TRUE(h_);
-  }
-  NbdTestServer server_;
-  NbdHandle h_;
-};
+// The default chain, served, h_ connected with structured replies and base:allocation.
+class CommandsTest : public ServerTest {};
 
 // Reads of untouched ranges come from the raw base, through the empty active layer, including
 // one read crossing the end of the base's data into its sparse tail.

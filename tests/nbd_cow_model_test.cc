@@ -12,7 +12,7 @@
 #include <thread>
 #include <vector>
 
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
@@ -31,13 +31,15 @@ std::string VariantName(const ::testing::TestParamInfo<ServeVariant>& info) {
   return std::string(info.param.cache) + "_workers" + std::to_string(info.param.workers);
 }
 
-class CowTest : public ::testing::TestWithParam<ServeVariant> {
+// Each test serves its chain with the variant (ServeChain()) and connects as it needs.
+class CowTest : public ServerTest, public ::testing::WithParamInterface<ServeVariant> {
  protected:
+  CowTest() : ServerTest({.up_to = Stage::kNone}) {}
   void SetUp() override {
-    STRATA_SKIP_IF_NO_SERVER();
     if (SelectedServer() == ServerKind::kNbdkit && std::string(GetParam().cache) == "none") {
       GTEST_SKIP() << "nbdkit variant not mapped";
     }
+    ServerTest::SetUp();
   }
   ServeOptions Serve() {
     ServeOptions o;
@@ -45,18 +47,20 @@ class CowTest : public ::testing::TestWithParam<ServeVariant> {
     if (SelectedServer() == ServerKind::kStrata) o.workers = GetParam().workers;
     return o;
   }
+  // `chain` served with the variant.
+  bool ServeChain(const ChainOptions& chain = {}) {
+    return SetUpServer({.up_to = Stage::kServing, .chain = chain, .serve = Serve()});
+  }
   bool Restart() { return server_.Stop() && server_.Start(Serve()); }
   bool SnapshotAndRestart(const std::string& name) {
     return server_.Stop() && server_.Snapshot(name) && server_.Start(Serve());
   }
-  NbdTestServer server_;
 };
 
 // A 512-byte write into a sub-block that was zeroed over base data: the rest of the sub-block
 // must stay zero, not come back from the base (the layer below the zero mark).
 TEST_P(CowTest, PartialWriteIntoZeroedSubBlockKeepsZeros) {
-  ASSERT_TRUE(server_.CreateChain());
-  ASSERT_TRUE(server_.Start(Serve()));
+  ASSERT_TRUE(ServeChain());
   NbdHandle h = server_.Connect();
   ASSERT_TRUE(h);
   const uint64_t c = 1 * kMiB;
@@ -77,8 +81,7 @@ TEST_P(CowTest, PartialWriteIntoZeroedSubBlockKeepsZeros) {
 
 // The same into a trimmed sub-block.
 TEST_P(CowTest, PartialWriteIntoTrimmedSubBlockKeepsZeros) {
-  ASSERT_TRUE(server_.CreateChain());
-  ASSERT_TRUE(server_.Start(Serve()));
+  ASSERT_TRUE(ServeChain());
   NbdHandle h = server_.Connect();
   ASSERT_TRUE(h);
   const uint64_t c = 2 * kMiB;
@@ -96,8 +99,7 @@ TEST_P(CowTest, PartialWriteIntoTrimmedSubBlockKeepsZeros) {
 // sub-block held by s1 must merge with s1's data, not the base's.
 TEST_P(CowTest, ClusterSplitAcrossThreeLayersReadsEachPartFromItsLayer) {
   if (!server_.SupportsLayers()) GTEST_SKIP() << "needs offline snapshots";
-  ASSERT_TRUE(server_.CreateChain());
-  ASSERT_TRUE(server_.Start(Serve()));
+  ASSERT_TRUE(ServeChain());
   const uint64_t c = 3 * kMiB;
   {
     NbdHandle h = server_.Connect();
@@ -132,8 +134,7 @@ TEST_P(CowTest, ClusterSplitAcrossThreeLayersReadsEachPartFromItsLayer) {
 // writing every 4th 4 KiB sub-block of 32 clusters over base data, so the cluster allocation
 // and sub-block bitmap updates race. Every sub-block must hold its writer's data.
 TEST_P(CowTest, ConcurrentFirstWritesIntoSameClustersAllLand) {
-  ASSERT_TRUE(server_.CreateChain());
-  ASSERT_TRUE(server_.Start(Serve()));
+  ASSERT_TRUE(ServeChain());
   constexpr int kConns = 4, kClusters = 32;
   const uint64_t start = 8 * kMiB;
   std::vector<NbdHandle> hs;
@@ -169,8 +170,7 @@ TEST_P(CowTest, ConcurrentFirstWritesIntoSameClustersAllLand) {
 // (1024 requests, 512-byte writes in half of them), which a server processing requests
 // concurrently turns into racing allocations.
 TEST_P(CowTest, InFlightWritesIntoSameClusterOnOneConnection) {
-  ASSERT_TRUE(server_.CreateChain());
-  ASSERT_TRUE(server_.Start(Serve()));
+  ASSERT_TRUE(ServeChain());
   NbdHandle h = server_.Connect();
   ASSERT_TRUE(h);
   const uint64_t start = 16 * kMiB;
@@ -210,8 +210,7 @@ TEST_P(CowTest, InFlightWritesIntoSameClusterOnOneConnection) {
 // in the failure message.
 TEST_P(CowTest, RandomOpsMatchReferenceAcrossRestartsAndSnapshots) {
   const ChainOptions chain{.disk_size = 16 * kMiB, .base_data = 12 * kMiB, .with_base = true};
-  ASSERT_TRUE(server_.CreateChain(chain));
-  ASSERT_TRUE(server_.Start(Serve()));
+  ASSERT_TRUE(ServeChain(chain));
   std::vector<uint8_t> model(chain.disk_size, 0);
   FillBase(model.data(), 0, chain.base_data);
   // TRIM leaves content undefined by the NBD spec; strata zeroes whole trimmed sub-blocks and

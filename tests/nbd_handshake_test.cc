@@ -1,27 +1,24 @@
 // Handshake variants: what a client can negotiate before the first request, and that each path
 // ends in a usable export. Clients differ a lot here (the kernel's nbd-client never asks for
 // structured replies, old clients use NBD_OPT_EXPORT_NAME, QEMU probes with NBD_OPT_INFO).
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <fstream>
 #include <string>
 #include <vector>
 
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
 
-class HandshakeTest : public ::testing::Test {
+// The chain only: each test starts the server with the options it negotiates against.
+class HandshakeTest : public ServerTest {
  protected:
-  void SetUp() override {
-    STRATA_SKIP_IF_NO_SERVER();
-    ASSERT_TRUE(server_.CreateChain());
-  }
-  NbdTestServer server_;
+  HandshakeTest() : ServerTest({.up_to = Stage::kChain}) {}
 };
+
+// A handle left in option negotiation, libnbd's defaults otherwise; no meta contexts queued,
+// since nbd_opt_list_meta_context would query only those.
+const ConnectOptions kOptionMode = {.meta_contexts = {}, .opt_mode = true};
 
 // libnbd's defaults: fixed newstyle, NBD_OPT_GO, structured replies, base:allocation. The
 // common path must work and advertise every command the server honours.
@@ -70,11 +67,9 @@ TEST_F(HandshakeTest, WithoutStructuredRepliesReadsAndWritesWork) {
 // entering transmission; GO afterwards on the same connection must still work.
 TEST_F(HandshakeTest, OptInfoReportsSizeAndBlockSizesThenGoWorks) {
   ASSERT_TRUE(server_.Start());
-  NbdHandle h(nbd_create());
+  NbdHandle h = server_.Connect(kOptionMode);
   ASSERT_TRUE(h);
-  ASSERT_EQ(nbd_set_opt_mode(h.get(), true), 0);
   ASSERT_EQ(nbd_set_full_info(h.get(), true), 0);
-  ASSERT_EQ(nbd_connect_unix(h.get(), server_.socket_path().c_str()), 0) << nbd_get_error();
   ASSERT_EQ(nbd_aio_is_negotiating(h.get()), 1);
   ASSERT_EQ(nbd_opt_info(h.get()), 0) << nbd_get_error();
   EXPECT_EQ(nbd_get_size(h.get()), static_cast<int64_t>(server_.disk_size()));
@@ -99,10 +94,8 @@ TEST_F(HandshakeTest, OptInfoReportsSizeAndBlockSizesThenGoWorks) {
 // NBD_OPT_LIST names the export; with --export-name it is that name, and GO with it works.
 TEST_F(HandshakeTest, OptListNamesTheExport) {
   ASSERT_TRUE(server_.Start({.export_name = "disk1"}));
-  NbdHandle h(nbd_create());
+  NbdHandle h = server_.Connect(kOptionMode);
   ASSERT_TRUE(h);
-  ASSERT_EQ(nbd_set_opt_mode(h.get(), true), 0);
-  ASSERT_EQ(nbd_connect_unix(h.get(), server_.socket_path().c_str()), 0) << nbd_get_error();
   std::vector<std::string> names;
   nbd_list_callback cb = {
       .callback = [](void* user, const char* name, const char*) -> int {
@@ -128,10 +121,8 @@ TEST_F(HandshakeTest, OptListNamesTheExport) {
 // option mode can then ask again with the right name on the same connection.
 TEST_F(HandshakeTest, UnknownExportNameIsRefusedAndSessionContinues) {
   ASSERT_TRUE(server_.Start({.export_name = "disk1"}));
-  NbdHandle h(nbd_create());
+  NbdHandle h = server_.Connect(kOptionMode);
   ASSERT_TRUE(h);
-  ASSERT_EQ(nbd_set_opt_mode(h.get(), true), 0);
-  ASSERT_EQ(nbd_connect_unix(h.get(), server_.socket_path().c_str()), 0) << nbd_get_error();
   ASSERT_EQ(nbd_set_export_name(h.get(), "no-such-export"), 0);
   EXPECT_EQ(nbd_opt_go(h.get()), -1) << "GO with an unknown export name succeeded";
   ASSERT_EQ(nbd_aio_is_negotiating(h.get()), 1) << "server dropped the session after refusing";
@@ -144,10 +135,8 @@ TEST_F(HandshakeTest, UnknownExportNameIsRefusedAndSessionContinues) {
 // and the layer-depth context.
 TEST_F(HandshakeTest, ListMetaContextsNamesBaseAllocationAndLayer) {
   ASSERT_TRUE(server_.Start());
-  NbdHandle h(nbd_create());
+  NbdHandle h = server_.Connect(kOptionMode);
   ASSERT_TRUE(h);
-  ASSERT_EQ(nbd_set_opt_mode(h.get(), true), 0);
-  ASSERT_EQ(nbd_connect_unix(h.get(), server_.socket_path().c_str()), 0) << nbd_get_error();
   std::vector<std::string> contexts;
   nbd_context_callback cb = {
       .callback = [](void* user, const char* name) -> int {
@@ -181,10 +170,8 @@ TEST_F(HandshakeTest, ListMetaContextsNamesBaseAllocationAndLayer) {
 TEST_F(HandshakeTest, OptAbortEndsSessionCleanly) {
   ASSERT_TRUE(server_.Start());
   {
-    NbdHandle h(nbd_create());
+    NbdHandle h = server_.Connect(kOptionMode);
     ASSERT_TRUE(h);
-    ASSERT_EQ(nbd_set_opt_mode(h.get(), true), 0);
-    ASSERT_EQ(nbd_connect_unix(h.get(), server_.socket_path().c_str()), 0) << nbd_get_error();
     EXPECT_EQ(nbd_opt_abort(h.get()), 0) << nbd_get_error();
     EXPECT_EQ(nbd_aio_is_closed(h.get()), 1);
   }
@@ -236,39 +223,6 @@ TEST_F(HandshakeTest, PlainNewstyleClientIsServedOrRefusedCleanly) {
   NbdHandle h2 = server_.Connect();
   ASSERT_TRUE(h2);
   EXPECT_TRUE(ReadsBase(h2.get(), 0, 4096));
-}
-
-// TCP with --listen: the same export on 127.0.0.1.
-TEST_F(HandshakeTest, TcpListenServesTheExport) {
-  int port = FreeTcpPort();
-  ASSERT_NE(port, 0);
-  ASSERT_TRUE(server_.Start({.tcp_port = port}));
-  NbdHandle h = server_.Connect();
-  ASSERT_TRUE(h);
-  EXPECT_EQ(nbd_get_size(h.get()), static_cast<int64_t>(server_.disk_size()));
-  EXPECT_TRUE(ReadsBase(h.get(), 0, 64 * kKiB));
-}
-
-// The unix socket is created mode 0600 (issue 4): anyone who can connect can write the disk.
-TEST_F(HandshakeTest, UnixSocketIsOwnerOnly) {
-  if (SelectedServer() != ServerKind::kStrata) {
-    GTEST_SKIP() << "socket mode is strata's own promise";
-  }
-  ASSERT_TRUE(server_.Start());
-  struct stat st;
-  ASSERT_EQ(stat(server_.socket_path().c_str(), &st), 0);
-  EXPECT_TRUE(S_ISSOCK(st.st_mode));
-  EXPECT_EQ(st.st_mode & 0777, 0600u) << std::oct << (st.st_mode & 0777);
-}
-
-// --pid-file names the server's own PID (scripts kill by it).
-TEST_F(HandshakeTest, PidFileHoldsServerPid) {
-  std::string pid_file = server_.dir() + "/serve.pid";
-  ASSERT_TRUE(server_.Start({.pid_file = pid_file}));
-  std::ifstream in(pid_file);
-  long pid = 0;
-  in >> pid;
-  EXPECT_EQ(pid, static_cast<long>(server_.pid()));
 }
 
 }  // namespace

@@ -10,23 +10,15 @@
 #include <random>
 #include <vector>
 
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
 
-class LimitsTest : public ::testing::Test {
+class LimitsTest : public ServerTest {
  protected:
-  void SetUp() override {
-    STRATA_SKIP_IF_NO_SERVER();
-    ASSERT_TRUE(server_.CreateChain());
-    ASSERT_TRUE(server_.Start());
-    h_ = server_.Connect();
-    ASSERT_TRUE(h_);
-    // Let out-of-range requests reach the server instead of libnbd refusing them itself.
-    nbd_set_strict_mode(h_.get(), 0);
-    size_ = server_.disk_size();
-  }
+  // Out-of-range requests reach the server instead of libnbd refusing them itself.
+  LimitsTest() : ServerTest({.connect = {.strict = false}}) {}
 
   // The connection still works after an error.
   void ExpectStillServing() {
@@ -34,9 +26,7 @@ class LimitsTest : public ::testing::Test {
     EXPECT_TRUE(server_.Alive());
   }
 
-  NbdTestServer server_;
-  NbdHandle h_;
-  uint64_t size_ = 0;
+  const uint64_t size_ = ChainOptions{}.disk_size;  // the disk the fixture serves
 };
 
 // Spec, "Error values": a read past the end is invalid (EINVAL); a write past the end SHOULD

@@ -18,7 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
@@ -228,19 +228,18 @@ class RawConn {
   int fd_ = -1;
 };
 
-class MalformedTest : public ::testing::Test {
+class MalformedTest : public ServerTest {
  protected:
   static constexpr uint64_t kSentinel = 0;
   static constexpr size_t kSentinelLen = 1 * kMiB;
 
+  // Writes the sentinel through h_, then closes it: the raw clients are the only ones.
   void SetUp() override {
-    STRATA_SKIP_IF_NO_SERVER();
-    ASSERT_TRUE(server_.CreateChain());
-    ASSERT_TRUE(server_.Start());
-    NbdHandle h = server_.Connect();
-    ASSERT_TRUE(h);
-    ASSERT_TRUE(WritePattern(h.get(), kSentinel, kSentinelLen, 77));
-    ASSERT_EQ(nbd_flush(h.get(), 0), 0);
+    ServerTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    ASSERT_TRUE(WritePattern(h_.get(), kSentinel, kSentinelLen, 77));
+    ASSERT_EQ(nbd_flush(h_.get(), 0), 0);
+    h_.reset();
   }
 
   void TearDown() override {
@@ -258,7 +257,15 @@ class MalformedTest : public ::testing::Test {
     EXPECT_TRUE(ReadsBase(h.get(), 2 * kMiB, 64 * kKiB));
   }
 
-  NbdTestServer server_;
+  // NBD_OPT_EXPORT_NAME for the default export, and the reply's first fields, which come
+  // whether or not the 124 zero bytes follow: the size (checked) and the flags.
+  void ExportName(RawConn* c, uint16_t* flags) {
+    ASSERT_TRUE(c->SendOption(kOptExportName, ""));
+    uint64_t size;
+    ASSERT_TRUE(c->Recv(&size, 8));
+    ASSERT_TRUE(c->Recv(flags, 2));
+    EXPECT_EQ(be64toh(size), server_.disk_size());
+  }
 };
 
 // Sanity of the hand-written client: a full handshake and a read of the sentinel.
@@ -377,12 +384,8 @@ TEST_F(MalformedTest, OptAbortIsAcknowledged) {
 TEST_F(MalformedTest, ExportNameOptionRepliesSizeAndFlags) {
   RawConn c(server_.socket_path());
   ASSERT_TRUE(c.StartHandshake());
-  ASSERT_TRUE(c.SendOption(kOptExportName, ""));
-  uint64_t size;
   uint16_t flags;
-  ASSERT_TRUE(c.Recv(&size, 8));
-  ASSERT_TRUE(c.Recv(&flags, 2));
-  EXPECT_EQ(be64toh(size), server_.disk_size());
+  ASSERT_NO_FATAL_FAILURE(ExportName(&c, &flags));
   EXPECT_TRUE(be16toh(flags) & 1) << "NBD_FLAG_HAS_FLAGS missing";
   std::vector<uint8_t> buf;
   ASSERT_TRUE(c.ReadOk(kSentinel, 512, &buf));
@@ -394,12 +397,8 @@ TEST_F(MalformedTest, ExportNameOptionRepliesSizeAndFlags) {
 TEST_F(MalformedTest, ExportNameWithoutNoZeroesSendsReservedZeroes) {
   RawConn c(server_.socket_path());
   ASSERT_TRUE(c.StartHandshake(kFlagFixedNewstyle));
-  ASSERT_TRUE(c.SendOption(kOptExportName, ""));
-  uint64_t size;
   uint16_t flags;
-  ASSERT_TRUE(c.Recv(&size, 8));
-  ASSERT_TRUE(c.Recv(&flags, 2));
-  EXPECT_EQ(be64toh(size), server_.disk_size());
+  ASSERT_NO_FATAL_FAILURE(ExportName(&c, &flags));
   std::vector<uint8_t> zeroes(124, 0xff);
   ASSERT_TRUE(c.Recv(zeroes.data(), zeroes.size()));
   EXPECT_TRUE(AllZero(zeroes.data(), zeroes.size()));

@@ -6,19 +6,15 @@
 #include <thread>
 #include <vector>
 
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
 
-class MultiConnTest : public ::testing::Test {
+// Served; each test opens its own connections.
+class MultiConnTest : public ServerTest {
  protected:
-  void SetUp() override {
-    STRATA_SKIP_IF_NO_SERVER();
-    ASSERT_TRUE(server_.CreateChain());
-    ASSERT_TRUE(server_.Start());
-  }
-  NbdTestServer server_;
+  MultiConnTest() : ServerTest({.up_to = Stage::kServing}) {}
 };
 
 // Every connection is told CAN_MULTI_CONN (a client only fans out when all of them say so).

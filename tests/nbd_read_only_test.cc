@@ -6,18 +6,20 @@
 #include <cerrno>
 #include <vector>
 
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
 
-class ReadOnlyTest : public ::testing::Test {
+class ReadOnlyTest : public ServerTest {
  protected:
+  // Served writable first: data goes into the active layer, so reads through it are checked
+  // too.
+  ReadOnlyTest() : ServerTest({.up_to = Stage::kServing}) {}
+
   void SetUp() override {
-    STRATA_SKIP_IF_NO_SERVER();
-    ASSERT_TRUE(server_.CreateChain());
-    // Put data in the active layer first, so reads through it are checked too.
-    ASSERT_TRUE(server_.Start());
+    ServerTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     {
       NbdHandle h = server_.Connect();
       ASSERT_TRUE(h);
@@ -27,15 +29,12 @@ class ReadOnlyTest : public ::testing::Test {
     ASSERT_TRUE(server_.Stop());
     ASSERT_EQ(stat(server_.layer_path().c_str(), &before_), 0);
     ASSERT_TRUE(server_.Start({.read_only = true}));
-    h_ = server_.Connect();
-    ASSERT_TRUE(h_);
-    // libnbd refuses writes to a read-only export by itself; turn that off so the requests
+    // libnbd refuses writes to a read-only export by itself; strict mode off, the requests
     // reach the server.
-    nbd_set_strict_mode(h_.get(), 0);
+    h_ = server_.Connect({.strict = false});
+    ASSERT_TRUE(h_);
   }
 
-  NbdTestServer server_;
-  NbdHandle h_;
   struct stat before_ {};
 };
 

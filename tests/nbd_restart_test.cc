@@ -8,25 +8,20 @@
 #include <random>
 #include <vector>
 
-#include "nbd_test_server.h"
+#include "server_fixture.h"
 
 namespace strata_test {
 namespace {
 
-class RestartTest : public ::testing::Test {
+// Served; each test connects, stops and restarts as it needs.
+class RestartTest : public ServerTest {
  protected:
-  void SetUp() override {
-    STRATA_SKIP_IF_NO_SERVER();
-    ASSERT_TRUE(server_.CreateChain());
-    ASSERT_TRUE(server_.Start());
-  }
+  RestartTest() : ServerTest({.up_to = Stage::kServing}) {}
 
   void ExpectCheckPasses() {
     std::string out;
     EXPECT_TRUE(server_.Check(&out)) << "strata check after restart:\n" << out;
   }
-
-  NbdTestServer server_;
 };
 
 // The basic promise: write, FLUSH, stop, start, read back. Then check passes.

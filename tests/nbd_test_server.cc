@@ -560,6 +560,10 @@ NbdHandle NbdTestServer::Connect(const ConnectOptions& options) {
       if (!ctx.empty()) nbd_add_meta_context(h.get(), ctx.c_str());
     }
   }
+  if (options.opt_mode && nbd_set_opt_mode(h.get(), true) == -1) {
+    ADD_FAILURE() << "nbd_set_opt_mode: " << nbd_get_error();
+    return nullptr;
+  }
   int r;
   if (serve_.tcp_port != 0) {
     r = nbd_connect_tcp(h.get(), "127.0.0.1", std::to_string(serve_.tcp_port).c_str());
@@ -570,6 +574,7 @@ NbdHandle NbdTestServer::Connect(const ConnectOptions& options) {
     ADD_FAILURE() << "connect to " << Uri() << ": " << nbd_get_error() << "\n" << ServerLog();
     return nullptr;
   }
+  if (!options.strict) nbd_set_strict_mode(h.get(), 0);
   return h;
 }
 

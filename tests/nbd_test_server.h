@@ -12,7 +12,8 @@
 // Tests that need something a peer lacks (layers, snapshots) skip with that reason.
 //
 // REQUIRES: gtest. Helpers report problems with ADD_FAILURE() and return false/null, so a test
-// writes ASSERT_TRUE(server.Start()).
+// writes ASSERT_TRUE(server.Start()). Suites get a started server and a connected handle from
+// the ServerTest fixture (server_fixture.h) instead of writing that SetUp again.
 #ifndef STRATA_TESTS_NBD_TEST_SERVER_H_
 #define STRATA_TESTS_NBD_TEST_SERVER_H_
 
@@ -47,6 +48,14 @@ std::string MissingPrerequisite();
   do {                                                                    \
     std::string why_ = ::strata_test::MissingPrerequisite();              \
     if (!why_.empty()) GTEST_SKIP() << why_;                              \
+  } while (0)
+
+// Skips the current test on qemu-nbd and nbdkit: it checks one of strata's own promises.
+#define STRATA_SKIP_IF_PEER(why)                                                 \
+  do {                                                                           \
+    if (::strata_test::SelectedServer() != ::strata_test::ServerKind::kStrata) { \
+      GTEST_SKIP() << (why);                                                     \
+    }                                                                            \
   } while (0)
 
 // The demo base pattern: the byte at virtual offset `off` of the raw base. Never zero, and it
@@ -91,6 +100,12 @@ struct ConnectOptions {
   // Meta contexts to request. The fixture's LayerContext() name may be used here.
   std::vector<std::string> meta_contexts = {"base:allocation"};
   std::string export_name;
+  // false: libnbd's strict mode off, so requests it would refuse by itself (past the end,
+  // writes to a read-only export) reach the server.
+  bool strict = true;
+  // true: the handle stops in option negotiation (nbd_set_opt_mode); the test sends
+  // NBD_OPT_* itself. Pass meta_contexts = {} too: nbd_opt_list_meta_context queries them.
+  bool opt_mode = false;
 };
 
 struct Extent {

@@ -22,6 +22,9 @@ class BufferPool {
   // on out-of-memory like new.
   char* Acquire(size_t size, size_t* capacity);
   void Release(char* buffer, size_t capacity);
+  // Bytes Release kept for reuse, at most max_idle_bytes: what the pool holds beyond the
+  // buffers in use.
+  size_t idle_bytes() const { return idle_; }
 
  private:
   static constexpr int kClasses = 15;  // 4 KiB << 0 .. 4 KiB << 14 (64 MiB)
