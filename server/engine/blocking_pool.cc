@@ -1,9 +1,16 @@
 #include "server/engine/blocking_pool.h"
 
+#include <pthread.h>
+
 namespace strata {
 
 BlockingPool::BlockingPool(int threads) {
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Loop(); });
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this] {
+      pthread_setname_np(pthread_self(), "strata-pool");
+      Loop();
+    });
+  }
 }
 
 BlockingPool::~BlockingPool() {

@@ -35,15 +35,7 @@ absl::Status ChainStorage::MapRead(uint64_t offset, uint64_t length, std::vector
 }
 absl::StatusOr<WritePlan> ChainStorage::PrepareWrite(uint64_t offset, uint64_t length) {
   if (chain_ == nullptr) return Missing();
-  absl::StatusOr<WritePlan> plan = chain_->PrepareWrite(offset, length);
-  // TODO(engine): remove once disk_io replenishes on the pool
-  // Until then the ring thread refills inline (it blocks on fallocate, as PrepareWrite did
-  // before the reserve existed), so writes behave as they did.
-  while (NeedsSlots(plan.status())) {
-    if (absl::Status s = chain_->ReplenishSlots(); !s.ok()) return s;
-    plan = chain_->PrepareWrite(offset, length);
-  }
-  return plan;
+  return chain_->PrepareWrite(offset, length);
 }
 absl::Status ChainStorage::ReplenishSlots() {
   if (chain_ == nullptr) return Missing();

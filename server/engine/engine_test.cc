@@ -2,6 +2,7 @@
 // base) in a temp dir, clients on a socketpair (libnbd via nbd_connect_socket, or raw bytes for
 // malformed input).
 #include <fcntl.h>
+#include <pthread.h>
 #include <libnbd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -16,6 +17,9 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/synchronization/notification.h"
+#include "blockstore/fail_env.h"
 #include "blockstore/file.h"
 #include "gtest/gtest.h"
 #include "server/engine/blocking_pool.h"
@@ -432,6 +436,81 @@ class EioStorage : public FakeStorage {
 // Issue 16 item 6: an EIO from the disk was logged as "conn 1: UNKNOWN: NBD_CMD_READ ..."
 // (absl has no code for EIO; ToString() prints the code). The log line is the message, and
 // the status is kDataLoss, so the client still gets EIO.
+// The ring-thread contract (storage.h): no fallocate on a ring thread, and a write that finds
+// no ready slot waits for ReplenishSlots on the blocking pool, not on its ring. Here the volume
+// stalls every allocation off the ring (a gate) until reads on every worker have been served:
+// a ring thread blocked in an allocation (or on the refill's lock) would hold them.
+TEST(EngineRingTest, AWriteWaitingForSpaceHoldsNoRing) {
+  std::atomic<int> on_ring{0}, stalled{0};
+  absl::Mutex gate_mu;
+  bool gate_open = false;  // guarded by gate_mu
+  auto open_gate = [&] {
+    absl::MutexLock lock(&gate_mu);
+    gate_open = true;
+  };
+  testing::FailEnv env([](absl::string_view, const std::string&) { return false; });
+  env.set_allocate_hook([&](const std::string&, uint64_t, uint64_t) {
+    char name[16] = {};
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    if (absl::StartsWith(name, kRingThreadPrefix)) {
+      ++on_ring;
+    } else if (absl::StartsWith(name, "strata-pool")) {
+      ++stalled;
+      gate_mu.LockWhenWithTimeout(absl::Condition(&gate_open), absl::Seconds(10));
+      gate_mu.Unlock();
+    }
+    return absl::OkStatus();
+  });
+  TestChainServer t;
+  t.env = &env;
+  constexpr uint64_t kSize = 256 << 20;
+  if (!t.Start(kSize, "disk")) return;
+  auto open = [&]() {
+    nbd_handle* h = nbd_create();
+    nbd_set_export_name(h, "disk");
+    EXPECT_EQ(nbd_connect_socket(h, t.Connect()), 0) << nbd_get_error();
+    return h;
+  };
+  nbd_handle* writer = open();                  // worker 0
+  nbd_handle* readers[2] = {open(), open()};    // workers 1 and 0
+  std::atomic<uint64_t> written{0};
+  std::thread write_thread([&] {
+    std::string data(65536, 'w');
+    for (uint64_t off = 0; off < kSize; off += data.size()) {
+      if (nbd_pwrite(writer, data.data(), data.size(), off, 0) != 0) return;
+      written = off + data.size();
+    }
+  });
+  // Wait until the writer has used up the ready slots and stands still (bounded).
+  uint64_t last = ~0ull;
+  for (int i = 0; i < 100 && (stalled == 0 || written != last); ++i) {
+    last = written;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_GT(stalled.load(), 0) << "no allocation reached the blocking pool";
+  ASSERT_LT(written.load(), kSize) << "the writer never had to wait for space";
+  absl::Notification reads_done;
+  std::atomic<bool> watchdog_opened{false};
+  std::thread watchdog([&] {  // ends the test if a ring is held after all
+    if (reads_done.WaitForNotificationWithTimeout(absl::Seconds(3))) return;
+    watchdog_opened = true;
+    open_gate();
+  });
+  char block[4096];
+  for (nbd_handle* r : readers) EXPECT_EQ(nbd_pread(r, block, sizeof(block), kSize - 4096, 0), 0);
+  reads_done.Notify();
+  EXPECT_FALSE(watchdog_opened.load()) << "a read waited for the allocation: a ring was held";
+  open_gate();
+  watchdog.join();
+  write_thread.join();
+  EXPECT_EQ(written.load(), kSize) << nbd_get_error();
+  for (nbd_handle* h : {writer, readers[0], readers[1]}) {
+    nbd_shutdown(h, 0);
+    nbd_close(h);
+  }
+  EXPECT_EQ(on_ring.load(), 0) << "fallocate ran on a ring thread";
+}
+
 TEST(EngineEioTest, AnIoErrorIsLoggedByItsMessageAndRepliedEio) {
   EXPECT_EQ(StatusFromErrno(EIO, "read").code(), absl::StatusCode::kDataLoss);
   EioStorage storage;

@@ -1,5 +1,6 @@
 #include "server/engine/worker.h"
 
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -66,7 +67,11 @@ absl::Status Worker::Init() {
 }
 
 void Worker::Start() {
-  thread_ = std::thread([this] { Loop(); });
+  thread_ = std::thread([this] {
+    // Named for top -H and perf, and so tests can tell a ring thread from the others.
+    pthread_setname_np(pthread_self(), absl::StrFormat("%s%d", kRingThreadPrefix, index_).c_str());
+    Loop();
+  });
 }
 
 void Worker::Join() {

@@ -66,6 +66,9 @@ T* PointerOf(uint64_t user_data) {
   return reinterpret_cast<T*>(user_data & ~uint64_t{7});
 }
 
+// Ring threads are named kRingThreadPrefix + the worker's index ("strata-ring0").
+inline constexpr char kRingThreadPrefix[] = "strata-ring";
+
 struct WorkerLimits {
   unsigned ring_entries = 1024;  // SQ size; the CQ is twice that
   // Per connection: requests parsed and not yet fully replied, and their buffer bytes. Past
