@@ -14,6 +14,15 @@ uint32_t Export::preferred_block_size() const {
   return std::max<uint32_t>(p, 4096);
 }
 
+std::shared_ptr<Export> NewExport(std::string name, std::string description, Storage* storage) {
+  auto e = std::make_shared<Export>();
+  e->name = std::move(name);
+  e->description = std::move(description);
+  e->storage = storage;
+  e->read_only = !storage->writable();
+  return e;
+}
+
 uint16_t TransmissionFlags(const Export& e, bool structured_replies) {
   uint16_t flags = nbd::kFlagHasFlags | nbd::kFlagSendFlush | nbd::kFlagSendCache |
                    nbd::kFlagCanMultiConn;

@@ -27,13 +27,18 @@ struct Export {
   std::string description;
   Storage* storage = nullptr;  // outlives every connection using the export
   std::shared_ptr<Storage> owned_storage;  // holds `storage` when the export owns it
-  bool read_only = false;
+  bool read_only = false;  // the NBD flag: no writes through this export
 
   uint64_t size() const { return storage->size(); }
   // Preferred block size for NBD_INFO_BLOCK_SIZE: the sub-block, below which writes are
   // read-modify-write.
   uint32_t preferred_block_size() const;
 };
+
+// An export of `storage` (not owned), read-only exactly when the storage takes no writes: the
+// one place an export's read_only is derived from its storage (for a ChainStorage, from the
+// Chain). A caller may still set read_only on an export of a writable storage.
+std::shared_ptr<Export> NewExport(std::string name, std::string description, Storage* storage);
 
 // The transmission flags we advertise for `e`: only what is honoured. SEND_DF only when
 // structured replies were negotiated (the spec requires that).

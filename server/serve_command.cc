@@ -332,14 +332,8 @@ int ServeMain(int argc, char** argv) {
     return Fail(message);
   }
   ExportTable exports;
-  {
-    auto e = std::make_shared<Export>();
-    e->name = o.export_name;
-    e->description = (*storage)->Describe();
-    e->storage = storage->get();
-    e->read_only = o.read_only || !(*storage)->writable();
-    exports.Add(std::move(e));
-  }
+  // Read-only when --read-only opened the chain so (or it could only be opened so).
+  exports.Add(NewExport(o.export_name, (*storage)->Describe(), storage->get()));
 
   // --- Listen ---
   std::vector<Listener> listeners;
@@ -432,7 +426,6 @@ int ServeMain(int argc, char** argv) {
   }
   // Live control: snapshot exports of the chain's existing snapshots, and the control socket.
   LiveControlOptions live_options;
-  live_options.direct_io = o.cache == CacheMode::kNone;
   if (!o.no_control) live_options.control_path = Absolute(o.control.value_or(DefaultControlPath(o.layer)));
   LiveControl live(&server, &exports, storage->get(), live_options);
   live.AddSnapshotExports();

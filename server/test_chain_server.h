@@ -47,11 +47,8 @@ struct TestChainServer {
       ADD_FAILURE() << chain.status();
       return false;
     }
-    storage = std::make_unique<ChainStorage>(std::move(*chain), /*direct_io=*/false);
-    auto e = std::make_shared<Export>();
-    e->name = export_name;
-    e->storage = storage.get();
-    exports.Add(e);
+    storage = std::make_unique<ChainStorage>(std::move(*chain));
+    exports.Add(NewExport(export_name, "", storage.get()));
     ServerOptions options;
     options.workers = 2;
     server = std::make_unique<Server>(&exports, options);
