@@ -1,6 +1,6 @@
-// The file layer under blockstore: positional I/O on layer and base files, and the few
-// directory operations the chain needs, behind an Env so tests can inject crashes (see
-// crash_env.h), as LevelDB's Env does. Errors name the file and the offset.
+// The file layer under blockstore: positional I/O on layer and base files, the few directory
+// operations the chain needs, behind an Env so tests can inject crashes (see crash_env.h), as
+// LevelDB's Env does, and the advisory file locks. Errors name the file and the offset.
 #ifndef STRATA_BLOCKSTORE_FILE_H_
 #define STRATA_BLOCKSTORE_FILE_H_
 

@@ -1,5 +1,6 @@
-// Layer file format shared by reader and writer. See FORMAT.md for the byte grammar, a worked
-// example and the design trade-offs. Every multi-byte integer is little-endian (coding.h).
+// Layer file format shared by reader and writer, and (last section) the merge journal beside a
+// layer. See FORMAT.md for the byte grammar, a worked example and the design trade-offs. Every
+// multi-byte integer in a layer file is little-endian (coding.h); the merge journal is text.
 #ifndef STRATA_BLOCKSTORE_FORMAT_H_
 #define STRATA_BLOCKSTORE_FORMAT_H_
 

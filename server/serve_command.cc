@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -295,7 +296,11 @@ std::string TcpUri(const std::string& host, int port, const std::string& export_
   return absl::StrFormat("nbd://%s:%d/%s", h, port, UriEncode(export_name));
 }
 
-int ServeMain(int argc, char** argv) {
+namespace {
+
+// Parses the arguments into *o and resolves every path in it. Returns the exit code when there
+// is nothing to serve (--help, a usage error).
+std::optional<int> PrepareOptions(int argc, char** argv, ServeOptions* o) {
   std::vector<std::string> args(argv + std::min(argc, 1), argv + argc);
   absl::StatusOr<ServeOptions> parsed = ParseServeOptions(args);
   if (!parsed.ok()) {
@@ -303,191 +308,227 @@ int ServeMain(int argc, char** argv) {
             ServeUsage().c_str());
     return 2;
   }
-  ServeOptions o = *std::move(parsed);
-  if (o.help) {
+  *o = *std::move(parsed);
+  if (o->help) {
     fputs(ServeUsage().c_str(), stdout);
     return 0;
   }
-  SetLogLevel(o.log_level);
-  if (o.workers == 0) {
-    o.workers = std::clamp<int>(static_cast<int>(std::thread::hardware_concurrency()), 1, 4);
+  SetLogLevel(o->log_level);
+  if (o->workers == 0) {
+    o->workers = std::clamp<int>(static_cast<int>(std::thread::hardware_concurrency()), 1, 4);
   }
   // The daemon changes to "/": every path the user gave is resolved against the working
   // directory now, or the control socket, the snapshot files and the @NAME exports would be
   // looked for under "/".
-  o.layer = Absolute(o.layer);
-  if (o.control) o.control = Absolute(*o.control);
-  if (o.socket) o.socket = Absolute(*o.socket);
-  if (!o.pid_file.empty()) o.pid_file = Absolute(o.pid_file);
-  RaiseOpenFileLimit();
+  o->layer = Absolute(o->layer);
+  if (o->control) o->control = Absolute(*o->control);
+  if (o->socket) o->socket = Absolute(*o->socket);
+  if (!o->pid_file.empty()) o->pid_file = Absolute(o->pid_file);
+  return std::nullopt;
+}
 
-  // --- Open the disk ---
+absl::StatusOr<std::unique_ptr<ChainStorage>> OpenDisk(const ServeOptions& o) {
   absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
       OpenChainStorage(o.layer, !o.read_only, o.cache == CacheMode::kNone);
-  if (!storage.ok()) {
-    std::string message(storage.status().message());
-    if (storage.status().code() == absl::StatusCode::kFailedPrecondition && !o.read_only) {
-      absl::StrAppend(&message, " (a frozen snapshot can be served with --read-only)");
-    }
-    return Fail(message);
+  if (!storage.ok() && storage.status().code() == absl::StatusCode::kFailedPrecondition &&
+      !o.read_only) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        storage.status().message(), " (a frozen snapshot can be served with --read-only)"));
   }
-  ExportTable exports;
-  // Read-only when --read-only opened the chain so (or it could only be opened so).
-  exports.Add(NewExport(o.export_name, (*storage)->Describe(), storage->get()));
+  return storage;
+}
 
-  // --- Listen ---
+// Where the server listens, and the URI that names it.
+struct Endpoints {
   std::vector<Listener> listeners;
   std::string uri, unix_path;
-  auto close_listeners = [&listeners] {
-    for (Listener& l : listeners) CloseListener(&l);
-  };
-  if (o.socket || !o.listen_address) {
-    unix_path = Absolute(o.socket.value_or(DefaultSocketPath(o.layer)));
-    absl::StatusOr<Listener> l = ListenUnix(unix_path, o.socket_mode);
-    if (!l.ok()) return Fail(std::string(l.status().message()));
-    listeners.push_back(*l);
-    uri = UnixUri(unix_path, o.export_name);
-  }
   int tcp_port = 0;
+  void Close() {
+    for (Listener& l : listeners) CloseListener(&l);
+  }
+};
+
+// Opens the listeners (non-blocking); on failure none is left open.
+absl::Status Listen(const ServeOptions& o, Endpoints* e) {
+  if (o.socket || !o.listen_address) {
+    e->unix_path = Absolute(o.socket.value_or(DefaultSocketPath(o.layer)));
+    absl::StatusOr<Listener> l = ListenUnix(e->unix_path, o.socket_mode);
+    if (!l.ok()) return l.status();
+    e->listeners.push_back(*l);
+    e->uri = UnixUri(e->unix_path, o.export_name);
+  }
   if (o.listen_address) {
     absl::StatusOr<Listener> l = ListenTcp(*o.listen_address, o.listen_port);
     if (!l.ok()) {
-      close_listeners();
-      return Fail(std::string(l.status().message()));
+      e->Close();
+      return l.status();
     }
-    listeners.push_back(*l);
-    tcp_port = std::stoi(l->description.substr(l->description.rfind(':') + 1));
-    if (uri.empty()) uri = TcpUri(*o.listen_address, tcp_port, o.export_name);
+    e->listeners.push_back(*l);
+    e->tcp_port = std::stoi(l->description.substr(l->description.rfind(':') + 1));
+    if (e->uri.empty()) e->uri = TcpUri(*o.listen_address, e->tcp_port, o.export_name);
   }
-  for (Listener& l : listeners) fcntl(l.fd, F_SETFL, fcntl(l.fd, F_GETFL) | O_NONBLOCK);
+  for (Listener& l : e->listeners) fcntl(l.fd, F_SETFL, fcntl(l.fd, F_GETFL) | O_NONBLOCK);
+  return absl::OkStatus();
+}
 
-  // --- Daemonize (before any thread exists) ---
-  int ready_fd = -1;
-  if (!o.foreground) {
-    int pipefd[2];
-    if (pipe2(pipefd, O_CLOEXEC) != 0) return Fail(absl::StrCat("pipe: ", strerror(errno)));
-    pid_t pid = fork();
-    if (pid < 0) return Fail(absl::StrCat("fork: ", strerror(errno)));
-    if (pid > 0) {
-      // Parent: wait until the daemon is serving, then tell the user where.
-      close(pipefd[1]);
-      char c;
-      ssize_t n;
-      do {
-        n = read(pipefd[0], &c, 1);
-      } while (n < 0 && errno == EINTR);
-      if (n != 1) {
-        int status = 0;
-        waitpid(pid, &status, 0);
-        return WIFEXITED(status) && WEXITSTATUS(status) != 0 ? WEXITSTATUS(status) : 1;
-      }
-      printf("serving %s at %s\nnbdinfo '%s'\n", o.layer.c_str(), uri.c_str(), uri.c_str());
-      fflush(stdout);
-      _exit(0);  // the daemon owns the socket file and the storage now
+// Forks the daemon (before any thread exists): the parent waits until it serves, tells the
+// user where, and exits. Returns the parent's exit code, or nullopt in the daemon, with
+// *ready_fd the pipe to write once serving.
+std::optional<int> Daemonize(const ServeOptions& o, const std::string& uri, int* ready_fd) {
+  int pipefd[2];
+  if (pipe2(pipefd, O_CLOEXEC) != 0) return Fail(absl::StrCat("pipe: ", strerror(errno)));
+  pid_t pid = fork();
+  if (pid < 0) return Fail(absl::StrCat("fork: ", strerror(errno)));
+  if (pid > 0) {
+    // Parent: wait until the daemon is serving, then tell the user where.
+    close(pipefd[1]);
+    char c;
+    ssize_t n;
+    do {
+      n = read(pipefd[0], &c, 1);
+    } while (n < 0 && errno == EINTR);
+    if (n != 1) {
+      int status = 0;
+      waitpid(pid, &status, 0);
+      return WIFEXITED(status) && WEXITSTATUS(status) != 0 ? WEXITSTATUS(status) : 1;
     }
-    close(pipefd[0]);
-    ready_fd = pipefd[1];
-    setsid();
-    if (chdir("/") != 0) {
-      // Harmless: every path we keep is absolute.
-    }
-    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-    if (devnull >= 0) {
-      dup2(devnull, STDIN_FILENO);
-      dup2(devnull, STDOUT_FILENO);
-      close(devnull);
-    }
-    // stderr stays: it is where the log goes.
+    printf("serving %s at %s\nnbdinfo '%s'\n", o.layer.c_str(), uri.c_str(), uri.c_str());
+    fflush(stdout);
+    _exit(0);  // the daemon owns the socket file and the storage now
   }
+  close(pipefd[0]);
+  *ready_fd = pipefd[1];
+  setsid();
+  if (chdir("/") != 0) {
+    // Harmless: every path we keep is absolute.
+  }
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (devnull >= 0) {
+    dup2(devnull, STDIN_FILENO);
+    dup2(devnull, STDOUT_FILENO);
+    close(devnull);
+  }
+  // stderr stays: it is where the log goes.
+  return std::nullopt;
+}
 
-  // --- Signals: handled through a signalfd in the accept loop; threads inherit the mask ---
+// SIGINT, SIGTERM and SIGCHLD are blocked (threads inherit the mask) and read from the
+// returned signalfd in the accept loop; -1 on failure. *old_mask is the mask before.
+int BlockSignals(sigset_t* old_mask) {
   sigset_t mask;
   sigemptyset(&mask);
   sigaddset(&mask, SIGINT);
   sigaddset(&mask, SIGTERM);
   sigaddset(&mask, SIGCHLD);
-  sigset_t old_mask;
-  pthread_sigmask(SIG_BLOCK, &mask, &old_mask);
+  pthread_sigmask(SIG_BLOCK, &mask, old_mask);
   signal(SIGPIPE, SIG_IGN);
-  int sig_fd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (sig_fd < 0) {
-    close_listeners();
-    return Fail(absl::StrCat("signalfd: ", strerror(errno)));
-  }
+  return signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+}
 
-  // --- Serve ---
-  ServerOptions server_options;
-  server_options.workers = o.workers;
-  server_options.shutdown_grace = absl::Seconds(o.shutdown_timeout_s);
-  Server server(&exports, server_options);
-  if (absl::Status st = server.Start(); !st.ok()) {
-    close_listeners();
-    return Fail(std::string(st.message()));
+// Starts --run's command with the NBD variables nbdkit's --run sets; its pid (-1: fork failed).
+pid_t StartRunCommand(const ServeOptions& o, const Endpoints& e, const sigset_t& old_mask) {
+  pid_t child = fork();
+  if (child != 0) return child;
+  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+  signal(SIGPIPE, SIG_DFL);
+  setenv("uri", e.uri.c_str(), 1);
+  setenv("exportname", o.export_name.c_str(), 1);
+  std::string nbd;
+  if (!e.unix_path.empty()) {
+    setenv("unixsocket", e.unix_path.c_str(), 1);
+    nbd = absl::StrCat("nbd:unix:", e.unix_path);
+  } else {
+    setenv("port", absl::StrCat(e.tcp_port).c_str(), 1);
+    nbd = absl::StrFormat("nbd:%s:%d", *o.listen_address, e.tcp_port);
   }
-  // Live control: snapshot exports of the chain's existing snapshots, and the control socket.
-  LiveControlOptions live_options;
-  if (!o.no_control) live_options.control_path = Absolute(o.control.value_or(DefaultControlPath(o.layer)));
-  LiveControl live(&server, &exports, storage->get(), live_options);
-  live.AddSnapshotExports();
-  std::unique_ptr<ControlSocket> control;
-  if (!o.no_control) {
-    absl::StatusOr<std::unique_ptr<ControlSocket>> c = ControlSocket::Start(
-        live_options.control_path, 0600,
-        [&live](const nlohmann::json& request, nlohmann::json* reply) {
-          return live.Handle(request, reply);
-        });
-    if (!c.ok()) {
-      server.Shutdown();
-      close_listeners();
-      return Fail(absl::StrCat("control socket: ", c.status().message(),
-                               " (--control PATH elsewhere, or --no-control)"));
-    }
-    control = std::move(*c);
-  }
-  if (!o.pid_file.empty()) {
-    if (absl::Status st = WritePidFile(o.pid_file); !st.ok()) {
-      control.reset();
-      server.Shutdown();
-      close_listeners();
-      return Fail(std::string(st.message()));
-    }
-  }
-  std::string where;
-  for (const Listener& l : listeners) absl::StrAppend(&where, where.empty() ? "" : ", ", l.description);
-  STRATA_LOG(kInfo, "serving %s (%s, cache=%s%s) on %s with %d workers%s", o.layer,
-             exports.Find("")->description, Name(o.cache),
-             exports.Find("")->read_only ? ", read-only" : "", where, o.workers,
-             control ? absl::StrCat("; control socket ", control->path()) : "");
+  if (!o.export_name.empty()) absl::StrAppend(&nbd, ":exportname=", o.export_name);
+  setenv("nbd", nbd.c_str(), 1);
+  execl("/bin/sh", "sh", "-c", o.run.c_str(), static_cast<char*>(nullptr));
+  _exit(127);
+}
 
-  pid_t child = -1;
-  if (!o.run.empty()) {
-    child = fork();
-    if (child == 0) {
-      pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-      signal(SIGPIPE, SIG_DFL);
-      setenv("uri", uri.c_str(), 1);
-      setenv("exportname", o.export_name.c_str(), 1);
-      if (!unix_path.empty()) {
-        setenv("unixsocket", unix_path.c_str(), 1);
-        std::string nbd = absl::StrCat("nbd:unix:", unix_path);
-        if (!o.export_name.empty()) absl::StrAppend(&nbd, ":exportname=", o.export_name);
-        setenv("nbd", nbd.c_str(), 1);
-      } else {
-        setenv("port", absl::StrCat(tcp_port).c_str(), 1);
-        std::string nbd = absl::StrFormat("nbd:%s:%d", *o.listen_address, tcp_port);
-        if (!o.export_name.empty()) absl::StrAppend(&nbd, ":exportname=", o.export_name);
-        setenv("nbd", nbd.c_str(), 1);
+// Handles the signals read from `sig_fd`; false once the server is to shut down (*exit_code
+// then set from --run's command when that ended).
+bool HandleSignals(int sig_fd, pid_t* child, int* exit_code) {
+  bool running = true;
+  signalfd_siginfo si;
+  while (read(sig_fd, &si, sizeof(si)) == sizeof(si)) {
+    if (si.ssi_signo == SIGCHLD) {
+      int status;
+      if (*child > 0 && waitpid(*child, &status, WNOHANG) == *child) {
+        *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        STRATA_LOG(kInfo, "--run command exited with status %d: shutting down", *exit_code);
+        *child = -1;
+        running = false;
       }
-      execl("/bin/sh", "sh", "-c", o.run.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
+    } else {
+      STRATA_LOG(kInfo, "received %s: shutting down", strsignal(si.ssi_signo));
+      running = false;
     }
-    if (child < 0) {
-      control.reset();
-      server.Shutdown();
-      close_listeners();
-      return Fail(absl::StrCat("fork for --run: ", strerror(errno)));
+  }
+  return running;
+}
+
+// Accepts every pending connection on `l` and hands it to the server.
+void AcceptAll(const Listener& l, Server* server) {
+  for (;;) {
+    int fd = accept4(l.fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
+        STRATA_LOG(kError, "accept on %s: %s", l.description, strerror(errno));
+      }
+      return;
     }
-  } else if (ready_fd >= 0) {
+    if (l.unix_path.empty()) {
+      int one = 1;
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    server->AddConnection(fd, l.unix_path.empty() ? PeerName(fd) : l.description);
+  }
+}
+
+// Accepts until a signal or the captive command ends; returns the exit code so far.
+int AcceptLoop(int sig_fd, const Endpoints& e, Server* server, pid_t child) {
+  int exit_code = 0;
+  bool running = true;
+  while (running) {
+    std::vector<pollfd> fds;
+    fds.push_back({sig_fd, POLLIN, 0});
+    for (const Listener& l : e.listeners) fds.push_back({l.fd, POLLIN, 0});
+    if (poll(fds.data(), fds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      STRATA_LOG(kError, "poll: %s", strerror(errno));
+      break;
+    }
+    if (fds[0].revents & POLLIN) running = HandleSignals(sig_fd, &child, &exit_code);
+    for (size_t i = 1; running && i < fds.size(); ++i) {
+      if (fds[i].revents & POLLIN) AcceptAll(e.listeners[i - 1], server);
+    }
+  }
+  return exit_code;
+}
+
+// Starts the control socket on `live` (null with --no-control).
+absl::StatusOr<std::unique_ptr<ControlSocket>> StartControl(const ServeOptions& o,
+                                                            const std::string& path,
+                                                            LiveControl* live) {
+  if (o.no_control) return nullptr;
+  absl::StatusOr<std::unique_ptr<ControlSocket>> c = ControlSocket::Start(
+      path, 0600, [live](const nlohmann::json& request, nlohmann::json* reply) {
+        return live->Handle(request, reply);
+      });
+  if (!c.ok()) {
+    return absl::Status(c.status().code(), absl::StrCat("control socket: ", c.status().message(),
+                                                        " (--control PATH elsewhere, or "
+                                                        "--no-control)"));
+  }
+  return c;
+}
+
+// Tells whoever started us that we serve: the daemon's parent (which prints where), else the
+// user.
+void AnnounceReady(const ServeOptions& o, const std::string& uri, int ready_fd) {
+  if (ready_fd >= 0) {
     char c = 'R';
     ssize_t ignored = write(ready_fd, &c, 1);
     (void)ignored;
@@ -496,72 +537,99 @@ int ServeMain(int argc, char** argv) {
     printf("serving %s at %s\nnbdinfo '%s'\n", o.layer.c_str(), uri.c_str(), uri.c_str());
     fflush(stdout);
   }
+}
 
-  // --- Accept until a signal or the captive command ends ---
-  int exit_code = 0;
-  bool running = true;
-  while (running) {
-    std::vector<pollfd> fds;
-    fds.push_back({sig_fd, POLLIN, 0});
-    for (const Listener& l : listeners) fds.push_back({l.fd, POLLIN, 0});
-    if (poll(fds.data(), fds.size(), -1) < 0) {
-      if (errno == EINTR) continue;
-      STRATA_LOG(kError, "poll: %s", strerror(errno));
-      break;
-    }
-    if (fds[0].revents & POLLIN) {
-      signalfd_siginfo si;
-      while (read(sig_fd, &si, sizeof(si)) == sizeof(si)) {
-        if (si.ssi_signo == SIGCHLD) {
-          int status;
-          if (child > 0 && waitpid(child, &status, WNOHANG) == child) {
-            exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-            STRATA_LOG(kInfo, "--run command exited with status %d: shutting down", exit_code);
-            child = -1;
-            running = false;
-          }
-        } else {
-          STRATA_LOG(kInfo, "received %s: shutting down", strsignal(si.ssi_signo));
-          running = false;
-        }
-      }
-    }
-    for (size_t i = 1; running && i < fds.size(); ++i) {
-      if (!(fds[i].revents & POLLIN)) continue;
-      const Listener& l = listeners[i - 1];
-      for (;;) {
-        int fd = accept4(l.fd, nullptr, nullptr, SOCK_CLOEXEC);
-        if (fd < 0) {
-          if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-            STRATA_LOG(kError, "accept on %s: %s", l.description, strerror(errno));
-          }
-          break;
-        }
-        if (l.unix_path.empty()) {
-          int one = 1;
-          setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        }
-        server.AddConnection(fd, l.unix_path.empty() ? PeerName(fd) : l.description);
-      }
-    }
+// Serves `exports` (the disk `storage` first) on *e until a signal or --run's command ends,
+// then stops accepting, finishes in-flight requests and flushes. Returns the exit code, or
+// why serving could not start (the listeners closed).
+absl::StatusOr<int> Serve(const ServeOptions& o, ExportTable* exports, ChainStorage* storage,
+                          Endpoints* e, int ready_fd, int sig_fd, const sigset_t& old_mask) {
+  ServerOptions server_options;
+  server_options.workers = o.workers;
+  server_options.shutdown_grace = absl::Seconds(o.shutdown_timeout_s);
+  Server server(exports, server_options);
+  if (absl::Status st = server.Start(); !st.ok()) {
+    e->Close();
+    return st;
   }
-
-  // --- Shut down: stop accepting, finish in-flight requests, flush, close ---
+  // Live control: snapshot exports of the chain's existing snapshots, and the control socket.
+  LiveControlOptions live_options;
+  if (!o.no_control) {
+    live_options.control_path = Absolute(o.control.value_or(DefaultControlPath(o.layer)));
+  }
+  LiveControl live(&server, exports, storage, live_options);
+  live.AddSnapshotExports();
+  absl::StatusOr<std::unique_ptr<ControlSocket>> control =
+      StartControl(o, live_options.control_path, &live);
+  absl::Status st = control.status();
+  if (st.ok() && !o.pid_file.empty()) st = WritePidFile(o.pid_file);
+  if (st.ok()) {
+    std::string where;
+    for (const Listener& l : e->listeners) {
+      absl::StrAppend(&where, where.empty() ? "" : ", ", l.description);
+    }
+    STRATA_LOG(kInfo, "serving %s (%s, cache=%s%s) on %s with %d workers%s", o.layer,
+               exports->Find("")->description, Name(o.cache),
+               exports->Find("")->read_only ? ", read-only" : "", where, o.workers,
+               *control ? absl::StrCat("; control socket ", (*control)->path()) : "");
+  }
+  pid_t child = -1;
+  if (st.ok() && !o.run.empty()) {
+    child = StartRunCommand(o, *e, old_mask);
+    if (child < 0) st = absl::InternalError(absl::StrCat("fork for --run: ", strerror(errno)));
+  }
+  if (!st.ok()) {
+    if (control.ok()) control->reset();
+    server.Shutdown();
+    e->Close();
+    return st;
+  }
+  if (o.run.empty()) AnnounceReady(o, e->uri, ready_fd);
+  int exit_code = AcceptLoop(sig_fd, *e, &server, child);
   // The control socket first: it waits for a request in progress (a pause is bounded).
-  control.reset();
-  close_listeners();
+  control->reset();
+  e->Close();
   server.Shutdown();
-  if ((*storage)->writable()) {
-    if (absl::Status st = (*storage)->Flush(); !st.ok()) {
-      STRATA_LOG(kError, "final flush failed: %s", st.message());
+  if (storage->writable()) {
+    if (absl::Status flushed = storage->Flush(); !flushed.ok()) {
+      STRATA_LOG(kError, "final flush failed: %s", flushed.message());
       if (exit_code == 0) exit_code = 1;
     }
   }
+  return exit_code;
+}
+
+}  // namespace
+
+int ServeMain(int argc, char** argv) {
+  ServeOptions o;
+  if (std::optional<int> done = PrepareOptions(argc, argv, &o)) return *done;
+  RaiseOpenFileLimit();
+  absl::StatusOr<std::unique_ptr<ChainStorage>> storage = OpenDisk(o);
+  if (!storage.ok()) return Fail(std::string(storage.status().message()));
+  ExportTable exports;
+  // Read-only when --read-only opened the chain so (or it could only be opened so).
+  exports.Add(NewExport(o.export_name, (*storage)->Describe(), storage->get()));
+  Endpoints e;
+  if (absl::Status st = Listen(o, &e); !st.ok()) return Fail(std::string(st.message()));
+  int ready_fd = -1;
+  if (!o.foreground) {
+    if (std::optional<int> parent = Daemonize(o, e.uri, &ready_fd)) return *parent;
+  }
+  sigset_t old_mask;
+  const int sig_fd = BlockSignals(&old_mask);
+  if (sig_fd < 0) {
+    e.Close();
+    return Fail(absl::StrCat("signalfd: ", strerror(errno)));
+  }
+  absl::StatusOr<int> exit_code =
+      Serve(o, &exports, storage->get(), &e, ready_fd, sig_fd, old_mask);
+  if (!exit_code.ok()) return Fail(std::string(exit_code.status().message()));
   storage->reset();
   if (!o.pid_file.empty()) unlink(o.pid_file.c_str());
   close(sig_fd);
   STRATA_LOG(kInfo, "stopped");
-  return exit_code;
+  return *exit_code;
 }
 
 }  // namespace strata
