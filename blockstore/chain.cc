@@ -1,13 +1,12 @@
 #include "blockstore/chain.h"
 
-#include <sys/file.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <functional>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 
@@ -15,6 +14,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "blockstore/clock.h"
 #include "blockstore/file.h"
 #include "blockstore/flat_view.h"
 #include "blockstore/layer.h"
@@ -60,37 +60,23 @@ struct Chain::Inflight {
     ranges.push_back(r);
     widened += (r.head_excl >= 0 || r.tail_excl >= 0);
   }
-  void Remove(uint64_t start_sb, uint64_t end_sb) {
+  // False when no write in flight has this range (see FinishWrite).
+  [[nodiscard]] bool Remove(uint64_t start_sb, uint64_t end_sb) {
     for (size_t i = 0; i < ranges.size(); ++i) {
       if (ranges[i].start_sb == start_sb && ranges[i].end_sb == end_sb) {
         widened -= (ranges[i].head_excl >= 0 || ranges[i].tail_excl >= 0);
         ranges[i] = ranges.back();
         ranges.pop_back();
-        return;
+        return true;
       }
     }
+    return false;
   }
 };
 
 namespace {
 
 constexpr int kMaxDepth = 65535;  // positions are 16 bits in the flat view
-
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
-
-absl::Status Lock(File* file, bool exclusive) {
-  if (flock(file->fd(), (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0) return absl::OkStatus();
-  if (errno == EWOULDBLOCK) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        file->path(), " is in use by another process (a running `strata serve` or `strata "
-                      "commit`); stop it first, or inspect with a read-only command"));
-  }
-  return ErrnoStatus(errno, "flock", file->path());
-}
 
 void Append(std::vector<Segment>* out, const Segment& seg) {
   if (!out->empty()) {
@@ -207,18 +193,19 @@ Chain::~Chain() {
 
 namespace {
 
-absl::Status RefuseUnfinishedMerge(Env* env, const std::string& path,
-                                   const std::string& top_path) {
+// An unfinished merge of `path` leaves its journal beside it: the chain must not be read
+// through a layer that is half of two until the merge ends.
+absl::Status RefuseUnfinishedMerge(Env* env, const std::string& path, const std::string& top) {
   if (!env->Exists(MergeJournalPath(path))) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
       "an interrupted commit of ", path, " was found (", MergeJournalPath(path),
-      "): run `strata commit --resume ", top_path, "` to finish it"));
+      "): run `strata commit --resume ", top, "` to finish it"));
 }
 
-// The raw base `child` names at `path`, checked against the size it recorded.
-absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const ChainOptions& options,
-                                                     const Layer& child,
-                                                     const std::string& path) {
+// The raw base at `path` that `child` names, checked against the size it recorded.
+absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const Layer& child,
+                                                     const std::string& path,
+                                                     const ChainOptions& options) {
   auto base = std::make_unique<RawBase>();
   auto file = env->Open(path, {});
   if (!file.ok()) {
@@ -229,11 +216,10 @@ absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const ChainOption
   auto size = base->file->Size();
   if (!size.ok()) return size.status();
   base->size = *size;
-  const LayerHeader& ch = child.header();
-  if (base->size != ch.parent_size) {
+  if (base->size != child.header().parent_size) {
     return absl::FailedPreconditionError(absl::StrCat(
         "layer ", child.path(), ": raw base ", path, " is ", base->size, " bytes but was ",
-        ch.parent_size, " when the layer was created: the base changed"));
+        child.header().parent_size, " when the layer was created: the base changed"));
   }
   if (options.direct_io) {
     auto direct = env->Open(path, {.direct_io = true});
@@ -241,66 +227,39 @@ absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const ChainOption
     base->direct = std::move(*direct);
   }
   if (options.lock) {
-    if (auto s = Lock(base->file.get(), false); !s.ok()) return s;
+    if (auto s = TryLock(*base->file, LockMode::kShared); !s.ok()) return s;
   }
   return base;
 }
 
-// `parent` (opened from `parent_path`) is the layer `child` names.
-absl::Status CheckParent(const Layer& child, const std::string& parent_path,
-                         const Layer& parent) {
+// The strata parent at `path` that `child` names: the same UUID, size and geometry, frozen.
+absl::StatusOr<std::unique_ptr<Layer>> OpenParent(Env* env, const Layer& child,
+                                                  const std::string& path,
+                                                  const ChainOptions& options) {
+  auto parent = Layer::Open(env, path, Layer::Mode::kReadOnly, options.direct_io);
+  if (!parent.ok()) {
+    return absl::Status(parent.status().code(), absl::StrCat("layer ", child.path(), ": parent: ",
+                                                             parent.status().message()));
+  }
   const LayerHeader& ch = child.header();
-  const LayerHeader& ph = parent.header();
+  const LayerHeader& ph = (*parent)->header();
   if (ph.uuid != ch.parent_uuid) {
     return absl::FailedPreconditionError(absl::StrCat(
         "layer ", child.path(), " expects parent UUID ", UuidToString(ch.parent_uuid), " but ",
-        parent_path, " has ", UuidToString(ph.uuid), ": the parent was replaced"));
+        path, " has ", UuidToString(ph.uuid), ": the parent was replaced"));
   }
   if (ph.virtual_size != ch.virtual_size || ph.cluster_size != ch.cluster_size ||
       ph.sub_block_size != ch.sub_block_size) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", child.path(), " and its parent ", parent_path,
+        "layer ", child.path(), " and its parent ", path,
         " differ in virtual size or cluster geometry"));
   }
   if (ph.state != LayerState::kFrozen) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", child.path(), ": parent ", parent_path,
+        "layer ", child.path(), ": parent ", path,
         " is active (writable): a parent must be a frozen snapshot"));
   }
-  return absl::OkStatus();
-}
-
-// Top down: opens each layer below the one at stack->back() and checks it is the parent its
-// child names, down to the raw base (*base) or a layer without a parent.
-absl::Status OpenParents(Env* env, const ChainOptions& options, const std::string& top_path,
-                         std::vector<std::unique_ptr<Layer>>* stack,
-                         std::unique_ptr<RawBase>* base) {
-  absl::flat_hash_set<std::string> seen;
-  for (;;) {
-    const Layer& child = *stack->back();
-    const LayerHeader& ch = child.header();
-    if (!seen.insert(UuidToString(ch.uuid)).second || stack->size() > kMaxDepth) {
-      return absl::DataLossError(absl::StrCat("layer ", child.path(), ": parent links loop"));
-    }
-    if (ch.parent_format == ParentFormat::kNone) return absl::OkStatus();
-    std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
-    if (ch.parent_format == ParentFormat::kRaw) {
-      auto raw = OpenRawBase(env, options, child, parent_path);
-      if (!raw.ok()) return raw.status();
-      *base = std::move(*raw);
-      return absl::OkStatus();
-    }
-    // Before the parent's UUID is compared: an unfinished relink changes UUIDs first.
-    if (auto s = RefuseUnfinishedMerge(env, parent_path, top_path); !s.ok()) return s;
-    auto parent = Layer::Open(env, parent_path, Layer::Mode::kReadOnly, options.direct_io);
-    if (!parent.ok()) {
-      return absl::Status(parent.status().code(),
-                          absl::StrCat("layer ", child.path(), ": parent: ",
-                                       parent.status().message()));
-    }
-    if (auto s = CheckParent(child, parent_path, **parent); !s.ok()) return s;
-    stack->push_back(std::move(*parent));
-  }
+  return parent;
 }
 
 }  // namespace
@@ -321,40 +280,71 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
     auto recovered = RecoverChain(env, top_path, options.lock ? &locks : nullptr);
     if (!recovered.ok()) return recovered.status();
   }
-  if (auto s = RefuseUnfinishedMerge(env, top_path, top_path); !s.ok()) return s;
   std::vector<std::unique_ptr<Layer>> stack;
-  auto top = Layer::Open(env, top_path,
-                         options.writable ? Layer::Mode::kWritable : Layer::Mode::kReadOnly,
-                         options.direct_io);
-  if (!top.ok()) return top.status();
-  stack.push_back(std::move(*top));
-  if (auto s = OpenParents(env, options, top_path, &stack, &chain->base_); !s.ok()) return s;
+  if (auto s = chain->OpenLayers(&stack); !s.ok()) return s;
   if (options.lock) {
     for (size_t i = 0; i < stack.size(); ++i) {
-      if (auto s = Lock(stack[i]->file(), i == 0 && options.writable); !s.ok()) return s;
+      const bool exclusive = i == 0 && options.writable;
+      auto s = TryLock(*stack[i]->file(), exclusive ? LockMode::kExclusive : LockMode::kShared);
+      if (!s.ok()) return s;
     }
   }
-
-  const LayerHeader& th = stack.front()->header();
-  chain->size_ = th.virtual_size;
-  chain->cluster_size_ = th.cluster_size;
-  chain->sub_block_size_ = th.sub_block_size;
-  chain->view_ = std::make_unique<FlatView>(th.SubBlocksPerCluster());
-  // Bottom-up: positions 1..N-1 are the frozen layers, flattened once here.
-  for (size_t i = stack.size(); i-- > 1;) {
-    Layer& layer = *stack[i];
-    uint16_t position = static_cast<uint16_t>(chain->frozen_.size() + 1);
-    layer.index().ForEach([&](uint64_t cluster, const ClusterEntry& e) {
-      chain->view_->Overlay(position, cluster, e);
-    });
-    layer.ReleaseIndex();
-    chain->frozen_.push_back(std::move(stack[i]));
-  }
-  chain->active_ = std::move(stack.front());
+  chain->Adopt(std::move(stack));
   // So that the first writes find slots ready. A full volume fails only the writes that need
   // space (they replenish again), not the open: reads go on.
   if (options.writable) (void)chain->ReplenishSlots();
   return chain;
+}
+
+absl::Status Chain::OpenLayers(std::vector<std::unique_ptr<Layer>>* stack) {
+  if (auto s = RefuseUnfinishedMerge(env_, top_path_, top_path_); !s.ok()) return s;
+  // Top down: open each layer and check it is the parent its child names.
+  auto top = Layer::Open(env_, top_path_,
+                         options_.writable ? Layer::Mode::kWritable : Layer::Mode::kReadOnly,
+                         options_.direct_io);
+  if (!top.ok()) return top.status();
+  stack->push_back(std::move(*top));
+  absl::flat_hash_set<std::string> seen;
+  for (;;) {
+    const Layer& child = *stack->back();
+    const LayerHeader& ch = child.header();
+    if (!seen.insert(UuidToString(ch.uuid)).second || stack->size() > kMaxDepth) {
+      return absl::DataLossError(absl::StrCat("layer ", child.path(), ": parent links loop"));
+    }
+    if (ch.parent_format == ParentFormat::kNone) return absl::OkStatus();
+    std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
+    if (ch.parent_format == ParentFormat::kRaw) {
+      auto base = OpenRawBase(env_, child, parent_path, options_);
+      if (!base.ok()) return base.status();
+      base_ = std::move(*base);
+      return absl::OkStatus();
+    }
+    // Before the parent's UUID is compared: an unfinished relink changes UUIDs first.
+    if (auto s = RefuseUnfinishedMerge(env_, parent_path, top_path_); !s.ok()) return s;
+    auto parent = OpenParent(env_, child, parent_path, options_);
+    if (!parent.ok()) return parent.status();
+    stack->push_back(std::move(*parent));
+  }
+}
+
+void Chain::Adopt(std::vector<std::unique_ptr<Layer>> stack) {
+  MutexLock lock(&mu_);
+  const LayerHeader& th = stack.front()->header();
+  size_ = th.virtual_size;
+  cluster_size_ = th.cluster_size;
+  sub_block_size_ = th.sub_block_size;
+  view_ = std::make_unique<FlatView>(th.SubBlocksPerCluster());
+  // Bottom-up: positions 1..N-1 are the frozen layers, flattened once here.
+  for (size_t i = stack.size(); i-- > 1;) {
+    Layer& layer = *stack[i];
+    uint16_t position = static_cast<uint16_t>(frozen_.size() + 1);
+    layer.index().ForEach([&](uint64_t cluster, const ClusterEntry& e) {
+      view_->Overlay(position, cluster, e);
+    });
+    layer.ReleaseIndex();
+    frozen_.push_back(std::move(stack[i]));
+  }
+  active_ = std::move(stack.front());
 }
 
 int Chain::top_position() const {
@@ -377,7 +367,6 @@ std::vector<LayerInfo> Chain::Layers() const {
   auto add = [&](const Layer& layer, int position) {
     LayerInfo info;
     info.position = position;
-    info.path = layer.path();
     info.header = layer.header();
     info.allocated_bytes = layer.referenced_slots() * layer.cluster_size();
     info.file_bytes = layer.file()->AllocatedBytes().value_or(0);
@@ -385,16 +374,32 @@ std::vector<LayerInfo> Chain::Layers() const {
       info.freezing = true;
       info.header.snapshot_name = freezing_view_->name;
     }
-    if (freezing_view_ != nullptr && &layer == active_.get()) {
-      // Not renamed yet: that is the last step of the freeze below it.
-      info.path = PendingLayerPath(top_path_);
-      info.final_path = top_path_;
-    }
+    info.path = CurrentPathLocked(layer);
+    if (info.path != layer.path()) info.final_path = layer.path();
     out.push_back(std::move(info));
   };
   for (size_t i = 0; i < frozen_.size(); ++i) add(*frozen_[i], static_cast<int>(i + 1));
   add(*active_, static_cast<int>(frozen_.size() + 1));
   return out;
+}
+
+std::string Chain::CurrentPathLocked(const Layer& layer) const {
+  // The active layer above a freezing one is not renamed yet: that is the last step of the
+  // freeze below it.
+  if (freezing_view_ != nullptr && &layer == active_.get()) return PendingLayerPath(top_path_);
+  return layer.path();
+}
+
+std::string Chain::DescribeLayer(int position) const {
+  ReaderMutexLock lock(&mu_);
+  const int top = static_cast<int>(frozen_.size()) + 1;
+  if (position == -1) return "no layer (reads as zeros)";
+  if (position == 0 && base_) return absl::StrCat("base (", base_->file->path(), ")");
+  if (position < 1 || position > top) {
+    return absl::StrCat("layer ", position, " (not in the chain of ", top_path_, ")");
+  }
+  const Layer& layer = position == top ? *active_ : *frozen_[position - 1];
+  return absl::StrCat("layer ", position, " (", CurrentPathLocked(layer), ")");
 }
 
 absl::Status Chain::CheckRange(uint64_t offset, uint64_t length) const {
@@ -414,35 +419,42 @@ absl::Status Chain::CheckWritable() const {
 
 Segment Chain::SegmentFor(uint64_t cluster, uint32_t sb, uint64_t offset, uint64_t length) const {
   uint64_t within = offset - cluster * cluster_size_ - uint64_t{sb} * sub_block_size_;
+  const int active_position = static_cast<int>(frozen_.size()) + 1;
   ClusterEntry a = active_->Get(cluster);
   uint32_t bit = 1u << sb;
   if (a.present & bit) {
-    return {Segment::Kind::kData, length, active_->data_fd(), active_->DataOffset(a.slot, sb) + within};
+    return {Segment::Kind::kData, length, active_->data_fd(),
+            active_->DataOffset(a.slot, sb) + within, active_position};
   }
-  if (a.zero & bit) return {Segment::Kind::kZero, length};
+  if (a.zero & bit) return {Segment::Kind::kZero, length, -1, 0, active_position};
   Source src = view_->Resolve(cluster, sb);
   if (src.layer != 0) {
-    if (src.zero) return {Segment::Kind::kZero, length};
+    if (src.zero) return {Segment::Kind::kZero, length, -1, 0, src.layer};
     const Layer& layer = *frozen_[src.layer - 1];
-    return {Segment::Kind::kData, length, layer.data_fd(), layer.DataOffset(src.slot, sb) + within};
+    return {Segment::Kind::kData, length, layer.data_fd(), layer.DataOffset(src.slot, sb) + within,
+            src.layer};
   }
   if (base_ && offset < base_->size) {
-    return {Segment::Kind::kData, std::min(length, base_->size - offset), base_->fd(), offset};
+    return {Segment::Kind::kData, std::min(length, base_->size - offset), base_->fd(), offset, 0};
   }
-  return {Segment::Kind::kZero, length};
+  return {Segment::Kind::kZero, length, -1, 0, -1};
 }
 
-void Chain::MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>* out) const {
-  uint64_t end = offset + length;
+template <typename Fn>
+void Chain::ForEachSegment(uint64_t offset, uint64_t length, Fn fn) const {
+  const uint64_t end = offset + length;
   while (offset < end) {
     uint64_t cluster = offset / cluster_size_;
     uint32_t sb = static_cast<uint32_t>((offset % cluster_size_) / sub_block_size_);
     uint64_t sb_end = cluster * cluster_size_ + uint64_t{sb + 1} * sub_block_size_;
-    uint64_t piece = std::min(end, sb_end) - offset;
-    Segment seg = SegmentFor(cluster, sb, offset, piece);
-    Append(out, seg);
+    Segment seg = SegmentFor(cluster, sb, offset, std::min(end, sb_end) - offset);
+    fn(offset, seg);
     offset += seg.length;
   }
+}
+
+void Chain::MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>* out) const {
+  ForEachSegment(offset, length, [out](uint64_t, const Segment& seg) { Append(out, seg); });
 }
 
 absl::Status Chain::MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
@@ -594,11 +606,23 @@ absl::StatusOr<WritePlan> Chain::PrepareWriteBlocking(uint64_t offset, uint64_t 
 }
 
 void Chain::FinishWrite(const WritePlan& plan, bool succeeded) {
-  if (plan.fill_pin != 0) Unpin(plan.fill_pin);
   MutexLock lock(&mu_);
   uint64_t start_sb = plan.start / sub_block_size_;
   uint64_t end_sb = (plan.end + sub_block_size_ - 1) / sub_block_size_;
-  inflight_->Remove(start_sb, end_sb);
+  if (!inflight_->Remove(start_sb, end_sb)) {
+    // A plan finished twice, or one PrepareWrite never returned: the in-flight ranges no
+    // longer say which edge sub-blocks a widened write owns (a second finish of a range may
+    // even remove another write's identical range), so two overlapping unaligned writes could
+    // rewrite each other's bytes with stale margins. That is a bug in the caller; stop before
+    // it corrupts data. Reopening gives the last flushed state, which NBD allows.
+    std::fprintf(stderr, "strata: %s: internal error: FinishWrite of sub-blocks [%llu, %llu) "
+                         "that no write in flight holds\n",
+                 top_path_.c_str(), static_cast<unsigned long long>(start_sb),
+                 static_cast<unsigned long long>(end_sb));
+    std::abort();
+  }
+  // After the check: a plan finished twice has no pin left to end.
+  if (plan.fill_pin != 0) Unpin(plan.fill_pin);
   if (!succeeded) return;  // the slot stays reserved and unreferenced by data: harmless
   ForEachCluster(start_sb, end_sb, [&](uint64_t cluster, uint32_t mask) {
     ClusterEntry entry = active_->Get(cluster);
@@ -700,30 +724,9 @@ absl::Status Chain::Flush() {
 absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const {
   if (auto s = CheckRange(offset, length); !s.ok()) return s;
   ReaderMutexLock lock(&mu_);
-  int active_position = static_cast<int>(frozen_.size()) + 1;
-  uint64_t end = offset + length;
-  while (offset < end) {
-    uint64_t cluster = offset / cluster_size_;
-    uint32_t sb = static_cast<uint32_t>((offset % cluster_size_) / sub_block_size_);
-    uint64_t sb_end = cluster * cluster_size_ + uint64_t{sb + 1} * sub_block_size_;
-    Extent e{offset, std::min(end, sb_end) - offset};
-    ClusterEntry a = active_->Get(cluster);
-    uint32_t bit = 1u << sb;
-    if ((a.present | a.zero) & bit) {
-      e.layer = active_position;
-      e.data = (a.present & bit) != 0;
-      e.zero = !e.data;
-    } else if (Source src = view_->Resolve(cluster, sb); src.layer != 0) {
-      e.layer = src.layer;
-      e.zero = src.zero;
-      e.data = !src.zero;
-    } else if (base_ && offset < base_->size) {
-      e.layer = 0;
-      e.data = true;
-    } else {
-      e.layer = -1;
-      e.zero = true;
-    }
+  ForEachSegment(offset, length, [out](uint64_t at, const Segment& seg) {
+    const bool data = seg.kind == Segment::Kind::kData;
+    Extent e{at, seg.length, seg.layer, /*zero=*/!data, data};
     if (!out->empty() && out->back().offset + out->back().length == e.offset &&
         out->back().layer == e.layer && out->back().zero == e.zero &&
         out->back().data == e.data) {
@@ -731,8 +734,7 @@ absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent
     } else {
       out->push_back(e);
     }
-    offset += e.length;
-  }
+  });
   return absl::OkStatus();
 }
 
@@ -777,7 +779,7 @@ absl::Status Chain::PrepareSnapshot(absl::string_view name) {
   auto next = Layer::Open(env_, PendingLayerPath(top_path_), Layer::Mode::kWritable,
                           options_.direct_io);
   absl::Status s = next.status();
-  if (s.ok() && options_.lock) s = Lock((*next)->file(), true);
+  if (s.ok() && options_.lock) s = TryLock(*(*next)->file(), LockMode::kExclusive);
   if (!s.ok()) {
     AbandonNextLayer(env_, *active, top_path_, snapshot);
     return s;
@@ -822,7 +824,7 @@ absl::StatusOr<Chain::SnapshotResult> Chain::SwitchSnapshot(absl::string_view na
   prepared_->next->set_path(top_path_);
   SnapshotResult result{frozen_path, active_->header().uuid};
   freezing_ = std::make_unique<FreezingLayer>(
-      FreezingLayer{prepared_->name, NowNs(), active_.get()});
+      FreezingLayer{prepared_->name, WallClockNs(), active_.get()});
   freezing_view_ = freezing_.get();
   frozen_.push_back(std::move(active_));
   active_ = std::move(prepared_->next);
@@ -864,7 +866,7 @@ absl::Status Chain::CompleteSnapshotLocked() {
   // first, so before the rename another process could have locked the disk's path in that gap
   // and rolled the snapshot back under us.
   CompletedSnapshot done{freezing_->name, layer->path(), frozen->uuid, absl::OkStatus()};
-  if (options_.lock) done.lock = Lock(layer->file(), false);
+  if (options_.lock) done.lock = TryLock(*layer->file(), LockMode::kShared);
   // Before the index is dropped (it finds the last slot in use); nothing else reads or
   // changes a frozen layer's index or allocator.
   layer->ReleaseQuarantined(OldestPinnedEpoch());

@@ -50,6 +50,10 @@ struct Segment {
   uint64_t length = 0;
   int fd = -1;               // kData only
   uint64_t file_offset = 0;  // kData only
+  // The chain position answering it, as in Extent::layer (0 = the raw base, -1 = nobody), for
+  // messages: Chain::DescribeLayer(layer) names its file. kData runs coalesce only within one
+  // file; kZero runs also across layers, and then name the layer of their first sub-block.
+  int layer = -1;
 };
 
 // Where a write goes. When the request does not start or end on a sub-block boundary, the
@@ -123,6 +127,8 @@ struct LayerInfo {
 
 class Env;
 
+// Chain::writable() and Chain::direct_io() report these back: the one place the server (its
+// Storage, its exports) learns them from.
 struct ChainOptions {
   bool writable = true;      // opens the top layer for writing; it must be active
   bool direct_io = false;    // O_DIRECT data descriptors (the caller aligns buffers; the
@@ -163,10 +169,15 @@ class Chain {
   uint32_t sub_block_size() const { return sub_block_size_; }
   uint32_t cluster_size() const { return cluster_size_; }
   bool writable() const { return options_.writable; }
+  bool direct_io() const { return options_.direct_io; }
   const std::string& top_path() const { return top_path_; }
   // Position of the active layer (as in Extent::layer): the number of strata layers.
   int top_position() const;
   std::vector<LayerInfo> Layers() const;
+  // Names chain position `position` (as in Extent::layer and Segment::layer) for messages:
+  // "layer 3 (/img/disk@s1.strata)", "base (/img/base.raw)", the file by the path the chain
+  // knows it under now (absolute when the chain was opened by an absolute path).
+  std::string DescribeLayer(int position) const;
 
   // --- Metadata API for a caller that does its own I/O (the server) ---
 
@@ -179,8 +190,10 @@ class Chain {
   // slot keep it, so each retry after a replenish makes progress); kFailedPrecondition when
   // read-only; the sticky failure().
   absl::StatusOr<WritePlan> PrepareWrite(uint64_t offset, uint64_t length);
-  // Metadata only. Records a prepared write once its data is written (succeeded) or abandons
-  // it. Call it for every plan PrepareWrite returned: it also ends the plan's pin on its fills.
+  // Metadata only. Records a prepared write once its data is written (succeeded) or abandons it. Call it
+  // exactly once for every plan PrepareWrite returned: it also ends the plan's pin on its
+  // fills. Finishing a plan twice, or one PrepareWrite did not return, aborts the process (a
+  // broken invariant that would let overlapping unaligned writes corrupt each other).
   void FinishWrite(const WritePlan& plan, bool succeeded);
   // Blocks (fallocate). Refills the active layer's reserve of ready slots: free slots
   // allocated again (up to an extent's worth), and, below the low-water mark, the file grown
@@ -255,6 +268,11 @@ class Chain {
 
  private:
   Chain();
+  // Opens the layers from the top down, checking each link, into *stack (top first); sets
+  // base_. Takes no layer's lock (the base's, when it opens it).
+  absl::Status OpenLayers(std::vector<std::unique_ptr<Layer>>* stack);
+  // Takes the opened layers: the top becomes active_, the others are flattened into view_.
+  void Adopt(std::vector<std::unique_ptr<Layer>> stack);
   absl::Status CheckRange(uint64_t offset, uint64_t length) const;
   absl::Status CheckWritable() const;
   absl::Status CheckNewSnapshotName(absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
@@ -263,8 +281,17 @@ class Chain {
   absl::StatusOr<WritePlan> PrepareWriteBlocking(uint64_t offset, uint64_t length);
   void MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>* out) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Who answers `length` bytes at virtual `offset`, within sub-block `sub_block` of `cluster`:
+  // the active layer, else the flat view of the frozen ones, else the base, else nobody.
   Segment SegmentFor(uint64_t cluster, uint32_t sub_block, uint64_t offset, uint64_t length) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Calls fn(virtual offset, SegmentFor(...)) for each sub-block piece of [offset, offset +
+  // length), in order: the one walk behind MapRead and Extents.
+  template <typename Fn>
+  void ForEachSegment(uint64_t offset, uint64_t length, Fn fn) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The path `layer`'s file has now (see Layers(): final_path).
+  std::string CurrentPathLocked(const Layer& layer) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   bool WriteInFlightIn(uint64_t first_cluster, uint64_t end_cluster) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status MarkZero(uint64_t offset, uint64_t length, bool may_trim)

@@ -653,5 +653,73 @@ TEST_F(ReplenishTest, FreedSlotsAskForAReplenishAndAreReusedAfterIt) {
   chain->FinishWrite(*plan, true);
 }
 
+TEST_F(ChainTest, SegmentsAndExtentsNameTheLayerThatAnswers) {
+  auto chain = Open();
+  ASSERT_TRUE(chain->Write(0, std::string(4096, 'a')).ok());
+  ASSERT_TRUE(chain->Snapshot("s1").ok());
+  ASSERT_TRUE(chain->Write(4096, std::string(4096, 'b')).ok());
+  ASSERT_TRUE(chain->WriteZeroes(8192, 4096).ok());
+  std::vector<Segment> segments;
+  ReadPin pin;
+  ASSERT_TRUE(chain->MapRead(0, 4 * 4096, &segments, &pin).ok());
+  ASSERT_EQ(segments.size(), 4u);
+  EXPECT_EQ(segments[0].layer, 1);  // the snapshot
+  EXPECT_EQ(segments[1].layer, 2);  // the active layer
+  EXPECT_EQ(segments[2].layer, 2);
+  EXPECT_EQ(segments[2].kind, Segment::Kind::kZero);
+  EXPECT_EQ(segments[3].layer, 0);  // the raw base
+  std::vector<Extent> extents;
+  ASSERT_TRUE(chain->Extents(0, 4 * 4096, &extents).ok());
+  ASSERT_EQ(extents.size(), segments.size());  // the same walk
+  for (size_t i = 0; i < extents.size(); ++i) EXPECT_EQ(extents[i].layer, segments[i].layer);
+  EXPECT_EQ(chain->DescribeLayer(0), "base (" + base_ + ")");
+  EXPECT_EQ(chain->DescribeLayer(1), "layer 1 (" + dir_.File("disk@s1.strata") + ")");
+  EXPECT_EQ(chain->DescribeLayer(2), "layer 2 (" + top_ + ")");
+  EXPECT_NE(chain->DescribeLayer(3).find("not in the chain"), std::string::npos);
+  EXPECT_NE(chain->DescribeLayer(-1).find("zeros"), std::string::npos);
+}
+
+TEST_F(ChainTest, DescribeLayerNamesTheFileOfASnapshotNotDurableYet) {
+  auto chain = Open();
+  ASSERT_TRUE(chain->PrepareSnapshot("s1").ok());
+  ASSERT_TRUE(chain->SwitchSnapshot("s1").ok());
+  // The new active layer is still at its pending name until CompleteSnapshot renames it.
+  EXPECT_EQ(chain->DescribeLayer(2), "layer 2 (" + dir_.File(".disk.strata.new") + ")");
+  ASSERT_TRUE(chain->CompleteSnapshot().ok());
+  EXPECT_EQ(chain->DescribeLayer(2), "layer 2 (" + top_ + ")");
+}
+
+TEST_F(ChainTest, EveryFinishedWriteEndsItsInflightRange) {
+  auto chain = Open();
+  // Two aligned writes of the same range: each finish removes one of the two ranges.
+  auto a = chain->PrepareWrite(0, 4096);
+  auto b = chain->PrepareWrite(0, 4096);
+  ASSERT_TRUE(a.ok() && b.ok());
+  chain->FinishWrite(*a, true);
+  chain->FinishWrite(*b, false);
+  // A widened write owns its edge sub-block until it finishes, and no longer.
+  auto widened = chain->PrepareWrite(100, 10);
+  ASSERT_TRUE(widened.ok());
+  EXPECT_EQ(chain->PrepareWrite(0, 4096).status().code(), absl::StatusCode::kUnavailable);
+  chain->FinishWrite(*widened, true);
+  auto after = chain->PrepareWrite(0, 4096);
+  ASSERT_TRUE(after.ok());
+  chain->FinishWrite(*after, true);
+  // No range is left behind: a snapshot's switch refuses while any write is in flight.
+  EXPECT_TRUE(chain->Snapshot("drained").ok());
+}
+
+TEST_F(ChainTest, FinishingAWriteTwiceAbortsBeforeItCanCorruptData) {
+  auto chain = Open();
+  auto plan = chain->PrepareWrite(100, 10);
+  ASSERT_TRUE(plan.ok());
+  chain->FinishWrite(*plan, true);
+  EXPECT_DEATH(chain->FinishWrite(*plan, true), "no write in flight holds");
+  WritePlan never_prepared;
+  never_prepared.start = 8192;
+  never_prepared.end = 12288;
+  EXPECT_DEATH(chain->FinishWrite(never_prepared, false), "internal error");
+}
+
 }  // namespace
 }  // namespace strata

@@ -1,6 +1,5 @@
 #include "blockstore/check.h"
 
-#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -86,33 +85,26 @@ void CheckLeaks(Layer& layer, File* writable, bool repair, CheckReport* report) 
       .push_back(s.ok() ? what : absl::StrCat(what, "; repair failed: ", s.message()));
 }
 
-// True when another process holds the top's exclusive lock: a server (or a merge) has the
-// disk open for writing, and what the files say may lag behind what it holds in memory.
-bool OpenForWriting(Env* env, const std::string& top_path) {
-  auto file = env->Open(top_path, {});
-  return file.ok() && flock((*file)->fd(), LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
-}
-
-}  // namespace
-
-absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bool repair) {
-  CheckReport report;
-  if (!env->Exists(top_path)) return absl::NotFoundError(absl::StrCat(top_path, ": no such file"));
-  // A repair holds the top's lock (and each repaired layer's) to the end: punching space a
-  // running server has just reused for an unflushed write would destroy it.
-  LockSet locks;
+// Before the layers are read: a repair locks the top (in *locks) and recovers interrupted
+// operations; a check notes a disk open for writing. Then every interrupted operation left is
+// reported. Returns whether there was one.
+absl::StatusOr<bool> CheckOperations(Env* env, const std::string& top_path, bool repair,
+                                     LockSet* locks, CheckReport* out) {
+  CheckReport& report = *out;
   if (repair) {
-    if (auto s = locks.Exclusive(env, top_path); !s.ok()) {
+    if (auto s = locks->Exclusive(env, top_path); !s.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "cannot repair ", top_path, " while it is open for writing: ", s.message(),
           " (`strata check` without --repair reads it as it is on disk)"));
     }
-    auto recovered = RecoverChain(env, top_path, &locks);
+    auto recovered = RecoverChain(env, top_path, locks);
     if (!recovered.ok()) report.problems.push_back(std::string(recovered.status().message()));
     for (absl::string_view line : absl::StrSplit(recovered.value_or(""), '\n', absl::SkipEmpty())) {
       report.repaired.push_back(std::string(line));
     }
-  } else if (OpenForWriting(env, top_path)) {
+  } else if (LockedExclusivelyByOther(env, top_path)) {
+    // A server (or a merge) has the disk open for writing: what the files say may lag behind
+    // what it holds in memory.
     report.notes.push_back(absl::StrCat(
         top_path, " is open for writing (a running `strata serve`?): this check reads the "
                   "files as they are on disk, so its view may be stale (a leak may be space "
@@ -128,6 +120,19 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
       report.problems.push_back(op.what);
     }
   }
+  return !interrupted.empty();
+}
+
+}  // namespace
+
+absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bool repair) {
+  CheckReport report;
+  if (!env->Exists(top_path)) return absl::NotFoundError(absl::StrCat(top_path, ": no such file"));
+  // A repair holds the top's lock (and each repaired layer's) to the end: punching space a
+  // running server has just reused for an unflushed write would destroy it.
+  LockSet locks;
+  const absl::StatusOr<bool> interrupted = CheckOperations(env, top_path, repair, &locks, &report);
+  if (!interrupted.ok()) return interrupted.status();
   std::string path = top_path;
   for (int depth = 0; depth < kMaxDepth; ++depth) {
     bool fix = repair;
@@ -173,7 +178,7 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
   }
   // The links as a server would follow them: UUIDs, sizes, geometry, states (an unfinished
   // operation, reported above, would only fail this).
-  if (report.problems.empty() && interrupted.empty()) {
+  if (report.problems.empty() && !*interrupted) {
     auto chain = Chain::Open(top_path, {.writable = false, .lock = false, .env = env});
     if (!chain.ok()) report.problems.push_back(std::string(chain.status().message()));
   }

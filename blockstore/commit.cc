@@ -8,15 +8,11 @@
 #include <memory>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/strings/strip.h"
-#include "absl/strings/match.h"
-#include "absl/strings/ascii.h"
-#include "blockstore/crc32c.h"
 #include "blockstore/file.h"
+#include "blockstore/format.h"
 #include "blockstore/layer.h"
 #include "blockstore/recovery.h"
 
@@ -25,16 +21,12 @@ namespace {
 
 constexpr uint64_t kMaxRun = 64ull << 20;     // one copy_file_range call at most
 
-enum class Phase { kCopy, kRelink };
-
-// `<C>.merge`: text, one key=value per line, the last line `crc=` over everything before it.
-// Version 2 stores paths relative to the journal's own directory; version 1 stored them as
-// the tool was given them, relative to a working directory nobody can know later.
-constexpr absl::string_view kJournalMagic = "strata-merge 2";
+// The merge journal in memory: its fields (format.h, MergeJournalRecord) with the paths
+// resolved.
 struct MergeJournal {
-  Phase phase = Phase::kCopy;
-  // In memory, paths to use. On disk C by file name (the journal lives beside C), P as a
-  // child records its parent (ParentLink): both resolve the same from any directory.
+  MergePhase phase = MergePhase::kCopy;
+  // Paths to use. On disk C by file name (the journal lives beside C), P as a child records
+  // its parent (ParentLink): both resolve the same from any directory.
   std::string child_path;
   std::string parent_path;
   Uuid child_uuid{};
@@ -53,39 +45,18 @@ std::string JournalPathOf(const MergeJournal& j) { return MergeJournalPath(j.chi
 std::string AbsoluteDir(const std::string& path);
 
 std::string Encode(const MergeJournal& j) {
-  std::string body = absl::StrCat(
-      kJournalMagic, "\nphase=", j.phase == Phase::kCopy ? "copy" : "relink",
-      "\nchild=", BaseName(j.child_path),
-      "\nparent=", ParentLink(DirName(j.child_path), j.parent_path),
-      "\nchild_uuid=", UuidToString(j.child_uuid), "\nparent_uuid=", UuidToString(j.parent_uuid),
-      "\nchild_was_active=", j.child_was_active, "\ncopied_entries=", j.copied_entries, "\n");
+  MergeJournalRecord r{j.phase, BaseName(j.child_path),
+                       ParentLink(DirName(j.child_path), j.parent_path), j.child_uuid,
+                       j.parent_uuid, j.child_was_active, j.copied_entries, {}};
   // The journal's own directory as ".": a directory moved or copied with an unfinished merge
   // in it then resumes on its own files, never on those where it used to be.
   const std::string own_dir = AbsoluteDir(j.child_path);
   for (const std::string& dir : j.dirs) {
-    absl::StrAppend(&body, "dir=", dir == own_dir ? "." : dir, "\n");
+    r.dirs.push_back(dir == own_dir ? std::string(kMergeJournalOwnDir) : dir);
   }
-  return absl::StrCat(body, "crc=", crc32c::Value(body.data(), body.size()), "\n");
-}
-
-absl::StatusOr<Uuid> ParseUuid(absl::string_view text) {
-  Uuid u{};
-  std::string hex;
-  for (char c : text) {
-    if (c != '-') hex.push_back(c);
-  }
-  if (hex.size() != 32) return absl::DataLossError("bad uuid");
-  for (int i = 0; i < 16; ++i) {
-    int v = 0;
-    for (int k = 0; k < 2; ++k) {
-      char c = hex[2 * i + k];
-      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-      if (d < 0) return absl::DataLossError("bad uuid");
-      v = v * 16 + d;
-    }
-    u[i] = static_cast<uint8_t>(v);
-  }
-  return u;
+  std::string text;
+  r.EncodeTo(&text);
+  return text;
 }
 
 absl::StatusOr<MergeJournal> ReadJournal(Env* env, const std::string& path) {
@@ -95,45 +66,20 @@ absl::StatusOr<MergeJournal> ReadJournal(Env* env, const std::string& path) {
   if (!size.ok()) return size.status();
   std::string text(*size, '\0');
   if (auto s = (*file)->Read(0, text.size(), text.data()); !s.ok()) return s;
-  auto bad = [&](absl::string_view what) {
-    return absl::DataLossError(absl::StrCat("merge journal ", path, ": ", what));
-  };
-  size_t crc_at = text.rfind("crc=");
-  uint32_t crc = 0;
-  if (crc_at == std::string::npos ||
-      !absl::SimpleAtoi(absl::StripAsciiWhitespace(text.substr(crc_at + 4)), &crc) ||
-      crc != crc32c::Value(text.data(), crc_at)) {
-    return bad("checksum mismatch");
+  MergeJournalRecord r;
+  if (absl::Status s = r.DecodeFrom(text); !s.ok()) {
+    return absl::Status(s.code(), absl::StrCat("merge journal ", path, ": ", s.message()));
   }
-  if (!absl::StartsWith(text, absl::StrCat(kJournalMagic, "\n"))) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "merge journal ", path, " was written by an older strata (\"",
-        text.substr(0, text.find('\n')), "\": its paths are relative to the directory that "
-        "strata ran in): finish the merge with that version, from that directory"));
+  if (MergeJournalPath(r.child) != BaseName(path)) {
+    return absl::DataLossError(absl::StrCat(
+        "merge journal ", path, ": does not name the layer beside it and its parent"));
   }
-  MergeJournal j;
-  std::string child, parent;
-  for (absl::string_view line : absl::StrSplit(text.substr(0, crc_at), '\n')) {
-    std::pair<std::string, std::string> kv = absl::StrSplit(line, absl::MaxSplits('=', 1));
-    if (kv.first == "phase") j.phase = kv.second == "copy" ? Phase::kCopy : Phase::kRelink;
-    if (kv.first == "child") child = kv.second;
-    if (kv.first == "parent") parent = kv.second;
-    if (kv.first == "dir") j.dirs.push_back(kv.second == "." ? AbsoluteDir(path) : kv.second);
-    if (kv.first == "child_was_active") j.child_was_active = kv.second == "1";
-    if (kv.first == "copied_entries" && !absl::SimpleAtoi(kv.second, &j.copied_entries)) {
-      return bad("bad copied_entries");
-    }
-    if (kv.first == "child_uuid" || kv.first == "parent_uuid") {
-      auto u = ParseUuid(kv.second);
-      if (!u.ok()) return bad("bad uuid");
-      (kv.first == "child_uuid" ? j.child_uuid : j.parent_uuid) = *u;
-    }
+  MergeJournal j{r.phase, ResolvePath(DirName(path), r.child),
+                 ResolvePath(DirName(path), r.parent), r.child_uuid, r.parent_uuid,
+                 r.child_was_active, r.copied_entries, {}};
+  for (const std::string& dir : r.dirs) {
+    j.dirs.push_back(dir == kMergeJournalOwnDir ? AbsoluteDir(path) : dir);
   }
-  if (parent.empty() || MergeJournalPath(child) != BaseName(path)) {
-    return bad("does not name the layer beside it and its parent");
-  }
-  j.child_path = ResolvePath(DirName(path), child);
-  j.parent_path = ResolvePath(DirName(path), parent);
   return j;
 }
 
@@ -324,7 +270,7 @@ absl::StatusOr<bool> LockJournalLayers(Env* env, const MergeJournal& j, LockSet*
   };
   auto at_c = check(j.child_path, j.child_uuid);
   if (!at_c.ok()) return at_c.status();
-  if (*at_c == j.parent_uuid) return j.phase == Phase::kRelink;
+  if (*at_c == j.parent_uuid) return j.phase == MergePhase::kRelink;
   if (auto at_p = check(j.parent_path, j.parent_uuid); !at_p.ok()) return at_p.status();
   return false;
 }
@@ -366,7 +312,7 @@ absl::StatusOr<uint64_t> CopyPhase(Env* env, MergeJournal* journal, const Progre
     return s;
   }
   (*parent)->ReleaseUnusedSpace();
-  journal->phase = Phase::kRelink;
+  journal->phase = MergePhase::kRelink;
   if (auto s = WriteJournal(env, *journal); !s.ok()) return s;
   return copied;
 }
@@ -418,7 +364,7 @@ absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal, LockSet* 
   auto renamed = LockJournalLayers(env, journal, locks);
   if (!renamed.ok()) return renamed.status();
   if (!*renamed) {
-    if (journal.phase == Phase::kCopy) {
+    if (journal.phase == MergePhase::kCopy) {
       auto copied = CopyPhase(env, &journal, progress, batch_bytes);
       if (!copied.ok()) return copied.status();
       result.bytes_copied = *copied;

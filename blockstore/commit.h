@@ -4,9 +4,10 @@
 // the chain, as Hyper-V merges an .AVHD into its parent: P takes C's place — its file name,
 // and its state: the disk's active layer when C was the top, else C's snapshot name, time and
 // children. The snapshot P stood for is gone, and the chain is one layer shorter.
-// Crash safety (FORMAT.md §3). A merge journal (`<C>.merge`, written by rename) records the
-// phase, how far the copy got, and both layers' UUIDs; its paths are relative to its own
-// directory, so it means the same files from any working directory. Before the copy P's
+// Crash safety (FORMAT.md §3). A merge journal (`<C>.merge`, written by rename; its layout is
+// MergeJournalRecord in format.h, FORMAT.md §7) records the phase, how far the copy got, and
+// both layers' UUIDs; its paths are relative to its own directory, so it means the same files
+// from any working directory. Before the copy P's
 // header says `merging`, which every open but the merge's refuses: P is then neither
 // snapshot. Copy phase: C's sub-blocks are written into P, flushed in batches, the journal's
 // progress advanced after each batch; C still hides every sub-block the copy touched, so the

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -237,6 +238,34 @@ absl::Status Env::CopyRange(File* from, uint64_t from_off, File* to, uint64_t to
     length -= n;
   }
   return absl::OkStatus();
+}
+
+namespace {
+
+// flock(2) without waiting: 0, or the errno (EWOULDBLOCK: another process holds a conflicting
+// lock).
+int TryFlock(int fd, LockMode mode) {
+  const int op = (mode == LockMode::kExclusive ? LOCK_EX : LOCK_SH) | LOCK_NB;
+  return flock(fd, op) == 0 ? 0 : errno;
+}
+
+}  // namespace
+
+absl::Status TryLock(const File& file, LockMode mode) {
+  const int err = TryFlock(file.fd(), mode);
+  if (err == 0) return absl::OkStatus();
+  if (err == EWOULDBLOCK) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        file.path(), " is in use by another process (a running `strata serve`, or another "
+                     "strata command such as `strata commit`): stop it first, or inspect it "
+                     "with a read-only command"));
+  }
+  return ErrnoStatus(err, "flock", file.path());
+}
+
+bool LockedExclusivelyByOther(Env* env, const std::string& path) {
+  auto file = env->Open(path, {});
+  return file.ok() && TryFlock((*file)->fd(), LockMode::kShared) == EWOULDBLOCK;
 }
 
 Env* Env::Default() {

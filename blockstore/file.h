@@ -1,6 +1,6 @@
-// The file layer under blockstore: positional I/O on layer and base files, and the few
-// directory operations the chain needs, behind an Env so tests can inject crashes (see
-// crash_env.h), as LevelDB's Env does. Errors name the file and the offset.
+// The file layer under blockstore: positional I/O on layer and base files, the few directory
+// operations the chain needs, behind an Env so tests can inject crashes (see crash_env.h), as
+// LevelDB's Env does, and the advisory file locks. Errors name the file and the offset.
 #ifndef STRATA_BLOCKSTORE_FILE_H_
 #define STRATA_BLOCKSTORE_FILE_H_
 
@@ -80,6 +80,18 @@ class Env {
 // fallback, and how a test Env sees a copy.
 absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint64_t to_off,
                                   uint64_t length);
+
+// Advisory whole-file locks (flock(2), never waiting): a writable chain holds its top layer
+// exclusively and the layers below shared; a command that changes files (commit, revert,
+// recovery) holds each file it changes exclusively. So a second writer, or a merge under a
+// server, is refused instead of corrupting the chain.
+enum class LockMode { kShared, kExclusive };
+// Locks `file`'s descriptor. kFailedPrecondition naming the file when another process holds a
+// conflicting lock; ErrnoStatus for any other failure.
+absl::Status TryLock(const File& file, LockMode mode);
+// True when another process holds an exclusive lock on `path`: a server or a merge has it open
+// for writing. Finds out with a shared lock on a descriptor of its own, dropped on return.
+bool LockedExclusivelyByOther(Env* env, const std::string& path);
 
 // Path helpers (no I/O).
 std::string DirName(const std::string& path);

@@ -4,8 +4,13 @@
 
 #include <cstring>
 
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "blockstore/coding.h"
 #include "blockstore/crc32c.h"
 
@@ -255,6 +260,120 @@ void DecodeTableEntry(const char* src, uint32_t* cluster, ClusterEntry* entry) {
   entry->slot = DecodeFixed32(src + 4);
   entry->present = DecodeFixed32(src + 8);
   entry->zero = DecodeFixed32(src + 12);
+}
+
+// --- Merge journal ---------------------------------------------------------------------------
+
+namespace {
+
+// The fields every merge journal has once; `dir` lines may repeat (or be absent).
+constexpr absl::string_view kMergeJournalFields[] = {
+    "phase", "child", "parent", "child_uuid", "parent_uuid", "child_was_active",
+    "copied_entries"};
+
+// As UuidToString writes it (lower-case hex; the hyphens are skipped wherever they are).
+absl::StatusOr<Uuid> ParseUuid(absl::string_view text) {
+  std::string hex;
+  for (char c : text) {
+    if (c != '-') hex.push_back(c);
+  }
+  if (hex.size() != 32) return absl::DataLossError("bad uuid");
+  Uuid u{};
+  for (size_t i = 0; i < u.size(); ++i) {
+    int v = 0;
+    for (char c : {hex[2 * i], hex[2 * i + 1]}) {
+      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      if (d < 0) return absl::DataLossError("bad uuid");
+      v = v * 16 + d;
+    }
+    u[i] = static_cast<uint8_t>(v);
+  }
+  return u;
+}
+
+// Sets the field `key` of *r from its stored `value`.
+absl::Status DecodeMergeField(absl::string_view key, absl::string_view value,
+                              MergeJournalRecord* r) {
+  const absl::Status bad = absl::DataLossError(absl::StrCat("bad ", key, " \"", value, "\""));
+  if (key == "phase") {
+    if (value != Name(MergePhase::kCopy) && value != Name(MergePhase::kRelink)) return bad;
+    r->phase = value == Name(MergePhase::kCopy) ? MergePhase::kCopy : MergePhase::kRelink;
+  } else if (key == "child" || key == "parent" || key == "dir") {
+    if (value.empty()) return bad;
+    if (key == "dir") {
+      r->dirs.emplace_back(value);
+    } else {
+      (key == "child" ? r->child : r->parent) = std::string(value);
+    }
+  } else if (key == "child_uuid" || key == "parent_uuid") {
+    absl::StatusOr<Uuid> u = ParseUuid(value);
+    if (!u.ok()) return bad;
+    (key == "child_uuid" ? r->child_uuid : r->parent_uuid) = *u;
+  } else if (key == "child_was_active") {
+    if (value != "0" && value != "1") return bad;
+    r->child_was_active = value == "1";
+  } else if (key == "copied_entries") {
+    if (!absl::SimpleAtoi(value, &r->copied_entries)) return bad;
+  } else {
+    return absl::DataLossError(absl::StrCat("unknown field \"", key, "\""));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::string_view Name(MergePhase phase) {
+  switch (phase) {
+    case MergePhase::kCopy: return "copy";
+    case MergePhase::kRelink: return "relink";
+  }
+  return "unknown";
+}
+
+void MergeJournalRecord::EncodeTo(std::string* dst) const {
+  std::string body = absl::StrCat(
+      kMergeJournalMagic, "\nphase=", Name(phase), "\nchild=", child, "\nparent=", parent,
+      "\nchild_uuid=", UuidToString(child_uuid), "\nparent_uuid=", UuidToString(parent_uuid),
+      "\nchild_was_active=", child_was_active ? 1 : 0, "\ncopied_entries=", copied_entries, "\n");
+  for (const std::string& dir : dirs) absl::StrAppend(&body, "dir=", dir, "\n");
+  *dst = absl::StrCat(body, kMergeJournalCrcKey, crc32c::Value(body.data(), body.size()), "\n");
+}
+
+absl::Status MergeJournalRecord::DecodeFrom(absl::string_view text) {
+  // The CRC first: nothing of a torn or damaged journal is trusted, not even its magic.
+  const size_t crc_at = text.rfind(kMergeJournalCrcKey);
+  uint32_t crc = 0;
+  if (crc_at == absl::string_view::npos || (crc_at > 0 && text[crc_at - 1] != '\n') ||
+      !absl::SimpleAtoi(absl::StripAsciiWhitespace(
+                            text.substr(crc_at + kMergeJournalCrcKey.size())), &crc) ||
+      crc != crc32c::Value(text.data(), crc_at)) {
+    return absl::DataLossError("checksum mismatch (torn, truncated or damaged)");
+  }
+  const absl::string_view body = text.substr(0, crc_at);
+  const size_t eol = body.find('\n');
+  const absl::string_view magic = body.substr(0, eol);
+  if (magic != kMergeJournalMagic) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "written by an older strata (\"", magic, "\": its paths are relative to the directory "
+        "that strata ran in): finish the merge with that version, from that directory"));
+  }
+  *this = MergeJournalRecord();
+  absl::flat_hash_set<std::string> seen;
+  const absl::string_view fields = eol == absl::string_view::npos ? "" : body.substr(eol + 1);
+  for (absl::string_view line : absl::StrSplit(fields, '\n', absl::SkipEmpty())) {
+    std::pair<absl::string_view, absl::string_view> kv =
+        absl::StrSplit(line, absl::MaxSplits('=', 1));
+    if (kv.first != "dir" && !seen.insert(std::string(kv.first)).second) {
+      return absl::DataLossError(absl::StrCat("field \"", kv.first, "\" repeated"));
+    }
+    if (auto s = DecodeMergeField(kv.first, kv.second, this); !s.ok()) return s;
+  }
+  for (absl::string_view field : kMergeJournalFields) {
+    if (!seen.contains(field)) {
+      return absl::DataLossError(absl::StrCat("field \"", field, "\" missing"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace strata

@@ -1,11 +1,13 @@
-// Layer file format shared by reader and writer. See FORMAT.md for the byte grammar, a worked
-// example and the design trade-offs. Every multi-byte integer is little-endian (coding.h).
+// Layer file format shared by reader and writer, and (last section) the merge journal beside a
+// layer. See FORMAT.md for the byte grammar, a worked example and the design trade-offs. Every
+// multi-byte integer in a layer file is little-endian (coding.h); the merge journal is text.
 #ifndef STRATA_BLOCKSTORE_FORMAT_H_
 #define STRATA_BLOCKSTORE_FORMAT_H_
 
 #include <array>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -64,7 +66,8 @@ inline constexpr uint64_t JournalCapacity(uint64_t journal_size) {
 inline constexpr uint64_t kTableEntrySize = 16;
 
 // An offline merge (commit) into layer L keeps its progress in L's path + ".merge" until it
-// completes (merge.h); any chain holding L refuses to open while it exists.
+// completes (commit.h; its layout is the last section of this file); any chain holding L
+// refuses to open while it exists.
 inline std::string MergeJournalPath(const std::string& layer_path) {
   return layer_path + ".merge";
 }
@@ -145,6 +148,45 @@ struct JournalRecord {
 // A checkpoint table entry.
 void EncodeTableEntry(uint32_t cluster, const ClusterEntry& entry, char* dst);
 void DecodeTableEntry(const char* src, uint32_t* cluster, ClusterEntry* entry);
+
+// --- Merge journal -------------------------------------------------------------------------
+// `<C>.merge` beside layer C while C is committed (merged) into its parent P (commit.h;
+// FORMAT.md §7). Text, one `key=value` line per field, so an operator can read an interrupted
+// merge with `cat`; it is a few hundred bytes, rewritten whole by rename, never in place. The
+// last line is `crc=` and the decimal CRC32C (unmasked) of every byte before it: a torn or
+// truncated copy never decodes.
+//
+// Version 2 names files relative to the journal's own directory; version 1 named them as the
+// tool was given them, relative to a working directory nobody can know later.
+inline constexpr absl::string_view kMergeJournalMagic = "strata-merge 2";
+inline constexpr absl::string_view kMergeJournalCrcKey = "crc=";
+// The journal's own directory in a `dir=` line: a directory moved or copied with an unfinished
+// merge in it then resumes on its own files.
+inline constexpr absl::string_view kMergeJournalOwnDir = ".";
+
+// kCopy: C's sub-blocks are being copied into P; kRelink: P is taking C's place.
+enum class MergePhase : uint8_t { kCopy = 1, kRelink = 2 };
+absl::string_view Name(MergePhase phase);  // "copy", "relink": as stored
+
+// A merge journal's fields as stored. No path is resolved here (commit.cc does that).
+struct MergeJournalRecord {
+  MergePhase phase = MergePhase::kCopy;
+  std::string child;               // C's file name (the journal lives beside C)
+  std::string parent;              // P as C records its parent (ParentLink from C's directory)
+  Uuid child_uuid{};
+  Uuid parent_uuid{};
+  bool child_was_active = false;
+  uint64_t copied_entries = 0;     // C's index entries, in copy order, durably in P
+  std::vector<std::string> dirs;   // where C's children may be: absolute, or kMergeJournalOwnDir
+  bool operator==(const MergeJournalRecord&) const = default;
+
+  // Writes the whole journal, magic line first and `crc=` line last.
+  void EncodeTo(std::string* dst) const;
+  // kDataLoss when the CRC does not match (torn, truncated, damaged) or a field is missing,
+  // repeated, unknown or out of range; kFailedPrecondition for an intact journal of another
+  // version (the message quotes its first line).
+  absl::Status DecodeFrom(absl::string_view text);
+};
 
 }  // namespace strata
 

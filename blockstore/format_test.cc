@@ -1,5 +1,6 @@
 #include "blockstore/format.h"
 
+#include "absl/strings/str_cat.h"
 #include "blockstore/coding.h"
 #include "blockstore/crc32c.h"
 #include "gtest/gtest.h"
@@ -163,6 +164,115 @@ TEST(UuidTest, RandomAndFormatted) {
   EXPECT_EQ(UuidToString(a).size(), 36u);
   EXPECT_FALSE(IsNil(a));
   EXPECT_TRUE(IsNil(Uuid{}));
+}
+
+// --- Merge journal ---
+
+MergeJournalRecord SampleMergeJournal() {
+  MergeJournalRecord r;
+  r.phase = MergePhase::kCopy;
+  r.child = "disk.strata";
+  r.parent = "disk@s1.strata";
+  r.child_uuid = NewUuid();
+  r.parent_uuid = NewUuid();
+  r.child_was_active = true;
+  r.copied_entries = 1842;
+  r.dirs = {".", "/srv/branches"};
+  return r;
+}
+
+// `body` with the `crc=` line a writer would add: an intact journal of any content.
+std::string WithCrc(const std::string& body) {
+  return absl::StrCat(body, "crc=", crc32c::Value(body.data(), body.size()), "\n");
+}
+
+TEST(MergeJournalTest, RoundTrip) {
+  const MergeJournalRecord r = SampleMergeJournal();
+  std::string text;
+  r.EncodeTo(&text);
+  MergeJournalRecord d;
+  ASSERT_TRUE(d.DecodeFrom(text).ok()) << d.DecodeFrom(text);
+  EXPECT_TRUE(d == r) << "decoded: " << d.child << " " << d.parent << " " << d.copied_entries;
+}
+
+// The example of FORMAT.md §7, byte for byte.
+TEST(MergeJournalTest, LayoutIsTheDocumentedExample) {
+  MergeJournalRecord r = SampleMergeJournal();
+  r.child_uuid = Uuid{0x3f, 0x2a, 0x9c, 0x1e, 0x5b, 0x7d, 0x4e, 0x21,
+                      0x9a, 0x0c, 0x6d, 0x8e, 0x1f, 0x2b, 0x3c, 0x4d};
+  r.parent_uuid = Uuid{0x8c, 0x1d, 0x2e, 0x3f, 0x4a, 0x5b, 0x4c, 0x6d,
+                       0x8e, 0x7f, 0x90, 0x1a, 0x2b, 0x3c, 0x4d, 0x5e};
+  std::string text;
+  r.EncodeTo(&text);
+  EXPECT_EQ(text,
+            "strata-merge 2\n"
+            "phase=copy\n"
+            "child=disk.strata\n"
+            "parent=disk@s1.strata\n"
+            "child_uuid=3f2a9c1e-5b7d-4e21-9a0c-6d8e1f2b3c4d\n"
+            "parent_uuid=8c1d2e3f-4a5b-4c6d-8e7f-901a2b3c4d5e\n"
+            "child_was_active=1\n"
+            "copied_entries=1842\n"
+            "dir=.\n"
+            "dir=/srv/branches\n"
+            "crc=560844225\n");
+  r.phase = MergePhase::kRelink;
+  r.EncodeTo(&text);
+  EXPECT_NE(text.find("\nphase=relink\n"), std::string::npos);
+}
+
+TEST(MergeJournalTest, EveryTruncationIsRejected) {
+  std::string text;
+  SampleMergeJournal().EncodeTo(&text);
+  // Only the final newline may go: the CRC line is still whole without it.
+  for (size_t n = 0; n + 1 < text.size(); ++n) {
+    MergeJournalRecord d;
+    EXPECT_EQ(d.DecodeFrom(text.substr(0, n)).code(), absl::StatusCode::kDataLoss) << n;
+  }
+}
+
+TEST(MergeJournalTest, EveryDamagedByteIsRejected) {
+  std::string text;
+  SampleMergeJournal().EncodeTo(&text);
+  for (size_t i = 0; i < text.size(); ++i) {
+    std::string bad = text;
+    bad[i] ^= 0x20;  // keeps no digit a digit, no newline a newline
+    MergeJournalRecord d;
+    EXPECT_EQ(d.DecodeFrom(bad).code(), absl::StatusCode::kDataLoss) << "byte " << i;
+  }
+}
+
+TEST(MergeJournalTest, IntactJournalWithBadFieldsIsRejected) {
+  const std::string head = "strata-merge 2\nphase=copy\nchild=c.strata\nparent=p.strata\n";
+  const std::string uuids =
+      "child_uuid=11111111-2222-4333-8444-555555555555\n"
+      "parent_uuid=66666666-7777-4888-9999-aaaaaaaaaaaa\n";
+  const std::string tail = "child_was_active=1\ncopied_entries=3\n";
+  MergeJournalRecord d;
+  ASSERT_TRUE(d.DecodeFrom(WithCrc(head + uuids + tail)).ok());
+  const std::string bad_bodies[] = {
+      head + uuids,                                        // fields missing
+      head + uuids + tail + "copied_entries=4\n",          // a field twice
+      head + uuids + tail + "colour=blue\n",               // an unknown field
+      "strata-merge 2\nphase=merge\nchild=c.strata\nparent=p.strata\n" + uuids + tail,
+      head + "child_uuid=11111111\nparent_uuid=0\n" + tail,
+      head + uuids + "child_was_active=yes\ncopied_entries=3\n",
+      head + uuids + "child_was_active=1\ncopied_entries=-3\n",
+      "strata-merge 2\nphase=copy\nchild=\nparent=p.strata\n" + uuids + tail,
+      head + uuids + tail + "dir=\n",
+  };
+  for (const std::string& body : bad_bodies) {
+    EXPECT_EQ(d.DecodeFrom(WithCrc(body)).code(), absl::StatusCode::kDataLoss) << body;
+  }
+}
+
+TEST(MergeJournalTest, AnotherVersionIsNamedNotGuessed) {
+  MergeJournalRecord d;
+  absl::Status s = d.DecodeFrom(WithCrc("strata-merge 1\nphase=copy\nchild=../vm/c.strata\n"));
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("\"strata-merge 1\""), absl::string_view::npos) << s;
+  EXPECT_EQ(d.DecodeFrom("").code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(d.DecodeFrom(std::string(4096, '\0')).code(), absl::StatusCode::kDataLoss);
 }
 
 }  // namespace

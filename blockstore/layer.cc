@@ -9,16 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/container/flat_hash_map.h"
+#include "blockstore/clock.h"
 #include "blockstore/crc32c.h"
 
 namespace strata {
 namespace {
 
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
-}
 
 uint32_t FullMask(uint32_t sub_blocks) {
   return sub_blocks == 32 ? 0xffffffffu : (1u << sub_blocks) - 1;
@@ -121,7 +117,7 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Create(Env* env, const std::string
   h.state = LayerState::kActive;
   h.parent_format = params.parent_format;
   h.parent_size = params.parent_size;
-  h.created_ns = NowNs();
+  h.created_ns = WallClockNs();
   h.journal_offset = params.cluster_size;  // slot 1
   h.journal_size = params.journal_size;
   h.journal_start_seq = 1;

@@ -1,6 +1,5 @@
 #include "blockstore/recovery.h"
 
-#include <sys/file.h>
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -97,12 +96,7 @@ absl::Status LockSet::Exclusive(Env* env, const std::string& path) {
       return absl::OkStatus();
     }
   }
-  if (flock((*file)->fd(), LOCK_EX | LOCK_NB) != 0) {
-    if (errno != EWOULDBLOCK) return ErrnoStatus(errno, "flock", path);
-    return absl::FailedPreconditionError(absl::StrCat(
-        path, " is in use (a running `strata serve`, or another strata command): stop it "
-              "first"));
-  }
+  if (auto s = TryLock(**file, LockMode::kExclusive); !s.ok()) return s;
   files_.push_back(std::move(*file));
   return absl::OkStatus();
 }

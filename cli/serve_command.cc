@@ -435,7 +435,6 @@ ServerOptions MakeServerOptions(const ServeOptions& o) {
 
 LiveControlOptions MakeLiveOptions(const ServeOptions& o) {
   LiveControlOptions options;
-  options.direct_io = o.cache == CacheMode::kNone;
   if (!o.no_control) {
     options.control_path = Absolute(o.control.value_or(DefaultControlPath(o.layer)));
   }

@@ -64,9 +64,6 @@ absl::Status Server::RunPaused(const std::function<absl::Status()>& fn, absl::Du
         left, workers_.size(), absl::FormatDuration(drain_timeout)));
   } else {
     st = fn();
-    // fn may have changed the chain (a snapshot adds a layer): let storage re-read what it
-    // caches.
-    for (const auto& e : exports_->OpenExports()) e->storage->Refresh();
   }
   for (auto& w : workers_) w->Resume();
   if (pause != nullptr) *pause = absl::Now() - begin;

@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "blockstore/clock.h"
 #include "blockstore/format.h"
 #include "server/log.h"
 #include "server/nbd/protocol.h"
@@ -133,8 +134,8 @@ LiveControl::LiveControl(Server* server, ExportTable* exports, ChainStorage* dis
       exports_(exports),
       disk_(disk),
       options_(std::move(options)),
-      started_wall_ns_(WallNs()),
-      published_(std::make_shared<Published>(exports, disk->top_path(), options_.direct_io)) {
+      started_wall_ns_(WallClockNs()),
+      published_(std::make_shared<Published>(exports, disk->top_path(), disk->direct_io())) {
   WatchSnapshots();
 }
 
@@ -305,7 +306,7 @@ absl::Status LiveControl::List(json* reply) {
   std::vector<LayerInfo> layers = chain->Layers();
   std::sort(layers.begin(), layers.end(),
             [](const LayerInfo& a, const LayerInfo& b) { return a.position > b.position; });
-  const int64_t now = WallNs();
+  const int64_t now = WallClockNs();
   json out = json::array();
   for (const LayerInfo& l : layers) {
     json j{{"position", l.position}, {"file", l.path}, {"file_bytes", l.file_bytes}};
@@ -403,7 +404,7 @@ absl::Status LiveControl::Stats(json* reply) {
     snaps["last_pause_ms"] = nullptr;
   }
   (*reply)["snapshots"] = std::move(snaps);
-  (*reply)["uptime_seconds"] = Round3(static_cast<double>(WallNs() - started_wall_ns_) / 1e9);
+  (*reply)["uptime_seconds"] = Round3(static_cast<double>(WallClockNs() - started_wall_ns_) / 1e9);
   return absl::OkStatus();
 }
 

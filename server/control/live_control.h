@@ -45,7 +45,6 @@ namespace strata {
 struct LiveControlOptions {
   // Longest a snapshot or revert waits for in-flight requests to finish before giving up.
   absl::Duration pause_timeout = absl::Seconds(5);
-  bool direct_io = false;       // for the snapshot exports' chains
   std::string control_path;     // shown by `info`
 };
 

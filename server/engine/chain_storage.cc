@@ -7,18 +7,19 @@
 
 namespace strata {
 
-ChainStorage::ChainStorage(std::unique_ptr<Chain> chain, bool direct_io)
+ChainStorage::ChainStorage(std::unique_ptr<Chain> chain)
     : chain_(std::move(chain)),
-      direct_io_(direct_io),
-      writable_(chain_->writable()),
       size_(chain_->size()),
       sub_block_size_(chain_->sub_block_size()),
-      top_path_(chain_->top_path()) {
-  Refresh();
-}
+      top_path_(chain_->top_path()) {}
 
 std::string ChainStorage::Describe() const {
   return absl::StrFormat("strata chain %s (%d layers above the base)", top_path_, top_position());
+}
+
+std::string ChainStorage::DescribeLayer(int position) const {
+  if (chain_ == nullptr) return absl::StrCat("layer ", position, " of ", top_path_, " (missing)");
+  return chain_->DescribeLayer(position);
 }
 
 // Only reachable after a revert whose reopen failed: every request fails, nothing crashes.
@@ -38,6 +39,7 @@ absl::StatusOr<WritePlan> ChainStorage::PrepareWrite(uint64_t offset, uint64_t l
   return chain_->PrepareWrite(offset, length);
 }
 absl::Status ChainStorage::ReplenishSlots() {
+  absl::ReaderMutexLock lock(&swap_mu_);
   if (chain_ == nullptr) return Missing();
   return chain_->ReplenishSlots();
 }
@@ -63,19 +65,16 @@ absl::Status ChainStorage::Extents(uint64_t offset, uint64_t length,
   return chain_->Extents(offset, length, out);
 }
 
-void ChainStorage::Refresh() {
-  if (chain_ != nullptr) top_position_.store(chain_->top_position(), std::memory_order_relaxed);
-}
-
 absl::Status ChainStorage::Revert(const std::string& name) {
   if (chain_ == nullptr) return Missing();
-  if (!writable_) {
+  if (!chain_->writable()) {
     return absl::FailedPreconditionError(absl::StrCat(top_path_, " is served read-only"));
   }
   if (absl::Status st = chain_->Flush(); !st.ok()) return st;
   ChainOptions options;
   options.writable = true;
-  options.direct_io = direct_io_;
+  options.direct_io = chain_->direct_io();
+  absl::MutexLock swap(&swap_mu_);
   // Revert takes the top layer's exclusive lock, which our open chain holds: close it first.
   chain_.reset();
   absl::Status reverted = strata::Revert(Env::Default(), top_path_, name);
@@ -89,7 +88,6 @@ absl::Status ChainStorage::Revert(const std::string& name) {
                                                                        reverted.message(), ")")));
   }
   chain_ = std::move(*reopened);
-  Refresh();
   return reverted;
 }
 
@@ -100,7 +98,7 @@ absl::StatusOr<std::unique_ptr<ChainStorage>> OpenChainStorage(const std::string
   options.direct_io = direct_io;
   absl::StatusOr<std::unique_ptr<Chain>> chain = Chain::Open(top_path, options);
   if (!chain.ok()) return chain.status();
-  return std::make_unique<ChainStorage>(std::move(*chain), direct_io);
+  return std::make_unique<ChainStorage>(std::move(*chain));
 }
 
 }  // namespace strata

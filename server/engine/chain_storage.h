@@ -1,17 +1,22 @@
 // ChainStorage: blockstore's Chain behind the server's Storage interface. A thin pass-through:
-// every check and decision about the data lives in Chain; this class adds the layer depth the
-// strata:layer context needs, and the two whole-chain operations the control socket runs while
-// the server is paused: Snapshot and Revert (close, blockstore Revert, reopen).
+// every check and decision about the data lives in Chain, and so does every fact that can
+// change (depth, writability, O_DIRECT): this class asks the chain each time, so a live
+// snapshot (a layer more) needs no refresh. It adds the two whole-chain operations the control
+// socket runs while the server is paused: Snapshot and Revert (close, blockstore Revert,
+// reopen).
 //
-// Size, sub-block and path are cached at open: they cannot change (a revert keeps the virtual
-// size), so protocol code reading them while a revert swaps the Chain never sees a gap.
+// Size, sub-block size and path are held here, from the chain at construction: they never
+// change for this object's life (a revert keeps the geometry), and a paused worker still
+// negotiates handshakes, which read them, while a revert closes and reopens the chain. The
+// chain is swapped only there, with no client connected, so nothing else reads it meanwhile.
+// If the reopen fails the chain is missing and every request fails (restart the server).
 #ifndef STRATA_SERVER_ENGINE_CHAIN_STORAGE_H_
 #define STRATA_SERVER_ENGINE_CHAIN_STORAGE_H_
 
-#include <atomic>
 #include <memory>
 #include <string>
 
+#include "absl/synchronization/mutex.h"
 #include "blockstore/chain.h"
 #include "server/engine/storage.h"
 
@@ -19,14 +24,16 @@ namespace strata {
 
 class ChainStorage final : public Storage {
  public:
-  ChainStorage(std::unique_ptr<Chain> chain, bool direct_io);
+  explicit ChainStorage(std::unique_ptr<Chain> chain);
 
   uint64_t size() const override { return size_; }
   uint32_t sub_block_size() const override { return sub_block_size_; }
-  bool writable() const override { return writable_; }
-  bool direct_io() const override { return direct_io_; }
-  int top_position() const override { return top_position_.load(std::memory_order_relaxed); }
+  // A missing chain was writable: only a writable chain is reverted.
+  bool writable() const override { return chain_ == nullptr || chain_->writable(); }
+  bool direct_io() const override { return chain_ != nullptr && chain_->direct_io(); }
+  int top_position() const override { return chain_ ? chain_->top_position() : 0; }
   std::string Describe() const override;
+  std::string DescribeLayer(int position) const override;
 
   absl::Status MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
                        ReadPin* pin) const override;
@@ -38,29 +45,30 @@ class ChainStorage final : public Storage {
   absl::Status Trim(uint64_t offset, uint64_t length) override;
   absl::Status Flush() override;
   absl::Status Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const override;
-  void Refresh() override;
 
   // The chain (null only after a revert whose reopen failed). REQUIRES for any use that
   // changes it: the server is paused (Server::RunPaused).
   Chain* chain() const { return chain_.get(); }
+  // The path served and reopened by Revert; known also while the chain is missing.
   const std::string& top_path() const { return top_path_; }
 
   // REQUIRES: the server is paused and no client holds this export (a revert changes the
   // disk under a client's feet). Flushes, closes the chain, runs blockstore's Revert (to the
-  // parent, or to snapshot `name`), and reopens. On failure the previous chain is reopened
-  // (Revert is atomic), so the disk is served as before.
+  // parent, or to snapshot `name`), and reopens it with the same options. On failure the
+  // previous chain is reopened (Revert is atomic), so the disk is served as before.
   absl::Status Revert(const std::string& name);
 
  private:
   absl::Status Missing() const;
 
+  // A background refill (Storage::ClaimBackgroundReplenish) belongs to no request, so a pause
+  // does not wait for it: it holds this shared while it uses the chain, Revert exclusively
+  // while it swaps the chain.
+  mutable absl::Mutex swap_mu_;
   std::unique_ptr<Chain> chain_;
-  const bool direct_io_;
-  const bool writable_;
   const uint64_t size_;
   const uint32_t sub_block_size_;
   const std::string top_path_;
-  std::atomic<int> top_position_{0};
 };
 
 // Opens the chain whose top is `top_path` (a read-only chain takes shared locks only, so

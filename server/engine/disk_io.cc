@@ -1,9 +1,5 @@
 #include "server/engine/disk_io.h"
 
-#include <fcntl.h>
-#include <limits.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -34,16 +30,6 @@ constexpr uint64_t kSectorSize = 512;
 
 uint64_t AlignDown(uint64_t v, uint64_t a) { return v / a * a; }
 uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
-
-// The file behind an fd, for error messages (the error path only).
-std::string FdName(int fd) {
-  char link[64];
-  char target[PATH_MAX];
-  snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-  ssize_t n = readlink(link, target, sizeof(target) - 1);
-  if (n <= 0) return absl::StrCat("fd ", fd);
-  return std::string(target, n);
-}
 
 }  // namespace
 
@@ -387,6 +373,7 @@ IoPiece DiskIo::PieceFor(const Segment& seg, uint64_t pos) {
   piece.virtual_offset = pos;
   piece.length = static_cast<uint32_t>(seg.length);
   piece.fd = seg.fd;
+  piece.layer = seg.layer;
   return piece;
 }
 
@@ -413,8 +400,8 @@ void DiskIo::RecordPieceError(const IoPiece& p, int err) {
   if (!r_->status.ok()) return;  // the first error is the one the client hears of
   r_->status = StatusFromErrno(
       err, absl::StrFormat("%s: %s %s @ %#x length %#x", DescribeRequest(r_->h),
-                           p.write ? "write" : "read", FdName(p.fd), p.file_offset + p.done,
-                           p.length - p.done));
+                           p.write ? "write" : "read", ctx_->storage->DescribeLayer(p.layer),
+                           p.file_offset + p.done, p.length - p.done));
   const uint64_t at = std::max(p.virtual_offset + p.done, r_->h.offset);
   if (at < r_->h.offset + r_->h.length) r_->error_offset = at;
 }
@@ -431,9 +418,9 @@ void DiskIo::OnPiece(IoPiece* p, int res) {
   } else if (res == 0 && p->done < p->length) {
     if (p->write) {
       if (r_->status.ok()) {
-        r_->status = absl::DataLossError(absl::StrFormat("%s: write to %s @ %#x wrote nothing",
-                                                         DescribeRequest(r_->h), FdName(p->fd),
-                                                         p->file_offset + p->done));
+        r_->status = absl::DataLossError(absl::StrFormat(
+            "%s: write to %s @ %#x wrote nothing", DescribeRequest(r_->h),
+            ctx_->storage->DescribeLayer(p->layer), p->file_offset + p->done));
       }
     } else {
       // Reading past the end of a file (a raw base shorter than the disk) reads zeros.

@@ -433,9 +433,6 @@ class EioStorage : public FakeStorage {
   const int fd_ = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
 };
 
-// Issue 16 item 6: an EIO from the disk was logged as "conn 1: UNKNOWN: NBD_CMD_READ ..."
-// (absl has no code for EIO; ToString() prints the code). The log line is the message, and
-// the status is kDataLoss, so the client still gets EIO.
 // The ring-thread contract (storage.h): no fallocate on a ring thread, and a write that finds
 // no ready slot waits for ReplenishSlots on the blocking pool, not on its ring. Here the volume
 // stalls every allocation off the ring (a gate) until reads on every worker have been served:
@@ -511,6 +508,9 @@ TEST(EngineRingTest, AWriteWaitingForSpaceHoldsNoRing) {
   EXPECT_EQ(on_ring.load(), 0) << "fallocate ran on a ring thread";
 }
 
+// Issue 16 item 6: an EIO from the disk was logged as "conn 1: UNKNOWN: NBD_CMD_READ ..."
+// (absl has no code for EIO; ToString() prints the code). The log line is the message, and
+// the status is kDataLoss, so the client still gets EIO.
 TEST(EngineEioTest, AnIoErrorIsLoggedByItsMessageAndRepliedEio) {
   EXPECT_EQ(StatusFromErrno(EIO, "read").code(), absl::StatusCode::kDataLoss);
   EioStorage storage;

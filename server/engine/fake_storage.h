@@ -20,6 +20,9 @@ class FakeStorage : public Storage {
   bool direct_io() const override { return false; }
   int top_position() const override { return 2; }
   std::string Describe() const override { return "fake disk"; }
+  std::string DescribeLayer(int position) const override {
+    return "layer " + std::to_string(position) + " (fake)";
+  }
   absl::Status MapRead(uint64_t, uint64_t length, std::vector<Segment>* out,
                        ReadPin*) const override {
     Segment s;

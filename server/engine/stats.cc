@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "blockstore/clock.h"
 #include "server/log.h"
 
 namespace strata {
@@ -52,16 +53,10 @@ int64_t MonotonicNs() {
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
-int64_t WallNs() {
-  timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
-
 void NoSpaceState::OnNoSpace() {
   replies_.fetch_add(1, std::memory_order_relaxed);
   last_mono_ns_.store(MonotonicNs(), std::memory_order_relaxed);
-  const int64_t wall = WallNs();
+  const int64_t wall = WallClockNs();
   last_wall_ns_.store(wall, std::memory_order_relaxed);
   bool was_full = false;
   if (full_.compare_exchange_strong(was_full, true)) {

@@ -72,10 +72,9 @@ struct WorkerStats {
   uint64_t connections_closed = 0;
 };
 
-// CLOCK_MONOTONIC in nanoseconds (vDSO, tens of ns).
+// CLOCK_MONOTONIC in nanoseconds (vDSO, tens of ns). Wall time is blockstore/clock.h's
+// WallClockNs().
 int64_t MonotonicNs();
-// Wall clock in nanoseconds since the epoch.
-int64_t WallNs();
 
 // The host volume is full: set by the first ENOSPC (kResourceExhausted) reply, cleared by a
 // successful write at least kLeaveAfterNs after the last ENOSPC reply (a rewrite of already

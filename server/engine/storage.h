@@ -41,6 +41,9 @@ class Storage {
   virtual int top_position() const = 0;
   // One line naming what is served, for logs and NBD_INFO_DESCRIPTION.
   virtual std::string Describe() const = 0;
+  // Names layer `position` (as in Extent::layer and Segment::layer) for error messages:
+  // "layer 3 (/img/disk@s1.strata)", "base (/img/base.raw)".
+  virtual std::string DescribeLayer(int position) const = 0;
 
   // Metadata only. *pin keeps the segments' slots from reuse until released, after the reads
   // completed.
@@ -64,8 +67,6 @@ class Storage {
                                std::vector<Extent>* out) const = 0;
   // Hint that [offset, offset + length) will be read soon (NBD_CMD_CACHE). May block.
   virtual absl::Status Cache(uint64_t offset, uint64_t length);
-  // Called with every worker paused and drained (Server::RunPaused), e.g. after a snapshot.
-  virtual void Refresh() {}
 
   // Flush() with group commit, for concurrent callers (blocking-pool threads): a caller waits for
   // a flush that *starts* after it arrived, and one Flush() serves every caller that arrived

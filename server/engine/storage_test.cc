@@ -115,12 +115,30 @@ TEST_F(ChainStorageTest, OutOfRangeIsKOutOfRange) {
             absl::StatusCode::kOutOfRange);
 }
 
-TEST_F(ChainStorageTest, TopPositionFollowsSnapshotsAfterRefresh) {
+// ChainStorage asks the Chain, so a snapshot shows at once: no refresh after the pause.
+TEST_F(ChainStorageTest, TopPositionFollowsSnapshots) {
   EXPECT_EQ(storage_->top_position(), 1);
   ASSERT_TRUE(storage_->chain()->Snapshot("s1").ok());
-  EXPECT_EQ(storage_->top_position(), 1);  // cached until the server's pause refreshes it
-  storage_->Refresh();
   EXPECT_EQ(storage_->top_position(), 2);
+}
+
+TEST_F(ChainStorageTest, FactsComeFromTheChain) {
+  EXPECT_EQ(storage_->size(), storage_->chain()->size());
+  EXPECT_EQ(storage_->sub_block_size(), storage_->chain()->sub_block_size());
+  EXPECT_TRUE(storage_->writable());
+  EXPECT_FALSE(storage_->direct_io());
+  std::shared_ptr<Export> e = NewExport("disk", storage_.get());
+  EXPECT_FALSE(e->read_only);
+  EXPECT_EQ(storage_->DescribeLayer(1), "layer 1 (" + path_ + ")");
+}
+
+TEST_F(ChainStorageTest, AReadOnlyChainMakesAReadOnlyExport) {
+  storage_.reset();  // its exclusive lock would refuse even a shared one
+  auto ro = OpenChainStorage(path_, /*writable=*/false, /*direct_io=*/false);
+  ASSERT_TRUE(ro.ok()) << ro.status();
+  EXPECT_FALSE((*ro)->writable());
+  EXPECT_TRUE(NewExport("disk", ro->get())->read_only);
+  EXPECT_EQ((*ro)->Revert("").code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(ChainStorageTest, RevertReopensTheChainWithTheSnapshotContents) {

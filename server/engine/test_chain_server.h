@@ -47,7 +47,7 @@ struct TestChainServer {
       ADD_FAILURE() << chain.status();
       return false;
     }
-    storage = std::make_unique<ChainStorage>(std::move(*chain), /*direct_io=*/false);
+    storage = std::make_unique<ChainStorage>(std::move(*chain));
     exports.Add(NewExport(export_name, storage.get()));
     ServerOptions options;
     options.workers = 2;

@@ -30,7 +30,7 @@ struct Export {
   std::string description;
   uint64_t disk_size = 0;
   uint32_t sub_block_size = 4096;  // below it writes are read-modify-write
-  bool read_only = false;
+  bool read_only = false;  // the NBD flag: no writes through this export
   Storage* storage = nullptr;  // outlives every connection using the export
   std::shared_ptr<Storage> owned_storage;  // holds `storage` when the export owns it
 
@@ -38,6 +38,7 @@ struct Export {
   // Preferred block size for NBD_INFO_BLOCK_SIZE: the sub-block, rounded to a power of two.
   uint32_t preferred_block_size() const;
 };
+
 
 // The transmission flags we advertise for `e`: only what is honoured. SEND_DF only when
 // structured replies were negotiated (the spec requires that).
