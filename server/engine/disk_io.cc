@@ -89,7 +89,7 @@ void DiskIo::Advance() {
   const bool ok = r_->status.ok();
   switch (step_) {
     case Step::kIdle:
-      break;
+      return Begin();
     case Step::kReading:
       read_pin_.Release();  // the preads are done: trimmed slots may be reused
       return Finish();
@@ -109,7 +109,10 @@ void DiskIo::Advance() {
       STRATA_LOG(kError, "%s: disk I/O advanced after it was done", DescribeRequest(r_->h));
       abort();  // a second reply for one request would corrupt the client's stream
   }
-  // kIdle: the command's first step.
+}
+
+// The command's first step.
+void DiskIo::Begin() {
   Storage* s = ctx_->storage;
   const nbd::RequestHeader h = r_->h;
   const bool fua = h.flags & nbd::kCmdFlagFua;

@@ -146,6 +146,7 @@ class DiskIo {
 
  private:
   void Advance();
+  void Begin();
   void Finish();
   void Fail(absl::Status status);
   void RunOnPool(Step step, std::function<absl::Status()> work);
