@@ -18,7 +18,8 @@
 namespace strata {
 
 // Request latencies in power-of-two buckets of nanoseconds: bucket i counts [2^i, 2^(i+1)).
-// Percentiles are reported as a bucket's upper bound (at most 2x pessimistic), capped by max.
+// A percentile is interpolated linearly within its bucket (the samples taken as evenly spread
+// over it, the top bucket ending at max), so it is off by less than the bucket's width.
 struct LatencyHistogram {
   static constexpr int kBuckets = 64;
   uint64_t buckets[kBuckets] = {};

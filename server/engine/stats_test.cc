@@ -5,21 +5,32 @@
 namespace strata {
 namespace {
 
-TEST(LatencyHistogramTest, PercentilesAreBucketUpperBoundsCappedByMax) {
+TEST(LatencyHistogramTest, PercentilesAreInterpolatedWithinTheirBucketAndCappedByMax) {
   LatencyHistogram h;
   EXPECT_EQ(h.PercentileNs(0.5), 0u);
   for (int i = 0; i < 90; ++i) h.Add(1000);     // bucket [512, 1024)
   for (int i = 0; i < 10; ++i) h.Add(100000);   // bucket [65536, 131072)
   EXPECT_EQ(h.count, 100u);
-  EXPECT_EQ(h.PercentileNs(0.5), 1023u);
-  EXPECT_EQ(h.PercentileNs(0.9), 1023u);
-  EXPECT_EQ(h.PercentileNs(0.99), 100000u);  // capped by the max, not 131071
+  EXPECT_EQ(h.PercentileNs(0.5), 796u);      // 512 + 50/90 of the bucket's 512
+  EXPECT_EQ(h.PercentileNs(0.9), 1024u);     // the bucket's last sample: its end
+  EXPECT_EQ(h.PercentileNs(0.99), 96554u);   // 65536 + 9/10 of the way to the max
+  EXPECT_EQ(h.PercentileNs(1.0), 100000u);   // the max, not 131071
   EXPECT_EQ(h.max_ns, 100000u);
   LatencyHistogram other;
   other.Add(0);
   h.Merge(other);
   EXPECT_EQ(h.count, 101u);
-  EXPECT_EQ(h.PercentileNs(0.0), 1u);
+  EXPECT_EQ(h.PercentileNs(0.0), 2u);        // all of bucket [0, 2)
+}
+
+TEST(LatencyHistogramTest, PercentilesOfEvenlySpreadSamplesAreCloseNotABucketEdge) {
+  // 20 000 samples 20.000 .. 39.999 us: the true p50 is 30 us, p99 39.8 us. A bucket edge would
+  // say 32.767 us and 65.535 us (capped to 39.999).
+  LatencyHistogram h;
+  for (uint64_t ns = 20000; ns < 40000; ++ns) h.Add(ns);
+  EXPECT_NEAR(static_cast<double>(h.PercentileNs(0.5)), 30000, 1000);
+  EXPECT_NEAR(static_cast<double>(h.PercentileNs(0.99)), 39800, 200);
+  EXPECT_NE(h.PercentileNs(0.5), 32767u);
 }
 
 TEST(IoCountersTest, MergeAddsEverything) {
