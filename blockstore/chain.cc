@@ -726,11 +726,17 @@ absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent
   ReaderMutexLock lock(&mu_);
   ForEachSegment(offset, length, [out](uint64_t at, const Segment& seg) {
     const bool data = seg.kind == Segment::Kind::kData;
-    Extent e{at, seg.length, seg.layer, /*zero=*/!data, data};
+    Extent e{at, seg.length, seg.layer, /*zero=*/!data, data,
+             data ? static_cast<int64_t>(seg.file_offset) : -1};
     if (!out->empty() && out->back().offset + out->back().length == e.offset &&
         out->back().layer == e.layer && out->back().zero == e.zero &&
         out->back().data == e.data) {
-      out->back().length += e.length;
+      Extent& back = out->back();
+      if (back.file_offset < 0 ||
+          back.file_offset + static_cast<int64_t>(back.length) != e.file_offset) {
+        back.file_offset = -1;
+      }
+      back.length += e.length;
     } else {
       out->push_back(e);
     }

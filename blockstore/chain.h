@@ -108,6 +108,9 @@ struct Extent {
   int layer = -1;
   bool zero = false;   // reads as zeros
   bool data = false;   // backed by data in a file (false: hole / zero marker / nobody)
+  // data only: where the range starts in its layer's file, when it lies there in one piece;
+  // -1 otherwise (a run of one layer's data coalesces even where its file offsets jump).
+  int64_t file_offset = -1;
 };
 
 struct LayerInfo {

@@ -1,5 +1,6 @@
 #include "blockstore/chain.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -155,7 +156,7 @@ TEST_F(ChainTest, ZeroAndTrimReadAsZerosAndFreeSpace) {
   EXPECT_EQ(chain->Layers().back().allocated_bytes, 0u) << "trim left slots allocated";
 }
 
-TEST_F(ChainTest, ExtentsTellLayerZeroAndData) {
+TEST_F(ChainTest, ExtentsTellLayerZeroDataAndFileOffset) {
   auto chain = Open();
   ASSERT_TRUE(chain->Write(0, std::string(65536, 'a')).ok());
   ASSERT_TRUE(chain->WriteZeroes(65536, 65536).ok());
@@ -169,6 +170,16 @@ TEST_F(ChainTest, ExtentsTellLayerZeroAndData) {
   EXPECT_FALSE(extents[1].data);
   EXPECT_EQ(extents[2].layer, 0);  // the raw base
   EXPECT_EQ(extents[2].length, 65536u);
+  // Where the data lies: one cluster's slot, past the layer's headers., past the layer's headers.
+  EXPECT_GE(extents[0].file_offset, static_cast<int64_t>(kHeaderBlockSize));
+  std::string in_file(65536, '\0');
+  const int fd = open(top_.c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(pread(fd, in_file.data(), in_file.size(), extents[0].file_offset), 65536);
+  close(fd);
+  EXPECT_EQ(in_file, std::string(65536, 'a'));
+  EXPECT_EQ(extents[1].file_offset, -1);  // zeros live nowhere
+  EXPECT_EQ(extents[2].file_offset, 2 * 65536);  // a raw base: the virtual offset
 }
 
 TEST_F(ChainTest, OutOfRangeIsRejected) {
