@@ -29,6 +29,8 @@ struct Args {
     auto it = values.find(option);
     return it == values.end() ? fallback : it->second;
   }
+  // --output=json (or --json) was asked (cli/command.h: ParseCommand).
+  bool Json() const { return Get("--output") == "json"; }
 };
 
 // Parses argv[first..argc).

@@ -8,10 +8,12 @@
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/args.h"
+#include "cli/command.h"
 
 namespace strata::cli {
 
@@ -69,11 +71,6 @@ absl::StatusOr<json> ControlRequest(const std::string& socket_path, const json& 
 
 namespace {
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "strata: %s\n", std::string(s.message()).c_str());
-  return 1;
-}
-
 std::string Age(double seconds) {
   if (seconds < 120) return absl::StrFormat("%.0fs", seconds);
   if (seconds < 7200) return absl::StrFormat("%.0fm", seconds / 60);
@@ -81,51 +78,158 @@ std::string Age(double seconds) {
   return absl::StrFormat("%.0fd", seconds / 86400);
 }
 
+// A reply's field as text: "" when it is missing or null ("none" in JSON is null).
+std::string Text(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_string() ? it->get<std::string>() : "";
+}
+
+double Number(const json& j, const char* key) {
+  auto it = j.find(key);
+  return it != j.end() && it->is_number() ? it->get<double>() : 0;
+}
+
+const CommandSpec kList{.name = "list",
+                        .usage = R"(usage: strata list --control SOCKET [--output=human|json]
+
+The layers of a served disk, top first: position, state (active, frozen, freezing), snapshot
+name, data, age and file, from its server's control socket.
+
+  --control SOCKET      the server's control socket (default <layer stem>.ctl beside the layer)
+  --output=human|json   the format (default human; --json is --output=json); in JSON, what a
+                        layer does not have (a snapshot name, an export) is null
+  -h, --help            this text
+)",
+                        .args = {.valued = {"--control"}},
+                        .output = true};
+
+const CommandSpec kStats{.name = "stats",
+                         .usage = R"(usage: strata stats --control SOCKET [--output=human|json]
+
+A served disk's counters, from its server's control socket: requests by command, errors,
+bytes, latency percentiles (interpolated within power-of-two buckets), host-volume-full
+(ENOSPC) episodes, a failed sync, live snapshots and their I/O pauses, and each connection.
+
+  --control SOCKET      the server's control socket (default <layer stem>.ctl beside the layer)
+  --output=human|json   the format (default a human summary; --json is --output=json, the
+                        server's whole reply)
+  -h, --help            this text
+)",
+                         .args = {.valued = {"--control"}},
+                         .output = true};
+
+// The control request `request` for a command whose only option is --control; prints JSON
+// replies itself. Returns the exit status when done, or nullopt with the reply in *reply.
+std::optional<int> Request(int argc, char** argv, const CommandSpec& spec, const char* request,
+                           Args* args, json* reply) {
+  if (auto exit = ParseCommand(argc, argv, spec, args)) return *exit;
+  if (!args->Has("--control") || !args->positional.empty()) return UsageError(spec);
+  auto r = ControlRequest(args->Get("--control"), {{"request", request}});
+  if (!r.ok()) return Fail(spec.name, r.status());
+  r->erase("ok");
+  if (args->Json()) {
+    std::cout << r->dump(2) << "\n";
+    return 0;
+  }
+  *reply = *std::move(r);
+  return std::nullopt;
+}
+
 }  // namespace
 
 int ListCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {.flags = {"--json"}, .valued = {"--control"}});
-  if (!args.ok()) return Fail(args.status());
-  if (!args->Has("--control") || !args->positional.empty()) {
-    std::fprintf(stderr, "usage: strata list --control SOCKET [--json]\n");
-    return 2;
-  }
-  auto reply = ControlRequest(args->Get("--control"), {{"request", "list"}});
-  if (!reply.ok()) return Fail(reply.status());
-  if (args->Has("--json")) {
-    std::cout << reply->dump(2) << "\n";
-    return 0;
-  }
+  Args args;
+  json reply;
+  if (auto exit = Request(argc, argv, kList, "list", &args, &reply)) return *exit;
   std::printf("%-4s %-10s %-20s %-12s %-8s %s\n", "pos", "state", "snapshot", "data", "age",
               "file");
-  for (const json& l : (*reply)["layers"]) {
+  for (const json& l : reply["layers"]) {
     std::printf("%-4d %-10s %-20s %-12s %-8s %s\n", l.value("position", 0),
-                l.value("state", std::string()).c_str(),
-                l.value("snapshot", std::string()).c_str(),
+                Text(l, "state").c_str(), Text(l, "snapshot").c_str(),
                 HumanBytes(l.value("allocated_bytes", uint64_t{0})).c_str(),
-                l.contains("age_seconds") ? Age(l["age_seconds"].get<double>()).c_str() : "",
-                l.value("file", std::string()).c_str());
+                l.contains("age_seconds") ? Age(Number(l, "age_seconds")).c_str() : "",
+                Text(l, "file").c_str());
   }
   return 0;
 }
 
-int StatsCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {.flags = {"--json"}, .valued = {"--control"}});
-  if (!args.ok()) return Fail(args.status());
-  if (!args->Has("--control") || !args->positional.empty()) {
-    std::fprintf(stderr, "usage: strata stats --control SOCKET [--json]\n");
-    return 2;
+namespace {
+
+// "requests 12 (read 10, write 2), errors 0, ENOSPC replies 0; read 40 KiB, written 8 KiB"
+std::string CountersLine(const json& c) {
+  std::string by;
+  for (const auto& [name, n] : c.value("requests_by_command", json::object()).items()) {
+    absl::StrAppend(&by, by.empty() ? " (" : ", ", name, " ", n.get<uint64_t>());
   }
-  auto reply = ControlRequest(args->Get("--control"), {{"request", "stats"}});
-  if (!reply.ok()) return Fail(reply.status());
-  reply->erase("ok");
-  std::cout << reply->dump(2) << "\n";
+  if (!by.empty()) by += ")";
+  return absl::StrCat("requests ", c.value("requests", uint64_t{0}), by, ", errors ",
+                      c.value("errors", uint64_t{0}), ", ENOSPC replies ",
+                      c.value("enospc_replies", uint64_t{0}), "; read ",
+                      HumanBytes(c.value("bytes_read", uint64_t{0})), ", written ",
+                      HumanBytes(c.value("bytes_written", uint64_t{0})));
+}
+
+std::string LatencyLine(const json& l) {
+  return absl::StrFormat("latency (us): mean %.1f, p50 %.1f, p90 %.1f, p99 %.1f, max %.1f",
+                         Number(l, "mean"), Number(l, "p50"), Number(l, "p90"), Number(l, "p99"),
+                         Number(l, "max"));
+}
+
+void PrintHealth(const json& reply) {
+  const json enospc = reply.value("enospc", json::object());
+  if (enospc.value("full", false)) {
+    std::printf("host volume: FULL since %s (writes needing space fail with ENOSPC)\n",
+                Text(enospc, "since").c_str());
+  } else {
+    std::printf("host volume: not full (%s so far)\n",
+                Count(enospc.value("episodes", uint64_t{0}), "full episode").c_str());
+  }
+  const std::string failure = Text(reply, "sync_failure");
+  std::printf("sync: %s\n", failure.empty() ? "ok" : absl::StrCat("FAILED (restart the server "
+                                                                   "to recover): ", failure)
+                                                          .c_str());
+  const json s = reply.value("snapshots", json::object());
+  std::printf("live snapshots: %llu taken, %llu failed",
+              static_cast<unsigned long long>(s.value("taken", uint64_t{0})),
+              static_cast<unsigned long long>(s.value("failed", uint64_t{0})));
+  if (s.contains("pause_max_ms")) {
+    std::printf("; I/O pause ms: last %.3f, p50 %.3f, p99 %.3f, max %.3f",
+                Number(s, "last_pause_ms"), Number(s, "pause_p50_ms"),
+                Number(s, "pause_p99_ms"), Number(s, "pause_max_ms"));
+  }
+  std::printf("\n");
+}
+
+}  // namespace
+
+int StatsCommand(int argc, char** argv) {
+  Args args;
+  json reply;
+  if (auto exit = Request(argc, argv, kStats, "stats", &args, &reply)) return *exit;
+  const json total = reply.value("total", json::object());
+  std::printf("uptime %s; %s open, %llu closed\n", Age(Number(reply, "uptime_seconds")).c_str(),
+              Count(reply.value("connections_open", uint64_t{0}), "connection").c_str(),
+              static_cast<unsigned long long>(reply.value("connections_closed", uint64_t{0})));
+  std::printf("%s\n%s\n", CountersLine(total).c_str(),
+              LatencyLine(total.value("latency_us", json::object())).c_str());
+  PrintHealth(reply);
+  for (const json& c : reply.value("connections", json::array())) {
+    // null until the handshake chose an export.
+    const bool negotiated = c.contains("export") && c.at("export").is_string();
+    std::printf("connection %llu (%s, export %s, worker %d, %s old, %lld in flight): %s\n",
+                static_cast<unsigned long long>(c.value("id", uint64_t{0})),
+                Text(c, "peer").c_str(),
+                negotiated ? absl::StrCat("'", Text(c, "export"), "'").c_str() : "(handshake)",
+                c.value("worker", 0), Age(Number(c, "age_seconds")).c_str(),
+                static_cast<long long>(c.value("in_flight", int64_t{0})),
+                CountersLine(c).c_str());
+  }
   return 0;
 }
 
 int LiveSnapshotCommand(const std::string& socket_path, const std::string& name, bool as_json) {
   auto reply = ControlRequest(socket_path, {{"request", "snapshot"}, {"name", name}});
-  if (!reply.ok()) return Fail(reply.status());
+  if (!reply.ok()) return Fail("snapshot", reply.status());
   if (as_json) {
     std::cout << reply->dump(2) << "\n";
     return 0;
@@ -139,7 +243,7 @@ int LiveRevertCommand(const std::string& socket_path, const std::string& name) {
   json request = {{"request", "revert"}};
   if (!name.empty()) request["name"] = name;
   auto reply = ControlRequest(socket_path, request);
-  if (!reply.ok()) return Fail(reply.status());
+  if (!reply.ok()) return Fail("revert", reply.status());
   std::printf("reverted the served disk to %s\n",
               name.empty() ? "its parent" : absl::StrCat("snapshot '", name, "'").c_str());
   return 0;

@@ -2,61 +2,104 @@
 #include <cstdio>
 #include <cstring>
 
+#include "blockstore/format.h"
 #include "cli/control_client.h"
 #include "cli/offline_commands.h"
 #include "cli/serve_command.h"
+
+// Set by cli/CMakeLists.txt at configure time; a build without CMake still compiles.
+#ifndef STRATA_VERSION
+#define STRATA_VERSION "unknown"
+#endif
+#ifndef STRATA_GIT_REVISION
+#define STRATA_GIT_REVISION "unknown"
+#endif
 
 namespace {
 
 constexpr char kHelp[] = R"(strata - a layered copy-on-write virtual disk served over NBD
 
 usage: strata COMMAND [options] ARGS
+       strata COMMAND --help | strata help COMMAND    one command's usage and options
+       strata --version                               version, git revision, layer format
 
 Serving:
   serve [options] LAYER                  serve the chain topped by LAYER over NBD
-                                         (strata serve --help for options)
 Live, through a server's control socket (default <layer stem>.ctl beside the layer):
   snapshot --control SOCKET NAME         atomic snapshot while clients keep writing
-  list --control SOCKET [--json]         layers: snapshots, files, sizes, ages
-  stats --control SOCKET                 per-connection counters, latency, ENOSPC, pauses
+  list --control SOCKET                  layers: snapshots, files, sizes, ages
+  stats --control SOCKET                 requests, latency, ENOSPC, snapshot pauses, connections
   revert --control SOCKET [NAME]         go back to the parent (or NAME); no client connected
 Layers (offline, like qemu-img):
   create --size SIZE LAYER               a new empty disk with no base
   create -b PARENT -F raw|strata LAYER   a new active layer on a raw base or a frozen snapshot
-  info [--json] LAYER                    the chain: files, UUIDs, states, snapshots, sizes
-  map [--json] LAYER                     which layer holds which range (like qemu-img map)
+  info LAYER                             the chain: files, UUIDs, states, snapshots, sizes
+  map LAYER                              which layer holds which range (like qemu-img map)
   map --diff SNAP [--to SNAP2] LAYER     ranges changed since snapshot SNAP (incremental backup)
   check [--repair] LAYER                 verify checksums, index, links; repair leaks
+                                         (exit 0 clean, 1 could not check, 2 corrupt,
+                                         3 only repairable findings, as qemu-img check)
   export LAYER OUT.raw                   the flattened disk as a sparse raw file
   snapshot LAYER NAME                    freeze LAYER as snapshot NAME, new empty layer on top
   commit [--resume] LAYER                merge LAYER into its parent (crash-safe)
   delete-snapshot LAYER NAME             delete snapshot NAME by merging (crash-safe)
   revert LAYER [SNAPSHOT]                discard changes since the parent (or SNAPSHOT)
+
+info, map, check, list and stats take --output=human|json (--json is --output=json).
 )";
+
+struct Command {
+  const char* name;
+  int (*run)(int, char**);
+};
+
+constexpr Command kCommands[] = {
+    {"serve", strata::cli::ServeCommand},
+    {"create", strata::cli::CreateCommand},     {"info", strata::cli::InfoCommand},
+    {"map", strata::cli::MapCommand},           {"check", strata::cli::CheckCommand},
+    {"export", strata::cli::ExportCommand},     {"snapshot", strata::cli::SnapshotCommand},
+    {"commit", strata::cli::CommitCommand},     {"revert", strata::cli::RevertCommand},
+    {"delete-snapshot", strata::cli::DeleteSnapshotCommand},
+    {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
+};
+
+const Command* Find(const char* name) {
+  for (const Command& c : kCommands) {
+    if (!std::strcmp(name, c.name)) return &c;
+  }
+  std::fprintf(stderr, "strata: unknown command '%s' (strata --help lists them)\n", name);
+  return nullptr;
+}
+
+int Version() {
+  std::printf("strata %s (git %s), layer format version %u\n", STRATA_VERSION,
+              STRATA_GIT_REVISION, strata::kFormatVersion);
+  return 0;
+}
+
+// `strata help CMD` is `strata CMD --help`: each command owns its usage text.
+int Help(const char* name) {
+  const Command* c = Find(name);
+  if (c == nullptr) return 2;
+  char strata[] = "strata", help[] = "--help";
+  char* argv[] = {strata, const_cast<char*>(c->name), help, nullptr};
+  return c->run(3, argv);
+}
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "help")) {
-    std::fputs(kHelp, argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
+  if (argc < 2) {
+    std::fputs(kHelp, stderr);
+    return 2;
   }
-  struct Command {
-    const char* name;
-    int (*run)(int, char**);
-  };
-  static const Command kCommands[] = {
-      {"serve", strata::cli::ServeCommand},
-      {"create", strata::cli::CreateCommand},     {"info", strata::cli::InfoCommand},
-      {"map", strata::cli::MapCommand},           {"check", strata::cli::CheckCommand},
-      {"export", strata::cli::ExportCommand},     {"snapshot", strata::cli::SnapshotCommand},
-      {"commit", strata::cli::CommitCommand},     {"revert", strata::cli::RevertCommand},
-      {"delete-snapshot", strata::cli::DeleteSnapshotCommand},
-      {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
-  };
-  for (const Command& c : kCommands) {
-    if (!std::strcmp(argv[1], c.name)) return c.run(argc, argv);
+  if (!std::strcmp(argv[1], "--version") || !std::strcmp(argv[1], "-V")) return Version();
+  if (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+      !std::strcmp(argv[1], "help")) {
+    if (argc >= 3 && !std::strcmp(argv[1], "help")) return Help(argv[2]);
+    std::fputs(kHelp, stdout);
+    return 0;
   }
-  std::fprintf(stderr, "strata: unknown command '%s' (strata --help lists them)\n", argv[1]);
-  return 2;
+  const Command* c = Find(argv[1]);
+  return c == nullptr ? 2 : c->run(argc, argv);
 }

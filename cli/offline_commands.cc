@@ -20,6 +20,7 @@
 #include "blockstore/layer.h"
 #include "blockstore/recovery.h"
 #include "cli/args.h"
+#include "cli/command.h"
 #include "cli/control_client.h"
 #include "cli/progress.h"
 #include "nlohmann/json.hpp"
@@ -28,16 +29,6 @@ namespace strata::cli {
 namespace {
 
 using json = nlohmann::json;
-
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "strata: %s\n", std::string(status.message()).c_str());
-  return 1;
-}
-
-int Usage(const char* text) {
-  std::fprintf(stderr, "usage: %s\n", text);
-  return 2;
-}
 
 std::string TimeString(int64_t ns) {
   if (ns == 0) return "";
@@ -49,6 +40,10 @@ std::string TimeString(int64_t ns) {
   return buf;
 }
 
+// JSON says "none" with null, as list does (not "").
+json TimeOrNull(int64_t ns) { return ns == 0 ? json(nullptr) : json(TimeString(ns)); }
+json StringOrNull(const std::string& s) { return s.empty() ? json(nullptr) : json(s); }
+
 // Finishes or rolls back every interrupted operation (recovery.h), and says so, before a
 // command that changes the chain; the blockstore call that follows recovers too, but finds
 // nothing left. Read-only commands do not: they must never race a running merge or server.
@@ -57,107 +52,134 @@ absl::Status RecoverFirst(Env* env, const std::string& top) {
   LockSet locks;
   auto recovered =
       RecoverChain(env, top, &locks, [&](uint64_t d, uint64_t t) { bar.Update(d, t); });
+  bar.Finish();
   if (!recovered.ok()) return recovered.status();
   if (!recovered->empty()) std::fprintf(stderr, "strata: %s", recovered->c_str());
   return absl::OkStatus();
 }
 
-}  // namespace
+const CommandSpec kCreate{
+    .name = "create",
+    .usage = R"(usage: strata create --size SIZE [--cluster-size SIZE] [--sub-block-size SIZE] LAYER
+       strata create -b PARENT -F raw|strata [--cluster-size SIZE] [--sub-block-size SIZE] LAYER
 
-int CreateCommand(int argc, char** argv) {
-  constexpr char kUsage[] =
-      "strata create (--size SIZE | -b PARENT -F raw|strata) [--cluster-size SIZE] "
-      "[--sub-block-size SIZE] LAYER";
-  auto args = Parse(argc, argv, 2,
-                    {.valued = {"--size", "--backing", "--backing-format", "--cluster-size",
-                                "--sub-block-size"},
-                     .aliases = {{"-b", "--backing"}, {"-F", "--backing-format"},
-                                 {"-s", "--size"}}});
-  if (!args.ok()) return Fail(args.status());
-  if (args->positional.size() != 1 || args->Has("--size") == args->Has("--backing")) {
-    return Usage(kUsage);
-  }
+Creates LAYER: a new empty disk with no base (--size), or a new active layer on PARENT, a raw
+file or a frozen strata snapshot (a branch). strata never guesses a parent's format: -F says it.
+
+  -s, --size SIZE            the disk's size: 4096, 64M, 20G, 1.5T (binary units)
+  -b, --backing PARENT       the parent file (a relative path is relative to LAYER's directory)
+  -F, --backing-format FMT   raw or strata
+  --cluster-size SIZE        allocation unit (default 64K)
+  --sub-block-size SIZE      write and checksum unit within a cluster (default 4K)
+  -h, --help                 this text
+)",
+    .args = {.valued = {"--size", "--backing", "--backing-format", "--cluster-size",
+                        "--sub-block-size"},
+             .aliases = {{"-b", "--backing"}, {"-F", "--backing-format"}, {"-s", "--size"}}}};
+
+// The sizes and the parent of `strata create`, from its options.
+absl::StatusOr<CreateOptions> CreateOptionsOf(const Args& args) {
   CreateOptions options;
   for (auto [option, field] : {std::pair{"--cluster-size", &options.cluster_size},
                                std::pair{"--sub-block-size", &options.sub_block_size}}) {
-    if (!args->Has(option)) continue;
-    auto v = ParseSize(args->Get(option));
-    if (!v.ok()) return Fail(v.status());
+    if (!args.Has(option)) continue;
+    auto v = ParseSize(args.Get(option));
+    if (!v.ok()) return v.status();
     *field = static_cast<uint32_t>(*v);
   }
-  if (args->Has("--size")) {
-    auto size = ParseSize(args->Get("--size"));
-    if (!size.ok()) return Fail(size.status());
+  if (args.Has("--size")) {
+    auto size = ParseSize(args.Get("--size"));
+    if (!size.ok()) return size.status();
     options.size = *size;
-  } else {
-    options.parent = args->Get("--backing");
-    if (!args->Has("--backing-format")) {
-      return Fail(absl::InvalidArgumentError(
-          "-F raw|strata is required with -b: strata never guesses a parent's format"));
-    }
-    if (auto s = ParseParentFormat(args->Get("--backing-format"), &options.parent_format);
-        !s.ok()) {
-      return Fail(s);
-    }
+    return options;
   }
-  auto header = CreateLayer(args->positional[0], options);
-  if (!header.ok()) return Fail(header.status());
-  if (options.parent_format == ParentFormat::kStrata) {
+  options.parent = args.Get("--backing");
+  if (!args.Has("--backing-format")) {
+    return absl::InvalidArgumentError(
+        "-F raw|strata is required with -b: strata never guesses a parent's format");
+  }
+  if (auto s = ParseParentFormat(args.Get("--backing-format"), &options.parent_format);
+      !s.ok()) {
+    return s;
+  }
+  return options;
+}
+
+}  // namespace
+
+int CreateCommand(int argc, char** argv) {
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kCreate, &args)) return *exit;
+  if (args.positional.size() != 1 || args.Has("--size") == args.Has("--backing")) {
+    return UsageError(kCreate);
+  }
+  auto options = CreateOptionsOf(args);
+  if (!options.ok()) return Fail(kCreate.name, options.status());
+  auto header = CreateLayer(args.positional[0], *options);
+  if (!header.ok()) return Fail(kCreate.name, header.status());
+  if (options->parent_format == ParentFormat::kStrata) {
     // So that a merge into the parent finds this branch and refuses to change it.
-    const std::string parent = ResolvePath(DirName(args->positional[0]), options.parent);
-    if (auto s = RecordBranchDir(Env::Default(), parent, args->positional[0]); !s.ok()) {
-      return Fail(s);
+    const std::string parent = ResolvePath(DirName(args.positional[0]), options->parent);
+    if (auto s = RecordBranchDir(Env::Default(), parent, args.positional[0]); !s.ok()) {
+      return Fail(kCreate.name, s);
     }
   }
-  std::printf("created %s: %s, cluster %s, sub-block %s%s\n", args->positional[0].c_str(),
+  std::printf("created %s: %s, cluster %s, sub-block %s%s\n", args.positional[0].c_str(),
               HumanBytes(header->virtual_size).c_str(), HumanBytes(header->cluster_size).c_str(),
               HumanBytes(header->sub_block_size).c_str(),
-              options.parent.empty() ? ""
-                                     : absl::StrCat(", on ", Name(options.parent_format), " ",
-                                                    options.parent).c_str());
+              options->parent.empty() ? ""
+                                      : absl::StrCat(", on ", Name(options->parent_format), " ",
+                                                     options->parent).c_str());
   return 0;
 }
 
-int InfoCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {.flags = {"--json"}});
-  if (!args.ok()) return Fail(args.status());
-  if (args->positional.size() != 1) return Usage("strata info [--json] LAYER");
-  const std::string top = args->positional[0];
-  auto chain = Chain::Open(top, {.writable = false, .lock = false});
-  if (!chain.ok()) return Fail(chain.status());
-  auto layers = (*chain)->Layers();
-  if (args->Has("--json")) {
-    json out = {{"virtual_size", (*chain)->size()},
-                {"cluster_size", (*chain)->cluster_size()},
-                {"sub_block_size", (*chain)->sub_block_size()},
-                {"layers", json::array()}};
-    for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
-      json l = {{"position", it->position}, {"file", it->path},
-                {"allocated_bytes", it->allocated_bytes}, {"file_bytes", it->file_bytes}};
-      if (it->is_raw_base) {
-        l["format"] = "raw";
-      } else {
-        l["format"] = "strata";
-        l["uuid"] = UuidToString(it->header.uuid);
-        l["state"] = std::string(Name(it->header.state));
-        l["snapshot"] = it->header.snapshot_name;
-        l["created"] = TimeString(it->header.created_ns);
-        l["frozen"] = TimeString(it->header.frozen_ns);
-        if (it->header.parent_format != ParentFormat::kNone) {
-          l["parent"] = it->header.parent_path;
-          l["parent_format"] = std::string(Name(it->header.parent_format));
-        }
+namespace {
+
+const CommandSpec kInfo{.name = "info",
+                        .usage = R"(usage: strata info [--output=human|json] LAYER
+
+The chain topped by LAYER, top first: each layer's file, UUID, state (active or frozen),
+snapshot name and time, data and on-disk bytes. Reads only: safe on a served disk.
+
+  --output=human|json   the format (default human; --json is --output=json); in JSON,
+                        what a layer does not have (a snapshot name, a time) is null
+  -h, --help            this text
+)",
+                        .output = true,
+                        .positional = 1};
+
+void PrintInfoJson(const Chain& chain, const std::vector<LayerInfo>& layers) {
+  json out = {{"virtual_size", chain.size()},
+              {"cluster_size", chain.cluster_size()},
+              {"sub_block_size", chain.sub_block_size()},
+              {"layers", json::array()}};
+  for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+    json l = {{"position", it->position}, {"file", it->path},
+              {"allocated_bytes", it->allocated_bytes}, {"file_bytes", it->file_bytes}};
+    if (it->is_raw_base) {
+      l["format"] = "raw";
+    } else {
+      l["format"] = "strata";
+      l["uuid"] = UuidToString(it->header.uuid);
+      l["state"] = std::string(Name(it->header.state));
+      l["snapshot"] = StringOrNull(it->header.snapshot_name);
+      l["created"] = TimeOrNull(it->header.created_ns);
+      l["frozen"] = TimeOrNull(it->header.frozen_ns);
+      if (it->header.parent_format != ParentFormat::kNone) {
+        l["parent"] = it->header.parent_path;
+        l["parent_format"] = std::string(Name(it->header.parent_format));
       }
-      out["layers"].push_back(l);
     }
-    std::cout << out.dump(2) << "\n";
-    return 0;
+    out["layers"].push_back(l);
   }
-  std::printf("disk: %s (%llu bytes), cluster %s, sub-block %s, %zu layers (top first)\n",
-              HumanBytes((*chain)->size()).c_str(),
-              static_cast<unsigned long long>((*chain)->size()),
-              HumanBytes((*chain)->cluster_size()).c_str(),
-              HumanBytes((*chain)->sub_block_size()).c_str(), layers.size());
+  std::cout << out.dump(2) << "\n";
+}
+
+void PrintInfoHuman(const Chain& chain, const std::vector<LayerInfo>& layers) {
+  std::printf("disk: %s (%llu bytes), cluster %s, sub-block %s, %s (top first)\n",
+              HumanBytes(chain.size()).c_str(), static_cast<unsigned long long>(chain.size()),
+              HumanBytes(chain.cluster_size()).c_str(),
+              HumanBytes(chain.sub_block_size()).c_str(), Count(layers.size(), "layer").c_str());
   for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
     if (it->is_raw_base) {
       std::printf("  [%d] %s  raw base, %s on disk\n", it->position, it->path.c_str(),
@@ -173,14 +195,51 @@ int InfoCommand(int argc, char** argv) {
                 HumanBytes(it->allocated_bytes).c_str(), HumanBytes(it->file_bytes).c_str(),
                 TimeString(h.created_ns).c_str());
   }
+}
+
+}  // namespace
+
+int InfoCommand(int argc, char** argv) {
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kInfo, &args)) return *exit;
+  auto chain = Chain::Open(args.positional[0], {.writable = false, .lock = false});
+  if (!chain.ok()) return Fail(kInfo.name, chain.status());
+  const std::vector<LayerInfo> layers = (*chain)->Layers();
+  if (args.Json()) {
+    PrintInfoJson(**chain, layers);
+  } else {
+    PrintInfoHuman(**chain, layers);
+  }
   return 0;
 }
+
+namespace {
+
+const CommandSpec kMap{.name = "map",
+                       .usage = R"(usage: strata map [--output=human|json] LAYER
+       strata map [--output=human|json] --diff SNAPSHOT [--to SNAPSHOT2] LAYER
+
+Which layer holds each range of the disk topped by LAYER: data, zeros, or unallocated.
+With --diff, only the ranges changed since snapshot SNAPSHOT (up to SNAPSHOT2, else up to
+LAYER): what an incremental backup copies. Reads only: safe on a served disk.
+
+  --output=human|json   the format (default human; --json is --output=json). JSON has
+                        qemu-img map's fields: start, length, depth (0 = LAYER), present,
+                        zero, data, offset (in the layer's file, when the range lies there
+                        in one piece), and strata's layer (chain position) and file
+  --diff SNAPSHOT       changes since SNAPSHOT
+  --to SNAPSHOT2        ... up to SNAPSHOT2
+  -h, --help            this text
+)",
+                       .args = {.valued = {"--diff", "--to"}},
+                       .output = true,
+                       .positional = 1};
 
 // `map --diff FROM [--to TO]`: the ranges that changed between two snapshots.
 int PrintDiff(const std::string& top, const Args& args) {
   auto ranges = ChangedRanges(Env::Default(), top, args.Get("--diff"), args.Get("--to"));
-  if (!ranges.ok()) return Fail(ranges.status());
-  if (args.Has("--json")) {
+  if (!ranges.ok()) return Fail(kMap.name, ranges.status());
+  if (args.Json()) {
     json out = json::array();
     for (const auto& [off, len] : *ranges) out.push_back({{"start", off}, {"length", len}});
     std::cout << out.dump(1) << "\n";
@@ -197,41 +256,32 @@ int PrintDiff(const std::string& top, const Args& args) {
   return 0;
 }
 
-int MapCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {.flags = {"--json"}, .valued = {"--diff", "--to"}});
-  if (!args.ok()) return Fail(args.status());
-  if (args->positional.size() != 1) {
-    return Usage("strata map [--json] [--diff SNAPSHOT [--to SNAPSHOT]] LAYER");
+std::string FileOf(const std::vector<LayerInfo>& layers, int position) {
+  for (const auto& l : layers) {
+    if (l.position == position) return l.path;
   }
-  const std::string top = args->positional[0];
-  if (args->Has("--diff")) return PrintDiff(top, *args);
-  auto chain = Chain::Open(top, {.writable = false, .lock = false});
-  if (!chain.ok()) return Fail(chain.status());
-  std::vector<Extent> extents;
-  if (auto s = (*chain)->Extents(0, (*chain)->size(), &extents); !s.ok()) return Fail(s);
-  auto layers = (*chain)->Layers();
-  int top_position = layers.back().position;
-  auto file_of = [&](int position) -> std::string {
-    for (const auto& l : layers) {
-      if (l.position == position) return l.path;
-    }
-    return "";
-  };
-  if (args->Has("--json")) {
-    // Field names as `qemu-img map --output=json`; depth 0 is the top layer.
-    json out = json::array();
-    for (const Extent& e : extents) {
-      json j = {{"start", e.offset}, {"length", e.length}, {"data", e.data}, {"zero", e.zero},
-                {"present", e.layer >= 0}, {"layer", e.layer}};
-      if (e.layer >= 0) {
-        j["depth"] = top_position - e.layer;
-        j["file"] = file_of(e.layer);
-      }
-      out.push_back(j);
-    }
-    std::cout << out.dump(1) << "\n";
-    return 0;
+  return "";
+}
+
+// As `qemu-img map --output=json`: depth counts from the top (0); an unallocated range has
+// the depth of the bottom layer, the last one asked, as qemu-img gives for its chain.
+void PrintMapJson(const std::vector<Extent>& extents, const std::vector<LayerInfo>& layers) {
+  const int top = layers.back().position, bottom = layers.front().position;
+  json out = json::array();
+  for (const Extent& e : extents) {
+    const bool present = e.layer >= 0;
+    json j = {{"start", e.offset},          {"length", e.length},
+              {"depth", top - (present ? e.layer : bottom)},
+              {"present", present},         {"zero", e.zero},
+              {"data", e.data},             {"layer", present ? json(e.layer) : json(nullptr)},
+              {"file", present ? json(FileOf(layers, e.layer)) : json(nullptr)}};
+    if (e.data && e.file_offset >= 0) j["offset"] = e.file_offset;
+    out.push_back(j);
   }
+  std::cout << out.dump(1) << "\n";
+}
+
+void PrintMapHuman(const std::vector<Extent>& extents, const std::vector<LayerInfo>& layers) {
   std::printf("%-18s %-18s %-6s %-11s %s\n", "Offset", "Length", "Layer", "Kind", "File");
   for (const Extent& e : extents) {
     const char* kind = e.layer < 0 ? "unallocated" : e.data ? "data" : "zero";
@@ -239,142 +289,300 @@ int MapCommand(int argc, char** argv) {
                 static_cast<unsigned long long>(e.offset),
                 static_cast<unsigned long long>(e.length),
                 e.layer < 0 ? "-" : std::to_string(e.layer).c_str(), kind,
-                e.layer < 0 ? "" : file_of(e.layer).c_str());
+                e.layer < 0 ? "" : FileOf(layers, e.layer).c_str());
+  }
+}
+
+}  // namespace
+
+int MapCommand(int argc, char** argv) {
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kMap, &args)) return *exit;
+  const std::string top = args.positional[0];
+  if (args.Has("--diff")) return PrintDiff(top, args);
+  auto chain = Chain::Open(top, {.writable = false, .lock = false});
+  if (!chain.ok()) return Fail(kMap.name, chain.status());
+  std::vector<Extent> extents;
+  if (auto s = (*chain)->Extents(0, (*chain)->size(), &extents); !s.ok()) {
+    return Fail(kMap.name, s);
+  }
+  if (args.Json()) {
+    PrintMapJson(extents, (*chain)->Layers());
+  } else {
+    PrintMapHuman(extents, (*chain)->Layers());
   }
   return 0;
 }
 
-int CheckCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {.flags = {"--repair", "--quiet"}});
-  if (!args.ok()) return Fail(args.status());
-  if (args->positional.size() != 1) return Usage("strata check [--repair] [--quiet] LAYER");
-  auto report = CheckChain(Env::Default(), args->positional[0], args->Has("--repair"));
-  if (!report.ok()) return Fail(report.status());
-  if (!args->Has("--quiet")) {
-    for (const auto& n : report->notes) std::printf("ok: %s\n", n.c_str());
-  }
-  for (const auto& r : report->repaired) std::printf("repaired: %s\n", r.c_str());
-  for (const auto& r : report->repairable) {
-    std::printf("repairable (run with --repair): %s\n", r.c_str());
-  }
-  for (const auto& p : report->problems) std::printf("error: %s\n", p.c_str());
-  if (report->clean()) {
-    std::printf("%s: no problems found\n", args->positional[0].c_str());
-    return 0;
-  }
-  std::printf("%s: %zu problems, %zu repairable\n", args->positional[0].c_str(),
-              report->problems.size(), report->repairable.size());
-  return report->problems.empty() ? 4 : 3;
+namespace {
+
+// Exit statuses as qemu-img check's; a usage error is 1 too, so that 2 means only corruption.
+constexpr int kCheckClean = 0, kCheckCouldNotCheck = 1, kCheckCorrupt = 2, kCheckRepairable = 3;
+
+const CommandSpec kCheck{.name = "check",
+                         .usage = R"(usage: strata check [--repair] [--quiet] [--output=human|json] LAYER
+
+Verifies the chain topped by LAYER without trusting it: every header copy, checkpoint table and
+journal checksum, index entry, slot claimed twice, leaked space, parent link, and what an
+interrupted operation left. --repair fixes only what cannot lose data: it finishes or rolls
+back interrupted operations, punches leaked space and rewrites a damaged header copy; it refuses
+while the disk is served. A plain check of a served disk says its view may be stale.
+
+Exit status, as qemu-img check's: 0 no problems, 1 the check could not run (a missing or
+unreadable file, a bad command line), 2 problems (corruption), 3 only repairable findings.
+
+  --repair              repair what is safe to repair
+  --quiet               no "ok:" lines
+  --output=human|json   the format (default human; --json is --output=json); JSON has
+                        qemu-img's counts (corruptions, leaks = repairable findings,
+                        leaks-fixed) and the findings themselves
+  -h, --help            this text
+)",
+                         .args = {.flags = {"--repair", "--quiet"}},
+                         .output = true,
+                         .usage_exit = kCheckCouldNotCheck,
+                         .positional = 1};
+
+int CheckExit(const CheckReport& report) {
+  if (!report.problems.empty()) return kCheckCorrupt;
+  return report.repairable.empty() ? kCheckClean : kCheckRepairable;
 }
 
-int ExportCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {});
-  if (!args.ok()) return Fail(args.status());
-  if (args->positional.size() != 2) return Usage("strata export LAYER OUT.raw");
-  const std::string top = args->positional[0], out_path = args->positional[1];
-  // Shared locks: a served disk (exclusive lock) cannot be exported inconsistently; export
-  // its snapshot instead.
-  auto chain = Chain::Open(top, {.writable = false});
-  if (!chain.ok()) return Fail(chain.status());
-  int fd = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Fail(ErrnoStatus(errno, "create", out_path));
-  const uint64_t size = (*chain)->size();
-  absl::Status s;
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) s = ErrnoStatus(errno, "truncate", out_path);
+void PrintCheckJson(const std::string& top, const CheckReport& report) {
+  const json out = {{"filename", top},
+                    {"format", "strata"},
+                    {"check-errors", 0},
+                    {"corruptions", report.problems.size()},
+                    {"leaks", report.repairable.size()},
+                    {"leaks-fixed", report.repaired.size()},
+                    {"problems", report.problems},
+                    {"repairable", report.repairable},
+                    {"repaired", report.repaired},
+                    {"notes", report.notes}};
+  std::cout << out.dump(2) << "\n";
+}
+
+void PrintCheckHuman(const std::string& top, const CheckReport& report, bool quiet) {
+  if (!quiet) {
+    for (const auto& n : report.notes) std::printf("ok: %s\n", n.c_str());
+  }
+  for (const auto& r : report.repaired) std::printf("repaired: %s\n", r.c_str());
+  for (const auto& r : report.repairable) {
+    std::printf("repairable (run with --repair): %s\n", r.c_str());
+  }
+  for (const auto& p : report.problems) std::printf("error: %s\n", p.c_str());
+  if (report.clean()) {
+    std::printf("%s: no problems found\n", top.c_str());
+  } else {
+    std::printf("%s: %s, %zu repairable\n", top.c_str(),
+                Count(report.problems.size(), "problem").c_str(), report.repairable.size());
+  }
+}
+
+}  // namespace
+
+int CheckCommand(int argc, char** argv) {
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kCheck, &args)) return *exit;
+  const std::string top = args.positional[0];
+  auto report = CheckChain(Env::Default(), top, args.Has("--repair"));
+  if (!report.ok()) return Fail(kCheck.name, report.status());  // kCheckCouldNotCheck
+  if (args.Json()) {
+    PrintCheckJson(top, *report);
+  } else {
+    PrintCheckHuman(top, *report, args.Has("--quiet"));
+  }
+  return CheckExit(*report);
+}
+
+namespace {
+
+const CommandSpec kExport{.name = "export",
+                          .usage = R"(usage: strata export LAYER OUT.raw
+
+Writes the disk topped by LAYER, flattened, to OUT.raw as a sparse raw file (zeros stay
+holes), with a progress bar when stderr is a terminal. Takes shared locks: a served disk is
+refused (export one of its snapshots instead).
+
+  -h, --help   this text
+)",
+                          .positional = 2};
+
+// Copies the data extents of `chain` into `fd` (`out_path` for messages).
+absl::Status CopyData(const Chain& chain, int fd, const std::string& out_path) {
+  const uint64_t size = chain.size();
+  if (ftruncate(fd, static_cast<off_t>(size)) != 0) return ErrnoStatus(errno, "truncate", out_path);
   std::vector<Extent> extents;
-  if (s.ok()) s = (*chain)->Extents(0, size, &extents);
+  if (auto s = chain.Extents(0, size, &extents); !s.ok()) return s;
   std::string buf;
   ProgressBar bar("export");
   for (const Extent& e : extents) {
-    if (!s.ok()) break;
     if (!e.data) continue;  // zeros stay holes in the output
-    for (uint64_t off = e.offset; off < e.offset + e.length && s.ok();) {
+    for (uint64_t off = e.offset; off < e.offset + e.length;) {
       uint64_t n = std::min<uint64_t>(8 << 20, e.offset + e.length - off);
       buf.resize(n);
-      s = (*chain)->Read(off, absl::MakeSpan(buf.data(), n));
-      if (s.ok() && pwrite(fd, buf.data(), n, static_cast<off_t>(off)) != static_cast<ssize_t>(n)) {
-        s = ErrnoStatus(errno, "write", out_path, static_cast<int64_t>(off));
+      if (auto s = chain.Read(off, absl::MakeSpan(buf.data(), n)); !s.ok()) return s;
+      if (pwrite(fd, buf.data(), n, static_cast<off_t>(off)) != static_cast<ssize_t>(n)) {
+        return ErrnoStatus(errno, "write", out_path, static_cast<int64_t>(off));
       }
       off += n;
       bar.Update(off, size);
     }
   }
-  if (s.ok() && fsync(fd) != 0) s = ErrnoStatus(errno, "fsync", out_path);
-  close(fd);
-  if (!s.ok()) return Fail(s);
   bar.Update(size, size);
-  std::printf("exported %s (%s) to %s\n", top.c_str(), HumanBytes(size).c_str(),
+  if (fsync(fd) != 0) return ErrnoStatus(errno, "fsync", out_path);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int ExportCommand(int argc, char** argv) {
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kExport, &args)) return *exit;
+  const std::string top = args.positional[0], out_path = args.positional[1];
+  // Shared locks: a served disk (exclusive lock) cannot be exported inconsistently; export
+  // its snapshot instead.
+  auto chain = Chain::Open(top, {.writable = false});
+  if (!chain.ok()) return Fail(kExport.name, chain.status());
+  int fd = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Fail(kExport.name, ErrnoStatus(errno, "create", out_path));
+  absl::Status s = CopyData(**chain, fd, out_path);
+  close(fd);
+  if (!s.ok()) return Fail(kExport.name, s);
+  std::printf("exported %s (%s) to %s\n", top.c_str(), HumanBytes((*chain)->size()).c_str(),
               out_path.c_str());
   return 0;
 }
 
+namespace {
+
+const CommandSpec kSnapshot{.name = "snapshot",
+                            .usage = R"(usage: strata snapshot LAYER NAME
+       strata snapshot --control SOCKET [--json] NAME
+
+Offline: freezes LAYER's content as snapshot NAME (LAYER's stem@NAME.strata beside it); LAYER
+becomes a new empty layer on it. Live (--control): the same on a served disk, through its
+server's control socket, while clients keep writing.
+
+  --control SOCKET   the server's control socket (default <layer stem>.ctl beside the layer)
+  --json             the server's reply as JSON (live only)
+  -h, --help         this text
+)",
+                            .args = {.flags = {"--json"}, .valued = {"--control"}}};
+
+}  // namespace
+
 int SnapshotCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {.flags = {"--json"}, .valued = {"--control"}});
-  if (!args.ok()) return Fail(args.status());
-  if (args->Has("--control") && args->positional.size() == 1) {
-    return LiveSnapshotCommand(args->Get("--control"), args->positional[0], args->Has("--json"));
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kSnapshot, &args)) return *exit;
+  if (args.Has("--control") && args.positional.size() == 1) {
+    return LiveSnapshotCommand(args.Get("--control"), args.positional[0], args.Has("--json"));
   }
-  if (args->positional.size() != 2) {
-    return Usage("strata snapshot LAYER NAME | strata snapshot --control SOCKET NAME");
-  }
-  const std::string top = args->positional[0];
-  if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(s);
+  if (args.positional.size() != 2) return UsageError(kSnapshot);
+  const std::string top = args.positional[0];
+  if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(kSnapshot.name, s);
   auto chain = Chain::Open(top);
-  if (!chain.ok()) return Fail(chain.status());
-  auto result = (*chain)->Snapshot(args->positional[1]);
-  if (!result.ok()) return Fail(result.status());
-  std::printf("snapshot '%s' of %s frozen as %s\n", args->positional[1].c_str(), top.c_str(),
+  if (!chain.ok()) return Fail(kSnapshot.name, chain.status());
+  auto result = (*chain)->Snapshot(args.positional[1]);
+  if (!result.ok()) return Fail(kSnapshot.name, result.status());
+  std::printf("snapshot '%s' of %s frozen as %s\n", args.positional[1].c_str(), top.c_str(),
               result->frozen_path.c_str());
   return 0;
 }
 
+namespace {
+
+const CommandSpec kCommit{.name = "commit",
+                          .usage = R"(usage: strata commit [--resume] LAYER
+
+Merges LAYER into its parent snapshot, crash-safe (a merge interrupted at any instant is
+finished by the next command that changes the disk). Refuses while the disk is served, or
+when the parent has other children (a branch would silently change).
+
+  --resume     only finish an interrupted operation, from whichever directory
+  -h, --help   this text
+)",
+                          .args = {.flags = {"--resume"}},
+                          .positional = 1};
+
+}  // namespace
+
 int CommitCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {.flags = {"--resume"}});
-  if (!args.ok()) return Fail(args.status());
-  if (args->positional.size() != 1) return Usage("strata commit [--resume] LAYER");
-  const std::string layer = args->positional[0];
-  if (auto s = RecoverFirst(Env::Default(), layer); !s.ok()) return Fail(s);
-  if (args->Has("--resume")) {
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kCommit, &args)) return *exit;
+  const std::string layer = args.positional[0];
+  if (auto s = RecoverFirst(Env::Default(), layer); !s.ok()) return Fail(kCommit.name, s);
+  if (args.Has("--resume")) {
     std::printf("%s: no interrupted operation left\n", layer.c_str());
     return 0;
   }
   ProgressBar bar("commit");
   auto result = CommitLayer(Env::Default(), layer, [&](uint64_t d, uint64_t t) { bar.Update(d, t); });
-  if (!result.ok()) return Fail(result.status());
+  bar.Finish();
+  if (!result.ok()) return Fail(kCommit.name, result.status());
   std::printf("committed %s (%s of data) into its parent, now %s\n", layer.c_str(),
               HumanBytes(result->bytes_copied).c_str(), result->merged_into.c_str());
   return 0;
 }
 
+namespace {
+
+const CommandSpec kDeleteSnapshot{.name = "delete-snapshot",
+                                  .usage = R"(usage: strata delete-snapshot LAYER NAME
+
+Deletes snapshot NAME of the disk topped by LAYER by merging the layer above it into it,
+crash-safe; the disk's path never changes. Refuses while the disk is served, or when the
+snapshot has other children (a branch would silently change).
+
+  -h, --help   this text
+)",
+                                  .positional = 2};
+
+}  // namespace
+
 int DeleteSnapshotCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {});
-  if (!args.ok()) return Fail(args.status());
-  if (args->positional.size() != 2) return Usage("strata delete-snapshot LAYER NAME");
-  const std::string top = args->positional[0];
-  if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(s);
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kDeleteSnapshot, &args)) return *exit;
+  const std::string top = args.positional[0];
+  if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(kDeleteSnapshot.name, s);
   ProgressBar bar("merge");
-  auto result = DeleteSnapshot(Env::Default(), top, args->positional[1],
+  auto result = DeleteSnapshot(Env::Default(), top, args.positional[1],
                                [&](uint64_t d, uint64_t t) { bar.Update(d, t); });
-  if (!result.ok()) return Fail(result.status());
-  std::printf("deleted snapshot '%s': merged %s of data into %s\n", args->positional[1].c_str(),
+  bar.Finish();
+  if (!result.ok()) return Fail(kDeleteSnapshot.name, result.status());
+  std::printf("deleted snapshot '%s': merged %s of data into %s\n", args.positional[1].c_str(),
               HumanBytes(result->bytes_copied).c_str(), result->merged_into.c_str());
   return 0;
 }
 
+namespace {
+
+const CommandSpec kRevert{.name = "revert",
+                          .usage = R"(usage: strata revert LAYER [SNAPSHOT]
+       strata revert --control SOCKET [SNAPSHOT]
+
+Discards the changes since LAYER's parent snapshot (or since snapshot SNAPSHOT, dropping the
+snapshots above it). Live (--control): the same on a served disk with no client connected.
+
+  --control SOCKET   the server's control socket (default <layer stem>.ctl beside the layer)
+  -h, --help         this text
+)",
+                          .args = {.valued = {"--control"}}};
+
+}  // namespace
+
 int RevertCommand(int argc, char** argv) {
-  auto args = Parse(argc, argv, 2, {.valued = {"--control"}});
-  if (!args.ok()) return Fail(args.status());
-  if (args->Has("--control") && args->positional.size() <= 1) {
-    return LiveRevertCommand(args->Get("--control"),
-                             args->positional.empty() ? "" : args->positional[0]);
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kRevert, &args)) return *exit;
+  if (args.Has("--control") && args.positional.size() <= 1) {
+    return LiveRevertCommand(args.Get("--control"),
+                             args.positional.empty() ? "" : args.positional[0]);
   }
-  if (args->positional.empty() || args->positional.size() > 2) {
-    return Usage("strata revert LAYER [SNAPSHOT]");
-  }
-  const std::string top = args->positional[0];
-  std::string snapshot = args->positional.size() == 2 ? args->positional[1] : "";
-  if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(s);
-  if (auto s = Revert(Env::Default(), top, snapshot); !s.ok()) return Fail(s);
+  if (args.positional.empty() || args.positional.size() > 2) return UsageError(kRevert);
+  const std::string top = args.positional[0];
+  std::string snapshot = args.positional.size() == 2 ? args.positional[1] : "";
+  if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(kRevert.name, s);
+  if (auto s = Revert(Env::Default(), top, snapshot); !s.ok()) return Fail(kRevert.name, s);
   std::printf("reverted %s to %s\n", top.c_str(),
               snapshot.empty() ? "its parent" : absl::StrCat("snapshot '", snapshot, "'").c_str());
   return 0;

@@ -1,5 +1,6 @@
 // The offline subcommands of `strata` (argv[1] is the subcommand). Each returns the exit
-// status: 0 success, 1 error (printed on stderr), 2 usage; `check` 3/4 when it found problems.
+// status: 0 success, 1 error (printed on stderr), 2 usage; `check` exits as qemu-img check
+// does: 0 clean, 1 could not check (or usage), 2 corruption, 3 only repairable findings.
 #ifndef STRATA_CLI_OFFLINE_COMMANDS_H_
 #define STRATA_CLI_OFFLINE_COMMANDS_H_
 

@@ -9,10 +9,16 @@
 namespace strata::cli {
 
 ProgressBar::ProgressBar(std::string label)
-    : label_(std::move(label)), enabled_(isatty(STDERR_FILENO) == 1) {}
+    : ProgressBar(std::move(label), stderr, isatty(STDERR_FILENO) == 1) {}
 
-ProgressBar::~ProgressBar() {
-  if (drawn_) std::fputc('\n', stderr);
+ProgressBar::ProgressBar(std::string label, FILE* out, bool enabled)
+    : label_(std::move(label)), out_(out), enabled_(enabled) {}
+
+void ProgressBar::Finish() {
+  if (!drawn_) return;
+  std::fputc('\n', out_);
+  std::fflush(out_);
+  drawn_ = false;
 }
 
 void ProgressBar::Update(uint64_t done, uint64_t total) {
@@ -25,9 +31,9 @@ void ProgressBar::Update(uint64_t done, uint64_t total) {
   int filled = percent * kWidth / 100;
   std::string bar(filled, '#');
   bar.append(kWidth - filled, '.');
-  std::fprintf(stderr, "\r%s %3d%% [%s] %s / %s ", label_.c_str(), percent, bar.c_str(),
+  std::fprintf(out_, "\r%s %3d%% [%s] %s / %s ", label_.c_str(), percent, bar.c_str(),
                HumanBytes(done).c_str(), HumanBytes(total).c_str());
-  std::fflush(stderr);
+  std::fflush(out_);
   drawn_ = true;
 }
 

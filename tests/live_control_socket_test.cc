@@ -182,8 +182,19 @@ TEST_F(LiveControlSocketTest, TheCliIsTheClient) {
   EXPECT_NE(out.find("active"), std::string::npos) << out;
   ASSERT_EQ(RunCommand({StrataBinary(), "list", "--control", ctl, "--json"}, &out), 0) << out;
   EXPECT_EQ(json::parse(out)["layers"].size(), 3u);
-  ASSERT_EQ(RunCommand({StrataBinary(), "stats", "--control", ctl}, &out), 0) << out;
+  ASSERT_EQ(RunCommand({StrataBinary(), "stats", "--control", ctl, "--output=json"}, &out), 0)
+      << out;
   EXPECT_TRUE(json::parse(out).contains("enospc")) << out;
+  // A person's summary by default.
+  ASSERT_EQ(RunCommand({StrataBinary(), "stats", "--control", ctl}, &out), 0) << out;
+  EXPECT_NE(out.find("latency (us): mean"), std::string::npos) << out;
+  EXPECT_NE(out.find("host volume: not full"), std::string::npos) << out;
+  EXPECT_NE(out.find("live snapshots: 1 taken"), std::string::npos) << out;
+  EXPECT_TRUE(json::parse(out, nullptr, false).is_discarded()) << out;
+  // list: "none" is null, as in info --json; the first layer is the active one.
+  ASSERT_EQ(RunCommand({StrataBinary(), "list", "--control", ctl, "--output=json"}, &out), 0)
+      << out;
+  EXPECT_TRUE(json::parse(out)["layers"][0]["snapshot"].is_null()) << out;
   // No client connected: an online revert works.
   ASSERT_EQ(RunCommand({StrataBinary(), "revert", "--control", ctl, "first"}, &out), 0) << out;
   // A server that is not there: a clear error naming the socket.

@@ -320,12 +320,13 @@ absl::Status LiveControl::List(json* reply) {
       const bool frozen = h.state == LayerState::kFrozen;
       // "freezing": a live snapshot whose layer is not durable yet (every flush retries).
       j["state"] = l.freezing ? "freezing" : frozen ? "frozen" : "active";
-      if (l.freezing) j["snapshot"] = h.snapshot_name;
+      // null, as `strata info --json` says it, for the active layer and an unnamed one.
+      j["snapshot"] = (frozen || l.freezing) && !h.snapshot_name.empty() ? json(h.snapshot_name)
+                                                                          : json(nullptr);
       j["uuid"] = UuidToString(h.uuid);
       j["allocated_bytes"] = l.allocated_bytes;
-      j["created"] = IsoTime(h.created_ns);
+      j["created"] = h.created_ns > 0 ? json(IsoTime(h.created_ns)) : json(nullptr);
       if (frozen) {
-        j["snapshot"] = h.snapshot_name;
         j["snapshot_time"] = IsoTime(h.frozen_ns);
         if (!h.snapshot_name.empty() && exports_->Has("@" + h.snapshot_name)) {
           j["export"] = "@" + h.snapshot_name;

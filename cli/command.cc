@@ -1,0 +1,54 @@
+#include "cli/command.h"
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+
+namespace strata::cli {
+
+std::optional<int> ParseCommand(int argc, char** argv, const CommandSpec& spec, Args* args) {
+  ArgSpec arg_spec = spec.args;
+  arg_spec.flags.insert("--help");
+  arg_spec.aliases.emplace("-h", "--help");
+  if (spec.output) {
+    arg_spec.flags.insert("--json");
+    arg_spec.valued.insert("--output");
+  }
+  auto parsed = Parse(argc, argv, 2, arg_spec);
+  if (!parsed.ok()) return UsageError(spec, parsed.status().message());
+  if (parsed->Has("--help")) {
+    std::fputs(spec.usage, stdout);
+    return 0;
+  }
+  if (spec.output) {
+    if (parsed->Has("--json")) parsed->values["--output"] = "json";
+    const std::string output = parsed->Get("--output", "human");
+    if (output != "human" && output != "json") {
+      return UsageError(spec, absl::StrCat("--output is human or json, not '", output, "'"));
+    }
+  }
+  if (spec.positional >= 0 && parsed->positional.size() != static_cast<size_t>(spec.positional)) {
+    return UsageError(spec);
+  }
+  *args = *std::move(parsed);
+  return std::nullopt;
+}
+
+int UsageError(const CommandSpec& spec, absl::string_view why) {
+  if (!why.empty()) std::fprintf(stderr, "strata %s: %s\n", spec.name, std::string(why).c_str());
+  std::fputs(spec.usage, stderr);
+  return spec.usage_exit;
+}
+
+int Fail(absl::string_view command, const absl::Status& status) {
+  std::fprintf(stderr, "strata %s: %s\n", std::string(command).c_str(),
+               std::string(status.message()).c_str());
+  return 1;
+}
+
+std::string Count(uint64_t n, absl::string_view singular, absl::string_view plural) {
+  if (n == 1) return absl::StrCat(n, " ", singular);
+  return plural.empty() ? absl::StrCat(n, " ", singular, "s") : absl::StrCat(n, " ", plural);
+}
+
+}  // namespace strata::cli
