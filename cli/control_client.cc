@@ -158,7 +158,9 @@ namespace {
 // "requests 12 (read 10, write 2), errors 0, ENOSPC replies 0; read 40 KiB, written 8 KiB"
 std::string CountersLine(const json& c) {
   std::string by;
-  for (const auto& [name, n] : c.value("requests_by_command", json::object()).items()) {
+  // A local: a range-for over a temporary's items() would dangle.
+  const json by_command = c.value("requests_by_command", json::object());
+  for (const auto& [name, n] : by_command.items()) {
     absl::StrAppend(&by, by.empty() ? " (" : ", ", name, " ", n.get<uint64_t>());
   }
   if (!by.empty()) by += ")";
