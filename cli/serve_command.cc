@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -56,7 +57,11 @@ Serves the chain whose top layer is LAYER over NBD.
   --read-only            refuse writes
   --cache=none|writeback none: O_DIRECT, bypass the host page cache; writeback: use it (default)
   --workers N            I/O threads (default: number of CPUs, at most 4)
-  --log-level=error|info|debug   (default info; logs go to stderr)
+  --log-level=error|info|debug   (default info)
+  --log=stderr|syslog|file       where the log goes once the server serves (default: stderr
+                         with --foreground, syslog in the background; file: LAYER's
+                         directory/STEM.log unless --log-file)
+  --log-file FILE        append the log to FILE (implies --log=file)
   --foreground           do not daemonize (implied by --run)
   --pid-file FILE        write the server's pid once it is listening
   --shutdown-timeout S   on SIGTERM/SIGINT, wait at most S seconds (default 10) for clients
@@ -120,6 +125,8 @@ absl::Status ParseText(absl::string_view option, const std::string& v, ServeOpti
     o->control = v;
   } else if (option == "--pid-file") {
     o->pid_file = v;
+  } else if (option == "--log-file") {
+    o->log_file = v;
   } else {
     o->run = v;
   }
@@ -134,6 +141,14 @@ absl::Status ParseExportName(absl::string_view option, const std::string& v, Ser
 
 absl::Status ParseLevel(absl::string_view option, const std::string& v, ServeOptions* o) {
   if (!ParseLogLevel(v, &o->log_level)) return NotA(option, v, "error, info or debug");
+  return absl::OkStatus();
+}
+
+absl::Status ParseLogDestination(absl::string_view option, const std::string& v,
+                                 ServeOptions* o) {
+  LogTo to;
+  if (!ParseLogTo(v, &to)) return NotA(option, v, "stderr, syslog or file");
+  o->log = to;
   return absl::OkStatus();
 }
 
@@ -159,7 +174,8 @@ constexpr ValuedOption kValuedOptions[] = {
     {"--socket-mode", ParseSocketMode}, {"--listen", ParseListen},
     {"--export-name", ParseExportName}, {"--cache", ParseCache},
     {"--log-level", ParseLevel},        {"--workers", ParseNumber},
-    {"--shutdown-timeout", ParseNumber},
+    {"--shutdown-timeout", ParseNumber}, {"--log", ParseLogDestination},
+    {"--log-file", ParseText},
 };
 
 const ArgSpec& ServeSpec() {
@@ -170,6 +186,20 @@ const ArgSpec& ServeSpec() {
     return s;
   }();
   return *spec;
+}
+
+// --log-file implies --log=file; without either, a foreground server logs where its user looks
+// (stderr) and a daemon to syslog, as nbdkit does.
+absl::Status SetLogDefault(ServeOptions* o) {
+  if (!o->log_file.empty()) {
+    if (o->log && *o->log != LogTo::kFile) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--log-file and --log=", Name(*o->log), " contradict each other"));
+    }
+    o->log = LogTo::kFile;
+  }
+  if (!o->log) o->log = o->foreground ? LogTo::kStderr : LogTo::kSyslog;
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -199,6 +229,7 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& w
   if (o.no_control && o.control) {
     return absl::InvalidArgumentError("--control and --no-control contradict each other");
   }
+  if (absl::Status st = SetLogDefault(&o); !st.ok()) return st;
   return o;
 }
 
@@ -217,6 +248,7 @@ std::string BesideLayer(const std::string& layer, absl::string_view extension) {
 
 std::string DefaultSocketPath(const std::string& layer) { return BesideLayer(layer, ".sock"); }
 std::string DefaultControlPath(const std::string& layer) { return BesideLayer(layer, ".ctl"); }
+std::string DefaultLogPath(const std::string& layer) { return BesideLayer(layer, ".log"); }
 
 namespace {
 
@@ -233,13 +265,26 @@ std::string UriEncode(absl::string_view s) {
   return out;
 }
 
+// A relative PATH joined to the working directory, with its directory resolved by realpath(3):
+// "../vm/disk.strata" typed in /home/u/elsewhere reads /home/u/vm/disk.strata in every log line,
+// URI and reply, not /home/u/elsewhere/../vm/disk.strata. The file name itself is kept (the
+// socket may not exist yet; a symlinked layer keeps its name, and its snapshots go beside it).
 std::string Absolute(const std::string& path) {
   if (!path.empty() && path[0] == '/') return path;
   char cwd[PATH_MAX];
   if (getcwd(cwd, sizeof(cwd)) == nullptr) return path;
   std::string p = path;
   while (absl::StartsWith(p, "./")) p = p.substr(2);
-  return absl::StrCat(cwd, "/", p);
+  std::string joined = absl::StrCat(cwd, "/", p);
+  size_t slash = joined.rfind('/');
+  std::string base = joined.substr(slash + 1);
+  char dir[PATH_MAX];
+  // No such directory: the plain join, and opening the file will say what is missing.
+  if (base.empty() || base == "." || base == ".." ||
+      realpath(joined.substr(0, slash).c_str(), dir) == nullptr) {
+    return joined;
+  }
+  return absl::StrCat(dir, absl::string_view(dir) == "/" ? "" : "/", base);
 }
 
 absl::Status WritePidFile(const std::string& path) {
@@ -269,9 +314,38 @@ std::string TcpUri(const std::string& host, int port, const std::string& export_
 
 namespace {
 
+// Once the log has left stderr (SwitchLog), a failure is told where the log goes: a daemon's
+// caller is gone by then.
 int Fail(absl::string_view message) {
-  fprintf(stderr, "strata serve: %s\n", std::string(message).c_str());
+  if (LogRedirected()) {
+    STRATA_LOG(kError, "%s", message);
+  } else {
+    fprintf(stderr, "strata serve: %s\n", std::string(message).c_str());
+  }
   return 1;
+}
+
+// syslog(3) drops lines silently where no syslog daemon listens (a container, a minimal VM):
+// say so while the caller still reads stderr.
+void WarnIfNoSyslog(const ServeOptions& o) {
+  if (*o.log != LogTo::kSyslog || access("/dev/log", F_OK) == 0) return;
+  fprintf(stderr,
+          "strata serve: warning: no syslog here (/dev/log: %s): the server's log is lost; "
+          "--log-file FILE keeps it\n",
+          strerror(errno));
+}
+
+// Opened before daemonizing, so that a log file that cannot be written is told to the caller.
+// -1 when the log does not go to a file.
+absl::StatusOr<int> OpenLogFile(const ServeOptions& o) {
+  if (*o.log != LogTo::kFile) return -1;
+  int fd = open(o.log_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (fd >= 0) return fd;
+  int err = errno;
+  return absl::Status(absl::ErrnoToStatus(err, "").code(),
+                      absl::StrFormat("cannot open log file %s: %s (--log-file elsewhere, or "
+                                      "--log=syslog)",
+                                      o.log_file, strerror(err)));
 }
 
 // A chain holds one descriptor per layer (two with --cache=none), each connection and ring a
@@ -298,6 +372,9 @@ ServeOptions Resolve(ServeOptions o) {
   if (o.control) o.control = Absolute(*o.control);
   if (o.socket) o.socket = Absolute(*o.socket);
   if (!o.pid_file.empty()) o.pid_file = Absolute(o.pid_file);
+  if (o.log == LogTo::kFile) {
+    o.log_file = Absolute(o.log_file.empty() ? DefaultLogPath(o.layer) : o.log_file);
+  }
   return o;
 }
 
@@ -371,18 +448,41 @@ void PrintServing(const std::string& layer, const std::string& uri) {
   _exit(WIFEXITED(status) && WEXITSTATUS(status) != 0 ? WEXITSTATUS(status) : 1);
 }
 
+void ToDevNull(std::initializer_list<int> fds) {
+  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+  if (devnull < 0) return;
+  for (int fd : fds) dup2(devnull, fd);
+  close(devnull);
+}
+
 // The daemon's side: its own session, "/" as working directory (it must not hold a mount
-// busy), stdin and stdout on /dev/null. stderr stays: it is where the log goes.
+// busy), stdin and stdout on /dev/null. stderr stays until the server serves (SwitchLog): a
+// start that fails after the fork is still told to the caller.
 void Detach() {
   setsid();
   if (chdir("/") != 0) {
     // Harmless: every path we keep is absolute.
   }
-  int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
-  if (devnull >= 0) {
-    dup2(devnull, STDIN_FILENO);
-    dup2(devnull, STDOUT_FILENO);
-    close(devnull);
+  ToDevNull({STDIN_FILENO, STDOUT_FILENO});
+}
+
+// Sends the log where --log says, once the server serves. A daemon lets go of the caller's
+// stderr here (onto the log file, or /dev/null with syslog), or `out=$(strata serve ...)` would
+// wait until the server exits; --log=stderr keeps it, as asked. In the foreground stderr stays:
+// it is the terminal's, and the --run command's.
+void SwitchLog(const ServeOptions& o, int log_fd) {
+  if (*o.log == LogTo::kStderr) return;
+  if (!o.foreground) {
+    if (log_fd >= 0) {
+      dup2(log_fd, STDERR_FILENO);
+    } else {
+      ToDevNull({STDERR_FILENO});
+    }
+  }
+  if (log_fd >= 0) {
+    LogToFile(log_fd);
+  } else {
+    LogToSyslog();
   }
 }
 
@@ -569,6 +669,8 @@ int CloseStorage(std::unique_ptr<ChainStorage> storage, int exit_code) {
 // Serves until a signal or the end of the --run command; returns the exit status, or why it
 // could not start.
 absl::StatusOr<int> Serve(const ServeOptions& o) {
+  absl::StatusOr<int> log_fd = OpenLogFile(o);
+  if (!log_fd.ok()) return log_fd.status();
   absl::StatusOr<std::unique_ptr<ChainStorage>> storage = OpenStorage(o);
   if (!storage.ok()) return storage.status();
   ExportTable exports;
@@ -595,6 +697,7 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   if (!control.ok()) return control.status();
   PidFile pid_file;
   if (absl::Status st = pid_file.Write(o.pid_file); !st.ok()) return st;
+  SwitchLog(o, *log_fd);
   LogServing(o, exports, acceptor, control->get());
   absl::StatusOr<pid_t> child = Announce(o, *endpoint, signals, *ready_fd);
   if (!child.ok()) return child.status();
@@ -624,6 +727,7 @@ int ServeCommand(int argc, char** argv) {
   }
   ServeOptions o = Resolve(*std::move(parsed));
   SetLogLevel(o.log_level);
+  WarnIfNoSyslog(o);
   RaiseOpenFileLimit();
   absl::StatusOr<int> exit_code = Serve(o);
   if (!exit_code.ok()) return Fail(exit_code.status().message());

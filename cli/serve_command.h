@@ -33,6 +33,10 @@ struct ServeOptions {
   CacheMode cache = CacheMode::kWriteback;
   int workers = 0;  // 0: number of CPUs, at most 4
   LogLevel log_level = LogLevel::kInfo;
+  // --log; after parsing always set: stderr in the foreground, syslog in the background (as
+  // nbdkit), file with --log-file.
+  std::optional<LogTo> log;
+  std::string log_file;  // --log-file; with --log=file alone, DefaultLogPath(layer)
   bool foreground = false;
   std::string pid_file;
   std::string run;
@@ -49,6 +53,8 @@ std::string ServeUsage();
 std::string DefaultSocketPath(const std::string& layer);
 // LAYER's directory + "/" + LAYER's file name without extension + ".ctl".
 std::string DefaultControlPath(const std::string& layer);
+// LAYER's directory + "/" + LAYER's file name without extension + ".log".
+std::string DefaultLogPath(const std::string& layer);
 // nbd+unix:///EXPORT?socket=PATH (the export part only when non-empty), percent-encoded.
 std::string UnixUri(const std::string& socket_path, const std::string& export_name);
 // nbd://HOST:PORT/EXPORT.

@@ -126,5 +126,45 @@ TEST(ServeOptionsTest, UrisAreEncoded) {
   EXPECT_EQ(TcpUri("::1", 5, "x"), "nbd://[::1]:5/x");
 }
 
+TEST(ServeOptionsTest, LogGoesToStderrInTheForegroundAndSyslogInTheBackground) {
+  auto fg = ParseServeOptions({"--foreground", "d.strata"});
+  ASSERT_TRUE(fg.ok()) << fg.status();
+  EXPECT_EQ(fg->log, LogTo::kStderr);
+  auto run = ParseServeOptions({"--run", "true", "d.strata"});
+  ASSERT_TRUE(run.ok()) << run.status();
+  EXPECT_EQ(run->log, LogTo::kStderr);
+  auto bg = ParseServeOptions({"d.strata"});
+  ASSERT_TRUE(bg.ok()) << bg.status();
+  EXPECT_EQ(bg->log, LogTo::kSyslog);
+}
+
+TEST(ServeOptionsTest, LogFileImpliesLogEqualsFile) {
+  auto o = ParseServeOptions({"--log-file", "srv.log", "d.strata"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->log, LogTo::kFile);
+  EXPECT_EQ(o->log_file, "srv.log");
+  o = ParseServeOptions({"--log=file", "--log-file=/l", "--foreground", "d.strata"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->log, LogTo::kFile);
+  o = ParseServeOptions({"--log", "file", "d.strata"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->log_file, "");  // DefaultLogPath(layer) once resolved
+  EXPECT_EQ(DefaultLogPath("/img/disk.strata"), "/img/disk.log");
+  o = ParseServeOptions({"--log=stderr", "d.strata"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->log, LogTo::kStderr);
+}
+
+TEST(ServeOptionsTest, BadLogOptionsAreRefused) {
+  EXPECT_NE(ParseServeOptions({"--log=journal", "d"}).status().message().find("--log"),
+            std::string::npos);
+  EXPECT_NE(ParseServeOptions({"--log=syslog", "--log-file", "f", "d"})
+                .status()
+                .message()
+                .find("contradict"),
+            std::string::npos);
+  EXPECT_FALSE(ParseServeOptions({"--log-file=", "d"}).ok());
+}
+
 }  // namespace
 }  // namespace strata::cli

@@ -1,6 +1,6 @@
 #include "server/log.h"
 
-#include <sys/time.h>
+#include <syslog.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -9,26 +9,34 @@
 namespace strata {
 namespace {
 std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
-}  // namespace
+// The descriptor lines are written to, or -1 for syslog. Atomic: it is switched once while
+// the server's threads may already log.
+std::atomic<int> g_fd{STDERR_FILENO};
 
-absl::string_view Name(LogLevel level) {
-  switch (level) {
-    case LogLevel::kError: return "error";
-    case LogLevel::kInfo: return "info";
-    case LogLevel::kDebug: return "debug";
-  }
-  return "?";
-}
+// Indexed by the enums' values (which are 0, 1, 2 in order).
+constexpr absl::string_view kLevelNames[] = {"error", "info", "debug"};
+constexpr int kSyslogPriorities[] = {LOG_ERR, LOG_INFO, LOG_DEBUG};
+constexpr absl::string_view kLogToNames[] = {"stderr", "syslog", "file"};
 
-bool ParseLogLevel(absl::string_view text, LogLevel* level) {
-  for (LogLevel l : {LogLevel::kError, LogLevel::kInfo, LogLevel::kDebug}) {
-    if (text == Name(l)) {
-      *level = l;
+template <typename Enum, size_t N>
+bool ParseName(absl::string_view text, const absl::string_view (&names)[N], Enum* out) {
+  for (size_t i = 0; i < N; i++) {
+    if (text == names[i]) {
+      *out = static_cast<Enum>(i);
       return true;
     }
   }
   return false;
 }
+}  // namespace
+
+absl::string_view Name(LogLevel level) { return kLevelNames[static_cast<int>(level)]; }
+bool ParseLogLevel(absl::string_view text, LogLevel* level) {
+  return ParseName(text, kLevelNames, level);
+}
+
+absl::string_view Name(LogTo to) { return kLogToNames[static_cast<int>(to)]; }
+bool ParseLogTo(absl::string_view text, LogTo* to) { return ParseName(text, kLogToNames, to); }
 
 void SetLogLevel(LogLevel level) { g_level.store(static_cast<int>(level)); }
 
@@ -36,19 +44,42 @@ bool LogEnabled(LogLevel level) {
   return static_cast<int>(level) <= g_level.load(std::memory_order_relaxed);
 }
 
-void LogLine(LogLevel level, absl::string_view message) {
-  struct timeval tv;
-  gettimeofday(&tv, nullptr);
+std::string FormatLogLine(const timeval& when, pid_t pid, LogLevel level,
+                          absl::string_view message) {
   struct tm tm;
-  localtime_r(&tv.tv_sec, &tm);
+  gmtime_r(&when.tv_sec, &tm);
   char stamp[32];
-  strftime(stamp, sizeof(stamp), "%H:%M:%S", &tm);
-  std::string line = absl::StrFormat("strata[%d] %s.%03d %s: %s\n", getpid(), stamp,
-                                     static_cast<int>(tv.tv_usec / 1000), Name(level), message);
+  strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
+  return absl::StrFormat("%s.%03dZ strata[%d] %s: %s\n", stamp,
+                         static_cast<int>(when.tv_usec / 1000), pid, Name(level), message);
+}
+
+void LogLine(LogLevel level, absl::string_view message) {
+  int fd = g_fd.load(std::memory_order_relaxed);
+  if (fd < 0) {
+    // syslog adds its own time stamp, ident and pid; the level stays in the text so that the
+    // same grep (" error: ") works on every destination.
+    syslog(kSyslogPriorities[static_cast<int>(level)], "%s: %.*s", std::string(Name(level)).c_str(),
+           static_cast<int>(message.size()), message.data());
+    return;
+  }
+  struct timeval now;
+  gettimeofday(&now, nullptr);
+  std::string line = FormatLogLine(now, getpid(), level, message);
   // One write per line: lines from different threads stay whole. A failed log write has
   // nowhere to be reported.
-  ssize_t ignored = write(STDERR_FILENO, line.data(), line.size());
+  ssize_t ignored = write(fd, line.data(), line.size());
   (void)ignored;
 }
+
+void LogToFile(int fd) { g_fd.store(fd); }
+
+void LogToSyslog() {
+  // LOG_NDELAY: connect now, so that the first line does not pay for the connection.
+  openlog("strata", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+  g_fd.store(-1);
+}
+
+bool LogRedirected() { return g_fd.load(std::memory_order_relaxed) != STDERR_FILENO; }
 
 }  // namespace strata

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -46,10 +47,15 @@ uint64_t Mix(uint64_t x) {  // splitmix64 finalizer
   return x ^ (x >> 31);
 }
 
-// Execs argv in the child; never returns. stdout and stderr go to out_fd.
-[[noreturn]] void ExecChild(const std::vector<std::string>& argv, int out_fd) {
+// Execs argv in the child, in `cwd` unless empty; never returns. stdout and stderr go to out_fd.
+[[noreturn]] void ExecChild(const std::vector<std::string>& argv, int out_fd,
+                            const std::string& cwd = "") {
   // The child gets its own process group so that nothing we send ever hits the test runner.
   setpgid(0, 0);
+  if (!cwd.empty() && chdir(cwd.c_str()) != 0) {
+    dprintf(out_fd, "chdir %s: %s\n", cwd.c_str(), strerror(errno));
+    _exit(127);
+  }
   int devnull = open("/dev/null", O_RDONLY);
   if (devnull >= 0) dup2(devnull, 0);
   if (out_fd >= 0) {
@@ -132,6 +138,11 @@ const char* ServerName(ServerKind kind) {
 }
 
 std::string StrataBinary() { return Env("STRATA_BIN", STRATA_BIN_DEFAULT); }
+
+bool BackgroundServeMode() {
+  return SelectedServer() == ServerKind::kStrata &&
+         Env("STRATA_TEST_SERVE_MODE", "foreground") == "background";
+}
 
 std::string MissingPrerequisite() {
   switch (SelectedServer()) {
@@ -321,11 +332,10 @@ std::vector<std::string> NbdTestServer::ServeArgv(const ServeOptions& o) const {
   std::string port = std::to_string(o.tcp_port);
   switch (kind_) {
     case ServerKind::kStrata:
-      a = {StrataBinary(), "serve", "--foreground", "--socket", socket_, "--log-level=info"};
+      a = StrataServeArgv(o);
       if (o.tcp_port != 0) a.insert(a.end(), {"--listen", "127.0.0.1:" + port});
       if (o.read_only) a.push_back("--read-only");
       if (!o.export_name.empty()) a.insert(a.end(), {"--export-name", o.export_name});
-      if (!o.pid_file.empty()) a.insert(a.end(), {"--pid-file", o.pid_file});
       if (!o.cache.empty()) a.push_back("--cache=" + o.cache);
       if (o.workers != 0) a.insert(a.end(), {"--workers", std::to_string(o.workers)});
       break;
@@ -362,9 +372,32 @@ std::vector<std::string> NbdTestServer::ServeArgv(const ServeOptions& o) const {
                                                   "exportname-strict=true", "exportname-list=explicit",
                                                   "exportname=" + o.export_name});
   } else {
-    a.push_back(layer_);
+    a.push_back(BackgroundServeMode() ? FromElsewhere(layer_) : layer_);
   }
   return a;
+}
+
+std::vector<std::string> NbdTestServer::StrataServeArgv(const ServeOptions& o) const {
+  std::vector<std::string> a = {StrataBinary(), "serve", "--log-level=info"};
+  if (BackgroundServeMode()) {
+    // As the README starts it: a daemon, paths relative to the working directory. Its log goes
+    // to the file the foreground server's stderr goes to, so ServerLog() shows both.
+    a.insert(a.end(), {"--socket", FromElsewhere(socket_), "--log-file", FromElsewhere(log_),
+                       "--pid-file", FromElsewhere(PidFile())});
+  } else {
+    a.insert(a.end(), {"--foreground", "--socket", socket_});
+    if (!o.pid_file.empty()) a.insert(a.end(), {"--pid-file", o.pid_file});
+  }
+  return a;
+}
+
+std::string NbdTestServer::PidFile() const {
+  return serve_.pid_file.empty() ? dir_ + "/server.pid" : serve_.pid_file;
+}
+
+std::string NbdTestServer::FromElsewhere(const std::string& path) const {
+  if (path.compare(0, dir_.size() + 1, dir_ + "/") != 0) return path;  // not in dir(): as given
+  return ".." + path.substr(dir_.size());
 }
 
 bool NbdTestServer::Start(const ServeOptions& options) {
@@ -382,21 +415,59 @@ bool NbdTestServer::Start(const ServeOptions& options) {
   std::vector<std::string> argv = ServeArgv(options);
   std::string cmd;
   for (const auto& a : argv) cmd += a + " ";
-  dprintf(fd, "=== %s\n", cmd.c_str());
-  pid_ = fork();
-  if (pid_ < 0) {
-    ADD_FAILURE() << "fork: " << strerror(errno);
-    close(fd);
-    return false;
-  }
-  if (pid_ == 0) ExecChild(argv, fd);
+  bool background = BackgroundServeMode();
+  dprintf(fd, "=== %s%s\n", background ? "(in elsewhere/) " : "", cmd.c_str());
+  bool started = background ? StartDaemon(argv, fd, cmd) : StartChild(argv, fd);
   close(fd);
+  if (!started) return false;
   if (!WaitReady(15000)) {
     ADD_FAILURE() << "server did not accept connections within 15 s: " << cmd << "\n"
                   << ServerLog();
     return false;
   }
   return true;
+}
+
+bool NbdTestServer::StartChild(const std::vector<std::string>& argv, int log_fd) {
+  pid_ = fork();
+  if (pid_ < 0) {
+    ADD_FAILURE() << "fork: " << strerror(errno);
+    return false;
+  }
+  if (pid_ == 0) ExecChild(argv, log_fd);
+  return true;
+}
+
+// `strata serve` returns once its daemon serves, and the daemon's pid is in the pid file. As a
+// child subreaper, this process becomes the daemon's parent when `strata serve` exits, so that
+// Alive, WaitExit, Stop and Kill9 reap it and see its exit status as a foreground server's.
+bool NbdTestServer::StartDaemon(const std::vector<std::string>& argv, int log_fd,
+                                const std::string& cmd) {
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) {
+    ADD_FAILURE() << "prctl(PR_SET_CHILD_SUBREAPER): " << strerror(errno);
+    return false;
+  }
+  std::string elsewhere = dir_ + "/elsewhere";
+  mkdir(elsewhere.c_str(), 0755);
+  unlink(PidFile().c_str());
+  pid_t parent = fork();
+  if (parent < 0) {
+    ADD_FAILURE() << "fork: " << strerror(errno);
+    return false;
+  }
+  if (parent == 0) ExecChild(argv, log_fd, elsewhere);
+  int status = WaitPid(parent, 15000);
+  if (status == -1) kill(parent, SIGKILL);
+  pid_ = atoi(ReadFile(PidFile()).c_str());
+  if (pid_ <= 0) pid_ = -1;
+  if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    ADD_FAILURE() << "`" << cmd << "` (background, in " << elsewhere << ") "
+                  << (status == -1 ? "did not return within 15 s" : "failed") << "\n"
+                  << ServerLog();
+    return false;  // a daemon that wrote its pid file is stopped by the destructor
+  }
+  if (pid_ < 0) ADD_FAILURE() << "no pid in " << PidFile() << "\n" << ServerLog();
+  return pid_ > 0;
 }
 
 bool NbdTestServer::WaitReady(int timeout_ms) {

@@ -11,6 +11,10 @@
 // no layers), so every test can be checked against a known-good server before blaming strata.
 // Tests that need something a peer lacks (layers, snapshots) skip with that reason.
 //
+// STRATA_TEST_SERVE_MODE=background starts strata as the README does instead: no --foreground
+// (it daemonizes), relative paths from another working directory (dir()/elsewhere), the log in
+// a --log-file, the daemon's pid from its --pid-file. The tests run unchanged: see StartDaemon.
+//
 // REQUIRES: gtest. Helpers report problems with ADD_FAILURE() and return false/null, so a test
 // writes ASSERT_TRUE(server.Start()). Suites get a started server and a connected handle from
 // the ServerTest fixture (server_fixture.h) instead of writing that SetUp again.
@@ -39,6 +43,8 @@ ServerKind SelectedServer();
 const char* ServerName(ServerKind kind);
 // $STRATA_BIN, else the path compiled in by tests/CMakeLists.txt.
 std::string StrataBinary();
+// True when $STRATA_TEST_SERVE_MODE=background and the server is strata.
+bool BackgroundServeMode();
 // Empty if the selected server (and its offline tools) can run here; otherwise why not, for
 // GTEST_SKIP().
 std::string MissingPrerequisite();
@@ -163,6 +169,14 @@ class NbdTestServer {
 
  private:
   std::vector<std::string> ServeArgv(const ServeOptions& options) const;
+  std::vector<std::string> StrataServeArgv(const ServeOptions& options) const;
+  // --pid-file's path: the test's, else dir()/server.pid.
+  std::string PidFile() const;
+  // `path` as the background server sees it from dir()/elsewhere: "../NAME" for dir()/NAME.
+  std::string FromElsewhere(const std::string& path) const;
+  // Forks and execs `strata serve`, the server itself (foreground) or its daemon's parent.
+  bool StartChild(const std::vector<std::string>& argv, int log_fd);
+  bool StartDaemon(const std::vector<std::string>& argv, int log_fd, const std::string& cmd);
   bool WaitReady(int timeout_ms);
 
   ServerKind kind_;
