@@ -1,5 +1,6 @@
 #include "server/control/control_socket.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -152,10 +153,13 @@ TEST_F(ControlSocketTest, AClientThatNeverReadsIsDroppedPastTheBound) {
   }
   ASSERT_EQ(send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
   // Dropped: what the socket buffer holds can be read, then end of file, with fewer replies
-  // than requests.
+  // than requests. Wait (bounded) for the server's side to close before reading anything:
+  // reading earlier would drain the queue below the bound on a slow machine.
+  pollfd p{fd, POLLRDHUP, 0};
+  for (int i = 0; i < 300 && !(p.revents & (POLLHUP | POLLRDHUP)); ++i) poll(&p, 1, 100);
+  EXPECT_TRUE(p.revents & (POLLHUP | POLLRDHUP)) << "the server did not drop the client";
   size_t lines = 0, n = 0;
   char buf[1 << 16];
-  usleep(500000);
   while ((n = static_cast<size_t>(std::max<ssize_t>(0, recv(fd, buf, sizeof(buf), 0)))) > 0) {
     lines += static_cast<size_t>(std::count(buf, buf + n, '\n'));
   }
