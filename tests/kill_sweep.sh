@@ -323,12 +323,13 @@ FAM=live
 LIVE_SYSCALLS=fdatasync,rename,link,pwrite64,io_uring_enter
 SNAPS_JSON="{\"@s1\": \"$EXP/s1.raw\", \"@s2\": \"$EXP/s2.raw\"}"
 
-# The server command of mode $1 for the case in $CASE, into SERVE (run in $CASE/elsewhere).
+# The server command of mode $1 for the case in $CASE, into SERVE (run in $CASE/elsewhere). A
+# background server logs into the case's server.log too (the default, syslog, may be absent).
 serve_argv() {
   case "$1" in
-    bg-rel) SERVE=("$STRATA" serve --pid-file ../vm/server.pid ../vm/disk.strata) ;;
+    bg-rel) SERVE=("$STRATA" serve --pid-file ../vm/server.pid --log-file ../server.log ../vm/disk.strata) ;;
     fg-rel) SERVE=("$STRATA" serve --foreground --pid-file ../vm/server.pid ../vm/disk.strata) ;;
-    bg-abs) SERVE=("$STRATA" serve --pid-file "$CASE/vm/server.pid" "$CASE/vm/disk.strata") ;;
+    bg-abs) SERVE=("$STRATA" serve --pid-file "$CASE/vm/server.pid" --log-file "$CASE/server.log" "$CASE/vm/disk.strata") ;;
   esac
 }
 server_pid() { cat "$CASE/vm/server.pid" 2>/dev/null || true; }
