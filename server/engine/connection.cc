@@ -1,19 +1,15 @@
 #include "server/engine/connection.h"
 
-#include <fcntl.h>
-#include <limits.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "blockstore/file.h"
 #include "server/log.h"
 #include "server/engine/block_status.h"
 #include "server/engine/worker.h"
@@ -33,9 +29,7 @@ constexpr size_t kMaxSendIov = 256;
 // must not flood the log (README, "What strata guarantees": a full host volume).
 bool ShouldLogNoSpace() {
   static std::atomic<int64_t> last{0};
-  int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
-                    std::chrono::steady_clock::now().time_since_epoch())
-                    .count();
+  const int64_t now = MonotonicNs() / 1000000000;  // whole seconds
   int64_t prev = last.load();
   return prev != now && last.compare_exchange_strong(prev, now);
 }
