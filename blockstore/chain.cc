@@ -277,7 +277,9 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
     // snapshot or another writer. A read-only open leaves them alone (a frozen top reads as
     // the snapshot it is; an unfinished merge is refused below).
     LockSet locks;
-    auto recovered = RecoverChain(env, top_path, options.lock ? &locks : nullptr);
+    auto recovered = RecoverChain(env, top_path, options.lock ? &locks : nullptr, nullptr,
+                                  options.serve_streams ? PendingStreams::kServe
+                                                        : PendingStreams::kFinish);
     if (!recovered.ok()) return recovered.status();
   }
   std::vector<std::unique_ptr<Layer>> stack;
@@ -541,6 +543,10 @@ absl::StatusOr<WritePlan> Chain::PrepareWrite(uint64_t offset, uint64_t length) 
     return RetryableError(kWriteConflict, absl::StrCat("write ", offset, "+", length,
                                                        " overlaps an unaligned write in flight"));
   }
+  if (CopyUpInFlightIn(range.start_sb, range.end_sb)) {
+    return RetryableError(kWriteConflict, absl::StrCat("write ", offset, "+", length,
+                                                       " overlaps a stream's copy in flight"));
+  }
   ReleaseQuarantinedLocked();
   for (uint64_t pos = plan.start; pos < plan.end;) {
     uint64_t cluster = pos / cluster_size_;
@@ -643,8 +649,17 @@ void Chain::ForEachCluster(uint64_t start_sb, uint64_t end_sb,
   }
 }
 
+bool Chain::CopyUpInFlightIn(uint64_t first_sb, uint64_t end_sb) const {
+  const uint64_t per_cluster = cluster_size_ / sub_block_size_;
+  for (uint64_t cluster : copyups_) {
+    if (cluster * per_cluster < end_sb && (cluster + 1) * per_cluster > first_sb) return true;
+  }
+  return false;
+}
+
 bool Chain::WriteInFlightIn(uint64_t first_cluster, uint64_t end_cluster) const {
   uint64_t per_cluster = cluster_size_ / sub_block_size_;
+  if (CopyUpInFlightIn(first_cluster * per_cluster, end_cluster * per_cluster)) return true;
   for (const auto& r : inflight_->ranges) {
     if (r.start_sb < end_cluster * per_cluster && r.end_sb > first_cluster * per_cluster) {
       return true;
@@ -695,6 +710,10 @@ absl::Status Chain::Trim(uint64_t offset, uint64_t length) {
 absl::Status Chain::Flush() {
   if (!options_.writable) return absl::OkStatus();
   MutexLock flush_lock(&flush_mu_);
+  return FlushLocked();
+}
+
+absl::Status Chain::FlushLocked() {
   if (auto s = failure(); !s.ok()) return s;
   // Writes acknowledged before a snapshot live in the layer it froze: that must be durable
   // before a flush of the layer above can acknowledge anything.
@@ -718,6 +737,7 @@ absl::Status Chain::Flush() {
   MutexLock lock(&mu_);
   layer->FinishFlush(&batch, s.ok(), EndReadEpoch());
   if (!s.ok()) FailLocked(layer->path(), s);
+  ReleaseRetiredLocked();
   return s.ok() ? s : failure_;
 }
 
@@ -904,6 +924,158 @@ void Chain::CancelPreparedLocked() {
   prepared_.reset();  // closes the new layer's file
   ReaderMutexLock lock(&mu_);
   AbandonNextLayer(env_, *active_, top_path_, name);
+}
+
+absl::StatusOr<CopyUpResult> Chain::CopyUp(uint64_t cluster, const ClusterEntry& entry,
+                                           const Layer& from) {
+  const Uuid& from_uuid = from.header().uuid;
+  if (auto s = CheckWritable(); !s.ok()) return s;
+  const uint32_t per_cluster = cluster_size_ / sub_block_size_;
+  Layer* target;
+  uint32_t data, slot;
+  CopyUpResult result;
+  {
+    MutexLock lock(&mu_);
+    if (!failure_.ok()) return failure_;
+    if (active_->header().parent_uuid != from_uuid) {
+      return absl::AbortedError(absl::StrCat("the active layer of ", top_path_,
+                                             " no longer stands on layer ",
+                                             UuidToString(from_uuid)));
+    }
+    ClusterEntry a = active_->Get(cluster);
+    const uint32_t absent = SubBlockMask(0, per_cluster) & ~(a.present | a.zero);
+    data = entry.present & absent;
+    const ClusterEntry before = a;
+    a.zero |= entry.zero & absent;  // metadata only: a write finishing later still wins
+    if (data != 0) {
+      // A write in flight there would land before or after the copy: either order could put
+      // the older data over the newer. Try this cluster later.
+      if (WriteInFlightIn(cluster, cluster + 1)) {
+        return RetryableError(kWriteConflict,
+                              absl::StrCat("cluster ", cluster, ": a write is in flight"));
+      }
+      if (a.slot == 0) {
+        ReleaseQuarantinedLocked();
+        std::optional<uint32_t> taken = active_->slots()->Take();
+        if (!taken.has_value()) {
+          return RetryableError(kNeedsSlots, absl::StrCat("cluster ", cluster, ": layer ",
+                                                          active_->path(),
+                                                          " has no ready slot"));
+        }
+        a.slot = *taken;
+      }
+      copyups_.push_back(cluster);
+    }
+    if (!(a == before)) active_->SetEntry(cluster, a);
+    result.replenish = active_->slots()->wants_refill();
+    if (data == 0) return result;
+    target = active_.get();
+    slot = a.slot;
+  }
+  absl::Status s = CopyClusterData(env_, from, entry.slot, target, slot, data);
+  MutexLock lock(&mu_);
+  copyups_.erase(std::find(copyups_.begin(), copyups_.end(), cluster));
+  if (!s.ok()) return s;
+  // A snapshot froze the target meanwhile: its index is final; the stream goes on into it as
+  // a frozen layer, and finds this cluster still to do.
+  if (target != active_.get()) return result;
+  ClusterEntry a = target->Get(cluster);
+  const uint32_t landed = data & ~(a.present | a.zero);
+  a.present |= landed;
+  target->SetEntry(cluster, a);
+  result.bytes = uint64_t{static_cast<uint32_t>(__builtin_popcount(landed))} * sub_block_size_;
+  return result;
+}
+
+absl::Status Chain::CommitStream(const Uuid& from_uuid, const ParentRef& link) {
+  if (auto s = CheckWritable(); !s.ok()) return s;
+  MutexLock snapshot_lock(&snapshot_mu_);
+  {
+    MutexLock flush_lock(&flush_mu_);
+    if (auto s = CompleteSnapshotLocked(); !s.ok()) return s;
+    Layer* active;
+    {
+      ReaderMutexLock lock(&mu_);
+      if (active_->header().parent_uuid != from_uuid) {
+        return absl::AbortedError(absl::StrCat("the active layer of ", top_path_,
+                                               " no longer stands on layer ",
+                                               UuidToString(from_uuid)));
+      }
+      active = active_.get();  // stable: a switch needs snapshot_mu_
+    }
+    // Every copy up finished before this call: the flush makes them durable before the header
+    // stops naming the layer they came from.
+    if (auto s = FlushLocked(); !s.ok()) return s;
+    auto header = active->WriteEditedHeader([&](LayerHeader* h) { link.ApplyTo(h); });
+    if (!header.ok()) {
+      return absl::Status(header.status().code(),
+                          absl::StrCat("relinking ", top_path_, ": ", header.status().message()));
+    }
+    // Under flush_mu_: a later checkpoint's header starts from this one.
+    MutexLock lock(&mu_);
+    active->PublishHeader(*std::move(header));
+  }
+  return DropFrozenLayerLocked(from_uuid);
+}
+
+absl::Status Chain::DropFrozenLayer(const Uuid& uuid) {
+  MutexLock snapshot_lock(&snapshot_mu_);
+  {
+    // A layer still freezing has no final index on disk to rebuild the view from.
+    MutexLock flush_lock(&flush_mu_);
+    if (auto s = CompleteSnapshotLocked(); !s.ok()) return s;
+  }
+  return DropFrozenLayerLocked(uuid);
+}
+
+absl::Status Chain::DropFrozenLayerLocked(const Uuid& uuid) {
+  std::vector<std::string> paths;
+  std::vector<Uuid> uuids;
+  {
+    ReaderMutexLock lock(&mu_);
+    for (const auto& layer : frozen_) {
+      paths.push_back(layer->path());
+      uuids.push_back(layer->header().uuid);
+    }
+  }
+  const auto dropped = std::find(uuids.begin(), uuids.end(), uuid);
+  if (dropped == uuids.end()) {
+    return absl::NotFoundError(absl::StrCat("layer ", UuidToString(uuid), " is not in the chain of ",
+                                            top_path_));
+  }
+  const size_t drop = static_cast<size_t>(dropped - uuids.begin());
+  // Frozen layers change on disk only by a stream's relink, and no snapshot switches while
+  // snapshot_mu_ is held: what is read here is what the chain will have.
+  auto view = std::make_unique<FlatView>(cluster_size_ / sub_block_size_);
+  std::vector<LayerHeader> headers(paths.size());
+  for (size_t i = 0; i < paths.size(); ++i) {
+    if (i == drop) continue;
+    auto layer = Layer::Open(env_, paths[i], Layer::Mode::kReadOnly);
+    if (!layer.ok()) return layer.status();
+    if ((*layer)->header().uuid != uuids[i]) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          paths[i], " is no longer layer ", UuidToString(uuids[i]), ": the file was replaced"));
+    }
+    const uint16_t position = static_cast<uint16_t>(i < drop ? i + 1 : i);
+    (*layer)->index().ForEach([&](uint64_t cluster, const ClusterEntry& e) {
+      view->Overlay(position, cluster, e);
+    });
+    headers[i] = (*layer)->header();
+  }
+  MutexLock lock(&mu_);
+  for (size_t i = 0; i < frozen_.size(); ++i) {
+    if (i != drop) frozen_[i]->PublishHeader(headers[i]);
+  }
+  // Reads mapped until now may still use the dropped layer's descriptor.
+  retired_.emplace_back(EndReadEpoch(), std::move(frozen_[drop]));
+  frozen_.erase(frozen_.begin() + static_cast<long>(drop));
+  view_ = std::move(view);
+  return absl::OkStatus();
+}
+
+void Chain::ReleaseRetiredLocked() {
+  const uint64_t oldest = OldestPinnedEpoch();
+  std::erase_if(retired_, [oldest](const auto& r) { return r.first < oldest; });
 }
 
 absl::Status Chain::ReadSegments(const std::vector<Segment>& segments, char* out) const {

@@ -138,6 +138,9 @@ struct ChainOptions {
                              // synchronous wrappers below refuse)
   bool lock = true;          // flock the files (false: inspect a chain a server holds)
   Env* env = nullptr;        // nullptr: the real file system
+  // The caller runs an unfinished stream (a snapshot deletion, stream.h) online itself: the
+  // open leaves it (writable opens otherwise finish it first).
+  bool serve_streams = false;
 };
 
 struct CreateOptions {
@@ -156,6 +159,12 @@ struct CreateOptions {
 // directory (the pair can move together), else by absolute path.
 absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
                                         const CreateOptions& options);
+
+// What one Chain::CopyUp did.
+struct CopyUpResult {
+  uint64_t bytes = 0;      // copied into the active layer
+  bool replenish = false;  // as WritePlan::replenish
+};
 
 class Chain {
  public:
@@ -264,6 +273,29 @@ class Chain {
   // thread that completed it and with the flush lock held: it must not call into this Chain.
   void SetSnapshotListener(std::function<void(const CompletedSnapshot&)> listener);
 
+  // --- Online stream (stream.h): deleting a frozen layer while the disk is served ---
+
+  // Blocks (one copy). Copies up into the active layer what cluster `cluster` of its parent
+  // `from` (a frozen layer opened by the caller, whose index entry is `entry`) holds and the
+  // active layer lacks: data sub-blocks are copied, zero marks taken over; sub-blocks the
+  // active layer has (written, zeroed, or being written) stay.
+  // While the copy runs, a write overlapping the cluster gets IsWriteConflict() (it is parked
+  // and retried), so a guest write is never overwritten by older data. Retryable failures:
+  // IsWriteConflict() when a write is in flight on the cluster (try the cluster later),
+  // NeedsSlots(); kAborted when the active layer's parent is no longer `from` (a snapshot
+  // froze the layer: the stream continues into it as a frozen layer).
+  absl::StatusOr<CopyUpResult> CopyUp(uint64_t cluster, const ClusterEntry& entry,
+                                      const Layer& from);
+  // Blocks. The commit point of a stream into the active layer: flushes (every copy made
+  // durable), rewrites the active layer's header to link to `link` (the parent of
+  // `from_uuid`), then drops `from_uuid` from the chain (DropFrozenLayer). kAborted as CopyUp.
+  absl::Status CommitStream(const Uuid& from_uuid, const ParentRef& link);
+  // Blocks (reads every frozen layer's index). Takes the frozen layer `uuid` out of the chain
+  // once no layer reads through it (the layer above it was relinked past it, on disk): the
+  // flat view is rebuilt from the remaining layers' files and swapped in under the lock, and
+  // the layers' headers are reread. Reads mapped before keep their file until they end.
+  absl::Status DropFrozenLayer(const Uuid& uuid);
+
   // --- Synchronous wrappers (offline tool, tests): all block; writes replenish as needed ---
   absl::Status Read(uint64_t offset, absl::Span<char> out) const;
   absl::Status Write(uint64_t offset, absl::string_view data);
@@ -304,6 +336,14 @@ class Chain {
                       const std::function<void(uint64_t, uint32_t)>& fn) const;
 
   absl::Status CompleteSnapshotLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(flush_mu_);
+  absl::Status FlushLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(flush_mu_);
+  // DropFrozenLayer with snapshot_mu_ held: no snapshot switches while the view is rebuilt.
+  absl::Status DropFrozenLayerLocked(const Uuid& uuid) ABSL_EXCLUSIVE_LOCKS_REQUIRED(snapshot_mu_);
+  // Layers dropped while reads mapped before may still use their descriptors.
+  void ReleaseRetiredLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool CopyUpInFlightIn(uint64_t first_sb, uint64_t end_sb) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   // Records a failed sync of `layer_path` as the sticky failure (the first one wins).
   void FailLocked(const std::string& layer_path, const absl::Status& cause)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -342,6 +382,10 @@ class Chain {
   std::unique_ptr<Layer> active_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<FlatView> view_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<Inflight> inflight_ ABSL_GUARDED_BY(mu_);
+  // Clusters a CopyUp is writing into (each is written by at most one copy at a time).
+  std::vector<uint64_t> copyups_ ABSL_GUARDED_BY(mu_);
+  // Dropped layers and the read epoch that ended when they were dropped.
+  std::vector<std::pair<uint64_t, std::unique_ptr<Layer>>> retired_ ABSL_GUARDED_BY(mu_);
   absl::Status failure_ ABSL_GUARDED_BY(mu_);
 
   mutable Mutex pin_mu_ ABSL_ACQUIRED_AFTER(mu_);

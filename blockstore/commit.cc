@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "blockstore/children.h"
 #include "blockstore/file.h"
 #include "blockstore/format.h"
 #include "blockstore/layer.h"
@@ -42,8 +43,6 @@ struct MergeJournal {
 // The journal lives beside C's path: a file in the chain from start to end (P moves there).
 std::string JournalPathOf(const MergeJournal& j) { return MergeJournalPath(j.child_path); }
 
-std::string AbsoluteDir(const std::string& path);
-
 std::string Encode(const MergeJournal& j) {
   MergeJournalRecord r{j.phase, BaseName(j.child_path),
                        ParentLink(DirName(j.child_path), j.parent_path), j.child_uuid,
@@ -60,14 +59,10 @@ std::string Encode(const MergeJournal& j) {
 }
 
 absl::StatusOr<MergeJournal> ReadJournal(Env* env, const std::string& path) {
-  auto file = env->Open(path, {});
-  if (!file.ok()) return file.status();
-  auto size = (*file)->Size();
-  if (!size.ok()) return size.status();
-  std::string text(*size, '\0');
-  if (auto s = (*file)->Read(0, text.size(), text.data()); !s.ok()) return s;
+  auto text = ReadWholeFile(env, path);
+  if (!text.ok()) return text.status();
   MergeJournalRecord r;
-  if (absl::Status s = r.DecodeFrom(text); !s.ok()) {
+  if (absl::Status s = r.DecodeFrom(*text); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("merge journal ", path, ": ", s.message()));
   }
   if (MergeJournalPath(r.child) != BaseName(path)) {
@@ -173,79 +168,6 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
   }
   *bytes_copied = done;
   return absl::OkStatus();
-}
-
-// `path`'s directory, absolute: what a journal records, meaning the same from anywhere.
-std::string AbsoluteDir(const std::string& path) {
-  char* real = realpath(DirName(path).c_str(), nullptr);
-  std::string abs = real ? real : DirName(path);
-  free(real);
-  return abs;
-}
-
-// Beside a layer: the directories of children created on it from elsewhere (RecordBranchDir),
-// one absolute path a line, replaced by rename.
-constexpr char kBranchDirsFile[] = ".strata-branches";
-
-std::vector<std::string> RecordedBranchDirs(Env* env, const std::string& dir) {
-  auto file = env->Open(dir + "/" + kBranchDirsFile, {});
-  if (!file.ok()) return {};  // none recorded
-  auto size = (*file)->Size();
-  std::string text(size.ok() ? *size : 0, '\0');
-  if (!(*file)->Read(0, text.size(), text.data()).ok()) return {};
-  return absl::StrSplit(text, '\n', absl::SkipEmpty());
-}
-
-void AddUnique(std::vector<std::string>* dirs, const std::string& dir) {
-  if (std::find(dirs->begin(), dirs->end(), dir) == dirs->end()) dirs->push_back(dir);
-}
-
-// The absolute directories of the chain's layers from `top_path` down (as far as it reads).
-std::vector<std::string> ChainDirs(Env* env, const std::string& top_path) {
-  std::vector<std::string> dirs;
-  std::string path = top_path;
-  for (int depth = 0; depth < 65536; ++depth) {
-    AddUnique(&dirs, AbsoluteDir(path));
-    auto h = ReadLayerHeader(env, path);
-    if (!h.ok() || h->parent_format != ParentFormat::kStrata) break;
-    path = ResolvePath(DirName(path), h->parent_path);
-  }
-  return dirs;
-}
-
-// Where a child of P or C can be, as far as strata can know: the directories of P, C and the
-// chain, and every directory recorded beside them. A child anywhere else is not found (the
-// README says what to do about it).
-std::vector<std::string> SearchDirs(Env* env, const std::vector<std::string>& known) {
-  std::vector<std::string> dirs = known;
-  for (const std::string& dir : known) {
-    for (const std::string& recorded : RecordedBranchDirs(env, dir)) AddUnique(&dirs, recorded);
-  }
-  return dirs;
-}
-
-struct Child {
-  std::string path;
-  Uuid uuid;
-};
-
-// Layer files in `dirs` whose header names `parent_uuid` as their strata parent.
-absl::StatusOr<std::vector<Child>> FindChildren(Env* env, const std::vector<std::string>& dirs,
-                                                const Uuid& parent_uuid) {
-  std::vector<Child> out;
-  for (const std::string& dir : dirs) {
-    auto names = env->ListDir(dir);
-    if (absl::IsNotFound(names.status())) continue;  // a recorded directory removed since
-    if (!names.ok()) return names.status();
-    for (const std::string& name : *names) {
-      std::string path = dir + "/" + name;
-      auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
-      if (h.ok() && h->parent_format == ParentFormat::kStrata && h->parent_uuid == parent_uuid) {
-        out.push_back({path, h->uuid});
-      }
-    }
-  }
-  return out;
 }
 
 absl::Status Lock(Env* env, LockSet* locks, const std::string& path) {

@@ -27,6 +27,7 @@
 #include "blockstore/layer.h"
 #include "blockstore/snapshot_files.h"
 #include "blockstore/test_util.h"
+#include "blockstore/stream.h"
 #include "gtest/gtest.h"
 
 namespace strata {
@@ -62,6 +63,9 @@ struct Expect {
   std::map<std::string, std::string> snapshots, maybe_snapshots;
   // When not empty, the disk reads as exactly one of these: an all-or-nothing operation.
   std::vector<std::string> disk_one_of;
+  // Open the disk as the server does, resuming an unfinished snapshot deletion online
+  // (RunStream), instead of letting the open finish it offline.
+  bool resume_streams_online = false;
 };
 
 // The first byte where `a` and `b` differ.
@@ -94,8 +98,15 @@ std::string SnapshotViolation(Env* env, const std::string& top, const std::strin
 // to *read.
 std::string Violation(Env* env, const Expect& expect, std::string* read) {
   {
-    auto chain = Chain::Open(expect.top, {.env = env});  // writable: runs recovery
+    // Writable: runs recovery.
+    auto chain = Chain::Open(expect.top, {.env = env, .serve_streams = expect.resume_streams_online});
     if (!chain.ok()) return absl::StrCat("the disk does not open: ", chain.status().message());
+    for (const std::string& journal : FindStreamJournals(env, expect.top)) {
+      if (auto r = RunStream(env, chain->get(), journal, {}); !r.ok()) {
+        return absl::StrCat("resuming the deletion online: ", r.status().message());
+      }
+    }
+    if (!FindStreamJournals(env, expect.top).empty()) return "a stream journal is left";
     if (auto v = ReadChain(chain->get(), read); !v.empty()) return v;
   }
   if (!expect.disk_one_of.empty()) {
@@ -469,6 +480,42 @@ TEST_F(CrashSweepTest, CommitAndDeleteSnapshot) {
   committing.Sweep(&env_, setup, {commit_top}, [&](CrashEnv* env, Disks*) {
     Done(env, CommitLayer(env, top).status(), "commit");
   });
+}
+
+// (i) Deleting a snapshot online (stream.h): s2 streamed into the active layer, s1 into the
+// frozen s2, a write going on beside the copy. Every crash state reads as the disk and the
+// other snapshot did, whether the next open finishes the deletion offline or a server resumes
+// it online; the deleted snapshot is there until the commit point and gone after.
+TEST_F(CrashSweepTest, OnlineSnapshotDeletion) {
+  const std::string top = MakeChain(dir_.path());
+  const CrashPoint setup = Import();
+  const Expect before = ChainExpect(top);  // each sweep leaves the files in its last state
+  for (bool online : {false, true}) {
+    for (const std::string name : {"s2", "s1"}) {
+      Expect e = before;
+      e.maybe_snapshots[name] = e.snapshots[name];
+      e.snapshots.erase(name);
+      e.resume_streams_online = online;
+      Family family(absl::StrCat("(i) online deletion of ", name, ", resumed ",
+                                 online ? "online" : "offline"));
+      family.Sweep(&env_, setup, {e}, [&](CrashEnv* env, Disks* disks) {
+        auto chain = Chain::Open(top, {.env = env, .serve_streams = true});
+        if (!Done(env, chain.status(), "open")) return;
+        auto plan = PlanStream(env, **chain, name, 0);
+        if (!Done(env, plan.status(), "plan")) return;
+        if (!Done(env, BeginStream(env, *plan), "begin")) return;
+        if (!Write(env, chain->get(), &disks->front(), 3 * kCluster + 100,
+                   PatternBytes(5000, 21))) {
+          return;
+        }
+        StreamOptions options;
+        options.batch_bytes = 8 * kCluster;  // several flushes per stream
+        Done(env, RunStream(env, chain->get(), StreamJournalPath(plan->layer_path), options)
+                      .status(),
+             "stream");
+      });
+    }
+  }
 }
 
 // Leaves snapshot `name` of `top` interrupted: crashes (nothing pending kept) at its sync

@@ -206,6 +206,16 @@ class PosixEnv final : public Env {
 
 }  // namespace
 
+absl::StatusOr<std::string> ReadWholeFile(Env* env, const std::string& path) {
+  auto file = env->Open(path, {});
+  if (!file.ok()) return file.status();
+  auto size = (*file)->Size();
+  if (!size.ok()) return size.status();
+  std::string text(*size, '\0');
+  if (auto s = (*file)->Read(0, text.size(), text.data()); !s.ok()) return s;
+  return text;
+}
+
 absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint64_t to_off,
                                   uint64_t length) {
   constexpr uint64_t kCopyBuffer = 8ull << 20;

@@ -76,6 +76,9 @@ class Env {
                                  uint64_t length);
 };
 
+// The whole content of the small file at `path` (a journal).
+absl::StatusOr<std::string> ReadWholeFile(Env* env, const std::string& path);
+
 // Copies `length` bytes with File::Read and File::Write, a buffer at a time: Env::CopyRange's
 // fallback, and how a test Env sees a copy.
 absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint64_t to_off,

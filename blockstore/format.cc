@@ -3,6 +3,7 @@
 #include <sys/random.h>
 
 #include <cstring>
+#include <functional>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
@@ -11,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/types/span.h"
 #include "blockstore/coding.h"
 #include "blockstore/crc32c.h"
 
@@ -322,6 +324,53 @@ absl::Status DecodeMergeField(absl::string_view key, absl::string_view value,
 
 }  // namespace
 
+namespace {
+
+// The text journals' common frame: CRC line last, magic line first, one key=value a line.
+// Calls field(key, value) for each line; keys other than `repeatable` may appear once, and
+// every one of `required` must.
+absl::Status DecodeTextJournal(
+    absl::string_view text, absl::string_view magic_wanted,
+    absl::Span<const absl::string_view> required, absl::string_view repeatable,
+    const std::function<absl::Status(absl::string_view, absl::string_view)>& field,
+    const std::function<absl::Status(absl::string_view)>& other_magic) {
+  // The CRC first: nothing of a torn or damaged journal is trusted, not even its magic.
+  const size_t crc_at = text.rfind(kMergeJournalCrcKey);
+  uint32_t crc = 0;
+  if (crc_at == absl::string_view::npos || (crc_at > 0 && text[crc_at - 1] != '\n') ||
+      !absl::SimpleAtoi(absl::StripAsciiWhitespace(
+                            text.substr(crc_at + kMergeJournalCrcKey.size())), &crc) ||
+      crc != crc32c::Value(text.data(), crc_at)) {
+    return absl::DataLossError("checksum mismatch (torn, truncated or damaged)");
+  }
+  const absl::string_view body = text.substr(0, crc_at);
+  const size_t eol = body.find('\n');
+  const absl::string_view magic = body.substr(0, eol);
+  if (magic != magic_wanted) return other_magic(magic);
+  absl::flat_hash_set<std::string> seen;
+  const absl::string_view fields = eol == absl::string_view::npos ? "" : body.substr(eol + 1);
+  for (absl::string_view line : absl::StrSplit(fields, '\n', absl::SkipEmpty())) {
+    std::pair<absl::string_view, absl::string_view> kv =
+        absl::StrSplit(line, absl::MaxSplits('=', 1));
+    if (kv.first != repeatable && !seen.insert(std::string(kv.first)).second) {
+      return absl::DataLossError(absl::StrCat("field \"", kv.first, "\" repeated"));
+    }
+    if (auto s = field(kv.first, kv.second); !s.ok()) return s;
+  }
+  for (absl::string_view key : required) {
+    if (!seen.contains(key)) {
+      return absl::DataLossError(absl::StrCat("field \"", key, "\" missing"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string WithCrcLine(const std::string& body) {
+  return absl::StrCat(body, kMergeJournalCrcKey, crc32c::Value(body.data(), body.size()), "\n");
+}
+
+}  // namespace
+
 absl::string_view Name(MergePhase phase) {
   switch (phase) {
     case MergePhase::kCopy: return "copy";
@@ -336,44 +385,61 @@ void MergeJournalRecord::EncodeTo(std::string* dst) const {
       "\nchild_uuid=", UuidToString(child_uuid), "\nparent_uuid=", UuidToString(parent_uuid),
       "\nchild_was_active=", child_was_active ? 1 : 0, "\ncopied_entries=", copied_entries, "\n");
   for (const std::string& dir : dirs) absl::StrAppend(&body, "dir=", dir, "\n");
-  *dst = absl::StrCat(body, kMergeJournalCrcKey, crc32c::Value(body.data(), body.size()), "\n");
+  *dst = WithCrcLine(body);
 }
 
+
 absl::Status MergeJournalRecord::DecodeFrom(absl::string_view text) {
-  // The CRC first: nothing of a torn or damaged journal is trusted, not even its magic.
-  const size_t crc_at = text.rfind(kMergeJournalCrcKey);
-  uint32_t crc = 0;
-  if (crc_at == absl::string_view::npos || (crc_at > 0 && text[crc_at - 1] != '\n') ||
-      !absl::SimpleAtoi(absl::StripAsciiWhitespace(
-                            text.substr(crc_at + kMergeJournalCrcKey.size())), &crc) ||
-      crc != crc32c::Value(text.data(), crc_at)) {
-    return absl::DataLossError("checksum mismatch (torn, truncated or damaged)");
-  }
-  const absl::string_view body = text.substr(0, crc_at);
-  const size_t eol = body.find('\n');
-  const absl::string_view magic = body.substr(0, eol);
-  if (magic != kMergeJournalMagic) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "written by an older strata (\"", magic, "\": its paths are relative to the directory "
-        "that strata ran in): finish the merge with that version, from that directory"));
-  }
   *this = MergeJournalRecord();
-  absl::flat_hash_set<std::string> seen;
-  const absl::string_view fields = eol == absl::string_view::npos ? "" : body.substr(eol + 1);
-  for (absl::string_view line : absl::StrSplit(fields, '\n', absl::SkipEmpty())) {
-    std::pair<absl::string_view, absl::string_view> kv =
-        absl::StrSplit(line, absl::MaxSplits('=', 1));
-    if (kv.first != "dir" && !seen.insert(std::string(kv.first)).second) {
-      return absl::DataLossError(absl::StrCat("field \"", kv.first, "\" repeated"));
-    }
-    if (auto s = DecodeMergeField(kv.first, kv.second, this); !s.ok()) return s;
-  }
-  for (absl::string_view field : kMergeJournalFields) {
-    if (!seen.contains(field)) {
-      return absl::DataLossError(absl::StrCat("field \"", field, "\" missing"));
-    }
-  }
-  return absl::OkStatus();
+  return DecodeTextJournal(
+      text, kMergeJournalMagic, kMergeJournalFields, "dir",
+      [this](absl::string_view key, absl::string_view value) {
+        return DecodeMergeField(key, value, this);
+      },
+      [](absl::string_view magic) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "written by an older strata (\"", magic, "\": its paths are relative to the "
+            "directory that strata ran in): finish the merge with that version, from that "
+            "directory"));
+      });
+}
+
+// --- Stream journal --------------------------------------------------------------------------
+
+void StreamJournalRecord::EncodeTo(std::string* dst) const {
+  *dst = WithCrcLine(absl::StrCat(kStreamJournalMagic, "\nlayer=", layer, "\nuuid=",
+                                  UuidToString(uuid), "\nchild_uuid=", UuidToString(child_uuid), "\nname=", name, "\nrate_limit=",
+                                  rate_limit, "\n"));
+}
+
+absl::Status StreamJournalRecord::DecodeFrom(absl::string_view text) {
+  *this = StreamJournalRecord();
+  constexpr absl::string_view kFields[] = {"layer", "uuid", "child_uuid", "name", "rate_limit"};
+  return DecodeTextJournal(
+      text, kStreamJournalMagic, kFields, "",
+      [this](absl::string_view key, absl::string_view value) -> absl::Status {
+        const absl::Status bad =
+            absl::DataLossError(absl::StrCat("bad ", key, " \"", value, "\""));
+        if (key == "layer") {
+          if (value.empty() || value.find('/') != absl::string_view::npos) return bad;
+          layer = std::string(value);
+        } else if (key == "uuid" || key == "child_uuid") {
+          absl::StatusOr<Uuid> u = ParseUuid(value);
+          if (!u.ok()) return bad;
+          (key == "uuid" ? uuid : child_uuid) = *u;
+        } else if (key == "name") {
+          name = std::string(value);
+        } else if (key == "rate_limit") {
+          if (!absl::SimpleAtoi(value, &rate_limit)) return bad;
+        } else {
+          return absl::DataLossError(absl::StrCat("unknown field \"", key, "\""));
+        }
+        return absl::OkStatus();
+      },
+      [](absl::string_view magic) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("not a stream journal of this strata (\"", magic, "\")"));
+      });
 }
 
 }  // namespace strata

@@ -117,6 +117,26 @@ struct LayerHeader {
   uint32_t SubBlocksPerCluster() const { return cluster_size / sub_block_size; }
 };
 
+// The mask of every sub-block of a cluster of `sub_blocks` sub-blocks.
+inline uint32_t FullSubBlockMask(uint32_t sub_blocks) {
+  return sub_blocks >= 32 ? 0xffffffffu : (1u << sub_blocks) - 1;
+}
+
+// A layer's link to its parent, as its header records it (a stream relinks a layer past its
+// parent: stream.h).
+struct ParentRef {
+  ParentFormat format = ParentFormat::kNone;
+  std::string path;     // relative to the child's directory, or absolute
+  Uuid uuid{};          // strata parents; nil otherwise
+  uint64_t size = 0;    // the parent's size (parent_size)
+  void ApplyTo(LayerHeader* h) const {
+    h->parent_format = format;
+    h->parent_path = path;
+    h->parent_uuid = uuid;
+    h->parent_size = size;
+  }
+};
+
 // The index of one layer for one virtual cluster. A sub-block is in exactly one of three
 // states: present (data at slot * cluster_size + sub_block * sub_block_size), zero (reads as
 // zeros, no data), or absent (the layer below answers). `slot` 0 means no data slot.
@@ -185,6 +205,28 @@ struct MergeJournalRecord {
   // kDataLoss when the CRC does not match (torn, truncated, damaged) or a field is missing,
   // repeated, unknown or out of range; kFailedPrecondition for an intact journal of another
   // version (the message quotes its first line).
+  absl::Status DecodeFrom(absl::string_view text);
+};
+
+// --- Stream journal ------------------------------------------------------------------------
+// `<X>.stream` beside frozen layer X while X is deleted by streaming it into its child
+// (stream.h; FORMAT.md §8): the same text frame as the merge journal.
+inline constexpr absl::string_view kStreamJournalMagic = "strata-stream 1";
+inline std::string StreamJournalPath(const std::string& layer_path) {
+  return layer_path + ".stream";
+}
+
+struct StreamJournalRecord {
+  std::string layer;        // X's file name (the journal lives beside X)
+  Uuid uuid{};              // X's UUID: the journal never acts on another file of that name
+  Uuid child_uuid{};        // the layer standing on X when the stream began (it keeps its
+                            // UUID when a snapshot freezes it): ties the journal to its chain
+  std::string name;         // X's snapshot name, for messages (may be empty)
+  uint64_t rate_limit = 0;  // bytes per second the copy keeps under; 0: no limit
+  bool operator==(const StreamJournalRecord&) const = default;
+
+  void EncodeTo(std::string* dst) const;
+  // kDataLoss when torn, damaged, or a field is missing, repeated, unknown or malformed.
   absl::Status DecodeFrom(absl::string_view text);
 };
 

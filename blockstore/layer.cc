@@ -13,15 +13,6 @@
 #include "blockstore/crc32c.h"
 
 namespace strata {
-namespace {
-
-
-uint32_t FullMask(uint32_t sub_blocks) {
-  return sub_blocks == 32 ? 0xffffffffu : (1u << sub_blocks) - 1;
-}
-
-}  // namespace
-
 int HeaderCopies::newest() const {
   if (!status[0].ok()) return 1;
   if (!status[1].ok()) return 0;
@@ -224,7 +215,7 @@ absl::Status Layer::StartJournalEpoch() {
 }
 
 absl::Status Layer::CheckEntry(uint64_t cluster, const ClusterEntry& e) const {
-  const uint32_t full = FullMask(header_.SubBlocksPerCluster());
+  const uint32_t full = FullSubBlockMask(header_.SubBlocksPerCluster());
   if (cluster >= cluster_count()) {
     return absl::DataLossError(absl::StrCat("cluster ", cluster, " beyond disk"));
   }
@@ -560,6 +551,33 @@ absl::StatusOr<LayerHeader> Layer::WriteFrozenHeader(const std::string& name, in
     h->snapshot_name = name;
     h->frozen_ns = frozen_ns;
     h->journal_end_seq = journal_.next_seq();  // lets an open tell a damaged record from the end
+  });
+}
+
+absl::Status CopyClusterData(Env* env, const Layer& from, uint32_t from_slot, Layer* to,
+                             uint32_t to_slot, uint32_t mask) {
+  const uint32_t per_cluster = from.header().SubBlocksPerCluster();
+  for (uint32_t sb = 0; sb < per_cluster;) {
+    if (!(mask & (1u << sb))) {
+      ++sb;
+      continue;
+    }
+    uint32_t end = sb;
+    while (end < per_cluster && (mask & (1u << end))) ++end;
+    absl::Status s = env->CopyRange(from.file(), from.DataOffset(from_slot, sb), to->file(),
+                                    to->DataOffset(to_slot, sb),
+                                    uint64_t{end - sb} * from.sub_block_size());
+    if (!s.ok()) return s;
+    sb = end;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Layer::Relink(const ParentRef& parent) {
+  if (auto s = Flush(); !s.ok()) return s;
+  return UpdateHeader([&](LayerHeader* h) {
+    parent.ApplyTo(h);
+    if (h->state != LayerState::kActive) h->journal_end_seq = journal_.next_seq();
   });
 }
 

@@ -80,6 +80,13 @@ absl::StatusOr<LayerHeader> ReadLayerHeader(Env* env, const std::string& path);
 absl::Status EditLayerHeader(Env* env, const std::string& path,
                              const std::function<void(LayerHeader*)>& edit);
 
+class Layer;
+// Copies the sub-blocks `mask` of a cluster from slot `from_slot` of `from` to slot `to_slot` of
+// `to` (same geometry) through `env`, a run of consecutive sub-blocks at a time. Not durable
+// until `to` is synced.
+absl::Status CopyClusterData(Env* env, const Layer& from, uint32_t from_slot, Layer* to,
+                             uint32_t to_slot, uint32_t mask);
+
 class Layer {
  public:
   // Creates a new active layer file (fails if it exists) and makes it durable.
@@ -160,6 +167,10 @@ class Layer {
   // free slots, and truncates the file after the last slot in use. Failing only wastes space, so errors are ignored.
   // REQUIRES: the index is still loaded (before ReleaseIndex).
   void ReleaseUnusedSpace();
+  // Flushes, then rewrites the header to link to `parent`: the commit point of a stream into
+  // this layer (stream.h). A frozen layer records where its journal ends again (a stream
+  // journals into it with the end unknown, as a merge does).
+  absl::Status Relink(const ParentRef& parent);
   // Rewrites the header (the other copy, sequence + 1) after `edit` changed it, and syncs.
   absl::Status UpdateHeader(const std::function<void(LayerHeader*)>& edit);
   // The same without changing header(): returns the header now on disk.

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "absl/strings/str_cat.h"
@@ -9,13 +10,14 @@
 #include "blockstore/format.h"
 #include "blockstore/layer.h"
 #include "blockstore/snapshot_files.h"
+#include "blockstore/stream.h"
 
 namespace strata {
 namespace {
 
 constexpr int kMaxDepth = 65536;
 
-enum class Leftover { kRevert, kSnapshot, kMerge, kMergingWithoutJournal };
+enum class Leftover { kRevert, kSnapshot, kStream, kMerge, kMergingWithoutJournal };
 struct Found {
   Leftover kind;
   std::string path;  // the leftover file (kMergingWithoutJournal: the merging layer)
@@ -28,6 +30,9 @@ std::vector<Found> FindLeftovers(Env* env, const std::string& top_path) {
   for (auto [kind, path] : {std::pair{Leftover::kRevert, RevertPendingPath(top_path)},
                             std::pair{Leftover::kSnapshot, PendingLayerPath(top_path)}}) {
     if (env->Exists(path)) found.push_back({kind, path});
+  }
+  for (const std::string& journal : FindStreamJournals(env, top_path)) {
+    found.push_back({Leftover::kStream, journal});
   }
   std::string path = top_path;
   bool journal_above = false;  // the layer above this one has a merge journal
@@ -52,6 +57,10 @@ std::string Describe(const Found& f) {
       return absl::StrCat(f.path, ": left by an interrupted revert (which did not happen)");
     case Leftover::kSnapshot:
       return absl::StrCat(f.path, ": the new layer of an interrupted snapshot");
+    case Leftover::kStream:
+      return absl::StrCat(f.path, ": the journal of a snapshot deletion not finished yet (a "
+                                  "server resumes it; any command that changes the disk "
+                                  "finishes it)");
     case Leftover::kMerge:
       return absl::StrCat(f.path, ": the journal of an interrupted commit (merge)");
     case Leftover::kMergingWithoutJournal:
@@ -63,7 +72,8 @@ std::string Describe(const Found& f) {
 }
 
 absl::StatusOr<std::string> Recover(Env* env, const std::string& top_path, const Found& f,
-                                    LockSet* locks, const Progress& progress) {
+                                    LockSet* locks, const Progress& progress,
+                                    PendingStreams streams) {
   switch (f.kind) {
     case Leftover::kRevert:
       // The rename is the revert's only step that changes the disk: it did not happen.
@@ -72,6 +82,8 @@ absl::StatusOr<std::string> Recover(Env* env, const std::string& top_path, const
       return absl::StrCat("removed ", f.path, ", left by an interrupted revert of ", top_path);
     case Leftover::kSnapshot:
       return RecoverInterruptedSnapshot(env, top_path, locks);
+    case Leftover::kStream:
+      return RecoverStream(env, top_path, f.path, streams == PendingStreams::kFinish, progress);
     case Leftover::kMerge:
       return FinishInterruptedCommit(env, f.path, locks, progress);
     case Leftover::kMergingWithoutJournal:
@@ -102,19 +114,27 @@ absl::Status LockSet::Exclusive(Env* env, const std::string& path) {
 }
 
 absl::StatusOr<std::string> RecoverChain(Env* env, const std::string& top_path, LockSet* locks,
-                                         const Progress& progress) {
+                                         const Progress& progress, PendingStreams streams) {
   if (locks != nullptr) {
     if (auto s = locks->Exclusive(env, top_path); !s.ok()) return s;
   }
   std::string log;
+  std::vector<std::string> left;  // streams left for the server
   // Each round deals with one leftover, then looks again: finishing one changes the files
   // the next is found by (a finished snapshot puts a new layer at the top).
   for (int round = 0; round < kMaxDepth; ++round) {
     std::vector<Found> found = FindLeftovers(env, top_path);
+    std::erase_if(found, [&](const Found& f) {
+      return std::find(left.begin(), left.end(), f.path) != left.end();
+    });
     if (found.empty()) return log;
-    auto done = Recover(env, top_path, found.front(), locks, progress);
+    auto done = Recover(env, top_path, found.front(), locks, progress, streams);
     if (!done.ok()) return done.status();
-    absl::StrAppend(&log, *done, "\n");
+    if (done->empty()) {
+      left.push_back(found.front().path);
+    } else {
+      absl::StrAppend(&log, *done, "\n");
+    }
   }
   return absl::InternalError(absl::StrCat(top_path, ": interrupted operations keep appearing"));
 }

@@ -5,6 +5,8 @@
 // An operation interrupted by a crash or kill leaves one of these behind (FORMAT.md §3):
 //   `.<top>.revert`   a revert before its rename: removed (the revert did not happen);
 //   `.<top>.new`      a snapshot: finished after its commit point, else rolled back;
+//   `<layer>.stream`  an online deletion of <layer> (stream.h): finished after its commit
+//                     point; before it, finished offline, or left for the server to resume;
 //   `<layer>.merge`   a commit (merge) of <layer> into its parent: finished, never undone.
 // RecoverChain deals with them in that order, again from the start after each one (finishing
 // one can change the chain the next is found in), until none is left. Doing a later command
@@ -44,8 +46,11 @@ class LockSet {
 // holding (in `locks`; nullptr: take none, for a caller that knows no one else can run) the
 // top's exclusive lock first and the lock of every file it changes. Returns one line per
 // operation dealt with, "" when there was none.
+// kServe: the caller is the server, which resumes an unfinished stream online itself.
+enum class PendingStreams { kFinish, kServe };
 absl::StatusOr<std::string> RecoverChain(Env* env, const std::string& top_path, LockSet* locks,
-                                         const Progress& progress = nullptr);
+                                         const Progress& progress = nullptr,
+                                         PendingStreams streams = PendingStreams::kFinish);
 
 // What RecoverChain would deal with, without changing anything (`check`).
 struct InterruptedOperation {
