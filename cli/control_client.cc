@@ -1,19 +1,25 @@
 #include "cli/control_client.h"
 
+#include <chrono>
+#include <thread>
+
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
 #include <optional>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/args.h"
 #include "cli/command.h"
+#include "cli/progress.h"
 
 namespace strata::cli {
 
@@ -137,6 +143,21 @@ std::optional<int> Request(int argc, char** argv, const CommandSpec& spec, const
 
 }  // namespace
 
+std::string MergeLine(const json& m) {
+  const uint64_t done = m.value("bytes_done", uint64_t{0}), total = m.value("bytes_total", uint64_t{0});
+  std::string line = absl::StrFormat(
+      "deleting snapshot '%s': %s, %s of %s (%.0f%%), %s copied at %s/s", Text(m, "snapshot"),
+      Text(m, "state"), HumanBytes(done), HumanBytes(total),
+      total > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(total) : 100.0,
+      HumanBytes(m.value("bytes_copied", uint64_t{0})),
+      HumanBytes(static_cast<uint64_t>(Number(m, "rate_bytes_per_second"))));
+  if (m.contains("eta_seconds") && m["eta_seconds"].is_number()) {
+    absl::StrAppend(&line, absl::StrFormat(", ETA %.1f s", Number(m, "eta_seconds")));
+  }
+  if (!Text(m, "error").empty()) absl::StrAppend(&line, ": ", Text(m, "error"));
+  return line;
+}
+
 int ListCommand(int argc, char** argv) {
   Args args;
   json reply;
@@ -149,6 +170,9 @@ int ListCommand(int argc, char** argv) {
                 HumanBytes(l.value("allocated_bytes", uint64_t{0})).c_str(),
                 l.contains("age_seconds") ? Age(Number(l, "age_seconds")).c_str() : "",
                 Text(l, "file").c_str());
+  }
+  if (reply.contains("merge") && reply["merge"].is_object()) {
+    std::printf("%s\n", MergeLine(reply["merge"]).c_str());
   }
   return 0;
 }
@@ -200,6 +224,9 @@ void PrintHealth(const json& reply) {
                 Number(s, "pause_p99_ms"), Number(s, "pause_max_ms"));
   }
   std::printf("\n");
+  if (reply.contains("merge") && reply["merge"].is_object()) {
+    std::printf("%s\n", MergeLine(reply["merge"]).c_str());
+  }
 }
 
 }  // namespace
@@ -248,6 +275,53 @@ int LiveRevertCommand(const std::string& socket_path, const std::string& name) {
   if (!reply.ok()) return Fail("revert", reply.status());
   std::printf("reverted the served disk to %s\n",
               name.empty() ? "its parent" : absl::StrCat("snapshot '", name, "'").c_str());
+  return 0;
+}
+
+int LiveMergeCommand(const std::string& socket_path, const json& request, const MergeWait& wait) {
+  const std::string command = request.value("request", std::string());
+  auto reply = ControlRequest(socket_path, request);
+  if (!reply.ok()) return Fail(command, reply.status());
+  json job = (*reply)["job"];
+  const std::string snapshot = Text(job, "snapshot");
+  if (wait.no_wait) {
+    if (wait.json) {
+      std::cout << job.dump(2) << "\n";
+    } else {
+      std::printf("deleting snapshot '%s' online; `strata list --control %s` shows its progress\n",
+                  snapshot.c_str(), socket_path.c_str());
+    }
+    return 0;
+  }
+  ProgressBar bar(absl::StrCat("delete '", snapshot, "'"));
+  while (Text(job, "state") == "running") {
+    bar.Update(job.value("bytes_done", uint64_t{0}), job.value("bytes_total", uint64_t{0}));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    auto now = ControlRequest(socket_path, {{"request", "job"}});
+    if (!now.ok()) return Fail(command, now.status());
+    if (!(*now)["job"].is_object() || Text((*now)["job"], "snapshot") != snapshot) break;
+    job = (*now)["job"];
+  }
+  bar.Finish();
+  if (wait.json) std::cout << job.dump(2) << "\n";
+  if (Text(job, "state") != "done") {
+    return Fail(command, absl::AbortedError(absl::StrCat(
+                             "deleting snapshot '", snapshot, "' ", Text(job, "state"),
+                             Text(job, "error").empty() ? "" : ": ", Text(job, "error"))));
+  }
+  if (!wait.json) {
+    std::printf("deleted snapshot '%s' online: %s copied into the layer above in %.1f s\n",
+                snapshot.c_str(), HumanBytes(job.value("bytes_copied", uint64_t{0})).c_str(),
+                Number(job, "elapsed_seconds"));
+  }
+  return 0;
+}
+
+int LiveCancelCommand(const std::string& socket_path) {
+  auto reply = ControlRequest(socket_path, {{"request", "cancel"}});
+  if (!reply.ok()) return Fail("cancel", reply.status());
+  std::printf("cancelled the deletion of snapshot '%s' (it stays, as it was)\n",
+              Text((*reply)["job"], "snapshot").c_str());
   return 0;
 }
 

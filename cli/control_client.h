@@ -20,6 +20,16 @@ int StatsCommand(int argc, char** argv);
 // `strata snapshot --control PATH NAME` and `strata revert --control PATH [NAME]`.
 int LiveSnapshotCommand(const std::string& socket_path, const std::string& name, bool json);
 int LiveRevertCommand(const std::string& socket_path, const std::string& name);
+// `strata delete-snapshot --control` and `strata commit --control`: sends `request`, then
+// (unless no_wait) follows the job with a progress bar until it ends.
+struct MergeWait {
+  bool no_wait = false;
+  bool json = false;
+};
+int LiveMergeCommand(const std::string& socket_path, const nlohmann::json& request,
+                     const MergeWait& wait);
+// `strata cancel --control`.
+int LiveCancelCommand(const std::string& socket_path);
 
 }  // namespace strata::cli
 

@@ -30,6 +30,9 @@ Live, through a server's control socket (default <layer stem>.ctl beside the lay
   list --control SOCKET                  layers: snapshots, files, sizes, ages
   stats --control SOCKET                 requests, latency, ENOSPC, snapshot pauses, connections
   revert --control SOCKET [NAME]         go back to the parent (or NAME); no client connected
+  delete-snapshot --control SOCKET NAME  delete any snapshot while clients keep writing
+  commit --control SOCKET [LAYER]        merge LAYER's parent into it (default: the active layer)
+  cancel --control SOCKET                stop a running deletion; the snapshot stays
 Layers (offline, like qemu-img):
   create --size SIZE LAYER               a new empty disk with no base
   create -b PARENT -F raw|strata LAYER   a new active layer on a raw base or a frozen snapshot
@@ -60,6 +63,7 @@ constexpr Command kCommands[] = {
     {"export", strata::cli::ExportCommand},     {"snapshot", strata::cli::SnapshotCommand},
     {"commit", strata::cli::CommitCommand},     {"revert", strata::cli::RevertCommand},
     {"delete-snapshot", strata::cli::DeleteSnapshotCommand},
+    {"cancel", strata::cli::CancelCommand},
     {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
 };
 

@@ -494,22 +494,46 @@ namespace {
 
 const CommandSpec kCommit{.name = "commit",
                           .usage = R"(usage: strata commit [--resume] LAYER
+       strata commit --control SOCKET [--no-wait] [--rate-limit BYTES] [--json] [LAYER]
 
 Merges LAYER into its parent snapshot, crash-safe (a merge interrupted at any instant is
 finished by the next command that changes the disk). Refuses while the disk is served, or
 when the parent has other children (a branch would silently change).
+Live (--control): the same on a served disk while clients keep writing: the parent's data is
+copied up into LAYER (default: the active layer) and the parent removed (see delete-snapshot).
 
-  --resume     only finish an interrupted operation, from whichever directory
-  -h, --help   this text
+  --resume            only finish an interrupted operation, from whichever directory
+  --control SOCKET    the server's control socket (default <layer stem>.ctl beside the layer)
+  --no-wait           return once the merge started (`strata list --control` follows it)
+  --rate-limit BYTES  copy at most BYTES per second (K, M, G suffixes)
+  --json              print the job's final state as JSON
+  -h, --help          this text
 )",
-                          .args = {.flags = {"--resume"}},
-                          .positional = 1};
+                          .args = {.flags = {"--resume", "--no-wait", "--json"},
+                                   .valued = {"--control", "--rate-limit"}}};
+
+// `delete-snapshot --control` and `commit --control`: the live form.
+int LiveMerge(const Args& args, nlohmann::json request, const CommandSpec& spec) {
+  if (args.Has("--rate-limit")) {
+    auto rate = ParseSize(args.Get("--rate-limit"));
+    if (!rate.ok()) return Fail(spec.name, rate.status());
+    request["rate_limit"] = *rate;
+  }
+  return LiveMergeCommand(args.Get("--control"), request,
+                          {.no_wait = args.Has("--no-wait"), .json = args.Has("--json")});
+}
 
 }  // namespace
 
 int CommitCommand(int argc, char** argv) {
   Args args;
   if (auto exit = ParseCommand(argc, argv, kCommit, &args)) return *exit;
+  if (args.Has("--control") && args.positional.size() <= 1) {
+    nlohmann::json request = {{"request", "commit"}};
+    if (!args.positional.empty()) request["layer"] = args.positional[0];
+    return LiveMerge(args, request, kCommit);
+  }
+  if (args.positional.size() != 1) return UsageError(kCommit);
   const std::string layer = args.positional[0];
   if (auto s = RecoverFirst(Env::Default(), layer); !s.ok()) return Fail(kCommit.name, s);
   if (args.Has("--resume")) {
@@ -529,20 +553,36 @@ namespace {
 
 const CommandSpec kDeleteSnapshot{.name = "delete-snapshot",
                                   .usage = R"(usage: strata delete-snapshot LAYER NAME
+       strata delete-snapshot --control SOCKET [--no-wait] [--rate-limit BYTES] [--json] NAME
 
 Deletes snapshot NAME of the disk topped by LAYER by merging the layer above it into it,
 crash-safe; the disk's path never changes. Refuses while the disk is served, or when the
 snapshot has other children (a branch would silently change).
+Live (--control): deletes snapshot NAME of a served disk while clients keep reading and
+writing. What NAME holds and the layer above lacks is copied up into that layer, which is then
+linked past NAME; NAME's file goes. Any snapshot can be deleted, the newest too. Killed or
+powered off at any instant, the next `strata serve` resumes it; clients reading @NAME keep
+reading it until they disconnect, new ones are refused.
 
-  -h, --help   this text
+  --control SOCKET    the server's control socket (default <layer stem>.ctl beside the layer)
+  --no-wait           return once the deletion started (`strata list --control` follows it)
+  --rate-limit BYTES  copy at most BYTES per second (K, M, G suffixes)
+  --json              print the job's final state as JSON
+  -h, --help          this text
 )",
-                                  .positional = 2};
+                                  .args = {.flags = {"--no-wait", "--json"},
+                                           .valued = {"--control", "--rate-limit"}}};
 
 }  // namespace
 
 int DeleteSnapshotCommand(int argc, char** argv) {
   Args args;
   if (auto exit = ParseCommand(argc, argv, kDeleteSnapshot, &args)) return *exit;
+  if (args.Has("--control") && args.positional.size() == 1) {
+    return LiveMerge(args, {{"request", "delete-snapshot"}, {"name", args.positional[0]}},
+                     kDeleteSnapshot);
+  }
+  if (args.positional.size() != 2) return UsageError(kDeleteSnapshot);
   const std::string top = args.positional[0];
   if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(kDeleteSnapshot.name, s);
   ProgressBar bar("merge");
@@ -553,6 +593,28 @@ int DeleteSnapshotCommand(int argc, char** argv) {
   std::printf("deleted snapshot '%s': merged %s of data into %s\n", args.positional[1].c_str(),
               HumanBytes(result->bytes_copied).c_str(), result->merged_into.c_str());
   return 0;
+}
+
+namespace {
+
+const CommandSpec kCancel{.name = "cancel",
+                          .usage = R"(usage: strata cancel --control SOCKET
+
+Stops the snapshot deletion (delete-snapshot or commit --control) a server runs, or gives up
+one that failed: the snapshot stays as it was, and the disk reads as before.
+
+  --control SOCKET   the server's control socket (default <layer stem>.ctl beside the layer)
+  -h, --help         this text
+)",
+                          .args = {.valued = {"--control"}}};
+
+}  // namespace
+
+int CancelCommand(int argc, char** argv) {
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kCancel, &args)) return *exit;
+  if (!args.Has("--control") || !args.positional.empty()) return UsageError(kCancel);
+  return LiveCancelCommand(args.Get("--control"));
 }
 
 namespace {

@@ -15,6 +15,7 @@ int SnapshotCommand(int argc, char** argv);
 int CommitCommand(int argc, char** argv);
 int DeleteSnapshotCommand(int argc, char** argv);
 int RevertCommand(int argc, char** argv);
+int CancelCommand(int argc, char** argv);
 
 }  // namespace strata::cli
 

@@ -692,6 +692,7 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   LiveControlOptions live_options = MakeLiveOptions(o);
   LiveControl live(&server, &exports, storage->get(), live_options);
   live.AddSnapshotExports();
+  live.ResumeMerges();
   absl::StatusOr<std::unique_ptr<ControlSocket>> control =
       StartControl(o, live_options.control_path, &live);
   if (!control.ok()) return control.status();
@@ -706,6 +707,7 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   // Stop accepting, finish in-flight requests, flush, close. The control socket first: it
   // waits for a request in progress (a pause is bounded).
   control->reset();
+  live.StopMerges();  // a deletion in progress resumes at the next start
   acceptor.Stop();
   server.Shutdown();
   return CloseStorage(*std::move(storage), exit_code);

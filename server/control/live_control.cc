@@ -9,7 +9,9 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "blockstore/clock.h"
+#include "blockstore/file.h"
 #include "blockstore/format.h"
+#include "blockstore/stream.h"
 #include "server/log.h"
 #include "server/nbd/protocol.h"
 
@@ -19,7 +21,8 @@ using json = nlohmann::json;
 
 namespace {
 
-constexpr char kRequests[] = "snapshot, list, stats, info, revert";
+constexpr char kRequests[] =
+    "snapshot, list, stats, info, revert, delete-snapshot, commit, cancel, job";
 
 std::string IsoTime(int64_t wall_ns) {
   if (wall_ns <= 0) return "";
@@ -102,6 +105,11 @@ class LiveControl::Published {
     std::vector<std::string> names;
     for (const std::string& name : exported_) names.push_back("@" + name);
     return names;
+  }
+  // Removes snapshot `name`'s export (connections reading it keep it until they end).
+  void Remove(const std::string& name) {
+    absl::MutexLock lock(&mu_);
+    if (std::erase(exported_, name) > 0) exports_->Remove("@" + name);
   }
   // Removes the exports of the snapshots not in `keep`; returns their export names.
   std::vector<std::string> RemoveAllBut(const std::set<std::string>& keep) {
@@ -199,6 +207,9 @@ absl::Status LiveControl::Handle(const json& request, json* reply) {
   if (what == "stats") return Stats(reply);
   if (what == "info") return Info(reply);
   if (what == "revert") return Revert(request, reply);
+  if (what == "delete-snapshot" || what == "commit") return DeleteSnapshot(request, reply);
+  if (what == "cancel") return Cancel(reply);
+  if (what == "job") return Job(reply);
   return absl::InvalidArgumentError(
       absl::StrFormat("unknown request \"%s\" (known: %s)", what, kRequests));
 }
@@ -340,6 +351,7 @@ absl::Status LiveControl::List(json* reply) {
     out.push_back(std::move(j));
   }
   (*reply)["layers"] = std::move(out);
+  (*reply)["merge"] = merge_ ? merge_->Describe() : json(nullptr);
   return absl::OkStatus();
 }
 
@@ -405,6 +417,7 @@ absl::Status LiveControl::Stats(json* reply) {
     snaps["last_pause_ms"] = nullptr;
   }
   (*reply)["snapshots"] = std::move(snaps);
+  (*reply)["merge"] = merge_ ? merge_->Describe() : json(nullptr);
   (*reply)["uptime_seconds"] = Round3(static_cast<double>(WallClockNs() - started_wall_ns_) / 1e9);
   return absl::OkStatus();
 }
@@ -471,6 +484,9 @@ absl::Status LiveControl::Revert(const json& request, json* reply) {
     return absl::FailedPreconditionError(
         absl::StrCat("revert: ", disk_->top_path(), " is served read-only"));
   }
+  if (std::string why = MergeInTheWayLocked(); !why.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat("revert refused: ", why));
+  }
   absl::Duration pause;
   absl::Status st = server_->RunPaused(
       [&]() -> absl::Status {
@@ -500,6 +516,160 @@ absl::Status LiveControl::Revert(const json& request, json* reply) {
   (*reply)["reverted_to"] = name.empty() ? json(nullptr) : json(name);
   (*reply)["file"] = disk_->top_path();
   (*reply)["exports_removed"] = removed;
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// delete-snapshot {"name", "rate_limit"?} / commit {"layer"?, "rate_limit"?} -> {"job"}
+// cancel -> {"job"}; job -> {"job"}
+
+namespace {
+
+std::string StreamedLayer(const std::string& journal) {
+  return journal.substr(0, journal.size() - std::string(".stream").size());
+}
+
+// The snapshot name a pending journal records (its file name when it has none).
+std::string JournalSnapshot(const std::string& journal) {
+  auto text = ReadWholeFile(Env::Default(), journal);
+  StreamJournalRecord r;
+  if (!text.ok() || !r.DecodeFrom(*text).ok()) return BaseName(StreamedLayer(journal));
+  return r.name.empty() ? r.layer : r.name;
+}
+
+}  // namespace
+
+std::string LiveControl::MergeInTheWayLocked() {
+  if (merge_ && merge_->state() == MergeJob::State::kRunning) {
+    json j = merge_->Describe();
+    const double total = j["bytes_total"].get<double>();
+    return absl::StrFormat("deleting snapshot '%s' is in progress (%.0f%% done); wait for it "
+                           "or stop it with `strata cancel`",
+                           merge_->snapshot(),
+                           total > 0 ? 100 * j["bytes_done"].get<double>() / total : 0.0);
+  }
+  if (disk_->chain() == nullptr) return "";
+  for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
+    return absl::StrCat("the deletion of snapshot '", JournalSnapshot(journal),
+                        "' did not finish", merge_ && merge_->journal_path() == journal
+                            ? absl::StrCat(" (", merge_->Describe()["error"].get<std::string>(), ")")
+                            : "",
+                        "; run `strata delete-snapshot` for it again to resume, or `strata "
+                        "cancel` to give it up");
+  }
+  return "";
+}
+
+void LiveControl::StartMergeLocked(const std::string& journal, const std::string& name) {
+  published_->Remove(name);  // new readers of a snapshot being deleted are refused
+  merge_.reset();            // the last job, ended
+  const std::string layer = StreamedLayer(journal);
+  merge_ = std::make_unique<MergeJob>(
+      disk_->chain(), journal, name,
+      [published = published_, name, layer](MergeJob::State state, const absl::Status&) {
+        // The snapshot stays: export it again.
+        if (state == MergeJob::State::kCancelled || state == MergeJob::State::kFailed) {
+          published->Add(name, layer);
+        }
+      });
+}
+
+void LiveControl::ResumeMerges() {
+  absl::MutexLock lock(&mu_);
+  if (disk_->chain() == nullptr || !disk_->writable()) return;
+  for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
+    STRATA_LOG(kInfo, "resuming the deletion of snapshot '%s' left by an earlier run",
+               JournalSnapshot(journal));
+    StartMergeLocked(journal, JournalSnapshot(journal));
+    return;  // one at a time; a second journal cannot be started by a server
+  }
+}
+
+void LiveControl::StopMerges() {
+  absl::MutexLock lock(&mu_);
+  if (merge_) merge_->Stop();
+}
+
+absl::Status LiveControl::DeleteSnapshot(const json& request, json* reply) {
+  const bool commit = request.value("request", std::string()) == "commit";
+  const std::string what = commit ? "commit" : "delete-snapshot";
+  std::string name, layer;
+  uint64_t rate_limit = 0;
+  if (commit) {
+    if (request.contains("layer") && !request["layer"].is_string()) {
+      return absl::InvalidArgumentError("commit: \"layer\" must be a string (a layer file)");
+    }
+    layer = request.value("layer", disk_->top_path());
+  } else {
+    if (!request.contains("name") || !request["name"].is_string()) {
+      return absl::InvalidArgumentError(
+          "delete-snapshot: \"name\" (the snapshot to delete) is required, as a string");
+    }
+    name = request["name"].get<std::string>();
+  }
+  if (request.contains("rate_limit")) {
+    if (!request["rate_limit"].is_number_unsigned()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, ": \"rate_limit\" must be a number of bytes per second"));
+    }
+    rate_limit = request["rate_limit"].get<uint64_t>();
+  }
+  absl::MutexLock lock(&mu_);
+  Chain* chain = disk_->chain();
+  if (chain == nullptr) return disk_->Flush();  // the "could not be reopened" error
+  if (!disk_->writable()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": ", disk_->top_path(), " is served read-only"));
+  }
+  // The same deletion asked for again after it failed: resume it.
+  for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
+    if (!commit && JournalSnapshot(journal) == name &&
+        !(merge_ && merge_->state() == MergeJob::State::kRunning)) {
+      StartMergeLocked(journal, name);
+      (*reply)["job"] = merge_->Describe();
+      return absl::OkStatus();
+    }
+  }
+  if (std::string why = MergeInTheWayLocked(); !why.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(what, " refused: ", why));
+  }
+  absl::StatusOr<StreamPlan> plan =
+      commit ? PlanStreamBelow(Env::Default(), *chain, layer, rate_limit)
+             : PlanStream(Env::Default(), *chain, name, rate_limit);
+  if (!plan.ok()) return plan.status();
+  if (absl::Status st = BeginStream(Env::Default(), *plan); !st.ok()) return st;
+  const std::string label = plan->record.name.empty() ? plan->record.layer : plan->record.name;
+  STRATA_LOG(kInfo, "%s: deleting snapshot '%s' online, at most %.1f MiB to copy into %s", what,
+             label, static_cast<double>(plan->needed_bytes) / (1 << 20), plan->child_path);
+  StartMergeLocked(StreamJournalPath(plan->layer_path), label);
+  (*reply)["job"] = merge_->Describe();
+  return absl::OkStatus();
+}
+
+absl::Status LiveControl::Cancel(json* reply) {
+  absl::MutexLock lock(&mu_);
+  if (merge_ && merge_->state() == MergeJob::State::kRunning) {
+    merge_->Cancel();
+    merge_->Stop();  // the copy checks its stop flag at every cluster: soon
+    (*reply)["job"] = merge_->Describe();
+    return absl::OkStatus();
+  }
+  // A deletion that failed (or was stopped) keeps its journal until given up.
+  if (disk_->chain() != nullptr) {
+    for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
+      if (absl::Status st = AbandonStream(Env::Default(), journal); !st.ok()) return st;
+      const std::string name = JournalSnapshot(journal);
+      published_->Add(name, StreamedLayer(journal));
+      (*reply)["job"] = json{{"snapshot", name}, {"state", "cancelled"}};
+      return absl::OkStatus();
+    }
+  }
+  return absl::FailedPreconditionError("cancel: no snapshot deletion is running");
+}
+
+absl::Status LiveControl::Job(json* reply) {
+  absl::MutexLock lock(&mu_);
+  (*reply)["job"] = merge_ ? merge_->Describe() : json(nullptr);
   return absl::OkStatus();
 }
 

@@ -36,6 +36,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "server/control/merge_job.h"
 #include "server/engine/chain_storage.h"
 #include "server/nbd/export.h"
 #include "server/server.h"
@@ -64,12 +65,26 @@ class LiveControl {
   // Names of the snapshot exports, for tests and logs.
   std::vector<std::string> SnapshotExportNames() const;
 
+  // Resumes a snapshot deletion an earlier run left unfinished (at startup).
+  void ResumeMerges();
+  // Stops a running deletion, keeping its journal (before the chain closes).
+  void StopMerges();
+
  private:
   absl::Status Snapshot(const nlohmann::json& request, nlohmann::json* reply);
   absl::Status List(nlohmann::json* reply);
   absl::Status Stats(nlohmann::json* reply);
   absl::Status Info(nlohmann::json* reply);
   absl::Status Revert(const nlohmann::json& request, nlohmann::json* reply);
+  // delete-snapshot {"name"} and commit {"layer"?}: start an online deletion (stream).
+  absl::Status DeleteSnapshot(const nlohmann::json& request, nlohmann::json* reply);
+  absl::Status Cancel(nlohmann::json* reply);
+  absl::Status Job(nlohmann::json* reply);
+  // Starts the job for the stream journaled at `journal` (snapshot `name`), unexporting it.
+  void StartMergeLocked(const std::string& journal, const std::string& name)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why a new deletion or a revert cannot start now ("" when it can).
+  std::string MergeInTheWayLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Has the served chain (a new one after a revert) report completed snapshots to published_.
   void WatchSnapshots();
   // Connections of every worker (also those still negotiating).
@@ -88,6 +103,7 @@ class LiveControl {
   std::vector<double> pauses_ms_ ABSL_GUARDED_BY(mu_);  // live snapshots switched
   uint64_t snapshot_failures_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pause_timeouts_ ABSL_GUARDED_BY(mu_) = 0;
+  std::unique_ptr<MergeJob> merge_ ABSL_GUARDED_BY(mu_);  // the running or last deletion
 };
 
 }  // namespace strata

@@ -74,6 +74,7 @@ absl::Status ChainStorage::Revert(const std::string& name) {
   ChainOptions options;
   options.writable = true;
   options.direct_io = chain_->direct_io();
+  options.serve_streams = true;
   absl::MutexLock swap(&swap_mu_);
   // Revert takes the top layer's exclusive lock, which our open chain holds: close it first.
   chain_.reset();
@@ -96,6 +97,7 @@ absl::StatusOr<std::unique_ptr<ChainStorage>> OpenChainStorage(const std::string
   ChainOptions options;
   options.writable = writable;
   options.direct_io = direct_io;
+  options.serve_streams = true;  // the server resumes an unfinished snapshot deletion online
   absl::StatusOr<std::unique_ptr<Chain>> chain = Chain::Open(top_path, options);
   if (!chain.ok()) return chain.status();
   return std::make_unique<ChainStorage>(std::move(*chain));
