@@ -550,11 +550,13 @@ std::string LiveControl::MergeInTheWayLocked() {
   }
   if (disk_->chain() == nullptr) return "";
   for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
-    return absl::StrCat("the deletion of snapshot '", JournalSnapshot(journal),
-                        "' did not finish", merge_ && merge_->journal_path() == journal
-                            ? absl::StrCat(" (", merge_->Describe()["error"].get<std::string>(), ")")
-                            : "",
-                        "; run `strata delete-snapshot` for it again to resume, or `strata "
+    std::string why;
+    if (merge_ && merge_->journal_path() == journal) {
+      const json error = merge_->Describe()["error"];
+      if (error.is_string()) why = absl::StrCat(" (", error.get<std::string>(), ")");
+    }
+    return absl::StrCat("the deletion of snapshot '", JournalSnapshot(journal), "' did not finish",
+                        why, "; run `strata delete-snapshot` for it again to resume, or `strata "
                         "cancel` to give it up");
   }
   return "";
