@@ -510,6 +510,7 @@ TEST_F(CrashSweepTest, OnlineSnapshotDeletion) {
         }
         StreamOptions options;
         options.batch_bytes = 8 * kCluster;  // several flushes per stream
+        options.flush_interval = std::chrono::milliseconds(0);
         Done(env, RunStream(env, chain->get(), StreamJournalPath(plan->layer_path), options)
                       .status(),
              "stream");

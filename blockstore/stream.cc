@@ -162,6 +162,7 @@ absl::Status CopyPass(const Layer& x, Target* target, uint64_t rate_limit,
   StreamProgress progress;
   for (const auto& w : work) progress.total += data_bytes(w.second);
   const auto started = std::chrono::steady_clock::now();
+  auto last_flush = started;
   uint64_t since_flush = 0;
   auto copy_one = [&](uint64_t cluster, const ClusterEntry& e) -> absl::Status {
     for (;;) {
@@ -180,9 +181,11 @@ absl::Status CopyPass(const Layer& x, Target* target, uint64_t rate_limit,
       break;
     }
     progress.done += data_bytes(e);
-    if (since_flush >= options.batch_bytes) {
+    if (since_flush >= options.batch_bytes &&
+        std::chrono::steady_clock::now() - last_flush >= options.flush_interval) {
       if (auto s = target->Flush(); !s.ok()) return s;
       since_flush = 0;
+      last_flush = std::chrono::steady_clock::now();
     }
     if (options.progress) options.progress(progress);
     if (rate_limit > 0) {

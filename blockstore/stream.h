@@ -25,6 +25,7 @@
 #define STRATA_BLOCKSTORE_STREAM_H_
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -48,9 +49,12 @@ struct StreamProgress {
 
 inline constexpr uint64_t kStreamBatchBytes = 64ull << 20;
 struct StreamOptions {
-  // The child is flushed (copies made durable) at least this often: a run interrupted by a
-  // crash repeats at most that much.
+  // The child is flushed (copies made durable) after every `batch_bytes` of copies, but not
+  // more often than every `flush_interval`: a run interrupted by a crash repeats at most that
+  // much. The interval matters for the active layer, whose flush also writes back every guest
+  // write not yet synced (under a random-write load, a long writeback each time).
   uint64_t batch_bytes = kStreamBatchBytes;
+  std::chrono::milliseconds flush_interval{5000};
   std::function<void(const StreamProgress&)> progress;
   // Set by another thread: the run stops soon with kCancelled, the journal kept (a server
   // shutting down; it resumes at the next start). Null: never.

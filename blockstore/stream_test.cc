@@ -191,6 +191,7 @@ TEST_F(StreamTest, AStoppedStreamKeepsItsJournalAndResumesAtTheNextOpen) {
     StreamOptions options;
     options.stop = &stop;
     options.batch_bytes = 64 << 10;
+    options.flush_interval = std::chrono::milliseconds(0);
     options.progress = [&](const StreamProgress& p) {
       if (p.done >= (run + 1) * (256 << 10)) stop = true;
     };
