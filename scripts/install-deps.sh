@@ -13,6 +13,8 @@ pkgs=(
   nlohmann-json3-dev
   # real NBD clients and peers for interop tests and benchmarks
   libnbd-bin python3-libnbd qemu-utils nbdkit fio nbd-client util-linux jq diffutils
+  # qemu-storage-daemon (bench/merge_bench.sh's block-commit beside strata's online deletion)
+  qemu-system-common
   # fault injection into the real binary (interrupted merges, failed fdatasync)
   strace
 )
