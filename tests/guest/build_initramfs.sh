@@ -2,12 +2,13 @@
 # Builds the initramfs for the kernel-nbd guest test from host binaries (never downloads):
 # busybox-static and its applet links, nbd.ko of the guest kernel, nbd-client, mkfs.ext4,
 # e2fsck, the NBD server under test, each with the libraries ldd lists and the dynamic loader,
-# plus tests/guest/init.sh as /init and a config file with the run's nonce.
+# plus tests/guest/init.sh as /init and a config file with the run's nonce and case.
 #
-# Usage: build_initramfs.sh OUT.cpio.gz KERNEL_VERSION SERVER_KIND SERVER_BINARY NONCE
+# Usage: build_initramfs.sh OUT.cpio.gz KERNEL_VERSION SERVER_KIND SERVER_BINARY NONCE [CASE]
 #   SERVER_KIND: strata | nbdkit (nbdkit validates the harness; its file plugin is copied too)
+#   CASE: what /init runs, kernel_nbd (default) | online_merge (see tests/guest/init.sh)
 set -euo pipefail
-out="$1" kver="$2" kind="$3" server_bin="$4" nonce="$5"
+out="$1" kver="$2" kind="$3" server_bin="$4" nonce="$5" case="${6:-kernel_nbd}"
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(mktemp -d /tmp/strata-initramfs-XXXXXX)"
 trap 'rm -rf "$root"' EXIT
@@ -71,6 +72,6 @@ cp "$ko" "$root/lib/modules/nbd.ko"
 
 cp "$here/init.sh" "$root/init"
 chmod 755 "$root/init"
-printf 'NONCE=%s\nSERVER=%s\n' "$nonce" "$kind" >"$root/etc/strata-test.conf"
+printf 'NONCE=%s\nSERVER=%s\nCASE=%s\n' "$nonce" "$kind" "$case" >"$root/etc/strata-test.conf"
 
 (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet) | gzip -1 >"$out"
