@@ -1047,7 +1047,7 @@ absl::Status Chain::DropFrozenLayerLocked(const Uuid& uuid) {
   // Frozen layers change on disk only by a stream's relink, and no snapshot switches while
   // snapshot_mu_ is held: what is read here is what the chain will have.
   auto view = std::make_unique<FlatView>(cluster_size_ / sub_block_size_);
-  std::vector<LayerHeader> headers(paths.size());
+  std::vector<std::unique_ptr<Layer>> reopened(paths.size());
   for (size_t i = 0; i < paths.size(); ++i) {
     if (i == drop) continue;
     auto layer = Layer::Open(env_, paths[i], Layer::Mode::kReadOnly);
@@ -1060,11 +1060,12 @@ absl::Status Chain::DropFrozenLayerLocked(const Uuid& uuid) {
     (*layer)->index().ForEach([&](uint64_t cluster, const ClusterEntry& e) {
       view->Overlay(position, cluster, e);
     });
-    headers[i] = (*layer)->header();
+    (*layer)->ReleaseIndex();
+    reopened[i] = std::move(*layer);
   }
   MutexLock lock(&mu_);
   for (size_t i = 0; i < frozen_.size(); ++i) {
-    if (i != drop) frozen_[i]->PublishHeader(headers[i]);
+    if (i != drop) frozen_[i]->AdoptReopened(*reopened[i]);
   }
   // Reads mapped until now may still use the dropped layer's descriptor.
   retired_.emplace_back(EndReadEpoch(), std::move(frozen_[drop]));

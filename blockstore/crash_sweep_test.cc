@@ -509,8 +509,8 @@ TEST_F(CrashSweepTest, OnlineSnapshotDeletion) {
           return;
         }
         StreamOptions options;
-        options.batch_bytes = 8 * kCluster;  // several flushes per stream
-        options.flush_interval = std::chrono::milliseconds(0);
+        options.batch_bytes = 8 * kCluster;  // several flushes of a frozen child per stream
+        options.flush_interval = std::chrono::hours(1);
         Done(env, RunStream(env, chain->get(), StreamJournalPath(plan->layer_path), options)
                       .status(),
              "stream");

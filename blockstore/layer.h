@@ -163,6 +163,12 @@ class Layer {
   // header() as it was: a live chain publishes the new header under its own lock.
   absl::StatusOr<LayerHeader> WriteFrozenHeader(const std::string& name, int64_t frozen_ns);
   void PublishHeader(LayerHeader header) { header_ = std::move(header); }
+  // Takes the header and data size of `reopened`, the same file opened again after a stream
+  // copied into it (Chain::DropFrozenLayer): this layer's index was dropped after flattening.
+  void AdoptReopened(const Layer& reopened) {
+    header_ = reopened.header_;
+    referenced_slots_ = reopened.referenced_slots_;
+  }
   // A frozen layer never journals or grows again: punches the unused journal and the ready
   // free slots, and truncates the file after the last slot in use. Failing only wastes space, so errors are ignored.
   // REQUIRES: the index is still loaded (before ReleaseIndex).

@@ -85,6 +85,8 @@ class Target {
   virtual absl::StatusOr<CopyUpResult> Copy(uint64_t cluster, const ClusterEntry& entry) = 0;
   virtual absl::Status Replenish() = 0;
   virtual absl::Status Flush() = 0;
+  // A flush that syncs only the copies (not the guest's writes) may come every batch.
+  virtual bool cheap_flush() const = 0;
 };
 
 class ChainTarget final : public Target {
@@ -95,6 +97,7 @@ class ChainTarget final : public Target {
   }
   absl::Status Replenish() override { return chain_->ReplenishSlots(); }
   absl::Status Flush() override { return chain_->Flush(); }
+  bool cheap_flush() const override { return false; }
 
  private:
   Chain* chain_;
@@ -130,6 +133,7 @@ class LayerTarget final : public Target {
   }
   absl::Status Replenish() override { return absl::OkStatus(); }
   absl::Status Flush() override { return child_->Flush(); }
+  bool cheap_flush() const override { return true; }
 
  private:
   Env* env_;
@@ -161,6 +165,7 @@ absl::Status CopyPass(const Layer& x, Target* target, uint64_t rate_limit,
   };
   StreamProgress progress;
   for (const auto& w : work) progress.total += data_bytes(w.second);
+  if (options.progress) options.progress(progress);
   const auto started = std::chrono::steady_clock::now();
   auto last_flush = started;
   uint64_t since_flush = 0;
@@ -181,8 +186,8 @@ absl::Status CopyPass(const Layer& x, Target* target, uint64_t rate_limit,
       break;
     }
     progress.done += data_bytes(e);
-    if (since_flush >= options.batch_bytes &&
-        std::chrono::steady_clock::now() - last_flush >= options.flush_interval) {
+    const bool due = std::chrono::steady_clock::now() - last_flush >= options.flush_interval;
+    if (since_flush > 0 && (due || (since_flush >= options.batch_bytes && target->cheap_flush()))) {
       if (auto s = target->Flush(); !s.ok()) return s;
       since_flush = 0;
       last_flush = std::chrono::steady_clock::now();
@@ -240,7 +245,12 @@ absl::Status StreamIntoLayer(Env* env, const Journal& j, const Layer& x,
                            active ? Layer::Mode::kWritable : Layer::Mode::kMergeTarget);
   if (!child.ok()) return child.status();
   LayerTarget target(env, child->get(), x);
-  if (auto s = CopyPass(x, &target, j.record.rate_limit, options, copied); !s.ok()) return s;
+  if (auto s = CopyPass(x, &target, j.record.rate_limit, options, copied); !s.ok()) {
+    // Stopped or failed: the copies made so far are kept (so that the space they hold is
+    // referenced), and a frozen layer gives back the space its open reserved ahead.
+    if (!active && (*child)->Flush().ok()) (*child)->ReleaseUnusedSpace();
+    return s;
+  }
   // The commit point: the child's header stops naming X.
   if (auto s = (*child)->Relink(ParentOfX(x.header(), j.layer_path, DirName(child_path)));
       !s.ok()) {

@@ -49,10 +49,11 @@ struct StreamProgress {
 
 inline constexpr uint64_t kStreamBatchBytes = 64ull << 20;
 struct StreamOptions {
-  // The child is flushed (copies made durable) after every `batch_bytes` of copies, but not
-  // more often than every `flush_interval`: a run interrupted by a crash repeats at most that
-  // much. The interval matters for the active layer, whose flush also writes back every guest
-  // write not yet synced (under a random-write load, a long writeback each time).
+  // The child is flushed (copies made durable) every `flush_interval` while copies were made,
+  // and a frozen child also after every `batch_bytes` of copies: a run interrupted by a crash
+  // repeats at most that much. The active layer waits for the interval only, because its
+  // flush also writes back every guest write not yet synced (under a random-write load, a long
+  // writeback each time).
   uint64_t batch_bytes = kStreamBatchBytes;
   std::chrono::milliseconds flush_interval{5000};
   std::function<void(const StreamProgress&)> progress;

@@ -50,6 +50,7 @@
 
 #include "control_util.h"
 #include "server_fixture.h"
+#include "tagged_block.h"
 
 namespace strata_test {
 namespace {
@@ -65,19 +66,8 @@ int64_t NowNs() {
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
-// The bytes of write (conn, seq) to block `block`.
 void FillTagged(uint8_t* buf, uint32_t conn, uint32_t seq, uint32_t block) {
-  std::memcpy(buf, &kMagic, 8);
-  std::memcpy(buf + 8, &conn, 4);
-  std::memcpy(buf + 12, &seq, 4);
-  std::memcpy(buf + 16, &block, 4);
-  uint64_t x = (uint64_t{conn} << 40) ^ (uint64_t{seq} << 8) ^ block ^ 0x9E3779B97F4A7C15ull;
-  for (size_t i = 20; i < kBlock; i += 8) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    std::memcpy(buf + i, &x, std::min<size_t>(8, kBlock - i));
-  }
+  ::strata::testing::FillTaggedBlock(buf, kMagic, conn, seq, block);
 }
 
 struct Write {
