@@ -580,9 +580,9 @@ void LiveControl::ResumeMerges() {
   absl::MutexLock lock(&mu_);
   if (disk_->chain() == nullptr || !disk_->writable()) return;
   for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
-    STRATA_LOG(kInfo, "resuming the deletion of snapshot '%s' left by an earlier run",
-               JournalSnapshot(journal));
-    StartMergeLocked(journal, JournalSnapshot(journal));
+    const std::string name = JournalSnapshot(journal);
+    STRATA_LOG(kInfo, "resuming the deletion of snapshot '%s' left by an earlier run", name);
+    StartMergeLocked(journal, name);
     return;  // one at a time; a second journal cannot be started by a server
   }
 }
