@@ -972,6 +972,9 @@ absl::StatusOr<CopyUpResult> Chain::CopyUp(uint64_t cluster, const ClusterEntry&
     target = active_.get();
     slot = a.slot;
   }
+  // The target's pages are allocated (and zeroed) here, outside the file's inode lock that the
+  // copy's write holds and every guest write to the layer needs.
+  AdviseWillNeed(*target->file(), target->DataOffset(slot, 0), cluster_size_);
   absl::Status s = CopyClusterData(env_, from, entry.slot, target, slot, data);
   MutexLock lock(&mu_);
   copyups_.erase(std::find(copyups_.begin(), copyups_.end(), cluster));

@@ -29,16 +29,28 @@ void AddUnique(std::vector<std::string>* dirs, const std::string& dir) {
   if (std::find(dirs->begin(), dirs->end(), dir) == dirs->end()) dirs->push_back(dir);
 }
 
-std::vector<std::string> ChainDirs(Env* env, const std::string& top_path) {
-  std::vector<std::string> dirs;
+std::vector<ChainLayer> ReadChainHeaders(Env* env, const std::string& top_path) {
+  std::vector<ChainLayer> layers;
   std::string path = top_path;
   for (int depth = 0; depth < 65536; ++depth) {
-    AddUnique(&dirs, AbsoluteDir(path));
     auto h = ReadLayerHeader(env, path);
-    if (!h.ok() || h->parent_format != ParentFormat::kStrata) break;
+    if (!h.ok()) break;
+    layers.push_back({path, *h});
+    if (h->parent_format != ParentFormat::kStrata) break;
     path = ResolvePath(DirName(path), h->parent_path);
   }
+  return layers;
+}
+
+std::vector<std::string> ChainDirs(const std::string& top_path,
+                                   const std::vector<ChainLayer>& layers) {
+  std::vector<std::string> dirs = {AbsoluteDir(top_path)};
+  for (const ChainLayer& layer : layers) AddUnique(&dirs, AbsoluteDir(layer.path));
   return dirs;
+}
+
+std::vector<std::string> ChainDirs(Env* env, const std::string& top_path) {
+  return ChainDirs(top_path, ReadChainHeaders(env, top_path));
 }
 
 std::vector<std::string> SearchDirs(Env* env, const std::vector<std::string>& known) {

@@ -24,7 +24,16 @@ std::string AbsoluteDir(const std::string& path);
 // The directories recorded in `dir`/.strata-branches (none when it is missing or unreadable).
 std::vector<std::string> RecordedBranchDirs(Env* env, const std::string& dir);
 void AddUnique(std::vector<std::string>* dirs, const std::string& dir);
-// The absolute directories of the chain's layers from `top_path` down (as far as it reads).
+// The strata layers of the chain topped by `top_path`, top first, as their files say now;
+// the walk ends at a raw base or at the first header that does not read.
+struct ChainLayer {
+  std::string path;
+  LayerHeader header;
+};
+std::vector<ChainLayer> ReadChainHeaders(Env* env, const std::string& top_path);
+// The absolute directories of `layers` (ReadChainHeaders), and `top_path`'s in any case.
+std::vector<std::string> ChainDirs(const std::string& top_path,
+                                   const std::vector<ChainLayer>& layers);
 std::vector<std::string> ChainDirs(Env* env, const std::string& top_path);
 // `known` and every directory recorded beside them. A child anywhere else is not found (the
 // README says what to do about it).

@@ -231,6 +231,11 @@ absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint6
   return absl::OkStatus();
 }
 
+void AdviseWillNeed(const File& file, uint64_t offset, uint64_t length) {
+  (void)posix_fadvise(file.fd(), static_cast<off_t>(offset), static_cast<off_t>(length),
+                      POSIX_FADV_WILLNEED);
+}
+
 absl::Status Env::CopyRange(File* from, uint64_t from_off, File* to, uint64_t to_off,
                             uint64_t length) {
   while (length > 0) {

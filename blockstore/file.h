@@ -49,6 +49,11 @@ class File {
   std::string path_;
 };
 
+// A hint that [offset, offset + length) of `file` will be read or written soon: the kernel
+// starts reading it into the page cache (allocating the pages) without waiting. Changes no
+// data; ignored where it does not apply.
+void AdviseWillNeed(const File& file, uint64_t offset, uint64_t length);
+
 struct OpenOptions {
   bool writable = false;
   bool create = false;      // fails if the file exists (O_EXCL)

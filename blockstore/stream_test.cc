@@ -193,7 +193,7 @@ TEST_F(StreamTest, AStoppedStreamKeepsItsJournalAndResumesAtTheNextOpen) {
     options.batch_bytes = 64 << 10;
     options.flush_interval = std::chrono::milliseconds(0);
     options.progress = [&](const StreamProgress& p) {
-      if (p.done >= (run + 1) * (256 << 10)) stop = true;
+      if (p.done >= static_cast<uint64_t>(run + 1) * (256u << 10)) stop = true;
     };
     absl::StatusOr<StreamResult> done =
         run == 0 ? Delete(chain.get(), "s2", options)
