@@ -87,7 +87,7 @@ void CheckLeaks(Layer& layer, File* writable, bool repair, CheckReport* report) 
 
 // Before the layers are read: a repair locks the top (in *locks) and recovers interrupted
 // operations; a check notes a disk open for writing. Then every interrupted operation left is
-// reported. Returns whether there was one.
+// reported (on a served disk, as the server's business). Returns whether there was one.
 absl::StatusOr<bool> CheckOperations(Env* env, const std::string& top_path, bool repair,
                                      LockSet* locks, CheckReport* out) {
   CheckReport& report = *out;
@@ -102,7 +102,9 @@ absl::StatusOr<bool> CheckOperations(Env* env, const std::string& top_path, bool
     for (absl::string_view line : absl::StrSplit(recovered.value_or(""), '\n', absl::SkipEmpty())) {
       report.repaired.push_back(std::string(line));
     }
-  } else if (LockedExclusivelyByOther(env, top_path)) {
+  }
+  const bool served = !repair && LockedExclusivelyByOther(env, top_path);
+  if (served) {
     // A server (or a merge) has the disk open for writing: what the files say may lag behind
     // what it holds in memory.
     report.notes.push_back(absl::StrCat(
@@ -112,7 +114,13 @@ absl::StatusOr<bool> CheckOperations(Env* env, const std::string& top_path, bool
   }
   const auto interrupted = FindInterruptedOperations(env, top_path);
   for (const InterruptedOperation& op : interrupted) {
-    if (op.recoverable) {
+    if (op.recoverable && served) {
+      // Not interrupted: the server that holds the disk is running it (a deletion, a snapshot
+      // being taken) or will finish it.
+      report.notes.push_back(absl::StrCat(op.what, "; in the hands of the server that has the "
+                                               "disk open (`strata list --control` shows a "
+                                               "deletion's progress)"));
+    } else if (op.recoverable) {
       report.repairable.push_back(absl::StrCat(
           op.what, "; `strata check --repair`, or any strata command that changes the disk, "
                    "finishes or rolls it back"));

@@ -35,6 +35,7 @@
 #include <memory>
 #include <ostream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -428,6 +429,20 @@ TEST_F(LiveMergeModelTest, RefusalsWhileADeletionRunsAndCancel) {
   expect_refused({{"request", "commit"}}, "a commit");
   expect_refused({{"request", "revert"}}, "a revert to the parent");
   expect_refused({{"request", "revert"}, {"name", "s1"}}, "a revert to s1");
+  {
+    // `strata check` of the served disk reads the deletion's journal as the server's work in
+    // progress, not as something left for --repair.
+    std::string out;
+    server_.Check(&out);
+    EXPECT_NE(out.find(".stream: the journal of a snapshot deletion"), std::string::npos) << out;
+    EXPECT_NE(out.find("in the hands of the server"), std::string::npos) << out;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.find(".stream") != std::string::npos) {
+        EXPECT_NE(line.rfind("repairable", 0), 0u) << out;
+      }
+    }
+  }
   // The refusals changed nothing: the job still runs, s2 and the disk read as before.
   json job = Request({{"request", "job"}}).value("job", json(nullptr));
   ASSERT_TRUE(job.is_object() && job.value("state", "") == "running")
