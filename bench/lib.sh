@@ -78,3 +78,16 @@ drop_caches() {
   if [[ -w /proc/sys/vm/drop_caches ]]; then echo 3 >/proc/sys/vm/drop_caches; fi
   return 0
 }
+
+# start_qemu_nbd_qcow2 QCOW2 SOCKET LOG: qemu-nbd serving one qcow2 file on the unix SOCKET as
+# every bench compares it (host page cache, its thread pool, 8 connections); sets SERVER_PID and
+# waits until it answers. The caller's `cmd` records the command line in its report.
+start_qemu_nbd_qcow2() {
+  local args=(--persistent --shared=8 --format=qcow2 --cache=writeback --aio=threads
+              "--socket=$2" "$1")
+  rm -f "$2"
+  cmd "qemu-nbd ${args[*]}"
+  qemu-nbd "${args[@]}" </dev/null >>"$3" 2>&1 &
+  SERVER_PID=$!
+  wait_for_nbd "$SERVER_PID" "$2" "$3" || exit 1
+}

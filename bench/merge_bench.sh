@@ -198,13 +198,8 @@ start_strata() {  # LAYER
 }
 # qemu-nbd serves one qcow2 layer while it is filled (as snapshot_bench builds its chains).
 start_qemu_nbd() {  # QCOW2
-  rm -f "$SOCK"
-  cmd "qemu-nbd --persistent --shared=8 --format=qcow2 --cache=writeback --aio=threads --socket=$SOCK $1"
-  qemu-nbd --persistent --shared=8 --format=qcow2 --cache=writeback --aio=threads \
-    "--socket=$SOCK" "$1" </dev/null >>"$WORK/qemu-nbd.log" 2>&1 &
-  SERVER_PID=$!
+  start_qemu_nbd_qcow2 "$1" "$SOCK" "$WORK/qemu-nbd.log"
   URI="nbd+unix:///?socket=$SOCK"
-  wait_for_nbd "$SERVER_PID" "$SOCK" "$WORK/qemu-nbd.log" || exit 1
 }
 # qemu-storage-daemon with the qcow2 chain FILE... (bottom first) as nodes n0, n1, ...; the
 # top node is exported as "disk" (the export follows the graph when a commit replaces the top).

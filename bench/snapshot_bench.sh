@@ -78,14 +78,7 @@ start_strata() {  # LAYER
   SERVER_PID=$!
   wait_ready
 }
-start_qemu() {  # QCOW2
-  rm -f "$SOCK"
-  cmd "qemu-nbd --persistent --shared=8 --format=qcow2 --cache=writeback --aio=threads --socket=$SOCK $1"
-  qemu-nbd --persistent --shared=8 --format=qcow2 --cache=writeback --aio=threads \
-    "--socket=$SOCK" "$1" </dev/null >>"$WORK/server.log" 2>&1 &
-  SERVER_PID=$!
-  wait_ready
-}
+start_qemu() { start_qemu_nbd_qcow2 "$1" "$SOCK" "$WORK/server.log"; }  # QCOW2
 stop_server() { stop_pid "$SERVER_PID"; SERVER_PID=""; }
 
 # fio NAME RW [extra...] -> JSON in $RESULTS/NAME.json; prints "IOPS SERVER_CPU_US_PER_IO".

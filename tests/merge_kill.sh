@@ -71,81 +71,7 @@ mk_cleanup() {
 }
 trap mk_cleanup EXIT
 
-# --- the writer -----------------------------------------------------------------------------
-WRITER="$WORK/merge_writer.py"
-cat >"$WRITER" <<'EOF'
-"""merge_writer.py URI LOG SEED ID_BASE STOP_FILE MAX_SECONDS [LO_MIB:HI_MIB]
-Writes acked_writer.py's tagged sectors (ids ID_BASE+1, ...) with up to 4 in flight, some FUA,
-a FLUSH every 5 writes, into the whole disk or [LO, HI) MiB, until STOP_FILE exists, MAX_SECONDS passed, or the server dies; then
-records in LOG (acked_writer's log format) which writes were issued, acknowledged, durable."""
-import json, os, random, sys, time
-import nbd
-from acked_writer import SECTOR, write_payload
-
-uri, log_path, seed, id_base, stop_file, max_s = sys.argv[1:7]
-region = sys.argv[7] if len(sys.argv) > 7 else ""
-rng, id_base, deadline = random.Random(int(seed)), int(id_base), time.monotonic() + float(max_s)
-log = {"size": 0, "writes": [], "flushes": 0, "snapshot": {"requested": False}, "died_at": None}
-writes, inflight, busy, unflushed = log["writes"], {}, set(), []
-h = nbd.NBD()
-def reap(block):
-    limit = time.monotonic() + 30
-    while True:
-        for c in [c for c in list(inflight) if h.aio_command_completed(c)]:
-            w = writes[inflight.pop(c)]
-            w["acked"] = True
-            busy.difference_update(range(w["off"] // SECTOR, (w["off"] + w["len"]) // SECTOR))
-            if w["fua"]:
-                w["durable"] = True
-            else:
-                unflushed.append(w["id"] - id_base - 1)
-        if not inflight or (not block and len(inflight) < 4):
-            return
-        if time.monotonic() > limit:
-            raise TimeoutError("no completion within 30 s")
-        h.poll(1000)
-try:
-    h.connect_uri(uri)
-    log["size"] = size = h.get_size()
-    lo, hi = ((int(x) << 20) // SECTOR for x in region.split(":")) if region else (0, size // SECTOR)
-    k = 0
-    while not os.path.exists(stop_file) and time.monotonic() < deadline:
-        while True:
-            length = rng.choice([SECTOR, 4096, 4096, 8192, 65536, 3 * SECTOR])
-            off = rng.randrange(lo, hi - length // SECTOR + 1) * SECTOR
-            secs = range(off // SECTOR, (off + length) // SECTOR)
-            if not any(s in busy for s in secs):
-                break
-        i = len(writes)
-        fua = rng.random() < 0.15
-        writes.append({"id": id_base + i + 1, "off": off, "len": length, "fua": fua,
-                       "acked": False, "durable": False, "phase": "A"})
-        busy.update(secs)
-        inflight[h.aio_pwrite(write_payload(id_base + i + 1, off, length), off,
-                              flags=nbd.CMD_FLAG_FUA if fua else 0)] = i
-        if len(inflight) >= 4:
-            reap(False)
-        k += 1
-        if k % 5 == 0:
-            reap(True)
-            covered = list(unflushed)
-            h.flush()
-            for j in covered:
-                writes[j]["durable"] = True
-            unflushed.clear()
-            log["flushes"] += 1
-            time.sleep(0.002)  # leave the copy some of the disk
-    reap(True)
-    covered = list(unflushed)
-    h.flush()
-    for j in covered:
-        writes[j]["durable"] = True
-    h.shutdown()
-except (nbd.Error, TimeoutError, OSError) as e:
-    log["died_at"] = f"write {len(writes)}: {e}"
-with open(log_path, "w") as f:
-    json.dump(log, f)
-EOF
+# --- the writer: acked_writer.py stream; its logs merged into one for `verify` ---------------
 MERGE_LOGS="$WORK/merge_logs.py"
 cat >"$MERGE_LOGS" <<'EOF'
 import json, sys  # merge_logs.py OUT LOG... : one log, the writes in order (ids are unique)
@@ -248,7 +174,7 @@ WPID=""
 writer_start() {  # [LO_MIB:HI_MIB] a writer for this server's lifetime
   WRUN=$((WRUN + 1)); rm -f "$CASE/stop"
   WLOGS+=("$CASE/w$WRUN.json")
-  PYTHONPATH="$LIBDIR" timeout 120 /usr/bin/python3 "$WRITER" "$URI_TOP" "$CASE/w$WRUN.json" \
+  PYTHONPATH="$LIBDIR" timeout 120 /usr/bin/python3 "$LIBDIR/acked_writer.py" stream "$URI_TOP" "$CASE/w$WRUN.json" \
     "$((RANDOM + WRUN))" "$((WRUN * 1000000))" "$CASE/stop" 90 ${1:-} >"$CASE/w$WRUN.out" 2>&1 &
   WPID=$!
 }

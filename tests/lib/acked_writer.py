@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""NBD writer and verifier for tests/kill_sweep.sh's live family (python3-libnbd).
+"""NBD writer and verifier for tests/kill_sweep.sh's live family and tests/merge_kill.sh
+(python3-libnbd).
 
   acked_writer.py write URI CTL SNAPNAME LOG STRATA [SEED]
       Writes a seeded workload (sector-aligned writes of 512 B .. 64 KiB, some FUA, up to 4 in
@@ -14,9 +15,14 @@
       must exist and read exactly the disk at the time of the request, and so must one that
       exists although the request got no reply (crash-atomic); the snapshots that existed
       before (SNAPS_JSON: {"@NAME": "expected.raw"}) must read unchanged.
+  acked_writer.py stream URI LOG SEED ID_BASE STOP_FILE MAX_SECONDS [LO_MIB:HI_MIB]
+      Writes as `write` does (ids ID_BASE+1, ...; the whole disk or [LO, HI) MiB), a FLUSH every
+      5 writes, until STOP_FILE exists, MAX_SECONDS passed or the server dies; LOG as `write`'s
+      (tests/merge_kill.sh runs several during one merge and verifies their merged logs).
 Exit 0 when all holds; otherwise exit 1 with every violation on stderr (at most 10 sectors).
 """
 import json
+import os
 import random
 import subprocess
 import sys
@@ -39,8 +45,81 @@ def write_payload(wid, off, length):
     return b"".join(sector_bytes(wid, first + i) for i in range(length // SECTOR))
 
 
+class Writer:
+    """Seeded writes of tagged sectors through one connection, up to 4 in flight, some FUA;
+    records in `log` which were issued, acknowledged, and made durable (a completed FLUSH or
+    FUA). Write ids start after `id_base`, so that several writers' logs merge."""
+
+    def __init__(self, h, rng, log, id_base=0, lo=0, hi=None):
+        self.h, self.rng, self.log, self.id_base = h, rng, log, id_base
+        self.lo, self.hi = lo, hi if hi is not None else log["size"] // SECTOR
+        self.writes = log["writes"]
+        self.inflight = {}         # libnbd cookie -> index in writes
+        self.busy = set()          # sectors with a write in flight: never two at once on a sector
+        self.acked_unflushed = []  # acknowledged, not yet covered by a completed FLUSH
+
+    def reap(self, block):
+        # Completions: a write is acknowledged when libnbd reports its command complete.
+        # block: until none is in flight; else until fewer than 4 are.
+        deadline = time.monotonic() + 30
+        while True:
+            for c in [c for c in list(self.inflight) if self.h.aio_command_completed(c)]:
+                w = self.writes[self.inflight.pop(c)]
+                w["acked"] = True
+                self.busy.difference_update(range(w["off"] // SECTOR,
+                                                  (w["off"] + w["len"]) // SECTOR))
+                if w["fua"]:
+                    w["durable"] = True
+                else:
+                    self.acked_unflushed.append(w["id"] - self.id_base - 1)
+            if not self.inflight or (not block and len(self.inflight) < 4):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError("no completion within 30 s")
+            self.h.poll(1000)
+
+    def flush(self):
+        self.reap(block=True)
+        covered = list(self.acked_unflushed)  # acknowledged before the FLUSH was sent
+        self.h.flush()
+        for i in covered:
+            self.writes[i]["durable"] = True
+        self.acked_unflushed.clear()
+        self.log["flushes"] += 1
+
+    def mark_all_durable(self):
+        # A snapshot (durable before its reply) covers every write acknowledged before it.
+        for w in self.writes:
+            if w["acked"]:
+                w["durable"] = True
+        self.acked_unflushed.clear()
+
+    def one_write(self, phase):
+        while True:
+            length = self.rng.choice([SECTOR, 4096, 4096, 8192, 65536, 3 * SECTOR])
+            off = self.rng.randrange(self.lo, self.hi - length // SECTOR + 1) * SECTOR
+            secs = range(off // SECTOR, (off + length) // SECTOR)
+            if not any(s in self.busy for s in secs):
+                break
+        i = len(self.writes)
+        wid = self.id_base + i + 1
+        fua = self.rng.random() < 0.15
+        self.writes.append({"id": wid, "off": off, "len": length, "fua": fua, "acked": False,
+                            "durable": False, "phase": phase})
+        self.busy.update(secs)
+        c = self.h.aio_pwrite(write_payload(wid, off, length), off,
+                              flags=nbd.CMD_FLAG_FUA if fua else 0)
+        self.inflight[c] = i
+        if len(self.inflight) >= 4:
+            self.reap(block=False)
+
+
+def new_log(size, seed):
+    return {"size": size, "writes": [], "flushes": 0, "snapshot": {"requested": False},
+            "died_at": None, "seed": seed}
+
+
 def do_write(uri, ctl, snapname, log_path, strata, seed):
-    rng = random.Random(seed)
     h = nbd.NBD()
     try:
         h.connect_uri(uri)
@@ -49,74 +128,22 @@ def do_write(uri, ctl, snapname, log_path, strata, seed):
         # written, the log the test left ("before it served") stands.
         print(f"connect: {e}", file=sys.stderr)
         return
-    size = h.get_size()
-    nsec = size // SECTOR
-    log = {"size": size, "writes": [], "flushes": 0, "snapshot": {"requested": False},
-           "died_at": None, "seed": seed}
-    writes = log["writes"]
-    inflight = {}            # libnbd cookie -> write index
-    busy = set()             # sectors with a write in flight: never two at once on a sector
-    acked_unflushed = []     # acknowledged, not yet covered by a completed FLUSH
-
-    def reap(block):
-        # Completions: a write is acknowledged when libnbd reports its command complete.
-        # block: until none is in flight; else until fewer than 4 are.
-        deadline = time.monotonic() + 30
-        while True:
-            for c in [c for c in list(inflight) if h.aio_command_completed(c)]:
-                w = writes[inflight.pop(c)]
-                w["acked"] = True
-                busy.difference_update(range(w["off"] // SECTOR, (w["off"] + w["len"]) // SECTOR))
-                if w["fua"]:
-                    w["durable"] = True
-                else:
-                    acked_unflushed.append(w["id"] - 1)
-            if not inflight or (not block and len(inflight) < 4):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError("no completion within 30 s")
-            h.poll(1000)
-
-    def flush():
-        reap(block=True)
-        covered = list(acked_unflushed)  # acknowledged before the FLUSH was sent
-        h.flush()
-        for i in covered:
-            writes[i]["durable"] = True
-        acked_unflushed.clear()
-        log["flushes"] += 1
-
-    def one_write():
-        while True:
-            length = rng.choice([SECTOR, 4096, 4096, 8192, 65536, 3 * SECTOR])
-            off = rng.randrange(0, (nsec - length // SECTOR) + 1) * SECTOR
-            secs = range(off // SECTOR, (off + length) // SECTOR)
-            if not any(s in busy for s in secs):
-                break
-        i = len(writes)
-        fua = rng.random() < 0.15
-        writes.append({"id": i + 1, "off": off, "len": length, "fua": fua, "acked": False,
-                       "durable": False, "phase": log["snapshot"]["requested"] and "B" or "A"})
-        busy.update(secs)
-        c = h.aio_pwrite(write_payload(i + 1, off, length), off,
-                         flags=nbd.CMD_FLAG_FUA if fua else 0)
-        inflight[c] = i
-        if len(inflight) >= 4:
-            reap(block=False)
+    log = new_log(h.get_size(), seed)
+    w = Writer(h, random.Random(seed), log)
 
     def phase(count):
         for k in range(count):
-            one_write()
+            w.one_write(log["snapshot"]["requested"] and "B" or "A")
             if k % 5 == 4:
-                flush()
-        flush()
+                w.flush()
+        w.flush()
 
     try:
         phase(40)
-        reap(block=True)
+        w.reap(block=True)
         snap = log["snapshot"]
         snap.update({"requested": True, "name": snapname, "ok": False,
-                     "before": len(writes)})  # writes[:before] all acknowledged: none in flight
+                     "before": len(log["writes"])})  # all acknowledged: none in flight
         try:
             p = subprocess.run([strata, "snapshot", "--control", ctl, snapname, "--json"],
                                capture_output=True, text=True, timeout=30)
@@ -128,15 +155,37 @@ def do_write(uri, ctl, snapname, log_path, strata, seed):
         except subprocess.TimeoutExpired:
             snap["reply"] = "no reply within 30 s"
         if snap["ok"]:
-            # The snapshot is durable before its reply and holds every write acknowledged
-            # before the request, so the top layer's view of them is durable too.
-            for i in range(snap["before"]):
-                writes[i]["durable"] = True
-            acked_unflushed.clear()
+            w.mark_all_durable()
         phase(40)
         h.shutdown()
     except (nbd.Error, TimeoutError, OSError) as e:
-        log["died_at"] = f"write {len(writes)}: {e}"
+        log["died_at"] = f"write {len(log['writes'])}: {e}"
+    with open(log_path, "w") as f:
+        json.dump(log, f)
+
+
+def do_stream(uri, log_path, seed, id_base, stop_file, max_seconds, region=""):
+    """Writes until STOP_FILE exists, MAX_SECONDS passed, or the server dies; a FLUSH every 5
+    writes, then a short pause (leaving the disk some room for a merge running beside it)."""
+    deadline = time.monotonic() + float(max_seconds)
+    log = new_log(0, int(seed))
+    h = nbd.NBD()
+    try:
+        h.connect_uri(uri)
+        log["size"] = h.get_size()
+        lo, hi = ((int(x) << 20) // SECTOR for x in region.split(":")) if region else (0, None)
+        w = Writer(h, random.Random(int(seed)), log, int(id_base), lo, hi)
+        k = 0
+        while not os.path.exists(stop_file) and time.monotonic() < deadline:
+            w.one_write("A")
+            k += 1
+            if k % 5 == 0:
+                w.flush()
+                time.sleep(0.002)
+        w.flush()
+        h.shutdown()
+    except (nbd.Error, TimeoutError, OSError) as e:
+        log["died_at"] = f"write {len(log['writes'])}: {e}"
     with open(log_path, "w") as f:
         json.dump(log, f)
 
@@ -236,6 +285,8 @@ if __name__ == "__main__":
     if mode == "write":
         seed = int(sys.argv[7]) if len(sys.argv) > 7 else 1
         do_write(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], seed)
+    elif mode == "stream":
+        do_stream(*sys.argv[2:9])
     elif mode == "verify":
         sys.exit(do_verify(*sys.argv[2:7]))
     else:
