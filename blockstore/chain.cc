@@ -3,12 +3,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <functional>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <thread>
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/cord.h"
@@ -602,8 +604,15 @@ absl::StatusOr<WritePlan> Chain::PrepareWriteBlocking(uint64_t offset, uint64_t 
   (void)ReplenishSlots();
   // Terminates: a replenish that returns OK left a slot ready, and each retry gives at least
   // one more cluster its slot (no other writer runs beside a synchronous caller).
+  // A conflict (another thread's unaligned write, a stream's copy of the cluster) lasts well
+  // under a millisecond: waited out, as the server parks the request, for up to 10 s.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   for (;;) {
     auto plan = PrepareWrite(offset, length);
+    if (IsWriteConflict(plan.status()) && std::chrono::steady_clock::now() < give_up) {
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+      continue;
+    }
     if (!NeedsSlots(plan.status())) return plan;
     if (auto s = ReplenishSlots(); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("write ", offset, "+", length, ": ", s.message()));
@@ -741,26 +750,55 @@ absl::Status Chain::FlushLocked() {
   return s.ok() ? s : failure_;
 }
 
+namespace {
+
+// Appends `e` to *out, merged into the last run when it continues it.
+void AppendExtent(std::vector<Extent>* out, const Extent& e) {
+  if (!out->empty() && out->back().offset + out->back().length == e.offset &&
+      out->back().layer == e.layer && out->back().zero == e.zero && out->back().data == e.data) {
+    Extent& back = out->back();
+    if (back.file_offset < 0 ||
+        back.file_offset + static_cast<int64_t>(back.length) != e.file_offset) {
+      back.file_offset = -1;
+    }
+    back.length += e.length;
+  } else {
+    out->push_back(e);
+  }
+}
+
+}  // namespace
+
 absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const {
   if (auto s = CheckRange(offset, length); !s.ok()) return s;
-  ReaderMutexLock lock(&mu_);
-  ForEachSegment(offset, length, [out](uint64_t at, const Segment& seg) {
-    const bool data = seg.kind == Segment::Kind::kData;
-    Extent e{at, seg.length, seg.layer, /*zero=*/!data, data,
-             data ? static_cast<int64_t>(seg.file_offset) : -1};
-    if (!out->empty() && out->back().offset + out->back().length == e.offset &&
-        out->back().layer == e.layer && out->back().zero == e.zero &&
-        out->back().data == e.data) {
-      Extent& back = out->back();
-      if (back.file_offset < 0 ||
-          back.file_offset + static_cast<int64_t>(back.length) != e.file_offset) {
-        back.file_offset = -1;
-      }
-      back.length += e.length;
-    } else {
-      out->push_back(e);
+  std::vector<Extent> walked;
+  {
+    ReaderMutexLock lock(&mu_);
+    ForEachSegment(offset, length, [&walked](uint64_t at, const Segment& seg) {
+      const bool data = seg.kind == Segment::Kind::kData;
+      AppendExtent(&walked, {at, seg.length, seg.layer, /*zero=*/!data, data,
+                             data ? static_cast<int64_t>(seg.file_offset) : -1});
+    });
+  }
+  for (const Extent& e : walked) {
+    if (e.layer != 0 || !e.data) {
+      AppendExtent(out, e);
+      continue;
     }
-  });
+    // The raw base's own holes read as zeros and hold no data: said so, as qemu-img map and
+    // qemu-nbd's base:allocation do, so that copies (export, nbdcopy, a backup) keep them sparse.
+    auto ranges = DataRanges(base_->file->fd(), base_->file->path(), e.offset, e.length);
+    if (!ranges.ok()) return ranges.status();
+    uint64_t at = e.offset;
+    for (const auto& [start, end] : *ranges) {
+      if (start > at) AppendExtent(out, {at, start - at, 0, /*zero=*/true, /*data=*/false, -1});
+      AppendExtent(out, {start, end - start, 0, false, true, static_cast<int64_t>(start)});
+      at = end;
+    }
+    if (at < e.offset + e.length) {
+      AppendExtent(out, {at, e.offset + e.length - at, 0, true, false, -1});
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -312,7 +312,8 @@ class Chain {
   absl::Status CheckWritable() const;
   absl::Status CheckNewSnapshotName(absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   absl::Status ReadSegments(const std::vector<Segment>& segments, char* out) const;
-  // PrepareWrite, replenishing and retrying while it needs slots: for synchronous callers.
+  // PrepareWrite, replenishing and retrying while it needs slots or conflicts: for synchronous
+  // callers.
   absl::StatusOr<WritePlan> PrepareWriteBlocking(uint64_t offset, uint64_t length);
   void MapReadLocked(uint64_t offset, uint64_t length, std::vector<Segment>* out) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);

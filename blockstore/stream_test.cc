@@ -133,7 +133,8 @@ TEST_F(StreamTest, WritesDuringTheStreamWin) {
         // Unaligned, so that some widen and read margins from the layer being deleted.
         const uint64_t off = (rng() % (kDisk / 2 - 10000)) + t * (kDisk / 2);
         std::string data = PatternBytes(1 + rng() % 9000, rng());
-        ASSERT_TRUE(chain->Write(off, data).ok());
+        const absl::Status s = chain->Write(off, data);
+        ASSERT_TRUE(s.ok()) << s;
         writes[t].emplace_back(off, std::move(data));
         if (i > 5000) break;
       }
