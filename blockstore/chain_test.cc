@@ -182,6 +182,51 @@ TEST_F(ChainTest, ExtentsTellLayerZeroDataAndFileOffset) {
   EXPECT_EQ(extents[2].file_offset, 2 * 65536);  // a raw base: the virtual offset
 }
 
+// A sparse raw base: its holes are zeros and no data (as qemu-img map says of a raw file), its
+// data is data; what a layer holds over a hole is the layer's.
+TEST_F(ChainTest, ExtentsReportTheRawBasesHoles) {
+  ASSERT_EQ(truncate(base_.c_str(), 0), 0);
+  ASSERT_EQ(truncate(base_.c_str(), kDisk), 0);  // all hole
+  const int fd = open(base_.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  const std::string data(1 << 20, 'b');
+  ASSERT_EQ(pwrite(fd, data.data(), data.size(), 2 << 20), static_cast<ssize_t>(data.size()));
+  close(fd);
+  auto chain = Open();
+  ASSERT_TRUE(chain->Write(6 << 20, std::string(65536, 'a')).ok());
+  std::vector<Extent> extents;
+  ASSERT_TRUE(chain->Extents(0, kDisk, &extents).ok());
+  auto at = [&](uint64_t offset) {
+    for (const Extent& e : extents) {
+      if (offset >= e.offset && offset < e.offset + e.length) return e;
+    }
+    return Extent{};
+  };
+  for (uint64_t hole : {uint64_t{0}, uint64_t{1} << 20, uint64_t{4} << 20, kDisk - 1}) {
+    const Extent e = at(hole);
+    EXPECT_EQ(e.layer, 0) << hole;
+    EXPECT_TRUE(e.zero) << hole;
+    EXPECT_FALSE(e.data) << hole;
+  }
+  const Extent base_data = at(2 << 20);
+  EXPECT_EQ(base_data.layer, 0);
+  EXPECT_TRUE(base_data.data);
+  EXPECT_FALSE(base_data.zero);
+  EXPECT_EQ(base_data.offset, uint64_t{2} << 20);
+  EXPECT_EQ(base_data.length, uint64_t{1} << 20);
+  EXPECT_EQ(base_data.file_offset, 2 << 20);
+  EXPECT_EQ(at(6 << 20).layer, 1);
+  EXPECT_TRUE(at(6 << 20).data);
+  // The runs tile the disk in order, and the reads agree with them.
+  uint64_t next = 0;
+  for (const Extent& e : extents) {
+    EXPECT_EQ(e.offset, next);
+    next = e.offset + e.length;
+  }
+  EXPECT_EQ(next, kDisk);
+  EXPECT_EQ(Read(chain.get(), (2 << 20) - 4096, 8192), std::string(4096, '\0') + std::string(4096, 'b'));
+}
+
 TEST_F(ChainTest, OutOfRangeIsRejected) {
   auto chain = Open();
   std::string buf(10, '\0');

@@ -567,25 +567,16 @@ absl::Status CrashEnv::ImportLocked(const std::string& path, uint64_t* inode) {
   // Only the data extents, and of them only blocks that are not zeros: absent reads as zeros.
   std::string block(kBlock, '\0');
   const std::string zeros(kBlock, '\0');
-  for (off_t pos = 0; s.ok() && uint64_t(pos) < i.size;) {
-    off_t data = lseek(fd, pos, SEEK_DATA);
-    if (data < 0) {
-      if (errno != ENXIO) s = ErrnoStatus(errno, "crash env: seek data", path, pos);
-      break;
-    }
-    off_t hole = lseek(fd, data, SEEK_HOLE);
-    if (hole < 0) {
-      s = ErrnoStatus(errno, "crash env: seek hole", path, data);
-      break;
-    }
-    for (uint64_t b = uint64_t(data) / kBlock; s.ok() && b * kBlock < uint64_t(hole); ++b) {
+  auto ranges = DataRanges(fd, path, 0, i.size);  // none when fstat failed (size 0)
+  if (s.ok() && !ranges.ok()) s = ranges.status();
+  for (const auto& [data, hole] : s.ok() ? *ranges : std::vector<std::pair<uint64_t, uint64_t>>{}) {
+    for (uint64_t b = data / kBlock; s.ok() && b * kBlock < hole; ++b) {
       ssize_t n = pread(fd, block.data(), kBlock, static_cast<off_t>(b * kBlock));
       if (n < 0) s = ErrnoStatus(errno, "crash env: read", path, static_cast<int64_t>(b * kBlock));
       if (n > 0 && block.compare(0, n, zeros, 0, n) != 0) {
         i.durable.Write(b * kBlock, absl::string_view(block.data(), n));
       }
     }
-    pos = hole;
   }
   close(fd);
   if (!s.ok()) return s;

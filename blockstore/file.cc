@@ -231,6 +231,29 @@ absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint6
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<std::pair<uint64_t, uint64_t>>> DataRanges(int fd, absl::string_view path,
+                                                                      uint64_t offset, uint64_t length) {
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  const uint64_t end = offset + length;
+  for (uint64_t pos = offset; pos < end;) {
+    off_t data = lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // no data from pos to the end of the file
+      return ErrnoStatus(errno, "seek data", path,
+                         static_cast<int64_t>(pos));
+    }
+    if (uint64_t(data) >= end) break;
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) {
+      return ErrnoStatus(errno, "seek hole", path,
+                         static_cast<int64_t>(data));
+    }
+    out.emplace_back(uint64_t(data), std::min<uint64_t>(uint64_t(hole), end));
+    pos = uint64_t(hole);
+  }
+  return out;
+}
+
 void AdviseWillNeed(const File& file, uint64_t offset, uint64_t length) {
   (void)posix_fadvise(file.fd(), static_cast<off_t>(offset), static_cast<off_t>(length),
                       POSIX_FADV_WILLNEED);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -53,6 +54,12 @@ class File {
 // starts reading it into the page cache (allocating the pages) without waiting. Changes no
 // data; ignored where it does not apply.
 void AdviseWillNeed(const File& file, uint64_t offset, uint64_t length);
+
+// The ranges of [offset, offset + length) of `path`, open as `fd`, that hold data, as
+// [start, end) pairs in order (SEEK_DATA / SEEK_HOLE): the rest are holes, which read as zeros.
+// A file system without hole reporting answers the whole range as data.
+absl::StatusOr<std::vector<std::pair<uint64_t, uint64_t>>> DataRanges(int fd, absl::string_view path,
+                                                                      uint64_t offset, uint64_t length);
 
 struct OpenOptions {
   bool writable = false;
