@@ -17,6 +17,8 @@ pkgs=(
   qemu-system-common
   # fault injection into the real binary (interrupted merges, failed fdatasync)
   strace
+  # the man page's rendering check (tests/install_and_completion.sh)
+  groff-base man-db
 )
 if [ "${1:-}" = "--with-guest" ]; then
   pkgs+=(qemu-system-x86 linux-image-cloud-amd64 busybox-static cpio e2fsprogs)
