@@ -20,6 +20,7 @@
 #include "cli/args.h"
 #include "cli/command.h"
 #include "cli/progress.h"
+#include "cli/serve_command.h"
 
 namespace strata::cli {
 
@@ -96,12 +97,13 @@ double Number(const json& j, const char* key) {
 }
 
 const CommandSpec kList{.name = "list",
-                        .usage = R"(usage: strata list --control SOCKET [--output=human|json]
+                        .usage = R"(usage: strata list [--output=human|json] --control SOCKET | LAYER
 
 The layers of a served disk, top first: position, state (active, frozen, freezing), snapshot
-name, data, age and file, from its server's control socket.
+name, data, age and file, from its server's control socket: SOCKET, or the one `strata serve
+LAYER` makes by default (<layer stem>.ctl beside LAYER).
 
-  --control SOCKET      the server's control socket (default <layer stem>.ctl beside the layer)
+  --control SOCKET      the server's control socket
   --output=human|json   the format (default human; --json is --output=json); in JSON, what a
                         layer does not have (a snapshot name, an export) is null
   -h, --help            this text
@@ -110,13 +112,15 @@ name, data, age and file, from its server's control socket.
                         .output = true};
 
 const CommandSpec kStats{.name = "stats",
-                         .usage = R"(usage: strata stats --control SOCKET [--output=human|json]
+                         .usage = R"(usage: strata stats [--output=human|json] --control SOCKET | LAYER
 
 A served disk's counters, from its server's control socket: requests by command, errors,
 bytes, latency percentiles (interpolated within power-of-two buckets), host-volume-full
 (ENOSPC) episodes, a failed sync, live snapshots and their I/O pauses, and each connection.
+The socket: SOCKET, or the one `strata serve LAYER` makes by default (<layer stem>.ctl beside
+LAYER).
 
-  --control SOCKET      the server's control socket (default <layer stem>.ctl beside the layer)
+  --control SOCKET      the server's control socket
   --output=human|json   the format (default a human summary; --json is --output=json, the
                         server's whole reply)
   -h, --help            this text
@@ -124,13 +128,18 @@ bytes, latency percentiles (interpolated within power-of-two buckets), host-volu
                          .args = {.valued = {"--control"}},
                          .output = true};
 
-// The control request `request` for a command whose only option is --control; prints JSON
+// The control request `request` for a command whose only option is --control (or LAYER); prints JSON
 // replies itself. Returns the exit status when done, or nullopt with the reply in *reply.
 std::optional<int> Request(int argc, char** argv, const CommandSpec& spec, const char* request,
                            Args* args, json* reply) {
   if (auto exit = ParseCommand(argc, argv, spec, args)) return *exit;
-  if (!args->Has("--control") || !args->positional.empty()) return UsageError(spec);
-  auto r = ControlRequest(args->Get("--control"), {{"request", request}});
+  // Either the socket, or the layer whose server's default socket it is; not both.
+  if (args->Has("--control") == (args->positional.size() == 1) || args->positional.size() > 1) {
+    return UsageError(spec);
+  }
+  const std::string socket = args->Has("--control") ? args->Get("--control")
+                                                    : DefaultControlPath(args->positional[0]);
+  auto r = ControlRequest(socket, {{"request", request}});
   if (!r.ok()) return Fail(spec.name, r.status());
   r->erase("ok");
   if (args->Json()) {

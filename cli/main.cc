@@ -27,8 +27,8 @@ Serving:
   serve [options] LAYER                  serve the chain topped by LAYER over NBD
 Live, through a server's control socket (default <layer stem>.ctl beside the layer):
   snapshot --control SOCKET NAME         atomic snapshot while clients keep writing
-  list --control SOCKET                  layers: snapshots, files, sizes, ages
-  stats --control SOCKET                 requests, latency, ENOSPC, snapshot pauses, connections
+  list --control SOCKET | LAYER         layers: snapshots, files, sizes, ages
+  stats --control SOCKET | LAYER        requests, latency, ENOSPC, snapshot pauses, connections
   revert --control SOCKET [NAME]         go back to the parent (or NAME); no client connected
   delete-snapshot --control SOCKET NAME  delete any snapshot while clients keep writing
   commit --control SOCKET [LAYER]        merge LAYER's parent into it (default: the active layer)

@@ -66,6 +66,14 @@ grep -q "^serving $WORK/rel/disk.strata at nbd+unix:///?socket=$WORK/rel/disk.so
   || fail "no 'serving' line in the captured output: $OUT"
 size="$(timeout 20 nbdinfo --size "$SOCK_URI")" || fail "the daemon does not serve $SOCK_URI"
 [ "$size" = 16777216 ] || fail "nbdinfo --size says $size, not 16 MiB"
+# `list` and `stats` find the default control socket from the layer, by a relative path too.
+listed="$(cd "$WORK/elsewhere" && timeout 20 "$STRATA" list ../rel/disk.strata)" \
+  || fail "strata list ../rel/disk.strata: $listed"
+grep -q "active .*$WORK/rel/disk.strata" <<<"$listed" || fail "strata list LAYER shows: $listed"
+(cd "$WORK/elsewhere" && timeout 20 "$STRATA" stats --output=json ../rel/disk.strata | jq -e .total >/dev/null) \
+  || fail "strata stats --output=json ../rel/disk.strata gave no totals"
+out="$(timeout 20 "$STRATA" list --control "$WORK/rel/disk.ctl" "$WORK/rel/disk.strata" 2>&1)" \
+  && fail "list with both --control and LAYER was accepted: $out"
 stop_daemon "$PID_FILE"
 log "background, default log: the capture returned in $((SECONDS - start)) s"
 
