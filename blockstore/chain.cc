@@ -204,6 +204,41 @@ absl::Status RefuseUnfinishedMerge(Env* env, const std::string& path, const std:
       "): run `strata commit --resume ", top, "` to finish it"));
 }
 
+// Whether the raw file at `path`, of `size` bytes, can be the base the layer at `child_path`
+// (header `ch`) was created on: the size it recorded. `why` ends the message.
+absl::Status CheckRawBase(const std::string& child_path, const LayerHeader& ch,
+                          const std::string& path, uint64_t size, absl::string_view why) {
+  if (size == ch.parent_size) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat("layer ", child_path, ": raw base ", path,
+                                                    " is ", size, " bytes but was ",
+                                                    ch.parent_size,
+                                                    " when the layer was created: ", why));
+}
+
+// Whether the strata layer at `path` (header `ph`) can be the parent the layer at `child_path`
+// (header `ch`) names: the same UUID, size and geometry, frozen. `why` ends the UUID message.
+absl::Status CheckParentHeader(const std::string& child_path, const LayerHeader& ch,
+                               const std::string& path, const LayerHeader& ph,
+                               absl::string_view why) {
+  if (ph.uuid != ch.parent_uuid) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child_path, " expects parent UUID ", UuidToString(ch.parent_uuid), " but ",
+        path, " has ", UuidToString(ph.uuid), ": ", why));
+  }
+  if (ph.virtual_size != ch.virtual_size || ph.cluster_size != ch.cluster_size ||
+      ph.sub_block_size != ch.sub_block_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child_path, " and its parent ", path,
+        " differ in virtual size or cluster geometry"));
+  }
+  if (ph.state != LayerState::kFrozen) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child_path, ": parent ", path,
+        " is active (writable): a parent must be a frozen snapshot"));
+  }
+  return absl::OkStatus();
+}
+
 // The raw base at `path` that `child` names, checked against the size it recorded.
 absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const Layer& child,
                                                      const std::string& path,
@@ -218,10 +253,9 @@ absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const Layer& chil
   auto size = base->file->Size();
   if (!size.ok()) return size.status();
   base->size = *size;
-  if (base->size != child.header().parent_size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", child.path(), ": raw base ", path, " is ", base->size, " bytes but was ",
-        child.header().parent_size, " when the layer was created: the base changed"));
+  if (auto s = CheckRawBase(child.path(), child.header(), path, base->size, "the base changed");
+      !s.ok()) {
+    return s;
   }
   if (options.direct_io) {
     auto direct = env->Open(path, {.direct_io = true});
@@ -243,28 +277,67 @@ absl::StatusOr<std::unique_ptr<Layer>> OpenParent(Env* env, const Layer& child,
     return absl::Status(parent.status().code(), absl::StrCat("layer ", child.path(), ": parent: ",
                                                              parent.status().message()));
   }
-  const LayerHeader& ch = child.header();
-  const LayerHeader& ph = (*parent)->header();
-  if (ph.uuid != ch.parent_uuid) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", child.path(), " expects parent UUID ", UuidToString(ch.parent_uuid), " but ",
-        path, " has ", UuidToString(ph.uuid), ": the parent was replaced"));
-  }
-  if (ph.virtual_size != ch.virtual_size || ph.cluster_size != ch.cluster_size ||
-      ph.sub_block_size != ch.sub_block_size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", child.path(), " and its parent ", path,
-        " differ in virtual size or cluster geometry"));
-  }
-  if (ph.state != LayerState::kFrozen) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", child.path(), ": parent ", path,
-        " is active (writable): a parent must be a frozen snapshot"));
+  if (auto s = CheckParentHeader(child.path(), child.header(), path, (*parent)->header(),
+                                 "the parent was replaced");
+      !s.ok()) {
+    return s;
   }
   return parent;
 }
 
 }  // namespace
+
+namespace {
+
+// The header of the would-be new parent at `path`, checked against what the layer at
+// `layer_path` (header `ch`) recorded of its parent.
+absl::Status CheckNewParent(Env* env, const std::string& layer_path, const LayerHeader& ch,
+                            const std::string& path) {
+  constexpr absl::string_view kWhy = "not the parent it was created on (rebase -u only fixes "
+                                     "a moved parent's path; the data would be wrong)";
+  if (ch.parent_format == ParentFormat::kRaw) {
+    auto file = env->Open(path, {});
+    if (!file.ok()) return file.status();
+    auto size = (*file)->Size();
+    if (!size.ok()) return size.status();
+    return CheckRawBase(layer_path, ch, path, *size, kWhy);
+  }
+  auto header = ReadLayerHeader(env, path);
+  if (!header.ok()) return header.status();
+  if (auto s = RefuseUnfinishedMerge(env, path, layer_path); !s.ok()) return s;
+  return CheckParentHeader(layer_path, ch, path, *header, kWhy);
+}
+
+}  // namespace
+
+absl::StatusOr<LayerHeader> RebaseLayer(const std::string& layer_path,
+                                        const RebaseOptions& options) {
+  Env* env = options.env ? options.env : Env::Default();
+  LockSet locks;
+  if (auto s = locks.Exclusive(env, layer_path); !s.ok()) return s;
+  if (auto s = RefuseUnfinishedMerge(env, layer_path, layer_path); !s.ok()) return s;
+  auto header = ReadLayerHeader(env, layer_path);
+  if (!header.ok()) return header.status();
+  if (header->parent_format == ParentFormat::kNone) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        layer_path, " has no parent: there is no link to fix"));
+  }
+  if (options.parent_format != ParentFormat::kNone &&
+      options.parent_format != header->parent_format) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        layer_path, " was created on a ", Name(header->parent_format), " parent, not a ",
+        Name(options.parent_format), " one"));
+  }
+  const std::string parent = ResolvePath(DirName(layer_path), options.parent);
+  if (auto s = CheckNewParent(env, layer_path, *header, parent); !s.ok()) return s;
+  const std::string link = ParentLink(DirName(layer_path), parent);
+  if (auto s = EditLayerHeader(env, layer_path, [&](LayerHeader* h) { h->parent_path = link; });
+      !s.ok()) {
+    return s;
+  }
+  header->parent_path = link;
+  return header;
+}
 
 absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
                                                    ChainOptions options) {

@@ -160,6 +160,20 @@ struct CreateOptions {
 absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
                                         const CreateOptions& options);
 
+struct RebaseOptions {
+  std::string parent;  // the new path; relative: to the layer's directory (as qemu-img)
+  ParentFormat parent_format = ParentFormat::kNone;  // kNone: the one the header records
+  Env* env = nullptr;
+};
+// `strata rebase -u`: points the layer at `layer_path` (active or frozen) to its parent's new
+// path after the files moved, data untouched (like `qemu-img rebase -u`). Checked: the new
+// parent must be the one the header names (same format and size; for a strata parent the
+// same UUID and geometry, frozen), else kFailedPrecondition saying what differs. Takes the
+// layer's exclusive lock, so a served disk is refused. Crash-safe: one header update (two
+// copies). Returns the header now on disk.
+absl::StatusOr<LayerHeader> RebaseLayer(const std::string& layer_path,
+                                        const RebaseOptions& options);
+
 // What one Chain::CopyUp did.
 struct CopyUpResult {
   uint64_t bytes = 0;      // copied into the active layer

@@ -4,6 +4,7 @@
 
 #include "blockstore/format.h"
 #include "cli/control_client.h"
+#include "cli/convert_command.h"
 #include "cli/offline_commands.h"
 #include "cli/serve_command.h"
 
@@ -47,6 +48,10 @@ Layers (offline, like qemu-img):
   commit [--resume] LAYER                merge LAYER into its parent (crash-safe)
   delete-snapshot LAYER NAME             delete snapshot NAME by merging (crash-safe)
   revert LAYER [SNAPSHOT]                discard changes since the parent (or SNAPSHOT)
+  rebase -u -b NEW_PARENT LAYER          fix LAYER's parent path after moving a chain (checked)
+Disks in and out (with qemu-img; holes and zeros stay sparse):
+  convert SRC DST.strata                 import a qcow2, VHDX, VMDK, VDI, VHD or raw image
+  convert -O FMT LAYER OUT               export the disk topped by LAYER as qcow2, vmdk, ...
 
 info, map, check, list and stats take --output=human|json (--json is --output=json).
 )";
@@ -63,7 +68,8 @@ constexpr Command kCommands[] = {
     {"export", strata::cli::ExportCommand},     {"snapshot", strata::cli::SnapshotCommand},
     {"commit", strata::cli::CommitCommand},     {"revert", strata::cli::RevertCommand},
     {"delete-snapshot", strata::cli::DeleteSnapshotCommand},
-    {"cancel", strata::cli::CancelCommand},
+    {"cancel", strata::cli::CancelCommand},     {"rebase", strata::cli::RebaseCommand},
+    {"convert", strata::cli::ConvertCommand},
     {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
 };
 

@@ -22,6 +22,7 @@
 #include "cli/args.h"
 #include "cli/command.h"
 #include "cli/control_client.h"
+#include "cli/image_format.h"
 #include "cli/progress.h"
 #include "nlohmann/json.hpp"
 
@@ -58,6 +59,34 @@ absl::Status RecoverFirst(Env* env, const std::string& top) {
   return absl::OkStatus();
 }
 
+}  // namespace
+
+namespace {
+
+// After `layer` was linked to `parent` (as its header records it: relative to its directory):
+// remembers a strata parent's new child, so that a merge into the parent finds this branch
+// and refuses to change it.
+absl::Status RecordBranch(const std::string& layer, ParentFormat format,
+                          const std::string& parent) {
+  if (format != ParentFormat::kStrata) return absl::OkStatus();
+  return RecordBranchDir(Env::Default(), ResolvePath(DirName(layer), parent), layer);
+}
+
+}  // namespace
+
+absl::Status ParseLayerGeometry(const Args& args, CreateOptions* options) {
+  for (auto [option, field] : {std::pair{"--cluster-size", &options->cluster_size},
+                               std::pair{"--sub-block-size", &options->sub_block_size}}) {
+    if (!args.Has(option)) continue;
+    auto v = ParseSize(args.Get(option));
+    if (!v.ok()) return v.status();
+    *field = static_cast<uint32_t>(*v);
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
 const CommandSpec kCreate{
     .name = "create",
     .usage = R"(usage: strata create --size SIZE [--cluster-size SIZE] [--sub-block-size SIZE] LAYER
@@ -80,13 +109,7 @@ file or a frozen strata snapshot (a branch). strata never guesses a parent's for
 // The sizes and the parent of `strata create`, from its options.
 absl::StatusOr<CreateOptions> CreateOptionsOf(const Args& args) {
   CreateOptions options;
-  for (auto [option, field] : {std::pair{"--cluster-size", &options.cluster_size},
-                               std::pair{"--sub-block-size", &options.sub_block_size}}) {
-    if (!args.Has(option)) continue;
-    auto v = ParseSize(args.Get(option));
-    if (!v.ok()) return v.status();
-    *field = static_cast<uint32_t>(*v);
-  }
+  if (auto s = ParseLayerGeometry(args, &options); !s.ok()) return s;
   if (args.Has("--size")) {
     auto size = ParseSize(args.Get("--size"));
     if (!size.ok()) return size.status();
@@ -117,12 +140,9 @@ int CreateCommand(int argc, char** argv) {
   if (!options.ok()) return Fail(kCreate.name, options.status());
   auto header = CreateLayer(args.positional[0], *options);
   if (!header.ok()) return Fail(kCreate.name, header.status());
-  if (options->parent_format == ParentFormat::kStrata) {
-    // So that a merge into the parent finds this branch and refuses to change it.
-    const std::string parent = ResolvePath(DirName(args.positional[0]), options->parent);
-    if (auto s = RecordBranchDir(Env::Default(), parent, args.positional[0]); !s.ok()) {
-      return Fail(kCreate.name, s);
-    }
+  if (auto s = RecordBranch(args.positional[0], options->parent_format, options->parent);
+      !s.ok()) {
+    return Fail(kCreate.name, s);
   }
   std::printf("created %s: %s, cluster %s, sub-block %s%s\n", args.positional[0].c_str(),
               HumanBytes(header->virtual_size).c_str(), HumanBytes(header->cluster_size).c_str(),
@@ -202,6 +222,7 @@ void PrintInfoHuman(const Chain& chain, const std::vector<LayerInfo>& layers) {
 int InfoCommand(int argc, char** argv) {
   Args args;
   if (auto exit = ParseCommand(argc, argv, kInfo, &args)) return *exit;
+  if (auto s = RefuseForeignImage(args.positional[0]); !s.ok()) return Fail(kInfo.name, s);
   auto chain = Chain::Open(args.positional[0], {.writable = false, .lock = false});
   if (!chain.ok()) return Fail(kInfo.name, chain.status());
   const std::vector<LayerInfo> layers = (*chain)->Layers();
@@ -451,6 +472,57 @@ int ExportCommand(int argc, char** argv) {
   if (!s.ok()) return Fail(kExport.name, s);
   std::printf("exported %s (%s) to %s\n", top.c_str(), HumanBytes((*chain)->size()).c_str(),
               out_path.c_str());
+  return 0;
+}
+
+namespace {
+
+const CommandSpec kRebase{.name = "rebase",
+                          .usage = R"(usage: strata rebase -u -b NEW_PARENT [-F raw|strata] LAYER
+
+After a chain's files moved, points LAYER (active or frozen) at its parent's new path without
+touching data, like `qemu-img rebase -u`. Checked: NEW_PARENT must be the parent LAYER's header
+names (the same size, and for a strata parent the same UUID), else refused with what differs.
+Offline: takes LAYER's exclusive lock (a served disk is refused). Fix a chain top-down or
+bottom-up, one link per layer; `strata info` shows when the chain opens again.
+
+  -u, --unsafe               only the link changes (required: strata never copies in a rebase)
+  -b, --backing NEW_PARENT   the parent's new path (relative: to LAYER's directory)
+  -F, --backing-format FMT   raw or strata (default: the format LAYER records)
+  -h, --help                 this text
+)",
+                          .args = {.flags = {"--unsafe"},
+                                   .valued = {"--backing", "--backing-format"},
+                                   .aliases = {{"-u", "--unsafe"},
+                                               {"-b", "--backing"},
+                                               {"-F", "--backing-format"}}},
+                          .positional = 1};
+
+}  // namespace
+
+int RebaseCommand(int argc, char** argv) {
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kRebase, &args)) return *exit;
+  if (!args.Has("--unsafe")) {
+    return UsageError(kRebase, "only -u is supported: it fixes a moved parent's path, and "
+                               "strata never copies data to change a parent");
+  }
+  if (!args.Has("--backing")) return UsageError(kRebase, "-b NEW_PARENT is required");
+  RebaseOptions options{.parent = args.Get("--backing")};
+  if (args.Has("--backing-format")) {
+    if (auto s = ParseParentFormat(args.Get("--backing-format"), &options.parent_format);
+        !s.ok()) {
+      return UsageError(kRebase, s.message());
+    }
+  }
+  const std::string layer = args.positional[0];
+  auto header = RebaseLayer(layer, options);
+  if (!header.ok()) return Fail(kRebase.name, header.status());
+  if (auto s = RecordBranch(layer, header->parent_format, header->parent_path); !s.ok()) {
+    return Fail(kRebase.name, s);
+  }
+  std::printf("%s now links to its %s parent %s\n", layer.c_str(),
+              std::string(Name(header->parent_format)).c_str(), header->parent_path.c_str());
   return 0;
 }
 

@@ -4,7 +4,14 @@
 #ifndef STRATA_CLI_OFFLINE_COMMANDS_H_
 #define STRATA_CLI_OFFLINE_COMMANDS_H_
 
+#include "absl/status/status.h"
+#include "blockstore/chain.h"
+#include "cli/args.h"
+
 namespace strata::cli {
+
+// --cluster-size and --sub-block-size, as `create` takes them, into *options (convert too).
+absl::Status ParseLayerGeometry(const Args& args, CreateOptions* options);
 
 int CreateCommand(int argc, char** argv);
 int InfoCommand(int argc, char** argv);
@@ -16,6 +23,7 @@ int CommitCommand(int argc, char** argv);
 int DeleteSnapshotCommand(int argc, char** argv);
 int RevertCommand(int argc, char** argv);
 int CancelCommand(int argc, char** argv);
+int RebaseCommand(int argc, char** argv);
 
 }  // namespace strata::cli
 

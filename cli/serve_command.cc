@@ -713,7 +713,21 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   return CloseStorage(*std::move(storage), exit_code);
 }
 
+absl::StatusOr<int> ResolveAndServe(ServeOptions parsed) {
+  ServeOptions o = Resolve(std::move(parsed));
+  SetLogLevel(o.log_level);
+  WarnIfNoSyslog(o);
+  RaiseOpenFileLimit();
+  return Serve(o);
+}
+
 }  // namespace
+
+absl::StatusOr<int> ServeInProcess(const std::vector<std::string>& words) {
+  absl::StatusOr<ServeOptions> parsed = ParseServeOptions(words);
+  if (!parsed.ok()) return parsed.status();
+  return ResolveAndServe(*std::move(parsed));
+}
 
 int ServeCommand(int argc, char** argv) {
   std::vector<std::string> words(argv + std::min(argc, 2), argv + argc);
@@ -727,11 +741,7 @@ int ServeCommand(int argc, char** argv) {
     fputs(ServeUsage().c_str(), stdout);
     return 0;
   }
-  ServeOptions o = Resolve(*std::move(parsed));
-  SetLogLevel(o.log_level);
-  WarnIfNoSyslog(o);
-  RaiseOpenFileLimit();
-  absl::StatusOr<int> exit_code = Serve(o);
+  absl::StatusOr<int> exit_code = ResolveAndServe(*std::move(parsed));
   if (!exit_code.ok()) return Fail(exit_code.status().message());
   STRATA_LOG(kInfo, "stopped");
   return *exit_code;

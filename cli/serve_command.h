@@ -63,6 +63,10 @@ std::string TcpUri(const std::string& host, int port, const std::string& export_
 // `strata serve ...`: argv[1] is "serve", like every command in main.cc's table. Returns the
 // process exit status: 0, 1 when serving failed, 2 for bad usage, or the --run command's.
 int ServeCommand(int argc, char** argv);
+// `strata serve WORDS...` (the words after "serve") in this process, for a command that needs
+// a disk over NBD for one program (convert passes --run): the exit status serving returns
+// (the --run program's), or why serving could not start, unprinted for the caller to say.
+absl::StatusOr<int> ServeInProcess(const std::vector<std::string>& words);
 
 }  // namespace strata::cli
 
