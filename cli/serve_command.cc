@@ -29,6 +29,7 @@
 #include "server/engine/chain_storage.h"
 #include "server/listener.h"
 #include "server/nbd/export.h"
+#include "server/sd_notify.h"
 #include "server/server.h"
 
 namespace strata::cli {
@@ -68,6 +69,11 @@ Serves the chain whose top layer is LAYER over NBD.
                          to take the replies of requests already started; then close them
   --run 'CMD'            captive mode: run CMD via /bin/sh -c with $uri, $nbd, $unixsocket
                          (or $port), $exportname set; stop when it exits and return its status
+
+Under systemd (scripts/strata@.socket and strata@.service, with --foreground): sockets passed
+by socket activation (LISTEN_PID, LISTEN_FDS) are served instead of --socket and --listen
+(giving either then is an error); with $NOTIFY_SOCKET set, READY=1 is sent once the disk is
+served and STOPPING=1 when it stops (Type=notify).
 )";
 }
 
@@ -399,27 +405,66 @@ void AddDiskExport(const ServeOptions& o, ChainStorage* storage, ExportTable* ex
 // Where clients reach the disk: what the "serving" lines print and --run's variables hold.
 struct Endpoint {
   std::string uri;        // the unix socket's when there is one, else the TCP address's
-  std::string unix_path;  // empty when only TCP is served
-  int tcp_port = 0;
+  std::string unix_path;  // empty when only TCP is served (or the unix socket has no file)
+  std::string tcp_host;   // TCP: the address as the URI names it
+  int tcp_port = 0;       // TCP: 0 when the endpoint is a unix socket
 };
+
+// Where `l` is reached; `tcp_host` names a TCP listener's address (as --listen gave it). A unix
+// socket without a file (abstract, passed by a service manager) has no URI: its description.
+Endpoint EndpointOf(const Listener& l, const std::string& tcp_host,
+                    const std::string& export_name) {
+  if (l.tcp()) {
+    return {.uri = TcpUri(tcp_host, l.port, export_name), .tcp_host = tcp_host,
+            .tcp_port = l.port};
+  }
+  if (l.unix_path.empty()) return {.uri = l.description};
+  return {.uri = UnixUri(l.unix_path, export_name), .unix_path = l.unix_path};
+}
+
+// "unix:/a.sock, tcp:127.0.0.1:10809".
+std::string Describe(const std::vector<Listener>& listeners) {
+  std::string where;
+  for (const Listener& l : listeners) {
+    absl::StrAppend(&where, where.empty() ? "" : ", ", l.description);
+  }
+  return where;
+}
 
 // Opens the unix socket (unless --listen alone) and the TCP one (with --listen), handing them
 // to `acceptor`, which closes them whatever happens next.
-absl::StatusOr<Endpoint> Listen(const ServeOptions& o, AcceptLoop* acceptor) {
-  Endpoint e;
+absl::StatusOr<Endpoint> Bind(const ServeOptions& o, AcceptLoop* acceptor) {
+  std::optional<Endpoint> e;
   if (o.socket || !o.listen_address) {
-    e.unix_path = Absolute(o.socket.value_or(DefaultSocketPath(o.layer)));
-    absl::StatusOr<Listener> l = ListenUnix(e.unix_path, o.socket_mode);
+    absl::StatusOr<Listener> l =
+        ListenUnix(Absolute(o.socket.value_or(DefaultSocketPath(o.layer))), o.socket_mode);
     if (!l.ok()) return l.status();
+    e = EndpointOf(*l, "", o.export_name);
     acceptor->Add(*std::move(l));
-    e.uri = UnixUri(e.unix_path, o.export_name);
   }
   if (o.listen_address) {
     absl::StatusOr<Listener> l = ListenTcp(*o.listen_address, o.listen_port);
     if (!l.ok()) return l.status();
-    e.tcp_port = l->port;
+    if (!e) e = EndpointOf(*l, *o.listen_address, o.export_name);
     acceptor->Add(*std::move(l));
-    if (e.uri.empty()) e.uri = TcpUri(*o.listen_address, e.tcp_port, o.export_name);
+  }
+  return *e;
+}
+
+// The sockets a service manager passed (socket activation) take the place of --socket and
+// --listen: asking for both is a mistake in the unit, said rather than guessed at.
+absl::StatusOr<Endpoint> Listen(const ServeOptions& o, AcceptLoop* acceptor) {
+  absl::StatusOr<std::vector<Listener>> passed = PassedListeners();
+  if (!passed.ok()) return passed.status();
+  if (passed->empty()) return Bind(o, acceptor);
+  Endpoint e = EndpointOf(passed->front(), passed->front().host, o.export_name);
+  std::string where = Describe(*passed);
+  for (Listener& l : *passed) acceptor->Add(std::move(l));
+  if (o.socket || o.listen_address) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the service manager passed %s (LISTEN_FDS): drop --socket and --listen from the "
+        "command, or start it without socket activation",
+        where));
   }
   return e;
 }
@@ -427,6 +472,21 @@ absl::StatusOr<Endpoint> Listen(const ServeOptions& o, AcceptLoop* acceptor) {
 void PrintServing(const std::string& layer, const std::string& uri) {
   printf("serving %s at %s\nnbdinfo '%s'\n", layer.c_str(), uri.c_str(), uri.c_str());
   fflush(stdout);
+}
+
+// Tells a service manager (Type=notify; nothing without $NOTIFY_SOCKET) how the server is. A
+// failure is logged, not fatal: the disk is served either way, and systemd says itself when a
+// start's readiness never came.
+void Notify(const std::string& state) {
+  if (absl::Status st = NotifyServiceManager(state); !st.ok()) {
+    STRATA_LOG(kError, "%s", st.message());
+  }
+}
+
+// Readiness, from the process the service manager started: its own pid in the foreground, the
+// daemon's from the daemon's parent (systemd takes MAINPID= only from the main process).
+void NotifyReady(pid_t main_pid, const std::string& layer, const std::string& uri) {
+  Notify(absl::StrFormat("READY=1\nMAINPID=%d\nSTATUS=serving %s at %s", main_pid, layer, uri));
 }
 
 // The parent of a daemon: waits until the daemon serves, then tells the user where and exits 0;
@@ -440,6 +500,7 @@ void PrintServing(const std::string& layer, const std::string& uri) {
     n = read(ready_fd, &c, 1);
   } while (n < 0 && errno == EINTR);
   if (n == 1) {
+    NotifyReady(daemon, layer, uri);
     PrintServing(layer, uri);
     _exit(0);
   }
@@ -575,10 +636,7 @@ class PidFile {
 
 void LogServing(const ServeOptions& o, const ExportTable& exports, const AcceptLoop& acceptor,
                 const ControlSocket* control) {
-  std::string where;
-  for (const Listener& l : acceptor.listeners()) {
-    absl::StrAppend(&where, where.empty() ? "" : ", ", l.description);
-  }
+  std::string where = Describe(acceptor.listeners());
   std::shared_ptr<const Export> disk = exports.Find("");
   STRATA_LOG(kInfo, "serving %s (%s, cache=%s%s) on %s with %d workers%s", o.layer,
              disk->description, Name(o.cache), disk->read_only ? ", read-only" : "", where,
@@ -590,12 +648,12 @@ void SetCaptiveEnvironment(const ServeOptions& o, const Endpoint& e) {
   setenv("uri", e.uri.c_str(), 1);
   setenv("exportname", o.export_name.c_str(), 1);
   std::string nbd;
-  if (!e.unix_path.empty()) {
+  if (e.tcp_port != 0) {
+    setenv("port", absl::StrCat(e.tcp_port).c_str(), 1);
+    nbd = absl::StrFormat("nbd:%s:%d", e.tcp_host, e.tcp_port);
+  } else {
     setenv("unixsocket", e.unix_path.c_str(), 1);
     nbd = absl::StrCat("nbd:unix:", e.unix_path);
-  } else {
-    setenv("port", absl::StrCat(e.tcp_port).c_str(), 1);
-    nbd = absl::StrFormat("nbd:%s:%d", *o.listen_address, e.tcp_port);
   }
   if (!o.export_name.empty()) absl::StrAppend(&nbd, ":exportname=", o.export_name);
   setenv("nbd", nbd.c_str(), 1);
@@ -609,15 +667,19 @@ absl::StatusOr<pid_t> RunCaptive(const ServeOptions& o, const Endpoint& e,
   if (child > 0) return child;
   pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   signal(SIGPIPE, SIG_DFL);
+  // The command is not the service: its own sd_notify calls must not speak for the server.
+  unsetenv("NOTIFY_SOCKET");
   SetCaptiveEnvironment(o, e);
   execl("/bin/sh", "sh", "-c", o.run.c_str(), static_cast<char*>(nullptr));
   _exit(127);
 }
 
 // Says the server is ready to whoever waits for it: starts the --run command (returning its
-// pid), or wakes the daemon's waiting parent, or prints where it serves. Returns -1 but for --run.
+// pid), or wakes the daemon's waiting parent, or prints where it serves; and, in the
+// foreground, the service manager. Returns -1 but for --run.
 absl::StatusOr<pid_t> Announce(const ServeOptions& o, const Endpoint& e,
                                const ShutdownSignals& signals, int ready_fd) {
+  if (ready_fd < 0) NotifyReady(getpid(), o.layer, e.uri);
   if (!o.run.empty()) return RunCaptive(o, e, signals.old_mask);
   if (ready_fd >= 0) {
     char c = 'R';
@@ -704,6 +766,7 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   if (!child.ok()) return child.status();
   if (absl::Status st = acceptor.Start(); !st.ok()) return st;
   int exit_code = WaitForShutdown(signals.fd, *child);
+  Notify("STOPPING=1\nSTATUS=stopping: finishing the requests in flight, flushing the disk");
   // Stop accepting, finish in-flight requests, flush, close. The control socket first: it
   // waits for a request in progress (a pause is bounded).
   control->reset();

@@ -12,9 +12,13 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstddef>
+#include <cstdlib>
 #include <cstring>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/log.h"
@@ -22,19 +26,24 @@
 namespace strata {
 namespace {
 
-// "127.0.0.1:10809" or "[::1]:10809"; *port gets the port.
-std::string FormatAddress(const sockaddr_storage& ss, int* port) {
+// The numeric host ("127.0.0.1", "::1") of an IPv4 or IPv6 address; *port gets the port.
+std::string NumericHost(const sockaddr_storage& ss, int* port) {
   char host[INET6_ADDRSTRLEN] = "?";
   if (ss.ss_family == AF_INET6) {
     auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
     inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
     *port = ntohs(a->sin6_port);
-    return absl::StrFormat("[%s]:%d", host, *port);
+  } else {
+    auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    *port = ntohs(a->sin_port);
   }
-  auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
-  inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-  *port = ntohs(a->sin_port);
-  return absl::StrFormat("%s:%d", host, *port);
+  return host;
+}
+
+// "127.0.0.1:10809" or "[::1]:10809".
+std::string HostPort(const std::string& host, int port) {
+  return absl::StrFormat(host.find(':') == std::string::npos ? "%s:%d" : "[%s]:%d", host, port);
 }
 
 std::string PeerName(int fd) {
@@ -43,7 +52,62 @@ std::string PeerName(int fd) {
   if (getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
   if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) return "unix socket";
   int port;
-  return FormatAddress(ss, &port);
+  std::string host = NumericHost(ss, &port);
+  return HostPort(host, port);
+}
+
+// A listening TCP socket at the address `ss` it is bound to.
+Listener TcpListener(int fd, const sockaddr_storage& ss) {
+  Listener l{.fd = fd};
+  l.host = NumericHost(ss, &l.port);
+  l.description = absl::StrCat("tcp:", HostPort(l.host, l.port));
+  return l;
+}
+
+// A listening unix socket bound to `addr` (of `len` bytes): a file, an abstract name (shown as
+// "@NAME", as systemd writes it) or nothing (an unnamed socket).
+Listener UnixListener(int fd, const sockaddr_un& addr, socklen_t len) {
+  const size_t name_len = len > offsetof(sockaddr_un, sun_path)
+                              ? std::min<size_t>(len - offsetof(sockaddr_un, sun_path),
+                                                 sizeof(addr.sun_path))
+                              : 0;
+  Listener l{.fd = fd};
+  if (name_len == 0) {
+    l.description = absl::StrFormat("unix:(unnamed socket at fd %d)", fd);
+  } else if (addr.sun_path[0] == '\0') {
+    l.description = absl::StrCat("unix:@", absl::string_view(addr.sun_path + 1, name_len - 1));
+  } else {
+    l.unix_path = std::string(addr.sun_path, strnlen(addr.sun_path, name_len));
+    l.description = absl::StrCat("unix:", l.unix_path);
+  }
+  return l;
+}
+
+// Why nobody can accept on `fd`, if so. A socket unit with Accept=yes passes a connection, not
+// a listener; ListenDatagram= passes a datagram socket.
+absl::Status CheckListening(int fd) {
+  int type = 0;
+  socklen_t len = sizeof(type);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "fd %d is %s: the service manager must pass listening sockets (ListenStream= in the "
+        ".socket unit)",
+        fd, errno == EBADF ? "not open" : errno == ENOTSOCK ? "not a socket" : strerror(errno)));
+  }
+  if (type != SOCK_STREAM) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "fd %d is not a stream socket (type %d): NBD needs ListenStream= in the .socket unit",
+        fd, type));
+  }
+  int listening = 0;
+  len = sizeof(listening);
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "fd %d is a stream socket that does not listen: a .socket unit with Accept=yes passes "
+        "connections; strata needs Accept=no (the default)",
+        fd));
+  }
+  return absl::OkStatus();
 }
 
 // Whether a server accepts on the unix socket at `addr`; a socket file nobody accepts on is
@@ -102,9 +166,7 @@ absl::StatusOr<Listener> ListenTcpOn(const addrinfo& ai, const std::string& addr
   sockaddr_storage ss{};
   socklen_t len = sizeof(ss);
   getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
-  Listener l{.fd = fd};
-  l.description = absl::StrCat("tcp:", FormatAddress(ss, &l.port));
-  return l;
+  return TcpListener(fd, ss);
 }
 
 }  // namespace
@@ -125,7 +187,10 @@ absl::StatusOr<Listener> ListenUnix(const std::string& path, unsigned mode) {
     close(fd);
     return st;
   }
-  return Listener{.fd = fd, .description = absl::StrCat("unix:", path), .unix_path = path};
+  return Listener{.fd = fd,
+                  .description = absl::StrCat("unix:", path),
+                  .unix_path = path,
+                  .remove_file = true};
 }
 
 absl::StatusOr<Listener> ListenTcp(const std::string& address, int port) {
@@ -156,8 +221,74 @@ absl::StatusOr<Listener> ListenTcp(const std::string& address, int port) {
 void CloseListener(Listener* l) {
   if (l->fd >= 0) close(l->fd);
   l->fd = -1;
-  if (!l->unix_path.empty()) unlink(l->unix_path.c_str());
-  l->unix_path.clear();
+  if (l->remove_file) unlink(l->unix_path.c_str());
+  l->remove_file = false;
+}
+
+absl::StatusOr<Listener> AdoptListener(int fd) {
+  if (absl::Status st = CheckListening(fd); !st.ok()) return st;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrFormat("getsockname of fd %d", fd));
+  }
+  // Our children (a --run command) must not hold the listener open after we stop.
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) return TcpListener(fd, ss);
+  if (ss.ss_family == AF_UNIX) return UnixListener(fd, reinterpret_cast<sockaddr_un&>(ss), len);
+  return absl::FailedPreconditionError(absl::StrFormat(
+      "fd %d is a socket of address family %d: strata serves unix and TCP sockets", fd,
+      ss.ss_family));
+}
+
+namespace {
+
+// The value of `name` ("" when unset), which is then unset.
+std::string TakeEnv(const char* name) {
+  const char* value = getenv(name);
+  std::string taken = value == nullptr ? "" : value;
+  unsetenv(name);
+  return taken;
+}
+
+// Every descriptor from first_fd on, `n` of them, or the first one's error.
+absl::StatusOr<std::vector<Listener>> AdoptAll(int first_fd, int n) {
+  std::vector<Listener> listeners;
+  for (int fd = first_fd; fd < first_fd + n; ++fd) {
+    absl::StatusOr<Listener> l = AdoptListener(fd);
+    if (!l.ok()) {
+      for (Listener& adopted : listeners) CloseListener(&adopted);
+      return l.status();
+    }
+    listeners.push_back(*std::move(l));
+  }
+  return listeners;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<Listener>> PassedListeners(int first_fd) {
+  const std::string pid = TakeEnv("LISTEN_PID");
+  const std::string fds = TakeEnv("LISTEN_FDS");
+  TakeEnv("LISTEN_FDNAMES");
+  if (fds.empty()) return std::vector<Listener>();
+  int listen_pid = 0;
+  if (!absl::SimpleAtoi(pid, &listen_pid) || listen_pid != getpid()) {
+    // They were meant for the process that started us (it did not unset them).
+    STRATA_LOG(kInfo, "LISTEN_FDS=%s is for LISTEN_PID=%s, not this process (%d): ignored", fds,
+               pid, getpid());
+    return std::vector<Listener>();
+  }
+  int n = 0;
+  if (!absl::SimpleAtoi(fds, &n) || n < 0 || n > 1024) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "LISTEN_FDS=\"%s\" is not a number of passed sockets (socket activation)", fds));
+  }
+  absl::StatusOr<std::vector<Listener>> listeners = AdoptAll(first_fd, n);
+  if (listeners.ok()) return listeners;
+  return absl::Status(listeners.status().code(),
+                      absl::StrFormat("socket activation (LISTEN_FDS=%d): %s", n,
+                                      listeners.status().message()));
 }
 
 AcceptLoop::AcceptLoop(Handler on_connection) : on_connection_(std::move(on_connection)) {}
@@ -212,12 +343,12 @@ void AcceptLoop::AcceptAll(const Listener& l) {
       }
       return;
     }
-    if (l.unix_path.empty()) {
+    if (l.tcp()) {
       // NBD replies are small and latency-bound: do not let Nagle hold them back.
       int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     }
-    on_connection_(fd, l.unix_path.empty() ? PeerName(fd) : l.description);
+    on_connection_(fd, l.tcp() ? PeerName(fd) : l.description);
   }
 }
 

@@ -1,6 +1,7 @@
-// Where connections come from: listening sockets (unix and TCP) and the AcceptLoop, one thread
-// that accepts on them and hands every connection on (to Server::AddConnection) until it is
-// stopped. Signals, daemonizing and the pid file are the process's business (cli/serve_command).
+// Where connections come from: listening sockets (unix and TCP, created here or passed by a
+// service manager: socket activation) and the AcceptLoop, one thread that accepts on them and
+// hands every connection on (to Server::AddConnection) until it is stopped. Signals,
+// daemonizing and the pid file are the process's business (cli/serve_command).
 #ifndef STRATA_SERVER_LISTENER_H_
 #define STRATA_SERVER_LISTENER_H_
 
@@ -18,8 +19,13 @@ namespace strata {
 struct Listener {
   int fd = -1;
   std::string description;  // "unix:/path" or "tcp:127.0.0.1:10809"
-  std::string unix_path;    // unlinked at close when set
-  int port = 0;             // TCP: the port listened on (the real one when 0 was asked for)
+  std::string unix_path;    // a unix socket's file ("" for TCP, an abstract or unnamed socket)
+  // CloseListener removes unix_path: this process created the file. A socket passed by a
+  // service manager is not ours to remove: it outlives this server, for the next one.
+  bool remove_file = false;
+  std::string host;  // TCP: the address listened on, numeric ("127.0.0.1", "::1"); "" for unix
+  int port = 0;      // TCP: the port listened on (the real one when 0 was asked for)
+  bool tcp() const { return !host.empty(); }
 };
 
 // Creates a unix socket at `path` with permissions `mode`, replacing a stale socket file (one
@@ -28,8 +34,21 @@ absl::StatusOr<Listener> ListenUnix(const std::string& path, unsigned mode);
 // Listens on ADDR:PORT (an IPv4 or [IPv6] address, or a host name such as localhost); port 0
 // picks a free port (the description and `port` have the real one).
 absl::StatusOr<Listener> ListenTcp(const std::string& address, int port);
-// Closes the socket and removes its socket file. Idempotent.
+// Closes the socket and removes the socket file it created. Idempotent.
 void CloseListener(Listener* l);
+
+// Where a service manager passes the first socket (SD_LISTEN_FDS_START).
+inline constexpr int kFirstPassedFd = 3;
+// Socket activation, systemd's protocol (sd_listen_fds(3)), as nbdkit and qemu-nbd take it:
+// when $LISTEN_PID is this process and $LISTEN_FDS is N >= 1, the N listening sockets at
+// first_fd, first_fd + 1, ...; none (an empty vector) when the variables are unset or meant for
+// another process. Unsets LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES either way, so children do
+// not take the sockets as theirs, and marks the sockets close-on-exec. An error names the
+// descriptor that is not a listening stream socket.
+absl::StatusOr<std::vector<Listener>> PassedListeners(int first_fd = kFirstPassedFd);
+// `fd` as a Listener, if it is a listening stream socket (unix or TCP); its file is not removed
+// at close.
+absl::StatusOr<Listener> AdoptListener(int fd);
 
 // Accepts on a set of listeners from its own thread. Owns the listeners from Add on.
 class AcceptLoop {
@@ -48,8 +67,9 @@ class AcceptLoop {
   const std::vector<Listener>& listeners() const { return listeners_; }
   // Starts the thread that polls every listener and a wake-up eventfd.
   absl::Status Start();
-  // Wakes the thread, joins it, then closes every listener (their socket files go): a client
-  // connecting now is refused instead of waiting in a backlog nobody reads. Connections
+  // Wakes the thread, joins it, then closes every listener (the socket files it created go): a
+  // client connecting now is refused instead of waiting in a backlog nobody reads (a passed
+  // socket stays open in the service manager, which starts the next server on it). Connections
   // already handed on stay. Idempotent; call from the thread that called Start.
   void Stop();
 

@@ -1,15 +1,18 @@
 #include "server/listener.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
@@ -168,6 +171,120 @@ TEST_F(ListenerTest, SocketGetsExactlyTheRequestedMode) {
   ASSERT_EQ(stat(path_.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0660u);
   CloseListener(&*l);
+}
+
+// Socket activation, with the descriptors at kPassedFd instead of 3 (the test runner may hold
+// low descriptors): LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES as systemd sets them.
+class PassedListenersTest : public ListenerTest {
+ protected:
+  static constexpr int kPassedFd = 200;
+  void TearDown() override {
+    close(kPassedFd);
+    ListenerTest::TearDown();
+  }
+  // Puts `fd` at kPassedFd (without close-on-exec, as a service manager passes it).
+  void Pass(int fd, const std::string& listen_pid) {
+    ASSERT_EQ(dup2(fd, kPassedFd), kPassedFd);
+    close(fd);
+    setenv("LISTEN_PID", listen_pid.c_str(), 1);
+    setenv("LISTEN_FDS", "1", 1);
+    setenv("LISTEN_FDNAMES", "nbd", 1);
+  }
+  static bool EnvironmentUnset() {
+    return getenv("LISTEN_PID") == nullptr && getenv("LISTEN_FDS") == nullptr &&
+           getenv("LISTEN_FDNAMES") == nullptr;
+  }
+  // A unix stream socket bound at path_; listening when `listen` says so.
+  int BoundSocket(bool listen) {
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr = UnixAddress(path_);
+    EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+    if (listen) {
+      EXPECT_EQ(::listen(fd, 8), 0);
+    }
+    return fd;
+  }
+  // PassedListeners' error, or "" when it succeeded.
+  static std::string PassedError() {
+    absl::StatusOr<std::vector<Listener>> passed = PassedListeners(kPassedFd);
+    return passed.ok() ? "" : std::string(passed.status().message());
+  }
+};
+
+// The passed socket is served, named by its path, close-on-exec, and its file (the service
+// manager's) is still there once the server has stopped.
+TEST_F(PassedListenersTest, ServesThePassedSocketAndLeavesItsFile) {
+  ASSERT_NO_FATAL_FAILURE(Pass(BoundSocket(true), absl::StrCat(getpid())));
+  absl::StatusOr<std::vector<Listener>> passed = PassedListeners(kPassedFd);
+  ASSERT_TRUE(passed.ok()) << passed.status();
+  EXPECT_TRUE(EnvironmentUnset());
+  ASSERT_EQ(passed->size(), 1u);
+  EXPECT_EQ((*passed)[0].fd, kPassedFd);
+  EXPECT_EQ((*passed)[0].description, "unix:" + path_);
+  EXPECT_FALSE((*passed)[0].tcp());
+  EXPECT_TRUE(fcntl(kPassedFd, F_GETFD) & FD_CLOEXEC);
+  loop_.Add((*passed)[0]);
+  ASSERT_TRUE(loop_.Start().ok());
+  int client = ConnectTo(AF_UNIX, UnixAddress(path_));
+  ASSERT_GE(client, 0);
+  EXPECT_EQ(handed_.First().second, "unix:" + path_);
+  close(client);
+  loop_.Stop();
+  EXPECT_TRUE(std::filesystem::exists(path_));
+}
+
+TEST_F(PassedListenersTest, APassedTcpSocketIsDescribedByItsAddress) {
+  absl::StatusOr<Listener> tcp = ListenTcp("127.0.0.1", 0);
+  ASSERT_TRUE(tcp.ok()) << tcp.status();
+  int port = tcp->port;
+  ASSERT_NO_FATAL_FAILURE(Pass(tcp->fd, absl::StrCat(getpid())));
+  absl::StatusOr<std::vector<Listener>> passed = PassedListeners(kPassedFd);
+  ASSERT_TRUE(passed.ok()) << passed.status();
+  ASSERT_EQ(passed->size(), 1u);
+  EXPECT_TRUE((*passed)[0].tcp());
+  EXPECT_EQ((*passed)[0].host, "127.0.0.1");
+  EXPECT_EQ((*passed)[0].port, port);
+  EXPECT_EQ((*passed)[0].description, absl::StrCat("tcp:127.0.0.1:", port));
+}
+
+// LISTEN_PID names whoever the variables were for; another process's are left alone (but
+// unset, so our children do not take them either).
+TEST_F(PassedListenersTest, AnotherProcessesSocketsAreIgnored) {
+  ASSERT_NO_FATAL_FAILURE(Pass(BoundSocket(true), absl::StrCat(getppid())));
+  absl::StatusOr<std::vector<Listener>> passed = PassedListeners(kPassedFd);
+  ASSERT_TRUE(passed.ok()) << passed.status();
+  EXPECT_TRUE(passed->empty());
+  EXPECT_TRUE(EnvironmentUnset());
+  EXPECT_FALSE(fcntl(kPassedFd, F_GETFD) & FD_CLOEXEC) << "not ours: untouched";
+}
+
+TEST_F(PassedListenersTest, NoVariablesNoSockets) {
+  unsetenv("LISTEN_PID");
+  unsetenv("LISTEN_FDS");
+  absl::StatusOr<std::vector<Listener>> passed = PassedListeners(kPassedFd);
+  ASSERT_TRUE(passed.ok()) << passed.status();
+  EXPECT_TRUE(passed->empty());
+}
+
+// What a wrong .socket unit passes is refused with the descriptor and the fix.
+TEST_F(PassedListenersTest, AnythingButAListeningStreamSocketIsRefused) {
+  const std::string fd = absl::StrCat("fd ", kPassedFd, " ");
+  ASSERT_NO_FATAL_FAILURE(Pass(BoundSocket(false), absl::StrCat(getpid())));
+  EXPECT_NE(PassedError().find(fd + "is a stream socket that does not listen"),
+            std::string::npos) << PassedError();
+  EXPECT_TRUE(EnvironmentUnset());
+  ASSERT_NO_FATAL_FAILURE(Pass(socket(AF_UNIX, SOCK_DGRAM, 0), absl::StrCat(getpid())));
+  EXPECT_NE(PassedError().find(fd + "is not a stream socket"), std::string::npos)
+      << PassedError();
+  ASSERT_NO_FATAL_FAILURE(Pass(open("/dev/null", O_RDONLY), absl::StrCat(getpid())));
+  EXPECT_NE(PassedError().find(fd + "is not a socket"), std::string::npos) << PassedError();
+  close(kPassedFd);
+  setenv("LISTEN_PID", absl::StrCat(getpid()).c_str(), 1);
+  setenv("LISTEN_FDS", "1", 1);
+  EXPECT_NE(PassedError().find(fd + "is not open"), std::string::npos) << PassedError();
+  setenv("LISTEN_PID", absl::StrCat(getpid()).c_str(), 1);
+  setenv("LISTEN_FDS", "one", 1);
+  EXPECT_NE(PassedError().find("LISTEN_FDS=\"one\""), std::string::npos) << PassedError();
 }
 
 }  // namespace

@@ -46,14 +46,18 @@ interop_init() {
   log "server: $SERVER_KIND, work dir: $WORK"
 }
 
+# SIGTERM to our own process $1 (if it runs), SIGKILL if it is still there 10 s later.
+terminate_pid() {
+  [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 0
+  kill -TERM "$1" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
 interop_cleanup() {
   local rc=$?
-  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  terminate_pid "$SERVER_PID"
   if [ "$rc" -ne 0 ] && [ "$rc" -ne 77 ] && [ -f "$WORK/server.log" ]; then
     log "server log:"; tail -40 "$WORK/server.log" >&2
   fi
