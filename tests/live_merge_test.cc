@@ -53,11 +53,7 @@ namespace fs = std::filesystem;
 constexpr uint64_t kBlock = 4096;
 constexpr uint64_t kMagic = 0x5354524154414D47ull;  // "STRATAMG"
 
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
+using strata::testing::NowNs;
 
 void SleepMs(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 

@@ -60,11 +60,7 @@ using json = nlohmann::json;
 constexpr uint64_t kBlock = 4096;
 constexpr uint64_t kMagic = 0x5354524154414C56ull;  // "STRATALV"
 
-int64_t NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
-}
+using strata::testing::NowNs;
 
 void FillTagged(uint8_t* buf, uint32_t conn, uint32_t seq, uint32_t block) {
   ::strata::testing::FillTaggedBlock(buf, kMagic, conn, seq, block);

@@ -1,8 +1,10 @@
 // Tagged 4 KiB blocks for the live tests' writers: a header naming the write (magic, connection,
 // sequence, block), then bytes derived from it, so that a read tells exactly which write it
-// holds (or that it holds none).
+// holds (or that it holds none); and the clock the writers time their requests with.
 #ifndef STRATA_TESTS_TAGGED_BLOCK_H_
 #define STRATA_TESTS_TAGGED_BLOCK_H_
+
+#include <time.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -26,6 +28,13 @@ inline void FillTaggedBlock(uint8_t* buf, uint64_t magic, uint32_t conn, uint32_
     x ^= x << 17;
     std::memcpy(buf + i, &x, std::min<size_t>(8, kTaggedBlock - i));
   }
+}
+
+// CLOCK_MONOTONIC in nanoseconds.
+inline int64_t NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
 }  // namespace strata::testing
