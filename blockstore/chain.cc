@@ -16,6 +16,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "blockstore/children.h"
 #include "blockstore/clock.h"
 #include "blockstore/file.h"
 #include "blockstore/flat_view.h"
@@ -162,6 +163,14 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
     params.cluster_size = header->cluster_size;
     params.sub_block_size = header->sub_block_size;
     params.parent_uuid = header->uuid;
+    params.uuid = NewUuid();
+    if (env->Exists(layer_path)) {
+      return absl::AlreadyExistsError(absl::StrCat(layer_path, " exists"));
+    }
+    if (auto s = RegisterChild(env, parent, params.parent_uuid, layer_path, params.uuid);
+        !s.ok()) {
+      return s;
+    }
   }
   auto layer = Layer::Create(env, layer_path, params);
   if (!layer.ok()) return layer.status();
@@ -331,6 +340,12 @@ absl::StatusOr<LayerHeader> RebaseLayer(const std::string& layer_path,
   const std::string parent = ResolvePath(DirName(layer_path), options.parent);
   if (auto s = CheckNewParent(env, layer_path, *header, parent); !s.ok()) return s;
   const std::string link = ParentLink(DirName(layer_path), parent);
+  if (header->parent_format == ParentFormat::kStrata) {
+    if (auto s = RegisterChild(env, parent, header->parent_uuid, layer_path, header->uuid);
+        !s.ok()) {
+      return s;
+    }
+  }
   if (auto s = EditLayerHeader(env, layer_path, [&](LayerHeader* h) { h->parent_path = link; });
       !s.ok()) {
     return s;

@@ -10,11 +10,19 @@
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
 #include "blockstore/recovery.h"
+#include "blockstore/children.h"
+#include "blockstore/tree.h"
 
 namespace strata {
 namespace {
 
 constexpr int kMaxDepth = 65535;
+
+// A repair's outcome: `what` among the repaired, or among the problems with why it failed.
+void Repaired(CheckReport* report, const absl::Status& s, const std::string& what) {
+  (s.ok() ? report->repaired : report->problems)
+      .push_back(s.ok() ? what : absl::StrCat(what, "; repair failed: ", s.message()));
+}
 
 // Checks both header copies of `file`; rewrites a damaged one from the valid one on repair.
 void CheckHeaderCopies(File* file, bool repair, CheckReport* report) {
@@ -48,8 +56,7 @@ void CheckHeaderCopies(File* file, bool repair, CheckReport* report) {
   c.header[1 - bad].EncodeTo(&good);
   absl::Status s = file->Write(kHeaderCopyOffset[bad], good);
   if (s.ok()) s = file->Sync();
-  (s.ok() ? report->repaired : report->problems)
-      .push_back(s.ok() ? what : absl::StrCat(what, "; rewriting it failed: ", s.message()));
+  Repaired(report, s, what);
 }
 
 // Unreferenced slots that still hold host space, and, for a frozen layer, space past its end.
@@ -81,8 +88,7 @@ void CheckLeaks(Layer& layer, File* writable, bool repair, CheckReport* report) 
   }
   if (s.ok() && tail) s = writable->Truncate(layer.high_water() * cs);
   if (s.ok()) s = writable->Sync();
-  (s.ok() ? report->repaired : report->problems)
-      .push_back(s.ok() ? what : absl::StrCat(what, "; repair failed: ", s.message()));
+  Repaired(report, s, what);
 }
 
 // Before the layers are read: a repair locks the top (in *locks) and recovers interrupted
@@ -129,6 +135,31 @@ absl::StatusOr<bool> CheckOperations(Env* env, const std::string& top_path, bool
     }
   }
   return !interrupted.empty();
+}
+
+// Registered children that are gone, anywhere in the snapshot tree: a merge into their parent
+// refuses until they are forgotten (a moved child would break), so --repair prunes them (what
+// was deleted cannot be read through the parent anyway; a moved one is re-registered by
+// `strata rebase -u`).
+void CheckChildRegistries(Env* env, const std::vector<TreeNode>& nodes, bool repair,
+                          CheckReport* report) {
+  for (const TreeNode& node : nodes) {
+    for (const RegisteredChild& child : node.gone) {
+      std::string what = absl::StrCat(
+          node.path, ": registered child ", child.path, " (", UuidToString(child.child_uuid),
+          ") is gone: deleted, or moved without `strata rebase -u`; merges into ", node.path,
+          " refuse until it is forgotten");
+      if (!repair) {
+        report->repairable.push_back(std::move(what));
+        continue;
+      }
+      auto pruned = PruneChildRegistry(env, AbsoluteDir(node.path), [&](const RegisteredChild& c) {
+        return c.child_uuid == child.child_uuid && c.path == child.path;
+      });
+      Repaired(report, pruned.status(), what);
+    }
+    CheckChildRegistries(env, node.children, repair, report);
+  }
 }
 
 }  // namespace
@@ -183,6 +214,9 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
       break;
     }
     path = ResolvePath(DirName(path), header->parent_path);
+  }
+  if (auto tree = ReadSnapshotTree(env, top_path); tree.ok()) {
+    CheckChildRegistries(env, tree->roots, repair, &report);
   }
   // The links as a server would follow them: UUIDs, sizes, geometry, states (an unfinished
   // operation, reported above, would only fail this).

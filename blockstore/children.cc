@@ -3,6 +3,9 @@
 #include <cstdlib>
 #include <algorithm>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
@@ -16,14 +19,49 @@ std::string AbsoluteDir(const std::string& path) {
   return abs;
 }
 
-std::vector<std::string> RecordedBranchDirs(Env* env, const std::string& dir) {
-  auto file = env->Open(dir + "/" + kBranchDirsFile, {});
-  if (!file.ok()) return {};  // none recorded
+std::string AbsolutePath(const std::string& path) {
+  return absl::StrCat(AbsoluteDir(path), "/", BaseName(path));
+}
+
+namespace {
+
+// The small file at `path` as text ("" when missing or unreadable).
+std::string ReadSmallFile(Env* env, const std::string& path) {
+  auto file = env->Open(path, {});
+  if (!file.ok()) return "";
   auto size = (*file)->Size();
   std::string text(size.ok() ? *size : 0, '\0');
-  if (!(*file)->Read(0, text.size(), text.data()).ok()) return {};
-  return absl::StrSplit(text, '\n', absl::SkipEmpty());
+  if (!(*file)->Read(0, text.size(), text.data()).ok()) return "";
+  return text;
 }
+
+std::string EncodeRegistry(const std::vector<RegisteredChild>& entries) {
+  std::string text;
+  for (const RegisteredChild& c : entries) {
+    absl::StrAppend(&text, UuidToString(c.parent_uuid), " ", UuidToString(c.child_uuid), " ",
+                    c.path, "\n");
+  }
+  return text;
+}
+
+// RegisterChild into the registry of directory `dir` (absolute).
+absl::Status RegisterInDir(Env* env, const std::string& dir, const Uuid& parent_uuid,
+                           const std::string& child_path, const Uuid& child_uuid) {
+  const std::string path = AbsolutePath(child_path);
+  if (absl::StrContains(path, '\n')) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot register ", child_path, " in ", dir,
+                     ": its path has a line break"));
+  }
+  std::vector<RegisteredChild> entries = ReadChildRegistry(env, dir);
+  std::erase_if(entries, [&](const RegisteredChild& c) {
+    return c.path == path || c.child_uuid == child_uuid;
+  });
+  entries.push_back({parent_uuid, child_uuid, path});
+  return ReplaceFile(env, dir + "/" + kChildRegistryFile, EncodeRegistry(entries));
+}
+
+}  // namespace
 
 void AddUnique(std::vector<std::string>* dirs, const std::string& dir) {
   if (std::find(dirs->begin(), dirs->end(), dir) == dirs->end()) dirs->push_back(dir);
@@ -54,11 +92,101 @@ std::vector<std::string> ChainDirs(Env* env, const std::string& top_path) {
 }
 
 std::vector<std::string> SearchDirs(Env* env, const std::vector<std::string>& known) {
-  std::vector<std::string> dirs = known;
+  std::vector<std::string> dirs;  // each once: a directory listed twice lists its children twice
+  for (const std::string& dir : known) AddUnique(&dirs, dir);
   for (const std::string& dir : known) {
-    for (const std::string& recorded : RecordedBranchDirs(env, dir)) AddUnique(&dirs, recorded);
+    for (const RegisteredChild& child : ReadChildRegistry(env, dir)) {
+      AddUnique(&dirs, DirName(child.path));
+    }
+    for (absl::string_view recorded :
+         absl::StrSplit(ReadSmallFile(env, dir + "/" + kBranchDirsFile), '\n', absl::SkipEmpty())) {
+      AddUnique(&dirs, std::string(recorded));
+    }
   }
   return dirs;
+}
+
+std::vector<RegisteredChild> ReadChildRegistry(Env* env, const std::string& dir) {
+  std::vector<RegisteredChild> entries;
+  for (absl::string_view line : absl::StrSplit(ReadSmallFile(env, dir + "/" + kChildRegistryFile),
+                                               '\n', absl::SkipEmpty())) {
+    std::vector<absl::string_view> fields = absl::StrSplit(line, absl::MaxSplits(' ', 2));
+    if (fields.size() != 3 || fields[2].empty() || fields[2][0] != '/') continue;
+    absl::StatusOr<Uuid> parent = ParseUuid(fields[0]), child = ParseUuid(fields[1]);
+    if (parent.ok() && child.ok()) entries.push_back({*parent, *child, std::string(fields[2])});
+  }
+  return entries;
+}
+
+absl::Status RegisterChild(Env* env, const std::string& parent_path, const Uuid& parent_uuid,
+                           const std::string& child_path, const Uuid& child_uuid) {
+  return RegisterInDir(env, AbsoluteDir(parent_path), parent_uuid, child_path, child_uuid);
+}
+
+bool StillStanding(Env* env, const RegisteredChild& child) {
+  auto stands = [&](const std::string& path, bool same_layer) {
+    auto h = ReadLayerHeader(env, path);
+    return h.ok() && h->parent_format == ParentFormat::kStrata &&
+           h->parent_uuid == child.parent_uuid && (!same_layer || h->uuid == child.child_uuid);
+  };
+  if (stands(child.path, false)) return true;
+  // A live snapshot of a registered disk keeps the layer in its directory under the
+  // snapshot's name (`<stem>@NAME.strata`): the same layer, found by its UUID.
+  auto names = env->ListDir(DirName(child.path));
+  if (!names.ok()) return false;
+  for (const std::string& name : *names) {
+    if (stands(DirName(child.path) + "/" + name, true)) return true;
+  }
+  return false;
+}
+
+std::vector<RegisteredChild> GoneChildren(Env* env, const std::string& dir,
+                                          const Uuid& parent_uuid) {
+  std::vector<RegisteredChild> gone;
+  for (RegisteredChild& c : ReadChildRegistry(env, dir)) {
+    if (c.parent_uuid == parent_uuid && !StillStanding(env, c)) gone.push_back(std::move(c));
+  }
+  return gone;
+}
+
+absl::StatusOr<int> PruneChildRegistry(Env* env, const std::string& dir,
+                                       const std::function<bool(const RegisteredChild&)>& drop) {
+  std::vector<RegisteredChild> entries = ReadChildRegistry(env, dir);
+  const int dropped = static_cast<int>(std::erase_if(entries, drop));
+  if (dropped == 0) return 0;
+  if (auto s = ReplaceFile(env, dir + "/" + kChildRegistryFile, EncodeRegistry(entries));
+      !s.ok()) {
+    return s;
+  }
+  return dropped;
+}
+
+absl::Status HandOverRegistrations(Env* env, const RegistryHandOver& h) {
+  std::vector<RegisteredChild> orphans;
+  for (const RegisteredChild& c : ReadChildRegistry(env, h.gone_dir)) {
+    if (c.parent_uuid == h.gone) orphans.push_back(c);
+  }
+  auto dropped = PruneChildRegistry(env, h.gone_dir, [&](const RegisteredChild& c) {
+    return c.parent_uuid == h.gone;
+  });
+  if (!dropped.ok()) return dropped.status();
+  if (!h.gone_parent_dir.empty()) {
+    auto forgot = PruneChildRegistry(env, h.gone_parent_dir, [&](const RegisteredChild& c) {
+      return c.child_uuid == h.gone;
+    });
+    if (!forgot.ok()) return forgot.status();
+  }
+  if (IsNil(h.heir)) return absl::OkStatus();
+  for (const RegisteredChild& c : orphans) {
+    if (auto s = RegisterChild(env, h.heir_path, h.heir, c.path, c.child_uuid); !s.ok()) return s;
+  }
+  if (h.heir_parent_dir.empty()) return absl::OkStatus();
+  for (const RegisteredChild& c : ReadChildRegistry(env, h.heir_parent_dir)) {
+    if (c.child_uuid == h.heir && c.path != AbsolutePath(h.heir_path)) {
+      return RegisterInDir(env, h.heir_parent_dir, c.parent_uuid, h.heir_path, h.heir);
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<Child>> FindChildren(Env* env, const std::vector<std::string>& dirs,
@@ -77,6 +205,34 @@ absl::StatusOr<std::vector<Child>> FindChildren(Env* env, const std::vector<std:
     }
   }
   return out;
+}
+
+absl::Status RefuseOtherChildren(Env* env, const std::vector<std::string>& known,
+                                 const std::string& parent_path, const Uuid& parent_uuid,
+                                 const Uuid& keep, absl::string_view what) {
+  auto children = FindChildren(env, SearchDirs(env, known), parent_uuid);
+  if (!children.ok()) return children.status();
+  std::vector<std::string> others;
+  for (const Child& c : *children) {
+    if (c.uuid != keep) others.push_back(c.path);
+  }
+  if (!others.empty()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": other layers stand on it (", absl::StrJoin(others, ", "),
+                     "); their content would change (`strata tree` shows them)"));
+  }
+  std::vector<std::string> gone;
+  for (const RegisteredChild& c : GoneChildren(env, AbsoluteDir(parent_path), parent_uuid)) {
+    gone.push_back(c.path);
+  }
+  if (!gone.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        what, ": ", parent_path, " has registered children that are no longer where they were "
+        "created (", absl::StrJoin(gone, ", "), "): if they were deleted, `strata check --repair` "
+        "of the disk forgets them; if one was moved, `strata rebase -u -b ", parent_path,
+        " -F strata NEW-PATH` registers where it is now"));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace strata

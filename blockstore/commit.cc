@@ -80,17 +80,7 @@ absl::StatusOr<MergeJournal> ReadJournal(Env* env, const std::string& path) {
 
 // Replaces the journal atomically: a torn write leaves the previous version.
 absl::Status WriteJournal(Env* env, const MergeJournal& j) {
-  std::string path = JournalPathOf(j);
-  std::string tmp = path + ".tmp";
-  (void)env->Remove(tmp);
-  auto file = env->Open(tmp, {.writable = true, .create = true});
-  if (!file.ok()) return file.status();
-  absl::Status s = (*file)->Write(0, Encode(j));
-  if (s.ok()) s = (*file)->Sync();
-  file->reset();
-  if (s.ok()) s = env->Rename(tmp, path);
-  if (s.ok()) s = env->SyncDir(DirName(path));
-  return s;
+  return ReplaceFile(env, JournalPathOf(j), Encode(j));
 }
 
 // Copy phase: C's index entries in slot order, from journal.copied_entries on, into P.
@@ -280,6 +270,20 @@ absl::Status Relink(Env* env, const MergeJournal& j, LockSet* locks) {
   return moves ? env->SyncDir(DirName(j.parent_path)) : absl::OkStatus();
 }
 
+// C leaves the tree; P, now at C's path, takes over C's children.
+RegistryHandOver CommitHandOver(Env* env, const MergeJournal& j) {
+  RegistryHandOver h{.gone = j.child_uuid,
+                     .gone_parent_dir = AbsoluteDir(j.parent_path),
+                     .gone_dir = AbsoluteDir(j.child_path),
+                     .heir = j.parent_uuid,
+                     .heir_path = j.child_path};
+  auto p = ReadLayerHeader(env, j.child_path);
+  if (p.ok() && p->parent_format == ParentFormat::kStrata) {
+    h.heir_parent_dir = AbsoluteDir(ResolvePath(DirName(j.child_path), p->parent_path));
+  }
+  return h;
+}
+
 absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal, LockSet* locks,
                                        const Progress& progress, uint64_t batch_bytes) {
   CommitResult result;
@@ -293,6 +297,7 @@ absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal, LockSet* 
     }
     if (auto s = Relink(env, journal, locks); !s.ok()) return s;
   }
+  if (auto s = HandOverRegistrations(env, CommitHandOver(env, journal)); !s.ok()) return s;
   result.merged_into = journal.child_path;
   if (auto s = env->Remove(JournalPathOf(journal)); !s.ok()) return s;
   if (auto s = env->SyncDir(DirName(JournalPathOf(journal))); !s.ok()) return s;
@@ -326,19 +331,14 @@ absl::StatusOr<CommitResult> CommitRecovered(Env* env, const std::string& layer_
   }
   std::vector<std::string> known = {AbsoluteDir(layer_path), AbsoluteDir(parent_path)};
   for (const std::string& dir : chain_dirs) AddUnique(&known, dir);
-  std::vector<std::string> dirs = SearchDirs(env, known);
   // Other children of P would silently change content: refuse.
-  auto children = FindChildren(env, dirs, parent->uuid);
-  if (!children.ok()) return children.status();
-  std::vector<std::string> others;
-  for (const Child& c : *children) {
-    if (c.uuid != child->uuid) others.push_back(c.path);
+  if (auto s = RefuseOtherChildren(env, known, parent_path, parent->uuid, child->uuid,
+                                   absl::StrCat("cannot commit ", layer_path, " into ",
+                                                parent_path));
+      !s.ok()) {
+    return s;
   }
-  if (!others.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot commit ", layer_path, " into ", parent_path, ": it has other children (",
-        absl::StrJoin(others, ", "), ") whose content would change"));
-  }
+  std::vector<std::string> dirs = SearchDirs(env, known);
   MergeJournal journal;
   journal.child_path = layer_path;
   journal.parent_path = parent_path;
@@ -447,27 +447,6 @@ absl::Status Revert(Env* env, const std::string& top_path, const std::string& sn
   fresh->reset();
   if (auto s = env->Rename(pending, top_path); !s.ok()) return s;
   return env->SyncDir(DirName(top_path));
-}
-
-absl::Status RecordBranchDir(Env* env, const std::string& parent_path,
-                             const std::string& child_path) {
-  const std::string parent_dir = AbsoluteDir(parent_path), child_dir = AbsoluteDir(child_path);
-  std::vector<std::string> dirs = RecordedBranchDirs(env, parent_dir);
-  if (parent_dir == child_dir ||
-      std::find(dirs.begin(), dirs.end(), child_dir) != dirs.end()) {
-    return absl::OkStatus();
-  }
-  dirs.push_back(child_dir);
-  const std::string path = parent_dir + "/" + kBranchDirsFile, tmp = path + ".tmp";
-  (void)env->Remove(tmp);
-  auto file = env->Open(tmp, {.writable = true, .create = true});
-  if (!file.ok()) return file.status();
-  absl::Status s = (*file)->Write(0, absl::StrCat(absl::StrJoin(dirs, "\n"), "\n"));
-  if (s.ok()) s = (*file)->Sync();
-  file->reset();
-  if (s.ok()) s = env->Rename(tmp, path);
-  if (s.ok()) s = env->SyncDir(parent_dir);
-  return s;
 }
 
 }  // namespace strata

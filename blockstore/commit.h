@@ -62,12 +62,6 @@ absl::StatusOr<CommitResult> DeleteSnapshot(Env* env, const std::string& top_pat
 absl::Status Revert(Env* env, const std::string& top_path, const std::string& snapshot_name = "");
 std::string RevertPendingPath(const std::string& top_path);
 
-// Remembers, beside `parent_path`, the directory of a new layer created on it elsewhere, so
-// that a merge into the parent finds that child (a merge cannot search the whole file
-// system). A no-op when both share a directory.
-absl::Status RecordBranchDir(Env* env, const std::string& parent_path,
-                             const std::string& child_path);
-
 class LockSet;
 // Finishes the merge whose journal is `journal_path`, under `locks` (nullptr: none). Only
 // RecoverChain calls it; returns what it did.

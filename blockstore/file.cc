@@ -30,6 +30,19 @@ absl::Status StatusFromErrno(int err, absl::string_view message) {
   return absl::ErrnoToStatus(err, message);
 }
 
+absl::Status ReplaceFile(Env* env, const std::string& path, absl::string_view contents) {
+  const std::string tmp = path + ".tmp";
+  (void)env->Remove(tmp);
+  auto file = env->Open(tmp, {.writable = true, .create = true});
+  if (!file.ok()) return file.status();
+  absl::Status s = (*file)->Write(0, contents);
+  if (s.ok()) s = (*file)->Sync();
+  file->reset();
+  if (s.ok()) s = env->Rename(tmp, path);
+  if (s.ok()) s = env->SyncDir(DirName(path));
+  return s;
+}
+
 std::string DirName(const std::string& path) {
   size_t slash = path.rfind('/');
   if (slash == std::string::npos) return ".";

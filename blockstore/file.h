@@ -96,6 +96,10 @@ absl::StatusOr<std::string> ReadWholeFile(Env* env, const std::string& path);
 absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint64_t to_off,
                                   uint64_t length);
 
+// Replaces the small file `path` with `contents` crash-safely: written to `path`.tmp, synced,
+// renamed over `path`, the directory synced. A crash leaves the old version or the new one.
+absl::Status ReplaceFile(Env* env, const std::string& path, absl::string_view contents);
+
 // Advisory whole-file locks (flock(2), never waiting): a writable chain holds its top layer
 // exclusively and the layers below shared; a command that changes files (commit, revert,
 // recovery) holds each file it changes exclusively. So a second writer, or a merge under a

@@ -109,6 +109,26 @@ std::string UuidToString(const Uuid& u) {
                          u[12], u[13], u[14], u[15]);
 }
 
+// As UuidToString writes it (lower-case hex; the hyphens are skipped wherever they are).
+absl::StatusOr<Uuid> ParseUuid(absl::string_view text) {
+  std::string hex;
+  for (char c : text) {
+    if (c != '-') hex.push_back(c);
+  }
+  if (hex.size() != 32) return absl::DataLossError("bad uuid");
+  Uuid u{};
+  for (size_t i = 0; i < u.size(); ++i) {
+    int v = 0;
+    for (char c : {hex[2 * i], hex[2 * i + 1]}) {
+      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      if (d < 0) return absl::DataLossError("bad uuid");
+      v = v * 16 + d;
+    }
+    u[i] = static_cast<uint8_t>(v);
+  }
+  return u;
+}
+
 Uuid NewUuid() {
   Uuid u;
   size_t got = 0;
@@ -273,25 +293,6 @@ constexpr absl::string_view kMergeJournalFields[] = {
     "phase", "child", "parent", "child_uuid", "parent_uuid", "child_was_active",
     "copied_entries"};
 
-// As UuidToString writes it (lower-case hex; the hyphens are skipped wherever they are).
-absl::StatusOr<Uuid> ParseUuid(absl::string_view text) {
-  std::string hex;
-  for (char c : text) {
-    if (c != '-') hex.push_back(c);
-  }
-  if (hex.size() != 32) return absl::DataLossError("bad uuid");
-  Uuid u{};
-  for (size_t i = 0; i < u.size(); ++i) {
-    int v = 0;
-    for (char c : {hex[2 * i], hex[2 * i + 1]}) {
-      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-      if (d < 0) return absl::DataLossError("bad uuid");
-      v = v * 16 + d;
-    }
-    u[i] = static_cast<uint8_t>(v);
-  }
-  return u;
-}
 
 // Sets the field `key` of *r from its stored `value`.
 absl::Status DecodeMergeField(absl::string_view key, absl::string_view value,

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace strata {
@@ -83,6 +84,8 @@ absl::Status ParseParentFormat(absl::string_view text, ParentFormat* format);
 
 using Uuid = std::array<uint8_t, 16>;
 std::string UuidToString(const Uuid& uuid);
+// As UuidToString writes it (the hyphens may be anywhere or absent).
+absl::StatusOr<Uuid> ParseUuid(absl::string_view text);
 Uuid NewUuid();  // random (version 4)
 inline bool IsNil(const Uuid& uuid) { return uuid == Uuid{}; }
 

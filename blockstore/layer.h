@@ -45,6 +45,7 @@ struct LayerCreateParams {
   Uuid parent_uuid{};
   uint64_t parent_size = 0;
   uint64_t journal_size = kDefaultJournalSize;
+  Uuid uuid{};  // nil: a new random one (a caller that must record it first picks it)
 };
 
 // What one flush writes, captured under the owner's lock (see the design note).

@@ -241,12 +241,26 @@ absl::Status CopyPass(const Layer& x, Target* target, uint64_t rate_limit,
   return absl::OkStatus();
 }
 
+// X leaves the tree; its child now stands on X's parent W.
+RegistryHandOver StreamHandOver(const std::string& x_path, const LayerHeader& x) {
+  RegistryHandOver h{.gone = x.uuid, .gone_dir = AbsoluteDir(x_path)};
+  if (x.parent_format == ParentFormat::kStrata) {
+    h.heir_path = ResolvePath(DirName(x_path), x.parent_path);
+    h.gone_parent_dir = AbsoluteDir(h.heir_path);
+    h.heir = x.parent_uuid;
+  }
+  return h;
+}
+
 // After the commit point: X's file and the journal go (X only if it is still the layer the
 // journal names), each removal made durable.
 absl::Status RemoveX(Env* env, const Journal& j) {
   if (env->Exists(j.layer_path)) {
     auto h = ReadLayerHeader(env, j.layer_path);
     if (h.ok() && h->uuid == j.record.uuid) {
+      if (auto s = HandOverRegistrations(env, StreamHandOver(j.layer_path, *h)); !s.ok()) {
+        return s;
+      }
       if (auto s = env->Remove(j.layer_path); !s.ok()) return s;
     }
   }
@@ -301,16 +315,10 @@ absl::StatusOr<StreamPlan> PlanFor(Env* env, const Chain& chain, const LayerInfo
   }
   std::vector<std::string> known = ChainDirs(env, chain.top_path());
   AddUnique(&known, AbsoluteDir(x.path));
-  auto children = FindChildren(env, SearchDirs(env, known), x.header.uuid);
-  if (!children.ok()) return children.status();
-  std::vector<std::string> others;
-  for (const Child& c : *children) {
-    if (c.uuid != child.header.uuid) others.push_back(c.path);
-  }
-  if (!others.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot delete ", label, ": other layers stand on it (", absl::StrJoin(others, ", "),
-        "); their content would change"));
+  if (auto s = RefuseOtherChildren(env, known, x.path, x.header.uuid, child.header.uuid,
+                                   absl::StrCat("cannot delete ", label));
+      !s.ok()) {
+    return s;
   }
   StreamPlan plan;
   plan.layer_path = x.path;
@@ -362,16 +370,7 @@ absl::StatusOr<StreamPlan> PlanStreamBelow(Env* env, const Chain& chain,
 absl::Status BeginStream(Env* env, const StreamPlan& plan) {
   std::string text;
   plan.record.EncodeTo(&text);
-  const std::string path = StreamJournalPath(plan.layer_path), tmp = path + ".tmp";
-  (void)env->Remove(tmp);
-  auto file = env->Open(tmp, {.writable = true, .create = true});
-  if (!file.ok()) return file.status();
-  absl::Status s = (*file)->Write(0, text);
-  if (s.ok()) s = (*file)->Sync();
-  file->reset();
-  if (s.ok()) s = env->Rename(tmp, path);
-  if (s.ok()) s = env->SyncDir(DirName(path));
-  return s;
+  return ReplaceFile(env, StreamJournalPath(plan.layer_path), text);
 }
 
 absl::StatusOr<StreamResult> RunStream(Env* env, Chain* chain, const std::string& journal_path,

@@ -46,14 +46,16 @@ Layers (offline, like qemu-img):
   export LAYER OUT.raw                   the flattened disk as a sparse raw file
   snapshot LAYER NAME                    freeze LAYER as snapshot NAME, new empty layer on top
   commit [--resume] LAYER                merge LAYER into its parent (crash-safe)
-  delete-snapshot LAYER NAME             delete snapshot NAME by merging (crash-safe)
+  delete-snapshot LAYER NAME             delete snapshot NAME by merging (crash-safe), or
+                                         one a revert left off the chain (`tree`)
   revert LAYER [SNAPSHOT]                discard changes since the parent (or SNAPSHOT)
   rebase -u -b NEW_PARENT LAYER          fix LAYER's parent path after moving a chain (checked)
+  tree LAYER                             every snapshot and branch, on the chain or off it
 Disks in and out (with qemu-img; holes and zeros stay sparse):
   convert SRC DST.strata                 import a qcow2, VHDX, VMDK, VDI, VHD or raw image
   convert -O FMT LAYER OUT               export the disk topped by LAYER as qcow2, vmdk, ...
 
-info, map, check, list and stats take --output=human|json (--json is --output=json).
+info, map, check, tree, list and stats take --output=human|json (--json is --output=json).
 )";
 
 struct Command {
@@ -69,7 +71,7 @@ constexpr Command kCommands[] = {
     {"commit", strata::cli::CommitCommand},     {"revert", strata::cli::RevertCommand},
     {"delete-snapshot", strata::cli::DeleteSnapshotCommand},
     {"cancel", strata::cli::CancelCommand},     {"rebase", strata::cli::RebaseCommand},
-    {"convert", strata::cli::ConvertCommand},
+    {"convert", strata::cli::ConvertCommand},   {"tree", strata::cli::TreeCommand},
     {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
 };
 

@@ -19,6 +19,7 @@
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
 #include "blockstore/recovery.h"
+#include "blockstore/tree.h"
 #include "cli/args.h"
 #include "cli/command.h"
 #include "cli/control_client.h"
@@ -57,19 +58,6 @@ absl::Status RecoverFirst(Env* env, const std::string& top) {
   if (!recovered.ok()) return recovered.status();
   if (!recovered->empty()) std::fprintf(stderr, "strata: %s", recovered->c_str());
   return absl::OkStatus();
-}
-
-}  // namespace
-
-namespace {
-
-// After `layer` was linked to `parent` (as its header records it: relative to its directory):
-// remembers a strata parent's new child, so that a merge into the parent finds this branch
-// and refuses to change it.
-absl::Status RecordBranch(const std::string& layer, ParentFormat format,
-                          const std::string& parent) {
-  if (format != ParentFormat::kStrata) return absl::OkStatus();
-  return RecordBranchDir(Env::Default(), ResolvePath(DirName(layer), parent), layer);
 }
 
 }  // namespace
@@ -140,10 +128,6 @@ int CreateCommand(int argc, char** argv) {
   if (!options.ok()) return Fail(kCreate.name, options.status());
   auto header = CreateLayer(args.positional[0], *options);
   if (!header.ok()) return Fail(kCreate.name, header.status());
-  if (auto s = RecordBranch(args.positional[0], options->parent_format, options->parent);
-      !s.ok()) {
-    return Fail(kCreate.name, s);
-  }
   std::printf("created %s: %s, cluster %s, sub-block %s%s\n", args.positional[0].c_str(),
               HumanBytes(header->virtual_size).c_str(), HumanBytes(header->cluster_size).c_str(),
               HumanBytes(header->sub_block_size).c_str(),
@@ -168,7 +152,7 @@ snapshot name and time, data and on-disk bytes. Reads only: safe on a served dis
                         .output = true,
                         .positional = 1};
 
-void PrintInfoJson(const Chain& chain, const std::vector<LayerInfo>& layers) {
+json InfoJson(const Chain& chain, const std::vector<LayerInfo>& layers) {
   json out = {{"virtual_size", chain.size()},
               {"cluster_size", chain.cluster_size()},
               {"sub_block_size", chain.sub_block_size()},
@@ -192,7 +176,7 @@ void PrintInfoJson(const Chain& chain, const std::vector<LayerInfo>& layers) {
     }
     out["layers"].push_back(l);
   }
-  std::cout << out.dump(2) << "\n";
+  return out;
 }
 
 void PrintInfoHuman(const Chain& chain, const std::vector<LayerInfo>& layers) {
@@ -217,20 +201,129 @@ void PrintInfoHuman(const Chain& chain, const std::vector<LayerInfo>& layers) {
   }
 }
 
+// A node of the snapshot tree, with its children: what `tree --output=json` prints and
+// `info --json` holds as "tree".
+json TreeNodeJson(const TreeNode& node, const std::string& top) {
+  const LayerHeader& h = node.header;
+  json out = {{"file", node.path},
+              {"uuid", UuidToString(h.uuid)},
+              {"state", std::string(Name(h.state))},
+              {"snapshot", StringOrNull(h.snapshot_name)},
+              {"created", TimeOrNull(h.created_ns)},
+              {"frozen", TimeOrNull(h.frozen_ns)},
+              {"current_chain", node.on_chain},
+              {"top", node.path == AbsolutePath(top)},
+              {"children", json::array()},
+              {"gone_children", json::array()}};
+  for (const TreeNode& child : node.children) out["children"].push_back(TreeNodeJson(child, top));
+  for (const RegisteredChild& gone : node.gone) {
+    out["gone_children"].push_back({{"file", gone.path}, {"uuid", UuidToString(gone.child_uuid)}});
+  }
+  return out;
+}
+
+json TreeJson(const SnapshotTree& tree, const std::string& top) {
+  json out = {{"raw_base", StringOrNull(tree.raw_base)}, {"layers", json::array()}};
+  for (const TreeNode& root : tree.roots) out["layers"].push_back(TreeNodeJson(root, top));
+  return out;
+}
+
+// Snapshots of the tree off the chain topped by `top` (dead branches and other disks' layers).
+int CountOffChain(const std::vector<TreeNode>& nodes) {
+  int n = 0;
+  for (const TreeNode& node : nodes) {
+    n += (node.on_chain ? 0 : 1) + CountOffChain(node.children);
+  }
+  return n;
+}
+
 }  // namespace
 
 int InfoCommand(int argc, char** argv) {
   Args args;
   if (auto exit = ParseCommand(argc, argv, kInfo, &args)) return *exit;
-  if (auto s = RefuseForeignImage(args.positional[0]); !s.ok()) return Fail(kInfo.name, s);
-  auto chain = Chain::Open(args.positional[0], {.writable = false, .lock = false});
+  const std::string top = args.positional[0];
+  if (auto s = RefuseForeignImage(top); !s.ok()) return Fail(kInfo.name, s);
+  auto chain = Chain::Open(top, {.writable = false, .lock = false});
   if (!chain.ok()) return Fail(kInfo.name, chain.status());
   const std::vector<LayerInfo> layers = (*chain)->Layers();
+  auto tree = ReadSnapshotTree(Env::Default(), top);
   if (args.Json()) {
-    PrintInfoJson(**chain, layers);
-  } else {
-    PrintInfoHuman(**chain, layers);
+    json out = InfoJson(**chain, layers);
+    if (tree.ok()) out["tree"] = TreeJson(*tree, top);
+    std::cout << out.dump(2) << "\n";
+    return 0;
   }
+  PrintInfoHuman(**chain, layers);
+  if (int off = tree.ok() ? CountOffChain(tree->roots) : 0; off > 0) {
+    std::printf("%s off this chain (dead branches or other disks' layers): `strata tree %s`\n",
+                Count(off, "layer").c_str(), top.c_str());
+  }
+  return 0;
+}
+
+namespace {
+
+const CommandSpec kTree{.name = "tree",
+                        .usage = R"(usage: strata tree [--output=human|json] LAYER
+
+Every snapshot and branch that descends from the bottom of LAYER's chain: the chain itself
+(marked *), snapshots a revert left off it, branches created on a snapshot with `strata
+create -b` in any directory, other layers on the same raw base, and registered children
+that are gone (deleted, or moved without `strata rebase -u`). Reads only: safe on a served
+disk. A snapshot off the chain can be deleted with `strata delete-snapshot LAYER NAME`.
+
+  --output=human|json   the format (default human; --json is --output=json)
+  -h, --help            this text
+)",
+                        .output = true,
+                        .positional = 1};
+
+// The file as the human tree shows it: its name when it lies beside the top, else its path.
+std::string ShownPath(const std::string& path, const std::string& top_dir) {
+  return DirName(path) == top_dir ? BaseName(path) : path;
+}
+
+void PrintTreeNodes(const std::vector<TreeNode>& nodes, const std::string& indent,
+                    const std::string& top) {
+  const std::string top_dir = AbsoluteDir(top);
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const TreeNode& node = nodes[i];
+    const bool last = i + 1 == nodes.size() && node.gone.empty();
+    const LayerHeader& h = node.header;
+    std::string what(Name(h.state));
+    if (!h.snapshot_name.empty()) absl::StrAppend(&what, " snapshot '", h.snapshot_name, "'");
+    if (h.frozen_ns) absl::StrAppend(&what, " at ", TimeString(h.frozen_ns));
+    if (node.path == AbsolutePath(top)) absl::StrAppend(&what, ", the disk");
+    std::printf("%s%s %s%s  %s\n", indent.c_str(), last ? "\u2514\u2500" : "\u251c\u2500",
+                node.on_chain ? "*" : "", ShownPath(node.path, top_dir).c_str(), what.c_str());
+    const std::string below = indent + (last ? "   " : "\u2502  ");
+    PrintTreeNodes(node.children, below, top);
+    for (size_t g = 0; g < node.gone.size(); ++g) {
+      std::printf("%s%s ? %s  registered child, gone (`strata check --repair` forgets it)\n",
+                  below.c_str(), g + 1 == node.gone.size() ? "\u2514\u2500" : "\u251c\u2500",
+                  node.gone[g].path.c_str());
+    }
+  }
+}
+
+}  // namespace
+
+int TreeCommand(int argc, char** argv) {
+  Args args;
+  if (auto exit = ParseCommand(argc, argv, kTree, &args)) return *exit;
+  const std::string top = args.positional[0];
+  if (auto s = RefuseForeignImage(top); !s.ok()) return Fail(kTree.name, s);
+  auto tree = ReadSnapshotTree(Env::Default(), top);
+  if (!tree.ok()) return Fail(kTree.name, tree.status());
+  if (args.Json()) {
+    std::cout << TreeJson(*tree, top).dump(2) << "\n";
+    return 0;
+  }
+  std::printf("%s\n", tree->raw_base.empty() ? "(no raw base)"
+                                             : absl::StrCat(tree->raw_base, "  raw base").c_str());
+  PrintTreeNodes(tree->roots, "", top);
+  std::printf("(* = the chain of %s)\n", top.c_str());
   return 0;
 }
 
@@ -518,9 +611,6 @@ int RebaseCommand(int argc, char** argv) {
   const std::string layer = args.positional[0];
   auto header = RebaseLayer(layer, options);
   if (!header.ok()) return Fail(kRebase.name, header.status());
-  if (auto s = RecordBranch(layer, header->parent_format, header->parent_path); !s.ok()) {
-    return Fail(kRebase.name, s);
-  }
   std::printf("%s now links to its %s parent %s\n", layer.c_str(),
               std::string(Name(header->parent_format)).c_str(), header->parent_path.c_str());
   return 0;
@@ -629,7 +719,10 @@ const CommandSpec kDeleteSnapshot{.name = "delete-snapshot",
 
 Deletes snapshot NAME of the disk topped by LAYER by merging the layer above it into it,
 crash-safe; the disk's path never changes. Refuses while the disk is served, or when the
-snapshot has other children (a branch would silently change).
+snapshot has other children (a branch would silently change: `strata tree LAYER` shows them).
+A snapshot off LAYER's chain (one a revert left behind, see `strata tree`) is deleted
+whether the disk is served or not: removed when nothing stands on it, else the one layer on
+it is merged into it. Its name is free again afterwards.
 Live (--control): deletes snapshot NAME of a served disk while clients keep reading and
 writing. What NAME holds and the layer above lacks is copied up into that layer, which is then
 linked past NAME; NAME's file goes. Any snapshot can be deleted, the newest too. Killed or
@@ -647,6 +740,27 @@ reading it until they disconnect, new ones are refused.
 
 }  // namespace
 
+namespace {
+
+int DeleteOffChain(const std::string& top, const std::string& name) {
+  ProgressBar bar("merge");
+  auto done = DeleteOffChainSnapshot(Env::Default(), top, name,
+                                     [&](uint64_t d, uint64_t t) { bar.Update(d, t); });
+  bar.Finish();
+  if (!done.ok()) return Fail(kDeleteSnapshot.name, done.status());
+  if (done->merged_into.empty()) {
+    std::printf("deleted snapshot '%s' (%s, off the chain of %s)\n", name.c_str(),
+                done->path.c_str(), top.c_str());
+  } else {
+    std::printf("deleted snapshot '%s' (off the chain of %s): merged %s of data into %s\n",
+                name.c_str(), top.c_str(), HumanBytes(done->bytes_copied).c_str(),
+                done->merged_into.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
 int DeleteSnapshotCommand(int argc, char** argv) {
   Args args;
   if (auto exit = ParseCommand(argc, argv, kDeleteSnapshot, &args)) return *exit;
@@ -656,6 +770,11 @@ int DeleteSnapshotCommand(int argc, char** argv) {
   }
   if (args.positional.size() != 2) return UsageError(kDeleteSnapshot);
   const std::string top = args.positional[0];
+  // Off the chain nothing of the disk changes: no need to hold (or recover) its chain, and
+  // a served disk's dead branches go the same way.
+  if (IsOffChainSnapshot(Env::Default(), top, args.positional[1])) {
+    return DeleteOffChain(top, args.positional[1]);
+  }
   if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(kDeleteSnapshot.name, s);
   ProgressBar bar("merge");
   auto result = DeleteSnapshot(Env::Default(), top, args.positional[1],

@@ -24,6 +24,7 @@ int DeleteSnapshotCommand(int argc, char** argv);
 int RevertCommand(int argc, char** argv);
 int CancelCommand(int argc, char** argv);
 int RebaseCommand(int argc, char** argv);
+int TreeCommand(int argc, char** argv);
 
 }  // namespace strata::cli
 
