@@ -399,56 +399,6 @@ absl::StatusOr<CommitResult> DeleteSnapshot(Env* env, const std::string& top_pat
   return absl::NotFoundError(absl::StrCat("no snapshot '", name, "' in the chain of ", top_path));
 }
 
-std::string RevertPendingPath(const std::string& top_path) {
-  return absl::StrCat(DirName(top_path), "/.", BaseName(top_path), ".revert");
-}
-
-absl::Status Revert(Env* env, const std::string& top_path, const std::string& snapshot_name) {
-  LockSet locks;
-  if (auto r = RecoverChain(env, top_path, &locks); !r.ok()) return r.status();
-  auto top = ReadLayerHeader(env, top_path);
-  if (!top.ok()) return top.status();
-  const LayerHeader& target = *top;
-  if (target.state != LayerState::kActive) {
-    return absl::FailedPreconditionError(absl::StrCat(top_path, " is not an active layer"));
-  }
-  LayerCreateParams params;
-  params.virtual_size = target.virtual_size;
-  params.cluster_size = target.cluster_size;
-  params.sub_block_size = target.sub_block_size;
-  params.journal_size = target.journal_size;
-  params.parent_format = target.parent_format;
-  params.parent_path = target.parent_path;
-  params.parent_uuid = target.parent_uuid;
-  params.parent_size = target.parent_size;
-  if (!snapshot_name.empty()) {
-    // Walk down to the named snapshot.
-    std::string path = top_path;
-    LayerHeader h = target;
-    for (;;) {
-      if (h.parent_format != ParentFormat::kStrata) {
-        return absl::NotFoundError(absl::StrCat("no snapshot '", snapshot_name,
-                                                "' in the chain of ", top_path));
-      }
-      path = ResolvePath(DirName(path), h.parent_path);
-      auto next = ReadLayerHeader(env, path);
-      if (!next.ok()) return next.status();
-      h = *next;
-      if (h.snapshot_name == snapshot_name) break;
-    }
-    params.parent_path = ParentLink(DirName(top_path), path);
-    params.parent_uuid = h.uuid;
-    params.parent_size = h.virtual_size;
-  }
-  // RecoverChain removed any leftover of an earlier revert: the name is free.
-  std::string pending = RevertPendingPath(top_path);
-  auto fresh = Layer::Create(env, pending, params);
-  if (!fresh.ok()) return fresh.status();
-  fresh->reset();
-  if (auto s = env->Rename(pending, top_path); !s.ok()) return s;
-  return env->SyncDir(DirName(top_path));
-}
-
 absl::Status RecordBranchDir(Env* env, const std::string& parent_path,
                              const std::string& child_path) {
   const std::string parent_dir = AbsoluteDir(parent_path), child_dir = AbsoluteDir(child_path);

@@ -1,4 +1,4 @@
-// Offline merge of a layer into its parent (deleting a snapshot), and revert.
+// Offline merge of a layer into its parent (deleting a snapshot). Revert is in revert.h.
 //
 // CommitLayer(C) merges layer C into its parent P, a frozen strata layer, and takes C out of
 // the chain, as Hyper-V merges an .AVHD into its parent: P takes C's place — its file name,
@@ -54,13 +54,6 @@ absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path
 absl::StatusOr<CommitResult> DeleteSnapshot(Env* env, const std::string& top_path,
                                             const std::string& name,
                                             const Progress& progress = nullptr);
-
-// Discards the active layer's changes: replaces `top_path` with a new empty active layer on
-// the same parent, or on the frozen snapshot `snapshot_name` further down the chain (the
-// layers in between stay as files, a branch). Atomic: the new layer is created at
-// RevertPendingPath() and renamed over the top.
-absl::Status Revert(Env* env, const std::string& top_path, const std::string& snapshot_name = "");
-std::string RevertPendingPath(const std::string& top_path);
 
 // Remembers, beside `parent_path`, the directory of a new layer created on it elsewhere, so
 // that a merge into the parent finds that child (a merge cannot search the whole file

@@ -19,6 +19,7 @@
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
 #include "blockstore/recovery.h"
+#include "blockstore/revert.h"
 #include "cli/args.h"
 #include "cli/command.h"
 #include "cli/control_client.h"
