@@ -503,7 +503,10 @@ absl::Status LiveControl::Revert(const json& request, json* reply) {
     if (!info.is_raw_base) in_chain.insert(info.header.snapshot_name);
   }
   const std::vector<std::string> removed = published_->RemoveAllBut(in_chain);
-  if (!st.ok()) return failed;
+  if (!st.ok()) {
+    STRATA_LOG(kError, "%s", failed.message());
+    return failed;
+  }
   STRATA_LOG(kInfo, "reverted %s to %s (I/O paused %.3f ms)%s", disk_->top_path(), target,
              absl::ToDoubleMilliseconds(pause),
              removed.empty() ? "" : absl::StrCat("; exports removed: ", absl::StrJoin(removed, ", ")));
