@@ -32,8 +32,8 @@ class Env;
 // Offline: recovers the chain topped by `top_path` and reverts it, holding the top's lock.
 absl::Status Revert(Env* env, const std::string& top_path, const std::string& snapshot_name = "");
 
-// Served: reverts the open writable chain `*chain`, flushing it first, through its own Env and
-// with its options. On success `*chain` is the reverted chain. On failure it is the same open
+// Served: reverts the open writable chain `*chain` (kFailedPrecondition for a read-only one),
+// flushing it first, through its own Env and with its options. On success `*chain` is the reverted chain. On failure it is the same open
 // chain, unchanged, and the message says what failed and that the disk is unchanged — except
 // when only the final directory sync failed: `*chain` is then the reverted chain and the
 // message starts "reverted, but".

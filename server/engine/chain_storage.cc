@@ -1,6 +1,5 @@
 #include "server/engine/chain_storage.h"
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "blockstore/revert.h"
 
@@ -48,9 +47,6 @@ absl::Status ChainStorage::Extents(uint64_t offset, uint64_t length,
 }
 
 absl::Status ChainStorage::Revert(const std::string& name) {
-  if (!chain_->writable()) {
-    return absl::FailedPreconditionError(absl::StrCat(top_path_, " is served read-only"));
-  }
   absl::MutexLock swap(&swap_mu_);
   return RevertServed(&chain_, name);
 }
