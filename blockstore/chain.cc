@@ -361,7 +361,7 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
   chain->env_ = env;
   chain->options_ = options;
   chain->top_path_ = top_path;
-  if (options.writable) {
+  if (options.writable && options.top_file.empty()) {
     // Only with the disk locked (RecoverChain takes the locks, released before the layers'
     // own below): recovery renames and removes files, which must never race a server's live
     // snapshot or another writer. A read-only open leaves them alone (a frozen top reads as
@@ -391,7 +391,7 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
 absl::Status Chain::OpenLayers(std::vector<std::unique_ptr<Layer>>* stack) {
   if (auto s = RefuseUnfinishedMerge(env_, top_path_, top_path_); !s.ok()) return s;
   // Top down: open each layer and check it is the parent its child names.
-  auto top = Layer::Open(env_, top_path_,
+  auto top = Layer::Open(env_, options_.top_file.empty() ? top_path_ : options_.top_file,
                          options_.writable ? Layer::Mode::kWritable : Layer::Mode::kReadOnly,
                          options_.direct_io);
   if (!top.ok()) return top.status();
@@ -437,6 +437,12 @@ void Chain::Adopt(std::vector<std::unique_ptr<Layer>> stack) {
     frozen_.push_back(std::move(stack[i]));
   }
   active_ = std::move(stack.front());
+}
+
+void Chain::TopFileRenamed() {
+  MutexLock lock(&mu_);
+  active_->set_path(top_path_);
+  options_.top_file.clear();
 }
 
 int Chain::top_position() const {

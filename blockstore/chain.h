@@ -141,6 +141,11 @@ struct ChainOptions {
   // The caller runs an unfinished stream (a snapshot deletion, stream.h) online itself: the
   // open leaves it (writable opens otherwise finish it first).
   bool serve_streams = false;
+  // Non-empty: the top layer is read from this file, which the caller renames to top_path
+  // next (a served revert's new layer, revert.h) and then calls TopFileRenamed(). No recovery
+  // runs: the caller holds the disk's locks through the chain it serves, and recovery would
+  // remove this very file.
+  std::string top_file;
 };
 
 struct CreateOptions {
@@ -196,7 +201,13 @@ class Chain {
   uint32_t cluster_size() const { return cluster_size_; }
   bool writable() const { return options_.writable; }
   bool direct_io() const { return options_.direct_io; }
+  const ChainOptions& options() const { return options_; }
+  Env* env() const { return env_; }  // options().env, or the real file system
   const std::string& top_path() const { return top_path_; }
+  // Metadata only. The file the chain was opened from (ChainOptions::top_file) is now at
+  // top_path(): messages and the layer list name it there. REQUIRES: no other thread uses the
+  // chain yet.
+  void TopFileRenamed();
   // Position of the active layer (as in Extent::layer): the number of strata layers.
   int top_position() const;
   std::vector<LayerInfo> Layers() const;

@@ -1,4 +1,4 @@
-// Offline merge of a layer into its parent (deleting a snapshot), and revert.
+// Offline merge of a layer into its parent (deleting a snapshot). Revert is in revert.h.
 //
 // CommitLayer(C) merges layer C into its parent P, a frozen strata layer, and takes C out of
 // the chain, as Hyper-V merges an .AVHD into its parent: P takes C's place — its file name,
@@ -18,8 +18,8 @@
 // interrupted merge; there is nothing to roll back to (P's old content is partly overwritten,
 // which is what deleting its snapshot means).
 // Refuses when C, P or a child of C is in use (flock), or P has children other than C in the
-// directories a merge can know about (P's, C's, the chain's, and those recorded by
-// RecordBranchDir).
+// directories a merge can know about (P's, C's, the chain's, and those of the children
+// registered beside them: children.h), or a registered child of P is gone.
 #ifndef STRATA_BLOCKSTORE_COMMIT_H_
 #define STRATA_BLOCKSTORE_COMMIT_H_
 
@@ -55,12 +55,6 @@ absl::StatusOr<CommitResult> DeleteSnapshot(Env* env, const std::string& top_pat
                                             const std::string& name,
                                             const Progress& progress = nullptr);
 
-// Discards the active layer's changes: replaces `top_path` with a new empty active layer on
-// the same parent, or on the frozen snapshot `snapshot_name` further down the chain (the
-// layers in between stay as files, a branch). Atomic: the new layer is created at
-// RevertPendingPath() and renamed over the top.
-absl::Status Revert(Env* env, const std::string& top_path, const std::string& snapshot_name = "");
-std::string RevertPendingPath(const std::string& top_path);
 
 class LockSet;
 // Finishes the merge whose journal is `journal_path`, under `locks` (nullptr: none). Only

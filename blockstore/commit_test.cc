@@ -134,20 +134,6 @@ TEST_F(CommitTest, ReadOnlyOpenRefusesAnInterruptedMergeAndAWritableOneFinishesI
   ExpectClean();
 }
 
-TEST_F(CommitTest, RevertDiscardsChanges) {
-  WriteAndSnapshot(0, 'a', "s1");
-  std::string s1 = ReadAll(top_);
-  WriteAndSnapshot(0, 'b', "s2");
-  WriteAndSnapshot(0, 'c', "");
-  std::string s2 = ReadAll(dir_.File("disk@s2.strata"));
-  ASSERT_TRUE(Revert(Env::Default(), top_).ok());
-  EXPECT_EQ(ReadAll(top_), s2);
-  ASSERT_TRUE(Revert(Env::Default(), top_, "s1").ok());
-  EXPECT_EQ(ReadAll(top_), s1);
-  EXPECT_EQ(Revert(Env::Default(), top_, "nope").code(), absl::StatusCode::kNotFound);
-  ExpectClean();
-}
-
 // Finding: killed between its journal renames, a merge left P frozen, so `info`, `export` and
 // `serve --read-only` of the snapshot read a mix of both layers. P now says `merging`.
 TEST_F(CommitTest, MergeTargetIsFencedUntilTheMergeFinishes) {

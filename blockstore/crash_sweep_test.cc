@@ -25,6 +25,7 @@
 #include "blockstore/crash_env.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
+#include "blockstore/revert.h"
 #include "blockstore/snapshot_files.h"
 #include "blockstore/test_util.h"
 #include "blockstore/stream.h"

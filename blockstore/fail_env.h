@@ -1,6 +1,7 @@
-// FailEnv, for tests: the real file system, except that the directory operations a test picks
-// fail. It interrupts a merge, snapshot or revert at an exact step (the process "dies" there:
-// the test stops using the operation and recovers with the real Env), whatever CrashEnv's
+// FailEnv, for tests: the real file system, except that the directory operations, opens and
+// file writes and syncs a test picks fail. It interrupts a merge, snapshot or revert at an
+// exact step (the process "dies" there: the test stops using the operation and recovers with
+// the real Env, or, for a step that must be undone, sees it undone), whatever CrashEnv's
 // persistence model does. With an allocate hook it also sees (and may fail or hold up) every
 // File::Allocate, the only call that takes space from the host volume.
 #ifndef STRATA_BLOCKSTORE_FAIL_ENV_H_
@@ -54,26 +55,13 @@ class ForwardingFile : public File {
   std::unique_ptr<File> real_;
 };
 
-// The real file, with Allocate through a hook.
-class HookedFile : public ForwardingFile {
- public:
-  HookedFile(std::unique_ptr<File> real, std::shared_ptr<AllocateHook> hook)
-      : ForwardingFile(std::move(real)), hook_(std::move(hook)) {}
-  absl::Status Allocate(uint64_t offset, uint64_t length) override {
-    if (absl::Status s = (*hook_)(path(), offset, length); !s.ok()) return s;
-    return ForwardingFile::Allocate(offset, length);
-  }
-
- private:
-  std::shared_ptr<AllocateHook> hook_;
-};
-
 class FailEnv : public Env {
  public:
-  // Called before each rename ("rename", target path) and removal ("remove", path): true
-  // makes that call fail.
+  // Called before each rename ("rename", target path), removal ("remove", path), open
+  // ("open", path), directory sync ("syncdir", directory), and each Write or Sync of a file
+  // it opened ("write" / "sync", the file's path): true makes that call fail.
   using Predicate = std::function<bool(absl::string_view op, const std::string& path)>;
-  explicit FailEnv(Predicate fail) : fail_(std::move(fail)) {}
+  explicit FailEnv(Predicate fail) : fail_(std::make_shared<Predicate>(std::move(fail))) {}
   // Files opened from now on call `hook` before each Allocate. REQUIRES: no concurrent Open.
   void set_allocate_hook(AllocateHook hook) {
     hook_ = std::make_shared<AllocateHook>(std::move(hook));
@@ -81,23 +69,27 @@ class FailEnv : public Env {
 
   absl::StatusOr<std::unique_ptr<File>> Open(const std::string& path,
                                              const OpenOptions& options) override {
+    if ((*fail_)("open", path)) return Injected("open", path);
     auto file = real()->Open(path, options);
-    if (!file.ok() || hook_ == nullptr) return file;
-    return std::make_unique<HookedFile>(std::move(*file), hook_);
+    if (!file.ok()) return file;
+    return std::make_unique<FailingFile>(std::move(*file), fail_, hook_);
   }
   absl::Status Rename(const std::string& from, const std::string& to) override {
-    if (fail_("rename", to)) return Injected("rename", to);
+    if ((*fail_)("rename", to)) return Injected("rename", to);
     return real()->Rename(from, to);
   }
   absl::Status Link(const std::string& from, const std::string& to) override {
     return real()->Link(from, to);
   }
   absl::Status Remove(const std::string& path) override {
-    if (fail_("remove", path)) return Injected("remove", path);
+    if ((*fail_)("remove", path)) return Injected("remove", path);
     return real()->Remove(path);
   }
   bool Exists(const std::string& path) override { return real()->Exists(path); }
-  absl::Status SyncDir(const std::string& dir) override { return real()->SyncDir(dir); }
+  absl::Status SyncDir(const std::string& dir) override {
+    if ((*fail_)("syncdir", dir)) return Injected("syncdir", dir);
+    return real()->SyncDir(dir);
+  }
   absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) override {
     return real()->ListDir(dir);
   }
@@ -107,11 +99,37 @@ class FailEnv : public Env {
   }
 
  private:
+  // The real file, with Write and Sync asking the predicate and Allocate through the hook.
+  class FailingFile : public ForwardingFile {
+   public:
+    FailingFile(std::unique_ptr<File> real, std::shared_ptr<Predicate> fail,
+                std::shared_ptr<AllocateHook> hook)
+        : ForwardingFile(std::move(real)), fail_(std::move(fail)), hook_(std::move(hook)) {}
+    absl::Status Write(uint64_t offset, absl::string_view data) override {
+      if ((*fail_)("write", path())) return Injected("write", path());
+      return ForwardingFile::Write(offset, data);
+    }
+    absl::Status Sync() override {
+      if ((*fail_)("sync", path())) return Injected("sync", path());
+      return ForwardingFile::Sync();
+    }
+    absl::Status Allocate(uint64_t offset, uint64_t length) override {
+      if (hook_ != nullptr) {
+        if (absl::Status s = (*hook_)(path(), offset, length); !s.ok()) return s;
+      }
+      return ForwardingFile::Allocate(offset, length);
+    }
+
+   private:
+    std::shared_ptr<Predicate> fail_;
+    std::shared_ptr<AllocateHook> hook_;
+  };
+
   static Env* real() { return Env::Default(); }
   static absl::Status Injected(absl::string_view op, const std::string& path) {
     return absl::UnavailableError(absl::StrCat("injected failure: ", op, " ", path));
   }
-  Predicate fail_;
+  std::shared_ptr<Predicate> fail_;
   std::shared_ptr<AllocateHook> hook_;
 };
 

@@ -10,6 +10,7 @@
 #include "blockstore/check.h"
 #include "blockstore/commit.h"
 #include "blockstore/file.h"
+#include "blockstore/revert.h"
 #include "blockstore/test_util.h"
 #include "gtest/gtest.h"
 

@@ -9,6 +9,7 @@
 #include "blockstore/file.h"
 #include "blockstore/format.h"
 #include "blockstore/layer.h"
+#include "blockstore/revert.h"
 #include "blockstore/snapshot_files.h"
 #include "blockstore/stream.h"
 

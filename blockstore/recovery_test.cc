@@ -7,6 +7,7 @@
 #include "blockstore/commit.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
+#include "blockstore/revert.h"
 #include "blockstore/snapshot_files.h"
 #include "blockstore/test_util.h"
 #include "gtest/gtest.h"

@@ -19,6 +19,7 @@
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
 #include "blockstore/recovery.h"
+#include "blockstore/revert.h"
 #include "blockstore/tree.h"
 #include "cli/args.h"
 #include "cli/command.h"
@@ -816,6 +817,7 @@ const CommandSpec kRevert{.name = "revert",
 
 Discards the changes since LAYER's parent snapshot (or since snapshot SNAPSHOT, dropping the
 snapshots above it). Live (--control): the same on a served disk with no client connected.
+A revert that fails says why and changes nothing: the disk stays as it was (and served).
 
   --control SOCKET   the server's control socket (default <layer stem>.ctl beside the layer)
   -h, --help         this text

@@ -1,6 +1,6 @@
 // live_lifecycle: the snapshot workflow of a served disk end to end — live snapshot, writes,
-// then revert (offline with `strata revert`, online through the control socket with no client)
-// or delete (`strata delete-snapshot`), each checked byte for byte and with `strata check`;
+// then revert (offline with `strata revert`, online through the control socket with no client,
+// and online failing: the disk served on unchanged) or delete (`strata delete-snapshot`), each checked byte for byte and with `strata check`;
 // and a backup of a snapshot export with nbdcopy while the disk keeps being written, plus an
 // incremental one from `strata map --diff`.
 //
@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -128,6 +129,45 @@ TEST_F(LiveLifecycleTest, RevertOnlineWithNoClientConnected) {
   h.reset();
   ASSERT_TRUE(server_.Stop());
   Check("after an online revert");
+}
+
+// Issue 12: a live revert that failed left the server with no disk (EIO for every read, and
+// the final flush at SIGTERM failed). The snapshot the new top would stand on is moved away,
+// so the reverted chain cannot open (a failure root cannot bypass, unlike a read-only
+// directory): the revert must say so and the disk must go on as it was, readable, writable,
+// listed, and flushed at exit.
+TEST_F(LiveLifecycleTest, RevertThatFailsKeepsServingTheDisk) {
+  SnapshotBetweenWrites();
+  const std::string snapshot = server_.dir() + "/disk@s1.strata";
+  const std::string moved = server_.dir() + "/s1.moved";
+  ASSERT_EQ(rename(snapshot.c_str(), moved.c_str()), 0);
+  // The fixture's handles are closed; wait (bounded) until the server saw them go.
+  std::string out;
+  int rc = 0;
+  for (int i = 0; i < 100; ++i) {
+    rc = RunCommand({StrataBinary(), "revert", "--control", ctl_}, &out);
+    if (out.find("client connection") == std::string::npos) break;
+    usleep(50000);
+  }
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("disk@s1.strata"), std::string::npos) << "the cause is not named: " << out;
+  EXPECT_NE(out.find("the disk is unchanged"), std::string::npos) << out;
+  ExpectDisk(latest_, "after a failed revert");
+  NbdHandle h = server_.Connect();
+  ASSERT_TRUE(h);
+  ASSERT_TRUE(WritePattern(h.get(), 3 * kMiB, 64 * kKiB, 7));
+  ASSERT_EQ(nbd_flush(h.get(), 0), 0) << nbd_get_error();
+  const std::string written = ReadAll(h.get());
+  EXPECT_TRUE(ReadsPattern(h.get(), 3 * kMiB, 64 * kKiB, 7));
+  h.reset();
+  ASSERT_EQ(rename(moved.c_str(), snapshot.c_str()), 0);
+  EXPECT_TRUE(Strata({"list", server_.layer_path()}, &out)) << out;
+  EXPECT_NE(out.find("s1"), std::string::npos) << out;
+  EXPECT_TRUE(Strata({"stats", server_.layer_path()}, &out)) << out;
+  ASSERT_TRUE(server_.Stop()) << "SIGTERM did not exit 0 (the final flush failed?)";
+  Check("after a failed revert");
+  ASSERT_TRUE(server_.Start());
+  ExpectDisk(written, "after a restart that followed a failed revert");
 }
 
 TEST_F(LiveLifecycleTest, DeleteSnapshotKeepsTheLatestState) {

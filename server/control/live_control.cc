@@ -150,7 +150,6 @@ LiveControl::LiveControl(Server* server, ExportTable* exports, ChainStorage* dis
 LiveControl::~LiveControl() = default;
 
 void LiveControl::WatchSnapshots() {
-  if (disk_->chain() == nullptr) return;
   // The chain may complete a snapshot when it closes, after this object is gone: the
   // listener keeps what it changes alive.
   disk_->chain()->SetSnapshotListener(
@@ -188,7 +187,6 @@ void LiveControl::Published::ExportLocked(const std::string& name, const std::st
 
 void LiveControl::AddSnapshotExports() {
   absl::MutexLock lock(&mu_);
-  if (disk_->chain() == nullptr) return;
   for (const LayerInfo& info : disk_->chain()->Layers()) {
     if (info.is_raw_base || info.header.state != LayerState::kFrozen ||
         info.header.snapshot_name.empty()) {
@@ -244,7 +242,7 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
   const std::string name = request["name"].get<std::string>();
   absl::MutexLock lock(&mu_);
   Chain* chain = disk_->chain();
-  if (chain == nullptr || !disk_->writable()) {
+  if (!disk_->writable()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "snapshot '", name, "': ", disk_->top_path(), " is served read-only; nothing to freeze"));
   }
@@ -312,9 +310,7 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
 
 absl::Status LiveControl::List(json* reply) {
   absl::MutexLock lock(&mu_);
-  Chain* chain = disk_->chain();
-  if (chain == nullptr) return disk_->Flush();  // the "could not be reopened" error
-  std::vector<LayerInfo> layers = chain->Layers();
+  std::vector<LayerInfo> layers = disk_->chain()->Layers();
   std::sort(layers.begin(), layers.end(),
             [](const LayerInfo& a, const LayerInfo& b) { return a.position > b.position; });
   const int64_t now = WallClockNs();
@@ -400,8 +396,7 @@ absl::Status LiveControl::Stats(json* reply) {
   (*reply)["enospc"] = std::move(enospc);
   // A failed sync makes the disk refuse writes and flushes until restarted (README,
   // Guarantees): say so, with the cause.
-  absl::Status failure =
-      disk_->chain() != nullptr ? disk_->chain()->failure() : absl::OkStatus();
+  absl::Status failure = disk_->chain()->failure();
   (*reply)["sync_failure"] = failure.ok() ? json(nullptr) : json(std::string(failure.message()));
 
   absl::MutexLock lock(&mu_);
@@ -431,10 +426,8 @@ absl::Status LiveControl::Info(json* reply) {
   absl::MutexLock lock(&mu_);
   (*reply)["size"] = disk_->size();
   (*reply)["sub_block_size"] = disk_->sub_block_size();
-  if (disk_->chain() != nullptr) {
-    (*reply)["cluster_size"] = disk_->chain()->cluster_size();
-    (*reply)["layers"] = disk_->chain()->top_position();
-  }
+  (*reply)["cluster_size"] = disk_->chain()->cluster_size();
+  (*reply)["layers"] = disk_->chain()->top_position();
   (*reply)["top_file"] = disk_->top_path();
   (*reply)["read_only"] = !disk_->writable();
   json exports = json::array();
@@ -488,6 +481,7 @@ absl::Status LiveControl::Revert(const json& request, json* reply) {
     return absl::FailedPreconditionError(absl::StrCat("revert refused: ", why));
   }
   absl::Duration pause;
+  const Chain* before = disk_->chain();
   absl::Status st = server_->RunPaused(
       [&]() -> absl::Status {
         // Counted again with every worker paused: a client that connected meanwhile wins.
@@ -497,19 +491,22 @@ absl::Status LiveControl::Revert(const json& request, json* reply) {
         return disk_->Revert(name);
       },
       &pause, options_.pause_timeout);
-  WatchSnapshots();  // the chain was reopened, whether the revert succeeded or not
-  if (!st.ok()) {
-    return absl::Status(st.code(), absl::StrCat("revert to ", target, ": ", st.message()));
-  }
+  const absl::Status failed(st.code(), absl::StrCat("revert to ", target, ": ", st.message()));
+  // A failed revert serves the chain it had; one whose commit point passed serves the
+  // reverted chain, even if it reports a failure after it (ChainStorage::Revert).
+  if (disk_->chain() == before) return failed;
+  WatchSnapshots();
   // Snapshots above the target are no longer in the served chain (their files stay, a
   // branch): their exports go. Connections reading one keep it open until they end.
   std::set<std::string> in_chain;
-  if (disk_->chain() != nullptr) {
-    for (const LayerInfo& info : disk_->chain()->Layers()) {
-      if (!info.is_raw_base) in_chain.insert(info.header.snapshot_name);
-    }
+  for (const LayerInfo& info : disk_->chain()->Layers()) {
+    if (!info.is_raw_base) in_chain.insert(info.header.snapshot_name);
   }
   const std::vector<std::string> removed = published_->RemoveAllBut(in_chain);
+  if (!st.ok()) {
+    STRATA_LOG(kError, "%s", failed.message());
+    return failed;
+  }
   STRATA_LOG(kInfo, "reverted %s to %s (I/O paused %.3f ms)%s", disk_->top_path(), target,
              absl::ToDoubleMilliseconds(pause),
              removed.empty() ? "" : absl::StrCat("; exports removed: ", absl::StrJoin(removed, ", ")));
@@ -548,7 +545,6 @@ std::string LiveControl::MergeInTheWayLocked() {
                            merge_->snapshot(),
                            total > 0 ? 100 * j["bytes_done"].get<double>() / total : 0.0);
   }
-  if (disk_->chain() == nullptr) return "";
   for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
     std::string why;
     if (merge_ && merge_->journal_path() == journal) {
@@ -578,7 +574,7 @@ void LiveControl::StartMergeLocked(const std::string& journal, const std::string
 
 void LiveControl::ResumeMerges() {
   absl::MutexLock lock(&mu_);
-  if (disk_->chain() == nullptr || !disk_->writable()) return;
+  if (!disk_->writable()) return;
   for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
     const std::string name = JournalSnapshot(journal);
     STRATA_LOG(kInfo, "resuming the deletion of snapshot '%s' left by an earlier run", name);
@@ -618,7 +614,6 @@ absl::Status LiveControl::DeleteSnapshot(const json& request, json* reply) {
   }
   absl::MutexLock lock(&mu_);
   Chain* chain = disk_->chain();
-  if (chain == nullptr) return disk_->Flush();  // the "could not be reopened" error
   if (!disk_->writable()) {
     return absl::FailedPreconditionError(
         absl::StrCat(what, ": ", disk_->top_path(), " is served read-only"));
@@ -657,14 +652,12 @@ absl::Status LiveControl::Cancel(json* reply) {
     return absl::OkStatus();
   }
   // A deletion that failed (or was stopped) keeps its journal until given up.
-  if (disk_->chain() != nullptr) {
-    for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
-      if (absl::Status st = AbandonStream(Env::Default(), journal); !st.ok()) return st;
-      const std::string name = JournalSnapshot(journal);
-      published_->Add(name, StreamedLayer(journal));
-      (*reply)["job"] = json{{"snapshot", name}, {"state", "cancelled"}};
-      return absl::OkStatus();
-    }
+  for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
+    if (absl::Status st = AbandonStream(Env::Default(), journal); !st.ok()) return st;
+    const std::string name = JournalSnapshot(journal);
+    published_->Add(name, StreamedLayer(journal));
+    (*reply)["job"] = json{{"snapshot", name}, {"state", "cancelled"}};
+    return absl::OkStatus();
   }
   return absl::FailedPreconditionError("cancel: no snapshot deletion is running");
 }

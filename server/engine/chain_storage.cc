@@ -1,9 +1,7 @@
 #include "server/engine/chain_storage.h"
 
-#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "blockstore/commit.h"
-#include "blockstore/file.h"
+#include "blockstore/revert.h"
 
 namespace strata {
 
@@ -18,78 +16,39 @@ std::string ChainStorage::Describe() const {
 }
 
 std::string ChainStorage::DescribeLayer(int position) const {
-  if (chain_ == nullptr) return absl::StrCat("layer ", position, " of ", top_path_, " (missing)");
   return chain_->DescribeLayer(position);
-}
-
-// Only reachable after a revert whose reopen failed: every request fails, nothing crashes.
-absl::Status ChainStorage::Missing() const {
-  return absl::UnavailableError(
-      absl::StrCat(top_path_, ": the chain could not be reopened after a revert; restart the "
-                              "server"));
 }
 
 absl::Status ChainStorage::MapRead(uint64_t offset, uint64_t length, std::vector<Segment>* out,
                                    ReadPin* pin) const {
-  if (chain_ == nullptr) return Missing();
   return chain_->MapRead(offset, length, out, pin);
 }
 absl::StatusOr<WritePlan> ChainStorage::PrepareWrite(uint64_t offset, uint64_t length) {
-  if (chain_ == nullptr) return Missing();
   return chain_->PrepareWrite(offset, length);
 }
 absl::Status ChainStorage::ReplenishSlots() {
   absl::ReaderMutexLock lock(&swap_mu_);
-  if (chain_ == nullptr) return Missing();
   return chain_->ReplenishSlots();
 }
 void ChainStorage::FinishWrite(const WritePlan& plan, bool succeeded) {
-  if (chain_ != nullptr) chain_->FinishWrite(plan, succeeded);
+  chain_->FinishWrite(plan, succeeded);
 }
 absl::Status ChainStorage::Zero(uint64_t offset, uint64_t length, bool may_trim,
                                 std::vector<std::pair<uint64_t, uint64_t>>* data_ranges) {
-  if (chain_ == nullptr) return Missing();
   return chain_->Zero(offset, length, may_trim, data_ranges);
 }
 absl::Status ChainStorage::Trim(uint64_t offset, uint64_t length) {
-  if (chain_ == nullptr) return Missing();
   return chain_->Trim(offset, length);
 }
-absl::Status ChainStorage::Flush() {
-  if (chain_ == nullptr) return Missing();
-  return chain_->Flush();
-}
+absl::Status ChainStorage::Flush() { return chain_->Flush(); }
 absl::Status ChainStorage::Extents(uint64_t offset, uint64_t length,
                                    std::vector<Extent>* out) const {
-  if (chain_ == nullptr) return Missing();
   return chain_->Extents(offset, length, out);
 }
 
 absl::Status ChainStorage::Revert(const std::string& name) {
-  if (chain_ == nullptr) return Missing();
-  if (!chain_->writable()) {
-    return absl::FailedPreconditionError(absl::StrCat(top_path_, " is served read-only"));
-  }
-  if (absl::Status st = chain_->Flush(); !st.ok()) return st;
-  ChainOptions options;
-  options.writable = true;
-  options.direct_io = chain_->direct_io();
-  options.serve_streams = true;
   absl::MutexLock swap(&swap_mu_);
-  // Revert takes the top layer's exclusive lock, which our open chain holds: close it first.
-  chain_.reset();
-  absl::Status reverted = strata::Revert(Env::Default(), top_path_, name);
-  absl::StatusOr<std::unique_ptr<Chain>> reopened = Chain::Open(top_path_, options);
-  if (!reopened.ok()) {
-    return absl::Status(reopened.status().code(),
-                        absl::StrCat(reverted.ok() ? "reverted, but " : "revert failed and ",
-                                     "reopening ", top_path_, " failed: ",
-                                     reopened.status().message(),
-                                     reverted.ok() ? "" : absl::StrCat(" (revert: ",
-                                                                       reverted.message(), ")")));
-  }
-  chain_ = std::move(*reopened);
-  return reverted;
+  return RevertServed(&chain_, name);
 }
 
 absl::StatusOr<std::unique_ptr<ChainStorage>> OpenChainStorage(const std::string& top_path,

@@ -2,14 +2,14 @@
 // every check and decision about the data lives in Chain, and so does every fact that can
 // change (depth, writability, O_DIRECT): this class asks the chain each time, so a live
 // snapshot (a layer more) needs no refresh. It adds the two whole-chain operations the control
-// socket runs while the server is paused: Snapshot and Revert (close, blockstore Revert,
-// reopen).
+// socket runs while the server is paused: Snapshot and Revert (revert.h: RevertServed opens the
+// reverted chain beside this one and swaps them only after its commit point).
 //
 // Size, sub-block size and path are held here, from the chain at construction: they never
 // change for this object's life (a revert keeps the geometry), and a paused worker still
-// negotiates handshakes, which read them, while a revert closes and reopens the chain. The
-// chain is swapped only there, with no client connected, so nothing else reads it meanwhile.
-// If the reopen fails the chain is missing and every request fails (restart the server).
+// negotiates handshakes, which read them, while a revert swaps the chain. The chain is swapped
+// only there, with no client connected, so nothing else reads it meanwhile. There is always a
+// chain: a revert that fails keeps serving the one it had, unchanged.
 #ifndef STRATA_SERVER_ENGINE_CHAIN_STORAGE_H_
 #define STRATA_SERVER_ENGINE_CHAIN_STORAGE_H_
 
@@ -28,10 +28,9 @@ class ChainStorage final : public Storage {
 
   uint64_t size() const override { return size_; }
   uint32_t sub_block_size() const override { return sub_block_size_; }
-  // A missing chain was writable: only a writable chain is reverted.
-  bool writable() const override { return chain_ == nullptr || chain_->writable(); }
-  bool direct_io() const override { return chain_ != nullptr && chain_->direct_io(); }
-  int top_position() const override { return chain_ ? chain_->top_position() : 0; }
+  bool writable() const override { return chain_->writable(); }
+  bool direct_io() const override { return chain_->direct_io(); }
+  int top_position() const override { return chain_->top_position(); }
   std::string Describe() const override;
   std::string DescribeLayer(int position) const override;
 
@@ -46,21 +45,20 @@ class ChainStorage final : public Storage {
   absl::Status Flush() override;
   absl::Status Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const override;
 
-  // The chain (null only after a revert whose reopen failed). REQUIRES for any use that
-  // changes it: the server is paused (Server::RunPaused).
+  // The chain, never null; another one after a revert. REQUIRES for any use that changes it:
+  // the server is paused (Server::RunPaused).
   Chain* chain() const { return chain_.get(); }
-  // The path served and reopened by Revert; known also while the chain is missing.
+  // The path served, the same across reverts.
   const std::string& top_path() const { return top_path_; }
 
   // REQUIRES: the server is paused and no client holds this export (a revert changes the
-  // disk under a client's feet). Flushes, closes the chain, runs blockstore's Revert (to the
-  // parent, or to snapshot `name`), and reopens it with the same options. On failure the
-  // previous chain is reopened (Revert is atomic), so the disk is served as before.
+  // disk under a client's feet). Reverts the served chain to its parent, or to snapshot
+  // `name` (RevertServed). On failure the chain served before goes on, unchanged, and the
+  // message says what failed; only a failed directory sync after the commit point ("reverted,
+  // but ...") fails with the reverted chain served (chain() tells which).
   absl::Status Revert(const std::string& name);
 
  private:
-  absl::Status Missing() const;
-
   // A background refill (Storage::ClaimBackgroundReplenish) belongs to no request, so a pause
   // does not wait for it: it holds this shared while it uses the chain, Revert exclusively
   // while it swaps the chain.

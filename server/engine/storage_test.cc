@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "blockstore/fail_env.h"
 #include "gtest/gtest.h"
 #include "server/engine/chain_storage.h"
 #include "server/engine/fake_storage.h"
@@ -141,7 +142,7 @@ TEST_F(ChainStorageTest, AReadOnlyChainMakesAReadOnlyExport) {
   EXPECT_EQ((*ro)->Revert("").code(), absl::StatusCode::kFailedPrecondition);
 }
 
-TEST_F(ChainStorageTest, RevertReopensTheChainWithTheSnapshotContents) {
+TEST_F(ChainStorageTest, RevertServesTheSnapshotContents) {
   ASSERT_TRUE(storage_->chain()->Write(0, std::string(4096, 'a')).ok());
   ASSERT_TRUE(storage_->chain()->Snapshot("s1").ok());
   ASSERT_TRUE(storage_->chain()->Write(0, std::string(4096, 'b')).ok());
@@ -153,6 +154,43 @@ TEST_F(ChainStorageTest, RevertReopensTheChainWithTheSnapshotContents) {
   EXPECT_EQ(storage_->Revert("nope").code(), absl::StatusCode::kNotFound);
   ASSERT_NE(storage_->chain(), nullptr);
   EXPECT_TRUE(storage_->chain()->Write(0, std::string(4096, 'c')).ok());
+}
+
+// Issue 12: a revert that failed used to leave the server with no chain (EIO for every read
+// until a restart). It now keeps serving the chain it had, through the same storage.
+TEST_F(ChainStorageTest, ARevertThatFailsKeepsServingTheChainItHad) {
+  storage_.reset();  // its lock
+  bool fail = false;  // the commit point's rename over the top, once set
+  testing::FailEnv env([&](absl::string_view op, const std::string& path) {
+    return fail && op == "rename" && path == path_;
+  });
+  auto chain = Chain::Open(path_, {.env = &env});
+  ASSERT_TRUE(chain.ok()) << chain.status();
+  ChainStorage storage(std::move(*chain));
+  ASSERT_TRUE(storage.chain()->Write(0, std::string(4096, 'a')).ok());
+  ASSERT_TRUE(storage.chain()->Snapshot("s1").ok());
+  ASSERT_TRUE(storage.chain()->Write(0, std::string(4096, 'b')).ok());
+  const Chain* served = storage.chain();
+  fail = true;
+  absl::Status st = storage.Revert("s1");
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("the disk is unchanged"), absl::string_view::npos) << st;
+  EXPECT_EQ(storage.chain(), served);
+  std::vector<Segment> segs;
+  ReadPin pin;
+  EXPECT_TRUE(storage.MapRead(0, 4096, &segs, &pin).ok());
+  pin.Release();
+  std::string back(4096, '?');
+  ASSERT_TRUE(storage.chain()->Read(0, absl::MakeSpan(back)).ok());
+  EXPECT_EQ(back, std::string(4096, 'b'));
+  EXPECT_TRUE(storage.Flush().ok());
+  // And once the cause is gone, the same storage reverts.
+  fail = false;
+  ASSERT_TRUE(storage.Revert("s1").ok());
+  EXPECT_NE(storage.chain(), served);
+  ASSERT_TRUE(storage.chain()->Read(0, absl::MakeSpan(back)).ok());
+  EXPECT_EQ(back, std::string(4096, 'a'));
+  EXPECT_TRUE(storage.Flush().ok());
 }
 
 }  // namespace
