@@ -195,12 +195,12 @@ Chain::~Chain() {
 
 namespace {
 
-// An unfinished merge of `path` leaves its journal beside it: the chain must not be read
-// through a layer that is half of two until the merge ends.
+// An unfinished merge of `path` leaves its journal beside it, and one into a raw base beside
+// the base: the chain must not be read through a file that is half of two until it ends.
 absl::Status RefuseUnfinishedMerge(Env* env, const std::string& path, const std::string& top) {
   if (!env->Exists(MergeJournalPath(path))) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
-      "an interrupted commit of ", path, " was found (", MergeJournalPath(path),
+      "an interrupted commit was found (", MergeJournalPath(path),
       "): run `strata commit --resume ", top, "` to finish it"));
 }
 
@@ -391,6 +391,7 @@ absl::Status Chain::OpenLayers(std::vector<std::unique_ptr<Layer>>* stack) {
     if (ch.parent_format == ParentFormat::kNone) return absl::OkStatus();
     std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
     if (ch.parent_format == ParentFormat::kRaw) {
+      if (auto s = RefuseUnfinishedMerge(env_, parent_path, top_path_); !s.ok()) return s;
       auto base = OpenRawBase(env_, child, parent_path, options_);
       if (!base.ok()) return base.status();
       base_ = std::move(*base);

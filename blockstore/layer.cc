@@ -103,7 +103,7 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Create(Env* env, const std::string
   h.virtual_size = params.virtual_size;
   h.cluster_size = params.cluster_size;
   h.sub_block_size = params.sub_block_size;
-  h.uuid = NewUuid();
+  h.uuid = IsNil(params.uuid) ? NewUuid() : params.uuid;
   h.parent_uuid = params.parent_uuid;
   h.state = LayerState::kActive;
   h.parent_format = params.parent_format;

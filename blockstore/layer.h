@@ -45,6 +45,7 @@ struct LayerCreateParams {
   Uuid parent_uuid{};
   uint64_t parent_size = 0;
   uint64_t journal_size = kDefaultJournalSize;
+  Uuid uuid{};  // nil: a new random one (a commit into the base names its successor first)
 };
 
 // What one flush writes, captured under the owner's lock (see the design note).
