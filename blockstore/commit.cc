@@ -654,8 +654,8 @@ absl::StatusOr<CommitResult> CommitIntoBaseRecovered(Env* env, const std::string
       !s.ok()) {
     return s;
   }
-  std::vector<std::string> known = {AbsoluteDir(layer_path), AbsoluteDir(base)};
-  for (const std::string& dir : ChainDirs(env, layer_path)) AddUnique(&known, dir);
+  std::vector<std::string> known = ChainDirs(env, layer_path);
+  AddUnique(&known, AbsoluteDir(base));
   const std::vector<std::string> dirs = SearchDirs(env, known);
   // Another disk on the base would see its content change: refuse.
   auto users = FindRawChildren(env, dirs, base);
