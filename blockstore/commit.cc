@@ -460,8 +460,12 @@ absl::Status RelinkIntoBase(Env* env, const MergeJournal& j, LockSet* locks) {
   if (!children.ok()) return children.status();
   for (const Child& c : *children) {
     if (auto s = Lock(env, locks, c.path); !s.ok()) return s;
-    const ParentRef base{ParentFormat::kRaw, ParentLink(DirName(c.path), j.parent_path), Uuid{},
-                         child->parent_size};
+    // By name when they share a directory, however differently the two paths spell it (the
+    // pair can move together).
+    const std::string link = AbsoluteDir(c.path) == AbsoluteDir(j.parent_path)
+                                 ? BaseName(j.parent_path)
+                                 : ParentLink(DirName(c.path), j.parent_path);
+    const ParentRef base{ParentFormat::kRaw, link, Uuid{}, child->parent_size};
     if (auto s = EditLayerHeader(env, c.path, [&](LayerHeader* h) { base.ApplyTo(h); });
         !s.ok()) {
       return s;

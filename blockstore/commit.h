@@ -1,4 +1,4 @@
-// Offline merge of a layer into its parent (deleting a snapshot), and revert.
+// Offline merge of a layer into its parent (deleting a snapshot) or into its raw base, and revert.
 //
 // CommitLayer(C) merges layer C into its parent P, a frozen strata layer, and takes C out of
 // the chain, as Hyper-V merges an .AVHD into its parent: P takes C's place — its file name,

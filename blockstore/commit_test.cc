@@ -380,6 +380,23 @@ TEST_F(IntoBaseTest, FrozenLayerLeavesAndItsChildStandsOnTheBase) {
   ExpectClean();
 }
 
+// Run from the disk's directory with bare names, as a user types them: the child's new link
+// is still the base's file name, and the journal resolves from its own directory.
+TEST_F(IntoBaseTest, BareNamesFromTheDiskDirectoryKeepTheLinkByName) {
+  WriteAndSnapshot(0, 'a', "s1");
+  const std::string before = ReadAll(top_);
+  {
+    CwdGuard cwd(dir_.path());
+    auto result = CommitIntoBase(Env::Default(), "disk@s1.strata");
+    ASSERT_TRUE(result.ok()) << result.status();
+  }
+  auto h = ReadLayerHeader(Env::Default(), top_);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->parent_path, "base.raw");
+  ExpectSameBytes(ReadAll(top_), before);
+  ExpectNoJournal();
+}
+
 TEST_F(IntoBaseTest, RefusesWhenARecordedLayerElsewhereStandsOnTheBase) {
   WriteDataAndZeros();
   const std::string base_before = FileBytes(base_);
