@@ -119,6 +119,9 @@ class CopyTarget {
   virtual absl::StatusOr<uint64_t> Take(uint64_t cluster, const ClusterEntry& e) = 0;
   // Makes every copy and Take so far durable.
   virtual absl::Status Flush() = 0;
+  // Nothing at or past this offset is written: a raw base keeps its size, also where its last
+  // sub-block is partial (the layer's sub-block there reaches past the disk's end).
+  virtual uint64_t end() const { return UINT64_MAX; }
 };
 
 // P, a strata layer: C's present sub-blocks into P's slot for the cluster (a new one where P
@@ -151,8 +154,10 @@ class LayerTarget final : public CopyTarget {
 // sparse; written as zeros where the file system cannot punch), contiguous ones in one call.
 class RawBaseTarget final : public CopyTarget {
  public:
-  RawBaseTarget(File* base, const LayerHeader& child) : base_(base), child_(child) {}
+  RawBaseTarget(File* base, uint64_t size, const LayerHeader& child)
+      : base_(base), size_(size), child_(child) {}
   File* file() override { return base_; }
+  uint64_t end() const override { return size_; }
   absl::StatusOr<uint64_t> Take(uint64_t cluster, const ClusterEntry& e) override {
     const uint64_t at = cluster * child_.cluster_size, sbs = child_.sub_block_size;
     for (uint32_t sb = 0; sb < child_.SubBlocksPerCluster(); ++sb) {
@@ -173,9 +178,9 @@ class RawBaseTarget final : public CopyTarget {
 
  private:
   absl::Status ZeroRun() {
-    if (zero_len_ == 0) return absl::OkStatus();
-    const uint64_t from = zero_from_, len = zero_len_;
+    const uint64_t from = zero_from_, len = from >= size_ ? 0 : std::min(zero_len_, size_ - from);
     zero_len_ = 0;
+    if (len == 0) return absl::OkStatus();
     if (base_->PunchHole(from, len).ok()) return absl::OkStatus();
     const std::string zeros(std::min<uint64_t>(len, kMaxRun), '\0');
     for (uint64_t done = 0; done < len; done += zeros.size()) {
@@ -188,6 +193,7 @@ class RawBaseTarget final : public CopyTarget {
   }
 
   File* base_;
+  const uint64_t size_;
   const LayerHeader& child_;
   uint64_t zero_from_ = 0, zero_len_ = 0;  // zero marks not punched yet
 };
@@ -216,6 +222,8 @@ absl::Status CopyInto(Env* env, Layer* child, CopyTarget* target, MergeJournal* 
   // A run of sub-blocks contiguous in both files becomes one copy.
   uint64_t run_from = 0, run_to = 0, run_len = 0;
   auto emit = [&]() -> absl::Status {
+    // A raw base's partial last sub-block: only the part inside the file.
+    run_len = run_to >= target->end() ? 0 : std::min(run_len, target->end() - run_to);
     if (run_len == 0) return absl::OkStatus();
     absl::Status s = env->CopyRange(child->file(), run_from, target->file(), run_to, run_len);
     // Start writing the run back now, without waiting: the batch's flush then finds most of
@@ -412,7 +420,9 @@ absl::StatusOr<uint64_t> CopyIntoBasePhase(Env* env, MergeJournal* journal,
   if (!child.ok()) return child.status();
   auto base = env->Open(journal->parent_path, {.writable = true});
   if (!base.ok()) return base.status();
-  RawBaseTarget target(base->get(), (*child)->header());
+  auto size = (*base)->Size();
+  if (!size.ok()) return size.status();
+  RawBaseTarget target(base->get(), *size, (*child)->header());
   uint64_t copied = 0;
   if (auto s = CopyInto(env, child->get(), &target, journal, progress, batch_bytes, &copied);
       !s.ok()) {

@@ -397,6 +397,26 @@ TEST_F(IntoBaseTest, BareNamesFromTheDiskDirectoryKeepTheLinkByName) {
   ExpectNoJournal();
 }
 
+// A base whose size is not a multiple of the sub-block: the layer's last sub-block reaches
+// past the disk's end, and the base must keep its size (the chain checks it).
+TEST_F(IntoBaseTest, PartialLastSubBlockKeepsTheBaseSize) {
+  const uint64_t size = kDisk - 512;
+  testing::WriteFileBytes(base_, PatternBytes(size, 6));
+  ASSERT_TRUE(Env::Default()->Remove(top_).ok());
+  ASSERT_TRUE(CreateLayer(top_, {.parent = base_, .parent_format = ParentFormat::kRaw}).ok());
+  {
+    auto chain = Chain::Open(top_);
+    ASSERT_TRUE(chain.ok()) << chain.status();
+    ASSERT_TRUE((*chain)->Write(size - 1024, std::string(1024, 'e')).ok());
+    ASSERT_TRUE((*chain)->WriteZeroes(size - 8192, 4096, /*may_trim=*/true).ok());
+  }
+  const std::string before = testing::ReadDisk(top_, size);
+  auto result = CommitIntoBase(Env::Default(), top_);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ExpectSameBytes(FileBytes(base_), before);
+  ExpectSameBytes(testing::ReadDisk(top_, size), before);
+}
+
 TEST_F(IntoBaseTest, RefusesWhenARecordedLayerElsewhereStandsOnTheBase) {
   WriteDataAndZeros();
   const std::string base_before = FileBytes(base_);
