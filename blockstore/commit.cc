@@ -613,6 +613,17 @@ absl::Status CheckBaseWritable(Env* env, const std::string& layer_path, const La
         "cannot commit ", layer_path, " into its raw base ", base_path,
         ": it cannot be opened for writing (", base.status().message(), ")"));
   }
+  // QEMU locks the images it has open with fcntl (OFD) byte-range locks, not flock: a VM or
+  // qemu-nbd reading the base holds one, and would see its disk change.
+  struct flock fl = {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  if (fcntl((*base)->fd(), F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot commit ", layer_path, " into its raw base ", base_path, ": ", base_path,
+        " is in use by another process (it holds a file lock on it, as QEMU and qemu-nbd do): "
+        "stop it first"));
+  }
   // Even root can write a file nobody may write: a base marked read-only (a golden image)
   // is meant to stay as it is.
   struct stat st;

@@ -61,7 +61,7 @@ absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path
 // before each progress record. Relink: the successor's rename over C (its UUID recorded in the
 // journal), or the child's header switch then C's removal, each idempotent.
 // Refuses when C's parent is not raw, C, the base or C's child is in use (flock; a strata
-// reader of the base holds it shared), the base is not writable or smaller than C's data (the
+// reader of the base holds it shared; QEMU's fcntl locks on the base count too), the base is not writable or smaller than C's data (the
 // whole disk with `drop`), another layer stands on the base in the directories a merge can know
 // about (CommitLayer's), or a frozen C has other than one child there.
 struct IntoBaseOptions {

@@ -64,6 +64,14 @@ out="$(timeout 20 "$STRATA" serve --socket ../vm/disk.sock --pid-file ../vm/disk
 SERVER_PID="$(cat ../vm/disk.pid)"
 refused "in use" commit --into-base "$SNAP"
 terminate_pid "$SERVER_PID"; SERVER_PID=""
+# QEMU holding the base (its fcntl locks, not flock): qemu-nbd exporting it read-only.
+if command -v qemu-nbd >/dev/null; then
+  timeout 30 qemu-nbd -r -f raw -k "$WORK/qemu.sock" "$BASE" 2>>"$WORK/server.log" &
+  SERVER_PID=$!
+  for _ in $(seq 50); do [ -S "$WORK/qemu.sock" ] && break; sleep 0.1; done
+  refused "holds a file lock" commit --into-base "$SNAP"
+  terminate_pid "$SERVER_PID"; SERVER_PID=""
+fi
 cmp -s "$BASE" "$WORK/base.before" || fail "a refused commit changed the base"
 
 # --- The snapshot into the base: its child stands on the base, the disk reads the same ------
