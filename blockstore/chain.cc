@@ -127,6 +127,8 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
   Env* env = options.env ? options.env : Env::Default();
   // As qemu-img: a relative parent path is relative to the new layer's directory.
   const std::string parent = ResolvePath(DirName(layer_path), options.parent);
+  // Before a child is registered under this path (Layer::Create would refuse it only later).
+  if (env->Exists(layer_path)) return absl::AlreadyExistsError(absl::StrCat(layer_path, " exists"));
   LayerCreateParams params;
   params.journal_size = options.journal_size;
   params.cluster_size = options.cluster_size;
@@ -151,6 +153,10 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
                                                      " bytes: it must be a positive multiple of 512"));
     }
     params.virtual_size = params.parent_size = *size;
+    params.uuid = NewUuid();
+    // Best effort: a golden image often lies in a directory its users may not write, and a
+    // commit into that base cannot run there either (its journal goes beside the base).
+    (void)RegisterChild(env, parent, Uuid{}, layer_path, params.uuid);
   } else if (params.parent_format == ParentFormat::kStrata) {
     auto header = ReadLayerHeader(env, parent);
     if (!header.ok()) return header.status();
@@ -164,9 +170,6 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
     params.sub_block_size = header->sub_block_size;
     params.parent_uuid = header->uuid;
     params.uuid = NewUuid();
-    if (env->Exists(layer_path)) {
-      return absl::AlreadyExistsError(absl::StrCat(layer_path, " exists"));
-    }
     if (auto s = RegisterChild(env, parent, params.parent_uuid, layer_path, params.uuid);
         !s.ok()) {
       return s;
@@ -204,12 +207,12 @@ Chain::~Chain() {
 
 namespace {
 
-// An unfinished merge of `path` leaves its journal beside it: the chain must not be read
-// through a layer that is half of two until the merge ends.
+// An unfinished merge of `path` leaves its journal beside it, and one into a raw base beside
+// the base: the chain must not be read through a file that is half of two until it ends.
 absl::Status RefuseUnfinishedMerge(Env* env, const std::string& path, const std::string& top) {
   if (!env->Exists(MergeJournalPath(path))) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
-      "an interrupted commit of ", path, " was found (", MergeJournalPath(path),
+      "an interrupted commit was found (", MergeJournalPath(path),
       "): run `strata commit --resume ", top, "` to finish it"));
 }
 
@@ -406,6 +409,7 @@ absl::Status Chain::OpenLayers(std::vector<std::unique_ptr<Layer>>* stack) {
     if (ch.parent_format == ParentFormat::kNone) return absl::OkStatus();
     std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
     if (ch.parent_format == ParentFormat::kRaw) {
+      if (auto s = RefuseUnfinishedMerge(env_, parent_path, top_path_); !s.ok()) return s;
       auto base = OpenRawBase(env_, child, parent_path, options_);
       if (!base.ok()) return base.status();
       base_ = std::move(*base);

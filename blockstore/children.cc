@@ -124,10 +124,12 @@ absl::Status RegisterChild(Env* env, const std::string& parent_path, const Uuid&
 }
 
 bool StillStanding(Env* env, const RegisteredChild& child) {
+  // A nil parent UUID registers a layer on a raw base (of the registry's directory).
+  const ParentFormat format = IsNil(child.parent_uuid) ? ParentFormat::kRaw : ParentFormat::kStrata;
   auto stands = [&](const std::string& path, bool same_layer) {
     auto h = ReadLayerHeader(env, path);
-    return h.ok() && h->parent_format == ParentFormat::kStrata &&
-           h->parent_uuid == child.parent_uuid && (!same_layer || h->uuid == child.child_uuid);
+    return h.ok() && h->parent_format == format && h->parent_uuid == child.parent_uuid &&
+           (!same_layer || h->uuid == child.child_uuid);
   };
   if (stands(child.path, false)) return true;
   // A live snapshot of a registered disk keeps the layer in its directory under the
@@ -200,6 +202,26 @@ absl::StatusOr<std::vector<Child>> FindChildren(Env* env, const std::vector<std:
       std::string path = dir + "/" + name;
       auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
       if (h.ok() && h->parent_format == ParentFormat::kStrata && h->parent_uuid == parent_uuid) {
+        out.push_back({path, h->uuid});
+      }
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<Child>> FindRawChildren(Env* env, const std::vector<std::string>& dirs,
+                                                   const std::string& base) {
+  const std::string want = AbsolutePath(base);
+  std::vector<Child> out;
+  for (const std::string& dir : dirs) {
+    auto names = env->ListDir(dir);
+    if (absl::IsNotFound(names.status())) continue;  // a recorded directory removed since
+    if (!names.ok()) return names.status();
+    for (const std::string& name : *names) {
+      const std::string path = dir + "/" + name;
+      auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
+      if (h.ok() && h->parent_format == ParentFormat::kRaw &&
+          AbsolutePath(ResolvePath(dir, h->parent_path)) == want) {
         out.push_back({path, h->uuid});
       }
     }

@@ -20,9 +20,9 @@ namespace strata {
 class Env;
 
 // The child registry (FORMAT.md §9): in a layer's directory, one line for every child created
-// on a layer of that directory by `strata create -b` or linked to one by `strata rebase -u`,
-// wherever the child lives: "<parent uuid> <child uuid> <absolute child path>", replaced as a
-// whole (ReplaceFile). Children in their parent's directory (snapshots, branches beside it)
+// on a layer (or raw base) of that directory by `strata create -b` or linked to one by
+// `strata rebase -u`, wherever the child lives: "<parent uuid> <child uuid> <absolute child
+// path>" (a nil parent UUID for a raw base), replaced as a whole (ReplaceFile). Children in their parent's directory (snapshots, branches beside it)
 // are found by listing that directory as well, registered or not.
 inline constexpr char kChildRegistryFile[] = ".strata-children";
 // What older versions recorded instead: the directories of such children, one per line. Still
@@ -96,6 +96,10 @@ struct Child {
 // Layer files in `dirs` whose header names `parent_uuid` as their strata parent.
 absl::StatusOr<std::vector<Child>> FindChildren(Env* env, const std::vector<std::string>& dirs,
                                                 const Uuid& parent_uuid);
+
+// Layer files in `dirs` whose header names the raw file `base` as their parent.
+absl::StatusOr<std::vector<Child>> FindRawChildren(Env* env, const std::vector<std::string>& dirs,
+                                                   const std::string& base);
 
 // Refuses, naming them, when the frozen layer at `parent_path` (UUID `parent_uuid`) has
 // children other than `keep` (found in SearchDirs(`known`)) or registered children that are

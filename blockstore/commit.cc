@@ -1,7 +1,10 @@
 #include "blockstore/commit.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cstdlib>
@@ -38,18 +41,29 @@ struct MergeJournal {
   uint64_t copied_entries = 0;
   // Absolute directories searched for C's children at the relink, fixed when the merge began.
   std::vector<std::string> dirs;
+  // Into the raw base (CommitIntoBase): P is the base, which has no UUID (parent_uuid nil).
+  bool into_base = false;
+  Uuid successor_uuid{};  // the new empty layer that takes C's path; nil: C's path goes
 };
 
-// The journal lives beside C's path: a file in the chain from start to end (P moves there).
-std::string JournalPathOf(const MergeJournal& j) { return MergeJournalPath(j.child_path); }
+// The journal lives beside a file that is in the chain from start to end: C's path for a
+// merge into a strata parent (P moves there), the raw base's for a commit into it (C leaves).
+std::string JournalPathOf(const MergeJournal& j) {
+  return MergeJournalPath(j.into_base ? j.parent_path : j.child_path);
+}
 
 std::string Encode(const MergeJournal& j) {
-  MergeJournalRecord r{j.phase, BaseName(j.child_path),
-                       ParentLink(DirName(j.child_path), j.parent_path), j.child_uuid,
-                       j.parent_uuid, j.child_was_active, j.copied_entries, {}};
+  // Both files as a child names its parent from the journal's directory: the one the journal
+  // lies beside by its file name.
+  const std::string dir = DirName(JournalPathOf(j));
+  MergeJournalRecord r{j.phase,          ParentLink(dir, j.child_path),
+                       ParentLink(dir, j.parent_path), j.child_uuid,
+                       j.parent_uuid,    j.child_was_active,
+                       j.copied_entries, {},
+                       j.into_base,      j.successor_uuid};
   // The journal's own directory as ".": a directory moved or copied with an unfinished merge
   // in it then resumes on its own files, never on those where it used to be.
-  const std::string own_dir = AbsoluteDir(j.child_path);
+  const std::string own_dir = AbsoluteDir(JournalPathOf(j));
   for (const std::string& dir : j.dirs) {
     r.dirs.push_back(dir == own_dir ? std::string(kMergeJournalOwnDir) : dir);
   }
@@ -65,13 +79,14 @@ absl::StatusOr<MergeJournal> ReadJournal(Env* env, const std::string& path) {
   if (absl::Status s = r.DecodeFrom(*text); !s.ok()) {
     return absl::Status(s.code(), absl::StrCat("merge journal ", path, ": ", s.message()));
   }
-  if (MergeJournalPath(r.child) != BaseName(path)) {
+  if (MergeJournalPath(r.into_base ? r.parent : r.child) != BaseName(path)) {
     return absl::DataLossError(absl::StrCat(
-        "merge journal ", path, ": does not name the layer beside it and its parent"));
+        "merge journal ", path, ": does not name the file beside it as ",
+        r.into_base ? "the raw base" : "the layer merged"));
   }
   MergeJournal j{r.phase, ResolvePath(DirName(path), r.child),
                  ResolvePath(DirName(path), r.parent), r.child_uuid, r.parent_uuid,
-                 r.child_was_active, r.copied_entries, {}};
+                 r.child_was_active, r.copied_entries, {}, r.into_base, r.successor_uuid};
   for (const std::string& dir : r.dirs) {
     j.dirs.push_back(dir == kMergeJournalOwnDir ? AbsoluteDir(path) : dir);
   }
@@ -83,8 +98,98 @@ absl::Status WriteJournal(Env* env, const MergeJournal& j) {
   return ReplaceFile(env, JournalPathOf(j), Encode(j));
 }
 
-// Copy phase: C's index entries in slot order, from journal.copied_entries on, into P.
-absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journal,
+// Where CopyInto puts C's sub-blocks: P's slots (a merge into a strata parent) or their
+// virtual offsets in a raw base (into the base).
+class CopyTarget {
+ public:
+  virtual ~CopyTarget() = default;
+  virtual File* file() = 0;
+  // Takes C's entry `e` of `cluster` into the target's state (P's index; the base's zeroed
+  // ranges) and returns where the cluster's data goes: sub-block s at that + s × sub-block.
+  virtual absl::StatusOr<uint64_t> Take(uint64_t cluster, const ClusterEntry& e) = 0;
+  // Makes every copy and Take so far durable.
+  virtual absl::Status Flush() = 0;
+  // Nothing at or past this offset is written: a raw base keeps its size, also where its last
+  // sub-block is partial (the layer's sub-block there reaches past the disk's end).
+  virtual uint64_t end() const { return UINT64_MAX; }
+};
+
+// P, a strata layer: C's present sub-blocks into P's slot for the cluster (a new one where P
+// has none), C's zero marks become P's.
+class LayerTarget final : public CopyTarget {
+ public:
+  explicit LayerTarget(Layer* parent) : parent_(parent) {}
+  File* file() override { return parent_->file(); }
+  absl::StatusOr<uint64_t> Take(uint64_t cluster, const ClusterEntry& e) override {
+    ClusterEntry p = parent_->Get(cluster);
+    if (e.present != 0 && p.slot == 0) {
+      auto slot = parent_->AllocateSlot();
+      if (!slot.ok()) return slot.status();
+      p.slot = *slot;
+    }
+    const uint64_t data = parent_->DataOffset(p.slot, 0);
+    p.present = (p.present | e.present) & ~e.zero;
+    p.zero = (p.zero | e.zero) & ~e.present;
+    if (p.present == 0) p.slot = 0;
+    parent_->SetEntry(cluster, p);
+    return data;
+  }
+  absl::Status Flush() override { return parent_->Flush(); }
+
+ private:
+  Layer* parent_;
+};
+
+// The raw base: C's data at its virtual offsets, C's zero marks punched out (the base stays
+// sparse; written as zeros where the file system cannot punch), contiguous ones in one call.
+class RawBaseTarget final : public CopyTarget {
+ public:
+  RawBaseTarget(File* base, uint64_t size, const LayerHeader& child)
+      : base_(base), size_(size), child_(child) {}
+  File* file() override { return base_; }
+  uint64_t end() const override { return size_; }
+  absl::StatusOr<uint64_t> Take(uint64_t cluster, const ClusterEntry& e) override {
+    const uint64_t at = cluster * child_.cluster_size, sbs = child_.sub_block_size;
+    for (uint32_t sb = 0; sb < child_.SubBlocksPerCluster(); ++sb) {
+      if (!(e.zero & (1u << sb))) continue;
+      if (zero_len_ > 0 && zero_from_ + zero_len_ == at + sb * sbs) {
+        zero_len_ += sbs;
+        continue;
+      }
+      if (auto s = ZeroRun(); !s.ok()) return s;
+      zero_from_ = at + sb * sbs, zero_len_ = sbs;
+    }
+    return at;
+  }
+  absl::Status Flush() override {
+    if (auto s = ZeroRun(); !s.ok()) return s;
+    return base_->Sync();
+  }
+
+ private:
+  absl::Status ZeroRun() {
+    const uint64_t from = zero_from_, len = from >= size_ ? 0 : std::min(zero_len_, size_ - from);
+    zero_len_ = 0;
+    if (len == 0) return absl::OkStatus();
+    if (base_->PunchHole(from, len).ok()) return absl::OkStatus();
+    const std::string zeros(std::min<uint64_t>(len, kMaxRun), '\0');
+    for (uint64_t done = 0; done < len; done += zeros.size()) {
+      const uint64_t n = std::min<uint64_t>(zeros.size(), len - done);
+      if (auto s = base_->Write(from + done, absl::string_view(zeros.data(), n)); !s.ok()) {
+        return s;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  File* base_;
+  const uint64_t size_;
+  const LayerHeader& child_;
+  uint64_t zero_from_ = 0, zero_len_ = 0;  // zero marks not punched yet
+};
+
+// Copy phase: C's index entries in slot order, from journal.copied_entries on, into `target`.
+absl::Status CopyInto(Env* env, Layer* child, CopyTarget* target, MergeJournal* journal,
                       const Progress& progress, uint64_t batch_bytes, uint64_t* bytes_copied) {
   const uint32_t sbs = child->sub_block_size();
   const uint32_t per_cluster = child->header().SubBlocksPerCluster();
@@ -107,12 +212,14 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
   // A run of sub-blocks contiguous in both files becomes one copy.
   uint64_t run_from = 0, run_to = 0, run_len = 0;
   auto emit = [&]() -> absl::Status {
+    // A raw base's partial last sub-block: only the part inside the file.
+    run_len = run_to >= target->end() ? 0 : std::min(run_len, target->end() - run_to);
     if (run_len == 0) return absl::OkStatus();
-    absl::Status s = env->CopyRange(child->file(), run_from, parent->file(), run_to, run_len);
+    absl::Status s = env->CopyRange(child->file(), run_from, target->file(), run_to, run_len);
     // Start writing the run back now, without waiting: the batch's flush then finds most of
     // it on disk, and reading the next runs overlaps with writing this one.
     if (s.ok()) {
-      (void)sync_file_range(parent->file()->fd(), static_cast<off64_t>(run_to),
+      (void)sync_file_range(target->file()->fd(), static_cast<off64_t>(run_to),
                             static_cast<off64_t>(run_len), SYNC_FILE_RANGE_WRITE);
     }
     run_len = 0;
@@ -120,15 +227,11 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
   };
   for (size_t i = 0; i < work.size(); ++i) {
     auto [cluster, e] = work[i];
-    ClusterEntry p = parent->Get(cluster);
-    if (e.present != 0 && p.slot == 0) {
-      auto slot = parent->AllocateSlot();
-      if (!slot.ok()) return slot.status();
-      p.slot = *slot;
-    }
+    auto data = target->Take(cluster, e);
+    if (!data.ok()) return data.status();
     for (uint32_t sb = 0; sb < per_cluster; ++sb) {
       if (!(e.present & (1u << sb))) continue;
-      uint64_t from = child->DataOffset(e.slot, sb), to = parent->DataOffset(p.slot, sb);
+      uint64_t from = child->DataOffset(e.slot, sb), to = *data + uint64_t{sb} * sbs;
       if (run_len > 0 && run_from + run_len == from && run_to + run_len == to &&
           run_len < kMaxRun) {
         run_len += sbs;
@@ -137,10 +240,6 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
         run_from = from, run_to = to, run_len = sbs;
       }
     }
-    p.present = (p.present | e.present) & ~e.zero;
-    p.zero = (p.zero | e.zero) & ~e.present;
-    if (p.present == 0) p.slot = 0;
-    parent->SetEntry(cluster, p);
     uint64_t bytes = uint64_t{static_cast<uint32_t>(__builtin_popcount(e.present))} * sbs;
     done += bytes;
     since_flush += bytes;
@@ -148,7 +247,7 @@ absl::Status CopyInto(Env* env, Layer* child, Layer* parent, MergeJournal* journ
     if (since_flush >= batch_bytes || last) {
       if (auto s = emit(); !s.ok()) return s;
       // Invariant: progress is recorded only after P's copies and index are durable.
-      if (auto s = parent->Flush(); !s.ok()) return s;
+      if (auto s = target->Flush(); !s.ok()) return s;
       journal->copied_entries += i + 1 - journal_done_base;
       journal_done_base = i + 1;
       if (auto s = WriteJournal(env, *journal); !s.ok()) return s;
@@ -167,16 +266,21 @@ absl::Status Lock(Env* env, LockSet* locks, const std::string& path) {
 // Locks C and P and checks that they are the layers the journal names, before anything is
 // changed: a journal must never act on other files (moved, replaced, or another disk's).
 // Returns true when P already sits at C's path (the relink's final rename happened).
+absl::Status NotTheJournalsLayer(const MergeJournal& j, const std::string& path,
+                                 const Uuid& want, const Uuid& got) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "merge journal ", JournalPathOf(j), " names ", path, " as layer ", UuidToString(want),
+      " but that file is layer ", UuidToString(got),
+      ": refusing to touch it (were files moved or replaced?)"));
+}
+
 absl::StatusOr<bool> LockJournalLayers(Env* env, const MergeJournal& j, LockSet* locks) {
   auto check = [&](const std::string& path, const Uuid& want) -> absl::StatusOr<Uuid> {
     if (auto s = Lock(env, locks, path); !s.ok()) return s;
     auto h = ReadLayerHeader(env, path);
     if (!h.ok()) return h.status();
     if (h->uuid != want && !(path == j.child_path && h->uuid == j.parent_uuid)) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "merge journal ", JournalPathOf(j), " names ", path, " as layer ", UuidToString(want),
-          " but that file is layer ", UuidToString(h->uuid),
-          ": refusing to touch it (were files moved or replaced?)"));
+      return NotTheJournalsLayer(j, path, want, h->uuid);
     }
     return h->uuid;
   };
@@ -208,8 +312,8 @@ absl::StatusOr<uint64_t> CopyPhase(Env* env, MergeJournal* journal, const Progre
         return s;
       }
     }
-    if (auto s = CopyInto(env, child->get(), parent->get(), journal, progress, batch_bytes,
-                          &copied);
+    LayerTarget target(parent->get());
+    if (auto s = CopyInto(env, child->get(), &target, journal, progress, batch_bytes, &copied);
         !s.ok()) {
       return s;
     }
@@ -270,8 +374,111 @@ absl::Status Relink(Env* env, const MergeJournal& j, LockSet* locks) {
   return moves ? env->SyncDir(DirName(j.parent_path)) : absl::OkStatus();
 }
 
+// --- Into the raw base (CommitIntoBase) ---
+
+// Where the successor of an active C is created before it is renamed over C.
+std::string SuccessorPendingPath(const std::string& layer_path) {
+  return absl::StrCat(DirName(layer_path), "/.", BaseName(layer_path), ".commit");
+}
+
+// Locks the base and C, and checks that C is the layer the journal names. Returns true when
+// the relink is done: C's path holds the successor, or C is gone after the copy.
+absl::StatusOr<bool> LockIntoBaseFiles(Env* env, const MergeJournal& j, LockSet* locks) {
+  if (auto s = Lock(env, locks, j.parent_path); !s.ok()) return s;
+  if (!env->Exists(j.child_path)) {
+    if (j.phase == MergePhase::kRelink && IsNil(j.successor_uuid)) return true;
+    return absl::FailedPreconditionError(absl::StrCat(
+        "merge journal ", JournalPathOf(j), " names ", j.child_path,
+        ", which is not there: refusing to go on (was it moved?)"));
+  }
+  if (auto s = Lock(env, locks, j.child_path); !s.ok()) return s;
+  auto h = ReadLayerHeader(env, j.child_path);
+  if (!h.ok()) return h.status();
+  if (h->uuid == j.child_uuid) return false;
+  if (!IsNil(j.successor_uuid) && h->uuid == j.successor_uuid) return true;
+  return NotTheJournalsLayer(j, j.child_path, j.child_uuid, h->uuid);
+}
+
+// Copy phase into the base: C's sub-blocks written at their offsets in the base, which CopyInto
+// syncs before each progress record; then the journal says relink. The base needs no fence:
+// the chain reads every sub-block the copy touches from C, which nothing changes until the
+// relink, and no other chain stands on the base (checked before the journal was written, and
+// while it exists every chain on the base refuses to open or finishes the commit first).
+absl::StatusOr<uint64_t> CopyIntoBasePhase(Env* env, MergeJournal* journal,
+                                           const Progress& progress, uint64_t batch_bytes) {
+  auto child = Layer::Open(env, journal->child_path, Layer::Mode::kReadOnly);
+  if (!child.ok()) return child.status();
+  auto base = env->Open(journal->parent_path, {.writable = true});
+  if (!base.ok()) return base.status();
+  auto size = (*base)->Size();
+  if (!size.ok()) return size.status();
+  RawBaseTarget target(base->get(), *size, (*child)->header());
+  uint64_t copied = 0;
+  if (auto s = CopyInto(env, child->get(), &target, journal, progress, batch_bytes, &copied);
+      !s.ok()) {
+    return s;
+  }
+  journal->phase = MergePhase::kRelink;
+  if (auto s = WriteJournal(env, *journal); !s.ok()) return s;
+  return copied;
+}
+
+// A new empty active layer on the parent `h` names, with h's geometry.
+LayerCreateParams EmptyLayerOn(const LayerHeader& h) {
+  LayerCreateParams params;
+  params.virtual_size = h.virtual_size;
+  params.cluster_size = h.cluster_size;
+  params.sub_block_size = h.sub_block_size;
+  params.journal_size = h.journal_size;
+  params.parent_format = h.parent_format;
+  params.parent_path = h.parent_path;
+  params.parent_uuid = h.parent_uuid;
+  params.parent_size = h.parent_size;
+  return params;
+}
+
+// Relink phase into the base: C leaves the chain. An active C's path gets the successor, an
+// empty active layer on the base (created aside, renamed over C: the commit point); else
+// C's child (C frozen) is linked to the base, then C's file is removed (the commit point is the
+// child's header switch; --drop has no child). Each step is idempotent. REQUIRES:
+// LockIntoBaseFiles found C.
+absl::Status RelinkIntoBase(Env* env, const MergeJournal& j, LockSet* locks) {
+  auto child = ReadLayerHeader(env, j.child_path);
+  if (!child.ok()) return child.status();
+  if (!IsNil(j.successor_uuid)) {
+    const std::string pending = SuccessorPendingPath(j.child_path);
+    (void)env->Remove(pending);  // an earlier attempt's, never renamed
+    LayerCreateParams params = EmptyLayerOn(*child);
+    params.uuid = j.successor_uuid;
+    auto fresh = Layer::Create(env, pending, params);
+    if (!fresh.ok()) return fresh.status();
+    fresh->reset();
+    if (auto s = env->Rename(pending, j.child_path); !s.ok()) return s;
+    return env->SyncDir(DirName(j.child_path));
+  }
+  auto children = FindChildren(env, j.dirs, j.child_uuid);
+  if (!children.ok()) return children.status();
+  for (const Child& c : *children) {
+    if (auto s = Lock(env, locks, c.path); !s.ok()) return s;
+    // By name when they share a directory, however differently the two paths spell it (the
+    // pair can move together).
+    const std::string link = AbsoluteDir(c.path) == AbsoluteDir(j.parent_path)
+                                 ? BaseName(j.parent_path)
+                                 : ParentLink(DirName(c.path), j.parent_path);
+    const ParentRef base{ParentFormat::kRaw, link, Uuid{}, child->parent_size};
+    if (auto s = EditLayerHeader(env, c.path, [&](LayerHeader* h) { base.ApplyTo(h); });
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (auto s = env->Remove(j.child_path); !s.ok()) return s;
+  return env->SyncDir(DirName(j.child_path));
+}
+
 // C leaves the tree; P, now at C's path, takes over C's children.
 RegistryHandOver CommitHandOver(Env* env, const MergeJournal& j) {
+  // Into the base: C's children now stand on a raw file, which keeps no registry.
+  if (j.into_base) return {.gone = j.child_uuid, .gone_dir = AbsoluteDir(j.child_path)};
   RegistryHandOver h{.gone = j.child_uuid,
                      .gone_parent_dir = AbsoluteDir(j.parent_path),
                      .gone_dir = AbsoluteDir(j.child_path),
@@ -287,18 +494,22 @@ RegistryHandOver CommitHandOver(Env* env, const MergeJournal& j) {
 absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal, LockSet* locks,
                                        const Progress& progress, uint64_t batch_bytes) {
   CommitResult result;
-  auto renamed = LockJournalLayers(env, journal, locks);
-  if (!renamed.ok()) return renamed.status();
-  if (!*renamed) {
+  auto relinked = journal.into_base ? LockIntoBaseFiles(env, journal, locks)
+                                    : LockJournalLayers(env, journal, locks);
+  if (!relinked.ok()) return relinked.status();
+  if (!*relinked) {
     if (journal.phase == MergePhase::kCopy) {
-      auto copied = CopyPhase(env, &journal, progress, batch_bytes);
+      auto copied = journal.into_base ? CopyIntoBasePhase(env, &journal, progress, batch_bytes)
+                                      : CopyPhase(env, &journal, progress, batch_bytes);
       if (!copied.ok()) return copied.status();
       result.bytes_copied = *copied;
     }
-    if (auto s = Relink(env, journal, locks); !s.ok()) return s;
+    absl::Status s = journal.into_base ? RelinkIntoBase(env, journal, locks)
+                                       : Relink(env, journal, locks);
+    if (!s.ok()) return s;
   }
   if (auto s = HandOverRegistrations(env, CommitHandOver(env, journal)); !s.ok()) return s;
-  result.merged_into = journal.child_path;
+  result.merged_into = journal.into_base ? journal.parent_path : journal.child_path;
   if (auto s = env->Remove(JournalPathOf(journal)); !s.ok()) return s;
   if (auto s = env->SyncDir(DirName(JournalPathOf(journal))); !s.ok()) return s;
   return result;
@@ -353,6 +564,138 @@ absl::StatusOr<CommitResult> CommitRecovered(Env* env, const std::string& layer_
   return RunCommit(env, journal, locks, progress, batch_bytes);
 }
 
+// The end of the last sub-block the layer at `path` holds (present or zeroed), at most its
+// virtual size: how much of the base the commit writes.
+absl::StatusOr<uint64_t> ExtentOf(Env* env, const std::string& path) {
+  auto layer = Layer::Open(env, path, Layer::Mode::kReadOnly);
+  if (!layer.ok()) return layer.status();
+  const LayerHeader& h = (*layer)->header();
+  uint64_t end = 0;
+  (*layer)->index().ForEach([&](uint64_t cluster, const ClusterEntry& e) {
+    const uint32_t used = e.present | e.zero;
+    if (used == 0) return;
+    const uint64_t sub_blocks = 32 - static_cast<uint64_t>(__builtin_clz(used));
+    end = std::max(end, cluster * h.cluster_size + sub_blocks * h.sub_block_size);
+  });
+  return std::min(end, h.virtual_size);
+}
+
+// The base at `base_path` that `layer_path` (header `child`) stands on can take the commit:
+// writable, and large enough (`needed` bytes).
+absl::Status CheckBaseWritable(Env* env, const std::string& layer_path, const LayerHeader& child,
+                               const std::string& base_path, uint64_t needed) {
+  auto base = env->Open(base_path, {.writable = true});
+  if (!base.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot commit ", layer_path, " into its raw base ", base_path,
+        ": it cannot be opened for writing (", base.status().message(), ")"));
+  }
+  // QEMU locks the images it has open with fcntl (OFD) byte-range locks, not flock: a VM or
+  // qemu-nbd reading the base holds one, and would see its disk change.
+  struct flock fl = {};
+  fl.l_type = F_WRLCK;
+  fl.l_whence = SEEK_SET;
+  if (fcntl((*base)->fd(), F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot commit ", layer_path, " into its raw base ", base_path, ": ", base_path,
+        " is in use by another process (it holds a file lock on it, as QEMU and qemu-nbd do): "
+        "stop it first"));
+  }
+  // Even root can write a file nobody may write: a base marked read-only (a golden image)
+  // is meant to stay as it is.
+  struct stat st;
+  if (fstat((*base)->fd(), &st) != 0) return ErrnoStatus(errno, "stat", base_path);
+  if ((st.st_mode & 0222) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot commit ", layer_path, " into its raw base ", base_path,
+        ": the file is marked read-only (no write permission); `chmod u+w` it if it may "
+        "change"));
+  }
+  auto size = (*base)->Size();
+  if (!size.ok()) return size.status();
+  if (*size != child.parent_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", layer_path, ": raw base ", base_path, " is ", *size, " bytes but was ",
+        child.parent_size, " when the layer was created: not the base it was created on"));
+  }
+  if (*size < needed) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot commit ", layer_path, " into its raw base ", base_path, ": the base is ", *size,
+        " bytes and the data needs ", needed, " (a larger disk than its base)"));
+  }
+  return absl::OkStatus();
+}
+
+// CommitIntoBase once the chain below `layer_path` is recovered and it is locked in `locks`.
+absl::StatusOr<CommitResult> CommitIntoBaseRecovered(Env* env, const std::string& layer_path,
+                                                     bool drop, LockSet* locks,
+                                                     const Progress& progress,
+                                                     uint64_t batch_bytes) {
+  auto child = ReadLayerHeader(env, layer_path);
+  if (!child.ok()) return child.status();
+  if (child->parent_format != ParentFormat::kRaw) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot commit ", layer_path, " into a raw base: its parent is ",
+        Name(child->parent_format), " (only the lowest layer of a chain on a raw base can; "
+        "`strata commit` without --into-base merges into a strata parent)"));
+  }
+  const bool active = child->state == LayerState::kActive;
+  if (drop && !active) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--drop: ", layer_path, " is a frozen snapshot, not the disk's active layer (without "
+        "--drop its child is linked to the base)"));
+  }
+  const std::string base = ResolvePath(DirName(layer_path), child->parent_path);
+  if (auto s = Lock(env, locks, layer_path); !s.ok()) return s;
+  // Any process reading the base through strata holds a shared lock on it.
+  if (auto s = Lock(env, locks, base); !s.ok()) return s;
+  auto needed = ExtentOf(env, layer_path);
+  if (!needed.ok()) return needed.status();
+  if (auto s = CheckBaseWritable(env, layer_path, *child, base,
+                                 drop ? child->virtual_size : *needed);
+      !s.ok()) {
+    return s;
+  }
+  std::vector<std::string> known = ChainDirs(env, layer_path);
+  AddUnique(&known, AbsoluteDir(base));
+  const std::vector<std::string> dirs = SearchDirs(env, known);
+  // Another disk on the base would see its content change: refuse.
+  auto users = FindRawChildren(env, dirs, base);
+  if (!users.ok()) return users.status();
+  std::vector<std::string> others;
+  for (const Child& c : *users) {
+    if (c.uuid != child->uuid) others.push_back(c.path);
+  }
+  if (!others.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot commit ", layer_path, " into ", base, ": other layers stand on that base (",
+        absl::StrJoin(others, ", "), ") whose content would change"));
+  }
+  if (!active) {
+    auto children = FindChildren(env, dirs, child->uuid);
+    if (!children.ok()) return children.status();
+    if (children->size() != 1) {
+      std::vector<std::string> names;
+      for (const Child& c : *children) names.push_back(c.path);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "cannot commit snapshot ", layer_path, " into ", base, ": it must have exactly one "
+          "child to link to the base, and has ", children->size(),
+          names.empty() ? "" : absl::StrCat(" (", absl::StrJoin(names, ", "), ")")));
+    }
+    if (auto s = Lock(env, locks, children->front().path); !s.ok()) return s;
+  }
+  MergeJournal journal;
+  journal.child_path = layer_path;
+  journal.parent_path = base;
+  journal.child_uuid = child->uuid;
+  journal.child_was_active = active;
+  journal.dirs = dirs;
+  journal.into_base = true;
+  if (active && !drop) journal.successor_uuid = NewUuid();
+  if (auto s = WriteJournal(env, journal); !s.ok()) return s;
+  return RunCommit(env, journal, locks, progress, batch_bytes);
+}
+
 }  // namespace
 
 absl::StatusOr<std::string> FinishInterruptedCommit(Env* env, const std::string& journal_path,
@@ -376,6 +719,16 @@ absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path
   if (auto r = RecoverChain(env, layer_path, &locks, progress); !r.ok()) return r.status();
   return CommitRecovered(env, layer_path, ChainDirs(env, layer_path), &locks, progress,
                          batch_bytes);
+}
+
+absl::StatusOr<CommitResult> CommitIntoBase(Env* env, const std::string& layer_path,
+                                            const IntoBaseOptions& options) {
+  LockSet locks;
+  if (auto r = RecoverChain(env, layer_path, &locks, options.progress); !r.ok()) {
+    return r.status();
+  }
+  return CommitIntoBaseRecovered(env, layer_path, options.drop, &locks, options.progress,
+                                 options.batch_bytes);
 }
 
 absl::StatusOr<CommitResult> DeleteSnapshot(Env* env, const std::string& top_path,

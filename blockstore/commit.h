@@ -1,4 +1,5 @@
-// Offline merge of a layer into its parent (deleting a snapshot). Revert is in revert.h.
+// Offline merge of a layer into its parent (deleting a snapshot) or into its raw base.
+// Revert is in revert.h.
 //
 // CommitLayer(C) merges layer C into its parent P, a frozen strata layer, and takes C out of
 // the chain, as Hyper-V merges an .AVHD into its parent: P takes C's place — its file name,
@@ -38,7 +39,7 @@ class Env;
 using Progress = std::function<void(uint64_t done, uint64_t total)>;
 
 struct CommitResult {
-  std::string merged_into;  // where P is now (C's former path)
+  std::string merged_into;  // where P is now (C's former path; into the base: the base)
   uint64_t bytes_copied = 0;
 };
 
@@ -48,6 +49,29 @@ inline constexpr uint64_t kCommitBatchBytes = 256ull << 20;
 absl::StatusOr<CommitResult> CommitLayer(Env* env, const std::string& layer_path,
                                          const Progress& progress = nullptr,
                                          uint64_t batch_bytes = kCommitBatchBytes);
+
+// CommitIntoBase(C) writes layer C, the lowest strata layer of a chain on a raw base, into
+// that base file (as `qemu-img commit` writes an overlay into its raw backing file), and takes
+// C out of the chain: an active C (the disk's top) is replaced by a new empty active layer on
+// the base at C's path, or with `drop` removed (the base alone is the disk); a frozen C's one
+// child is linked to the base and C removed. C's present sub-blocks land at their offsets,
+// its zeroed ones are punched out (written as zeros where the file system cannot punch).
+// Crash safety as CommitLayer's, with the merge journal beside the base (`<base>.merge`,
+// `target=raw`): every chain on the base finds it, also once C left the chain. Copy: C hides
+// every sub-block written, so the chain reads the same at every instant; the base is synced
+// before each progress record. Relink: the successor's rename over C (its UUID recorded in the
+// journal), or the child's header switch then C's removal, each idempotent.
+// Refuses when C's parent is not raw, C, the base or C's child is in use (flock; a strata
+// reader of the base holds it shared; QEMU's fcntl locks on the base count too), the base is not writable or smaller than C's data (the
+// whole disk with `drop`), another layer stands on the base in the directories a merge can know
+// about (CommitLayer's), or a frozen C has other than one child there.
+struct IntoBaseOptions {
+  bool drop = false;
+  Progress progress = nullptr;
+  uint64_t batch_bytes = kCommitBatchBytes;
+};
+absl::StatusOr<CommitResult> CommitIntoBase(Env* env, const std::string& layer_path,
+                                            const IntoBaseOptions& options = {});
 
 // Deletes snapshot `name` of the chain topped by `top_path`: commits the layer above the
 // snapshot's layer into it.

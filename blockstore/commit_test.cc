@@ -2,9 +2,12 @@
 
 #include "blockstore/chain.h"
 #include "blockstore/check.h"
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
+
+#include "absl/strings/str_cat.h"
 
 #include "blockstore/fail_env.h"
 #include "blockstore/file.h"
@@ -271,6 +274,302 @@ TEST_F(CommitTest, RefusesWhenARecordedBranchElsewhereUsesTheParent) {
   ASSERT_FALSE(result.ok());
   EXPECT_NE(result.status().message().find("b2.strata"), absl::string_view::npos);
   EXPECT_TRUE(Chain::Open(branch, {.writable = false}).ok());
+}
+
+// --- Into the raw base (issue 12) ---
+
+std::string FileBytes(const std::string& path) {
+  auto bytes = ReadWholeFile(Env::Default(), path);
+  EXPECT_TRUE(bytes.ok()) << bytes.status();
+  return bytes.ok() ? *bytes : "";
+}
+
+uint64_t AllocatedBytes(const std::string& path) {
+  auto file = Env::Default()->Open(path, {});
+  EXPECT_TRUE(file.ok());
+  return file.ok() ? (*file)->AllocatedBytes().value_or(0) : 0;
+}
+
+// EXPECT_EQ would print megabytes.
+void ExpectSameBytes(const std::string& got, const std::string& want) {
+  auto diff = std::mismatch(got.begin(), got.end(), want.begin(), want.end());
+  EXPECT_TRUE(got == want) << "sizes " << got.size() << " and " << want.size()
+                           << ", first difference at byte " << diff.first - got.begin();
+}
+
+class IntoBaseTest : public CommitTest {
+ protected:
+  // The active layer with data (unaligned, across clusters) and zeroed ranges, trimmed or not.
+  void WriteDataAndZeros() {
+    auto chain = Chain::Open(top_);
+    ASSERT_TRUE(chain.ok()) << chain.status();
+    ASSERT_TRUE((*chain)->Write(4096 + 700, PatternBytes(3 * 65536, 7)).ok());
+    ASSERT_TRUE((*chain)->Write(3 * (1 << 20), PatternBytes(8192, 8)).ok());
+    ASSERT_TRUE((*chain)->WriteZeroes(1 << 20, 1 << 20, /*may_trim=*/true).ok());
+    ASSERT_TRUE((*chain)->WriteZeroes(2 * (1 << 20) + 4096, 65536, /*may_trim=*/false).ok());
+  }
+  void ExpectNoJournal() { EXPECT_FALSE(Env::Default()->Exists(MergeJournalPath(base_))); }
+  const std::string snap_ = dir_.File("disk@s1.strata");
+};
+
+TEST_F(IntoBaseTest, TopBecomesAnEmptyLayerOnTheBaseThatHoldsTheDisk) {
+  WriteDataAndZeros();
+  const std::string before = ReadAll(top_);
+  ASSERT_FALSE(before == FileBytes(base_));
+  const uint64_t allocated = AllocatedBytes(base_);
+  auto result = CommitIntoBase(Env::Default(), top_);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->merged_into, base_);
+  ExpectSameBytes(FileBytes(base_), before);
+  ExpectSameBytes(ReadAll(top_), before);
+  EXPECT_LT(AllocatedBytes(base_), allocated);  // the zeroed MiB was punched out
+  auto layer = Layer::Open(Env::Default(), top_, Layer::Mode::kReadOnly);
+  ASSERT_TRUE(layer.ok()) << layer.status();
+  EXPECT_EQ((*layer)->header().state, LayerState::kActive);
+  EXPECT_EQ((*layer)->header().parent_format, ParentFormat::kRaw);
+  EXPECT_EQ((*layer)->header().parent_path, "base.raw");
+  EXPECT_EQ((*layer)->referenced_slots(), 0u);
+  EXPECT_EQ(Depth(), 2u);
+  ExpectNoJournal();
+  ExpectClean();
+  ASSERT_TRUE(Chain::Open(top_).ok());  // `strata serve disk.strata` works on
+}
+
+TEST_F(IntoBaseTest, DropLeavesTheBaseAloneAsTheDisk) {
+  WriteDataAndZeros();
+  const std::string before = ReadAll(top_);
+  auto result = CommitIntoBase(Env::Default(), top_, {.drop = true});
+  ASSERT_TRUE(result.ok()) << result.status();
+  ExpectSameBytes(FileBytes(base_), before);
+  EXPECT_FALSE(Env::Default()->Exists(top_));
+  ExpectNoJournal();
+}
+
+TEST_F(IntoBaseTest, FrozenLayerLeavesAndItsChildStandsOnTheBase) {
+  WriteAndSnapshot(0, 'a', "s1");
+  WriteAndSnapshot(32768, 'b', "");
+  const std::string before = ReadAll(top_), s1 = ReadAll(snap_);
+  auto result = CommitIntoBase(Env::Default(), snap_);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->bytes_copied, 65536u);
+  ExpectSameBytes(FileBytes(base_), s1);
+  ExpectSameBytes(ReadAll(top_), before);
+  EXPECT_FALSE(Env::Default()->Exists(snap_));
+  auto h = ReadLayerHeader(Env::Default(), top_);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->parent_format, ParentFormat::kRaw);
+  EXPECT_EQ(h->parent_path, "base.raw");
+  EXPECT_EQ(h->parent_size, kDisk);
+  EXPECT_TRUE(IsNil(h->parent_uuid));
+  EXPECT_EQ(Depth(), 2u);
+  ExpectNoJournal();
+  ExpectClean();
+}
+
+// Run from the disk's directory with bare names, as a user types them: the child's new link
+// is still the base's file name, and the journal resolves from its own directory.
+TEST_F(IntoBaseTest, BareNamesFromTheDiskDirectoryKeepTheLinkByName) {
+  WriteAndSnapshot(0, 'a', "s1");
+  const std::string before = ReadAll(top_);
+  {
+    CwdGuard cwd(dir_.path());
+    auto result = CommitIntoBase(Env::Default(), "disk@s1.strata");
+    ASSERT_TRUE(result.ok()) << result.status();
+  }
+  auto h = ReadLayerHeader(Env::Default(), top_);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(h->parent_path, "base.raw");
+  ExpectSameBytes(ReadAll(top_), before);
+  ExpectNoJournal();
+}
+
+// A base whose size is not a multiple of the sub-block: the layer's last sub-block reaches
+// past the disk's end, and the base must keep its size (the chain checks it).
+TEST_F(IntoBaseTest, PartialLastSubBlockKeepsTheBaseSize) {
+  const uint64_t size = kDisk - 512;
+  testing::WriteFileBytes(base_, PatternBytes(size, 6));
+  ASSERT_TRUE(Env::Default()->Remove(top_).ok());
+  ASSERT_TRUE(CreateLayer(top_, {.parent = base_, .parent_format = ParentFormat::kRaw}).ok());
+  {
+    auto chain = Chain::Open(top_);
+    ASSERT_TRUE(chain.ok()) << chain.status();
+    ASSERT_TRUE((*chain)->Write(size - 1024, std::string(1024, 'e')).ok());
+    ASSERT_TRUE((*chain)->WriteZeroes(size - 8192, 4096, /*may_trim=*/true).ok());
+  }
+  const std::string before = testing::ReadDisk(top_, size);
+  auto result = CommitIntoBase(Env::Default(), top_);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ExpectSameBytes(FileBytes(base_), before);
+  ExpectSameBytes(testing::ReadDisk(top_, size), before);
+}
+
+TEST_F(IntoBaseTest, RefusesWhenARecordedLayerElsewhereStandsOnTheBase) {
+  WriteDataAndZeros();
+  const std::string base_before = FileBytes(base_);
+  TempDir other;
+  const std::string branch = other.File("b2.strata");
+  // Registered beside the base by CreateLayer.
+  ASSERT_TRUE(CreateLayer(branch, {.parent = base_, .parent_format = ParentFormat::kRaw}).ok());
+  auto result = CommitIntoBase(Env::Default(), top_);
+  ASSERT_FALSE(result.ok());
+  EXPECT_NE(result.status().message().find("b2.strata"), absl::string_view::npos)
+      << result.status();
+  ExpectSameBytes(FileBytes(base_), base_before);
+  ExpectNoJournal();
+}
+
+TEST_F(IntoBaseTest, RefusesAReadOnlyBase) {
+  WriteDataAndZeros();
+  ASSERT_EQ(chmod(base_.c_str(), 0444), 0);
+  auto result = CommitIntoBase(Env::Default(), top_);
+  ASSERT_FALSE(result.ok());
+  EXPECT_NE(result.status().message().find("read-only"), absl::string_view::npos)
+      << result.status();
+  ExpectNoJournal();
+}
+
+TEST_F(IntoBaseTest, RefusesWhileTheLayerOrTheBaseIsInUse) {
+  WriteDataAndZeros();
+  {
+    auto served = Chain::Open(top_);
+    ASSERT_TRUE(served.ok());
+    auto result = CommitIntoBase(Env::Default(), top_);
+    ASSERT_FALSE(result.ok());
+    EXPECT_NE(result.status().message().find("in use"), absl::string_view::npos);
+  }
+  // Another process reading the base (a strata chain on it holds it shared).
+  auto reader = Env::Default()->Open(base_, {});
+  ASSERT_TRUE(reader.ok());
+  ASSERT_TRUE(TryLock(**reader, LockMode::kShared).ok());
+  auto result = CommitIntoBase(Env::Default(), top_);
+  ASSERT_FALSE(result.ok());
+  EXPECT_NE(result.status().message().find("base.raw is in use"), absl::string_view::npos)
+      << result.status();
+  ExpectNoJournal();
+}
+
+TEST_F(IntoBaseTest, RefusesALayerNotOnTheBaseOrASnapshotWithTwoChildren) {
+  WriteAndSnapshot(0, 'a', "s1");
+  auto above = CommitIntoBase(Env::Default(), top_);
+  ASSERT_FALSE(above.ok());
+  EXPECT_NE(above.status().message().find("its parent is strata"), absl::string_view::npos)
+      << above.status();
+  ASSERT_TRUE(CreateLayer(dir_.File("branch.strata"),
+                          {.parent = snap_, .parent_format = ParentFormat::kStrata})
+                  .ok());
+  auto two = CommitIntoBase(Env::Default(), snap_);
+  ASSERT_FALSE(two.ok());
+  EXPECT_NE(two.status().message().find("branch.strata"), absl::string_view::npos)
+      << two.status();
+  EXPECT_EQ(CommitIntoBase(Env::Default(), snap_, {.drop = true}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ExpectNoJournal();
+}
+
+TEST_F(IntoBaseTest, RefusesABaseSmallerThanTheData) {
+  LayerCreateParams p;
+  p.virtual_size = 2 * kDisk;
+  p.parent_size = kDisk;
+  p.parent_format = ParentFormat::kRaw;
+  p.parent_path = "base.raw";
+  const std::string big = dir_.File("big.strata");
+  ASSERT_TRUE(Layer::Create(Env::Default(), big, p).ok());
+  {
+    auto chain = Chain::Open(big);
+    ASSERT_TRUE(chain.ok()) << chain.status();
+    ASSERT_TRUE((*chain)->Write(kDisk + 65536, std::string(4096, 'x')).ok());
+  }
+  ASSERT_TRUE(Env::Default()->Remove(top_).ok());  // the base's only other user
+  auto result = CommitIntoBase(Env::Default(), big);
+  ASSERT_FALSE(result.ok());
+  EXPECT_NE(result.status().message().find("needs"), absl::string_view::npos) << result.status();
+  ExpectNoJournal();
+}
+
+// While the journal exists every chain on the base refuses a read-only open (the base is half
+// written, and once a frozen layer left, the journal is not beside any layer of the chain); a
+// writable open finishes the commit.
+TEST_F(IntoBaseTest, ReadOnlyOpenRefusesAnInterruptedOneAndAWritableOneFinishesIt) {
+  WriteDataAndZeros();
+  const std::string before = ReadAll(top_);
+  FailEnv dying(FailNth("rename", "base.raw.merge", 2));  // the first progress record
+  ASSERT_FALSE(CommitIntoBase(&dying, top_, {.batch_bytes = 65536}).ok());
+  ASSERT_TRUE(Env::Default()->Exists(MergeJournalPath(base_)));
+  auto open = Chain::Open(top_, {.writable = false});
+  ASSERT_FALSE(open.ok());
+  EXPECT_NE(open.status().message().find("interrupted commit"), absl::string_view::npos);
+  ASSERT_TRUE(Chain::Open(top_).ok());  // as `strata serve` opens it
+  ExpectNoJournal();
+  ExpectSameBytes(FileBytes(base_), before);
+  ExpectSameBytes(ReadAll(top_), before);
+  ExpectClean();
+}
+
+// Each step of the commit fails in turn (the process dies there); recovery from the disk's top
+// then finishes it, and the disk reads the same.
+// A step of the commit, as FailNth picks it.
+struct Step {
+  const char* op;
+  const char* suffix;
+  int n;
+};
+
+TEST_F(IntoBaseTest, InterruptedAtEachStepRecoveryFinishesIt) {
+  // The journal's first write (nothing happens), its progress and relink records, the
+  // successor's rename over the top, the journal's removal.
+  const Step top_steps[] = {{"rename", "base.raw.merge", 1}, {"rename", "base.raw.merge", 2},
+                            {"rename", "base.raw.merge", 3}, {"rename", "/disk.strata", 1},
+                            {"remove", "base.raw.merge", 1}};
+  const std::string pattern = FileBytes(base_);
+  for (const Step& step : top_steps) {
+    SCOPED_TRACE(absl::StrCat("top: ", step.op, " ", step.suffix, " #", step.n));
+    testing::WriteFileBytes(base_, pattern);
+    ASSERT_TRUE(Env::Default()->Remove(top_).ok());
+    ASSERT_TRUE(CreateLayer(top_, {.parent = base_, .parent_format = ParentFormat::kRaw}).ok());
+    WriteDataAndZeros();
+    const std::string before = ReadAll(top_);
+    FailEnv dying(FailNth(step.op, step.suffix, step.n));
+    ASSERT_FALSE(CommitIntoBase(&dying, top_, {.batch_bytes = 65536}).ok());
+    {
+      LockSet locks;
+      auto recovered = RecoverChain(Env::Default(), top_, &locks);
+      ASSERT_TRUE(recovered.ok()) << recovered.status();
+    }
+    ExpectSameBytes(ReadAll(top_), before);
+    ExpectNoJournal();
+    ExpectClean();
+  }
+}
+
+TEST_F(IntoBaseTest, FrozenInterruptedAtEachStepRecoveryFinishesIt) {
+  // The journal's progress record, its relink record, C's removal, the journal's removal.
+  const Step steps[] = {{"rename", "base.raw.merge", 2}, {"rename", "base.raw.merge", 3},
+                        {"remove", "disk@s1.strata", 1}, {"remove", "base.raw.merge", 1}};
+  for (const auto& [op, suffix, n] : steps) {
+    SCOPED_TRACE(absl::StrCat("frozen: ", op, " ", suffix, " #", n));
+    TempDir dir;
+    const std::string base = dir.File("base.raw"), top = dir.File("disk.strata");
+    testing::WriteFileBytes(base, PatternBytes(kDisk, 5));
+    ASSERT_TRUE(CreateLayer(top, {.parent = base, .parent_format = ParentFormat::kRaw}).ok());
+    {
+      auto chain = Chain::Open(top);
+      ASSERT_TRUE(chain.ok());
+      ASSERT_TRUE((*chain)->Write(0, std::string(65536, 'a')).ok());
+      ASSERT_TRUE((*chain)->Snapshot("s1").ok());
+      ASSERT_TRUE((*chain)->Write(32768, std::string(65536, 'b')).ok());
+    }
+    const std::string before = ReadAll(top);
+    FailEnv dying(FailNth(op, suffix, n));
+    ASSERT_FALSE(CommitIntoBase(&dying, dir.File("disk@s1.strata")).ok());
+    {
+      LockSet locks;
+      auto recovered = RecoverChain(Env::Default(), top, &locks);
+      ASSERT_TRUE(recovered.ok()) << recovered.status();
+    }
+    ExpectSameBytes(ReadAll(top), before);
+    EXPECT_FALSE(Env::Default()->Exists(dir.File("disk@s1.strata")));
+    EXPECT_FALSE(Env::Default()->Exists(MergeJournalPath(base)));
+  }
 }
 
 }  // namespace

@@ -483,6 +483,38 @@ TEST_F(CrashSweepTest, CommitAndDeleteSnapshot) {
   });
 }
 
+// (d) Committing into the raw base (issue 12): the lowest snapshot s1 of MakeChain's disk (s2
+// then stands on the base), and the active layer of a disk straight on its base, with data and
+// zeroed ranges (an empty layer is left at its path). Every crash state reads as before, s2
+// included, once the next writable open finished the commit.
+TEST_F(CrashSweepTest, CommitIntoBase) {
+  const std::string chain_dir = dir_.File("chain"), disk_dir = dir_.File("disk");
+  std::filesystem::create_directory(chain_dir);
+  std::filesystem::create_directory(disk_dir);
+  const std::string top = MakeChain(chain_dir), disk = MakeDisk(disk_dir);
+  {
+    auto chain = Chain::Open(disk);
+    ASSERT_TRUE(chain.ok()) << chain.status();
+    ASSERT_TRUE((*chain)->Write(3 * kCluster + 700, PatternBytes(20 * kCluster, 21)).ok());
+    ASSERT_TRUE((*chain)->WriteZeroes(8 * kCluster, 4 * kCluster, /*may_trim=*/true).ok());
+    ASSERT_TRUE((*chain)->WriteZeroes(30 * kCluster + kSubBlock, kSubBlock, false).ok());
+  }
+  const CrashPoint setup = Import();
+  Expect frozen = ChainExpect(top);
+  frozen.maybe_snapshots["s1"] = frozen.snapshots["s1"];  // gone once committed
+  frozen.snapshots.erase("s1");
+  Family snapshot("(d) commit --into-base of snapshot s1");
+  snapshot.Sweep(&env_, setup, {frozen}, [&](CrashEnv* env, Disks*) {
+    Done(env, CommitIntoBase(env, SnapshotPath(top, "s1"), {.batch_bytes = 8 * kCluster}).status(),
+         "commit --into-base");
+  });
+  Family active("(d) commit --into-base of the active layer");
+  active.Sweep(&env_, setup, {Fresh(disk)}, [&](CrashEnv* env, Disks*) {
+    Done(env, CommitIntoBase(env, disk, {.batch_bytes = 8 * kCluster}).status(),
+         "commit --into-base");
+  });
+}
+
 // (i) Deleting a snapshot online (stream.h): s2 streamed into the active layer, s1 into the
 // frozen s2, a write going on beside the copy. Every crash state reads as the disk and the
 // other snapshot did, whether the next open finishes the deletion offline or a server resumes

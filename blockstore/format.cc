@@ -317,6 +317,13 @@ absl::Status DecodeMergeField(absl::string_view key, absl::string_view value,
     r->child_was_active = value == "1";
   } else if (key == "copied_entries") {
     if (!absl::SimpleAtoi(value, &r->copied_entries)) return bad;
+  } else if (key == "target") {
+    if (value != kMergeJournalRawTarget) return bad;
+    r->into_base = true;
+  } else if (key == "successor_uuid") {
+    absl::StatusOr<Uuid> u = ParseUuid(value);
+    if (!u.ok()) return bad;
+    r->successor_uuid = *u;
   } else {
     return absl::DataLossError(absl::StrCat("unknown field \"", key, "\""));
   }
@@ -385,6 +392,10 @@ void MergeJournalRecord::EncodeTo(std::string* dst) const {
       kMergeJournalMagic, "\nphase=", Name(phase), "\nchild=", child, "\nparent=", parent,
       "\nchild_uuid=", UuidToString(child_uuid), "\nparent_uuid=", UuidToString(parent_uuid),
       "\nchild_was_active=", child_was_active ? 1 : 0, "\ncopied_entries=", copied_entries, "\n");
+  if (into_base) {
+    absl::StrAppend(&body, "target=", kMergeJournalRawTarget, "\nsuccessor_uuid=",
+                    UuidToString(successor_uuid), "\n");
+  }
   for (const std::string& dir : dirs) absl::StrAppend(&body, "dir=", dir, "\n");
   *dst = WithCrcLine(body);
 }
@@ -392,7 +403,7 @@ void MergeJournalRecord::EncodeTo(std::string* dst) const {
 
 absl::Status MergeJournalRecord::DecodeFrom(absl::string_view text) {
   *this = MergeJournalRecord();
-  return DecodeTextJournal(
+  absl::Status s = DecodeTextJournal(
       text, kMergeJournalMagic, kMergeJournalFields, "dir",
       [this](absl::string_view key, absl::string_view value) {
         return DecodeMergeField(key, value, this);
@@ -403,6 +414,10 @@ absl::Status MergeJournalRecord::DecodeFrom(absl::string_view text) {
             "directory that strata ran in): finish the merge with that version, from that "
             "directory"));
       });
+  if (s.ok() && !into_base && !IsNil(successor_uuid)) {
+    return absl::DataLossError("field \"successor_uuid\" without \"target=raw\"");
+  }
+  return s;
 }
 
 // --- Stream journal --------------------------------------------------------------------------

@@ -66,9 +66,10 @@ inline constexpr uint64_t JournalCapacity(uint64_t journal_size) {
 // in the header.
 inline constexpr uint64_t kTableEntrySize = 16;
 
-// An offline merge (commit) into layer L keeps its progress in L's path + ".merge" until it
+// An offline merge (commit) of layer L keeps its progress in L's path + ".merge" until it
 // completes (commit.h; its layout is the last section of this file); any chain holding L
-// refuses to open while it exists.
+// refuses to open while it exists. A commit into a raw base B keeps it in B's path + ".merge"
+// instead, where every chain on B finds it, also once L has left the chain.
 inline std::string MergeJournalPath(const std::string& layer_path) {
   return layer_path + ".merge";
 }
@@ -186,6 +187,8 @@ inline constexpr absl::string_view kMergeJournalCrcKey = "crc=";
 // The journal's own directory in a `dir=` line: a directory moved or copied with an unfinished
 // merge in it then resumes on its own files.
 inline constexpr absl::string_view kMergeJournalOwnDir = ".";
+// The value of the optional `target=` line of a commit into a raw base.
+inline constexpr absl::string_view kMergeJournalRawTarget = "raw";
 
 // kCopy: C's sub-blocks are being copied into P; kRelink: P is taking C's place.
 enum class MergePhase : uint8_t { kCopy = 1, kRelink = 2 };
@@ -201,6 +204,12 @@ struct MergeJournalRecord {
   bool child_was_active = false;
   uint64_t copied_entries = 0;     // C's index entries, in copy order, durably in P
   std::vector<std::string> dirs;   // where C's children may be: absolute, or kMergeJournalOwnDir
+  // `commit --into-base`: P is C's raw base, the journal lives beside P (named after it), and
+  // `child` is C as a child names its parent from P's directory; parent_uuid is nil. Stored
+  // only when set (`target=raw`), so a merge into a strata parent keeps version 2's bytes.
+  bool into_base = false;
+  // Into the base, C active: the new empty layer that takes C's path; nil when C's path goes.
+  Uuid successor_uuid{};
   bool operator==(const MergeJournalRecord&) const = default;
 
   // Writes the whole journal, magic line first and `crc=` line last.

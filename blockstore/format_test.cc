@@ -221,6 +221,32 @@ TEST(MergeJournalTest, LayoutIsTheDocumentedExample) {
   EXPECT_NE(text.find("\nphase=relink\n"), std::string::npos);
 }
 
+// A commit into a raw base (issue 12) adds two lines; a journal without them (every one
+// version 2 wrote before) still reads as a merge into a strata parent.
+TEST(MergeJournalTest, IntoBaseRoundTripsAndOlderJournalsStillRead) {
+  MergeJournalRecord r = SampleMergeJournal();
+  r.child = "disk.strata";
+  r.parent = "base.raw";
+  r.parent_uuid = Uuid{};
+  r.into_base = true;
+  r.successor_uuid = NewUuid();
+  std::string text;
+  r.EncodeTo(&text);
+  EXPECT_NE(text.find("\ntarget=raw\nsuccessor_uuid=" + UuidToString(r.successor_uuid) + "\n"),
+            std::string::npos);
+  MergeJournalRecord d;
+  ASSERT_TRUE(d.DecodeFrom(text).ok()) << d.DecodeFrom(text);
+  EXPECT_TRUE(d == r);
+  SampleMergeJournal().EncodeTo(&text);
+  ASSERT_TRUE(d.DecodeFrom(text).ok());
+  EXPECT_FALSE(d.into_base);
+  EXPECT_TRUE(IsNil(d.successor_uuid));
+  const std::string body = text.substr(0, text.rfind("crc="));
+  EXPECT_EQ(d.DecodeFrom(WithCrc(body + "successor_uuid=" + UuidToString(NewUuid()) + "\n")).code(),
+            absl::StatusCode::kDataLoss);
+  EXPECT_EQ(d.DecodeFrom(WithCrc(body + "target=strata\n")).code(), absl::StatusCode::kDataLoss);
+}
+
 TEST(MergeJournalTest, EveryTruncationIsRejected) {
   std::string text;
   SampleMergeJournal().EncodeTo(&text);

@@ -45,6 +45,12 @@ std::vector<Found> FindLeftovers(Env* env, const std::string& top_path) {
     if (h->state == LayerState::kMerging && !journal_above) {
       found.push_back({Leftover::kMergingWithoutJournal, path});
     }
+    // A commit into the raw base keeps its journal beside the base (commit.h).
+    const std::string base_journal =
+        MergeJournalPath(ResolvePath(DirName(path), h->parent_path));
+    if (h->parent_format == ParentFormat::kRaw && env->Exists(base_journal)) {
+      found.push_back({Leftover::kMerge, base_journal});
+    }
     if (h->parent_format != ParentFormat::kStrata) break;
     journal_above = journal;
     path = ResolvePath(DirName(path), h->parent_path);

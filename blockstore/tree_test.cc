@@ -186,7 +186,9 @@ TEST_F(TreeTest, AGoneRegisteredChildBlocksMergesUntilRepairedOrRebased) {
   report = CheckChain(Env::Default(), top_, true);
   ASSERT_TRUE(report.ok());
   EXPECT_EQ(report->repaired.size(), 1u);
-  EXPECT_TRUE(ReadChildRegistry(Env::Default(), dir_.path()).empty());
+  for (const RegisteredChild& c : ReadChildRegistry(Env::Default(), dir_.path())) {
+    EXPECT_NE(c.path, moved);  // only the disk's own entry on its raw base stays
+  }
   EXPECT_TRUE(DeleteSnapshot(Env::Default(), top_, "s1").ok());
 }
 
@@ -202,8 +204,10 @@ TEST_F(TreeTest, RegistryLinesThatDoNotParseAreSkipped) {
   }
   testing::WriteFileBytes(registry, "garbage\n" + text + "0000 1111 relative/path\n");
   auto entries = ReadChildRegistry(Env::Default(), dir_.path());
-  ASSERT_EQ(entries.size(), 1u);
-  EXPECT_EQ(entries[0].path, AbsolutePath(branch));
+  ASSERT_EQ(entries.size(), 2u);  // the disk on its raw base, and the branch
+  EXPECT_EQ(entries[0].path, AbsolutePath(top_));
+  EXPECT_TRUE(IsNil(entries[0].parent_uuid));
+  EXPECT_EQ(entries[1].path, AbsolutePath(branch));
 }
 
 // Disks made before the registry recorded a branch's directory in `.strata-branches`.

@@ -46,6 +46,7 @@ Layers (offline, like qemu-img):
   export LAYER OUT.raw                   the flattened disk as a sparse raw file
   snapshot LAYER NAME                    freeze LAYER as snapshot NAME, new empty layer on top
   commit [--resume] LAYER                merge LAYER into its parent (crash-safe)
+  commit --into-base [--drop] LAYER      write the lowest LAYER into the raw base file
   delete-snapshot LAYER NAME             delete snapshot NAME by merging (crash-safe), or
                                          one a revert left off the chain (`tree`)
   revert LAYER [SNAPSHOT]                discard changes since the parent (or SNAPSHOT)

@@ -657,22 +657,31 @@ namespace {
 
 const CommandSpec kCommit{.name = "commit",
                           .usage = R"(usage: strata commit [--resume] LAYER
+       strata commit --into-base [--drop] LAYER
        strata commit --control SOCKET [--no-wait] [--rate-limit BYTES] [--json] [LAYER]
 
 Merges LAYER into its parent snapshot, crash-safe (a merge interrupted at any instant is
 finished by the next command that changes the disk). Refuses while the disk is served, or
 when the parent has other children (a branch would silently change).
+--into-base: writes LAYER, the lowest layer of a disk on a raw base, into the raw file (as
+`qemu-img commit` does; zeroed ranges are punched, the base stays sparse), crash-safe too.
+An active LAYER is left as a new empty layer on the base (or removed with --drop: the raw
+file alone is the disk); a snapshot's child is linked to the base and the snapshot removed.
+Refuses when the base is read-only, in use, smaller than LAYER's data, or has other layers
+on it (another disk would change).
 Live (--control): the same on a served disk while clients keep writing: the parent's data is
 copied up into LAYER (default: the active layer) and the parent removed (see delete-snapshot).
 
   --resume            only finish an interrupted operation, from whichever directory
+  --into-base         commit into the raw base file instead of a strata parent
+  --drop              with --into-base, an active LAYER: remove it instead of emptying it
   --control SOCKET    the server's control socket (default <layer stem>.ctl beside the layer)
   --no-wait           return once the merge started (`strata list --control` follows it)
   --rate-limit BYTES  copy at most BYTES per second (K, M, G suffixes)
   --json              print the job's final state as JSON
   -h, --help          this text
 )",
-                          .args = {.flags = {"--resume", "--no-wait", "--json"},
+                          .args = {.flags = {"--resume", "--no-wait", "--json", "--into-base", "--drop"},
                                    .valued = {"--control", "--rate-limit"}}};
 
 // `delete-snapshot --control` and `commit --control`: the live form.
@@ -688,6 +697,30 @@ int LiveMerge(const Args& args, nlohmann::json request, const CommandSpec& spec)
 
 }  // namespace
 
+namespace {
+
+// `commit --into-base`, after recovery.
+int CommitIntoBaseCommand(const std::string& layer, bool drop) {
+  auto header = ReadLayerHeader(Env::Default(), layer);
+  if (!header.ok()) return Fail(kCommit.name, header.status());
+  ProgressBar bar("commit");
+  auto result = CommitIntoBase(
+      Env::Default(), layer,
+      {.drop = drop, .progress = [&](uint64_t d, uint64_t t) { bar.Update(d, t); }});
+  bar.Finish();
+  if (!result.ok()) return Fail(kCommit.name, result.status());
+  const char* now = drop ? "removed: the raw base alone is the disk"
+                    : header->state == LayerState::kActive
+                        ? "now an empty layer on it"
+                        : "removed: its child stands on the base";
+  std::printf("committed %s (%s of data) into its raw base %s; %s %s\n", layer.c_str(),
+              HumanBytes(result->bytes_copied).c_str(), result->merged_into.c_str(),
+              layer.c_str(), now);
+  return 0;
+}
+
+}  // namespace
+
 int CommitCommand(int argc, char** argv) {
   Args args;
   if (auto exit = ParseCommand(argc, argv, kCommit, &args)) return *exit;
@@ -697,12 +730,19 @@ int CommitCommand(int argc, char** argv) {
     return LiveMerge(args, request, kCommit);
   }
   if (args.positional.size() != 1) return UsageError(kCommit);
+  if (args.Has("--drop") && !args.Has("--into-base")) {
+    return UsageError(kCommit, "--drop goes with --into-base");
+  }
+  if (args.Has("--into-base") && args.Has("--control")) {
+    return UsageError(kCommit, "--into-base is offline only");
+  }
   const std::string layer = args.positional[0];
   if (auto s = RecoverFirst(Env::Default(), layer); !s.ok()) return Fail(kCommit.name, s);
   if (args.Has("--resume")) {
     std::printf("%s: no interrupted operation left\n", layer.c_str());
     return 0;
   }
+  if (args.Has("--into-base")) return CommitIntoBaseCommand(layer, args.Has("--drop"));
   ProgressBar bar("commit");
   auto result = CommitLayer(Env::Default(), layer, [&](uint64_t d, uint64_t t) { bar.Update(d, t); });
   bar.Finish();
