@@ -80,17 +80,7 @@ absl::StatusOr<MergeJournal> ReadJournal(Env* env, const std::string& path) {
 
 // Replaces the journal atomically: a torn write leaves the previous version.
 absl::Status WriteJournal(Env* env, const MergeJournal& j) {
-  std::string path = JournalPathOf(j);
-  std::string tmp = path + ".tmp";
-  (void)env->Remove(tmp);
-  auto file = env->Open(tmp, {.writable = true, .create = true});
-  if (!file.ok()) return file.status();
-  absl::Status s = (*file)->Write(0, Encode(j));
-  if (s.ok()) s = (*file)->Sync();
-  file->reset();
-  if (s.ok()) s = env->Rename(tmp, path);
-  if (s.ok()) s = env->SyncDir(DirName(path));
-  return s;
+  return ReplaceFile(env, JournalPathOf(j), Encode(j));
 }
 
 // Copy phase: C's index entries in slot order, from journal.copied_entries on, into P.
@@ -458,16 +448,8 @@ absl::Status RecordBranchDir(Env* env, const std::string& parent_path,
     return absl::OkStatus();
   }
   dirs.push_back(child_dir);
-  const std::string path = parent_dir + "/" + kBranchDirsFile, tmp = path + ".tmp";
-  (void)env->Remove(tmp);
-  auto file = env->Open(tmp, {.writable = true, .create = true});
-  if (!file.ok()) return file.status();
-  absl::Status s = (*file)->Write(0, absl::StrCat(absl::StrJoin(dirs, "\n"), "\n"));
-  if (s.ok()) s = (*file)->Sync();
-  file->reset();
-  if (s.ok()) s = env->Rename(tmp, path);
-  if (s.ok()) s = env->SyncDir(parent_dir);
-  return s;
+  return ReplaceFile(env, parent_dir + "/" + kBranchDirsFile,
+                     absl::StrCat(absl::StrJoin(dirs, "\n"), "\n"));
 }
 
 }  // namespace strata

@@ -216,6 +216,19 @@ absl::StatusOr<std::string> ReadWholeFile(Env* env, const std::string& path) {
   return text;
 }
 
+absl::Status ReplaceFile(Env* env, const std::string& path, absl::string_view contents) {
+  const std::string tmp = path + ".tmp";
+  (void)env->Remove(tmp);
+  auto file = env->Open(tmp, {.writable = true, .create = true});
+  if (!file.ok()) return file.status();
+  absl::Status s = (*file)->Write(0, contents);
+  if (s.ok()) s = (*file)->Sync();
+  file->reset();
+  if (s.ok()) s = env->Rename(tmp, path);
+  if (s.ok()) s = env->SyncDir(DirName(path));
+  return s;
+}
+
 absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint64_t to_off,
                                   uint64_t length) {
   constexpr uint64_t kCopyBuffer = 8ull << 20;

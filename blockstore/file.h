@@ -90,6 +90,9 @@ class Env {
 
 // The whole content of the small file at `path` (a journal).
 absl::StatusOr<std::string> ReadWholeFile(Env* env, const std::string& path);
+// Replaces the small file at `path` with `contents` durably and atomically: written to
+// `path.tmp`, synced, renamed over `path`, directory synced. A crash leaves the old or the new.
+absl::Status ReplaceFile(Env* env, const std::string& path, absl::string_view contents);
 
 // Copies `length` bytes with File::Read and File::Write, a buffer at a time: Env::CopyRange's
 // fallback, and how a test Env sees a copy.

@@ -362,16 +362,7 @@ absl::StatusOr<StreamPlan> PlanStreamBelow(Env* env, const Chain& chain,
 absl::Status BeginStream(Env* env, const StreamPlan& plan) {
   std::string text;
   plan.record.EncodeTo(&text);
-  const std::string path = StreamJournalPath(plan.layer_path), tmp = path + ".tmp";
-  (void)env->Remove(tmp);
-  auto file = env->Open(tmp, {.writable = true, .create = true});
-  if (!file.ok()) return file.status();
-  absl::Status s = (*file)->Write(0, text);
-  if (s.ok()) s = (*file)->Sync();
-  file->reset();
-  if (s.ok()) s = env->Rename(tmp, path);
-  if (s.ok()) s = env->SyncDir(DirName(path));
-  return s;
+  return ReplaceFile(env, StreamJournalPath(plan.layer_path), text);
 }
 
 absl::StatusOr<StreamResult> RunStream(Env* env, Chain* chain, const std::string& journal_path,
