@@ -48,30 +48,33 @@ using json = nlohmann::json;
 
 const CommandSpec kBackup{
     .name = "backup",
-    .usage = R"(usage: strata backup [--from SNAP1] --to SNAP2 [--socket SOCKET] [--force]
+    .usage = R"(usage: strata backup [--from SNAPSHOT1] --to SNAPSHOT2 [--socket PATH] [--force]
                      [--rate-limit BYTES] [--output=human|json] LAYER OUT
 
-Backs up snapshot SNAP2 of the disk topped by LAYER into OUT, a raw file, while the disk keeps
-running or offline. Without --from, a full copy: OUT is replaced by SNAP2's content, sparse
-(holes and zeros stay holes), written beside it as OUT.partial and renamed over OUT once
-synced, so a killed backup never leaves a half file named OUT. With --from SNAP1, an
-incremental: OUT must be a copy of SNAP1 made by strata backup, and only the ranges that
-changed from SNAP1 to SNAP2 (as `strata map --diff SNAP1 --to SNAP2`) are copied onto it.
+Backs up snapshot SNAPSHOT2 of the disk topped by LAYER into OUT, a raw file, while the disk
+keeps running or offline. Without --from, a full copy: OUT is replaced by SNAPSHOT2's content,
+sparse (holes and zeros stay holes), written beside it as OUT.partial and renamed over OUT once
+synced, so a killed backup never leaves a half file named OUT. With --from SNAPSHOT1, an
+incremental: OUT must be a copy of SNAPSHOT1 made by strata backup, and only the ranges that
+changed from SNAPSHOT1 to SNAPSHOT2 (those `strata map` lists for their diff) are copied
+onto it.
 
-OUT.strata-backup records what OUT holds (the snapshot's name, UUID and size, LAYER, the time);
-an incremental whose SNAP1 is not what OUT holds is refused and OUT left untouched. A killed
-incremental leaves the record "in-progress": only the same incremental may run again (it
-finishes the copy), or a full backup. A full backup replaces only a file strata backup made.
+OUT.strata-backup records what OUT holds (the snapshot's name, UUID and size, LAYER, the
+time); an incremental whose SNAPSHOT1 is not what OUT holds is refused and OUT left
+untouched. A killed incremental leaves the record "in-progress": only the same incremental
+may run again (it finishes the copy), or a full backup. A full backup replaces only a file
+strata backup made.
 
-The snapshot is read through the running server's read-only @SNAP2 export (libnbd, several
-reads in flight) when SOCKET, by default the data socket `strata serve LAYER` makes beside
-LAYER (<layer stem>.sock), has a server; otherwise from SNAP2's frozen layer files directly.
+The snapshot is read through the running server's read-only @SNAPSHOT2 export (libnbd,
+several reads in flight) when the data socket, PATH or by default the one `strata serve
+LAYER` makes beside LAYER (<layer stem>.sock), has a server; otherwise from SNAPSHOT2's
+frozen layer files directly.
 
-  --to SNAP2            the snapshot to back up (required)
-  --from SNAP1          an incremental: OUT holds SNAP1, an older snapshot of the same chain
-  --socket SOCKET       the server's data socket (then it must answer: no file fallback)
-  --force               do without the record's checks: OUT is an existing copy of SNAP1 (or,
-                        for a full backup, may be replaced) although no record says so
+  --to SNAPSHOT2        the snapshot to back up (required)
+  --from SNAPSHOT1      an incremental: OUT holds SNAPSHOT1, an older snapshot of the chain
+  --socket PATH         the server's data socket (it must answer: no fallback to the files)
+  --force               do without the record's checks: OUT is a copy of SNAPSHOT1 (or, for
+                        a full backup, may be replaced) although no record says so
   --rate-limit BYTES    read at most BYTES per second (K, M, G suffixes)
   --output=human|json   the format of the summary (default human; --json is --output=json):
                         mode, snapshot, uuid, from, layer, out, source, size, ranges,
@@ -320,7 +323,7 @@ void PrintResult(const Args& args, const std::string& layer, const std::string& 
 int BackupCommand(int argc, char** argv) {
   Args args;
   if (auto exit = ParseCommand(argc, argv, kBackup, &args)) return *exit;
-  if (!args.Has("--to")) return UsageError(kBackup, "--to SNAP2 is required");
+  if (!args.Has("--to")) return UsageError(kBackup, "--to SNAPSHOT2 is required");
   const std::string layer = args.positional[0], out = args.positional[1];
   CopyOptions options;
   if (args.Has("--rate-limit")) {
