@@ -250,8 +250,10 @@ absl::Status FullBackup(const std::string& layer, const std::string& out, const 
     return copied.status();
   }
   *stats = *copied;
+  // The old record goes durably before OUT changes: never a record naming what OUT was.
   if (!record->is_null()) {
     if (auto s = env->Remove(RecordPath(out)); !s.ok()) return s;
+    if (auto s = env->SyncDir(DirName(out)); !s.ok()) return s;
   }
   if (auto s = env->Rename(partial, out); !s.ok()) return s;
   if (auto s = env->SyncDir(DirName(out)); !s.ok()) return s;
