@@ -25,16 +25,6 @@ std::string AbsolutePath(const std::string& path) {
 
 namespace {
 
-// The small file at `path` as text ("" when missing or unreadable).
-std::string ReadSmallFile(Env* env, const std::string& path) {
-  auto file = env->Open(path, {});
-  if (!file.ok()) return "";
-  auto size = (*file)->Size();
-  std::string text(size.ok() ? *size : 0, '\0');
-  if (!(*file)->Read(0, text.size(), text.data()).ok()) return "";
-  return text;
-}
-
 std::string EncodeRegistry(const std::vector<RegisteredChild>& entries) {
   std::string text;
   for (const RegisteredChild& c : entries) {
@@ -99,7 +89,7 @@ std::vector<std::string> SearchDirs(Env* env, const std::vector<std::string>& kn
       AddUnique(&dirs, DirName(child.path));
     }
     for (absl::string_view recorded :
-         absl::StrSplit(ReadSmallFile(env, dir + "/" + kBranchDirsFile), '\n', absl::SkipEmpty())) {
+         absl::StrSplit(ReadWholeFile(env, dir + "/" + kBranchDirsFile).value_or(""), '\n', absl::SkipEmpty())) {
       AddUnique(&dirs, std::string(recorded));
     }
   }
@@ -108,7 +98,7 @@ std::vector<std::string> SearchDirs(Env* env, const std::vector<std::string>& kn
 
 std::vector<RegisteredChild> ReadChildRegistry(Env* env, const std::string& dir) {
   std::vector<RegisteredChild> entries;
-  for (absl::string_view line : absl::StrSplit(ReadSmallFile(env, dir + "/" + kChildRegistryFile),
+  for (absl::string_view line : absl::StrSplit(ReadWholeFile(env, dir + "/" + kChildRegistryFile).value_or(""),
                                                '\n', absl::SkipEmpty())) {
     std::vector<absl::string_view> fields = absl::StrSplit(line, absl::MaxSplits(' ', 2));
     if (fields.size() != 3 || fields[2].empty() || fields[2][0] != '/') continue;

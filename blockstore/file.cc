@@ -30,19 +30,6 @@ absl::Status StatusFromErrno(int err, absl::string_view message) {
   return absl::ErrnoToStatus(err, message);
 }
 
-absl::Status ReplaceFile(Env* env, const std::string& path, absl::string_view contents) {
-  const std::string tmp = path + ".tmp";
-  (void)env->Remove(tmp);
-  auto file = env->Open(tmp, {.writable = true, .create = true});
-  if (!file.ok()) return file.status();
-  absl::Status s = (*file)->Write(0, contents);
-  if (s.ok()) s = (*file)->Sync();
-  file->reset();
-  if (s.ok()) s = env->Rename(tmp, path);
-  if (s.ok()) s = env->SyncDir(DirName(path));
-  return s;
-}
-
 std::string DirName(const std::string& path) {
   size_t slash = path.rfind('/');
   if (slash == std::string::npos) return ".";
@@ -227,6 +214,19 @@ absl::StatusOr<std::string> ReadWholeFile(Env* env, const std::string& path) {
   std::string text(*size, '\0');
   if (auto s = (*file)->Read(0, text.size(), text.data()); !s.ok()) return s;
   return text;
+}
+
+absl::Status ReplaceFile(Env* env, const std::string& path, absl::string_view contents) {
+  const std::string tmp = path + ".tmp";
+  (void)env->Remove(tmp);
+  auto file = env->Open(tmp, {.writable = true, .create = true});
+  if (!file.ok()) return file.status();
+  absl::Status s = (*file)->Write(0, contents);
+  if (s.ok()) s = (*file)->Sync();
+  file->reset();
+  if (s.ok()) s = env->Rename(tmp, path);
+  if (s.ok()) s = env->SyncDir(DirName(path));
+  return s;
 }
 
 absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint64_t to_off,

@@ -90,15 +90,14 @@ class Env {
 
 // The whole content of the small file at `path` (a journal).
 absl::StatusOr<std::string> ReadWholeFile(Env* env, const std::string& path);
+// Replaces the small file at `path` with `contents` durably and atomically: written to
+// `path.tmp`, synced, renamed over `path`, directory synced. A crash leaves the old or the new.
+absl::Status ReplaceFile(Env* env, const std::string& path, absl::string_view contents);
 
 // Copies `length` bytes with File::Read and File::Write, a buffer at a time: Env::CopyRange's
 // fallback, and how a test Env sees a copy.
 absl::Status CopyThroughUserSpace(File* from, uint64_t from_off, File* to, uint64_t to_off,
                                   uint64_t length);
-
-// Replaces the small file `path` with `contents` crash-safely: written to `path`.tmp, synced,
-// renamed over `path`, the directory synced. A crash leaves the old version or the new one.
-absl::Status ReplaceFile(Env* env, const std::string& path, absl::string_view contents);
 
 // Advisory whole-file locks (flock(2), never waiting): a writable chain holds its top layer
 // exclusively and the layers below shared; a command that changes files (commit, revert,

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "blockstore/format.h"
+#include "cli/backup_command.h"
 #include "cli/control_client.h"
 #include "cli/convert_command.h"
 #include "cli/offline_commands.h"
@@ -44,6 +45,8 @@ Layers (offline, like qemu-img):
                                          (exit 0 clean, 1 could not check, 2 corrupt,
                                          3 only repairable findings, as qemu-img check)
   export LAYER OUT.raw                   the flattened disk as a sparse raw file
+  backup [--from SNAP1] --to SNAP2 LAYER OUT  full or incremental backup of a snapshot into
+                                         a raw file (live through @SNAP2, or offline)
   snapshot LAYER NAME                    freeze LAYER as snapshot NAME, new empty layer on top
   commit [--resume] LAYER                merge LAYER into its parent (crash-safe)
   commit --into-base [--drop] LAYER      write the lowest LAYER into the raw base file
@@ -56,7 +59,7 @@ Disks in and out (with qemu-img; holes and zeros stay sparse):
   convert SRC DST.strata                 import a qcow2, VHDX, VMDK, VDI, VHD or raw image
   convert -O FMT LAYER OUT               export the disk topped by LAYER as qcow2, vmdk, ...
 
-info, map, check, tree, list and stats take --output=human|json (--json is --output=json).
+info, map, check, tree, list, stats and backup take --output=human|json (--json is --output=json).
 )";
 
 struct Command {
@@ -73,6 +76,7 @@ constexpr Command kCommands[] = {
     {"delete-snapshot", strata::cli::DeleteSnapshotCommand},
     {"cancel", strata::cli::CancelCommand},     {"rebase", strata::cli::RebaseCommand},
     {"convert", strata::cli::ConvertCommand},   {"tree", strata::cli::TreeCommand},
+    {"backup", strata::cli::BackupCommand},
     {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
 };
 
