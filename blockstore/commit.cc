@@ -208,11 +208,17 @@ absl::StatusOr<uint64_t> CopyPhase(Env* env, MergeJournal* journal, const Progre
     if (!parent.ok()) return parent.status();
     // The fence: from here until the relink gives P C's state, P holds a mix of both layers,
     // so every open but a merge's refuses it (info, export, serve --read-only of P). It
-    // journals like an active layer meanwhile: its journal's end is not known (0).
-    if ((*parent)->header().state != LayerState::kMerging) {
-      if (auto s = (*parent)->UpdateHeader([](LayerHeader* h) {
+    // journals like an active layer meanwhile: its journal's end is not known (0). A C that
+    // grew (resize.h) grows P to its size in the same header write, before any copy lands
+    // past P's old end: P then takes C's place at C's size.
+    const uint64_t size = std::max((*parent)->header().virtual_size,
+                                   (*child)->header().virtual_size);
+    if ((*parent)->header().state != LayerState::kMerging ||
+        (*parent)->header().virtual_size != size) {
+      if (auto s = (*parent)->UpdateHeader([size](LayerHeader* h) {
             h->state = LayerState::kMerging;
             h->journal_end_seq = 0;
+            h->virtual_size = size;
           });
           !s.ok()) {
         return s;
@@ -413,7 +419,10 @@ absl::Status Revert(Env* env, const std::string& top_path, const std::string& sn
     return absl::FailedPreconditionError(absl::StrCat(top_path, " is not an active layer"));
   }
   LayerCreateParams params;
-  params.virtual_size = target.virtual_size;
+  // Going back to a snapshot goes back to its size too (a disk grown since shrinks to it); a
+  // disk with no parent keeps its own.
+  params.virtual_size =
+      target.parent_format == ParentFormat::kNone ? target.virtual_size : target.parent_size;
   params.cluster_size = target.cluster_size;
   params.sub_block_size = target.sub_block_size;
   params.journal_size = target.journal_size;
@@ -438,7 +447,7 @@ absl::Status Revert(Env* env, const std::string& top_path, const std::string& sn
     }
     params.parent_path = ParentLink(DirName(top_path), path);
     params.parent_uuid = h.uuid;
-    params.parent_size = h.virtual_size;
+    params.virtual_size = params.parent_size = h.virtual_size;
   }
   // RecoverChain removed any leftover of an earlier revert: the name is free.
   std::string pending = RevertPendingPath(top_path);

@@ -6,6 +6,7 @@
 #include "cli/control_client.h"
 #include "cli/convert_command.h"
 #include "cli/offline_commands.h"
+#include "cli/resize_command.h"
 #include "cli/serve_command.h"
 
 // Set by cli/CMakeLists.txt at configure time; a build without CMake still compiles.
@@ -48,6 +49,7 @@ Layers (offline, like qemu-img):
   commit [--resume] LAYER                merge LAYER into its parent (crash-safe)
   delete-snapshot LAYER NAME             delete snapshot NAME by merging (crash-safe)
   revert LAYER [SNAPSHOT]                discard changes since the parent (or SNAPSHOT)
+  resize LAYER [+]SIZE                   grow the disk to SIZE (or by +SIZE); zeros past the old end
   rebase -u -b NEW_PARENT LAYER          fix LAYER's parent path after moving a chain (checked)
 Disks in and out (with qemu-img; holes and zeros stay sparse):
   convert SRC DST.strata                 import a qcow2, VHDX, VMDK, VDI, VHD or raw image
@@ -69,7 +71,7 @@ constexpr Command kCommands[] = {
     {"commit", strata::cli::CommitCommand},     {"revert", strata::cli::RevertCommand},
     {"delete-snapshot", strata::cli::DeleteSnapshotCommand},
     {"cancel", strata::cli::CancelCommand},     {"rebase", strata::cli::RebaseCommand},
-    {"convert", strata::cli::ConvertCommand},
+    {"convert", strata::cli::ConvertCommand},   {"resize", strata::cli::ResizeCommand},
     {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
 };
 
