@@ -5,7 +5,7 @@
 //
 // On disk a grow is one header update of the active layer (virtual_size), nothing else: the
 // layer's index has no capacity fixed by the size (a sparse checkpoint table plus the journal,
-// FORMAT.md §1), so nothing moves. The update writes the copy not holding the current header
+// FORMAT.md §1 "Sizes along a chain"), so nothing moves. The update writes the copy not holding the current header
 // first (§2 rule 4): a crash leaves the old size or the new one, data untouched either way.
 //
 // Not done: shrinking (it discards the data past the new end; qemu-img needs --shrink), growing
