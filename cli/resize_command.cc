@@ -19,11 +19,11 @@ const CommandSpec kResize{.name = "resize",
 
 Grows the disk whose active layer is LAYER to SIZE bytes (or by SIZE with +), as `qemu-img
 resize` grows an overlay: its snapshots and raw base keep their sizes, and the new space past
-them reads as zeros until written. SIZE takes what `strata create --size` takes: 4096, 64M, 20G,
-1.5T (binary units), rounded up to a multiple of 512. Only growing: a smaller SIZE is refused
-(shrinking is not supported), the same SIZE changes nothing. Offline: a served disk is refused
-(stop the server first: NBD cannot tell connected clients that the size changed). Crash-safe:
-one header update, so a crash leaves the old size or the new one.
+them reads as zeros until written. SIZE is written as `strata create` takes a size: 4096,
+64M, 20G, 1.5T (binary units), rounded up to a multiple of 512. Only growing: a smaller SIZE
+is refused (shrinking is not supported), the same SIZE changes nothing. Offline: a served disk
+is refused (stop the server first: NBD cannot tell connected clients that the size changed).
+Crash-safe: one header update, so a crash leaves the old size or the new one.
 
   -h, --help   this text
 )",
