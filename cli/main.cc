@@ -49,7 +49,7 @@ Layers (offline, like qemu-img):
   commit [--resume] LAYER                merge LAYER into its parent (crash-safe)
   delete-snapshot LAYER NAME             delete snapshot NAME by merging (crash-safe)
   revert LAYER [SNAPSHOT]                discard changes since the parent (or SNAPSHOT)
-  resize LAYER [+]SIZE                   grow the disk to SIZE (or by +SIZE); zeros past the old end
+  resize LAYER [+]SIZE                   grow the disk to SIZE, or by +SIZE (offline)
   rebase -u -b NEW_PARENT LAYER          fix LAYER's parent path after moving a chain (checked)
 Disks in and out (with qemu-img; holes and zeros stay sparse):
   convert SRC DST.strata                 import a qcow2, VHDX, VMDK, VDI, VHD or raw image
