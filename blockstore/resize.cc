@@ -52,8 +52,8 @@ absl::StatusOr<ResizeResult> ResizeDisk(Env* env, const std::string& top_path, N
   if (auto s = locks.Exclusive(env, top_path); !s.ok()) {
     if (!absl::IsFailedPrecondition(s)) return s;
     return absl::FailedPreconditionError(absl::StrCat(
-        "resize works on a disk nobody uses: stop the server first (NBD cannot tell connected "
-        "clients that the size changed): ", s.message()));
+        s.message(), ". A resize is offline only: stop the server first (NBD cannot tell "
+                     "connected clients that the size changed)"));
   }
   if (auto r = RecoverChain(env, top_path, &locks, progress); !r.ok()) return r.status();
   auto header = ReadLayerHeader(env, top_path);
