@@ -220,15 +220,22 @@ absl::Status RefuseUnfinishedMerge(Env* env, const std::string& path, const std:
 // (header `ch`) was created on: the size it recorded. `why` ends the message.
 absl::Status CheckRawBase(const std::string& child_path, const LayerHeader& ch,
                           const std::string& path, uint64_t size, absl::string_view why) {
-  if (size == ch.parent_size) return absl::OkStatus();
-  return absl::FailedPreconditionError(absl::StrCat("layer ", child_path, ": raw base ", path,
-                                                    " is ", size, " bytes but was ",
-                                                    ch.parent_size,
-                                                    " when the layer was created: ", why));
+  if (size != ch.parent_size) {
+    return absl::FailedPreconditionError(absl::StrCat("layer ", child_path, ": raw base ", path,
+                                                      " is ", size, " bytes but was ",
+                                                      ch.parent_size,
+                                                      " when the layer was created: ", why));
+  }
+  if (auto s = CheckParentSize(ch, size); !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("layer ", child_path, ": raw base ", path,
+                                                      ": ", s.message()));
+  }
+  return absl::OkStatus();
 }
 
 // Whether the strata layer at `path` (header `ph`) can be the parent the layer at `child_path`
-// (header `ch`) names: the same UUID, size and geometry, frozen. `why` ends the UUID message.
+// (header `ch`) names: the same UUID and geometry, frozen, and of the size the child recorded
+// (FORMAT.md, "Sizes along a chain"). `why` ends the UUID message.
 absl::Status CheckParentHeader(const std::string& child_path, const LayerHeader& ch,
                                const std::string& path, const LayerHeader& ph,
                                absl::string_view why) {
@@ -237,11 +244,13 @@ absl::Status CheckParentHeader(const std::string& child_path, const LayerHeader&
         "layer ", child_path, " expects parent UUID ", UuidToString(ch.parent_uuid), " but ",
         path, " has ", UuidToString(ph.uuid), ": ", why));
   }
-  if (ph.virtual_size != ch.virtual_size || ph.cluster_size != ch.cluster_size ||
-      ph.sub_block_size != ch.sub_block_size) {
+  if (ph.cluster_size != ch.cluster_size || ph.sub_block_size != ch.sub_block_size) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", child_path, " and its parent ", path,
-        " differ in virtual size or cluster geometry"));
+        "layer ", child_path, " and its parent ", path, " differ in cluster geometry"));
+  }
+  if (auto s = CheckParentSize(ch, ph.virtual_size); !s.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat("layer ", child_path, ": parent ", path,
+                                                      ": ", s.message()));
   }
   if (ph.state != LayerState::kFrozen) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -530,7 +539,9 @@ Segment Chain::SegmentFor(uint64_t cluster, uint32_t sb, uint64_t offset, uint64
   }
   if (a.zero & bit) return {Segment::Kind::kZero, length, -1, 0, active_position};
   Source src = view_->Resolve(cluster, sb);
-  if (src.layer != 0) {
+  // A frozen layer smaller than the disk (it grew since: resize.h) answers nothing past its
+  // end, which is a sub-block boundary (CheckParentSize), as the raw base below does.
+  if (src.layer != 0 && offset < frozen_[src.layer - 1]->header().virtual_size) {
     if (src.zero) return {Segment::Kind::kZero, length, -1, 0, src.layer};
     const Layer& layer = *frozen_[src.layer - 1];
     return {Segment::Kind::kData, length, layer.data_fd(), layer.DataOffset(src.slot, sb) + within,

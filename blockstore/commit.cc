@@ -302,11 +302,17 @@ absl::StatusOr<uint64_t> CopyPhase(Env* env, MergeJournal* journal, const Progre
     if (!parent.ok()) return parent.status();
     // The fence: from here until the relink gives P C's state, P holds a mix of both layers,
     // so every open but a merge's refuses it (info, export, serve --read-only of P). It
-    // journals like an active layer meanwhile: its journal's end is not known (0).
-    if ((*parent)->header().state != LayerState::kMerging) {
-      if (auto s = (*parent)->UpdateHeader([](LayerHeader* h) {
+    // journals like an active layer meanwhile: its journal's end is not known (0). A C that
+    // grew (resize.h) grows P to its size in the same header write, before any copy lands
+    // past P's old end: P then takes C's place at C's size.
+    const uint64_t size = std::max((*parent)->header().virtual_size,
+                                   (*child)->header().virtual_size);
+    if ((*parent)->header().state != LayerState::kMerging ||
+        (*parent)->header().virtual_size != size) {
+      if (auto s = (*parent)->UpdateHeader([size](LayerHeader* h) {
             h->state = LayerState::kMerging;
             h->journal_end_seq = 0;
+            h->virtual_size = size;
           });
           !s.ok()) {
         return s;

@@ -25,6 +25,7 @@
 #include "blockstore/crash_env.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
+#include "blockstore/resize.h"
 #include "blockstore/revert.h"
 #include "blockstore/snapshot_files.h"
 #include "blockstore/test_util.h"
@@ -789,6 +790,41 @@ TEST_F(CrashSweepTest, ServerStyle) {
       EXPECT_NE(got, later) << "a read mapped before a trim returned a later cluster's bytes";
       pin.Release();
     }
+  });
+}
+
+// (r) Growing a disk (resize.h), then merging across the size boundary: the resize reads as
+// the old disk or the grown one (its content, then zeros), never anything else; deleting the
+// smaller snapshot below the grown top (the merge grows it) and committing the top keep the
+// grown disk's content and the other snapshot.
+TEST_F(CrashSweepTest, ResizeAndMergesAcrossTheSizeBoundary) {
+  const std::string top = MakeChain(dir_.path());
+  const CrashPoint setup = Import();
+  Expect grow = ChainExpect(top);
+  const std::string before = grow.disk.now();
+  grow.disk_one_of = {before, before + std::string(kDisk / 2, '\0')};
+  Family growing("(r) resize +1M");
+  growing.Sweep(&env_, setup, {grow}, [&](CrashEnv* env, Disks*) {
+    Done(env, ResizeDisk(env, top, {.bytes = kDisk / 2, .relative = true}).status(), "resize");
+  });
+
+  ASSERT_TRUE(env_.Crash(setup, CrashChoice::Nothing()).ok());
+  ASSERT_TRUE(ResizeDisk(&env_, top, {.bytes = kDisk / 2, .relative = true}).ok());
+  ASSERT_TRUE(env_.Crash(CrashChoice::Everything()).ok());
+  const CrashPoint grown = env_.Point();
+  Expect delete_s2 = ChainExpect(top), commit_top = delete_s2;
+  ASSERT_EQ(delete_s2.disk.now(), grow.disk_one_of[1]);
+  delete_s2.maybe_snapshots["s2"] = delete_s2.snapshots["s2"];
+  delete_s2.snapshots.erase("s2");
+  commit_top.maybe_snapshots["s2"] = commit_top.snapshots["s2"];
+  commit_top.snapshots.erase("s2");
+  Family deleting("(r) delete-snapshot s2 below the grown top");
+  deleting.Sweep(&env_, grown, {delete_s2}, [&](CrashEnv* env, Disks*) {
+    Done(env, DeleteSnapshot(env, top, "s2").status(), "delete-snapshot");
+  });
+  Family committing("(r) commit of the grown top into s2");
+  committing.Sweep(&env_, grown, {commit_top}, [&](CrashEnv* env, Disks*) {
+    Done(env, CommitLayer(env, top).status(), "commit");
   });
 }
 

@@ -103,6 +103,25 @@ absl::Status ParseParentFormat(absl::string_view text, ParentFormat* format) {
   return absl::OkStatus();
 }
 
+absl::Status CheckParentSize(const LayerHeader& child, uint64_t parent_size) {
+  if (parent_size != child.parent_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "it is ", parent_size, " bytes but was ", child.parent_size,
+        " when the layer was created on it"));
+  }
+  if (parent_size > child.virtual_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "it is ", parent_size, " bytes, larger than the layer's ", child.virtual_size,
+        " (a layer is never smaller than its parent)"));
+  }
+  if (parent_size < child.virtual_size && parent_size % child.sub_block_size != 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "it is ", parent_size, " bytes, less than the layer's ", child.virtual_size,
+        ", and does not end on a sub-block boundary (", child.sub_block_size, " bytes)"));
+  }
+  return absl::OkStatus();
+}
+
 std::string UuidToString(const Uuid& u) {
   return absl::StrFormat("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
                          u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11],

@@ -121,6 +121,13 @@ struct LayerHeader {
   uint32_t SubBlocksPerCluster() const { return cluster_size / sub_block_size; }
 };
 
+// The size rule between a layer and its parent (FORMAT.md §1, "Sizes along a chain"): the
+// parent is `parent_size` bytes, what the child recorded (parent_size); the child is as large
+// or larger (it grew since: resize.h), and then the parent ends on a sub-block boundary, so a
+// sub-block of the child lies wholly within the parent or wholly past its end, where the
+// parent answers nothing (reads as zeros). kFailedPrecondition saying which part fails.
+absl::Status CheckParentSize(const LayerHeader& child, uint64_t parent_size);
+
 // The mask of every sub-block of a cluster of `sub_blocks` sub-blocks.
 inline uint32_t FullSubBlockMask(uint32_t sub_blocks) {
   return sub_blocks >= 32 ? 0xffffffffu : (1u << sub_blocks) - 1;

@@ -58,7 +58,10 @@ absl::Status CreateRevertLayer(Env* env, const std::string& top_path,
                                                                 " is not an active layer")));
   }
   LayerCreateParams params;
-  params.virtual_size = target.virtual_size;
+  // Going back to a snapshot goes back to its size too (a disk grown since shrinks to it); a
+  // disk with no parent keeps its own.
+  params.virtual_size =
+      target.parent_format == ParentFormat::kNone ? target.virtual_size : target.parent_size;
   params.cluster_size = target.cluster_size;
   params.sub_block_size = target.sub_block_size;
   params.journal_size = target.journal_size;
@@ -83,7 +86,7 @@ absl::Status CreateRevertLayer(Env* env, const std::string& top_path,
     }
     params.parent_path = ParentLink(DirName(top_path), path);
     params.parent_uuid = h.uuid;
-    params.parent_size = h.virtual_size;
+    params.virtual_size = params.parent_size = h.virtual_size;
     if (auto s = RegisterOnNewParent(env, top_path, target, path, &params); !s.ok()) {
       return Unchanged(s);
     }

@@ -7,6 +7,7 @@
 #include "cli/control_client.h"
 #include "cli/convert_command.h"
 #include "cli/offline_commands.h"
+#include "cli/resize_command.h"
 #include "cli/serve_command.h"
 
 // Set by cli/CMakeLists.txt at configure time; a build without CMake still compiles.
@@ -53,6 +54,7 @@ Layers (offline, like qemu-img):
   delete-snapshot LAYER NAME             delete snapshot NAME by merging (crash-safe), or
                                          one a revert left off the chain (`tree`)
   revert LAYER [SNAPSHOT]                discard changes since the parent (or SNAPSHOT)
+  resize LAYER [+]SIZE                   grow the disk to SIZE, or by +SIZE (offline)
   rebase -u -b NEW_PARENT LAYER          fix LAYER's parent path after moving a chain (checked)
   tree LAYER                             every snapshot and branch, on the chain or off it
 Disks in and out (with qemu-img; holes and zeros stay sparse):
@@ -77,6 +79,7 @@ constexpr Command kCommands[] = {
     {"cancel", strata::cli::CancelCommand},     {"rebase", strata::cli::RebaseCommand},
     {"convert", strata::cli::ConvertCommand},   {"tree", strata::cli::TreeCommand},
     {"backup", strata::cli::BackupCommand},
+    {"resize", strata::cli::ResizeCommand},
     {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
 };
 

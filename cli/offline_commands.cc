@@ -144,7 +144,8 @@ const CommandSpec kInfo{.name = "info",
                         .usage = R"(usage: strata info [--output=human|json] LAYER
 
 The chain topped by LAYER, top first: each layer's file, UUID, state (active or frozen),
-snapshot name and time, data and on-disk bytes. Reads only: safe on a served disk.
+snapshot name and time, data and on-disk bytes, and its size where it is not the disk's (a
+layer below a disk grown by `strata resize`). Reads only: safe on a served disk.
 
   --output=human|json   the format (default human; --json is --output=json); in JSON,
                         what a layer does not have (a snapshot name, a time) is null
@@ -163,8 +164,10 @@ json InfoJson(const Chain& chain, const std::vector<LayerInfo>& layers) {
               {"allocated_bytes", it->allocated_bytes}, {"file_bytes", it->file_bytes}};
     if (it->is_raw_base) {
       l["format"] = "raw";
+      l["virtual_size"] = it->allocated_bytes;
     } else {
       l["format"] = "strata";
+      l["virtual_size"] = it->header.virtual_size;
       l["uuid"] = UuidToString(it->header.uuid);
       l["state"] = std::string(Name(it->header.state));
       l["snapshot"] = StringOrNull(it->header.snapshot_name);
@@ -186,15 +189,20 @@ void PrintInfoHuman(const Chain& chain, const std::vector<LayerInfo>& layers) {
               HumanBytes(chain.cluster_size()).c_str(),
               HumanBytes(chain.sub_block_size()).c_str(), Count(layers.size(), "layer").c_str());
   for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
+    // Only a layer below a grown disk (resize.h) has a size of its own.
+    const uint64_t size = it->is_raw_base ? it->allocated_bytes : it->header.virtual_size;
+    const std::string own_size =
+        size == chain.size() ? "" : absl::StrCat(", ", HumanBytes(size), " (", size, " bytes)");
     if (it->is_raw_base) {
-      std::printf("  [%d] %s  raw base, %s on disk\n", it->position, it->path.c_str(),
-                  HumanBytes(it->file_bytes).c_str());
+      std::printf("  [%d] %s  raw base%s, %s on disk\n", it->position, it->path.c_str(),
+                  own_size.c_str(), HumanBytes(it->file_bytes).c_str());
       continue;
     }
     const LayerHeader& h = it->header;
     std::string state(Name(h.state));
     if (!h.snapshot_name.empty()) absl::StrAppend(&state, " snapshot '", h.snapshot_name, "'");
     if (h.frozen_ns) absl::StrAppend(&state, " at ", TimeString(h.frozen_ns));
+    state += own_size;
     std::printf("  [%d] %s  %s\n      uuid %s, data %s, file %s on disk, created %s\n",
                 it->position, it->path.c_str(), state.c_str(), UuidToString(h.uuid).c_str(),
                 HumanBytes(it->allocated_bytes).c_str(), HumanBytes(it->file_bytes).c_str(),
