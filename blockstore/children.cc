@@ -25,11 +25,14 @@ std::string AbsolutePath(const std::string& path) {
 
 namespace {
 
-std::string EncodeRegistry(const std::vector<RegisteredChild>& entries) {
+// A child in the registry's own directory is written by its file name, as a child names a
+// parent beside it: a copied or moved directory then names its own files, never the
+// original's (copies share UUIDs, and a merge would relink the original's children).
+std::string EncodeRegistry(const std::string& dir, const std::vector<RegisteredChild>& entries) {
   std::string text;
   for (const RegisteredChild& c : entries) {
     absl::StrAppend(&text, UuidToString(c.parent_uuid), " ", UuidToString(c.child_uuid), " ",
-                    c.path, "\n");
+                    DirName(c.path) == dir ? BaseName(c.path) : c.path, "\n");
   }
   return text;
 }
@@ -48,7 +51,7 @@ absl::Status RegisterInDir(Env* env, const std::string& dir, const Uuid& parent_
     return c.path == path || c.child_uuid == child_uuid;
   });
   entries.push_back({parent_uuid, child_uuid, path});
-  return ReplaceFile(env, dir + "/" + kChildRegistryFile, EncodeRegistry(entries));
+  return ReplaceFile(env, dir + "/" + kChildRegistryFile, EncodeRegistry(dir, entries));
 }
 
 }  // namespace
@@ -98,12 +101,19 @@ std::vector<std::string> SearchDirs(Env* env, const std::vector<std::string>& kn
 
 std::vector<RegisteredChild> ReadChildRegistry(Env* env, const std::string& dir) {
   std::vector<RegisteredChild> entries;
-  for (absl::string_view line : absl::StrSplit(ReadWholeFile(env, dir + "/" + kChildRegistryFile).value_or(""),
-                                               '\n', absl::SkipEmpty())) {
+  const std::string text = ReadWholeFile(env, dir + "/" + kChildRegistryFile).value_or("");
+  for (absl::string_view line : absl::StrSplit(text, '\n', absl::SkipEmpty())) {
     std::vector<absl::string_view> fields = absl::StrSplit(line, absl::MaxSplits(' ', 2));
-    if (fields.size() != 3 || fields[2].empty() || fields[2][0] != '/') continue;
+    // A path is absolute, or the file name of a child beside the registry.
+    if (fields.size() != 3 || fields[2].empty() ||
+        (fields[2][0] != '/' && absl::StrContains(fields[2], '/'))) {
+      continue;
+    }
     absl::StatusOr<Uuid> parent = ParseUuid(fields[0]), child = ParseUuid(fields[1]);
-    if (parent.ok() && child.ok()) entries.push_back({*parent, *child, std::string(fields[2])});
+    if (!parent.ok() || !child.ok()) continue;
+    const std::string path = fields[2][0] == '/' ? std::string(fields[2])
+                                                 : absl::StrCat(dir, "/", fields[2]);
+    entries.push_back({*parent, *child, path});
   }
   return entries;
 }
@@ -146,7 +156,7 @@ absl::StatusOr<int> PruneChildRegistry(Env* env, const std::string& dir,
   std::vector<RegisteredChild> entries = ReadChildRegistry(env, dir);
   const int dropped = static_cast<int>(std::erase_if(entries, drop));
   if (dropped == 0) return 0;
-  if (auto s = ReplaceFile(env, dir + "/" + kChildRegistryFile, EncodeRegistry(entries));
+  if (auto s = ReplaceFile(env, dir + "/" + kChildRegistryFile, EncodeRegistry(dir, entries));
       !s.ok()) {
     return s;
   }

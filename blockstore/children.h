@@ -21,9 +21,9 @@ class Env;
 
 // The child registry (FORMAT.md §9): in a layer's directory, one line for every child created
 // on a layer (or raw base) of that directory by `strata create -b` or linked to one by
-// `strata rebase -u`, wherever the child lives: "<parent uuid> <child uuid> <absolute child
-// path>" (a nil parent UUID for a raw base), replaced as a whole (ReplaceFile). Children in their parent's directory (snapshots, branches beside it)
-// are found by listing that directory as well, registered or not.
+// `strata rebase -u`, wherever the child lives: "<parent uuid> <child uuid> <child path>" (a
+// nil parent UUID for a raw base; the path absolute, or a file name beside the registry),
+// replaced as a whole (ReplaceFile). RegisteredChild paths are always absolute.
 inline constexpr char kChildRegistryFile[] = ".strata-children";
 // What older versions recorded instead: the directories of such children, one per line. Still
 // searched, never written.
@@ -52,7 +52,7 @@ std::vector<std::string> SearchDirs(Env* env, const std::vector<std::string>& kn
 struct RegisteredChild {
   Uuid parent_uuid;
   Uuid child_uuid;
-  std::string path;  // absolute
+  std::string path;  // absolute (a file name in the registry is resolved against its directory)
 };
 // The entries of `dir`'s registry (none when it is missing; lines that do not parse are
 // skipped: the file is only ever replaced whole).

@@ -210,6 +210,20 @@ TEST_F(TreeTest, RegistryLinesThatDoNotParseAreSkipped) {
   EXPECT_EQ(entries[1].path, AbsolutePath(branch));
 }
 
+// A directory copied whole (a template, a backup) must name its own files: its layers have
+// the original's UUIDs, and a merge in the copy relinks the children its registry names.
+TEST_F(TreeTest, ACopiedDirectorysRegistryNamesItsOwnFiles) {
+  WriteAndSnapshot(0, 'a', "s1");
+  ASSERT_TRUE(
+      CreateLayer(dir_.File("b.strata"), {.parent = Snap("s1"), .parent_format = ParentFormat::kStrata})
+          .ok());
+  TempDir copy;
+  std::filesystem::copy(dir_.path(), copy.path(), std::filesystem::copy_options::recursive);
+  std::vector<RegisteredChild> entries = ReadChildRegistry(Env::Default(), copy.path());
+  ASSERT_EQ(entries.size(), 2u);
+  for (const RegisteredChild& c : entries) EXPECT_EQ(DirName(c.path), copy.path()) << c.path;
+}
+
 // Disks made before the registry recorded a branch's directory in `.strata-branches`.
 TEST_F(TreeTest, DirectoriesRecordedByOlderVersionsAreStillSearched) {
   WriteAndSnapshot(0, 'a', "s1");

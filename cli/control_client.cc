@@ -291,6 +291,16 @@ int LiveMergeCommand(const std::string& socket_path, const json& request, const 
   const std::string command = request.value("request", std::string());
   auto reply = ControlRequest(socket_path, request);
   if (!reply.ok()) return Fail(command, reply.status());
+  if (reply->contains("deleted")) {  // a snapshot off the served chain: gone already
+    const json& d = (*reply)["deleted"];
+    if (wait.json) {
+      std::cout << d.dump(2) << "\n";
+    } else {
+      std::printf("deleted snapshot '%s' (%s, off the served chain)\n", Text(d, "snapshot").c_str(),
+                  Text(d, "file").c_str());
+    }
+    return 0;
+  }
   json job = (*reply)["job"];
   const std::string snapshot = Text(job, "snapshot");
   if (wait.no_wait) {

@@ -12,6 +12,7 @@
 #include "blockstore/file.h"
 #include "blockstore/format.h"
 #include "blockstore/stream.h"
+#include "blockstore/tree.h"
 #include "server/log.h"
 #include "server/nbd/protocol.h"
 
@@ -588,6 +589,23 @@ void LiveControl::StopMerges() {
   if (merge_) merge_->Stop();
 }
 
+// A snapshot off the served chain (left by a revert): no client reads through it, so it goes
+// at once, as offline (tree.h), and the reply says so instead of naming a job. Its one child,
+// if it has one, is merged into it here (rare: a dead branch of its own).
+absl::Status LiveControl::DeleteOffChainLocked(const std::string& name, json* reply) {
+  auto done = DeleteOffChainSnapshot(Env::Default(), disk_->top_path(), name);
+  if (!done.ok()) return done.status();
+  STRATA_LOG(kInfo, "delete-snapshot: removed snapshot '%s' (%s), off the served chain%s%s",
+             name, done->path, done->merged_into.empty() ? "" : ", merged into ",
+             done->merged_into);
+  (*reply)["deleted"] = {{"snapshot", name},
+                         {"file", done->path},
+                         {"merged_into", done->merged_into.empty() ? json(nullptr)
+                                                                   : json(done->merged_into)},
+                         {"bytes_copied", done->bytes_copied}};
+  return absl::OkStatus();
+}
+
 absl::Status LiveControl::DeleteSnapshot(const json& request, json* reply) {
   const bool commit = request.value("request", std::string()) == "commit";
   const std::string what = commit ? "commit" : "delete-snapshot";
@@ -629,6 +647,9 @@ absl::Status LiveControl::DeleteSnapshot(const json& request, json* reply) {
   }
   if (std::string why = MergeInTheWayLocked(); !why.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(what, " refused: ", why));
+  }
+  if (!commit && IsOffChainSnapshot(Env::Default(), disk_->top_path(), name)) {
+    return DeleteOffChainLocked(name, reply);
   }
   absl::StatusOr<StreamPlan> plan =
       commit ? PlanStreamBelow(Env::Default(), *chain, layer, rate_limit)

@@ -76,6 +76,8 @@ class LiveControl {
   absl::Status Stats(nlohmann::json* reply);
   absl::Status Info(nlohmann::json* reply);
   absl::Status Revert(const nlohmann::json& request, nlohmann::json* reply);
+  absl::Status DeleteOffChainLocked(const std::string& name, nlohmann::json* reply)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // delete-snapshot {"name"} and commit {"layer"?}: start an online deletion (stream).
   absl::Status DeleteSnapshot(const nlohmann::json& request, nlohmann::json* reply);
   absl::Status Cancel(nlohmann::json* reply);
