@@ -54,6 +54,24 @@ absl::Status RegisterInDir(Env* env, const std::string& dir, const Uuid& parent_
   return ReplaceFile(env, dir + "/" + kChildRegistryFile, EncodeRegistry(dir, entries));
 }
 
+// The layer files in `dirs` (in `dir`, with header `h`) for which `match(dir, h)` is true.
+absl::StatusOr<std::vector<Child>> FindLayers(
+    Env* env, const std::vector<std::string>& dirs,
+    const std::function<bool(const std::string& dir, const LayerHeader& h)>& match) {
+  std::vector<Child> out;
+  for (const std::string& dir : dirs) {
+    auto names = env->ListDir(dir);
+    if (absl::IsNotFound(names.status())) continue;  // a registered directory removed since
+    if (!names.ok()) return names.status();
+    for (const std::string& name : *names) {
+      const std::string path = dir + "/" + name;
+      auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
+      if (h.ok() && match(dir, *h)) out.push_back({path, h->uuid});
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 void AddUnique(std::vector<std::string>* dirs, const std::string& dir) {
@@ -193,40 +211,18 @@ absl::Status HandOverRegistrations(Env* env, const RegistryHandOver& h) {
 
 absl::StatusOr<std::vector<Child>> FindChildren(Env* env, const std::vector<std::string>& dirs,
                                                 const Uuid& parent_uuid) {
-  std::vector<Child> out;
-  for (const std::string& dir : dirs) {
-    auto names = env->ListDir(dir);
-    if (absl::IsNotFound(names.status())) continue;  // a recorded directory removed since
-    if (!names.ok()) return names.status();
-    for (const std::string& name : *names) {
-      std::string path = dir + "/" + name;
-      auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
-      if (h.ok() && h->parent_format == ParentFormat::kStrata && h->parent_uuid == parent_uuid) {
-        out.push_back({path, h->uuid});
-      }
-    }
-  }
-  return out;
+  return FindLayers(env, dirs, [&](const std::string&, const LayerHeader& h) {
+    return h.parent_format == ParentFormat::kStrata && h.parent_uuid == parent_uuid;
+  });
 }
 
 absl::StatusOr<std::vector<Child>> FindRawChildren(Env* env, const std::vector<std::string>& dirs,
                                                    const std::string& base) {
   const std::string want = AbsolutePath(base);
-  std::vector<Child> out;
-  for (const std::string& dir : dirs) {
-    auto names = env->ListDir(dir);
-    if (absl::IsNotFound(names.status())) continue;  // a recorded directory removed since
-    if (!names.ok()) return names.status();
-    for (const std::string& name : *names) {
-      const std::string path = dir + "/" + name;
-      auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
-      if (h.ok() && h->parent_format == ParentFormat::kRaw &&
-          AbsolutePath(ResolvePath(dir, h->parent_path)) == want) {
-        out.push_back({path, h->uuid});
-      }
-    }
-  }
-  return out;
+  return FindLayers(env, dirs, [&](const std::string& dir, const LayerHeader& h) {
+    return h.parent_format == ParentFormat::kRaw &&
+           AbsolutePath(ResolvePath(dir, h.parent_path)) == want;
+  });
 }
 
 absl::Status RefuseOtherChildren(Env* env, const std::vector<std::string>& known,

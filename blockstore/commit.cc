@@ -429,20 +429,6 @@ absl::StatusOr<uint64_t> CopyIntoBasePhase(Env* env, MergeJournal* journal,
   return copied;
 }
 
-// A new empty active layer on the parent `h` names, with h's geometry.
-LayerCreateParams EmptyLayerOn(const LayerHeader& h) {
-  LayerCreateParams params;
-  params.virtual_size = h.virtual_size;
-  params.cluster_size = h.cluster_size;
-  params.sub_block_size = h.sub_block_size;
-  params.journal_size = h.journal_size;
-  params.parent_format = h.parent_format;
-  params.parent_path = h.parent_path;
-  params.parent_uuid = h.parent_uuid;
-  params.parent_size = h.parent_size;
-  return params;
-}
-
 // Relink phase into the base: C leaves the chain. An active C's path gets the successor, an
 // empty active layer on the base (created aside, renamed over C: the commit point); else
 // C's child (C frozen) is linked to the base, then C's file is removed (the commit point is the

@@ -13,6 +13,19 @@
 #include "blockstore/crc32c.h"
 
 namespace strata {
+
+LayerCreateParams EmptyLayerOn(const LayerHeader& h) {
+  LayerCreateParams params;
+  params.virtual_size = h.virtual_size;
+  params.cluster_size = h.cluster_size;
+  params.sub_block_size = h.sub_block_size;
+  params.journal_size = h.journal_size;
+  params.parent_format = h.parent_format;
+  params.parent_path = h.parent_path;
+  params.parent_uuid = h.parent_uuid;
+  params.parent_size = h.parent_size;
+  return params;
+}
 int HeaderCopies::newest() const {
   if (!status[0].ok()) return 1;
   if (!status[1].ok()) return 0;

@@ -48,6 +48,10 @@ struct LayerCreateParams {
   Uuid uuid{};  // nil: a new random one (a caller that must record it first picks it)
 };
 
+// A new empty active layer on the parent `h` names, with h's geometry (a revert's, a commit
+// into the base's successor).
+LayerCreateParams EmptyLayerOn(const LayerHeader& h);
+
 // What one flush writes, captured under the owner's lock (see the design note).
 struct FlushBatch {
   std::vector<std::pair<uint32_t, ClusterEntry>> records;  // dirty entries, or the whole index

@@ -57,18 +57,10 @@ absl::Status CreateRevertLayer(Env* env, const std::string& top_path,
     return Unchanged(absl::FailedPreconditionError(absl::StrCat(top_path,
                                                                 " is not an active layer")));
   }
-  LayerCreateParams params;
+  LayerCreateParams params = EmptyLayerOn(target);
   // Going back to a snapshot goes back to its size too (a disk grown since shrinks to it); a
   // disk with no parent keeps its own.
-  params.virtual_size =
-      target.parent_format == ParentFormat::kNone ? target.virtual_size : target.parent_size;
-  params.cluster_size = target.cluster_size;
-  params.sub_block_size = target.sub_block_size;
-  params.journal_size = target.journal_size;
-  params.parent_format = target.parent_format;
-  params.parent_path = target.parent_path;
-  params.parent_uuid = target.parent_uuid;
-  params.parent_size = target.parent_size;
+  if (target.parent_format != ParentFormat::kNone) params.virtual_size = target.parent_size;
   if (!snapshot_name.empty()) {
     // Walk down to the named snapshot.
     std::string path = top_path;
