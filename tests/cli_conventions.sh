@@ -20,7 +20,8 @@ expect_rc() {
 }
 
 # --- --help, help CMD, --version ---------------------------------------------------------------
-for cmd in serve create info map check export snapshot commit delete-snapshot revert list stats; do
+for cmd in serve create info map check export snapshot commit delete-snapshot revert list stats \
+           cancel rebase convert tree backup resize; do
   expect_rc 0 "$cmd" --help
   [ -s out ] && [ ! -s err ] || fail "strata $cmd --help: usage not on stdout alone"
   grep -q "^usage: strata $cmd" out || grep -q "strata $cmd" out \
