@@ -12,7 +12,9 @@ ChainStorage::ChainStorage(std::unique_ptr<Chain> chain)
       top_path_(chain_->top_path()) {}
 
 std::string ChainStorage::Describe() const {
-  return absl::StrFormat("strata chain %s (%d layers above the base)", top_path_, top_position());
+  const int above = top_position();
+  return absl::StrFormat("strata chain %s (%d layer%s above the base)", top_path_, above,
+                         above == 1 ? "" : "s");
 }
 
 std::string ChainStorage::DescribeLayer(int position) const {

@@ -119,8 +119,11 @@ TEST_F(ChainStorageTest, OutOfRangeIsKOutOfRange) {
 // ChainStorage asks the Chain, so a snapshot shows at once: no refresh after the pause.
 TEST_F(ChainStorageTest, TopPositionFollowsSnapshots) {
   EXPECT_EQ(storage_->top_position(), 1);
+  // The export description nbdinfo shows ("1 layers" was issue 12's problem 10).
+  EXPECT_EQ(storage_->Describe(), "strata chain " + path_ + " (1 layer above the base)");
   ASSERT_TRUE(storage_->chain()->Snapshot("s1").ok());
   EXPECT_EQ(storage_->top_position(), 2);
+  EXPECT_EQ(storage_->Describe(), "strata chain " + path_ + " (2 layers above the base)");
 }
 
 TEST_F(ChainStorageTest, FactsComeFromTheChain) {
