@@ -300,6 +300,7 @@ void AcceptLoop::Add(Listener listener) { listeners_.push_back(std::move(listene
 absl::Status AcceptLoop::Start() {
   wake_fd_ = eventfd(0, EFD_CLOEXEC);
   if (wake_fd_ < 0) return absl::ErrnoToStatus(errno, "eventfd for the accept loop");
+  spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
   // Non-blocking, so AcceptAll can take every pending connection and stop at EAGAIN.
   for (Listener& l : listeners_) fcntl(l.fd, F_SETFL, fcntl(l.fd, F_GETFL) | O_NONBLOCK);
   thread_ = std::thread([this] { Run(); });
@@ -314,34 +315,71 @@ void AcceptLoop::Stop() {
   }
   if (wake_fd_ >= 0) close(wake_fd_);
   wake_fd_ = -1;
+  if (spare_fd_ >= 0) close(spare_fd_);
+  spare_fd_ = -1;
   for (Listener& l : listeners_) CloseListener(&l);
 }
+
+// How long accepting pauses once the process is out of descriptors: a pending connection
+// would otherwise wake poll at once, again and again (the loop spun at 99% CPU).
+constexpr int kOutOfDescriptorsPauseMs = 100;
 
 void AcceptLoop::Run() {
   std::vector<pollfd> fds = {{wake_fd_, POLLIN, 0}};
   for (const Listener& l : listeners_) fds.push_back({l.fd, POLLIN, 0});
+  bool paused = false;
   for (;;) {
-    if (poll(fds.data(), fds.size(), -1) < 0) {
+    // While paused only the wake-up is polled, for the pause.
+    if (poll(fds.data(), paused ? 1 : fds.size(), paused ? kOutOfDescriptorsPauseMs : -1) < 0) {
       if (errno == EINTR) continue;
       STRATA_LOG(kError, "accept loop: poll: %s; no more connections are accepted",
                  strerror(errno));
       return;
     }
     if (fds[0].revents & POLLIN) return;
+    if (paused) {
+      paused = false;
+      continue;
+    }
     for (size_t i = 1; i < fds.size(); ++i) {
-      if (fds[i].revents & POLLIN) AcceptAll(listeners_[i - 1]);
+      if ((fds[i].revents & POLLIN) && !AcceptAll(listeners_[i - 1])) paused = true;
     }
   }
 }
 
-void AcceptLoop::AcceptAll(const Listener& l) {
+void AcceptLoop::Shed(const Listener& l, int err) {
+  if (spare_fd_ >= 0) {
+    close(spare_fd_);
+    int fd = accept4(l.fd, nullptr, nullptr, SOCK_CLOEXEC);
+    if (fd >= 0) {
+      close(fd);
+      ++shed_;
+    }
+    spare_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  }
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_shed_log_ < std::chrono::seconds(1)) return;
+  last_shed_log_ = now;
+  STRATA_LOG(kError,
+             "accept on %s: %s: connections are closed as they arrive until descriptors free up "
+             "(%llu closed since the last such line; raise the limit with `ulimit -n`)",
+             l.description, strerror(err), static_cast<unsigned long long>(shed_));
+  shed_ = 0;
+}
+
+bool AcceptLoop::AcceptAll(const Listener& l) {
   for (;;) {
     int fd = accept4(l.fd, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED) {
-        STRATA_LOG(kError, "accept on %s: %s", l.description, strerror(errno));
+      const int err = errno;
+      if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        Shed(l, err);
+        return false;
       }
-      return;
+      if (err != EAGAIN && err != EINTR && err != ECONNABORTED) {
+        STRATA_LOG(kError, "accept on %s: %s", l.description, strerror(err));
+      }
+      return true;
     }
     if (l.tcp()) {
       // NBD replies are small and latency-bound: do not let Nagle hold them back.

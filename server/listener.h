@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <string>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -75,11 +76,19 @@ class AcceptLoop {
 
  private:
   void Run();
-  void AcceptAll(const Listener& l);
+  // Returns false when out of descriptors (the loop then pauses accepting).
+  bool AcceptAll(const Listener& l);
+  // Out of descriptors: the oldest pending connection on `l` is accepted on the spare
+  // descriptor and closed at once (its client sees the close instead of waiting in a backlog
+  // nobody reads), and a line is logged at most once a second.
+  void Shed(const Listener& l, int err);
 
   Handler on_connection_;
   std::vector<Listener> listeners_;
   int wake_fd_ = -1;
+  int spare_fd_ = -1;  // kept open to be given up when accept finds no descriptor left
+  uint64_t shed_ = 0;  // connections closed for want of descriptors since the last log line
+  std::chrono::steady_clock::time_point last_shed_log_{};
   std::thread thread_;
 };
 
