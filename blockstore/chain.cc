@@ -130,6 +130,7 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
   // Before a child is registered under this path (Layer::Create would refuse it only later).
   if (env->Exists(layer_path)) return absl::AlreadyExistsError(absl::StrCat(layer_path, " exists"));
   LayerCreateParams params;
+  params.uuid = NewUuid();  // picked here: the parent's registry names the child before it exists
   params.journal_size = options.journal_size;
   params.cluster_size = options.cluster_size;
   params.sub_block_size = options.sub_block_size;
@@ -153,7 +154,6 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
                                                      " bytes: it must be a positive multiple of 512"));
     }
     params.virtual_size = params.parent_size = *size;
-    params.uuid = NewUuid();
     // Best effort: a golden image often lies in a directory its users may not write, and a
     // commit into that base cannot run there either (its journal goes beside the base).
     (void)RegisterChild(env, parent, Uuid{}, layer_path, params.uuid);
@@ -169,7 +169,6 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
     params.cluster_size = header->cluster_size;
     params.sub_block_size = header->sub_block_size;
     params.parent_uuid = header->uuid;
-    params.uuid = NewUuid();
     if (auto s = RegisterChild(env, parent, params.parent_uuid, layer_path, params.uuid);
         !s.ok()) {
       return s;

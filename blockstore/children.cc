@@ -59,20 +59,34 @@ absl::StatusOr<std::vector<Child>> FindLayers(
     Env* env, const std::vector<std::string>& dirs,
     const std::function<bool(const std::string& dir, const LayerHeader& h)>& match) {
   std::vector<Child> out;
-  for (const std::string& dir : dirs) {
-    auto names = env->ListDir(dir);
-    if (absl::IsNotFound(names.status())) continue;  // a registered directory removed since
-    if (!names.ok()) return names.status();
-    for (const std::string& name : *names) {
-      const std::string path = dir + "/" + name;
-      auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
-      if (h.ok() && match(dir, *h)) out.push_back({path, h->uuid});
-    }
-  }
+  absl::Status listed = ForEachLayer(
+      env, dirs, [&](const std::string& dir, const std::string& path, const LayerHeader& h) {
+        if (match(dir, h)) out.push_back({path, h.uuid});
+      });
+  if (!listed.ok()) return listed;
   return out;
 }
 
 }  // namespace
+
+absl::Status ForEachLayer(Env* env, const std::vector<std::string>& dirs,
+                          const LayerVisitor& visit) {
+  absl::Status first_error;
+  for (const std::string& dir : dirs) {
+    auto names = env->ListDir(dir);
+    if (absl::IsNotFound(names.status())) continue;  // a registered directory removed since
+    if (!names.ok()) {
+      first_error.Update(names.status());
+      continue;
+    }
+    for (const std::string& name : *names) {
+      const std::string path = dir + "/" + name;
+      auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
+      if (h.ok()) visit(dir, path, *h);
+    }
+  }
+  return first_error;
+}
 
 void AddUnique(std::vector<std::string>* dirs, const std::string& dir) {
   if (std::find(dirs->begin(), dirs->end(), dir) == dirs->end()) dirs->push_back(dir);
@@ -109,9 +123,9 @@ std::vector<std::string> SearchDirs(Env* env, const std::vector<std::string>& kn
     for (const RegisteredChild& child : ReadChildRegistry(env, dir)) {
       AddUnique(&dirs, DirName(child.path));
     }
-    for (absl::string_view recorded :
-         absl::StrSplit(ReadWholeFile(env, dir + "/" + kBranchDirsFile).value_or(""), '\n', absl::SkipEmpty())) {
-      AddUnique(&dirs, std::string(recorded));
+    const std::string recorded = ReadWholeFile(env, dir + "/" + kBranchDirsFile).value_or("");
+    for (absl::string_view older : absl::StrSplit(recorded, '\n', absl::SkipEmpty())) {
+      AddUnique(&dirs, std::string(older));
     }
   }
   return dirs;
@@ -182,12 +196,11 @@ absl::StatusOr<int> PruneChildRegistry(Env* env, const std::string& dir,
 }
 
 absl::Status HandOverRegistrations(Env* env, const RegistryHandOver& h) {
-  std::vector<RegisteredChild> orphans;
-  for (const RegisteredChild& c : ReadChildRegistry(env, h.gone_dir)) {
-    if (c.parent_uuid == h.gone) orphans.push_back(c);
-  }
+  std::vector<RegisteredChild> orphans;  // dropped from gone_dir, registered on the heir below
   auto dropped = PruneChildRegistry(env, h.gone_dir, [&](const RegisteredChild& c) {
-    return c.parent_uuid == h.gone;
+    if (c.parent_uuid != h.gone) return false;
+    orphans.push_back(c);
+    return true;
   });
   if (!dropped.ok()) return dropped.status();
   if (!h.gone_parent_dir.empty()) {
@@ -225,10 +238,10 @@ absl::StatusOr<std::vector<Child>> FindRawChildren(Env* env, const std::vector<s
   });
 }
 
-absl::Status RefuseOtherChildren(Env* env, const std::vector<std::string>& known,
+absl::Status RefuseOtherChildren(Env* env, const std::vector<std::string>& search_dirs,
                                  const std::string& parent_path, const Uuid& parent_uuid,
                                  const Uuid& keep, absl::string_view what) {
-  auto children = FindChildren(env, SearchDirs(env, known), parent_uuid);
+  auto children = FindChildren(env, search_dirs, parent_uuid);
   if (!children.ok()) return children.status();
   std::vector<std::string> others;
   for (const Child& c : *children) {

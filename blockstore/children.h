@@ -89,6 +89,14 @@ struct RegistryHandOver {
 };
 absl::Status HandOverRegistrations(Env* env, const RegistryHandOver& h);
 
+// Calls `visit` with every layer file in `dirs`: its directory, path and header (files that
+// are not layers are skipped). A directory that is gone is skipped; the first other listing
+// error is returned once the rest were visited.
+using LayerVisitor =
+    std::function<void(const std::string& dir, const std::string& path, const LayerHeader& h)>;
+absl::Status ForEachLayer(Env* env, const std::vector<std::string>& dirs,
+                          const LayerVisitor& visit);
+
 struct Child {
   std::string path;
   Uuid uuid;
@@ -102,10 +110,10 @@ absl::StatusOr<std::vector<Child>> FindRawChildren(Env* env, const std::vector<s
                                                    const std::string& base);
 
 // Refuses, naming them, when the frozen layer at `parent_path` (UUID `parent_uuid`) has
-// children other than `keep` (found in SearchDirs(`known`)) or registered children that are
-// gone (a moved child would break): a merge or stream would change what they read. `what`
-// starts the message ("cannot delete snapshot 'x'").
-absl::Status RefuseOtherChildren(Env* env, const std::vector<std::string>& known,
+// children other than `keep` (found in `search_dirs`, a SearchDirs result) or registered
+// children that are gone (a moved child would break): a merge or stream would change what they
+// read. `what` starts the message ("cannot delete snapshot 'x'").
+absl::Status RefuseOtherChildren(Env* env, const std::vector<std::string>& search_dirs,
                                  const std::string& parent_path, const Uuid& parent_uuid,
                                  const Uuid& keep, absl::string_view what);
 

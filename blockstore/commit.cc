@@ -534,14 +534,14 @@ absl::StatusOr<CommitResult> CommitRecovered(Env* env, const std::string& layer_
   }
   std::vector<std::string> known = {AbsoluteDir(layer_path), AbsoluteDir(parent_path)};
   for (const std::string& dir : chain_dirs) AddUnique(&known, dir);
+  const std::vector<std::string> dirs = SearchDirs(env, known);
   // Other children of P would silently change content: refuse.
-  if (auto s = RefuseOtherChildren(env, known, parent_path, parent->uuid, child->uuid,
+  if (auto s = RefuseOtherChildren(env, dirs, parent_path, parent->uuid, child->uuid,
                                    absl::StrCat("cannot commit ", layer_path, " into ",
                                                 parent_path));
       !s.ok()) {
     return s;
   }
-  std::vector<std::string> dirs = SearchDirs(env, known);
   MergeJournal journal;
   journal.child_path = layer_path;
   journal.parent_path = parent_path;

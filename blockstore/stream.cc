@@ -315,7 +315,7 @@ absl::StatusOr<StreamPlan> PlanFor(Env* env, const Chain& chain, const LayerInfo
   }
   std::vector<std::string> known = ChainDirs(env, chain.top_path());
   AddUnique(&known, AbsoluteDir(x.path));
-  if (auto s = RefuseOtherChildren(env, known, x.path, x.header.uuid, child.header.uuid,
+  if (auto s = RefuseOtherChildren(env, SearchDirs(env, known), x.path, x.header.uuid, child.header.uuid,
                                    absl::StrCat("cannot delete ", label));
       !s.ok()) {
     return s;

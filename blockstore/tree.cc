@@ -34,20 +34,16 @@ std::vector<std::string> AllSearchDirs(Env* env, std::vector<std::string> dirs) 
 
 LayerIndex IndexLayers(Env* env, const std::vector<std::string>& dirs) {
   LayerIndex index;
-  for (const std::string& dir : dirs) {
-    auto names = env->ListDir(dir);
-    if (!names.ok()) continue;  // a registered directory removed since: its children are gone
-    for (const std::string& name : *names) {
-      std::string path = dir + "/" + name;
-      auto h = ReadLayerHeader(env, path);  // files that are not layers fail here: skipped
-      if (!h.ok()) continue;
-      if (h->parent_format == ParentFormat::kStrata) {
-        index.by_parent[h->parent_uuid].push_back({path, *h});
-      } else if (h->parent_format == ParentFormat::kRaw) {
-        index.by_raw[AbsolutePath(ResolvePath(dir, h->parent_path))].push_back({path, *h});
-      }
-    }
-  }
+  // A directory that cannot be listed hides its layers from the tree; it is no error here.
+  (void)ForEachLayer(env, dirs,
+                     [&](const std::string& dir, const std::string& path, const LayerHeader& h) {
+                       if (h.parent_format == ParentFormat::kStrata) {
+                         index.by_parent[h.parent_uuid].push_back({path, h});
+                       } else if (h.parent_format == ParentFormat::kRaw) {
+                         index.by_raw[AbsolutePath(ResolvePath(dir, h.parent_path))].push_back(
+                             {path, h});
+                       }
+                     });
   return index;
 }
 
@@ -174,7 +170,8 @@ absl::StatusOr<OffChainDeletion> DeleteOffChainSnapshot(Env* env, const std::str
   const Uuid keep = x.children.empty() ? Uuid{} : x.children.front().header.uuid;
   std::vector<std::string> known = ChainDirs(env, top_path);
   AddUnique(&known, AbsoluteDir(x.path));
-  if (auto s = RefuseOtherChildren(env, known, x.path, x.header.uuid, keep, what);
+  if (auto s = RefuseOtherChildren(env, SearchDirs(env, known), x.path, x.header.uuid, keep,
+                                   what);
       !s.ok()) {
     return s;
   }
