@@ -43,7 +43,9 @@ std::string NumericHost(const sockaddr_storage& ss, int* port) {
 
 // "127.0.0.1:10809" or "[::1]:10809".
 std::string HostPort(const std::string& host, int port) {
-  return absl::StrFormat(host.find(':') == std::string::npos ? "%s:%d" : "[%s]:%d", host, port);
+  // Two literal formats, not one chosen at run time: clang checks them at compile time.
+  return host.find(':') == std::string::npos ? absl::StrFormat("%s:%d", host, port)
+                                              : absl::StrFormat("[%s]:%d", host, port);
 }
 
 std::string PeerName(int fd) {

@@ -52,7 +52,9 @@ absl::Status Server::RunPaused(const std::function<absl::Status()>& fn, absl::Du
   int left;
   {
     absl::MutexLock lock(&drain->mu);
-    auto drained = [d = drain.get()]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d->mu) { return d->left == 0; };
+    // A local, not an init-capture: clang resolves the annotation before the capture exists.
+    auto* d = drain.get();
+    auto drained = [d]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d->mu) { return d->left == 0; };
     drain->mu.AwaitWithTimeout(absl::Condition(&drained), drain_timeout);
     left = drain->left;
   }
@@ -86,7 +88,8 @@ absl::StatusOr<std::vector<WorkerStats>> Server::CollectStats(absl::Duration tim
     });
   }
   absl::MutexLock lock(&g->mu);
-  auto all = [gp = g.get(), n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gp->mu) { return gp->done == n; };
+  auto* gp = g.get();  // as in the drain above: clang needs it in scope for the annotation
+  auto all = [gp, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gp->mu) { return gp->done == n; };
   if (!g->mu.AwaitWithTimeout(absl::Condition(&all), timeout)) {
     return absl::DeadlineExceededError(
         absl::StrFormat("stats: %d of %d workers did not answer within %s", n - g->done, n,

@@ -95,6 +95,8 @@ size_t Handshake::Feed(absl::string_view in, std::string* out) {
       Close(absl::StrFormat("bad option magic %#x", magic));
       break;
     }
+    // An option still arriving is counted once, when whole: not again at every read of it.
+    if (length <= kMaxOptionLength && rest.size() < nbd::kOptionHeaderSize + length) break;
     if (++options_ > kMaxOptions) {
       Close(absl::StrFormat("more than %d options", kMaxOptions));
       break;
@@ -110,7 +112,6 @@ size_t Handshake::Feed(absl::string_view in, std::string* out) {
       skip_option_ = option;
       continue;
     }
-    if (rest.size() < nbd::kOptionHeaderSize + length) break;
     used += nbd::kOptionHeaderSize + length;
     HandleOption(option, rest.substr(nbd::kOptionHeaderSize, length), out);
   }

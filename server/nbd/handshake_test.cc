@@ -314,6 +314,21 @@ TEST_F(HandshakeTest, OptionCountIsBounded) {
   EXPECT_EQ(hs_.state(), HandshakeState::kClosed);
 }
 
+// Found by tests/fuzz/nbd_handshake_fuzz: an option arriving in many reads was counted at
+// each, so a client on a slow link was cut off after kMaxOptions reads of one long option.
+TEST_F(HandshakeTest, OptionArrivingInManyReadsCountsOnce) {
+  Start();
+  const std::string in = Opt(static_cast<Option>(50), std::string(2 * Handshake::kMaxOptions, 'x'));
+  std::string pending, out;
+  for (char c : in) {
+    pending += c;
+    pending.erase(0, hs_.Feed(pending, &out));
+  }
+  EXPECT_EQ(hs_.state(), HandshakeState::kOptions) << hs_.close_reason();
+  EXPECT_TRUE(pending.empty());
+  EXPECT_EQ(ParseReplies(out).size(), 1u);
+}
+
 TEST_F(HandshakeTest, BadOptionMagicCloses) {
   Start();
   std::string in = Opt(Option::kList, "");
