@@ -1,10 +1,13 @@
 // Fuzzes the layer's record decoders (blockstore/journal.h, format.h): the journal region
 // replayed by Journal::Replay into the in-memory index (ClusterTable, cluster_table.h), and the
-// same bytes read as a checkpoint table. Input: journal_start_seq and journal_end_seq (8 bytes
-// each, little-endian, in the ranges LayerHeader::DecodeFrom admits) and then the region,
-// padded with zeros to whole 4 KiB blocks. Invariants: every record replay applies re-encodes
-// to its bytes at the position its sequence fixes, the index holds exactly the last entry
-// applied per cluster, and a checkpoint entry re-encodes to its bytes.
+// same bytes read as a checkpoint table. Input: a flags byte, journal_start_seq and
+// journal_end_seq (8 bytes each, little-endian, in the ranges LayerHeader::DecodeFrom admits)
+// and then the region, padded with zeros to whole 4 KiB blocks. A mutated record almost never
+// matches its CRC, so when the flags byte is odd every record's CRC is made to match and
+// replay sees records that are intact but out of sequence, of another flush or kind.
+// Invariants: every record replay applies re-encodes to its bytes at the position its
+// sequence fixes, the index holds exactly the last entry applied per cluster, and a
+// checkpoint entry re-encodes to its bytes.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -16,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "blockstore/cluster_table.h"
 #include "blockstore/coding.h"
+#include "blockstore/crc32c.h"
 #include "blockstore/file.h"
 #include "blockstore/format.h"
 #include "blockstore/journal.h"
@@ -49,7 +53,16 @@ class MemoryFile final : public File {
   std::string bytes_;
 };
 
-constexpr size_t kSeqBytes = 16;
+constexpr size_t kPrefixBytes = 17;  // flags, start and end sequence
+constexpr uint32_t kDiskClusters = 1 << 20;
+
+// As JournalRecord::EncodeTo seals a record: the masked CRC32C of bytes 4..31 in bytes 0..3.
+void SealRecords(std::string* region) {
+  for (size_t pos = 0; pos < region->size(); pos += kJournalRecordSize) {
+    char* r = region->data() + pos;
+    EncodeFixed32(r, crc32c::Mask(crc32c::Value(r + 4, kJournalRecordSize - 4)));
+  }
+}
 
 void CheckCheckpointTable(const std::string& table) {
   for (size_t pos = 0; pos + kTableEntrySize <= table.size(); pos += kTableEntrySize) {
@@ -67,14 +80,15 @@ void CheckCheckpointTable(const std::string& table) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace strata;
-  if (size < kSeqBytes) return 0;
+  if (size < kPrefixBytes) return 0;
   const char* p = reinterpret_cast<const char*>(data);
-  const uint64_t start_seq = DecodeFixed64(p);
-  const uint64_t end_seq = DecodeFixed64(p + 8);
-  std::string region(p + kSeqBytes, size - kSeqBytes);
+  const uint64_t start_seq = DecodeFixed64(p + 1);
+  const uint64_t end_seq = DecodeFixed64(p + 9);
+  std::string region(p + kPrefixBytes, size - kPrefixBytes);
   region.resize(std::max<uint64_t>(
       (region.size() + kJournalBlockSize - 1) / kJournalBlockSize * kJournalBlockSize,
       kJournalBlockSize), '\0');
+  if (data[0] & 1) SealRecords(&region);
   const uint64_t capacity = JournalCapacity(region.size());
   if (start_seq == 0 || start_seq > UINT64_MAX - 2 * capacity ||
       (end_seq != 0 && (end_seq < start_seq || end_seq > start_seq + capacity))) {
@@ -92,7 +106,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     char again[kJournalRecordSize];
     r.EncodeTo(again);
     if (std::memcmp(again, file.bytes().data() + pos, kJournalRecordSize) != 0) abort();
-    // Layer::CheckEntry refuses overlapping masks; refuse them here too, for the error path.
+    // Layer::CheckEntry's first checks: a cluster of the disk (a 64 GiB one at 64 KiB
+    // clusters here, so that the index stays small), masks that do not overlap.
+    if (r.cluster >= kDiskClusters) return absl::DataLossError("cluster beyond disk");
     if ((r.entry.present & r.entry.zero) != 0) return absl::DataLossError("masks overlap");
     index.Set(r.cluster, r.entry);
     if (r.entry.empty()) {

@@ -72,16 +72,18 @@ for f in ctl.[0-9]*; do cp "$f" "$out/control_request_fuzz/strata-cli.${f#ctl.}"
 # records where its journal ends). Journal seed: the header's start and end sequences
 # (8 bytes each, little-endian) and the journal's first 8 KiB (records, then zeros).
 for layer in disk.strata disk@s1.strata; do
-  head -c 4096 "$layer" >"$out/layer_header_fuzz/$layer"
+  # First byte 1: the targets keep CRCs matching what they mutate (see their comments).
+  { printf '\1'; head -c 4096 "$layer"; } >"$out/layer_header_fuzz/$layer"
   {
+    printf '\1'
     dd if="$layer" bs=1 skip=144 count=8 status=none   # journal_start_seq
     dd if="$layer" bs=1 skip=160 count=8 status=none   # journal_end_seq
     dd if="$layer" bs=4096 skip=16 count=2 status=none # the journal at cluster_size (64 KiB)
   } >"$out/layer_journal_fuzz/$layer"
 done
-# Text journals: the merge journal examples of FORMAT.md §7 (first byte even: a merge
-# journal; an example shown without its CRC line gets one), and a stream journal for the
-# snapshot made above, as stream.cc writes it (odd).
+# Text journals: the merge journal examples of FORMAT.md §7 (first byte 2: a merge journal
+# whose CRC the target keeps matching; an example shown without its CRC line gets one), and a
+# stream journal for the snapshot made above, as stream.cc writes it (3: the same, a stream).
 uuid_of() { "$strata" info --output=json "$1" | jq -r ".layers[] | select(.file | endswith(\"$2\")) | .uuid"; }
 /usr/bin/python3 - "$out/text_journal_fuzz" "$here/../../blockstore/FORMAT.md" \
   "$(uuid_of disk.strata disk@s1.strata)" "$(uuid_of disk.strata /disk.strata)" <<'PY'
@@ -99,10 +101,10 @@ def journal(body):
     return body + b"crc=%d\n" % crc32c(body)
 blocks = re.findall(r"```\n(strata-merge 2\n.*?)```", open(format_md).read(), re.S)
 for n, block in enumerate(blocks, 1):
-    open(f"{out}/format-md-merge-{n}", "wb").write(b"\x00" + journal(block))
+    open(f"{out}/format-md-merge-{n}", "wb").write(b"\x02" + journal(block))
 stream = (f"strata-stream 1\nlayer=disk@s1.strata\nuuid={uuid}\nchild_uuid={child_uuid}\n"
           "name=s1\nrate_limit=0\n")
-open(f"{out}/stream-s1", "wb").write(b"\x01" + journal(stream))
+open(f"{out}/stream-s1", "wb").write(b"\x03" + journal(stream))
 PY
 echo "corpora in $out:"
 for d in "$out"/*/; do echo "  $(basename "$d"): $(ls "$d" | wc -l) files, $(cat "$d"/* | wc -c) bytes"; done

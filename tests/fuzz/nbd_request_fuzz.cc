@@ -51,7 +51,9 @@ std::vector<ReadRun> RunsOf(uint64_t length, uint64_t handle, bool df) {
   if (df || length == 0) return {{length, false}};
   uint64_t left = length;
   for (bool hole = handle & 1; left > 0; hole = !hole) {
-    const uint64_t n = std::min<uint64_t>(left, 512 + (handle >> 8) % 65536);
+    // At most about 16 runs: a 32 MiB read in 512-byte runs would only make the target slow.
+    const uint64_t n = std::min<uint64_t>(
+        left, std::max<uint64_t>(length / 16, 512 + (handle >> 8) % 65536));
     runs.push_back({n, hole});
     left -= n;
   }
