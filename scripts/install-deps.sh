@@ -8,6 +8,8 @@ SUDO=""
 pkgs=(
   # build
   g++ cmake make pkg-config git ca-certificates
+  # the fuzz build (tests/fuzz/): clang, and libFuzzer with clang's sanitizer runtimes
+  clang libclang-rt-14-dev
   # libraries (Debian 12: liburing 2.3, libnbd 1.14, Abseil 20220623)
   liburing-dev libnbd-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev
