@@ -67,6 +67,13 @@ Serves the chain whose top layer is LAYER over NBD.
   --pid-file FILE        write the server's pid once it is listening
   --shutdown-timeout S   on SIGTERM/SIGINT, wait at most S seconds (default 10) for clients
                          to take the replies of requests already started; then close them
+  --on-full=error|pause  when the host volume is full, writes that need new space fail with
+                         ENOSPC (error, the default: QEMU's client then pauses its guest), or
+                         wait for space and resume by themselves (pause: a /dev/nbd guest
+                         sees a stall, not I/O errors; `stats` and `list` say paused-critical)
+  --full-timeout S       with --on-full=pause, a write waits at most S seconds (default 300)
+  --min-free SIZE        warn once (log, `stats`) when the volume holding LAYER has less than
+                         SIZE free (default 1G; 0: never)
   --run 'CMD'            captive mode: run CMD via /bin/sh -c with $uri, $nbd, $unixsocket
                          (or $port), $exportname set; stop when it exits and return its status
 
@@ -158,13 +165,36 @@ absl::Status ParseLogDestination(absl::string_view option, const std::string& v,
   return absl::OkStatus();
 }
 
-// --workers and --shutdown-timeout.
+// --workers, --shutdown-timeout and --full-timeout.
 absl::Status ParseNumber(absl::string_view option, const std::string& v, ServeOptions* o) {
+  int seconds = 0;
   if (option == "--workers") {
     if (!IntIn(v, 1, 64, &o->workers)) return NotA(option, v, "a number from 1 to 64");
-  } else if (!IntIn(v, 0, 86400, &o->shutdown_timeout_s)) {
-    return NotA(option, v, "a number of seconds from 0 to 86400");
+  } else if (!IntIn(v, option == "--full-timeout" ? 1 : 0, 86400, &seconds)) {
+    return NotA(option, v, "a number of seconds up to 86400");
+  } else if (option == "--full-timeout") {
+    o->full_volume.max_wait_ns = int64_t{seconds} * 1'000'000'000;
+  } else {
+    o->shutdown_timeout_s = seconds;
   }
+  return absl::OkStatus();
+}
+
+absl::Status ParseOnFull(absl::string_view option, const std::string& v, ServeOptions* o) {
+  if (v == "error") {
+    o->full_volume.mode = FullVolumePolicy::Mode::kError;
+  } else if (v == "pause") {
+    o->full_volume.mode = FullVolumePolicy::Mode::kPause;
+  } else {
+    return NotA(option, v, "error or pause");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseMinFree(absl::string_view option, const std::string& v, ServeOptions* o) {
+  absl::StatusOr<uint64_t> bytes = ParseSize(v);
+  if (!bytes.ok()) return NotA(option, v, "a size such as 512M or 2G");
+  o->full_volume.min_free_bytes = *bytes;
   return absl::OkStatus();
 }
 
@@ -181,7 +211,8 @@ constexpr ValuedOption kValuedOptions[] = {
     {"--export-name", ParseExportName}, {"--cache", ParseCache},
     {"--log-level", ParseLevel},        {"--workers", ParseNumber},
     {"--shutdown-timeout", ParseNumber}, {"--log", ParseLogDestination},
-    {"--log-file", ParseText},
+    {"--log-file", ParseText},          {"--on-full", ParseOnFull},
+    {"--full-timeout", ParseNumber},    {"--min-free", ParseMinFree},
 };
 
 const ArgSpec& ServeSpec() {
@@ -591,6 +622,9 @@ ServerOptions MakeServerOptions(const ServeOptions& o) {
   ServerOptions options;
   options.workers = o.workers;
   options.shutdown_grace = absl::Seconds(o.shutdown_timeout_s);
+  options.full_volume = o.full_volume;
+  // Resolve() made the layer's path absolute: the daemon serves from "/".
+  options.volume_dir = o.layer.substr(0, o.layer.rfind('/') + 1);
   return options;
 }
 

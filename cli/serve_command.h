@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "server/log.h"
+#include "server/engine/stats.h"
 #include "server/engine/storage.h"
 
 namespace strata::cli {
@@ -41,6 +42,7 @@ struct ServeOptions {
   std::string pid_file;
   std::string run;
   int shutdown_timeout_s = 10;  // --shutdown-timeout
+  FullVolumePolicy full_volume;  // --on-full, --full-timeout, --min-free
   bool help = false;
 };
 

@@ -71,6 +71,9 @@ TEST(ServeOptionsTest, BadValuesAreRefusedWithTheOptionName) {
            {"--shutdown-timeout=-1", "d"},
            {"--shutdown-timeout=soon", "d"},
            {"--read-only=yes", "d"},
+           {"--on-full=wait", "d"},
+           {"--full-timeout=0", "d"},
+           {"--min-free=lots", "d"},
            {"--bogus", "d"},
            {"--socket"},
            {},
@@ -80,6 +83,20 @@ TEST(ServeOptionsTest, BadValuesAreRefusedWithTheOptionName) {
   }
   EXPECT_NE(ParseServeOptions({"--cache=x", "d"}).status().message().find("--cache"),
             std::string::npos);
+}
+
+TEST(ServeOptionsTest, FullVolumeOptions) {
+  auto o = ParseServeOptions({"d"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->full_volume.mode, FullVolumePolicy::Mode::kError);
+  EXPECT_EQ(o->full_volume.max_wait_ns, 300'000'000'000);
+  EXPECT_EQ(o->full_volume.min_free_bytes, 1ull << 30);
+  o = ParseServeOptions({"--on-full=pause", "--full-timeout", "7", "--min-free=512M", "d"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->full_volume.mode, FullVolumePolicy::Mode::kPause);
+  EXPECT_EQ(o->full_volume.max_wait_ns, 7'000'000'000);
+  EXPECT_EQ(o->full_volume.min_free_bytes, 512ull << 20);
+  EXPECT_EQ(o->shutdown_timeout_s, 10) << "--full-timeout must not set the shutdown timeout";
 }
 
 TEST(ServeOptionsTest, DoubleDashEndsOptions) {

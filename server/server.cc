@@ -7,7 +7,7 @@
 namespace strata {
 
 Server::Server(const ExportTable* exports, ServerOptions options)
-    : exports_(exports), options_(options) {}
+    : exports_(exports), options_(options), no_space_(options.full_volume) {}
 
 Server::~Server() { Shutdown(); }
 
@@ -20,7 +20,12 @@ absl::Status Server::Start() {
     workers_.push_back(std::move(w));
   }
   for (auto& w : workers_) w->Start();
-  return absl::OkStatus();
+  volume_watch_ = std::make_unique<VolumeWatch>(options_.volume_dir, &no_space_, [this] {
+    for (auto& w : workers_) {
+      w->Post([w = w.get()] { w->RetryWaitingForSpace(/*give_up=*/false); });
+    }
+  });
+  return volume_watch_->Start();
 }
 
 void Server::AddConnection(int fd, std::string peer) {
@@ -98,6 +103,7 @@ absl::StatusOr<std::vector<WorkerStats>> Server::CollectStats(absl::Duration tim
 void Server::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  volume_watch_.reset();  // it posts to the workers
   for (auto& w : workers_) w->Shutdown();
   const absl::Time deadline = absl::Now() + options_.shutdown_grace;
   bool forced = false;

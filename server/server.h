@@ -19,6 +19,7 @@
 #include "server/nbd/export.h"
 #include "server/engine/stats.h"
 #include "server/engine/worker.h"
+#include "server/volume_watch.h"
 
 namespace strata {
 
@@ -29,6 +30,11 @@ struct ServerOptions {
   // How long Shutdown waits for connections to finish their started requests and send their
   // replies before it closes their sockets (a client that stops reading would hold it forever).
   absl::Duration shutdown_grace = absl::Seconds(10);
+  // A full host volume: what writes that need space do, and the early warning.
+  FullVolumePolicy full_volume;
+  // The directory whose volume holds the disk's writable layer (its free space is watched);
+  // empty: not watched.
+  std::string volume_dir;
 };
 
 class Server {
@@ -64,6 +70,7 @@ class Server {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<unsigned> next_worker_{0};
   NoSpaceState no_space_;
+  std::unique_ptr<VolumeWatch> volume_watch_;
   absl::Mutex pause_mu_;  // serializes RunPaused
   bool shut_down_ = false;
 };

@@ -233,6 +233,15 @@ absl::Status FlushBeforePause(Chain* chain) {
   return absl::OkStatus();
 }
 
+// The host volume as the volume watch last saw it (free_bytes null before its first reading).
+json VolumeJson(const NoSpaceState& ns) {
+  const bool measured = ns.total_bytes() > 0;
+  return json{{"free_bytes", measured ? json(ns.free_bytes()) : json(nullptr)},
+              {"total_bytes", measured ? json(ns.total_bytes()) : json(nullptr)},
+              {"min_free_bytes", ns.policy().min_free_bytes},
+              {"low", ns.low()}};
+}
+
 }  // namespace
 
 absl::Status LiveControl::Snapshot(const json& request, json* reply) {
@@ -349,6 +358,10 @@ absl::Status LiveControl::List(json* reply) {
   }
   (*reply)["layers"] = std::move(out);
   (*reply)["merge"] = merge_ ? merge_->Describe() : json(nullptr);
+  const NoSpaceState& ns = server_->no_space();
+  (*reply)["paused_critical"] = ns.waiting() > 0;
+  (*reply)["waiting_writes"] = ns.waiting();
+  (*reply)["volume"] = VolumeJson(ns);
   return absl::OkStatus();
 }
 
@@ -393,8 +406,14 @@ absl::Status LiveControl::Stats(json* reply) {
               {"replies", ns.replies()},
               {"episodes", ns.episodes()},
               {"since", ns.full() ? json(IsoTime(ns.since_wall_ns())) : json(nullptr)},
-              {"last", ns.last_wall_ns() ? json(IsoTime(ns.last_wall_ns())) : json(nullptr)}};
+              {"last", ns.last_wall_ns() ? json(IsoTime(ns.last_wall_ns())) : json(nullptr)},
+              {"on_full", Name(ns.policy().mode)},
+              {"full_timeout_seconds", ns.policy().max_wait_ns / 1'000'000'000},
+              {"waiting_writes", ns.waiting()},
+              {"writes_that_waited", ns.waits()}};
   (*reply)["enospc"] = std::move(enospc);
+  (*reply)["paused_critical"] = ns.waiting() > 0;
+  (*reply)["volume"] = VolumeJson(ns);
   // A failed sync makes the disk refuse writes and flushes until restarted (README,
   // Guarantees): say so, with the cause.
   absl::Status failure = disk_->chain()->failure();

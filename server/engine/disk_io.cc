@@ -68,6 +68,7 @@ absl::string_view DiskIo::Name(Step step) {
     case Step::kZeroing: return "zeroing";
     case Step::kParked: return "parked";
     case Step::kReplenishing: return "replenishing slots";
+    case Step::kWaitingForSpace: return "waiting for space";
     case Step::kFilling: return "filling";
     case Step::kWriting: return "writing";
     case Step::kFua: return "FUA flush";
@@ -95,15 +96,21 @@ void DiskIo::Advance() {
       return Finish();
     case Step::kZeroing:
       return ok ? NextRange() : Finish();
-    case Step::kParked:
     case Step::kReplenishing:
+      if (!ok && WaitForSpace()) return;
       return ok ? PrepareRange() : Finish();
+    case Step::kParked:
+      return ok ? PrepareRange() : Finish();
+    case Step::kWaitingForSpace:
+      return ResumeAfterWaiting();
     case Step::kFilling:
       return ok ? WriteTargets() : EndRange();
     case Step::kWriting:
       return EndRange();
     case Step::kBlockingCall:
     case Step::kFua:
+      // A flush whose checkpoint found no space (the journal was full) waits like a write.
+      if (!ok && WaitForSpace()) return;
       return Finish();
     case Step::kDone:
       STRATA_LOG(kError, "%s: disk I/O advanced after it was done", DescribeRequest(r_->h));
@@ -147,6 +154,7 @@ void DiskIo::Begin() {
 }
 
 void DiskIo::Finish() {
+  StopWaiting();
   step_ = Step::kDone;
   ctx_->conn->DiskIoDone(r_);
 }
@@ -278,6 +286,52 @@ void DiskIo::PrepareRange() {
   AddFills(plan_.tail_fill, off + len);
   if (pieces_.empty()) return WriteTargets();
   SubmitPieces(Step::kFilling);
+}
+
+// The volume had no space for this write's slots (r_->status is kResourceExhausted, ENOSPC).
+// Under --on-full=pause it waits on the worker, counted in NoSpaceState, and is retried once a
+// second until space returns or FullVolumePolicy::max_wait_ns has passed since it first waited.
+bool DiskIo::WaitForSpace() {
+  if (!IsNoSpace(r_->status)) return false;
+  NoSpaceState* no_space = ctx_->worker->no_space();
+  const int64_t now = MonotonicNs();
+  if (!waiting_counted_) {
+    if (!no_space->BeginWait()) return false;
+    waiting_counted_ = true;
+    wait_since_ns_ = now;
+  } else if (now - wait_since_ns_ >= no_space->policy().max_wait_ns) {
+    r_->status = absl::ResourceExhaustedError(
+        absl::StrFormat("%s (waited %d s for space: --full-timeout)", r_->status.message(),
+                        (now - wait_since_ns_) / 1'000'000'000));
+    return false;
+  }
+  if (!ctx_->worker->WaitForSpace(this)) return false;
+  wait_status_ = std::move(r_->status);
+  r_->status = absl::OkStatus();
+  waited_in_ = step_;
+  step_ = Step::kWaitingForSpace;
+  return true;
+}
+
+void DiskIo::RetryAfterWaiting(bool give_up) {
+  if (give_up) r_->status = std::move(wait_status_);
+  Advance();
+}
+
+// The step that found no space, again: each is idempotent.
+void DiskIo::ResumeAfterWaiting() {
+  if (!r_->status.ok()) return Finish();
+  switch (waited_in_) {
+    case Step::kReplenishing: return PrepareRange();
+    case Step::kFua: return NextRange();  // every range is written: the FUA flush again
+    default: return Begin();              // TRIM, FLUSH, CACHE: one blocking call
+  }
+}
+
+void DiskIo::StopWaiting() {
+  if (!waiting_counted_) return;
+  waiting_counted_ = false;
+  ctx_->worker->no_space()->EndWait();
 }
 
 // The reserve of ready slots runs low: refill it on the blocking pool before a write finds it

@@ -13,7 +13,9 @@
 //                       targets and the head/tail fills that widen an unaligned write to whole
 //                       sub-blocks. A conflict with an unaligned write in flight parks the
 //                       request (kParked, Retry); an empty slot reserve sends it to the
-//                       blocking pool to replenish (kReplenishing) and back
+//                       blocking pool to replenish (kReplenishing) and back; a full volume
+//                       fails it, or under --on-full=pause parks it on its worker
+//                       (kWaitingForSpace) until a retry finds space
 //   kFilling         -> the fills' preads into the buffer's margins (O_DIRECT: via bounce
 //                       buffers, copied in when they complete)
 //   kWriting         -> the targets' pwrites of the whole widened buffer
@@ -120,6 +122,8 @@ class DiskIo {
     kZeroing,       // WRITE_ZEROES: Storage::Zero on the blocking pool
     kParked,        // PrepareWrite conflicted with an unaligned write in flight: until Retry
     kReplenishing,  // PrepareWrite found no ready slot: Storage::ReplenishSlots on the pool
+    kWaitingForSpace,  // the volume had no space for it (--on-full=pause): until the worker's
+                       // once-a-second retry runs the step that found none again
     kFilling,       // the plan's head/tail fill preads
     kWriting,       // the plan's target pwrites
     kFua,           // a FUA write's GroupFlush on the blocking pool
@@ -135,6 +139,8 @@ class DiskIo {
   void Start(const DiskIoContext* ctx, Request* r);
   // A parked write: PrepareWrite again.
   void Retry();
+  // A write waiting for space (Worker::WaitForSpace): try again, or fail with ENOSPC.
+  void RetryAfterWaiting(bool give_up);
   void OnPiece(IoPiece* piece, int res);
 
   Step step() const { return step_; }
@@ -158,6 +164,9 @@ class DiskIo {
   void NextRange();
   void PrepareRange();
   void ReplenishSoon();
+  bool WaitForSpace();
+  void ResumeAfterWaiting();
+  void StopWaiting();
   void FitBuffer(uint64_t start, uint64_t end, uint64_t keep_offset, uint64_t keep_length);
   void AddFills(const std::vector<Segment>& segments, uint64_t pos);
   void WriteTargets();
@@ -185,6 +194,12 @@ class DiskIo {
   std::vector<std::pair<uint64_t, uint64_t>> ranges_;
   size_t next_range_ = 0;
   WritePlan plan_;  // in force (FinishWrite owed) exactly in kFilling and kWriting
+  // --on-full=pause: counted in NoSpaceState::waiting() since wait_since_ns_; the ENOSPC
+  // status it would have failed with.
+  bool waiting_counted_ = false;
+  int64_t wait_since_ns_ = 0;
+  Step waited_in_ = Step::kIdle;  // the step to run again
+  absl::Status wait_status_;
 
   // BLOCK_STATUS
   std::vector<Extent> extents_;

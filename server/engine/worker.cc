@@ -104,6 +104,8 @@ void Worker::AddConnection(int fd, std::string peer) {
 void Worker::Shutdown() {
   Post([this] {
     stopping_ = true;
+    // A write waiting for space would hold its connection open until --full-timeout.
+    RetryWaitingForSpace(/*give_up=*/true);
     // A pause in progress is left alone: its drained callback fires only in CheckDrained, once
     // no request is active, and its Resume (RunPaused always sends one, after its function or
     // its timeout) runs the held requests; their connections close once they are answered.
@@ -194,6 +196,18 @@ void Worker::RunDetached(std::function<void()> work) { pool_->Submit(std::move(w
 void Worker::Park(DiskIo* io) {
   parked_.push_back(io);
   ArmTimer();
+}
+
+bool Worker::WaitForSpace(DiskIo* io) {
+  if (stopping_) return false;
+  waiting_for_space_.push_back(io);
+  return true;
+}
+
+void Worker::RetryWaitingForSpace(bool give_up) {
+  std::vector<DiskIo*> waiting;
+  waiting.swap(waiting_for_space_);
+  for (DiskIo* io : waiting) io->RetryAfterWaiting(give_up);
 }
 
 void Worker::ArmTimer() {

@@ -131,6 +131,12 @@ class Worker {
   // after a short timer.
   void Park(DiskIo* io);
   void WriteFinished() { retry_parked_ = true; }
+  // --on-full=pause: `io` (counted in NoSpaceState::waiting()) waits for space until
+  // RetryWaitingForSpace; false if the worker is stopping (fail it now).
+  bool WaitForSpace(DiskIo* io);
+  // Every waiting write tries again (the server's volume watch calls this once a second), or
+  // with `give_up` fails with ENOSPC (shutdown).
+  void RetryWaitingForSpace(bool give_up);
   void RequestStarted() { ++active_; }
   void RequestDone();
   // The connection closed its socket; it is deleted after the current batch. Its counters
@@ -168,6 +174,7 @@ class Worker {
   std::vector<Connection*> closed_;
   std::deque<Request*> held_;
   std::vector<DiskIo*> parked_;
+  std::vector<DiskIo*> waiting_for_space_;
   bool retry_parked_ = false;
   bool timer_armed_ = false;
   __kernel_timespec timer_ts_{};
