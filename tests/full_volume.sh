@@ -3,7 +3,8 @@
 # tmpfs the test makes (root), with a ballast file it can delete to give space back:
 #   1. --min-free: the warning is logged once and `stats` says "low" before the volume is full;
 #   2. --on-full=pause: writes that need space stall (no error reaches the client), `stats` and
-#      `list` say PAUSED-CRITICAL, and the writes finish by themselves once space returns;
+#      `list` say PAUSED-CRITICAL, a live snapshot is refused saying so, and the writes finish
+#      by themselves once space returns;
 #   3. --full-timeout 2: a write that waits longer fails with ENOSPC after about 2 s;
 #   4. SIGTERM while a write waits: the server still stops at once (the write gets ENOSPC);
 #   5. the default (--on-full=error): ENOSPC at once;
@@ -78,6 +79,9 @@ kill -0 "$WRITER" 2>/dev/null || fail "the writer ended while paused: $(cat ../w
 ! grep -q '^error' ../w2.out || fail "a write failed instead of waiting: $(cat ../w2.out)"
 "$STRATA" list ../vol/disk.strata | grep -q "PAUSED-CRITICAL" || fail "list does not say PAUSED-CRITICAL"
 "$STRATA" stats ../vol/disk.strata | grep -q "PAUSED-CRITICAL" || fail "stats does not say PAUSED-CRITICAL"
+# A live snapshot would hold every request for its pause timeout: refused at once, saying why.
+rc=0; out=$(timeout 10 "$STRATA" snapshot --control ../vol/disk.ctl during-pause 2>&1) || rc=$?
+[ "$rc" != 0 ] && grep -q "paused-critical" <<<"$out" || fail "snapshot while paused: rc $rc, $out"
 [ "$(field 'r["waiting_writes"] if "waiting_writes" in r else r["enospc"]["waiting_writes"]')" -ge 1 ]
 rm ../vol/ballast
 timeout 30 tail --pid="$WRITER" -f /dev/null || fail "the writes did not resume within 30 s of freeing space"

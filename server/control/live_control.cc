@@ -256,6 +256,15 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
     return absl::FailedPreconditionError(absl::StrCat(
         "snapshot '", name, "': ", disk_->top_path(), " is served read-only; nothing to freeze"));
   }
+  // Its pause would wait for writes that wait for space, holding every other request meanwhile
+  // until the pause timeout: say why at once instead.
+  if (int64_t waiting = server_->no_space().waiting(); waiting > 0) {
+    ++snapshot_failures_;
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "snapshot '%s': the disk is paused-critical (%d writes wait for space on the host "
+        "volume): free space first",
+        name, waiting));
+  }
   absl::StatusOr<Chain::SnapshotResult> result =
       absl::InternalError("snapshot did not run");  // replaced inside the pause
   if (absl::Status pre = FlushBeforePause(chain); !pre.ok()) {

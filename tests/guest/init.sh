@@ -11,7 +11,7 @@
 #                 while a background writer keeps adding files and overwriting blocks that the
 #                 deleted snapshots hold; then e2fsck, every checksum after a fresh attach,
 #                 `strata list` (no snapshot left, one layer on the base) and `strata check`.
-#   full_volume   serves a disk on a 96 MiB tmpfs with --on-full=pause, fills the ext4 on it
+#   full_volume   serves a disk on a 128 MiB tmpfs with --on-full=pause, fills the ext4 on it
 #                 past the volume's end: the writes stall (stats says paused-critical, no I/O
 #                 error reaches the kernel, the file system stays read-write) until the test
 #                 deletes a ballast file, then finish; e2fsck and the checksum after a fresh
@@ -32,7 +32,7 @@ result() {
   poweroff -f
   sleep 10
 }
-step() { echo "guest: $*"; }
+step() { echo "guest: [$(cut -d' ' -f1 /proc/uptime)] $*"; }
 
 W=/work
 SOCK=$W/disk.sock
@@ -331,10 +331,10 @@ case_full_volume() {
   umount /mnt || result FAIL "umount"
   detach
   stop_server
-  step "a disk on a 96 MiB volume with a 40 MiB ballast file, served with --on-full=pause"
+  step "a disk on a 128 MiB volume with a 72 MiB ballast file, served with --on-full=pause"
   mkdir -p $VOL
-  mount -t tmpfs -o size=96m tmpfs $VOL || result FAIL "mount the small volume"
-  dd if=/dev/zero of=$VOL/ballast bs=1M count=40 2>/dev/null || result FAIL "ballast"
+  mount -t tmpfs -o size=128m tmpfs $VOL || result FAIL "mount the small volume"
+  dd if=/dev/zero of=$VOL/ballast bs=1M count=72 2>/dev/null || result FAIL "ballast"
   strata create --size 256M $VOL/disk.strata >$W/create.log 2>&1 || { cat $W/create.log; result FAIL "create"; }
   CTL=$VOL/disk.ctl
   rm -f $SOCK
@@ -351,8 +351,8 @@ case_full_volume() {
   mount -t ext4 /dev/nbd0 /mnt || result FAIL "mount"
   dmesg -c >/dev/null
 
-  step "write 56 MiB into the ext4: more than the volume has free"
-  (dd if=/dev/urandom of=/mnt/fill bs=1M count=56 conv=fsync 2>$W/dd.err; echo $? >$W/dd.rc) &
+  step "write 40 MiB into the ext4: more than the volume has free"
+  (dd if=/dev/urandom of=/mnt/fill bs=1M count=40 conv=fsync 2>$W/dd.err; echo $? >$W/dd.rc) &
   DD_PID=$!
   i=0
   until strata stats --control $CTL --output=json 2>/dev/null | grep -q '"paused_critical": true'; do
@@ -373,7 +373,7 @@ case_full_volume() {
     i=$((i + 1)); [ $i -lt 600 ] || result FAIL "dd did not finish within 60 s of freeing space"; sleep 0.1
   done
   wait $DD_PID
-  [ "$(cat $W/dd.rc)" = 0 ] || result FAIL "dd failed: $(cat $W/dd.err)"
+  [ "$(cat $W/dd.rc)" = 0 ] || { tail -20 $W/server.log; result FAIL "dd failed: $(cat $W/dd.err)"; }
   [ -z "$(io_errors)" ] || result FAIL "the guest saw errors: $(io_errors)"
   grep " /mnt " /proc/mounts | grep -q " rw," || result FAIL "/mnt is no longer read-write: $(grep ' /mnt ' /proc/mounts)"
   strata stats --control $CTL --output=json | grep -q '"paused_critical": false' || result FAIL "still paused-critical"
