@@ -70,8 +70,8 @@ Serves the chain whose top layer is LAYER over NBD.
                          as it arrives (default: the open-file limit less a reserve of 128 +
                          4 per descriptor open once the disk is, at most half the limit; at
                          most 1024)
-  --max-handshakes N     at most N of them still negotiating (default 64, at most
-                         --max-connections); past it the oldest is closed for the new one
+  --max-handshakes N     at most N of them still negotiating (default 64, and never more
+                         than the connections); past it the oldest is closed for the new one
   --shutdown-timeout S   on SIGTERM/SIGINT, wait at most S seconds (default 10) for clients
                          to take the replies of requests already started; then close them
   --run 'CMD'            captive mode: run CMD via /bin/sh -c with $uri, $nbd, $unixsocket
