@@ -15,6 +15,11 @@ namespace {
 
 const absl::Time kT0 = absl::FromUnixSeconds(1000);
 
+void ExpectCounts(const Admission& a, int open, int handshaking) {
+  EXPECT_EQ(a.open(), open);
+  EXPECT_EQ(a.handshaking(), handshaking);
+}
+
 TEST(AdmissionTest, OverMaxConnectionsIsRefused) {
   Admission a({.max_connections = 2, .max_handshakes = 2});
   auto first = a.Admit(0, kT0);
@@ -47,8 +52,7 @@ TEST(AdmissionTest, NegotiatedConnectionsLeaveTheHandshakeCount) {
     EXPECT_FALSE(d.evict) << i;
     a.Negotiated(d.id);
   }
-  EXPECT_EQ(a.open(), 6);
-  EXPECT_EQ(a.handshaking(), 0);
+  ExpectCounts(a, 6, 0);
 }
 
 TEST(AdmissionTest, FullHandshakesEvictTheOldest) {
@@ -77,8 +81,7 @@ TEST(AdmissionTest, EvictedConnectionThatNegotiatedMeanwhileIsNotCountedTwice) {
   EXPECT_EQ(a.handshaking(), 1);
   a.Closed(first.id);
   a.Closed(second.id);
-  EXPECT_EQ(a.open(), 0);
-  EXPECT_EQ(a.handshaking(), 0);
+  ExpectCounts(a, 0, 0);
 }
 
 TEST(AdmissionTest, EvictionsStopAtTheCeiling) {
