@@ -3,6 +3,7 @@
 // the accept loop itself is server/listener.h's AcceptLoop.
 #include "cli/serve_command.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -65,6 +66,12 @@ Serves the chain whose top layer is LAYER over NBD.
   --log-file FILE        append the log to FILE (implies --log=file)
   --foreground           do not daemonize (implied by --run)
   --pid-file FILE        write the server's pid once it is listening
+  --max-connections N    at most N NBD connections open at once; past it a new one is closed
+                         as it arrives (default: the open-file limit less a reserve of 128 +
+                         4 per descriptor open once the disk is, at most half the limit; at
+                         most 1024)
+  --max-handshakes N     at most N of them still negotiating (default 64, and never more
+                         than the connections); past it the oldest is closed for the new one
   --shutdown-timeout S   on SIGTERM/SIGINT, wait at most S seconds (default 10) for clients
                          to take the replies of requests already started; then close them
   --on-full=error|pause  when the host volume is full, writes that need new space fail with
@@ -165,11 +172,16 @@ absl::Status ParseLogDestination(absl::string_view option, const std::string& v,
   return absl::OkStatus();
 }
 
-// --workers, --shutdown-timeout and --full-timeout.
+// --workers, --max-connections, --max-handshakes, --shutdown-timeout and --full-timeout.
 absl::Status ParseNumber(absl::string_view option, const std::string& v, ServeOptions* o) {
   int seconds = 0;
   if (option == "--workers") {
     if (!IntIn(v, 1, 64, &o->workers)) return NotA(option, v, "a number from 1 to 64");
+  } else if (option == "--max-connections" || option == "--max-handshakes") {
+    int* n = option == "--max-connections" ? &o->max_connections : &o->max_handshakes;
+    if (!IntIn(v, 1, kMaxConnectionsCap, n)) {
+      return NotA(option, v, absl::StrCat("a number from 1 to ", kMaxConnectionsCap));
+    }
   } else if (!IntIn(v, option == "--full-timeout" ? 1 : 0, 86400, &seconds)) {
     return NotA(option, v, "a number of seconds up to 86400");
   } else if (option == "--full-timeout") {
@@ -213,6 +225,7 @@ constexpr ValuedOption kValuedOptions[] = {
     {"--shutdown-timeout", ParseNumber}, {"--log", ParseLogDestination},
     {"--log-file", ParseText},          {"--on-full", ParseOnFull},
     {"--full-timeout", ParseNumber},    {"--min-free", ParseMinFree},
+    {"--max-connections", ParseNumber}, {"--max-handshakes", ParseNumber},
 };
 
 const ArgSpec& ServeSpec() {
@@ -240,6 +253,12 @@ absl::Status SetLogDefault(ServeOptions* o) {
 }
 
 }  // namespace
+
+int DefaultMaxConnections(uint64_t open_file_limit, int open_descriptors) {
+  const uint64_t reserve =
+      std::min<uint64_t>(128 + 4 * static_cast<uint64_t>(open_descriptors), open_file_limit / 2);
+  return static_cast<int>(std::clamp<uint64_t>(open_file_limit - reserve, 1, 1024));
+}
 
 absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& words) {
   absl::StatusOr<Args> args = Parse(words, ServeSpec());
@@ -395,6 +414,22 @@ void RaiseOpenFileLimit() {
   if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
     STRATA_LOG(kInfo, "could not raise the open-file limit: %s", strerror(errno));
   }
+}
+
+// The descriptors this process has open now.
+int OpenDescriptors() {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return 0;
+  int n = 0;
+  while (readdir(dir) != nullptr) ++n;
+  closedir(dir);
+  return std::max(0, n - 3);  // ".", ".." and the directory's own descriptor
+}
+
+uint64_t OpenFileLimit() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
+  return limit.rlim_cur;
 }
 
 // Fills in the defaults that depend on the machine and the working directory.
@@ -618,9 +653,15 @@ absl::Status BlockSignals(ShutdownSignals* s) {
   return absl::OkStatus();
 }
 
+// REQUIRES: the disk is open (its descriptors count in the default --max-connections).
 ServerOptions MakeServerOptions(const ServeOptions& o) {
   ServerOptions options;
   options.workers = o.workers;
+  options.admission.max_connections =
+      o.max_connections > 0 ? o.max_connections
+                            : DefaultMaxConnections(OpenFileLimit(), OpenDescriptors());
+  options.admission.max_handshakes =
+      std::min(o.max_handshakes, options.admission.max_connections);
   options.shutdown_grace = absl::Seconds(o.shutdown_timeout_s);
   options.full_volume = o.full_volume;
   // Resolve() made the layer's path absolute: the daemon serves from "/".
@@ -669,12 +710,15 @@ class PidFile {
 };
 
 void LogServing(const ServeOptions& o, const ExportTable& exports, const AcceptLoop& acceptor,
-                const ControlSocket* control) {
+                const AdmissionLimits& caps, const ControlSocket* control) {
   std::string where = Describe(acceptor.listeners());
   std::shared_ptr<const Export> disk = exports.Find("");
-  STRATA_LOG(kInfo, "serving %s (%s, cache=%s%s) on %s with %d workers%s", o.layer,
-             disk->description, Name(o.cache), disk->read_only ? ", read-only" : "", where,
-             o.workers, control ? absl::StrCat("; control socket ", control->path()) : "");
+  STRATA_LOG(kInfo,
+             "serving %s (%s, cache=%s%s) on %s with %d workers, at most %d connections (%d in "
+             "handshake)%s",
+             o.layer, disk->description, Name(o.cache), disk->read_only ? ", read-only" : "",
+             where, o.workers, caps.max_connections, caps.max_handshakes,
+             control ? absl::StrCat("; control socket ", control->path()) : "");
 }
 
 // $uri, $exportname, $unixsocket or $port, and $nbd (qemu's nbd: syntax) for the --run command.
@@ -795,7 +839,7 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   PidFile pid_file;
   if (absl::Status st = pid_file.Write(o.pid_file); !st.ok()) return st;
   SwitchLog(o, *log_fd);
-  LogServing(o, exports, acceptor, control->get());
+  LogServing(o, exports, acceptor, server.admission().limits(), control->get());
   absl::StatusOr<pid_t> child = Announce(o, *endpoint, signals, *ready_fd);
   if (!child.ok()) return child.status();
   if (absl::Status st = acceptor.Start(); !st.ok()) return st;

@@ -43,8 +43,18 @@ struct ServeOptions {
   std::string run;
   int shutdown_timeout_s = 10;  // --shutdown-timeout
   FullVolumePolicy full_volume;  // --on-full, --full-timeout, --min-free
+  int max_connections = 0;      // --max-connections; 0: DefaultMaxConnections
+  int max_handshakes = 64;      // --max-handshakes (at most max_connections when serving)
   bool help = false;
 };
+
+// The largest --max-connections and --max-handshakes taken.
+inline constexpr int kMaxConnectionsCap = 1 << 20;
+// The default --max-connections: room for every connection in the open-file limit after a
+// reserve for what else the server opens — 128 (control clients, rings, listeners, the log) and
+// 4 for each descriptor open once the disk is open (its layer files; snapshot exports opened
+// later open their layers again), at most half the limit — and at most 1024.
+int DefaultMaxConnections(uint64_t open_file_limit, int open_descriptors);
 
 // Parses the arguments after "serve" with cli/args.h: `--opt VALUE` and `--opt=VALUE`; `--`
 // ends options; a repeated option keeps its last value.

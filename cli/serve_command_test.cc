@@ -19,13 +19,16 @@ TEST(ServeOptionsTest, DefaultsWithOnlyALayer) {
   EXPECT_EQ(o->log_level, LogLevel::kInfo);
   EXPECT_FALSE(o->foreground);
   EXPECT_EQ(o->shutdown_timeout_s, 10);
+  EXPECT_EQ(o->max_connections, 0);  // from the open-file limit
+  EXPECT_EQ(o->max_handshakes, 64);
 }
 
 TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
   auto o = ParseServeOptions({"--socket", "/tmp/s.sock", "--socket-mode=0660", "--listen",
                               ":10809", "--export-name=vm", "--read-only", "--cache", "none",
                               "--workers=3", "--log-level", "debug", "--pid-file", "/tmp/p",
-                              "--shutdown-timeout", "2", "--foreground", "/img/top.strata"});
+                              "--shutdown-timeout", "2", "--max-connections=10",
+                              "--max-handshakes", "3", "--foreground", "/img/top.strata"});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(*o->socket, "/tmp/s.sock");
   EXPECT_EQ(o->socket_mode, 0660u);
@@ -38,6 +41,8 @@ TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
   EXPECT_EQ(o->log_level, LogLevel::kDebug);
   EXPECT_EQ(o->pid_file, "/tmp/p");
   EXPECT_EQ(o->shutdown_timeout_s, 2);
+  EXPECT_EQ(o->max_connections, 10);
+  EXPECT_EQ(o->max_handshakes, 3);
   EXPECT_TRUE(o->foreground);
   EXPECT_EQ(o->layer, "/img/top.strata");
 }
@@ -70,6 +75,9 @@ TEST(ServeOptionsTest, BadValuesAreRefusedWithTheOptionName) {
            {"--log-level=loud", "d"},
            {"--shutdown-timeout=-1", "d"},
            {"--shutdown-timeout=soon", "d"},
+           {"--max-connections=0", "d"},
+           {"--max-connections=lots", "d"},
+           {"--max-handshakes=-3", "d"},
            {"--read-only=yes", "d"},
            {"--on-full=wait", "d"},
            {"--full-timeout=0", "d"},
@@ -97,6 +105,14 @@ TEST(ServeOptionsTest, FullVolumeOptions) {
   EXPECT_EQ(o->full_volume.max_wait_ns, 7'000'000'000);
   EXPECT_EQ(o->full_volume.min_free_bytes, 512ull << 20);
   EXPECT_EQ(o->shutdown_timeout_s, 10) << "--full-timeout must not set the shutdown timeout";
+}
+
+TEST(ServeOptionsTest, DefaultMaxConnectionsLeavesRoomForLayersAndControlClients) {
+  EXPECT_EQ(DefaultMaxConnections(20000, 10), 1024);         // capped
+  EXPECT_EQ(DefaultMaxConnections(1024, 8), 1024 - 128 - 32);  // the usual soft limit
+  EXPECT_EQ(DefaultMaxConnections(1024, 200), 512);          // deep chain: half the limit
+  EXPECT_EQ(DefaultMaxConnections(64, 5), 32);
+  EXPECT_EQ(DefaultMaxConnections(1, 5), 1);
 }
 
 TEST(ServeOptionsTest, DoubleDashEndsOptions) {

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "server/engine/admission.h"
 #include "server/engine/blocking_pool.h"
 #include "server/nbd/export.h"
 #include "server/engine/stats.h"
@@ -27,6 +28,7 @@ struct ServerOptions {
   int workers = 1;
   int blocking_threads = 4;
   WorkerLimits limits;
+  AdmissionLimits admission;  // --max-connections, --max-handshakes
   // How long Shutdown waits for connections to finish their started requests and send their
   // replies before it closes their sockets (a client that stops reading would hold it forever).
   absl::Duration shutdown_grace = absl::Seconds(10);
@@ -44,8 +46,11 @@ class Server {
 
   // Creates and starts the workers.
   absl::Status Start();
-  // Hands a connected socket to the next worker (round-robin). Thread-safe.
+  // Hands a connected socket to the next worker (round-robin), or closes it at once when it is
+  // over --max-connections (with a log line, at most a few a second); may evict the oldest
+  // connection still in handshake (Admission). Thread-safe.
   void AddConnection(int fd, std::string peer);
+  const Admission& admission() const { return admission_; }
   // Pauses every worker, waits until no request is running or being replied on any of them,
   // runs `fn`, resumes, and returns fn's status. Requests arriving meanwhile wait. Returns the
   // time during which no request could start in *pause (may be null). Calls are serialized.
@@ -71,6 +76,7 @@ class Server {
   std::atomic<unsigned> next_worker_{0};
   NoSpaceState no_space_;
   std::unique_ptr<VolumeWatch> volume_watch_;
+  Admission admission_;
   absl::Mutex pause_mu_;  // serializes RunPaused
   bool shut_down_ = false;
 };

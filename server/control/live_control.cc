@@ -170,7 +170,7 @@ void LiveControl::Published::ExportLocked(const std::string& name, const std::st
     absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
         OpenChainStorage(path, /*writable=*/false, direct_io);
     if (!storage.ok()) {
-      STRATA_LOG(kError, "export %s: %s", info.name, storage.status().message());
+      STRATA_LOG_LIMITED(kError, "export %s: %s", info.name, storage.status().message());
       return absl::Status(storage.status().code(), absl::StrCat("export ", info.name, ": ",
                                                                 storage.status().message()));
     }

@@ -78,7 +78,7 @@ ConnectionStats Connection::Stats() const {
 }
 
 void Connection::Start() {
-  STRATA_LOG(kInfo, "conn %d: opened from %s on worker %d", id_, peer_, worker_->index());
+  STRATA_LOG_LIMITED(kInfo, "conn %d: opened from %s on worker %d", id_, peer_, worker_->index());
   std::string greeting;
   Handshake::WriteGreeting(&greeting);
   QueueRaw(std::move(greeting));
@@ -170,6 +170,7 @@ void Connection::Process() {
     buffers_.set_alignment(std::max<uint64_t>(kDirectIoAlignment, storage_->sub_block_size()));
     disk_ = {this, worker_, storage_, &buffers_, &session_};
     state_ = State::kTransmission;
+    worker_->ConnectionNegotiated(this);
     STRATA_LOG(kDebug, "conn %d: export \"%s\" size %d flags %s%s%s%s", id_,
                session_.export_->name, session_.export_->size(),
                nbd::TransmissionFlagsToString(session_.transmission_flags),
@@ -182,7 +183,7 @@ void Connection::Process() {
     nbd::RequestHeader h = nbd::RequestHeader::DecodeFrom(in_.data() + in_begin_);
     in_begin_ += nbd::kRequestHeaderSize;
     if (h.magic != nbd::kRequestMagic) {
-      STRATA_LOG(kError, "conn %d: bad request magic %#x: closing", id_, h.magic);
+      STRATA_LOG_LIMITED(kError, "conn %d: bad request magic %#x: closing", id_, h.magic);
       BeginDrain("bad request magic");
       return;
     }
@@ -193,7 +194,7 @@ void Connection::Process() {
     }
     if (cmd == Command::kWrite && h.length > kMaxPayload) {
       // The spec lets a server hang up on payloads of 32 MiB or more rather than swallow them.
-      STRATA_LOG(kError, "conn %d: %s: payload above %u bytes: closing", id_, DescribeRequest(h),
+      STRATA_LOG_LIMITED(kError, "conn %d: %s: payload above %u bytes: closing", id_, DescribeRequest(h),
                  kMaxPayload);
       BeginDrain("oversized WRITE payload");
       return;
@@ -233,10 +234,10 @@ void Connection::Shutdown() {
   MaybeClose();
 }
 
-void Connection::Abort() {
+void Connection::Abort(std::string why) {
   if (state_ == State::kClosed) return;
   ::shutdown(fd_, SHUT_RDWR);
-  BeginDrain("closed by the server's shutdown grace period");
+  BeginDrain(std::move(why));
 }
 
 void Connection::Dispatch(Request* r) {
@@ -286,7 +287,7 @@ void Connection::Reply(Request* r) {
       worker_->no_space()->OnNoSpace();
     }
     if (error != nbd::Error::kNoSpc || ShouldLogNoSpace()) {
-      STRATA_LOG(kError, "conn %d: %s -> %s", id_, r->status.message(), nbd::Name(error));
+      STRATA_LOG_LIMITED(kError, "conn %d: %s -> %s", id_, r->status.message(), nbd::Name(error));
     }
     r->header.clear();
     r->reply.clear();
@@ -361,7 +362,7 @@ void Connection::OnSend(int res) {
   std::vector<Request*> sent;
   if (res < 0) {
     if (state_ < State::kDraining) {
-      STRATA_LOG(kInfo, "conn %d: send failed: %s; dropping %d queued replies", id_,
+      STRATA_LOG_LIMITED(kInfo, "conn %d: send failed: %s; dropping %d queued replies", id_,
                  strerror(-res), send_queue_.size());
     }
     send_failed_ = true;
@@ -460,12 +461,12 @@ void Connection::MaybeClose() {
   if (state_ != State::kDraining || inflight_ > 0 || send_in_flight_ || recv_in_flight_) return;
   state_ = State::kClosed;
   close(fd_);
-  STRATA_LOG(kInfo,
-             "conn %d: closed (%s): export \"%s\"%s, %d requests, %d errors, %d bytes read, "
-             "%d written",
-             id_, close_reason_, session_.export_ ? session_.export_->name : "",
-             session_.export_ ? "" : " (not negotiated)", io_.total_requests(), io_.errors,
-             io_.bytes_read, io_.bytes_written);
+  STRATA_LOG_LIMITED(kInfo,
+                     "conn %d: closed (%s): export \"%s\"%s, %d requests, %d errors, %d bytes "
+                     "read, %d written",
+                     id_, close_reason_, session_.export_ ? session_.export_->name : "",
+                     session_.export_ ? "" : " (not negotiated)", io_.total_requests(),
+                     io_.errors, io_.bytes_read, io_.bytes_written);
   worker_->ConnectionClosed(this, io_);
 }
 

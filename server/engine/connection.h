@@ -77,9 +77,10 @@ class Connection {
   // Worker shutdown: requests already received but not started are refused with ESHUTDOWN
   // (spec, "Terminating the transmission phase"); started ones finish; then close.
   void Shutdown();
-  // Shuts the socket down (the server's shutdown grace ran out): a send the client never reads
-  // fails, so the connection can close once its started file I/O is done.
-  void Abort();
+  // Shuts the socket down (the server's shutdown grace ran out, or Admission evicted it): a
+  // send the client never reads fails, so the connection can close once its started file I/O
+  // is done. `why` goes in the close line.
+  void Abort(std::string why);
 
   // Completions dispatched by the worker.
   void OnRecv(int res);
@@ -90,6 +91,7 @@ class Connection {
   void DiskIoDone(Request* r) { Reply(r); }
 
   uint64_t id() const { return id_; }
+  bool in_handshake() const { return state_ == State::kHandshake; }
   // A copy of the counters (ring thread only).
   ConnectionStats Stats() const;
 

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "server/engine/admission.h"
 #include "server/engine/connection.h"
 #include "server/log.h"
 
@@ -24,6 +25,8 @@ constexpr long kParkedRetryNs = 500 * 1000;
 std::atomic<uint64_t> g_next_connection_id{1};
 }  // namespace
 
+uint64_t NextConnectionId() { return g_next_connection_id.fetch_add(1); }
+
 absl::string_view Name(CompletionTag tag) {
   switch (tag) {
     case CompletionTag::kIgnore: return "ignore";
@@ -37,8 +40,13 @@ absl::string_view Name(CompletionTag tag) {
 }
 
 Worker::Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
-               WorkerLimits limits)
-    : index_(index), exports_(exports), pool_(pool), no_space_(no_space), limits_(limits) {}
+               WorkerLimits limits, Admission* admission)
+    : index_(index),
+      exports_(exports),
+      pool_(pool),
+      no_space_(no_space),
+      limits_(limits),
+      admission_(admission) {}
 
 Worker::~Worker() {
   if (thread_.joinable()) thread_.join();
@@ -89,13 +97,14 @@ void Worker::Post(std::function<void()> fn) {
   (void)ignored;
 }
 
-void Worker::AddConnection(int fd, std::string peer) {
-  Post([this, fd, peer = std::move(peer)]() mutable {
+void Worker::AddConnection(int fd, std::string peer, uint64_t id) {
+  Post([this, fd, id, peer = std::move(peer)]() mutable {
     if (stopping_) {
       close(fd);
+      if (admission_ != nullptr) admission_->Closed(id);
       return;
     }
-    auto* c = new Connection(this, fd, g_next_connection_id.fetch_add(1), std::move(peer));
+    auto* c = new Connection(this, fd, id, std::move(peer));
     connections_.insert(c);
     c->Start();
   });
@@ -123,7 +132,19 @@ void Worker::AbortConnections() {
   Post([this] {
     // Copy: Abort may close a connection (and erase it) right away.
     std::vector<Connection*> all(connections_.begin(), connections_.end());
-    for (Connection* c : all) c->Abort();
+    for (Connection* c : all) c->Abort("closed by the server's shutdown grace period");
+  });
+}
+
+void Worker::Evict(uint64_t id, std::string why) {
+  Post([this, id, why = std::move(why)]() mutable {
+    for (Connection* c : connections_) {
+      // It may have finished its handshake since it was chosen: then it stays.
+      if (c->id() == id && c->in_handshake()) {
+        c->Abort(std::move(why));
+        return;
+      }
+    }
   });
 }
 
@@ -248,6 +269,11 @@ void Worker::ConnectionClosed(Connection* c, const IoCounters& io) {
   closed_io_.Merge(io);
   ++closed_count_;
   closed_.push_back(c);
+  if (admission_ != nullptr) admission_->Closed(c->id());
+}
+
+void Worker::ConnectionNegotiated(const Connection* c) {
+  if (admission_ != nullptr) admission_->Negotiated(c->id());
 }
 
 void Worker::Complete(uint64_t user_data, int res) {

@@ -37,9 +37,14 @@
 
 namespace strata {
 
+class Admission;
 class Connection;
 class DiskIo;
 struct Request;
+
+// A process-wide connection id, new at each call (1, 2, ...): log lines and `stats` name
+// connections by it.
+uint64_t NextConnectionId();
 
 // What a completion is about: the low bits of user_data.
 enum class CompletionTag : uint64_t {
@@ -79,9 +84,10 @@ struct WorkerLimits {
 
 class Worker {
  public:
-  // `no_space` (shared by every worker, owned by the Server) outlives the worker.
+  // `no_space` and `admission` (shared by every worker, owned by the Server) outlive the
+  // worker; without `admission` connections are not counted.
   Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
-         WorkerLimits limits = {});
+         WorkerLimits limits = {}, Admission* admission = nullptr);
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -95,8 +101,10 @@ class Worker {
   // --- Thread-safe ---
   // Runs `fn` on the worker thread, soon.
   void Post(std::function<void()> fn);
-  // Takes ownership of a connected socket.
-  void AddConnection(int fd, std::string peer);
+  // Takes ownership of a connected socket; `id` is what Admission::Admit gave it.
+  void AddConnection(int fd, std::string peer, uint64_t id = NextConnectionId());
+  // Closes connection `id` if it is still in handshake (Admission evicted it), saying `why`.
+  void Evict(uint64_t id, std::string why);
   // Ends every connection once its started requests are done; then the loop ends. A pause in
   // progress is not ended: only its Resume runs the held requests.
   void Shutdown();
@@ -142,6 +150,8 @@ class Worker {
   // The connection closed its socket; it is deleted after the current batch. Its counters
   // join the worker's total of closed connections.
   void ConnectionClosed(Connection* c, const IoCounters& io);
+  // The connection finished its handshake: it no longer counts against --max-handshakes.
+  void ConnectionNegotiated(const Connection* c);
 
  private:
   void Loop();
@@ -157,6 +167,7 @@ class Worker {
   BlockingPool* pool_;
   NoSpaceState* no_space_;
   const WorkerLimits limits_;
+  Admission* const admission_;
   io_uring ring_;
   bool ring_ready_ = false;
   int wake_fd_ = -1;

@@ -95,11 +95,14 @@ size_t Handshake::Feed(absl::string_view in, std::string* out) {
       Close(absl::StrFormat("bad option magic %#x", magic));
       break;
     }
+    const bool oversized = length > kMaxOptionLength;
+    // Counted once whole (or once its skipping starts), not each time a piece of it arrives.
+    if (!oversized && rest.size() < nbd::kOptionHeaderSize + length) break;
     if (++options_ > kMaxOptions) {
       Close(absl::StrFormat("more than %d options", kMaxOptions));
       break;
     }
-    if (length > kMaxOptionLength) {
+    if (oversized) {
       if (length > kMaxSkip || static_cast<Option>(option) == Option::kExportName) {
         Close(absl::StrFormat("%s with %u bytes of data", nbd::Name(static_cast<Option>(option)),
                               length));
@@ -110,7 +113,6 @@ size_t Handshake::Feed(absl::string_view in, std::string* out) {
       skip_option_ = option;
       continue;
     }
-    if (rest.size() < nbd::kOptionHeaderSize + length) break;
     used += nbd::kOptionHeaderSize + length;
     HandleOption(option, rest.substr(nbd::kOptionHeaderSize, length), out);
   }

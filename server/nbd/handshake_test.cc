@@ -314,6 +314,24 @@ TEST_F(HandshakeTest, OptionCountIsBounded) {
   EXPECT_EQ(hs_.state(), HandshakeState::kClosed);
 }
 
+// A slow but honest client: one option whose bytes arrive in 300 pieces is one option, not
+// 300 (each piece used to count again while the option waited for the rest of its data).
+TEST_F(HandshakeTest, OptionArrivingInManyPiecesCountsOnce) {
+  Start();
+  std::string in = Opt(Option::kGo, InfoData(std::string(280, 'n'), {})) + Opt(Option::kList, "");
+  ASSERT_GT(in.size(), 2u * Handshake::kMaxOptions);
+  std::string out, pending;
+  for (char c : in) {
+    pending.push_back(c);
+    pending.erase(0, hs_.Feed(pending, &out));
+  }
+  EXPECT_EQ(hs_.state(), HandshakeState::kOptions) << hs_.close_reason();
+  auto r = ParseReplies(out);
+  ASSERT_EQ(r.size(), 4u);  // GO: ERR_UNKNOWN (no such export); LIST: SERVER x2, ACK
+  EXPECT_EQ(r[0].type, OptionReply::kErrUnknown);
+  EXPECT_EQ(r[3].type, OptionReply::kAck);
+}
+
 TEST_F(HandshakeTest, BadOptionMagicCloses) {
   Start();
   std::string in = Opt(Option::kList, "");
