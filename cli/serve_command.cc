@@ -67,6 +67,13 @@ Serves the chain whose top layer is LAYER over NBD.
   --pid-file FILE        write the server's pid once it is listening
   --shutdown-timeout S   on SIGTERM/SIGINT, wait at most S seconds (default 10) for clients
                          to take the replies of requests already started; then close them
+  --max-buffer-memory SIZE   request and reply buffers of all clients together (default
+                         256M, at least 64M; each connection may also hold 256K of its own):
+                         a client past its share stops being read until memory is freed
+  --handshake-timeout S  close a connection still negotiating after S seconds (default 10;
+                         0: never)
+  --request-timeout S    close a connection whose WRITE payload stops arriving for S seconds
+                         (default 30; 0: never)
   --run 'CMD'            captive mode: run CMD via /bin/sh -c with $uri, $nbd, $unixsocket
                          (or $port), $exportname set; stop when it exits and return its status
 
@@ -158,13 +165,27 @@ absl::Status ParseLogDestination(absl::string_view option, const std::string& v,
   return absl::OkStatus();
 }
 
-// --workers and --shutdown-timeout.
+// --workers and the timeouts in seconds.
 absl::Status ParseNumber(absl::string_view option, const std::string& v, ServeOptions* o) {
   if (option == "--workers") {
     if (!IntIn(v, 1, 64, &o->workers)) return NotA(option, v, "a number from 1 to 64");
-  } else if (!IntIn(v, 0, 86400, &o->shutdown_timeout_s)) {
-    return NotA(option, v, "a number of seconds from 0 to 86400");
+    return absl::OkStatus();
   }
+  int* seconds = option == "--shutdown-timeout"    ? &o->shutdown_timeout_s
+                 : option == "--handshake-timeout" ? &o->handshake_timeout_s
+                                                   : &o->request_timeout_s;
+  if (!IntIn(v, 0, 86400, seconds)) return NotA(option, v, "a number of seconds from 0 to 86400");
+  return absl::OkStatus();
+}
+
+// Below two of the largest requests (32 MiB) one big client could not keep a read and a write
+// going.
+constexpr uint64_t kMinBufferMemory = 64ull << 20;
+
+absl::Status ParseBufferMemory(absl::string_view option, const std::string& v, ServeOptions* o) {
+  absl::StatusOr<uint64_t> bytes = ParseSize(v);
+  if (!bytes.ok() || *bytes < kMinBufferMemory) return NotA(option, v, "a size of at least 64M");
+  o->max_buffer_memory = *bytes;
   return absl::OkStatus();
 }
 
@@ -181,7 +202,8 @@ constexpr ValuedOption kValuedOptions[] = {
     {"--export-name", ParseExportName}, {"--cache", ParseCache},
     {"--log-level", ParseLevel},        {"--workers", ParseNumber},
     {"--shutdown-timeout", ParseNumber}, {"--log", ParseLogDestination},
-    {"--log-file", ParseText},
+    {"--log-file", ParseText},          {"--max-buffer-memory", ParseBufferMemory},
+    {"--handshake-timeout", ParseNumber}, {"--request-timeout", ParseNumber},
 };
 
 const ArgSpec& ServeSpec() {
@@ -591,6 +613,9 @@ ServerOptions MakeServerOptions(const ServeOptions& o) {
   ServerOptions options;
   options.workers = o.workers;
   options.shutdown_grace = absl::Seconds(o.shutdown_timeout_s);
+  options.max_buffer_memory = o.max_buffer_memory;
+  options.limits.handshake_timeout = absl::Seconds(o.handshake_timeout_s);
+  options.limits.request_timeout = absl::Seconds(o.request_timeout_s);
   return options;
 }
 

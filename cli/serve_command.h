@@ -5,6 +5,7 @@
 #ifndef STRATA_CLI_SERVE_COMMAND_H_
 #define STRATA_CLI_SERVE_COMMAND_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -41,6 +42,9 @@ struct ServeOptions {
   std::string pid_file;
   std::string run;
   int shutdown_timeout_s = 10;  // --shutdown-timeout
+  uint64_t max_buffer_memory = 256ull << 20;  // --max-buffer-memory
+  int handshake_timeout_s = 10;               // --handshake-timeout (0: none)
+  int request_timeout_s = 30;                 // --request-timeout (0: none)
   bool help = false;
 };
 

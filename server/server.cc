@@ -7,14 +7,17 @@
 namespace strata {
 
 Server::Server(const ExportTable* exports, ServerOptions options)
-    : exports_(exports), options_(options) {}
+    : exports_(exports),
+      options_(options),
+      budget_(options.max_buffer_memory, options.buffer_floor_per_connection) {}
 
 Server::~Server() { Shutdown(); }
 
 absl::Status Server::Start() {
   pool_ = std::make_unique<BlockingPool>(options_.blocking_threads);
   for (int i = 0; i < options_.workers; ++i) {
-    auto w = std::make_unique<Worker>(i, exports_, pool_.get(), &no_space_, options_.limits);
+    auto w = std::make_unique<Worker>(i, exports_, pool_.get(), &no_space_, &budget_,
+                                      options_.limits);
     absl::Status st = w->Init();
     if (!st.ok()) return st;
     workers_.push_back(std::move(w));

@@ -3,7 +3,16 @@
 // Design note. A connection has at most one recv and one send in flight. The recv fills an input
 // buffer that the handshake, then the request parser, consume; a WRITE payload beyond what the
 // buffer already holds is received straight into the request's own (aligned) buffer, so large
-// writes are never copied. Each parsed request goes validate (nbd/request.h) -> execute (its
+// writes are never copied. The input buffer starts at one page and grows only while a recv
+// fills it; once empty again it shrinks back, so an idle connection holds a page.
+//
+// Memory (README, "What strata guarantees"): a request is parsed only once its buffer (a
+// WRITE's payload, a READ's data) is charged to the server's BufferBudget; when the budget
+// refuses, the header stays unparsed in the input buffer and the connection stops reading its
+// socket until the worker hears that budget was freed (Worker::BudgetFreed). Past its share
+// (WorkerLimits) a connection stops reading too, until its replies go out. A handshake that
+// takes longer than --handshake-timeout, or a WRITE payload that stops arriving for
+// --request-timeout, closes the connection (the worker's once-a-second sweep). Each parsed request goes validate (nbd/request.h) -> execute (its
 // DiskIo, disk_io.h) -> reply; requests run concurrently and complete in any order. A finished
 // request's reply is queued; the queue is sent by one sendmsg at a time gathering many replies,
 // so one reply's bytes never interleave with another's and a short send just resumes where it
@@ -13,7 +22,8 @@
 // -> kHeld (the worker is paused) -> kDisk (its DiskIo runs) -> kSending (reply queued) ->
 // released. Invalid requests and refusals skip to kSending. Enter() checks every transition.
 //
-// Not done yet: registered (fixed) buffers and files; a handshake timeout; TLS.
+// Not done yet: registered (fixed) buffers and files; TLS; a timeout on replies a client never
+// reads (they hold their budget until it reads or goes).
 #ifndef STRATA_SERVER_ENGINE_CONNECTION_H_
 #define STRATA_SERVER_ENGINE_CONNECTION_H_
 
@@ -86,6 +96,11 @@ class Connection {
   void OnSend(int res);
   // Held request resumed by the worker.
   void Execute(Request* r);
+  // The budget refused this connection a buffer and was freed since: parse again.
+  void BudgetFreed();
+  // The worker's sweep: closes the connection if its handshake or a WRITE payload has taken
+  // too long by `now_ns` (MonotonicNs).
+  void CheckTimeouts(int64_t now_ns);
   // The request's DiskIo is done: its status is final.
   void DiskIoDone(Request* r) { Reply(r); }
 
@@ -100,6 +115,8 @@ class Connection {
   void ArmRecv();
   void Process();
   bool FlowBlocked() const;
+  bool TakeBuffer(const nbd::RequestHeader& h, const absl::Status& valid, IoBuffer* buf);
+  void ResizeInput(size_t size);
   void Dispatch(Request* r);
   // Output
   void Reply(Request* r);
@@ -110,6 +127,8 @@ class Connection {
   void Enter(Request* r, Request::Phase next);
   void Release(Request* r);
   void BeginDrain(std::string reason);
+  // Shuts the socket down, so a send or recv the client holds up ends, and drains.
+  void CloseNow(std::string reason);
   // Frees a WRITE whose payload was still being received (the connection is draining).
   void ReleasePayload();
   void MaybeClose();
@@ -126,12 +145,16 @@ class Connection {
   BufferAccount buffers_;
   DiskIoContext disk_;  // what every request's DiskIo runs against, once negotiated
 
-  // Input buffer [in_begin_, in_end_) of in_.
-  std::vector<char> in_;
+  // Input buffer [in_begin_, in_end_) of in_ (in_size_ bytes, from the worker's pool).
+  char* in_ = nullptr;
+  size_t in_size_ = 0;
   size_t in_begin_ = 0;
   size_t in_end_ = 0;
   bool recv_in_flight_ = false;
+  bool recv_filled_ = false;        // the last recv filled the input buffer: keep its size
+  bool budget_wait_ = false;        // the budget refused the next request's buffer
   Request* payload_req_ = nullptr;  // WRITE whose payload is being received directly
+  int64_t payload_progress_ns_ = 0;  // when payload_req_ was parsed or last received bytes
 
   // Output
   std::deque<Request*> send_queue_;

@@ -49,6 +49,7 @@ enum class CompletionTag : uint64_t {
   kSend = 3,    // Connection*
   kWake = 4,    // Worker*: the mailbox eventfd was written
   kTimer = 5,   // Worker*: retry timer for parked writes
+  kSweep = 6,   // Worker*: the once-a-second timeout sweep
 };
 absl::string_view Name(CompletionTag tag);
 
@@ -71,17 +72,22 @@ inline constexpr char kRingThreadPrefix[] = "strata-ring";
 
 struct WorkerLimits {
   unsigned ring_entries = 1024;  // SQ size; the CQ is twice that
-  // Per connection: requests parsed and not yet fully replied, and their buffer bytes. Past
-  // either, the connection stops reading its socket until replies go out (back-pressure).
+  // Per connection: requests parsed and not yet fully replied, and their buffer bytes (its
+  // share of the server's BufferBudget). Past either, the connection stops reading its socket
+  // until replies go out (back-pressure).
   int max_requests_per_connection = 256;
-  uint64_t max_buffer_bytes_per_connection = 256ull << 20;
+  uint64_t max_buffer_bytes_per_connection = 64ull << 20;
+  // A connection still negotiating after this long, or whose WRITE payload receives nothing
+  // for this long, is closed (checked once a second). Zero: no limit.
+  absl::Duration handshake_timeout = absl::Seconds(10);
+  absl::Duration request_timeout = absl::Seconds(30);
 };
 
-class Worker {
+class Worker final : public BudgetWaiter {
  public:
-  // `no_space` (shared by every worker, owned by the Server) outlives the worker.
+  // `no_space` and `budget` (shared by every worker, owned by the Server) outlive the worker.
   Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
-         WorkerLimits limits = {});
+         BufferBudget* budget, WorkerLimits limits = {});
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -111,12 +117,17 @@ class Worker {
   void Resume();
   // Copies every connection's counters on the ring thread, then calls done(stats) there.
   void CollectStats(std::function<void(WorkerStats)> done);
+  // Budget was given back (by any worker): the connections waiting for it try again.
+  void BudgetFreed() override;
 
   // --- Ring thread only ---
   int index() const { return index_; }
   const WorkerLimits& limits() const { return limits_; }
   const ExportTable* exports() const { return exports_; }
   BufferPool& buffers() { return buffers_; }
+  BufferBudget* budget() const { return budget_; }
+  // The budget refused `c` a request's buffer: the next BudgetFreed resumes it.
+  void WaitForBudget(Connection* c) { budget_waiting_.push_back(c); }
   NoSpaceState* no_space() const { return no_space_; }
   // An SQE; submits the queue first when it is full. Never null.
   io_uring_sqe* GetSqe();
@@ -145,11 +156,15 @@ class Worker {
   void RunMailbox();
   void RetryParked();
   void CheckDrained();
+  void ArmSweep();
+  void Sweep();
+  void ResumeBudgetWaiting();
 
   const int index_;
   const ExportTable* exports_;
   BlockingPool* pool_;
   NoSpaceState* no_space_;
+  BufferBudget* budget_;
   const WorkerLimits limits_;
   io_uring ring_;
   bool ring_ready_ = false;
@@ -171,6 +186,8 @@ class Worker {
   bool retry_parked_ = false;
   bool timer_armed_ = false;
   __kernel_timespec timer_ts_{};
+  __kernel_timespec sweep_ts_{};
+  std::vector<Connection*> budget_waiting_;
   bool stopping_ = false;
   absl::Notification stopped_;  // the loop ended
   bool paused_ = false;
