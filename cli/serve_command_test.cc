@@ -19,13 +19,18 @@ TEST(ServeOptionsTest, DefaultsWithOnlyALayer) {
   EXPECT_EQ(o->log_level, LogLevel::kInfo);
   EXPECT_FALSE(o->foreground);
   EXPECT_EQ(o->shutdown_timeout_s, 10);
+  EXPECT_EQ(o->max_buffer_memory, 256u << 20);
+  EXPECT_EQ(o->handshake_timeout_s, 10);
+  EXPECT_EQ(o->request_timeout_s, 30);
 }
 
 TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
   auto o = ParseServeOptions({"--socket", "/tmp/s.sock", "--socket-mode=0660", "--listen",
                               ":10809", "--export-name=vm", "--read-only", "--cache", "none",
                               "--workers=3", "--log-level", "debug", "--pid-file", "/tmp/p",
-                              "--shutdown-timeout", "2", "--foreground", "/img/top.strata"});
+                              "--shutdown-timeout", "2", "--max-buffer-memory", "1G",
+                              "--handshake-timeout=0", "--request-timeout", "5", "--foreground",
+                              "/img/top.strata"});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(*o->socket, "/tmp/s.sock");
   EXPECT_EQ(o->socket_mode, 0660u);
@@ -38,6 +43,9 @@ TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
   EXPECT_EQ(o->log_level, LogLevel::kDebug);
   EXPECT_EQ(o->pid_file, "/tmp/p");
   EXPECT_EQ(o->shutdown_timeout_s, 2);
+  EXPECT_EQ(o->max_buffer_memory, 1u << 30);
+  EXPECT_EQ(o->handshake_timeout_s, 0);
+  EXPECT_EQ(o->request_timeout_s, 5);
   EXPECT_TRUE(o->foreground);
   EXPECT_EQ(o->layer, "/img/top.strata");
 }
@@ -70,6 +78,10 @@ TEST(ServeOptionsTest, BadValuesAreRefusedWithTheOptionName) {
            {"--log-level=loud", "d"},
            {"--shutdown-timeout=-1", "d"},
            {"--shutdown-timeout=soon", "d"},
+           {"--max-buffer-memory=32M", "d"},  // below two 32 MiB requests
+           {"--max-buffer-memory=lots", "d"},
+           {"--handshake-timeout=-1", "d"},
+           {"--request-timeout=86401", "d"},
            {"--read-only=yes", "d"},
            {"--bogus", "d"},
            {"--socket"},

@@ -14,7 +14,7 @@
 # Usage: hostile_memory.sh STRATA_BINARY
 set -euo pipefail
 source "$(dirname "$0")/lib/interop_lib.sh"
-[ "$SERVER_KIND" = strata ] || skip "strata's own buffer budget: nothing to compare with $SERVER_KIND"
+[ "$SERVER_KIND" = strata ] || skip "strata's own buffer budget: not $SERVER_KIND's"
 need prlimit timeout
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || skip "python3-libnbd not installed"
 interop_init "$@"
@@ -64,12 +64,14 @@ probe() {
   timeout 120 /usr/bin/python3 "$CLIENT" "$@" >"$WORK/$name.out" 2>&1 &
   local attacker=$!
   for _ in $(seq 600); do grep -qs ready "$WORK/$name.out" && break; sleep 0.1; done
-  grep -q ready "$WORK/$name.out" || fail "$name: the attack did not set up: $(cat "$WORK/$name.out")"
+  grep -q ready "$WORK/$name.out" ||
+    fail "$name: the attack did not set up: $(cat "$WORK/$name.out")"
   good_client "$name"
   local before after
   before=$(cpu_ticks); sleep 2; after=$(cpu_ticks)
   log "$name: server CPU while the attackers stall: $((after - before)) ticks in 2 s ($HZ/s)"
-  [ $((after - before)) -le $((HZ / 2)) ] || fail "$name: the server spins ($((after - before)) ticks in 2 s)"
+  [ $((after - before)) -le $((HZ / 2)) ] ||
+    fail "$name: the server spins ($((after - before)) ticks in 2 s)"
   local peak; peak=$(peak_mib)
   log "$name: peak RSS $peak MiB, from $start MiB (bound $bound MiB)"
   [ "$peak" -lt "$bound" ] || fail "$name: peak RSS $peak MiB, not under $bound MiB"
@@ -81,21 +83,20 @@ probe reads $((BUDGET_MIB + 128)) reads "$SOCK" 12 16 60
 # What idle connections add to the RSS they find (the workers' pools keep freed buffers).
 probe idle +96 idle "$SOCK" 8000 60
 
-# An idle handshake is closed after --handshake-timeout (the sweep runs once a second).
-took=$(timeout 30 /usr/bin/python3 "$CLIENT" handshake "$SOCK" 10) || fail "handshake: $took"
-log "idle handshake closed after $took s (--handshake-timeout $HANDSHAKE_S)"
-awk -v t="$took" -v lo="$HANDSHAKE_S" 'BEGIN { exit !(t >= lo - 0.5 && t <= lo + 2) }' ||
-  fail "the idle handshake was closed after $took s, not about $HANDSHAKE_S s"
-grep -q "closed (handshake not finished within ${HANDSHAKE_S}s)" ../d/server.log ||
-  fail "no log line says the handshake timed out"
-
-# A WRITE whose payload stops arriving is closed after --request-timeout, its buffer freed.
-took=$(timeout 30 /usr/bin/python3 "$CLIENT" stall "$SOCK" 15) || fail "stall: $took"
-log "stalled WRITE payload closed after $took s (--request-timeout $REQUEST_S)"
-awk -v t="$took" -v lo="$REQUEST_S" 'BEGIN { exit !(t >= lo - 0.5 && t <= lo + 2) }' ||
-  fail "the stalled payload was closed after $took s, not about $REQUEST_S s"
-grep -q "no payload bytes for ${REQUEST_S}s (4096 of 1048576 received)" ../d/server.log ||
-  fail "no log line says the WRITE payload stalled"
+# closed_after ATTACK TIMEOUT_S LOG_TEXT: the attack's connection is closed by the server
+# TIMEOUT_S seconds in (the sweep runs once a second), and the close line says why.
+closed_after() {
+  local attack=$1 timeout_s=$2 why=$3 took
+  took=$(timeout 30 /usr/bin/python3 "$CLIENT" "$attack" "$SOCK" $((timeout_s + 10))) ||
+    fail "$attack: $took"
+  log "$attack: closed after $took s (timeout $timeout_s s)"
+  awk -v t="$took" -v lo="$timeout_s" 'BEGIN { exit !(t >= lo - 0.5 && t <= lo + 2) }' ||
+    fail "$attack: closed after $took s, not about $timeout_s s"
+  grep -qF "$why" ../d/server.log || fail "$attack: no log line says \"$why\""
+}
+# An idle handshake, and a WRITE whose payload stops arriving (its buffer freed).
+closed_after handshake "$HANDSHAKE_S" "closed (handshake not finished within ${HANDSHAKE_S}s)"
+closed_after stall "$REQUEST_S" "no payload bytes for ${REQUEST_S}s (4096 of 1048576 received)"
 
 # Nothing acknowledged was lost, read on a fresh connection once the attackers are gone.
 out=$(timeout 60 /usr/bin/python3 "$CLIENT" verify "$URI" "$GOOD_LOG") || fail "verify: $out"

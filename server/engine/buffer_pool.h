@@ -16,8 +16,9 @@ namespace strata {
 
 class BufferPool {
  public:
-  // Keep at most this many idle bytes (the rest is freed on Release).
-  explicit BufferPool(size_t max_idle_bytes = 64 << 20) : max_idle_(max_idle_bytes) {}
+  // Keep at most this many idle bytes (the rest is freed on Release). They are outside the
+  // BufferBudget: with the default at most 4 workers, 128 MiB above it (README).
+  explicit BufferPool(size_t max_idle_bytes = 32 << 20) : max_idle_(max_idle_bytes) {}
   ~BufferPool();
   BufferPool(const BufferPool&) = delete;
   BufferPool& operator=(const BufferPool&) = delete;

@@ -3,20 +3,21 @@
 // Design note. A connection has at most one recv and one send in flight. The recv fills an input
 // buffer that the handshake, then the request parser, consume; a WRITE payload beyond what the
 // buffer already holds is received straight into the request's own (aligned) buffer, so large
-// writes are never copied. The input buffer starts at one page and grows only while a recv
-// fills it; once empty again it shrinks back, so an idle connection holds a page.
-//
-// Memory (README, "What strata guarantees"): a request is parsed only once its buffer (a
-// WRITE's payload, a READ's data) is charged to the server's BufferBudget; when the budget
-// refuses, the header stays unparsed in the input buffer and the connection stops reading its
-// socket until the worker hears that budget was freed (Worker::BudgetFreed). Past its share
-// (WorkerLimits) a connection stops reading too, until its replies go out. A handshake that
-// takes longer than --handshake-timeout, or a WRITE payload that stops arriving for
-// --request-timeout, closes the connection (the worker's once-a-second sweep). Each parsed request goes validate (nbd/request.h) -> execute (its
+// writes are never copied. Each parsed request goes validate (nbd/request.h) -> execute (its
 // DiskIo, disk_io.h) -> reply; requests run concurrently and complete in any order. A finished
 // request's reply is queued; the queue is sent by one sendmsg at a time gathering many replies,
 // so one reply's bytes never interleave with another's and a short send just resumes where it
 // stopped.
+//
+// Memory (README, "What strata guarantees"). The input buffer starts at one page and grows
+// only while recvs fill it; caught up, it shrinks back, so an idle connection holds a page. A
+// request is parsed only once its buffer (a WRITE's payload, a READ's data) is charged to the
+// server's BufferBudget; when the budget refuses, the header stays unparsed in the input
+// buffer and the connection stops reading its socket until its worker hears that budget was
+// freed (Worker::BudgetFreed). Past its share (WorkerLimits) a connection stops reading too,
+// until its replies go out. A handshake longer than --handshake-timeout, or a WRITE payload
+// that stops arriving for --request-timeout, closes the connection (the worker's
+// once-a-second sweep calls CheckTimeouts).
 //
 // Request lifecycle (Request::Phase, in order): kPayload (parsed; a WRITE receiving its data)
 // -> kHeld (the worker is paused) -> kDisk (its DiskIo runs) -> kSending (reply queued) ->

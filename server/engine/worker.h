@@ -8,6 +8,12 @@
 // worker only through Post(): a mutex-guarded mailbox plus an eventfd whose read is always
 // armed on the ring, so the ring thread never blocks on anything but io_uring_enter.
 //
+// Timeouts and budget: a timeout SQE (kSweep) fires once a second and checks every connection's
+// handshake and payload timeouts (WorkerLimits), so no connection needs a timer of its own. A
+// connection the server's BufferBudget refused waits on its worker's list; when any thread
+// gives budget back, BufferBudget calls the worker's BudgetFreed, which Posts, and the ring
+// thread resumes those connections.
+//
 // Pause/drain (for live snapshots, issue 5): Pause() stops starting new requests (they are
 // parsed and held), waits until every started request has finished and its reply has been
 // sent, then calls back; Resume() runs the held requests. Server::RunPaused builds "pause all

@@ -4,7 +4,7 @@ bad client must not grow the server without bound, nor starve the others).
 
   hostile_client.py writes SOCK N HOLD_S
       N connections each send a 32 MiB WRITE header and its payload but the last byte (as much
-      as the server takes in 3 s), then stall for HOLD_S.
+      as the server takes until it takes nothing for a second), then stall for HOLD_S.
   hostile_client.py reads SOCK N DEPTH HOLD_S
       N connections each pipeline DEPTH 32 MiB READs and never read a reply, then hold.
   hostile_client.py idle SOCK N HOLD_S
@@ -101,8 +101,9 @@ def writes(path, n, hold_s):
     for i, s in enumerate(conns):
         s.setblocking(False)
         pending[s] = [header(CMD_WRITE, i, 0, MAX_PAYLOAD), MAX_PAYLOAD - 1]
-    deadline = time.monotonic() + 3
-    while pending and time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    progress = time.monotonic()
+    while pending and time.monotonic() < min(deadline, progress + 1):
         _, ready, _ = select.select([], list(pending), [], 0.2)
         for s in ready:
             head, left = pending[s]
@@ -111,6 +112,7 @@ def writes(path, n, hold_s):
                 sent = s.send(data)
             except BlockingIOError:
                 continue
+            progress = time.monotonic()
             if head:
                 pending[s][0] = head[sent:]
             else:
