@@ -108,7 +108,7 @@ TEST(BufferPoolTest, IdleCapFreesWhatItCannotKeep) {
 
 // 64 MiB is the top class: pooled like the others (with the default 64 MiB cap).
 TEST(BufferPoolTest, SixtyFourMiBIsTheTopPooledClass) {
-  BufferPool pool;
+  BufferPool pool(64 * kMiB);
   size_t capacity = 0;
   char* top = pool.Acquire(32 * kMiB + 1, &capacity);
   ASSERT_EQ(capacity, 64 * kMiB);
