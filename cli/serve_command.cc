@@ -81,6 +81,13 @@ Serves the chain whose top layer is LAYER over NBD.
   --full-timeout S       with --on-full=pause, a write waits at most S seconds (default 300)
   --min-free SIZE        warn once (log, `stats`) when the volume holding LAYER has less than
                          SIZE free (default 1G; 0: never)
+  --max-buffer-memory SIZE   request and reply buffers of all clients together (default
+                         256M, at least 64M; each connection may also hold 256K of its own):
+                         a client past its share stops being read until memory is freed
+  --handshake-timeout S  close a connection still negotiating after S seconds (default 10;
+                         0: never)
+  --request-timeout S    close a connection whose WRITE payload stops arriving for S seconds
+                         (default 30; 0: never)
   --run 'CMD'            captive mode: run CMD via /bin/sh -c with $uri, $nbd, $unixsocket
                          (or $port), $exportname set; stop when it exits and return its status
 
@@ -172,23 +179,42 @@ absl::Status ParseLogDestination(absl::string_view option, const std::string& v,
   return absl::OkStatus();
 }
 
-// --workers, --max-connections, --max-handshakes, --shutdown-timeout and --full-timeout.
+// --workers, --max-connections, --max-handshakes and the timeouts in seconds.
 absl::Status ParseNumber(absl::string_view option, const std::string& v, ServeOptions* o) {
-  int seconds = 0;
   if (option == "--workers") {
     if (!IntIn(v, 1, 64, &o->workers)) return NotA(option, v, "a number from 1 to 64");
-  } else if (option == "--max-connections" || option == "--max-handshakes") {
+    return absl::OkStatus();
+  }
+  if (option == "--max-connections" || option == "--max-handshakes") {
     int* n = option == "--max-connections" ? &o->max_connections : &o->max_handshakes;
     if (!IntIn(v, 1, kMaxConnectionsCap, n)) {
       return NotA(option, v, absl::StrCat("a number from 1 to ", kMaxConnectionsCap));
     }
-  } else if (!IntIn(v, option == "--full-timeout" ? 1 : 0, 86400, &seconds)) {
-    return NotA(option, v, "a number of seconds up to 86400");
-  } else if (option == "--full-timeout") {
-    o->full_volume.max_wait_ns = int64_t{seconds} * 1'000'000'000;
-  } else {
-    o->shutdown_timeout_s = seconds;
+    return absl::OkStatus();
   }
+  if (option == "--full-timeout") {
+    int seconds;
+    if (!IntIn(v, 1, 86400, &seconds)) {
+      return NotA(option, v, "a number of seconds from 1 to 86400");
+    }
+    o->full_volume.max_wait_ns = int64_t{seconds} * 1'000'000'000;
+    return absl::OkStatus();
+  }
+  int* seconds = option == "--shutdown-timeout"    ? &o->shutdown_timeout_s
+                 : option == "--handshake-timeout" ? &o->handshake_timeout_s
+                                                   : &o->request_timeout_s;
+  if (!IntIn(v, 0, 86400, seconds)) return NotA(option, v, "a number of seconds from 0 to 86400");
+  return absl::OkStatus();
+}
+
+// Below two of the largest requests (32 MiB) one big client could not keep a read and a write
+// going.
+constexpr uint64_t kMinBufferMemory = 64ull << 20;
+
+absl::Status ParseBufferMemory(absl::string_view option, const std::string& v, ServeOptions* o) {
+  absl::StatusOr<uint64_t> bytes = ParseSize(v);
+  if (!bytes.ok() || *bytes < kMinBufferMemory) return NotA(option, v, "a size of at least 64M");
+  o->max_buffer_memory = *bytes;
   return absl::OkStatus();
 }
 
@@ -226,6 +252,8 @@ constexpr ValuedOption kValuedOptions[] = {
     {"--log-file", ParseText},          {"--on-full", ParseOnFull},
     {"--full-timeout", ParseNumber},    {"--min-free", ParseMinFree},
     {"--max-connections", ParseNumber}, {"--max-handshakes", ParseNumber},
+    {"--max-buffer-memory", ParseBufferMemory},
+    {"--handshake-timeout", ParseNumber}, {"--request-timeout", ParseNumber},
 };
 
 const ArgSpec& ServeSpec() {
@@ -666,6 +694,9 @@ ServerOptions MakeServerOptions(const ServeOptions& o) {
   options.full_volume = o.full_volume;
   // Resolve() made the layer's path absolute: the daemon serves from "/".
   options.volume_dir = o.layer.substr(0, o.layer.rfind('/') + 1);
+  options.max_buffer_memory = o.max_buffer_memory;
+  options.limits.handshake_timeout = absl::Seconds(o.handshake_timeout_s);
+  options.limits.request_timeout = absl::Seconds(o.request_timeout_s);
   return options;
 }
 

@@ -5,6 +5,7 @@
 #ifndef STRATA_CLI_SERVE_COMMAND_H_
 #define STRATA_CLI_SERVE_COMMAND_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -45,6 +46,9 @@ struct ServeOptions {
   FullVolumePolicy full_volume;  // --on-full, --full-timeout, --min-free
   int max_connections = 0;      // --max-connections; 0: DefaultMaxConnections
   int max_handshakes = 64;      // --max-handshakes (at most max_connections when serving)
+  uint64_t max_buffer_memory = 256ull << 20;  // --max-buffer-memory
+  int handshake_timeout_s = 10;               // --handshake-timeout (0: none)
+  int request_timeout_s = 30;                 // --request-timeout (0: none)
   bool help = false;
 };
 

@@ -21,6 +21,9 @@ TEST(ServeOptionsTest, DefaultsWithOnlyALayer) {
   EXPECT_EQ(o->shutdown_timeout_s, 10);
   EXPECT_EQ(o->max_connections, 0);  // from the open-file limit
   EXPECT_EQ(o->max_handshakes, 64);
+  EXPECT_EQ(o->max_buffer_memory, 256u << 20);
+  EXPECT_EQ(o->handshake_timeout_s, 10);
+  EXPECT_EQ(o->request_timeout_s, 30);
 }
 
 TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
@@ -28,7 +31,9 @@ TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
                               ":10809", "--export-name=vm", "--read-only", "--cache", "none",
                               "--workers=3", "--log-level", "debug", "--pid-file", "/tmp/p",
                               "--shutdown-timeout", "2", "--max-connections=10",
-                              "--max-handshakes", "3", "--foreground", "/img/top.strata"});
+                              "--max-handshakes", "3", "--max-buffer-memory", "1G",
+                              "--handshake-timeout=0", "--request-timeout", "5", "--foreground",
+                              "/img/top.strata"});
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(*o->socket, "/tmp/s.sock");
   EXPECT_EQ(o->socket_mode, 0660u);
@@ -43,6 +48,9 @@ TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
   EXPECT_EQ(o->shutdown_timeout_s, 2);
   EXPECT_EQ(o->max_connections, 10);
   EXPECT_EQ(o->max_handshakes, 3);
+  EXPECT_EQ(o->max_buffer_memory, 1u << 30);
+  EXPECT_EQ(o->handshake_timeout_s, 0);
+  EXPECT_EQ(o->request_timeout_s, 5);
   EXPECT_TRUE(o->foreground);
   EXPECT_EQ(o->layer, "/img/top.strata");
 }
@@ -78,6 +86,10 @@ TEST(ServeOptionsTest, BadValuesAreRefusedWithTheOptionName) {
            {"--max-connections=0", "d"},
            {"--max-connections=lots", "d"},
            {"--max-handshakes=-3", "d"},
+           {"--max-buffer-memory=32M", "d"},  // below two 32 MiB requests
+           {"--max-buffer-memory=lots", "d"},
+           {"--handshake-timeout=-1", "d"},
+           {"--request-timeout=86401", "d"},
            {"--read-only=yes", "d"},
            {"--on-full=wait", "d"},
            {"--full-timeout=0", "d"},

@@ -11,6 +11,7 @@ namespace strata {
 Server::Server(const ExportTable* exports, ServerOptions options)
     : exports_(exports),
       options_(options),
+      budget_(options.max_buffer_memory, options.buffer_floor_per_connection),
       no_space_(options.full_volume),
       admission_(options.admission) {}
 
@@ -19,8 +20,8 @@ Server::~Server() { Shutdown(); }
 absl::Status Server::Start() {
   pool_ = std::make_unique<BlockingPool>(options_.blocking_threads);
   for (int i = 0; i < options_.workers; ++i) {
-    auto w = std::make_unique<Worker>(i, exports_, pool_.get(), &no_space_, options_.limits,
-                                      &admission_);
+    auto w = std::make_unique<Worker>(i, exports_, pool_.get(), &no_space_, &budget_,
+                                      options_.limits, &admission_);
     absl::Status st = w->Init();
     if (!st.ok()) return st;
     workers_.push_back(std::move(w));

@@ -29,6 +29,11 @@ struct ServerOptions {
   int blocking_threads = 4;
   WorkerLimits limits;
   AdmissionLimits admission;  // --max-connections, --max-handshakes
+  // One budget for the request and reply buffers of every connection (BufferBudget): the
+  // shared pool, and what each connection may hold whatever the others hold (one modest
+  // request; the Linux kernel client's largest is 128 KiB).
+  uint64_t max_buffer_memory = 256ull << 20;
+  uint64_t buffer_floor_per_connection = 256ull << 10;
   // How long Shutdown waits for connections to finish their started requests and send their
   // replies before it closes their sockets (a client that stops reading would hold it forever).
   absl::Duration shutdown_grace = absl::Seconds(10);
@@ -62,6 +67,7 @@ class Server {
   // Every worker's connection counters, gathered on the ring threads (bounded by `timeout`).
   absl::StatusOr<std::vector<WorkerStats>> CollectStats(absl::Duration timeout = absl::Seconds(5));
   NoSpaceState& no_space() { return no_space_; }
+  const BufferBudget& budget() const { return budget_; }
   int workers() const { return static_cast<int>(workers_.size()); }
   // Ends every connection once its started requests are answered, then joins the workers.
   // Connections still open after `shutdown_grace` get their sockets shut down: their started
@@ -71,6 +77,7 @@ class Server {
  private:
   const ExportTable* exports_;
   const ServerOptions options_;
+  BufferBudget budget_;  // before workers_: they use it until they are gone
   std::unique_ptr<BlockingPool> pool_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<unsigned> next_worker_{0};

@@ -20,9 +20,12 @@ using nbd::Command;
 
 namespace {
 
+// The input buffer of a connection with nothing buffered: one page, so idle connections cost
+// little.
+constexpr size_t kInputMin = 4 << 10;
 // 64 KiB of option data plus headers must fit (Handshake::kMaxOptionLength); 128 KiB also holds
 // a few dozen pipelined small WRITEs per recv.
-constexpr size_t kInputBuffer = 128 << 10;
+constexpr size_t kInputMax = 128 << 10;
 // Replies gathered into one sendmsg.
 constexpr size_t kMaxSendIov = 256;
 // ENOSPC is logged at most once a second: a full host volume fails every allocating write and
@@ -52,8 +55,7 @@ Connection::Connection(Worker* worker, int fd, uint64_t id, std::string peer)
       id_(id),
       peer_(std::move(peer)),
       handshake_(worker->exports()),
-      buffers_(&worker->buffers()),
-      in_(kInputBuffer),
+      buffers_(&worker->buffers(), worker->budget(), worker),
       opened_ns_(MonotonicNs()) {
   if (LogEnabled(LogLevel::kDebug)) {
     handshake_.set_trace([id](const std::string& line) {
@@ -62,7 +64,7 @@ Connection::Connection(Worker* worker, int fd, uint64_t id, std::string peer)
   }
 }
 
-Connection::~Connection() = default;
+Connection::~Connection() { worker_->buffers().Release(in_, in_size_); }
 
 ConnectionStats Connection::Stats() const {
   ConnectionStats st;
@@ -94,6 +96,19 @@ bool Connection::FlowBlocked() const {
          buffers_.bytes() >= limits.max_buffer_bytes_per_connection;
 }
 
+// Moves what is buffered to the start of a new input buffer of `size` bytes.
+void Connection::ResizeInput(size_t size) {
+  size_t cap;
+  char* bigger = worker_->buffers().Acquire(size, &cap);
+  const size_t buffered = in_end_ - in_begin_;
+  if (buffered > 0) std::memcpy(bigger, in_ + in_begin_, buffered);
+  worker_->buffers().Release(in_, in_size_);
+  in_ = bigger;
+  in_size_ = cap;
+  in_begin_ = 0;
+  in_end_ = buffered;
+}
+
 void Connection::ArmRecv() {
   if (recv_in_flight_ || state_ >= State::kDraining) return;
   char* target;
@@ -102,15 +117,21 @@ void Connection::ArmRecv() {
     target = payload_req_->data() + payload_req_->payload_got;
     len = payload_req_->h.length - payload_req_->payload_got;
   } else {
-    if (FlowBlocked()) return;
-    if (in_begin_ > 0) {
-      std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
+    if (FlowBlocked() || budget_wait_) return;
+    if (in_ == nullptr) {
+      ResizeInput(kInputMin);
+    } else if (recv_filled_ && in_size_ < kInputMax) {
+      ResizeInput(in_size_ * 2);  // the client sends faster than one buffer a recv
+    } else if (in_begin_ == in_end_ && !recv_filled_ && in_size_ > kInputMin) {
+      ResizeInput(kInputMin);  // caught up: an idle connection holds a page
+    } else if (in_begin_ > 0) {
+      std::memmove(in_, in_ + in_begin_, in_end_ - in_begin_);
       in_end_ -= in_begin_;
       in_begin_ = 0;
     }
-    if (in_end_ == in_.size()) return;  // parser is waiting on flow control
-    target = in_.data() + in_end_;
-    len = in_.size() - in_end_;
+    if (in_end_ == in_size_) return;  // parser is waiting on flow control
+    target = in_ + in_end_;
+    len = in_size_ - in_end_;
   }
   io_uring_sqe* sqe = worker_->GetSqe();
   io_uring_prep_recv(sqe, fd_, target, len, 0);
@@ -142,12 +163,14 @@ void Connection::OnRecv(int res) {
   if (payload_req_ != nullptr) {
     Request* r = payload_req_;
     r->payload_got += res;
+    payload_progress_ns_ = MonotonicNs();
     if (r->payload_got == r->h.length) {
       payload_req_ = nullptr;
       Dispatch(r);
     }
   } else {
     in_end_ += res;
+    recv_filled_ = in_end_ == in_size_;
   }
   Process();
   ArmRecv();
@@ -157,7 +180,7 @@ void Connection::Process() {
   if (state_ == State::kHandshake) {
     std::string out;
     size_t used = handshake_.Feed(
-        absl::string_view(in_.data() + in_begin_, in_end_ - in_begin_), &out);
+        absl::string_view(in_ + in_begin_, in_end_ - in_begin_), &out);
     in_begin_ += used;
     if (!out.empty()) QueueRaw(std::move(out));
     if (handshake_.state() == HandshakeState::kClosed) {
@@ -180,8 +203,7 @@ void Connection::Process() {
   }
   while (state_ == State::kTransmission && payload_req_ == nullptr &&
          in_end_ - in_begin_ >= nbd::kRequestHeaderSize && !FlowBlocked()) {
-    nbd::RequestHeader h = nbd::RequestHeader::DecodeFrom(in_.data() + in_begin_);
-    in_begin_ += nbd::kRequestHeaderSize;
+    nbd::RequestHeader h = nbd::RequestHeader::DecodeFrom(in_ + in_begin_);
     if (h.magic != nbd::kRequestMagic) {
       STRATA_LOG_LIMITED(kError, "conn %d: bad request magic %#x: closing", id_, h.magic);
       BeginDrain("bad request magic");
@@ -199,29 +221,76 @@ void Connection::Process() {
       BeginDrain("oversized WRITE payload");
       return;
     }
+    absl::Status valid = ValidateRequest(h, session_);
+    IoBuffer buf;
+    if (!TakeBuffer(h, valid, &buf)) {
+      // The header stays in the input buffer and is parsed again once budget is freed (or
+      // this connection's own replies go out: OnSend).
+      if (!budget_wait_) worker_->WaitForBudget(this);
+      budget_wait_ = true;
+      return;
+    }
+    budget_wait_ = false;
+    in_begin_ += nbd::kRequestHeaderSize;
     Request* r = NewRequest();
     r->h = h;
     r->cmd = cmd;
     r->start_ns = MonotonicNs();
-    r->status = ValidateRequest(h, session_);
+    r->status = std::move(valid);
+    r->buf = buf;
     if (cmd == Command::kWrite) {
-      // Even an invalid WRITE consumes its payload, to keep the stream in step.
-      if (r->status.ok()) {
-        buffers_.Acquire(&r->buf, h.offset, h.offset + h.length);
-      } else {
-        // The offset may be anything (even overflow offset + length): a plain buffer.
-        buffers_.AcquireUnaligned(&r->buf, h.offset, h.length);
-      }
       size_t have = std::min<size_t>(h.length, in_end_ - in_begin_);
-      std::memcpy(r->data(), in_.data() + in_begin_, have);
+      std::memcpy(r->data(), in_ + in_begin_, have);
       in_begin_ += have;
       r->payload_got = static_cast<uint32_t>(have);
       if (r->payload_got < h.length) {
         payload_req_ = r;  // the rest goes straight into r->buf
+        payload_progress_ns_ = MonotonicNs();
         return;
       }
     }
     Dispatch(r);
+  }
+}
+
+// The buffer a request needs before it is parsed: a WRITE's payload (an invalid WRITE's too: it
+// is consumed to keep the stream in step) or a READ's data. False when the budget has no room.
+bool Connection::TakeBuffer(const nbd::RequestHeader& h, const absl::Status& valid,
+                            IoBuffer* buf) {
+  const Command cmd = static_cast<Command>(h.type);
+  if (cmd == Command::kWrite) {
+    // An invalid WRITE's offset may be anything (even overflow offset + length): a plain buffer.
+    return valid.ok() ? buffers_.TryAcquire(buf, h.offset, h.offset + h.length)
+                      : buffers_.TryAcquireUnaligned(buf, h.offset, h.length);
+  }
+  // A READ refused (invalid, or the server shutting down) needs no data buffer.
+  if (cmd == Command::kRead && valid.ok() && !shutting_down_ && h.length > 0) {
+    return buffers_.TryAcquire(buf, h.offset, h.offset + h.length);
+  }
+  return true;
+}
+
+void Connection::BudgetFreed() {
+  budget_wait_ = false;
+  if (state_ != State::kTransmission) return;
+  Process();
+  ArmRecv();
+}
+
+void Connection::CheckTimeouts(int64_t now_ns) {
+  const WorkerLimits& limits = worker_->limits();
+  auto past = [now_ns](int64_t since_ns, absl::Duration limit) {
+    return limit > absl::ZeroDuration() && now_ns - since_ns > absl::ToInt64Nanoseconds(limit);
+  };
+  if (state_ == State::kHandshake && past(opened_ns_, limits.handshake_timeout)) {
+    Abort(absl::StrCat("handshake not finished within ",
+                          absl::FormatDuration(limits.handshake_timeout)));
+  } else if (state_ == State::kTransmission && payload_req_ != nullptr &&
+             past(payload_progress_ns_, limits.request_timeout)) {
+    Abort(absl::StrFormat("%s: no payload bytes for %s (%u of %u received)",
+                             DescribeRequest(payload_req_->h),
+                             absl::FormatDuration(limits.request_timeout),
+                             payload_req_->payload_got, payload_req_->h.length));
   }
 }
 

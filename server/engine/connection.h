@@ -9,11 +9,22 @@
 // so one reply's bytes never interleave with another's and a short send just resumes where it
 // stopped.
 //
+// Memory (README, "What strata guarantees"). The input buffer starts at one page and grows
+// only while recvs fill it; caught up, it shrinks back, so an idle connection holds a page. A
+// request is parsed only once its buffer (a WRITE's payload, a READ's data) is charged to the
+// server's BufferBudget; when the budget refuses, the header stays unparsed in the input
+// buffer and the connection stops reading its socket until its worker hears that budget was
+// freed (Worker::BudgetFreed). Past its share (WorkerLimits) a connection stops reading too,
+// until its replies go out. A handshake longer than --handshake-timeout, or a WRITE payload
+// that stops arriving for --request-timeout, closes the connection (the worker's
+// once-a-second sweep calls CheckTimeouts).
+//
 // Request lifecycle (Request::Phase, in order): kPayload (parsed; a WRITE receiving its data)
 // -> kHeld (the worker is paused) -> kDisk (its DiskIo runs) -> kSending (reply queued) ->
 // released. Invalid requests and refusals skip to kSending. Enter() checks every transition.
 //
-// Not done yet: registered (fixed) buffers and files; a handshake timeout; TLS.
+// Not done yet: registered (fixed) buffers and files; TLS; a timeout on replies a client never
+// reads (they hold their budget until it reads or goes).
 #ifndef STRATA_SERVER_ENGINE_CONNECTION_H_
 #define STRATA_SERVER_ENGINE_CONNECTION_H_
 
@@ -87,6 +98,11 @@ class Connection {
   void OnSend(int res);
   // Held request resumed by the worker.
   void Execute(Request* r);
+  // The budget refused this connection a buffer and was freed since: parse again.
+  void BudgetFreed();
+  // The worker's sweep: closes the connection if its handshake or a WRITE payload has taken
+  // too long by `now_ns` (MonotonicNs).
+  void CheckTimeouts(int64_t now_ns);
   // The request's DiskIo is done: its status is final.
   void DiskIoDone(Request* r) { Reply(r); }
 
@@ -102,6 +118,8 @@ class Connection {
   void ArmRecv();
   void Process();
   bool FlowBlocked() const;
+  bool TakeBuffer(const nbd::RequestHeader& h, const absl::Status& valid, IoBuffer* buf);
+  void ResizeInput(size_t size);
   void Dispatch(Request* r);
   // Output
   void Reply(Request* r);
@@ -128,12 +146,16 @@ class Connection {
   BufferAccount buffers_;
   DiskIoContext disk_;  // what every request's DiskIo runs against, once negotiated
 
-  // Input buffer [in_begin_, in_end_) of in_.
-  std::vector<char> in_;
+  // Input buffer [in_begin_, in_end_) of in_ (in_size_ bytes, from the worker's pool).
+  char* in_ = nullptr;
+  size_t in_size_ = 0;
   size_t in_begin_ = 0;
   size_t in_end_ = 0;
   bool recv_in_flight_ = false;
+  bool recv_filled_ = false;        // the last recv filled the input buffer: keep its size
+  bool budget_wait_ = false;        // the budget refused the next request's buffer
   Request* payload_req_ = nullptr;  // WRITE whose payload is being received directly
+  int64_t payload_progress_ns_ = 0;  // when payload_req_ was parsed or last received bytes
 
   // Output
   std::deque<Request*> send_queue_;

@@ -36,23 +36,43 @@ uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 // ---------------------------------------------------------------------------------------------
 // Buffers
 
-void BufferAccount::Acquire(IoBuffer* b, uint64_t start, uint64_t end) {
-  const uint64_t s = AlignDown(start, alignment_);
-  const uint64_t e = std::max(AlignUp(end, alignment_), s + alignment_);
-  b->data = pool_->Acquire(e - s, &b->cap);
-  b->start = s;
+void BufferAccount::Place(uint64_t start, uint64_t end, uint64_t* s, uint64_t* e) const {
+  *s = AlignDown(start, alignment_);
+  *e = std::max(AlignUp(end, alignment_), *s + alignment_);
+}
+
+void BufferAccount::Fill(IoBuffer* b, uint64_t start, uint64_t size) {
+  b->data = pool_->Acquire(size, &b->cap);
+  b->start = start;
   bytes_ += b->cap;
 }
 
-void BufferAccount::AcquireUnaligned(IoBuffer* b, uint64_t offset, uint64_t length) {
-  b->data = pool_->Acquire(std::max<uint64_t>(length, 1), &b->cap);
-  b->start = offset;
-  bytes_ += b->cap;
+bool BufferAccount::TryAcquire(IoBuffer* b, uint64_t start, uint64_t end) {
+  uint64_t s, e;
+  Place(start, end, &s, &e);
+  if (!budget_->TryTake(bytes_, BufferPool::CapacityFor(e - s), waiter_)) return false;
+  Fill(b, s, e - s);
+  return true;
+}
+
+bool BufferAccount::TryAcquireUnaligned(IoBuffer* b, uint64_t offset, uint64_t length) {
+  const uint64_t size = std::max<uint64_t>(length, 1);
+  if (!budget_->TryTake(bytes_, BufferPool::CapacityFor(size), waiter_)) return false;
+  Fill(b, offset, size);
+  return true;
+}
+
+void BufferAccount::Acquire(IoBuffer* b, uint64_t start, uint64_t end) {
+  uint64_t s, e;
+  Place(start, end, &s, &e);
+  budget_->Take(bytes_, BufferPool::CapacityFor(e - s));
+  Fill(b, s, e - s);
 }
 
 void BufferAccount::Release(IoBuffer* b) {
   if (b->data == nullptr) return;
   pool_->Release(b->data, b->cap);
+  budget_->Give(bytes_, b->cap);
   bytes_ -= b->cap;
   *b = IoBuffer{};
 }
@@ -184,7 +204,8 @@ void DiskIo::BeginRead() {
   const uint64_t a = storage->direct_io() ? kDirectIoAlignment : 1;
   const uint64_t start = AlignDown(off, a);
   const uint64_t end = std::min(AlignUp(off + len, a), storage->size());
-  ctx_->buffers->Acquire(&r_->buf, start, AlignUp(off + len, kDirectIoAlignment));
+  // The connection took the buffer when it admitted the request (Connection::TakeBuffer).
+  FitBuffer(start, AlignUp(off + len, kDirectIoAlignment), 0, 0);
   absl::Status st = storage->MapRead(start, end - start, &segments_, &read_pin_);
   if (!st.ok()) return Fail(std::move(st));
   // Holes go out as OFFSET_HOLE chunks when the client reads structured replies and did not

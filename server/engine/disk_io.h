@@ -63,24 +63,38 @@ struct IoBuffer {
   bool Covers(uint64_t s, uint64_t e) const { return data != nullptr && start <= s && e <= start + cap; }
 };
 
-// Where one connection's buffers come from (its worker's pool) and how many bytes they hold,
-// the figure its flow control watches. Buffers start and end on `alignment` (O_DIRECT and the
-// sub-block), so a widened write fits without a copy.
+// Where one connection's buffers come from (its worker's pool), how many bytes they hold (the
+// figure its flow control watches) and the budget they are charged to (shared by every
+// connection; the connection is its holder). Buffers start and end on `alignment` (O_DIRECT
+// and the sub-block), so a widened write fits without a copy.
 class BufferAccount {
  public:
-  explicit BufferAccount(BufferPool* pool) : pool_(pool) {}
+  BufferAccount(BufferPool* pool, BufferBudget* budget, BudgetWaiter* waiter)
+      : pool_(pool), budget_(budget), waiter_(waiter) {}
   void set_alignment(uint64_t alignment) { alignment_ = alignment; }
   uint64_t alignment() const { return alignment_; }
   uint64_t bytes() const { return bytes_; }
-  // A buffer covering [start, end) placed on the alignment (at least one aligned block).
-  void Acquire(IoBuffer* b, uint64_t start, uint64_t end);
-  // A buffer of `length` bytes starting at virtual `offset` exactly, not aligned: a payload
+  // A new request's buffer covering [start, end) placed on the alignment (at least one aligned
+  // block). False, and no buffer, when the budget has no room for it now: the waiter is told
+  // when it may.
+  bool TryAcquire(IoBuffer* b, uint64_t start, uint64_t end);
+  // The same for `length` bytes starting at virtual `offset` exactly, not aligned: a payload
   // whose offset may be anything (an invalid WRITE).
-  void AcquireUnaligned(IoBuffer* b, uint64_t offset, uint64_t length);
+  bool TryAcquireUnaligned(IoBuffer* b, uint64_t offset, uint64_t length);
+  // Like TryAcquire, but always: an admitted request's buffer growing (a write widened to
+  // sub-blocks), which must not wait on others.
+  void Acquire(IoBuffer* b, uint64_t start, uint64_t end);
   void Release(IoBuffer* b);
 
  private:
+  // [*s, *e): [start, end) placed on the alignment.
+  void Place(uint64_t start, uint64_t end, uint64_t* s, uint64_t* e) const;
+  // Takes `size` bytes from the pool for virtual offset `start` (the budget already charged).
+  void Fill(IoBuffer* b, uint64_t start, uint64_t size);
+
   BufferPool* pool_;
+  BufferBudget* budget_;
+  BudgetWaiter* waiter_;
   uint64_t alignment_ = kDirectIoAlignment;
   uint64_t bytes_ = 0;
 };

@@ -126,6 +126,52 @@ TEST_F(EngineTest, ManyConcurrentUnalignedWritesToOneSubBlock) {
   nbd_close(h);
 }
 
+// A budget far below what the clients ask for at once: requests wait for it (their connections
+// stop being read) and are woken when other connections' buffers come back, on either worker;
+// every request completes with the right data, and the pool is empty again at the end.
+TEST(EngineBudgetTest, RequestsPastTheBudgetWaitAndAllComplete) {
+  constexpr uint64_t kMiB = 1 << 20;
+  constexpr int kConnections = 3, kDepth = 8;
+  TestChainServer t;
+  t.options.max_buffer_memory = 4 * kMiB;
+  t.options.buffer_floor_per_connection = 256 << 10;
+  if (!t.Start(32 * kMiB, "disk")) return;
+  auto client = [&t](int c) {
+    nbd_handle* h = nbd_create();
+    nbd_set_export_name(h, "disk");
+    ASSERT_EQ(nbd_connect_socket(h, t.Connect()), 0) << nbd_get_error();
+    std::vector<std::string> data, back(kDepth, std::string(kMiB, '?'));
+    for (int i = 0; i < kDepth; ++i) {
+      data.push_back(std::string(kMiB, static_cast<char>('a' + c * kDepth + i)));
+    }
+    auto offset = [c](int i) { return (c * kDepth + i) * kMiB; };
+    auto wait_all = [h] {
+      while (nbd_aio_in_flight(h) > 0) {
+        // A request never woken would hang here: 30 s is ample for 8 MiB.
+        ASSERT_GT(nbd_poll(h, 30000), 0) << "requests still waiting for the budget after 30 s";
+      }
+    };
+    for (int i = 0; i < kDepth; ++i) {
+      ASSERT_GE(nbd_aio_pwrite(h, data[i].data(), kMiB, offset(i), NBD_NULL_COMPLETION, 0), 0);
+    }
+    wait_all();
+    for (int i = 0; i < kDepth; ++i) {
+      ASSERT_GE(nbd_aio_pread(h, back[i].data(), kMiB, offset(i), NBD_NULL_COMPLETION, 0), 0);
+    }
+    wait_all();
+    for (int i = 0; i < kDepth; ++i) EXPECT_TRUE(SameBytes(back[i], data[i])) << c << " " << i;
+    nbd_close(h);
+  };
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kConnections; ++c) threads.emplace_back(client, c);
+  for (auto& th : threads) th.join();
+  // Buffers go back once their reply is sent, a moment after the client has it.
+  for (int i = 0; i < 500 && t.server->budget().pool_used() > 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(t.server->budget().pool_used(), 0u);
+}
+
 struct ExtentLog {
   std::vector<std::pair<uint32_t, uint32_t>> base, layer;
 };
@@ -387,7 +433,8 @@ TEST_F(EngineTest, ShutdownDuringAPauseDoesNotReleaseItEarly) {
   // A worker of our own, so the test drives Pause/Shutdown/Resume itself.
   BlockingPool pool(1);
   NoSpaceState no_space;
-  Worker worker(9, &exports_, &pool, &no_space);
+  BufferBudget budget(256 << 20, 256 << 10);
+  Worker worker(9, &exports_, &pool, &no_space, &budget);
   ASSERT_TRUE(worker.Init().ok());
   worker.Start();
   int sv[2];

@@ -21,6 +21,8 @@ constexpr unsigned kReapBatch = 256;
 // Parked writes (PrepareWrite said kUnavailable) are retried when any write on this worker
 // finishes; the timer covers a conflicting write on another worker, which we hear nothing of.
 constexpr long kParkedRetryNs = 500 * 1000;
+// How often connections are checked for timeouts: a timeout fires within a second of its time.
+constexpr long kSweepSeconds = 1;
 
 std::atomic<uint64_t> g_next_connection_id{1};
 }  // namespace
@@ -35,21 +37,24 @@ absl::string_view Name(CompletionTag tag) {
     case CompletionTag::kSend: return "send";
     case CompletionTag::kWake: return "wake";
     case CompletionTag::kTimer: return "timer";
+    case CompletionTag::kSweep: return "sweep";
   }
   return "?";
 }
 
 Worker::Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
-               WorkerLimits limits, Admission* admission)
+               BufferBudget* budget, WorkerLimits limits, Admission* admission)
     : index_(index),
       exports_(exports),
       pool_(pool),
       no_space_(no_space),
+      budget_(budget),
       limits_(limits),
       admission_(admission) {}
 
 Worker::~Worker() {
   if (thread_.joinable()) thread_.join();
+  budget_->Forget(this);
   for (Connection* c : closed_) delete c;
   if (ring_ready_) io_uring_queue_exit(&ring_);
   if (wake_fd_ >= 0) close(wake_fd_);
@@ -177,6 +182,17 @@ void Worker::CollectStats(std::function<void(WorkerStats)> done) {
   });
 }
 
+void Worker::BudgetFreed() {
+  Post([this] { ResumeBudgetWaiting(); });
+}
+
+void Worker::ResumeBudgetWaiting() {
+  std::vector<Connection*> waiting;
+  waiting.swap(budget_waiting_);
+  // One that finds no room again waits again (and this worker with it).
+  for (Connection* c : waiting) c->BudgetFreed();
+}
+
 // The only place the drained callback fires: a pause is released only with no request active.
 void Worker::CheckDrained() {
   if (paused_ && on_drained_ && active_ == 0) {
@@ -241,6 +257,21 @@ void Worker::ArmTimer() {
   timer_armed_ = true;
 }
 
+void Worker::ArmSweep() {
+  sweep_ts_.tv_sec = kSweepSeconds;
+  sweep_ts_.tv_nsec = 0;
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_timeout(sqe, &sweep_ts_, 0, 0);
+  io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kSweep, this));
+}
+
+void Worker::Sweep() {
+  const int64_t now = MonotonicNs();
+  // Copy: a timeout closes (and erases) its connection right away.
+  std::vector<Connection*> all(connections_.begin(), connections_.end());
+  for (Connection* c : all) c->CheckTimeouts(now);
+}
+
 void Worker::RetryParked() {
   retry_parked_ = false;
   if (parked_.empty()) return;
@@ -266,6 +297,7 @@ void Worker::RunMailbox() {
 
 void Worker::ConnectionClosed(Connection* c, const IoCounters& io) {
   connections_.erase(c);
+  std::erase(budget_waiting_, c);
   closed_io_.Merge(io);
   ++closed_count_;
   closed_.push_back(c);
@@ -301,6 +333,10 @@ void Worker::Complete(uint64_t user_data, int res) {
       RetryParked();
       if (!parked_.empty()) ArmTimer();
       return;
+    case CompletionTag::kSweep:
+      Sweep();
+      ArmSweep();
+      return;
     case CompletionTag::kIgnore:
       return;
   }
@@ -308,6 +344,7 @@ void Worker::Complete(uint64_t user_data, int res) {
 
 void Worker::Loop() {
   ArmWake();
+  ArmSweep();
   io_uring_cqe* cqes[kReapBatch];
   while (!(stopping_ && connections_.empty())) {
     int ret = io_uring_submit_and_wait(&ring_, 1);
@@ -321,7 +358,7 @@ void Worker::Loop() {
     for (Connection* c : closed_) delete c;
     closed_.clear();
   }
-  // Requests are all done (connections close only when idle); the wake read and the timer
+  // Requests are all done (connections close only when idle); the wake read and the timers
   // go with the ring.
   io_uring_submit(&ring_);
   stopped_.Notify();
