@@ -14,7 +14,8 @@ Server::~Server() { Shutdown(); }
 absl::Status Server::Start() {
   pool_ = std::make_unique<BlockingPool>(options_.blocking_threads);
   for (int i = 0; i < options_.workers; ++i) {
-    auto w = std::make_unique<Worker>(i, exports_, pool_.get(), &no_space_, options_.limits);
+    auto w = std::make_unique<Worker>(i, exports_, pool_.get(), &no_space_, options_.limits,
+                                      options_.tls);
     absl::Status st = w->Init();
     if (!st.ok()) return st;
     workers_.push_back(std::move(w));

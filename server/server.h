@@ -29,6 +29,7 @@ struct ServerOptions {
   // How long Shutdown waits for connections to finish their started requests and send their
   // replies before it closes their sockets (a client that stops reading would hold it forever).
   absl::Duration shutdown_grace = absl::Seconds(10);
+  ConnectionTls tls;  // STARTTLS policy and credentials (cli: --tls, --tls-certs, --tls-psk)
 };
 
 class Server {

@@ -37,8 +37,13 @@ absl::string_view Name(CompletionTag tag) {
 }
 
 Worker::Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
-               WorkerLimits limits)
-    : index_(index), exports_(exports), pool_(pool), no_space_(no_space), limits_(limits) {}
+               WorkerLimits limits, ConnectionTls tls)
+    : index_(index),
+      exports_(exports),
+      pool_(pool),
+      no_space_(no_space),
+      limits_(limits),
+      tls_(tls) {}
 
 Worker::~Worker() {
   if (thread_.joinable()) thread_.join();

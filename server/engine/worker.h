@@ -33,7 +33,9 @@
 #include "server/engine/blocking_pool.h"
 #include "server/engine/buffer_pool.h"
 #include "server/nbd/export.h"
+#include "server/nbd/handshake.h"
 #include "server/engine/stats.h"
+#include "server/tls/tls.h"
 
 namespace strata {
 
@@ -77,11 +79,18 @@ struct WorkerLimits {
   uint64_t max_buffer_bytes_per_connection = 256ull << 20;
 };
 
+// The server's TLS policy for its connections. `credentials` (null when mode is kOff) outlives
+// every worker.
+struct ConnectionTls {
+  TlsMode mode = TlsMode::kOff;
+  const TlsCredentials* credentials = nullptr;
+};
+
 class Worker {
  public:
   // `no_space` (shared by every worker, owned by the Server) outlives the worker.
   Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
-         WorkerLimits limits = {});
+         WorkerLimits limits = {}, ConnectionTls tls = {});
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -116,6 +125,7 @@ class Worker {
   int index() const { return index_; }
   const WorkerLimits& limits() const { return limits_; }
   const ExportTable* exports() const { return exports_; }
+  const ConnectionTls& tls() const { return tls_; }
   BufferPool& buffers() { return buffers_; }
   NoSpaceState* no_space() const { return no_space_; }
   // An SQE; submits the queue first when it is full. Never null.
@@ -151,6 +161,7 @@ class Worker {
   BlockingPool* pool_;
   NoSpaceState* no_space_;
   const WorkerLimits limits_;
+  const ConnectionTls tls_;
   io_uring ring_;
   bool ring_ready_ = false;
   int wake_fd_ = -1;
