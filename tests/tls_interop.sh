@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 13, TLS: `strata serve --tls-certs DIR` / `--tls-psk FILE` (NBD_OPT_STARTTLS, GnuTLS)
 # against the clients people use: libnbd (python3-nbd, nbdinfo) with nbds:// and nbds+unix://
-# URIs, qemu-img and qemu-io with tls-creds-x509 / tls-creds-psk objects. Data written over
+# URIs, qemu-img and qemu-io with tls-creds-x509 / tls-creds-psk objects, `strata backup
+# --tls-psk`. Data written over
 # TLS is read back with matching checksums; a client holding the wrong CA or the wrong key is
 # refused; --tls=require refuses a plain client (NBD_OPT_GO before STARTTLS gets
 # NBD_REP_ERR_TLS_REQD); --tls=on serves both; --tls-verify-peer wants a client certificate.
@@ -156,6 +157,13 @@ refused /usr/bin/python3 rw.py read "${PSK/psk\/keys/wrong-psk/keys}" alice ||
 grep -q "handshake" refused.out || fail "the wrong PSK failed otherwise: $(cat refused.out)"
 refused nbdinfo --size "nbd+unix:///?socket=$WORK/disk.sock" || fail "a plain client was served with PSK"
 grep -q 'TLS handshake' server.log || fail "the refused handshakes are not in the log"
+# strata backup reads a live snapshot's export through the TLS server too.
+"$STRATA" snapshot --control disk.ctl s1 >/dev/null || fail "live snapshot failed"
+refused "$STRATA" backup --to s1 disk.strata plain.raw || fail "backup without TLS was served"
+"$STRATA" backup --to s1 --tls-psk psk/keys.psk --tls-username alice disk.strata backup.raw \
+  >backup.out 2>&1 || { cat backup.out >&2; fail "backup over TLS-PSK failed"; }
+got="$(dd if=backup.raw bs=1M skip=1 count=4 status=none | sha256sum | cut -d' ' -f1)"
+[ "$want" = "$got" ] || fail "backup over TLS: sha256 $got, wrote $want"
 stop
 
 # --- --tls=on: TLS offered, plain clients served too -------------------------------------------

@@ -139,7 +139,10 @@ void Connection::ArmRecv() {
     absl::StatusOr<size_t> n = tls_->Read(target, len);
     FlushSends();  // handshake messages and alerts
     if (!n.ok()) {
-      STRATA_LOG(kError, "conn %d: %s", id_, n.status().message());
+      // A client's close_notify (kUnavailable) is a close like any other, not an error.
+      if (!absl::IsUnavailable(n.status())) {
+        STRATA_LOG(kError, "conn %d: %s", id_, n.status().message());
+      }
       BeginDrain(std::string(n.status().message()));
       return;
     }

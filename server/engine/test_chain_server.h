@@ -26,9 +26,10 @@ struct TestChainServer {
   std::unique_ptr<Server> server;
   Env* env = nullptr;  // the chain's file layer (set before Start; nullptr: the real one)
 
-  // Creates a `size`-byte disk and serves it as `export_name` on two workers. Returns false
-  // (with a failure or a skip recorded) when that is impossible; callers return at once.
-  bool Start(uint64_t size, const std::string& export_name) {
+  // Creates a `size`-byte disk and serves it as `export_name` on two workers, with `tls`.
+  // Returns false (with a failure or a skip recorded) when that is impossible; callers return
+  // at once.
+  bool Start(uint64_t size, const std::string& export_name, ConnectionTls tls = {}) {
     std::string tmpl = (std::filesystem::temp_directory_path() / "strata-server-XXXXXX").string();
     if (mkdtemp(tmpl.data()) == nullptr) {
       ADD_FAILURE() << "mkdtemp failed";
@@ -51,6 +52,7 @@ struct TestChainServer {
     exports.Add(NewExport(export_name, storage.get()));
     ServerOptions options;
     options.workers = 2;
+    options.tls = tls;
     server = std::make_unique<Server>(&exports, options);
     if (absl::Status st = server->Start(); !st.ok()) {
       GTEST_MESSAGE_AT_(__FILE__, __LINE__, "io_uring unavailable",
