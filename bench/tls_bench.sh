@@ -85,7 +85,8 @@ run_target plain
 run_target tls --tls-certs pki
 grep -m1 "TLS established" serve-tls.log | sed 's/.*TLS established: /# TLS session: /'
 
-echo "# tls_bench.sh: SIZE=$SIZE RUNTIME=$RUNTIME, $(nproc) CPUs, $(uname -r), $(date -u +%FT%TZ)"
+echo "# tls_bench.sh: SIZE=$SIZE RUNTIME=$RUNTIME, $(nproc) CPUs, $(uname -r), $(date -u +%FT%TZ), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "# strata serve --listen 127.0.0.1:0 [--tls-certs pki] disk.strata; HOME=\$WORK/home fio --ioengine=nbd --uri=nbd[s]://127.0.0.1:PORT/ --rw=read|randread --bs=1M|4k --iodepth=32 --size=$SIZE --runtime=$RUNTIME --time_based"
 echo "| workload | plain MB/s | TLS MB/s | TLS/plain | plain IOPS | TLS IOPS | server CPU s/GiB plain | TLS |"
 echo "|---|---|---|---|---|---|---|---|"
 for wl in sr1m-qd32 rr4k-qd32; do

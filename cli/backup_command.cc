@@ -74,7 +74,7 @@ frozen layer files directly.
   --from SNAPSHOT1      an incremental: OUT holds SNAPSHOT1, an older snapshot of the chain
   --socket PATH         the server's data socket (it must answer: no fallback to the files)
   --tls-certs DIR       TLS to a server started with --tls-certs: DIR holds ca-cert.pem
-                        (and client-cert.pem, client-key.pem for --tls-verify-peer)
+                        (and client-cert.pem, client-key.pem if the server checks them)
   --tls-psk FILE        TLS to a server started with --tls-psk: psktool's username:hexkey
   --tls-username USER   the PSK user (default: the login name)
   --force               do without the record's checks: OUT is a copy of SNAPSHOT1 (or, for

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -120,15 +121,23 @@ absl::Status ParseListen(absl::string_view option, const std::string& v, ServeOp
   return absl::OkStatus();
 }
 
-absl::Status ParseCache(absl::string_view option, const std::string& v, ServeOptions* o) {
-  if (v == "none") {
-    o->cache = CacheMode::kNone;
-  } else if (v == "writeback") {
-    o->cache = CacheMode::kWriteback;
-  } else {
-    return NotA(option, v, "none or writeback");
+// `v` as one of `choices` into *out, or the error naming them (`listed`).
+template <typename E>
+absl::Status ParseChoice(absl::string_view option, const std::string& v,
+                         std::initializer_list<std::pair<absl::string_view, E>> choices,
+                         absl::string_view listed, E* out) {
+  for (const auto& [name, value] : choices) {
+    if (v == name) {
+      *out = value;
+      return absl::OkStatus();
+    }
   }
-  return absl::OkStatus();
+  return NotA(option, v, listed);
+}
+
+absl::Status ParseCache(absl::string_view option, const std::string& v, ServeOptions* o) {
+  return ParseChoice(option, v, {{"none", CacheMode::kNone}, {"writeback", CacheMode::kWriteback}},
+                     "none or writeback", &o->cache);
 }
 
 // The options whose value is a path or a command: anything but empty.
@@ -175,16 +184,9 @@ absl::Status ParseLogDestination(absl::string_view option, const std::string& v,
 }
 
 absl::Status ParseTls(absl::string_view option, const std::string& v, ServeOptions* o) {
-  if (v == "off") {
-    o->tls = TlsMode::kOff;
-  } else if (v == "on") {
-    o->tls = TlsMode::kOn;
-  } else if (v == "require") {
-    o->tls = TlsMode::kRequire;
-  } else {
-    return NotA(option, v, "on, require or off");
-  }
-  return absl::OkStatus();
+  return ParseChoice(option, v,
+                     {{"on", TlsMode::kOn}, {"require", TlsMode::kRequire}, {"off", TlsMode::kOff}},
+                     "on, require or off", &o->tls);
 }
 
 // --workers and --shutdown-timeout.

@@ -40,18 +40,18 @@ class Pki {
         "printf 'cn = localhost\\ndns_name = localhost\\nip_address = 127.0.0.1\\ntls_www_server\\n"
         "expiration_days = 2\\n' > server.info; ",
         "printf 'cn = client\\ntls_www_client\\nexpiration_days = 2\\n' > client.info; ",
-        "certtool -p --outfile ca-key.pem; ",
+        "certtool -p --key-type=ecdsa --outfile ca-key.pem; ",
         "certtool -s --load-privkey ca-key.pem --template ca.info --outfile server/ca-cert.pem; ",
         "cp server/ca-cert.pem client/ca-cert.pem; ",
-        "certtool -p --outfile server/server-key.pem; ",
+        "certtool -p --key-type=ecdsa --outfile server/server-key.pem; ",
         "certtool -c --load-privkey server/server-key.pem --load-ca-certificate "
         "server/ca-cert.pem --load-ca-privkey ca-key.pem --template server.info "
         "--outfile server/server-cert.pem; ",
-        "certtool -p --outfile client/client-key.pem; ",
+        "certtool -p --key-type=ecdsa --outfile client/client-key.pem; ",
         "certtool -c --load-privkey client/client-key.pem --load-ca-certificate "
         "server/ca-cert.pem --load-ca-privkey ca-key.pem --template client.info "
         "--outfile client/client-cert.pem; ",
-        "certtool -p --outfile other-key.pem; ",
+        "certtool -p --key-type=ecdsa --outfile other-key.pem; ",
         "certtool -s --load-privkey other-key.pem --template ca.info --outfile other-ca-cert.pem",
         ") >/dev/null 2>&1");
     ok_ = system(("(" + script).c_str()) == 0;
