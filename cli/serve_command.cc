@@ -3,8 +3,10 @@
 // the accept loop itself is server/listener.h's AcceptLoop.
 #include "cli/serve_command.h"
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -19,6 +21,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -54,7 +57,16 @@ Serves the chain whose top layer is LAYER over NBD.
                          (default: LAYER's directory/STEM.ctl, always mode 0600)
   --no-control           no control socket
   --listen ADDR:PORT     also/instead listen on TCP (":PORT" means 127.0.0.1:PORT);
-                         with --listen and no --socket, no unix socket is created
+                         with --listen and no --socket, no unix socket is created; a
+                         wildcard address (0.0.0.0, [::]) needs --tls=require or
+                         --insecure-listen
+  --insecure-listen      serve a wildcard --listen address without TLS (warned at start)
+  --tls-certs DIR        TLS with X.509: DIR holds ca-cert.pem, server-cert.pem and
+                         server-key.pem (certtool's names, as qemu-nbd and nbdkit)
+  --tls-psk FILE         TLS with pre-shared keys: FILE holds psktool's username:hexkey lines
+  --tls-verify-peer      with --tls-certs, clients must show a certificate the CA signed
+  --tls=on|require|off   require (the default with --tls-certs or --tls-psk): only TLS
+                         clients; on: TLS offered, plain clients served too; off: no TLS
   --export-name NAME     export name (default "")
   --read-only            refuse writes
   --cache=none|writeback none: O_DIRECT, bypass the host page cache; writeback: use it (default)
@@ -89,7 +101,8 @@ Serves the chain whose top layer is LAYER over NBD.
   --request-timeout S    close a connection whose WRITE payload stops arriving for S seconds
                          (default 30; 0: never)
   --run 'CMD'            captive mode: run CMD via /bin/sh -c with $uri, $nbd, $unixsocket
-                         (or $port), $exportname set; stop when it exits and return its status
+                         (or $port), $exportname, $tls ("on", "require" or empty) set; stop
+                         when it exits and return its status
 
 Under systemd (scripts/strata@.socket and strata@.service, with --foreground): sockets passed
 by socket activation (LISTEN_PID, LISTEN_FDS) are served instead of --socket and --listen
@@ -129,15 +142,23 @@ absl::Status ParseListen(absl::string_view option, const std::string& v, ServeOp
   return absl::OkStatus();
 }
 
-absl::Status ParseCache(absl::string_view option, const std::string& v, ServeOptions* o) {
-  if (v == "none") {
-    o->cache = CacheMode::kNone;
-  } else if (v == "writeback") {
-    o->cache = CacheMode::kWriteback;
-  } else {
-    return NotA(option, v, "none or writeback");
+// `v` as one of `choices` into *out, or the error naming them (`listed`).
+template <typename E>
+absl::Status ParseChoice(absl::string_view option, const std::string& v,
+                         std::initializer_list<std::pair<absl::string_view, E>> choices,
+                         absl::string_view listed, E* out) {
+  for (const auto& [name, value] : choices) {
+    if (v == name) {
+      *out = value;
+      return absl::OkStatus();
+    }
   }
-  return absl::OkStatus();
+  return NotA(option, v, listed);
+}
+
+absl::Status ParseCache(absl::string_view option, const std::string& v, ServeOptions* o) {
+  return ParseChoice(option, v, {{"none", CacheMode::kNone}, {"writeback", CacheMode::kWriteback}},
+                     "none or writeback", &o->cache);
 }
 
 // The options whose value is a path or a command: anything but empty.
@@ -154,6 +175,10 @@ absl::Status ParseText(absl::string_view option, const std::string& v, ServeOpti
     o->pid_file = v;
   } else if (option == "--log-file") {
     o->log_file = v;
+  } else if (option == "--tls-certs") {
+    o->tls_certs = v;
+  } else if (option == "--tls-psk") {
+    o->tls_psk = v;
   } else {
     o->run = v;
   }
@@ -177,6 +202,12 @@ absl::Status ParseLogDestination(absl::string_view option, const std::string& v,
   if (!ParseLogTo(v, &to)) return NotA(option, v, "stderr, syslog or file");
   o->log = to;
   return absl::OkStatus();
+}
+
+absl::Status ParseTls(absl::string_view option, const std::string& v, ServeOptions* o) {
+  return ParseChoice(option, v,
+                     {{"on", TlsMode::kOn}, {"require", TlsMode::kRequire}, {"off", TlsMode::kOff}},
+                     "on, require or off", &o->tls);
 }
 
 // --workers, --max-connections, --max-handshakes and the timeouts in seconds.
@@ -254,11 +285,14 @@ constexpr ValuedOption kValuedOptions[] = {
     {"--max-connections", ParseNumber}, {"--max-handshakes", ParseNumber},
     {"--max-buffer-memory", ParseBufferMemory},
     {"--handshake-timeout", ParseNumber}, {"--request-timeout", ParseNumber},
+    {"--tls-certs", ParseText},         {"--tls-psk", ParseText},
+    {"--tls", ParseTls},
 };
 
 const ArgSpec& ServeSpec() {
   static const ArgSpec* const spec = [] {
-    auto* s = new ArgSpec{.flags = {"--help", "--read-only", "--foreground", "--no-control"},
+    auto* s = new ArgSpec{.flags = {"--help", "--read-only", "--foreground", "--no-control",
+                                    "--tls-verify-peer", "--insecure-listen"},
                           .aliases = {{"-h", "--help"}}};
     for (const ValuedOption& option : kValuedOptions) s->valued.insert(option.name);
     return s;
@@ -280,12 +314,55 @@ absl::Status SetLogDefault(ServeOptions* o) {
   return absl::OkStatus();
 }
 
+// Credentials and --tls together: TLS is required unless --tls says otherwise, and a mode that
+// offers TLS needs credentials.
+absl::Status CheckTls(bool tls_given, ServeOptions* o) {
+  const bool credentials = !o->tls_certs.empty() || !o->tls_psk.empty();
+  if (!o->tls_certs.empty() && !o->tls_psk.empty()) {
+    return absl::InvalidArgumentError("--tls-certs and --tls-psk: choose one");
+  }
+  if (o->tls_verify_peer && o->tls_certs.empty()) {
+    return absl::InvalidArgumentError("--tls-verify-peer needs --tls-certs DIR");
+  }
+  if (!tls_given) o->tls = credentials ? TlsMode::kRequire : TlsMode::kOff;
+  if (o->tls != TlsMode::kOff && !credentials) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls=", Name(o->tls), " needs --tls-certs DIR or --tls-psk FILE"));
+  }
+  return absl::OkStatus();
+}
+
+// A disk served on every interface in the clear is readable and writable by anyone who can
+// reach the port: said, unless the user asked for it.
+absl::Status CheckWildcardListen(const ServeOptions& o) {
+  if (!o.listen_address || !IsWildcardAddress(*o.listen_address) ||
+      o.tls == TlsMode::kRequire || o.insecure_listen) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "--listen %s:%d serves every network interface %s: require TLS with --tls-certs DIR "
+      "or --tls-psk FILE, listen on one address (\":%d\" is 127.0.0.1), or pass "
+      "--insecure-listen to serve in the clear",
+      *o.listen_address, o.listen_port,
+      o.tls == TlsMode::kOn ? "to plain clients too (--tls=on)" : "without TLS", o.listen_port));
+}
+
 }  // namespace
 
 int DefaultMaxConnections(uint64_t open_file_limit, int open_descriptors) {
   const uint64_t reserve =
       std::min<uint64_t>(128 + 4 * static_cast<uint64_t>(open_descriptors), open_file_limit / 2);
   return static_cast<int>(std::clamp<uint64_t>(open_file_limit - reserve, 1, 1024));
+}
+
+bool IsWildcardAddress(const std::string& host) {
+  std::string h = host;
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  if (h.empty() || h == "*") return true;
+  in_addr v4;
+  if (inet_pton(AF_INET, h.c_str(), &v4) == 1) return v4.s_addr == htonl(INADDR_ANY);
+  in6_addr v6;
+  return inet_pton(AF_INET6, h.c_str(), &v6) == 1 && IN6_IS_ADDR_UNSPECIFIED(&v6);
 }
 
 absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& words) {
@@ -296,6 +373,8 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& w
   o.read_only = args->Has("--read-only");
   o.foreground = args->Has("--foreground");
   o.no_control = args->Has("--no-control");
+  o.tls_verify_peer = args->Has("--tls-verify-peer");
+  o.insecure_listen = args->Has("--insecure-listen");
   for (const ValuedOption& option : kValuedOptions) {
     if (!args->Has(option.name)) continue;
     absl::Status st = option.parse(option.name, args->Get(option.name), &o);
@@ -314,6 +393,8 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& w
     return absl::InvalidArgumentError("--control and --no-control contradict each other");
   }
   if (absl::Status st = SetLogDefault(&o); !st.ok()) return st;
+  if (absl::Status st = CheckTls(args->Has("--tls"), &o); !st.ok()) return st;
+  if (absl::Status st = CheckWildcardListen(o); !st.ok()) return st;
   return o;
 }
 
@@ -387,13 +468,15 @@ absl::Status WritePidFile(const std::string& path) {
 
 }  // namespace
 
-std::string UnixUri(const std::string& socket_path, const std::string& export_name) {
-  return absl::StrCat("nbd+unix:///", UriEncode(export_name), "?socket=", UriEncode(socket_path));
+std::string UnixUri(const std::string& socket_path, const std::string& export_name, bool tls) {
+  return absl::StrCat(tls ? "nbds" : "nbd", "+unix:///", UriEncode(export_name),
+                      "?socket=", UriEncode(socket_path));
 }
 
-std::string TcpUri(const std::string& host, int port, const std::string& export_name) {
+std::string TcpUri(const std::string& host, int port, const std::string& export_name,
+                   bool tls) {
   std::string h = host.find(':') != std::string::npos && host[0] != '[' ? "[" + host + "]" : host;
-  return absl::StrFormat("nbd://%s:%d/%s", h, port, UriEncode(export_name));
+  return absl::StrFormat("%s://%s:%d/%s", tls ? "nbds" : "nbd", h, port, UriEncode(export_name));
 }
 
 namespace {
@@ -472,6 +555,8 @@ ServeOptions Resolve(ServeOptions o) {
   if (o.control) o.control = Absolute(*o.control);
   if (o.socket) o.socket = Absolute(*o.socket);
   if (!o.pid_file.empty()) o.pid_file = Absolute(o.pid_file);
+  if (!o.tls_certs.empty()) o.tls_certs = Absolute(o.tls_certs);
+  if (!o.tls_psk.empty()) o.tls_psk = Absolute(o.tls_psk);
   if (o.log == LogTo::kFile) {
     o.log_file = Absolute(o.log_file.empty() ? DefaultLogPath(o.layer) : o.log_file);
   }
@@ -506,14 +591,15 @@ struct Endpoint {
 
 // Where `l` is reached; `tcp_host` names a TCP listener's address (as --listen gave it). A unix
 // socket without a file (abstract, passed by a service manager) has no URI: its description.
-Endpoint EndpointOf(const Listener& l, const std::string& tcp_host,
-                    const std::string& export_name) {
+// The URI is nbds:// when TLS is required (a client told to use TLS refuses a plain server).
+Endpoint EndpointOf(const Listener& l, const std::string& tcp_host, const ServeOptions& o) {
+  const bool tls = o.tls == TlsMode::kRequire;
   if (l.tcp()) {
-    return {.uri = TcpUri(tcp_host, l.port, export_name), .tcp_host = tcp_host,
+    return {.uri = TcpUri(tcp_host, l.port, o.export_name, tls), .tcp_host = tcp_host,
             .tcp_port = l.port};
   }
   if (l.unix_path.empty()) return {.uri = l.description};
-  return {.uri = UnixUri(l.unix_path, export_name), .unix_path = l.unix_path};
+  return {.uri = UnixUri(l.unix_path, o.export_name, tls), .unix_path = l.unix_path};
 }
 
 // "unix:/a.sock, tcp:127.0.0.1:10809".
@@ -533,13 +619,13 @@ absl::StatusOr<Endpoint> Bind(const ServeOptions& o, AcceptLoop* acceptor) {
     absl::StatusOr<Listener> l =
         ListenUnix(Absolute(o.socket.value_or(DefaultSocketPath(o.layer))), o.socket_mode);
     if (!l.ok()) return l.status();
-    e = EndpointOf(*l, "", o.export_name);
+    e = EndpointOf(*l, "", o);
     acceptor->Add(*std::move(l));
   }
   if (o.listen_address) {
     absl::StatusOr<Listener> l = ListenTcp(*o.listen_address, o.listen_port);
     if (!l.ok()) return l.status();
-    if (!e) e = EndpointOf(*l, *o.listen_address, o.export_name);
+    if (!e) e = EndpointOf(*l, *o.listen_address, o);
     acceptor->Add(*std::move(l));
   }
   return *e;
@@ -551,7 +637,7 @@ absl::StatusOr<Endpoint> Listen(const ServeOptions& o, AcceptLoop* acceptor) {
   absl::StatusOr<std::vector<Listener>> passed = PassedListeners();
   if (!passed.ok()) return passed.status();
   if (passed->empty()) return Bind(o, acceptor);
-  Endpoint e = EndpointOf(passed->front(), passed->front().host, o.export_name);
+  Endpoint e = EndpointOf(passed->front(), passed->front().host, o);
   std::string where = Describe(*passed);
   for (Listener& l : *passed) acceptor->Add(std::move(l));
   if (o.socket || o.listen_address) {
@@ -563,8 +649,28 @@ absl::StatusOr<Endpoint> Listen(const ServeOptions& o, AcceptLoop* acceptor) {
   return e;
 }
 
-void PrintServing(const std::string& layer, const std::string& uri) {
-  printf("serving %s at %s\nnbdinfo '%s'\n", layer.c_str(), uri.c_str(), uri.c_str());
+// " (TLS required, X.509 certificates in DIR)" and the like; empty without TLS.
+std::string DescribeTls(const ServeOptions& o) {
+  if (o.tls == TlsMode::kOff) return "";
+  return absl::StrFormat(
+      " (TLS %s, %s)", o.tls == TlsMode::kRequire ? "required" : "offered, plain clients served",
+      o.tls_certs.empty() ? absl::StrCat("pre-shared keys in ", o.tls_psk)
+                          : absl::StrCat("X.509 certificates in ", o.tls_certs,
+                                         o.tls_verify_peer ? ", client certificates verified"
+                                                           : ""));
+}
+
+// The nbdinfo line a user can paste: libnbd takes the credentials in the URI's query.
+std::string NbdinfoHint(const ServeOptions& o, const std::string& uri) {
+  if (o.tls != TlsMode::kRequire) return uri;
+  return absl::StrCat(uri, uri.find('?') == std::string::npos ? "?" : "&",
+                      o.tls_certs.empty() ? "tls-psk-file=CLIENT.psk&tls-username=USER"
+                                          : "tls-certificates=DIR-WITH-ca-cert.pem");
+}
+
+void PrintServing(const ServeOptions& o, const std::string& uri) {
+  printf("serving %s at %s%s\nnbdinfo '%s'\n", o.layer.c_str(), uri.c_str(),
+         DescribeTls(o).c_str(), NbdinfoHint(o, uri).c_str());
   fflush(stdout);
 }
 
@@ -586,7 +692,7 @@ void NotifyReady(pid_t main_pid, const std::string& layer, const std::string& ur
 // The parent of a daemon: waits until the daemon serves, then tells the user where and exits 0;
 // if the daemon dies first, exits with its status (it has said why on stderr). Exits with _exit:
 // the daemon owns the socket files and the storage now, and no destructor may touch them.
-[[noreturn]] void AwaitDaemon(pid_t daemon, int ready_fd, const std::string& layer,
+[[noreturn]] void AwaitDaemon(pid_t daemon, int ready_fd, const ServeOptions& o,
                               const std::string& uri) {
   char c;
   ssize_t n;
@@ -594,8 +700,8 @@ void NotifyReady(pid_t main_pid, const std::string& layer, const std::string& ur
     n = read(ready_fd, &c, 1);
   } while (n < 0 && errno == EINTR);
   if (n == 1) {
-    NotifyReady(daemon, layer, uri);
-    PrintServing(layer, uri);
+    NotifyReady(daemon, o.layer, uri);
+    PrintServing(o, uri);
     _exit(0);
   }
   int status = 0;
@@ -643,14 +749,14 @@ void SwitchLog(const ServeOptions& o, int log_fd) {
 
 // Forks (before any thread exists: a fork keeps only the calling thread). Returns, in the
 // daemon only, the pipe on which it writes one byte once it serves; the parent never returns.
-absl::StatusOr<int> Daemonize(const std::string& layer, const std::string& uri) {
+absl::StatusOr<int> Daemonize(const ServeOptions& o, const std::string& uri) {
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe");
   pid_t pid = fork();
   if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
   if (pid > 0) {
     close(pipefd[1]);
-    AwaitDaemon(pid, pipefd[0], layer, uri);
+    AwaitDaemon(pid, pipefd[0], o, uri);
   }
   close(pipefd[0]);
   Detach();
@@ -681,10 +787,23 @@ absl::Status BlockSignals(ShutdownSignals* s) {
   return absl::OkStatus();
 }
 
+// The TLS credentials, loaded once, before the server starts (null without TLS).
+absl::StatusOr<std::unique_ptr<TlsCredentials>> LoadTls(const ServeOptions& o) {
+  if (o.tls == TlsMode::kOff) return nullptr;
+  absl::StatusOr<std::unique_ptr<TlsCredentials>> credentials =
+      o.tls_certs.empty() ? TlsCredentials::LoadPsk(o.tls_psk)
+                          : TlsCredentials::LoadX509(o.tls_certs, o.tls_verify_peer);
+  if (credentials.ok()) return credentials;
+  return absl::Status(credentials.status().code(),
+                      absl::StrCat(o.tls_certs.empty() ? "--tls-psk: " : "--tls-certs: ",
+                                   credentials.status().message()));
+}
+
 // REQUIRES: the disk is open (its descriptors count in the default --max-connections).
-ServerOptions MakeServerOptions(const ServeOptions& o) {
+ServerOptions MakeServerOptions(const ServeOptions& o, const TlsCredentials* tls) {
   ServerOptions options;
   options.workers = o.workers;
+  options.tls = {.mode = o.tls, .credentials = tls};
   options.admission.max_connections =
       o.max_connections > 0 ? o.max_connections
                             : DefaultMaxConnections(OpenFileLimit(), OpenDescriptors());
@@ -740,22 +859,36 @@ class PidFile {
   std::string path_;
 };
 
+// --insecure-listen taken at its word: a wildcard address that plain clients reach.
+bool InsecureListen(const ServeOptions& o) {
+  return o.listen_address && IsWildcardAddress(*o.listen_address) && o.tls != TlsMode::kRequire;
+}
+
+std::string InsecureWarning(const ServeOptions& o) {
+  return absl::StrFormat(
+      "WARNING: --insecure-listen: %s:%d is served on every network interface without "
+      "required TLS: anyone who reaches the port can read and write the disk",
+      *o.listen_address, o.listen_port);
+}
+
 void LogServing(const ServeOptions& o, const ExportTable& exports, const AcceptLoop& acceptor,
                 const AdmissionLimits& caps, const ControlSocket* control) {
   std::string where = Describe(acceptor.listeners());
   std::shared_ptr<const Export> disk = exports.Find("");
   STRATA_LOG(kInfo,
-             "serving %s (%s, cache=%s%s) on %s with %d workers, at most %d connections (%d in "
+             "serving %s (%s, cache=%s%s) on %s%s with %d workers, at most %d connections (%d in "
              "handshake)%s",
              o.layer, disk->description, Name(o.cache), disk->read_only ? ", read-only" : "",
-             where, o.workers, caps.max_connections, caps.max_handshakes,
+             where, DescribeTls(o), o.workers, caps.max_connections, caps.max_handshakes,
              control ? absl::StrCat("; control socket ", control->path()) : "");
+  if (InsecureListen(o)) STRATA_LOG(kError, "%s", InsecureWarning(o));
 }
 
 // $uri, $exportname, $unixsocket or $port, and $nbd (qemu's nbd: syntax) for the --run command.
 void SetCaptiveEnvironment(const ServeOptions& o, const Endpoint& e) {
   setenv("uri", e.uri.c_str(), 1);
   setenv("exportname", o.export_name.c_str(), 1);
+  setenv("tls", o.tls == TlsMode::kOff ? "" : std::string(Name(o.tls)).c_str(), 1);
   std::string nbd;
   if (e.tcp_port != 0) {
     setenv("port", absl::StrCat(e.tcp_port).c_str(), 1);
@@ -796,7 +929,7 @@ absl::StatusOr<pid_t> Announce(const ServeOptions& o, const Endpoint& e,
     (void)ignored;
     close(ready_fd);
   } else {
-    PrintServing(o.layer, e.uri);
+    PrintServing(o, e.uri);
   }
   return -1;
 }
@@ -844,9 +977,11 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   if (!log_fd.ok()) return log_fd.status();
   absl::StatusOr<std::unique_ptr<ChainStorage>> storage = OpenStorage(o);
   if (!storage.ok()) return storage.status();
+  absl::StatusOr<std::unique_ptr<TlsCredentials>> tls = LoadTls(o);
+  if (!tls.ok()) return tls.status();
   ExportTable exports;
   AddDiskExport(o, storage->get(), &exports);
-  Server server(&exports, MakeServerOptions(o));
+  Server server(&exports, MakeServerOptions(o, tls->get()));
   // Declared after the server so that it stops before the server does on every path.
   AcceptLoop acceptor([&server](int fd, std::string peer) {
     server.AddConnection(fd, std::move(peer));
@@ -854,7 +989,7 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   absl::StatusOr<Endpoint> endpoint = Listen(o, &acceptor);
   if (!endpoint.ok()) return endpoint.status();
   absl::StatusOr<int> ready_fd =
-      o.foreground ? absl::StatusOr<int>(-1) : Daemonize(o.layer, endpoint->uri);
+      o.foreground ? absl::StatusOr<int>(-1) : Daemonize(o, endpoint->uri);
   if (!ready_fd.ok()) return ready_fd.status();
   ShutdownSignals signals;
   if (absl::Status st = BlockSignals(&signals); !st.ok()) return st;
@@ -889,6 +1024,10 @@ absl::StatusOr<int> ResolveAndServe(ServeOptions parsed) {
   ServeOptions o = Resolve(std::move(parsed));
   SetLogLevel(o.log_level);
   WarnIfNoSyslog(o);
+  // The log line (LogServing) reaches stderr only with --log=stderr: the caller hears it too.
+  if (InsecureListen(o) && *o.log != LogTo::kStderr) {
+    fprintf(stderr, "strata serve: %s\n", InsecureWarning(o).c_str());
+  }
   RaiseOpenFileLimit();
   return Serve(o);
 }

@@ -16,6 +16,7 @@
 #include "server/log.h"
 #include "server/engine/stats.h"
 #include "server/engine/storage.h"
+#include "server/nbd/handshake.h"
 
 namespace strata::cli {
 
@@ -30,6 +31,13 @@ struct ServeOptions {
   unsigned socket_mode = 0600;
   std::optional<std::string> listen_address;  // --listen ADDR:PORT
   int listen_port = 0;
+  // --insecure-listen: a wildcard --listen address without --tls=require is served (warned).
+  bool insecure_listen = false;
+  std::string tls_certs;  // --tls-certs DIR: ca-cert.pem, server-cert.pem, server-key.pem
+  std::string tls_psk;    // --tls-psk FILE: psktool's "username:hexkey" lines
+  bool tls_verify_peer = false;  // --tls-verify-peer: clients need a certificate the CA signed
+  // --tls; after parsing: kRequire when credentials are given and --tls is not, else kOff.
+  TlsMode tls = TlsMode::kOff;
   std::string export_name;
   bool read_only = false;
   CacheMode cache = CacheMode::kWriteback;
@@ -71,10 +79,15 @@ std::string DefaultSocketPath(const std::string& layer);
 std::string DefaultControlPath(const std::string& layer);
 // LAYER's directory + "/" + LAYER's file name without extension + ".log".
 std::string DefaultLogPath(const std::string& layer);
-// nbd+unix:///EXPORT?socket=PATH (the export part only when non-empty), percent-encoded.
-std::string UnixUri(const std::string& socket_path, const std::string& export_name);
-// nbd://HOST:PORT/EXPORT.
-std::string TcpUri(const std::string& host, int port, const std::string& export_name);
+// nbd+unix:///EXPORT?socket=PATH (the export part only when non-empty), percent-encoded;
+// nbds+unix with `tls`.
+std::string UnixUri(const std::string& socket_path, const std::string& export_name,
+                    bool tls = false);
+// nbd://HOST:PORT/EXPORT, or nbds:// with `tls`.
+std::string TcpUri(const std::string& host, int port, const std::string& export_name,
+                   bool tls = false);
+// True for an address that listens on every interface: 0.0.0.0, ::, [::], * or empty.
+bool IsWildcardAddress(const std::string& host);
 
 // `strata serve ...`: argv[1] is "serve", like every command in main.cc's table. Returns the
 // process exit status: 0, 1 when serving failed, 2 for bad usage, or the --run command's.

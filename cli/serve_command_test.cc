@@ -1,5 +1,6 @@
 #include "cli/serve_command.h"
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace strata::cli {
@@ -63,13 +64,58 @@ TEST(ServeOptionsTest, RunImpliesForeground) {
 }
 
 TEST(ServeOptionsTest, ListenTakesAddressAndPort) {
-  auto o = ParseServeOptions({"--listen=0.0.0.0:0", "d"});
+  auto o = ParseServeOptions({"--listen=192.0.2.7:0", "d"});
   ASSERT_TRUE(o.ok());
-  EXPECT_EQ(*o->listen_address, "0.0.0.0");
+  EXPECT_EQ(*o->listen_address, "192.0.2.7");
   EXPECT_EQ(o->listen_port, 0);
   auto v6 = ParseServeOptions({"--listen=[::1]:99", "d"});
   ASSERT_TRUE(v6.ok());
   EXPECT_EQ(*v6->listen_address, "[::1]");
+}
+
+// Issue 13: a wildcard address served every interface in the clear without a word.
+TEST(ServeOptionsTest, WildcardListenNeedsTlsOrInsecureListen) {
+  for (const char* address : {"0.0.0.0", "[::]", "[0:0::0]", "*"}) {
+    auto refused = ParseServeOptions({"--listen", absl::StrCat(address, ":10809"), "d"});
+    ASSERT_FALSE(refused.ok()) << address;
+    EXPECT_NE(refused.status().message().find("--insecure-listen"), std::string::npos);
+    EXPECT_NE(refused.status().message().find("--tls-certs"), std::string::npos);
+    EXPECT_TRUE(
+        ParseServeOptions({"--listen", absl::StrCat(address, ":1"), "--insecure-listen", "d"})
+            .ok());
+    EXPECT_TRUE(
+        ParseServeOptions({"--listen", absl::StrCat(address, ":1"), "--tls-psk=k", "d"}).ok());
+    EXPECT_FALSE(ParseServeOptions({"--listen", absl::StrCat(address, ":1"), "--tls-psk=k",
+                                    "--tls=on", "d"})
+                     .ok());
+  }
+  EXPECT_TRUE(ParseServeOptions({"--listen=:10809", "d"}).ok());  // 127.0.0.1
+  EXPECT_TRUE(ParseServeOptions({"--listen=[::1]:10809", "d"}).ok());
+}
+
+TEST(ServeOptionsTest, CredentialsRequireTlsUnlessTlsSaysOtherwise) {
+  auto o = ParseServeOptions({"--tls-certs=pki", "d"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->tls, TlsMode::kRequire);
+  EXPECT_EQ(o->tls_certs, "pki");
+  o = ParseServeOptions({"--tls-psk", "keys.psk", "--tls=on", "d"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->tls, TlsMode::kOn);
+  o = ParseServeOptions({"d"});
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->tls, TlsMode::kOff);
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"--tls=require", "d"},
+           {"--tls=maybe", "--tls-psk=k", "d"},
+           {"--tls-certs=pki", "--tls-psk=k", "d"},
+           {"--tls-verify-peer", "--tls-psk=k", "d"}}) {
+    EXPECT_FALSE(ParseServeOptions(args).ok()) << args[0];
+  }
+}
+
+TEST(ServeOptionsTest, TlsUrisAreNbds) {
+  EXPECT_EQ(TcpUri("127.0.0.1", 10809, "", true), "nbds://127.0.0.1:10809/");
+  EXPECT_EQ(UnixUri("/r/d.sock", "", true), "nbds+unix:///?socket=/r/d.sock");
 }
 
 TEST(ServeOptionsTest, BadValuesAreRefusedWithTheOptionName) {

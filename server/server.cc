@@ -21,7 +21,7 @@ absl::Status Server::Start() {
   pool_ = std::make_unique<BlockingPool>(options_.blocking_threads);
   for (int i = 0; i < options_.workers; ++i) {
     auto w = std::make_unique<Worker>(i, exports_, pool_.get(), &no_space_, &budget_,
-                                      options_.limits, &admission_);
+                                      options_.limits, &admission_, options_.tls);
     absl::Status st = w->Init();
     if (!st.ok()) return st;
     workers_.push_back(std::move(w));

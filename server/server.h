@@ -42,6 +42,7 @@ struct ServerOptions {
   // The directory whose volume holds the disk's writable layer (its free space is watched);
   // empty: not watched.
   std::string volume_dir;
+  ConnectionTls tls;  // STARTTLS policy and credentials (cli: --tls, --tls-certs, --tls-psk)
 };
 
 class Server {

@@ -28,6 +28,11 @@ constexpr size_t kInputMin = 4 << 10;
 constexpr size_t kInputMax = 128 << 10;
 // Replies gathered into one sendmsg.
 constexpr size_t kMaxSendIov = 256;
+// With TLS, replies are encrypted up to this much ciphertext waiting for the socket, in
+// pieces of at most kTlsWriteBytes: a 32 MiB READ reply costs 2 MiB of records at a time,
+// not a second copy of itself.
+constexpr size_t kTlsOutputHigh = 1 << 20;
+constexpr size_t kTlsWriteBytes = 1 << 20;
 // ENOSPC is logged at most once a second: a full host volume fails every allocating write and
 // must not flood the log (README, "What strata guarantees": a full host volume).
 bool ShouldLogNoSpace() {
@@ -54,7 +59,7 @@ Connection::Connection(Worker* worker, int fd, uint64_t id, std::string peer)
       fd_(fd),
       id_(id),
       peer_(std::move(peer)),
-      handshake_(worker->exports()),
+      handshake_(worker->exports(), worker->tls().mode),
       buffers_(&worker->buffers(), worker->budget(), worker),
       opened_ns_(MonotonicNs()) {
   if (LogEnabled(LogLevel::kDebug)) {
@@ -109,34 +114,76 @@ void Connection::ResizeInput(size_t size) {
   in_end_ = buffered;
 }
 
-void Connection::ArmRecv() {
-  if (recv_in_flight_ || state_ >= State::kDraining) return;
-  char* target;
-  size_t len;
+// Where the next bytes from the client go: the WRITE payload being received, else the input
+// buffer (allocated on demand, grown while the client outpaces it, shrunk once it caught up).
+// False when flow control or the budget holds the input back.
+bool Connection::RecvTarget(char** target, size_t* len) {
   if (payload_req_ != nullptr) {
-    target = payload_req_->data() + payload_req_->payload_got;
-    len = payload_req_->h.length - payload_req_->payload_got;
-  } else {
-    if (FlowBlocked() || budget_wait_) return;
-    if (in_ == nullptr) {
-      ResizeInput(kInputMin);
-    } else if (recv_filled_ && in_size_ < kInputMax) {
-      ResizeInput(in_size_ * 2);  // the client sends faster than one buffer a recv
-    } else if (in_begin_ == in_end_ && !recv_filled_ && in_size_ > kInputMin) {
-      ResizeInput(kInputMin);  // caught up: an idle connection holds a page
-    } else if (in_begin_ > 0) {
-      std::memmove(in_, in_ + in_begin_, in_end_ - in_begin_);
-      in_end_ -= in_begin_;
-      in_begin_ = 0;
-    }
-    if (in_end_ == in_size_) return;  // parser is waiting on flow control
-    target = in_ + in_end_;
-    len = in_size_ - in_end_;
+    *target = payload_req_->data() + payload_req_->payload_got;
+    *len = payload_req_->h.length - payload_req_->payload_got;
+    return true;
   }
+  if (FlowBlocked() || budget_wait_) return false;
+  if (in_ == nullptr) {
+    ResizeInput(kInputMin);
+  } else if (recv_filled_ && in_size_ < kInputMax) {
+    ResizeInput(in_size_ * 2);  // the client sends faster than one buffer a recv
+  } else if (in_begin_ == in_end_ && !recv_filled_ && in_size_ > kInputMin) {
+    ResizeInput(kInputMin);  // caught up: an idle connection holds a page
+  } else if (in_begin_ > 0) {
+    std::memmove(in_, in_ + in_begin_, in_end_ - in_begin_);
+    in_end_ -= in_begin_;
+    in_begin_ = 0;
+  }
+  if (in_end_ == in_size_) return false;  // parser is waiting on flow control
+  *target = in_ + in_end_;
+  *len = in_size_ - in_end_;
+  return true;
+}
+
+void Connection::PrepRecv(char* target, size_t len) {
   io_uring_sqe* sqe = worker_->GetSqe();
   io_uring_prep_recv(sqe, fd_, target, len, 0);
   io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kRecv, this));
   recv_in_flight_ = true;
+}
+
+void Connection::ArmRecv() {
+  // Without TLS one pass: a recv straight into the target. With TLS, plaintext the session
+  // already holds is delivered first (a recv may bring several records); the socket's next
+  // bytes go to the session.
+  while (!recv_in_flight_ && state_ < State::kDraining && !starttls_pending_) {
+    char* target;
+    size_t len;
+    if (!RecvTarget(&target, &len)) return;
+    if (tls_ == nullptr) {
+      PrepRecv(target, len);
+      return;
+    }
+    absl::StatusOr<size_t> n = tls_->Read(target, len);
+    FlushSends();  // handshake messages and alerts
+    if (!n.ok()) {
+      // A client's close_notify (kUnavailable) is a close like any other, not an error.
+      if (!absl::IsUnavailable(n.status())) {
+        STRATA_LOG(kError, "conn %d: %s", id_, n.status().message());
+      }
+      BeginDrain(std::string(n.status().message()));
+      return;
+    }
+    if (tls_->handshake_done() && handshake_.state() == HandshakeState::kStartTls) {
+      STRATA_LOG(kInfo, "conn %d: TLS established: %s", id_, tls_->Description());
+      handshake_.TlsStarted();
+    }
+    if (*n > 0) {
+      Deliver(*n);
+      continue;
+    }
+    if (tls_->recv_space_size() == 0) {  // cannot happen: the buffer holds whole records
+      BeginDrain("TLS input buffer full without a complete record");
+      return;
+    }
+    PrepRecv(tls_->recv_space(), tls_->recv_space_size());
+  }
 }
 
 void Connection::OnRecv(int res) {
@@ -160,20 +207,47 @@ void Connection::OnRecv(int res) {
                                        : "client closed the connection");
     return;
   }
+  if (tls_ != nullptr) {
+    tls_->Received(res);  // ArmRecv decrypts
+  } else {
+    Deliver(res);
+  }
+  ArmRecv();
+}
+
+void Connection::Deliver(size_t n) {
   if (payload_req_ != nullptr) {
     Request* r = payload_req_;
-    r->payload_got += res;
+    r->payload_got += n;
     payload_progress_ns_ = MonotonicNs();
     if (r->payload_got == r->h.length) {
       payload_req_ = nullptr;
       Dispatch(r);
     }
   } else {
-    in_end_ += res;
+    in_end_ += n;
     recv_filled_ = in_end_ == in_size_;
   }
   Process();
-  ArmRecv();
+}
+
+void Connection::StartTls() {
+  absl::StatusOr<std::unique_ptr<TlsSession>> session =
+      TlsSession::NewServer(worker_->tls().credentials);
+  if (!session.ok()) {
+    STRATA_LOG(kError, "conn %d: %s", id_, session.status().message());
+    BeginDrain(std::string(session.status().message()));
+    return;
+  }
+  tls_ = *std::move(session);
+  // A client starts its TLS handshake only once it has our ack, so whatever follows the
+  // option in the input is TLS already.
+  const size_t rest = in_end_ - in_begin_;
+  std::memcpy(tls_->recv_space(), in_ + in_begin_, std::min(rest, tls_->recv_space_size()));
+  tls_->Received(std::min(rest, tls_->recv_space_size()));
+  in_begin_ = in_end_ = 0;
+  // The ack was queued in plaintext: TLS starts once it is sent (OnSend).
+  starttls_pending_ = true;
 }
 
 void Connection::Process() {
@@ -185,6 +259,10 @@ void Connection::Process() {
     if (!out.empty()) QueueRaw(std::move(out));
     if (handshake_.state() == HandshakeState::kClosed) {
       BeginDrain(handshake_.close_reason());
+      return;
+    }
+    if (handshake_.state() == HandshakeState::kStartTls && tls_ == nullptr) {
+      StartTls();
       return;
     }
     if (handshake_.state() != HandshakeState::kTransmission) return;
@@ -401,18 +479,32 @@ void Connection::QueueRaw(std::string bytes) {
   FlushSends();
 }
 
-void Connection::FlushSends() {
-  if (send_in_flight_ || send_queue_.empty() || send_failed_) return;
+size_t Connection::GatherSendIov(size_t max_bytes) {
   send_iov_.clear();
+  size_t bytes = 0;
   for (Request* r : send_queue_) {
-    for (size_t i = r->reply_index; i < r->reply.size() && send_iov_.size() < kMaxSendIov; ++i) {
+    for (size_t i = r->reply_index;
+         i < r->reply.size() && send_iov_.size() < kMaxSendIov && bytes < max_bytes; ++i) {
       const ReplyPiece& piece = r->reply[i];
       char* base = piece.from_header ? r->header.data() + piece.offset : r->data() + piece.offset;
       size_t skip = i == r->reply_index ? r->reply_skip : 0;
-      send_iov_.push_back({base + skip, piece.length - skip});
+      size_t len = std::min(piece.length - skip, max_bytes - bytes);
+      send_iov_.push_back({base + skip, len});
+      bytes += len;
     }
-    if (send_iov_.size() >= kMaxSendIov) break;
+    if (send_iov_.size() >= kMaxSendIov || bytes >= max_bytes) break;
   }
+  return bytes;
+}
+
+void Connection::FlushSends() {
+  if (send_in_flight_ || send_failed_) return;
+  if (TlsActive()) {
+    FlushTls();
+    return;
+  }
+  if (send_queue_.empty()) return;
+  GatherSendIov(SIZE_MAX);
   send_msg_ = {};
   send_msg_.msg_iov = send_iov_.data();
   send_msg_.msg_iovlen = send_iov_.size();
@@ -420,6 +512,46 @@ void Connection::FlushSends() {
   io_uring_prep_sendmsg(sqe, fd_, &send_msg_, MSG_NOSIGNAL);
   io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kSend, this));
   send_in_flight_ = true;
+}
+
+void Connection::FlushTls() {
+  while (!send_queue_.empty() && tls_->buffered_output() < kTlsOutputHigh) {
+    const size_t bytes = GatherSendIov(kTlsWriteBytes);
+    if (absl::Status st = tls_->Write(send_iov_.data(), send_iov_.size()); !st.ok()) {
+      STRATA_LOG(kError, "conn %d: %s", id_, st.message());
+      send_failed_ = true;
+      BeginDrain(std::string(st.message()));
+      return;
+    }
+    // The records hold copies: the replies are done with.
+    for (Request* r : AdvanceSendQueue(bytes)) Release(r);
+  }
+  absl::string_view out = tls_->NextOutput();
+  if (out.empty()) return;
+  io_uring_sqe* sqe = worker_->GetSqe();
+  io_uring_prep_send(sqe, fd_, out.data(), out.size(), MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kSend, this));
+  send_in_flight_ = true;
+}
+
+std::vector<Request*> Connection::AdvanceSendQueue(size_t bytes) {
+  std::vector<Request*> sent;
+  size_t left = bytes;
+  while (left > 0 && !send_queue_.empty()) {
+    Request* r = send_queue_.front();
+    const size_t remaining = r->reply[r->reply_index].length - r->reply_skip;
+    if (left < remaining) {
+      r->reply_skip += left;
+      break;
+    }
+    left -= remaining;
+    r->reply_skip = 0;
+    if (++r->reply_index == r->reply.size()) {
+      send_queue_.pop_front();
+      sent.push_back(r);
+    }
+  }
+  return sent;
 }
 
 void Connection::OnSend(int res) {
@@ -437,24 +569,13 @@ void Connection::OnSend(int res) {
     send_failed_ = true;
     sent.assign(send_queue_.begin(), send_queue_.end());
     send_queue_.clear();
+  } else if (TlsActive()) {
+    tls_->Sent(static_cast<size_t>(res));  // ciphertext: the replies left the queue already
   } else {
-    size_t left = static_cast<size_t>(res);
-    while (left > 0 && !send_queue_.empty()) {
-      Request* r = send_queue_.front();
-      const size_t remaining = r->reply[r->reply_index].length - r->reply_skip;
-      if (left < remaining) {
-        r->reply_skip += left;
-        break;
-      }
-      left -= remaining;
-      r->reply_skip = 0;
-      if (++r->reply_index == r->reply.size()) {
-        send_queue_.pop_front();
-        sent.push_back(r);
-      }
-    }
+    sent = AdvanceSendQueue(static_cast<size_t>(res));
   }
   for (Request* r : sent) Release(r);
+  if (starttls_pending_ && send_queue_.empty()) starttls_pending_ = false;  // the ack is out
   if (send_failed_ && state_ < State::kDraining) BeginDrain("send failed");
   FlushSends();
   if (state_ == State::kTransmission || state_ == State::kHandshake) {
@@ -528,6 +649,8 @@ void Connection::ReleasePayload() {
 
 void Connection::MaybeClose() {
   if (state_ != State::kDraining || inflight_ > 0 || send_in_flight_ || recv_in_flight_) return;
+  // Records of replies already released (an alert, a last reply) still go out first.
+  if (TlsActive() && tls_->HasOutput() && !send_failed_) return;
   state_ = State::kClosed;
   close(fd_);
   STRATA_LOG_LIMITED(kInfo,

@@ -23,8 +23,14 @@
 // -> kHeld (the worker is paused) -> kDisk (its DiskIo runs) -> kSending (reply queued) ->
 // released. Invalid requests and refusals skip to kSending. Enter() checks every transition.
 //
-// Not done yet: registered (fixed) buffers and files; TLS; a timeout on replies a client never
-// reads (they hold their budget until it reads or goes).
+// TLS (after NBD_OPT_STARTTLS) is a seam at the two places bytes cross the socket: the recv
+// fills the TLS session's ciphertext buffer and plaintext is read out of it into the same
+// targets (the input buffer or a WRITE's payload buffer); queued replies are encrypted into
+// the session's output, which one send at a time puts on the socket. The ring still does every
+// recv and send; GnuTLS never touches the descriptor (server/tls/tls.h).
+//
+// Not done yet: registered (fixed) buffers and files; kernel TLS; a timeout on replies a client
+// never reads (they hold their budget until it reads or goes).
 #ifndef STRATA_SERVER_ENGINE_CONNECTION_H_
 #define STRATA_SERVER_ENGINE_CONNECTION_H_
 
@@ -45,6 +51,7 @@
 #include "server/engine/storage.h"
 #include "server/nbd/handshake.h"
 #include "server/nbd/request.h"
+#include "server/tls/tls.h"
 
 namespace strata {
 
@@ -116,7 +123,15 @@ class Connection {
 
   // Input
   void ArmRecv();
+  // Where the next plaintext goes: false while flow control holds the input back.
+  bool RecvTarget(char** target, size_t* len);
+  void PrepRecv(char* target, size_t len);
+  // `n` plaintext bytes arrived in the RecvTarget.
+  void Deliver(size_t n);
   void Process();
+  // NBD_OPT_STARTTLS was acknowledged: the session starts once the ack is on the wire.
+  void StartTls();
+  bool TlsActive() const { return tls_ != nullptr && !starttls_pending_; }
   bool FlowBlocked() const;
   bool TakeBuffer(const nbd::RequestHeader& h, const absl::Status& valid, IoBuffer* buf);
   void ResizeInput(size_t size);
@@ -125,6 +140,12 @@ class Connection {
   void Reply(Request* r);
   void QueueRaw(std::string bytes);
   void FlushSends();
+  void FlushTls();
+  // Points send_iov_ at queued reply bytes not yet sent (at most kMaxSendIov pieces and
+  // max_bytes bytes); returns their size.
+  size_t GatherSendIov(size_t max_bytes);
+  // `bytes` of the queue went out (or into TLS records): the requests fully sent leave it.
+  std::vector<Request*> AdvanceSendQueue(size_t bytes);
   // Lifetime
   Request* NewRequest();
   void Enter(Request* r, Request::Phase next);
@@ -164,6 +185,10 @@ class Connection {
   bool send_in_flight_ = false;
   bool send_failed_ = false;
   bool shutting_down_ = false;
+
+  // TLS, after NBD_OPT_STARTTLS; starttls_pending_ until the plaintext ack is sent.
+  std::unique_ptr<TlsSession> tls_;
+  bool starttls_pending_ = false;
 
   int inflight_ = 0;  // requests (and raw sends) not yet released
 

@@ -43,14 +43,16 @@ absl::string_view Name(CompletionTag tag) {
 }
 
 Worker::Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
-               BufferBudget* budget, WorkerLimits limits, Admission* admission)
+               BufferBudget* budget, WorkerLimits limits, Admission* admission,
+               ConnectionTls tls)
     : index_(index),
       exports_(exports),
       pool_(pool),
       no_space_(no_space),
       budget_(budget),
       limits_(limits),
-      admission_(admission) {}
+      admission_(admission),
+      tls_(tls) {}
 
 Worker::~Worker() {
   if (thread_.joinable()) thread_.join();

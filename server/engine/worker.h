@@ -39,7 +39,9 @@
 #include "server/engine/blocking_pool.h"
 #include "server/engine/buffer_pool.h"
 #include "server/nbd/export.h"
+#include "server/nbd/handshake.h"
 #include "server/engine/stats.h"
+#include "server/tls/tls.h"
 
 namespace strata {
 
@@ -94,12 +96,20 @@ struct WorkerLimits {
   absl::Duration request_timeout = absl::Seconds(30);
 };
 
+// The server's TLS policy for its connections. `credentials` (null when mode is kOff) outlives
+// every worker.
+struct ConnectionTls {
+  TlsMode mode = TlsMode::kOff;
+  const TlsCredentials* credentials = nullptr;
+};
+
 class Worker final : public BudgetWaiter {
  public:
   // `no_space`, `budget` and `admission` (shared by every worker, owned by the Server) outlive
   // the worker; without `admission` connections are not counted.
   Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
-         BufferBudget* budget, WorkerLimits limits = {}, Admission* admission = nullptr);
+         BufferBudget* budget, WorkerLimits limits = {}, Admission* admission = nullptr,
+         ConnectionTls tls = {});
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -138,6 +148,7 @@ class Worker final : public BudgetWaiter {
   int index() const { return index_; }
   const WorkerLimits& limits() const { return limits_; }
   const ExportTable* exports() const { return exports_; }
+  const ConnectionTls& tls() const { return tls_; }
   BufferPool& buffers() { return buffers_; }
   BufferBudget* budget() const { return budget_; }
   // The budget refused `c` a request's buffer: the next BudgetFreed resumes it.
@@ -189,6 +200,7 @@ class Worker final : public BudgetWaiter {
   BufferBudget* budget_;
   const WorkerLimits limits_;
   Admission* const admission_;
+  const ConnectionTls tls_;
   io_uring ring_;
   bool ring_ready_ = false;
   int wake_fd_ = -1;
