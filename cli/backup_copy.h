@@ -44,7 +44,8 @@ class SnapshotReader {
 absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenNbdReader(const std::string& socket,
                                                               const std::string& export_name);
 // The chain topped by the frozen layer at `snapshot_path`, opened read-only (shared locks).
-absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenChainReader(const std::string& snapshot_path);
+absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenChainReader(
+    const std::string& snapshot_path, const std::vector<std::string>& allowed_parent_dirs);
 
 struct CopyStats {
   uint64_t ranges = 0;

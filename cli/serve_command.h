@@ -42,6 +42,9 @@ struct ServeOptions {
   std::string run;
   int shutdown_timeout_s = 10;  // --shutdown-timeout
   bool help = false;
+  // --allow-parent-dir (repeatable) and STRATA_ALLOW_PARENT_DIR, made absolute: directories
+  // trusted to hold the chain's parents besides LAYER's tree (blockstore/parent_place.h).
+  std::vector<std::string> allowed_parent_dirs;
 };
 
 // Parses the arguments after "serve" with cli/args.h: `--opt VALUE` and `--opt=VALUE`; `--`

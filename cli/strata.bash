@@ -113,6 +113,7 @@ _strata() {
       SOCKET) _strata_files '*.ctl' ;;
       PARENT) _strata_files '*.strata' '*.raw' ;;
       PATH | FILE) _strata_files '*' ;;
+      DIR) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -d -- "$cur")) ;;
       SNAPSHOT*) _strata_snapshots "$bin" "$control" "${positional[0]:-}" ;;
     esac
     return
