@@ -98,6 +98,10 @@ void CheckLeaks(Layer& layer, File* writable, bool repair, CheckReport* report) 
 absl::StatusOr<bool> CheckOperations(Env* env, const std::string& top_path, bool repair,
                                      LockSet* locks, CheckReport* out) {
   CheckReport& report = *out;
+  if (repair && !report.problems.empty()) {
+    report.notes.push_back(absl::StrCat(top_path, ": not repaired: its parent links are refused"));
+    repair = false;
+  }
   if (repair) {
     if (auto s = locks->Exclusive(env, top_path); !s.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -173,6 +177,9 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
   // A repair holds the top's lock (and each repaired layer's) to the end: punching space a
   // running server has just reused for an unflushed write would destroy it.
   LockSet locks;
+  // Before recovery follows the links (it may finish a merge beside a parent).
+  const absl::Status links = CheckChainParents(env, scope);
+  if (!links.ok()) report.problems.push_back(std::string(links.message()));
   const absl::StatusOr<bool> interrupted = CheckOperations(env, top_path, repair, &locks, &report);
   if (!interrupted.ok()) return interrupted.status();
   std::string path = top_path;
@@ -189,7 +196,7 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
                            : OpenParentFile(env, child, path, ParentFormat::kStrata, scope,
                                             {.writable = fix});
     if (!file.ok()) {
-      report.problems.push_back(std::string(file.status().message()));
+      if (links.ok()) report.problems.push_back(std::string(file.status().message()));
       break;
     }
     CheckHeaderCopies(file->get(), fix, &report);
@@ -217,7 +224,7 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
         std::string base = ResolvePath(DirName(path), header->parent_path);
         if (auto opened = OpenParentFile(env, path, base, ParentFormat::kRaw, scope);
             !opened.ok()) {
-          report.problems.push_back(std::string(opened.status().message()));
+          if (links.ok()) report.problems.push_back(std::string(opened.status().message()));
         } else {
           report.notes.push_back(absl::StrCat(base, ": raw base"));
         }

@@ -48,6 +48,7 @@ int ResizeCommand(int argc, char** argv) {
   auto size = ParseNewSize(args.positional[1]);
   if (!size.ok()) return UsageError(kResize, size.status().message());
   const std::string& layer = args.positional[0];
+  if (auto s = CheckParents(args, layer); !s.ok()) return Fail(kResize.name, s);
   ProgressBar bar("resume commit");
   auto result = ResizeDisk(Env::Default(), layer, *size,
                            [&](uint64_t d, uint64_t t) { bar.Update(d, t); },
