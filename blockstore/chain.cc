@@ -391,8 +391,8 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
     // own below): recovery renames and removes files, which must never race a server's live
     // snapshot or another writer. A read-only open leaves them alone (a frozen top reads as
     // the snapshot it is; an unfinished merge is refused below).
-    // Recovery follows the links too, and may finish a merge beside a parent: not one the
-    // chain may not have.
+    // The parent links first, as OpenLayers checks them: recovery follows them too, and must
+    // not finish a merge beside a parent this chain may not have.
     if (auto s = CheckChainParents(env, {top_path, options.allowed_parent_dirs}); !s.ok()) {
       return s;
     }

@@ -98,10 +98,6 @@ void CheckLeaks(Layer& layer, File* writable, bool repair, CheckReport* report) 
 absl::StatusOr<bool> CheckOperations(Env* env, const std::string& top_path, bool repair,
                                      LockSet* locks, CheckReport* out) {
   CheckReport& report = *out;
-  if (repair && !report.problems.empty()) {
-    report.notes.push_back(absl::StrCat(top_path, ": not repaired: its parent links are refused"));
-    repair = false;
-  }
   if (repair) {
     if (auto s = locks->Exclusive(env, top_path); !s.ok()) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -177,9 +173,14 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
   // A repair holds the top's lock (and each repaired layer's) to the end: punching space a
   // running server has just reused for an unflushed write would destroy it.
   LockSet locks;
-  // Before recovery follows the links (it may finish a merge beside a parent).
+  // Before recovery follows the links (it may finish a merge beside a parent), and no repair
+  // of a chain whose links are refused.
   const absl::Status links = CheckChainParents(env, scope);
-  if (!links.ok()) report.problems.push_back(std::string(links.message()));
+  if (!links.ok()) {
+    report.problems.push_back(std::string(links.message()));
+    if (repair) report.notes.push_back(absl::StrCat(top_path, ": not repaired"));
+    repair = false;
+  }
   const absl::StatusOr<bool> interrupted = CheckOperations(env, top_path, repair, &locks, &report);
   if (!interrupted.ok()) return interrupted.status();
   std::string path = top_path;

@@ -85,9 +85,6 @@ absl::Status CheckParentLink(const LayerHeader& h) {
                                             IsNil(h.parent_uuid) ? "nil" : "set",
                                             " for a ", Name(h.parent_format), " parent"));
   }
-  if (h.snapshot_name.find('\0') != std::string::npos) {
-    return absl::DataLossError("bad snapshot_name: holds a NUL byte");
-  }
   return absl::OkStatus();
 }
 
@@ -300,6 +297,9 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
   parent_format = static_cast<ParentFormat>(raw_format);
   parent_path.assign(p + kOffParentPath, path_len);
   snapshot_name.assign(p + kOffName, name_len);
+  if (snapshot_name.find('\0') != std::string::npos) {
+    return absl::DataLossError("bad snapshot_name: holds a NUL byte");
+  }
   return CheckParentLink(*this);
 }
 
