@@ -15,10 +15,10 @@
 namespace strata {
 namespace {
 
-// The path of `dir` with every symbolic link resolved; "" when it does not exist.
-std::string RealDir(const std::string& dir) {
+// `path` with every symbolic link resolved; "" when it does not exist.
+std::string RealPath(const std::string& path) {
   char buf[PATH_MAX];
-  return realpath(dir.c_str(), buf) == nullptr ? "" : std::string(buf);
+  return realpath(path.c_str(), buf) == nullptr ? "" : std::string(buf);
 }
 
 // Where the open descriptor of `file` really is: the kernel's name for it, which no symbolic
@@ -46,10 +46,15 @@ std::string Link(const std::string& child_path, const std::string& path, ParentF
 absl::Status CheckPlace(const File& parent, const std::string& link, const ParentScope& scope) {
   auto real = OpenedPath(parent);
   if (!real.ok()) return real.status();
-  const std::string top_dir = RealDir(DirName(scope.top_path));
-  if (Within(*real, top_dir)) return absl::OkStatus();
+  // The top's directory as named, and where the top really is when it is a symbolic link
+  // (a disk linked into /var/lib/strata keeps its base beside its real file).
+  const std::string top_dir = RealPath(DirName(scope.top_path));
+  const std::string real_top = RealPath(scope.top_path);
+  if (Within(*real, top_dir) || (!real_top.empty() && Within(*real, DirName(real_top)))) {
+    return absl::OkStatus();
+  }
   for (const std::string& dir : scope.allowed_dirs) {
-    if (Within(*real, RealDir(dir))) return absl::OkStatus();
+    if (Within(*real, RealPath(dir))) return absl::OkStatus();
   }
   std::string trusted = top_dir;
   if (!scope.allowed_dirs.empty()) {

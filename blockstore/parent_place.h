@@ -4,8 +4,8 @@
 // So every parent strata follows is opened without following a symbolic link as its last
 // component, must be a regular file (file.h, OpenOptions), and must lie, after resolving the
 // symbolic links of its directories (the path of the open descriptor), within the directory
-// tree of the layer the user named (its directory and below) or within a directory the user
-// trusts by name (`--allow-parent-dir DIR`, or STRATA_ALLOW_PARENT_DIR: the cli reads both).
+// tree of the layer the user named (its directory and below; when that is a symbolic link,
+// also the directory of the file it points to) or within a directory the user trusts by name (`--allow-parent-dir DIR`, or STRATA_ALLOW_PARENT_DIR: the cli reads both).
 // Layers strata makes itself (snapshots, a revert's new layer) sit beside the top, inside.
 #ifndef STRATA_BLOCKSTORE_PARENT_PLACE_H_
 #define STRATA_BLOCKSTORE_PARENT_PLACE_H_

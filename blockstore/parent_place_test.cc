@@ -135,6 +135,17 @@ TEST_F(ParentPlaceTest, ASubdirectoryIsInsideButASymlinkedDirectoryOutIsNot) {
   EXPECT_EQ(chain.status().code(), absl::StatusCode::kPermissionDenied) << chain.status();
 }
 
+// A disk linked in from where it lives (/var/lib/strata/vm.strata -> /data/vm.strata) keeps
+// its base beside its real file (a relative link resolves beside the named path, as ever, so
+// the link is absolute here).
+TEST_F(ParentPlaceTest, ATopThatIsALinkTrustsWhereItReallyIs) {
+  Relink(dir_.File("base.raw"));
+  const std::string link = outside_.File("vm.strata");
+  ASSERT_EQ(symlink(top().c_str(), link.c_str()), 0);
+  auto chain = Chain::Open(link, {.writable = false, .lock = false});
+  EXPECT_TRUE(chain.ok()) << chain.status();
+}
+
 TEST_F(ParentPlaceTest, CheckReportsAnUntrustedParentAsAProblem) {
   Relink("/etc/passwd");
   auto report = CheckChain(Env::Default(), top(), /*repair=*/false);
