@@ -131,9 +131,13 @@ std::string ResolvePath(const std::string& dir, const std::string& relative);
 // both share a directory (the pair can move together), else the absolute path.
 std::string ParentLink(const std::string& child_dir, const std::string& parent);
 
-// Turns errno into a Status naming the operation and file.
+// Turns errno into a Status naming the operation and file; ENOSPC and EDQUOT (the host volume
+// is full) are kResourceExhausted.
 absl::Status ErrnoStatus(int err, absl::string_view op, absl::string_view path,
                          int64_t offset = -1);
+inline bool IsNoSpace(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kResourceExhausted;
+}
 // absl::ErrnoToStatus, except that EIO and EUCLEAN (data the device or file system could not
 // read or keep, or found corrupt) are kDataLoss: absl leaves them kUnknown.
 absl::Status StatusFromErrno(int err, absl::string_view message);

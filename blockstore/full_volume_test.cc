@@ -63,5 +63,44 @@ TEST_F(FullVolumeTest, EnospcIsCleanAndRecoverable) {
   for (const auto& p : report->problems) ADD_FAILURE() << p;
 }
 
+// A disk whose server stopped (or crashed) on a full volume must open again on it: the open's
+// new journal epoch needs a checkpoint table, which needs space the volume does not have. The
+// open succeeds anyway (the next flush is the checkpoint), reads work, a flush fails with
+// ENOSPC without failing the disk, and all works again once space returns.
+TEST_F(FullVolumeTest, OpensAgainOnTheFullVolumeItFilled) {
+  std::string top = dir_.File("disk.strata");
+  std::string ballast = dir_.File("ballast");
+  testing::WriteFileBytes(ballast, std::string(8 << 20, 'b'));
+  CreateOptions options;
+  options.size = 1 << 30;
+  ASSERT_TRUE(CreateLayer(top, options).ok());
+  std::string block(65536, 'd');
+  uint64_t written = 0;
+  {
+    auto chain = Chain::Open(top);
+    ASSERT_TRUE(chain.ok()) << chain.status();
+    while ((*chain)->Write(written, block).ok()) written += block.size();
+    ASSERT_GT(written, 0u);
+    // Not flushed: the journal holds records, so the next open must start a new epoch with a
+    // checkpoint. The chain is dropped as a killed server would leave it.
+  }
+  auto chain = Chain::Open(top);
+  ASSERT_TRUE(chain.ok()) << "a full volume refused the open: " << chain.status();
+  std::string back(65536, '\0');
+  ASSERT_TRUE((*chain)->Read(written - 65536, absl::MakeSpan(back)).ok());
+  EXPECT_EQ(back, block);
+  absl::Status flush = (*chain)->Flush();
+  EXPECT_EQ(flush.code(), absl::StatusCode::kResourceExhausted) << flush;
+  EXPECT_TRUE((*chain)->failure().ok()) << "ENOSPC must not fail the disk: " << (*chain)->failure();
+  ASSERT_EQ(unlink(ballast.c_str()), 0);
+  ASSERT_TRUE((*chain)->Flush().ok());
+  ASSERT_TRUE((*chain)->Write(written, block).ok());
+  ASSERT_TRUE((*chain)->Flush().ok());
+  chain->reset();
+  auto report = CheckChain(Env::Default(), top, false);
+  ASSERT_TRUE(report.ok());
+  for (const auto& p : report->problems) ADD_FAILURE() << p;
+}
+
 }  // namespace
 }  // namespace strata

@@ -179,7 +179,11 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Open(Env* env, std::unique_ptr<Fil
   if (writable) {
     // A frozen layer's journal region was released; take it back before any flush needs it.
     if (auto s = layer->file_->Allocate(h.journal_offset, h.journal_size); !s.ok()) return s;
-    if (auto s = layer->StartJournalEpoch(); !s.ok()) return s;
+    // On a full volume (the server that filled it stopped) the epoch's checkpoint finds no
+    // space for its table. The disk must still open, as it is: the checkpoint stays owed
+    // (force_checkpoint_), so nothing is appended to the journal before the new epoch starts,
+    // and the first flush that finds space makes it.
+    if (auto s = layer->StartJournalEpoch(); !s.ok() && !IsNoSpace(s)) return s;
   }
   return layer;
 }

@@ -73,6 +73,10 @@ frozen layer files directly.
   --to SNAPSHOT2        the snapshot to back up (required)
   --from SNAPSHOT1      an incremental: OUT holds SNAPSHOT1, an older snapshot of the chain
   --socket PATH         the server's data socket (it must answer: no fallback to the files)
+  --tls-certs DIR       TLS to a server started with --tls-certs: DIR holds ca-cert.pem
+                        (and client-cert.pem, client-key.pem if the server checks them)
+  --tls-psk FILE        TLS to a server started with --tls-psk: psktool's username:hexkey
+  --tls-username USER   the PSK user (default: the login name)
   --force               do without the record's checks: OUT is a copy of SNAPSHOT1 (or, for
                         a full backup, may be replaced) although no record says so
   --rate-limit BYTES    read at most BYTES per second (K, M, G suffixes)
@@ -84,7 +88,9 @@ frozen layer files directly.
 
 Exit status: 0 done, 1 refused or failed (the message says why), 2 bad usage.
 )",
-    .args = {.flags = {"--force"}, .valued = {"--from", "--to", "--socket", "--rate-limit"}},
+    .args = {.flags = {"--force"},
+             .valued = {"--from", "--to", "--socket", "--rate-limit", "--tls-certs", "--tls-psk",
+                        "--tls-username"}},
     .output = true,
     .positional = 2,
     .follows_parents = true};
@@ -216,7 +222,9 @@ absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenReader(const Args& args,
                                                            const std::string& layer,
                                                            const Snapshot& snap) {
   const std::string socket = args.Get("--socket", DefaultSocketPath(layer));
-  auto nbd = OpenNbdReader(socket, absl::StrCat("@", snap.name));
+  const NbdTls tls = {.certs = args.Get("--tls-certs"), .psk_file = args.Get("--tls-psk"),
+                      .username = args.Get("--tls-username")};
+  auto nbd = OpenNbdReader(socket, absl::StrCat("@", snap.name), tls);
   if (nbd.ok() || !absl::IsUnavailable(nbd.status())) return nbd;
   if (args.Has("--socket")) {
     return absl::UnavailableError(absl::StrCat(

@@ -210,16 +210,27 @@ bool AllZero(absl::Span<const char> data) {
 
 }  // namespace
 
+// Asks libnbd for TLS (required: a server that offers none is refused). 0 or -1 as libnbd.
+int SetTls(nbd_handle* h, const NbdTls& tls) {
+  if (!tls.on()) return 0;
+  if (nbd_set_tls(h, LIBNBD_TLS_REQUIRE) < 0) return -1;
+  if (!tls.certs.empty() && nbd_set_tls_certificates(h, tls.certs.c_str()) < 0) return -1;
+  if (!tls.psk_file.empty() && nbd_set_tls_psk_file(h, tls.psk_file.c_str()) < 0) return -1;
+  if (!tls.username.empty() && nbd_set_tls_username(h, tls.username.c_str()) < 0) return -1;
+  return 0;
+}
+
 absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenNbdReader(const std::string& socket,
-                                                              const std::string& export_name) {
-  const std::string uri = UnixUri(socket, export_name);
+                                                              const std::string& export_name,
+                                                              const NbdTls& tls) {
+  const std::string uri = UnixUri(socket, export_name, tls.on());
   struct stat st;
   if (stat(socket.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) {
     return absl::UnavailableError(absl::StrCat("no server socket ", socket));
   }
   nbd_handle* h = nbd_create();
   if (h == nullptr) return absl::InternalError(absl::StrCat("libnbd: ", nbd_get_error()));
-  if (nbd_set_export_name(h, export_name.c_str()) < 0 ||
+  if (nbd_set_export_name(h, export_name.c_str()) < 0 || SetTls(h, tls) < 0 ||
       nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
       nbd_connect_unix(h, socket.c_str()) < 0) {
     const bool nobody = nbd_get_errno() == ECONNREFUSED;  // a socket file left by a dead server

@@ -39,10 +39,19 @@ class SnapshotReader {
   virtual absl::Status Read(const std::vector<Range>& ranges, const PieceSink& sink) = 0;
 };
 
+// TLS for OpenNbdReader, as `strata serve --tls-certs/--tls-psk` asks (all empty: plain).
+struct NbdTls {
+  std::string certs;     // a directory with ca-cert.pem (and client-cert.pem, client-key.pem)
+  std::string psk_file;  // psktool's username:hexkey file
+  std::string username;  // the PSK user (libnbd's default is the login name)
+  bool on() const { return !certs.empty() || !psk_file.empty(); }
+};
+
 // The export `export_name` of the NBD server on unix socket `socket`. kUnavailable when nobody
 // listens there (no socket file, or a stale one): the caller may read the files instead.
 absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenNbdReader(const std::string& socket,
-                                                              const std::string& export_name);
+                                                              const std::string& export_name,
+                                                              const NbdTls& tls = {});
 // The chain topped by the frozen layer at `snapshot_path`, opened read-only (shared locks).
 absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenChainReader(
     const std::string& snapshot_path, const std::vector<std::string>& allowed_parent_dirs);

@@ -167,6 +167,36 @@ std::string MergeLine(const json& m) {
   return line;
 }
 
+namespace {
+
+// "; 3.2 GiB free of 20.0 GiB" and the --min-free warning; empty before the first reading.
+std::string VolumeLine(const json& reply) {
+  const json v = reply.value("volume", json::object());
+  if (!v.contains("free_bytes") || !v["free_bytes"].is_number()) return "";
+  std::string line = absl::StrCat("; ", HumanBytes(v["free_bytes"].get<uint64_t>()), " free of ",
+                                  HumanBytes(v.value("total_bytes", uint64_t{0})));
+  if (v.value("low", false)) {
+    absl::StrAppend(&line, ": LOW, below --min-free ",
+                    HumanBytes(v.value("min_free_bytes", uint64_t{0})));
+  }
+  return line;
+}
+
+// "disk: PAUSED-CRITICAL: 12 writes wait for space ..." while writes wait; else empty.
+std::string PausedCriticalLine(const json& reply) {
+  if (!reply.value("paused_critical", false)) return "";
+  const json enospc = reply.value("enospc", json::object());
+  const int64_t waiting =
+      reply.value("waiting_writes", enospc.value("waiting_writes", int64_t{0}));
+  return absl::StrFormat(
+      "disk: PAUSED-CRITICAL: %s for space on the host volume (each at most %d s, then "
+      "ENOSPC); free space to resume",
+      Count(static_cast<uint64_t>(waiting), "write waits", "writes wait"),
+      enospc.value("full_timeout_seconds", int64_t{0}));
+}
+
+}  // namespace
+
 int ListCommand(int argc, char** argv) {
   Args args;
   json reply;
@@ -182,6 +212,9 @@ int ListCommand(int argc, char** argv) {
   }
   if (reply.contains("merge") && reply["merge"].is_object()) {
     std::printf("%s\n", MergeLine(reply["merge"]).c_str());
+  }
+  if (std::string paused = PausedCriticalLine(reply); !paused.empty()) {
+    std::printf("%s\n", paused.c_str());
   }
   return 0;
 }
@@ -212,12 +245,18 @@ std::string LatencyLine(const json& l) {
 
 void PrintHealth(const json& reply) {
   const json enospc = reply.value("enospc", json::object());
+  const bool pause = Text(enospc, "on_full") == "pause";
   if (enospc.value("full", false)) {
-    std::printf("host volume: FULL since %s (writes needing space fail with ENOSPC)\n",
-                Text(enospc, "since").c_str());
+    std::printf("host volume: FULL since %s (writes needing space %s)\n",
+                Text(enospc, "since").c_str(),
+                pause ? "wait for it: --on-full=pause" : "fail with ENOSPC");
   } else {
-    std::printf("host volume: not full (%s so far)\n",
-                Count(enospc.value("episodes", uint64_t{0}), "full episode").c_str());
+    std::printf("host volume: not full (%s so far)%s\n",
+                Count(enospc.value("episodes", uint64_t{0}), "full episode").c_str(),
+                VolumeLine(reply).c_str());
+  }
+  if (std::string paused = PausedCriticalLine(reply); !paused.empty()) {
+    std::printf("%s\n", paused.c_str());
   }
   const std::string failure = Text(reply, "sync_failure");
   std::printf("sync: %s\n", failure.empty() ? "ok" : absl::StrCat("FAILED (restart the server "

@@ -3,7 +3,10 @@
 // the accept loop itself is server/listener.h's AcceptLoop.
 #include "cli/serve_command.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -18,6 +21,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -54,7 +58,16 @@ Serves the chain whose top layer is LAYER over NBD.
                          (default: LAYER's directory/STEM.ctl, always mode 0600)
   --no-control           no control socket
   --listen ADDR:PORT     also/instead listen on TCP (":PORT" means 127.0.0.1:PORT);
-                         with --listen and no --socket, no unix socket is created
+                         with --listen and no --socket, no unix socket is created; a
+                         wildcard address (0.0.0.0, [::]) needs --tls=require or
+                         --insecure-listen
+  --insecure-listen      serve a wildcard --listen address without TLS (warned at start)
+  --tls-certs DIR        TLS with X.509: DIR holds ca-cert.pem, server-cert.pem and
+                         server-key.pem (certtool's names, as qemu-nbd and nbdkit)
+  --tls-psk FILE         TLS with pre-shared keys: FILE holds psktool's username:hexkey lines
+  --tls-verify-peer      with --tls-certs, clients must show a certificate the CA signed
+  --tls=on|require|off   require (the default with --tls-certs or --tls-psk): only TLS
+                         clients; on: TLS offered, plain clients served too; off: no TLS
   --export-name NAME     export name (default "")
   --read-only            refuse writes
   --cache=none|writeback none: O_DIRECT, bypass the host page cache; writeback: use it (default)
@@ -66,10 +79,31 @@ Serves the chain whose top layer is LAYER over NBD.
   --log-file FILE        append the log to FILE (implies --log=file)
   --foreground           do not daemonize (implied by --run)
   --pid-file FILE        write the server's pid once it is listening
+  --max-connections N    at most N NBD connections open at once; past it a new one is closed
+                         as it arrives (default: the open-file limit less a reserve of 128 +
+                         4 per descriptor open once the disk is, at most half the limit; at
+                         most 1024)
+  --max-handshakes N     at most N of them still negotiating (default 64, and never more
+                         than the connections); past it the oldest is closed for the new one
   --shutdown-timeout S   on SIGTERM/SIGINT, wait at most S seconds (default 10) for clients
                          to take the replies of requests already started; then close them
+  --on-full=error|pause  when the host volume is full, writes that need new space fail with
+                         ENOSPC (error, the default: QEMU's client then pauses its guest), or
+                         wait for space and resume by themselves (pause: a /dev/nbd guest
+                         sees a stall, not I/O errors; `stats` and `list` say paused-critical)
+  --full-timeout S       with --on-full=pause, a write waits at most S seconds (default 300)
+  --min-free SIZE        warn once (log, `stats`) when the volume holding LAYER has less than
+                         SIZE free (default 1G; 0: never)
+  --max-buffer-memory SIZE   request and reply buffers of all clients together (default
+                         256M, at least 64M; each connection may also hold 256K of its own):
+                         a client past its share stops being read until memory is freed
+  --handshake-timeout S  close a connection still negotiating after S seconds (default 10;
+                         0: never)
+  --request-timeout S    close a connection whose WRITE payload stops arriving for S seconds
+                         (default 30; 0: never)
   --run 'CMD'            captive mode: run CMD via /bin/sh -c with $uri, $nbd, $unixsocket
-                         (or $port), $exportname set; stop when it exits and return its status
+                         (or $port), $exportname, $tls ("on", "require" or empty) set; stop
+                         when it exits and return its status
   --allow-parent-dir DIR trust parents under DIR (repeatable; STRATA_ALLOW_PARENT_DIR holds
                          more, colon-separated): a parent outside LAYER's directory tree
                          (after symbolic links) is refused otherwise
@@ -112,15 +146,23 @@ absl::Status ParseListen(absl::string_view option, const std::string& v, ServeOp
   return absl::OkStatus();
 }
 
-absl::Status ParseCache(absl::string_view option, const std::string& v, ServeOptions* o) {
-  if (v == "none") {
-    o->cache = CacheMode::kNone;
-  } else if (v == "writeback") {
-    o->cache = CacheMode::kWriteback;
-  } else {
-    return NotA(option, v, "none or writeback");
+// `v` as one of `choices` into *out, or the error naming them (`listed`).
+template <typename E>
+absl::Status ParseChoice(absl::string_view option, const std::string& v,
+                         std::initializer_list<std::pair<absl::string_view, E>> choices,
+                         absl::string_view listed, E* out) {
+  for (const auto& [name, value] : choices) {
+    if (v == name) {
+      *out = value;
+      return absl::OkStatus();
+    }
   }
-  return absl::OkStatus();
+  return NotA(option, v, listed);
+}
+
+absl::Status ParseCache(absl::string_view option, const std::string& v, ServeOptions* o) {
+  return ParseChoice(option, v, {{"none", CacheMode::kNone}, {"writeback", CacheMode::kWriteback}},
+                     "none or writeback", &o->cache);
 }
 
 // The options whose value is a path or a command: anything but empty.
@@ -137,6 +179,10 @@ absl::Status ParseText(absl::string_view option, const std::string& v, ServeOpti
     o->pid_file = v;
   } else if (option == "--log-file") {
     o->log_file = v;
+  } else if (option == "--tls-certs") {
+    o->tls_certs = v;
+  } else if (option == "--tls-psk") {
+    o->tls_psk = v;
   } else {
     o->run = v;
   }
@@ -162,13 +208,66 @@ absl::Status ParseLogDestination(absl::string_view option, const std::string& v,
   return absl::OkStatus();
 }
 
-// --workers and --shutdown-timeout.
+absl::Status ParseTls(absl::string_view option, const std::string& v, ServeOptions* o) {
+  return ParseChoice(option, v,
+                     {{"on", TlsMode::kOn}, {"require", TlsMode::kRequire}, {"off", TlsMode::kOff}},
+                     "on, require or off", &o->tls);
+}
+
+// --workers, --max-connections, --max-handshakes and the timeouts in seconds.
 absl::Status ParseNumber(absl::string_view option, const std::string& v, ServeOptions* o) {
   if (option == "--workers") {
     if (!IntIn(v, 1, 64, &o->workers)) return NotA(option, v, "a number from 1 to 64");
-  } else if (!IntIn(v, 0, 86400, &o->shutdown_timeout_s)) {
-    return NotA(option, v, "a number of seconds from 0 to 86400");
+    return absl::OkStatus();
   }
+  if (option == "--max-connections" || option == "--max-handshakes") {
+    int* n = option == "--max-connections" ? &o->max_connections : &o->max_handshakes;
+    if (!IntIn(v, 1, kMaxConnectionsCap, n)) {
+      return NotA(option, v, absl::StrCat("a number from 1 to ", kMaxConnectionsCap));
+    }
+    return absl::OkStatus();
+  }
+  if (option == "--full-timeout") {
+    int seconds;
+    if (!IntIn(v, 1, 86400, &seconds)) {
+      return NotA(option, v, "a number of seconds from 1 to 86400");
+    }
+    o->full_volume.max_wait_ns = int64_t{seconds} * 1'000'000'000;
+    return absl::OkStatus();
+  }
+  int* seconds = option == "--shutdown-timeout"    ? &o->shutdown_timeout_s
+                 : option == "--handshake-timeout" ? &o->handshake_timeout_s
+                                                   : &o->request_timeout_s;
+  if (!IntIn(v, 0, 86400, seconds)) return NotA(option, v, "a number of seconds from 0 to 86400");
+  return absl::OkStatus();
+}
+
+// Below two of the largest requests (32 MiB) one big client could not keep a read and a write
+// going.
+constexpr uint64_t kMinBufferMemory = 64ull << 20;
+
+absl::Status ParseBufferMemory(absl::string_view option, const std::string& v, ServeOptions* o) {
+  absl::StatusOr<uint64_t> bytes = ParseSize(v);
+  if (!bytes.ok() || *bytes < kMinBufferMemory) return NotA(option, v, "a size of at least 64M");
+  o->max_buffer_memory = *bytes;
+  return absl::OkStatus();
+}
+
+absl::Status ParseOnFull(absl::string_view option, const std::string& v, ServeOptions* o) {
+  if (v == "error") {
+    o->full_volume.mode = FullVolumePolicy::Mode::kError;
+  } else if (v == "pause") {
+    o->full_volume.mode = FullVolumePolicy::Mode::kPause;
+  } else {
+    return NotA(option, v, "error or pause");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseMinFree(absl::string_view option, const std::string& v, ServeOptions* o) {
+  absl::StatusOr<uint64_t> bytes = ParseSize(v);
+  if (!bytes.ok()) return NotA(option, v, "a size such as 512M or 2G");
+  o->full_volume.min_free_bytes = *bytes;
   return absl::OkStatus();
 }
 
@@ -185,12 +284,19 @@ constexpr ValuedOption kValuedOptions[] = {
     {"--export-name", ParseExportName}, {"--cache", ParseCache},
     {"--log-level", ParseLevel},        {"--workers", ParseNumber},
     {"--shutdown-timeout", ParseNumber}, {"--log", ParseLogDestination},
-    {"--log-file", ParseText},
+    {"--log-file", ParseText},          {"--on-full", ParseOnFull},
+    {"--full-timeout", ParseNumber},    {"--min-free", ParseMinFree},
+    {"--max-connections", ParseNumber}, {"--max-handshakes", ParseNumber},
+    {"--max-buffer-memory", ParseBufferMemory},
+    {"--handshake-timeout", ParseNumber}, {"--request-timeout", ParseNumber},
+    {"--tls-certs", ParseText},         {"--tls-psk", ParseText},
+    {"--tls", ParseTls},
 };
 
 const ArgSpec& ServeSpec() {
   static const ArgSpec* const spec = [] {
-    auto* s = new ArgSpec{.flags = {"--help", "--read-only", "--foreground", "--no-control"},
+    auto* s = new ArgSpec{.flags = {"--help", "--read-only", "--foreground", "--no-control",
+                                    "--tls-verify-peer", "--insecure-listen"},
                           .aliases = {{"-h", "--help"}},
                           .repeated = {"--allow-parent-dir"}};
     for (const ValuedOption& option : kValuedOptions) s->valued.insert(option.name);
@@ -213,7 +319,56 @@ absl::Status SetLogDefault(ServeOptions* o) {
   return absl::OkStatus();
 }
 
+// Credentials and --tls together: TLS is required unless --tls says otherwise, and a mode that
+// offers TLS needs credentials.
+absl::Status CheckTls(bool tls_given, ServeOptions* o) {
+  const bool credentials = !o->tls_certs.empty() || !o->tls_psk.empty();
+  if (!o->tls_certs.empty() && !o->tls_psk.empty()) {
+    return absl::InvalidArgumentError("--tls-certs and --tls-psk: choose one");
+  }
+  if (o->tls_verify_peer && o->tls_certs.empty()) {
+    return absl::InvalidArgumentError("--tls-verify-peer needs --tls-certs DIR");
+  }
+  if (!tls_given) o->tls = credentials ? TlsMode::kRequire : TlsMode::kOff;
+  if (o->tls != TlsMode::kOff && !credentials) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--tls=", Name(o->tls), " needs --tls-certs DIR or --tls-psk FILE"));
+  }
+  return absl::OkStatus();
+}
+
+// A disk served on every interface in the clear is readable and writable by anyone who can
+// reach the port: said, unless the user asked for it.
+absl::Status CheckWildcardListen(const ServeOptions& o) {
+  if (!o.listen_address || !IsWildcardAddress(*o.listen_address) ||
+      o.tls == TlsMode::kRequire || o.insecure_listen) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(absl::StrFormat(
+      "--listen %s:%d serves every network interface %s: require TLS with --tls-certs DIR "
+      "or --tls-psk FILE, listen on one address (\":%d\" is 127.0.0.1), or pass "
+      "--insecure-listen to serve in the clear",
+      *o.listen_address, o.listen_port,
+      o.tls == TlsMode::kOn ? "to plain clients too (--tls=on)" : "without TLS", o.listen_port));
+}
+
 }  // namespace
+
+int DefaultMaxConnections(uint64_t open_file_limit, int open_descriptors) {
+  const uint64_t reserve =
+      std::min<uint64_t>(128 + 4 * static_cast<uint64_t>(open_descriptors), open_file_limit / 2);
+  return static_cast<int>(std::clamp<uint64_t>(open_file_limit - reserve, 1, 1024));
+}
+
+bool IsWildcardAddress(const std::string& host) {
+  std::string h = host;
+  if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  if (h.empty() || h == "*") return true;
+  in_addr v4;
+  if (inet_pton(AF_INET, h.c_str(), &v4) == 1) return v4.s_addr == htonl(INADDR_ANY);
+  in6_addr v6;
+  return inet_pton(AF_INET6, h.c_str(), &v6) == 1 && IN6_IS_ADDR_UNSPECIFIED(&v6);
+}
 
 absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& words) {
   absl::StatusOr<Args> args = Parse(words, ServeSpec());
@@ -224,6 +379,8 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& w
   o.foreground = args->Has("--foreground");
   o.no_control = args->Has("--no-control");
   o.allowed_parent_dirs = AllowedParentDirs(*args);
+  o.tls_verify_peer = args->Has("--tls-verify-peer");
+  o.insecure_listen = args->Has("--insecure-listen");
   for (const ValuedOption& option : kValuedOptions) {
     if (!args->Has(option.name)) continue;
     absl::Status st = option.parse(option.name, args->Get(option.name), &o);
@@ -242,6 +399,8 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& w
     return absl::InvalidArgumentError("--control and --no-control contradict each other");
   }
   if (absl::Status st = SetLogDefault(&o); !st.ok()) return st;
+  if (absl::Status st = CheckTls(args->Has("--tls"), &o); !st.ok()) return st;
+  if (absl::Status st = CheckWildcardListen(o); !st.ok()) return st;
   return o;
 }
 
@@ -315,13 +474,15 @@ absl::Status WritePidFile(const std::string& path) {
 
 }  // namespace
 
-std::string UnixUri(const std::string& socket_path, const std::string& export_name) {
-  return absl::StrCat("nbd+unix:///", UriEncode(export_name), "?socket=", UriEncode(socket_path));
+std::string UnixUri(const std::string& socket_path, const std::string& export_name, bool tls) {
+  return absl::StrCat(tls ? "nbds" : "nbd", "+unix:///", UriEncode(export_name),
+                      "?socket=", UriEncode(socket_path));
 }
 
-std::string TcpUri(const std::string& host, int port, const std::string& export_name) {
+std::string TcpUri(const std::string& host, int port, const std::string& export_name,
+                   bool tls) {
   std::string h = host.find(':') != std::string::npos && host[0] != '[' ? "[" + host + "]" : host;
-  return absl::StrFormat("nbd://%s:%d/%s", h, port, UriEncode(export_name));
+  return absl::StrFormat("%s://%s:%d/%s", tls ? "nbds" : "nbd", h, port, UriEncode(export_name));
 }
 
 namespace {
@@ -372,6 +533,22 @@ void RaiseOpenFileLimit() {
   }
 }
 
+// The descriptors this process has open now.
+int OpenDescriptors() {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return 0;
+  int n = 0;
+  while (readdir(dir) != nullptr) ++n;
+  closedir(dir);
+  return std::max(0, n - 3);  // ".", ".." and the directory's own descriptor
+}
+
+uint64_t OpenFileLimit() {
+  struct rlimit limit;
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
+  return limit.rlim_cur;
+}
+
 // Fills in the defaults that depend on the machine and the working directory.
 ServeOptions Resolve(ServeOptions o) {
   if (o.workers == 0) {
@@ -385,6 +562,8 @@ ServeOptions Resolve(ServeOptions o) {
   if (o.socket) o.socket = Absolute(*o.socket);
   if (!o.pid_file.empty()) o.pid_file = Absolute(o.pid_file);
   for (std::string& dir : o.allowed_parent_dirs) dir = Absolute(dir);
+  if (!o.tls_certs.empty()) o.tls_certs = Absolute(o.tls_certs);
+  if (!o.tls_psk.empty()) o.tls_psk = Absolute(o.tls_psk);
   if (o.log == LogTo::kFile) {
     o.log_file = Absolute(o.log_file.empty() ? DefaultLogPath(o.layer) : o.log_file);
   }
@@ -419,14 +598,15 @@ struct Endpoint {
 
 // Where `l` is reached; `tcp_host` names a TCP listener's address (as --listen gave it). A unix
 // socket without a file (abstract, passed by a service manager) has no URI: its description.
-Endpoint EndpointOf(const Listener& l, const std::string& tcp_host,
-                    const std::string& export_name) {
+// The URI is nbds:// when TLS is required (a client told to use TLS refuses a plain server).
+Endpoint EndpointOf(const Listener& l, const std::string& tcp_host, const ServeOptions& o) {
+  const bool tls = o.tls == TlsMode::kRequire;
   if (l.tcp()) {
-    return {.uri = TcpUri(tcp_host, l.port, export_name), .tcp_host = tcp_host,
+    return {.uri = TcpUri(tcp_host, l.port, o.export_name, tls), .tcp_host = tcp_host,
             .tcp_port = l.port};
   }
   if (l.unix_path.empty()) return {.uri = l.description};
-  return {.uri = UnixUri(l.unix_path, export_name), .unix_path = l.unix_path};
+  return {.uri = UnixUri(l.unix_path, o.export_name, tls), .unix_path = l.unix_path};
 }
 
 // "unix:/a.sock, tcp:127.0.0.1:10809".
@@ -446,13 +626,13 @@ absl::StatusOr<Endpoint> Bind(const ServeOptions& o, AcceptLoop* acceptor) {
     absl::StatusOr<Listener> l =
         ListenUnix(Absolute(o.socket.value_or(DefaultSocketPath(o.layer))), o.socket_mode);
     if (!l.ok()) return l.status();
-    e = EndpointOf(*l, "", o.export_name);
+    e = EndpointOf(*l, "", o);
     acceptor->Add(*std::move(l));
   }
   if (o.listen_address) {
     absl::StatusOr<Listener> l = ListenTcp(*o.listen_address, o.listen_port);
     if (!l.ok()) return l.status();
-    if (!e) e = EndpointOf(*l, *o.listen_address, o.export_name);
+    if (!e) e = EndpointOf(*l, *o.listen_address, o);
     acceptor->Add(*std::move(l));
   }
   return *e;
@@ -464,7 +644,7 @@ absl::StatusOr<Endpoint> Listen(const ServeOptions& o, AcceptLoop* acceptor) {
   absl::StatusOr<std::vector<Listener>> passed = PassedListeners();
   if (!passed.ok()) return passed.status();
   if (passed->empty()) return Bind(o, acceptor);
-  Endpoint e = EndpointOf(passed->front(), passed->front().host, o.export_name);
+  Endpoint e = EndpointOf(passed->front(), passed->front().host, o);
   std::string where = Describe(*passed);
   for (Listener& l : *passed) acceptor->Add(std::move(l));
   if (o.socket || o.listen_address) {
@@ -476,8 +656,28 @@ absl::StatusOr<Endpoint> Listen(const ServeOptions& o, AcceptLoop* acceptor) {
   return e;
 }
 
-void PrintServing(const std::string& layer, const std::string& uri) {
-  printf("serving %s at %s\nnbdinfo '%s'\n", layer.c_str(), uri.c_str(), uri.c_str());
+// " (TLS required, X.509 certificates in DIR)" and the like; empty without TLS.
+std::string DescribeTls(const ServeOptions& o) {
+  if (o.tls == TlsMode::kOff) return "";
+  return absl::StrFormat(
+      " (TLS %s, %s)", o.tls == TlsMode::kRequire ? "required" : "offered, plain clients served",
+      o.tls_certs.empty() ? absl::StrCat("pre-shared keys in ", o.tls_psk)
+                          : absl::StrCat("X.509 certificates in ", o.tls_certs,
+                                         o.tls_verify_peer ? ", client certificates verified"
+                                                           : ""));
+}
+
+// The nbdinfo line a user can paste: libnbd takes the credentials in the URI's query.
+std::string NbdinfoHint(const ServeOptions& o, const std::string& uri) {
+  if (o.tls != TlsMode::kRequire) return uri;
+  return absl::StrCat(uri, uri.find('?') == std::string::npos ? "?" : "&",
+                      o.tls_certs.empty() ? "tls-psk-file=CLIENT.psk&tls-username=USER"
+                                          : "tls-certificates=DIR-WITH-ca-cert.pem");
+}
+
+void PrintServing(const ServeOptions& o, const std::string& uri) {
+  printf("serving %s at %s%s\nnbdinfo '%s'\n", o.layer.c_str(), uri.c_str(),
+         DescribeTls(o).c_str(), NbdinfoHint(o, uri).c_str());
   fflush(stdout);
 }
 
@@ -499,7 +699,7 @@ void NotifyReady(pid_t main_pid, const std::string& layer, const std::string& ur
 // The parent of a daemon: waits until the daemon serves, then tells the user where and exits 0;
 // if the daemon dies first, exits with its status (it has said why on stderr). Exits with _exit:
 // the daemon owns the socket files and the storage now, and no destructor may touch them.
-[[noreturn]] void AwaitDaemon(pid_t daemon, int ready_fd, const std::string& layer,
+[[noreturn]] void AwaitDaemon(pid_t daemon, int ready_fd, const ServeOptions& o,
                               const std::string& uri) {
   char c;
   ssize_t n;
@@ -507,8 +707,8 @@ void NotifyReady(pid_t main_pid, const std::string& layer, const std::string& ur
     n = read(ready_fd, &c, 1);
   } while (n < 0 && errno == EINTR);
   if (n == 1) {
-    NotifyReady(daemon, layer, uri);
-    PrintServing(layer, uri);
+    NotifyReady(daemon, o.layer, uri);
+    PrintServing(o, uri);
     _exit(0);
   }
   int status = 0;
@@ -556,14 +756,14 @@ void SwitchLog(const ServeOptions& o, int log_fd) {
 
 // Forks (before any thread exists: a fork keeps only the calling thread). Returns, in the
 // daemon only, the pipe on which it writes one byte once it serves; the parent never returns.
-absl::StatusOr<int> Daemonize(const std::string& layer, const std::string& uri) {
+absl::StatusOr<int> Daemonize(const ServeOptions& o, const std::string& uri) {
   int pipefd[2];
   if (pipe2(pipefd, O_CLOEXEC) != 0) return absl::ErrnoToStatus(errno, "pipe");
   pid_t pid = fork();
   if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
   if (pid > 0) {
     close(pipefd[1]);
-    AwaitDaemon(pid, pipefd[0], layer, uri);
+    AwaitDaemon(pid, pipefd[0], o, uri);
   }
   close(pipefd[0]);
   Detach();
@@ -594,10 +794,35 @@ absl::Status BlockSignals(ShutdownSignals* s) {
   return absl::OkStatus();
 }
 
-ServerOptions MakeServerOptions(const ServeOptions& o) {
+// The TLS credentials, loaded once, before the server starts (null without TLS).
+absl::StatusOr<std::unique_ptr<TlsCredentials>> LoadTls(const ServeOptions& o) {
+  if (o.tls == TlsMode::kOff) return nullptr;
+  absl::StatusOr<std::unique_ptr<TlsCredentials>> credentials =
+      o.tls_certs.empty() ? TlsCredentials::LoadPsk(o.tls_psk)
+                          : TlsCredentials::LoadX509(o.tls_certs, o.tls_verify_peer);
+  if (credentials.ok()) return credentials;
+  return absl::Status(credentials.status().code(),
+                      absl::StrCat(o.tls_certs.empty() ? "--tls-psk: " : "--tls-certs: ",
+                                   credentials.status().message()));
+}
+
+// REQUIRES: the disk is open (its descriptors count in the default --max-connections).
+ServerOptions MakeServerOptions(const ServeOptions& o, const TlsCredentials* tls) {
   ServerOptions options;
   options.workers = o.workers;
+  options.tls = {.mode = o.tls, .credentials = tls};
+  options.admission.max_connections =
+      o.max_connections > 0 ? o.max_connections
+                            : DefaultMaxConnections(OpenFileLimit(), OpenDescriptors());
+  options.admission.max_handshakes =
+      std::min(o.max_handshakes, options.admission.max_connections);
   options.shutdown_grace = absl::Seconds(o.shutdown_timeout_s);
+  options.full_volume = o.full_volume;
+  // Resolve() made the layer's path absolute: the daemon serves from "/".
+  options.volume_dir = o.layer.substr(0, o.layer.rfind('/') + 1);
+  options.max_buffer_memory = o.max_buffer_memory;
+  options.limits.handshake_timeout = absl::Seconds(o.handshake_timeout_s);
+  options.limits.request_timeout = absl::Seconds(o.request_timeout_s);
   return options;
 }
 
@@ -641,19 +866,36 @@ class PidFile {
   std::string path_;
 };
 
+// --insecure-listen taken at its word: a wildcard address that plain clients reach.
+bool InsecureListen(const ServeOptions& o) {
+  return o.listen_address && IsWildcardAddress(*o.listen_address) && o.tls != TlsMode::kRequire;
+}
+
+std::string InsecureWarning(const ServeOptions& o) {
+  return absl::StrFormat(
+      "WARNING: --insecure-listen: %s:%d is served on every network interface without "
+      "required TLS: anyone who reaches the port can read and write the disk",
+      *o.listen_address, o.listen_port);
+}
+
 void LogServing(const ServeOptions& o, const ExportTable& exports, const AcceptLoop& acceptor,
-                const ControlSocket* control) {
+                const AdmissionLimits& caps, const ControlSocket* control) {
   std::string where = Describe(acceptor.listeners());
   std::shared_ptr<const Export> disk = exports.Find("");
-  STRATA_LOG(kInfo, "serving %s (%s, cache=%s%s) on %s with %d workers%s", o.layer,
-             disk->description, Name(o.cache), disk->read_only ? ", read-only" : "", where,
-             o.workers, control ? absl::StrCat("; control socket ", control->path()) : "");
+  STRATA_LOG(kInfo,
+             "serving %s (%s, cache=%s%s) on %s%s with %d workers, at most %d connections (%d in "
+             "handshake)%s",
+             o.layer, disk->description, Name(o.cache), disk->read_only ? ", read-only" : "",
+             where, DescribeTls(o), o.workers, caps.max_connections, caps.max_handshakes,
+             control ? absl::StrCat("; control socket ", control->path()) : "");
+  if (InsecureListen(o)) STRATA_LOG(kError, "%s", InsecureWarning(o));
 }
 
 // $uri, $exportname, $unixsocket or $port, and $nbd (qemu's nbd: syntax) for the --run command.
 void SetCaptiveEnvironment(const ServeOptions& o, const Endpoint& e) {
   setenv("uri", e.uri.c_str(), 1);
   setenv("exportname", o.export_name.c_str(), 1);
+  setenv("tls", o.tls == TlsMode::kOff ? "" : std::string(Name(o.tls)).c_str(), 1);
   std::string nbd;
   if (e.tcp_port != 0) {
     setenv("port", absl::StrCat(e.tcp_port).c_str(), 1);
@@ -694,7 +936,7 @@ absl::StatusOr<pid_t> Announce(const ServeOptions& o, const Endpoint& e,
     (void)ignored;
     close(ready_fd);
   } else {
-    PrintServing(o.layer, e.uri);
+    PrintServing(o, e.uri);
   }
   return -1;
 }
@@ -742,9 +984,11 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   if (!log_fd.ok()) return log_fd.status();
   absl::StatusOr<std::unique_ptr<ChainStorage>> storage = OpenStorage(o);
   if (!storage.ok()) return storage.status();
+  absl::StatusOr<std::unique_ptr<TlsCredentials>> tls = LoadTls(o);
+  if (!tls.ok()) return tls.status();
   ExportTable exports;
   AddDiskExport(o, storage->get(), &exports);
-  Server server(&exports, MakeServerOptions(o));
+  Server server(&exports, MakeServerOptions(o, tls->get()));
   // Declared after the server so that it stops before the server does on every path.
   AcceptLoop acceptor([&server](int fd, std::string peer) {
     server.AddConnection(fd, std::move(peer));
@@ -752,7 +996,7 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   absl::StatusOr<Endpoint> endpoint = Listen(o, &acceptor);
   if (!endpoint.ok()) return endpoint.status();
   absl::StatusOr<int> ready_fd =
-      o.foreground ? absl::StatusOr<int>(-1) : Daemonize(o.layer, endpoint->uri);
+      o.foreground ? absl::StatusOr<int>(-1) : Daemonize(o, endpoint->uri);
   if (!ready_fd.ok()) return ready_fd.status();
   ShutdownSignals signals;
   if (absl::Status st = BlockSignals(&signals); !st.ok()) return st;
@@ -768,7 +1012,7 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   PidFile pid_file;
   if (absl::Status st = pid_file.Write(o.pid_file); !st.ok()) return st;
   SwitchLog(o, *log_fd);
-  LogServing(o, exports, acceptor, control->get());
+  LogServing(o, exports, acceptor, server.admission().limits(), control->get());
   absl::StatusOr<pid_t> child = Announce(o, *endpoint, signals, *ready_fd);
   if (!child.ok()) return child.status();
   if (absl::Status st = acceptor.Start(); !st.ok()) return st;
@@ -787,6 +1031,10 @@ absl::StatusOr<int> ResolveAndServe(ServeOptions parsed) {
   ServeOptions o = Resolve(std::move(parsed));
   SetLogLevel(o.log_level);
   WarnIfNoSyslog(o);
+  // The log line (LogServing) reaches stderr only with --log=stderr: the caller hears it too.
+  if (InsecureListen(o) && *o.log != LogTo::kStderr) {
+    fprintf(stderr, "strata serve: %s\n", InsecureWarning(o).c_str());
+  }
   RaiseOpenFileLimit();
   return Serve(o);
 }

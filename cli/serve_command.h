@@ -5,6 +5,7 @@
 #ifndef STRATA_CLI_SERVE_COMMAND_H_
 #define STRATA_CLI_SERVE_COMMAND_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -13,7 +14,9 @@
 
 #include "absl/status/statusor.h"
 #include "server/log.h"
+#include "server/engine/stats.h"
 #include "server/engine/storage.h"
+#include "server/nbd/handshake.h"
 
 namespace strata::cli {
 
@@ -28,6 +31,13 @@ struct ServeOptions {
   unsigned socket_mode = 0600;
   std::optional<std::string> listen_address;  // --listen ADDR:PORT
   int listen_port = 0;
+  // --insecure-listen: a wildcard --listen address without --tls=require is served (warned).
+  bool insecure_listen = false;
+  std::string tls_certs;  // --tls-certs DIR: ca-cert.pem, server-cert.pem, server-key.pem
+  std::string tls_psk;    // --tls-psk FILE: psktool's "username:hexkey" lines
+  bool tls_verify_peer = false;  // --tls-verify-peer: clients need a certificate the CA signed
+  // --tls; after parsing: kRequire when credentials are given and --tls is not, else kOff.
+  TlsMode tls = TlsMode::kOff;
   std::string export_name;
   bool read_only = false;
   CacheMode cache = CacheMode::kWriteback;
@@ -41,11 +51,25 @@ struct ServeOptions {
   std::string pid_file;
   std::string run;
   int shutdown_timeout_s = 10;  // --shutdown-timeout
+  FullVolumePolicy full_volume;  // --on-full, --full-timeout, --min-free
+  int max_connections = 0;      // --max-connections; 0: DefaultMaxConnections
+  int max_handshakes = 64;      // --max-handshakes (at most max_connections when serving)
+  uint64_t max_buffer_memory = 256ull << 20;  // --max-buffer-memory
+  int handshake_timeout_s = 10;               // --handshake-timeout (0: none)
+  int request_timeout_s = 30;                 // --request-timeout (0: none)
   bool help = false;
   // --allow-parent-dir (repeatable) and STRATA_ALLOW_PARENT_DIR, made absolute: directories
   // trusted to hold the chain's parents besides LAYER's tree (blockstore/parent_place.h).
   std::vector<std::string> allowed_parent_dirs;
 };
+
+// The largest --max-connections and --max-handshakes taken.
+inline constexpr int kMaxConnectionsCap = 1 << 20;
+// The default --max-connections: room for every connection in the open-file limit after a
+// reserve for what else the server opens — 128 (control clients, rings, listeners, the log) and
+// 4 for each descriptor open once the disk is open (its layer files; snapshot exports opened
+// later open their layers again), at most half the limit — and at most 1024.
+int DefaultMaxConnections(uint64_t open_file_limit, int open_descriptors);
 
 // Parses the arguments after "serve" with cli/args.h: `--opt VALUE` and `--opt=VALUE`; `--`
 // ends options; a repeated option keeps its last value.
@@ -58,10 +82,15 @@ std::string DefaultSocketPath(const std::string& layer);
 std::string DefaultControlPath(const std::string& layer);
 // LAYER's directory + "/" + LAYER's file name without extension + ".log".
 std::string DefaultLogPath(const std::string& layer);
-// nbd+unix:///EXPORT?socket=PATH (the export part only when non-empty), percent-encoded.
-std::string UnixUri(const std::string& socket_path, const std::string& export_name);
-// nbd://HOST:PORT/EXPORT.
-std::string TcpUri(const std::string& host, int port, const std::string& export_name);
+// nbd+unix:///EXPORT?socket=PATH (the export part only when non-empty), percent-encoded;
+// nbds+unix with `tls`.
+std::string UnixUri(const std::string& socket_path, const std::string& export_name,
+                    bool tls = false);
+// nbd://HOST:PORT/EXPORT, or nbds:// with `tls`.
+std::string TcpUri(const std::string& host, int port, const std::string& export_name,
+                   bool tls = false);
+// True for an address that listens on every interface: 0.0.0.0, ::, [::], * or empty.
+bool IsWildcardAddress(const std::string& host);
 
 // `strata serve ...`: argv[1] is "serve", like every command in main.cc's table. Returns the
 // process exit status: 0, 1 when serving failed, 2 for bad usage, or the --run command's.

@@ -10,7 +10,9 @@ pkgs=(
   g++ cmake make pkg-config git ca-certificates
   # libraries (Debian 12: liburing 2.3, libnbd 1.14, Abseil 20220623)
   liburing-dev libnbd-dev libabsl-dev libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev
+  nlohmann-json3-dev libgnutls28-dev
+  # certtool and psktool: the TLS tests make their certificates and keys
+  gnutls-bin
   # real NBD clients and peers for interop tests and benchmarks
   libnbd-bin python3-libnbd qemu-utils nbdkit fio nbd-client util-linux jq diffutils
   # qemu-storage-daemon (bench/merge_bench.sh's block-commit beside strata's online deletion)

@@ -377,7 +377,7 @@ bool AcceptLoop::AcceptAll(const Listener& l) {
         return false;
       }
       if (err != EAGAIN && err != EINTR && err != ECONNABORTED) {
-        STRATA_LOG(kError, "accept on %s: %s", l.description, strerror(err));
+        STRATA_LOG_LIMITED(kError, "accept on %s: %s", l.description, strerror(err));
       }
       return true;
     }

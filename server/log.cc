@@ -80,6 +80,39 @@ void LogToSyslog() {
   g_fd.store(-1);
 }
 
+bool LogLimiter::Allow(int64_t now_ns, uint64_t* suppressed) {
+  const int64_t second = now_ns / 1000000000;
+  absl::MutexLock lock(&mu_);
+  if (second != second_) {
+    second_ = second;
+    in_second_ = 0;
+  }
+  if (in_second_ >= kLinesPerSecond) {
+    ++suppressed_;
+    return false;
+  }
+  ++in_second_;
+  *suppressed = suppressed_;
+  suppressed_ = 0;
+  return true;
+}
+
+int64_t LogLimiter::Now() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+void LogLineLimited(LogLevel level, absl::string_view message, uint64_t suppressed) {
+  if (suppressed == 0) {
+    LogLine(level, message);
+    return;
+  }
+  LogLine(level, absl::StrFormat("%s (and %d similar lines suppressed before this one: at most "
+                                 "%d a second)",
+                                 message, suppressed, LogLimiter::kLinesPerSecond));
+}
+
 bool LogRedirected() { return g_fd.load(std::memory_order_relaxed) != STDERR_FILENO; }
 
 }  // namespace strata

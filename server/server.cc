@@ -1,5 +1,7 @@
 #include "server/server.h"
 
+#include <unistd.h>
+
 #include "absl/strings/str_format.h"
 #include "server/engine/storage.h"
 #include "server/log.h"
@@ -7,25 +9,54 @@
 namespace strata {
 
 Server::Server(const ExportTable* exports, ServerOptions options)
-    : exports_(exports), options_(options) {}
+    : exports_(exports),
+      options_(options),
+      budget_(options.max_buffer_memory, options.buffer_floor_per_connection),
+      no_space_(options.full_volume),
+      admission_(options.admission) {}
 
 Server::~Server() { Shutdown(); }
 
 absl::Status Server::Start() {
   pool_ = std::make_unique<BlockingPool>(options_.blocking_threads);
   for (int i = 0; i < options_.workers; ++i) {
-    auto w = std::make_unique<Worker>(i, exports_, pool_.get(), &no_space_, options_.limits);
+    auto w = std::make_unique<Worker>(i, exports_, pool_.get(), &no_space_, &budget_,
+                                      options_.limits, &admission_, options_.tls);
     absl::Status st = w->Init();
     if (!st.ok()) return st;
     workers_.push_back(std::move(w));
   }
   for (auto& w : workers_) w->Start();
-  return absl::OkStatus();
+  volume_watch_ = std::make_unique<VolumeWatch>(options_.volume_dir, &no_space_, [this] {
+    for (auto& w : workers_) {
+      w->Post([w = w.get()] { w->RetryWaitingForSpace(/*give_up=*/false); });
+    }
+  });
+  return volume_watch_->Start();
 }
 
 void Server::AddConnection(int fd, std::string peer) {
-  unsigned i = next_worker_.fetch_add(1) % workers_.size();
-  workers_[i]->AddConnection(fd, std::move(peer));
+  const unsigned i = next_worker_.fetch_add(1) % workers_.size();
+  const Admission::Decision d = admission_.Admit(static_cast<int>(i));
+  const AdmissionLimits& caps = admission_.limits();
+  if (!d.admitted) {
+    close(fd);
+    STRATA_LOG_LIMITED(kError,
+                       "connection from %s refused: %d connections open, the most allowed "
+                       "(--max-connections %d raises it; %d of them in handshake)",
+                       peer, d.open, caps.max_connections, d.handshaking);
+    return;
+  }
+  if (d.evict) {
+    // Its close line (rate-limited) gives the reason.
+    workers_[d.evict->worker]->Evict(
+        d.evict->id,
+        absl::StrFormat("still in handshake after %.3f s, the oldest of %d: room for a new "
+                        "connection (--max-handshakes raises it)",
+                        absl::ToDoubleSeconds(absl::Now() - d.evict->since),
+                        caps.max_handshakes));
+  }
+  workers_[i]->AddConnection(fd, std::move(peer), d.id);
 }
 
 absl::Status Server::RunPaused(const std::function<absl::Status()>& fn, absl::Duration* pause,
@@ -98,6 +129,7 @@ absl::StatusOr<std::vector<WorkerStats>> Server::CollectStats(absl::Duration tim
 void Server::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  volume_watch_.reset();  // it posts to the workers
   for (auto& w : workers_) w->Shutdown();
   const absl::Time deadline = absl::Now() + options_.shutdown_grace;
   bool forced = false;

@@ -14,8 +14,10 @@ STRATA="$(realpath "$STRATA")"
 mkdir -p "$WORK/d" "$WORK/elsewhere"
 cd "$WORK/elsewhere"
 "$STRATA" create --size 16M ../d/disk.strata >/dev/null
-timeout 20 prlimit --nofile=64 -- "$STRATA" serve --socket ../d/disk.sock --pid-file ../d/disk.pid \
-  --log-file ../d/server.log ../d/disk.strata
+# --max-connections past the limit: this is about running out of descriptors, which the
+# default cap (sized from the limit) would otherwise keep from happening.
+timeout 20 prlimit --nofile=64 -- "$STRATA" serve --max-connections 1000 --socket ../d/disk.sock \
+  --pid-file ../d/disk.pid --log-file ../d/server.log ../d/disk.strata
 SERVER_PID="$(cat ../d/disk.pid)"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"; }

@@ -5,11 +5,13 @@
 # the server, reattaches, runs e2fsck and verifies every file's checksum, then `strata check`.
 # Case online_merge instead deletes two live snapshots online (`strata delete-snapshot
 # --control`, rate-limited) while a writer keeps writing into the mounted ext4, then checks
-# e2fsck, every checksum, `strata list` and `strata check`.
+# e2fsck, every checksum, `strata list` and `strata check`. Case full_volume serves a disk on a
+# small tmpfs with --on-full=pause and fills the mounted ext4 past the volume's end: the writes
+# stall (paused-critical) with no I/O error in the guest until space is freed, then finish.
 # The kernel client uses simple replies only and 4 KiB requests: a path no other test drives.
 # Pass = the guest prints our random nonce with PASS, and no panic/oops appears in the console.
 # Usage: guest_kernel_nbd.sh STRATA_BINARY [CASE]
-#   CASE: kernel_nbd (default) | online_merge (the cases of tests/guest/init.sh)
+#   CASE: kernel_nbd (default) | online_merge | full_volume (the cases of tests/guest/init.sh)
 #   STRATA_TEST_SERVER=nbdkit validates the harness (kernel_nbd only)
 set -euo pipefail
 export PATH="/usr/bin:/usr/sbin:/bin:/sbin:$PATH"
@@ -27,7 +29,9 @@ case "$guest_case" in
   kernel_nbd) guest_timeout=180 ;;
   online_merge) guest_timeout=240
                 [ "$kind" = strata ] || skip "online_merge needs the strata server, not $kind" ;;
-  *) fail "unknown case $guest_case (kernel_nbd | online_merge)" ;;
+  full_volume) guest_timeout=180
+               [ "$kind" = strata ] || skip "full_volume needs the strata server, not $kind" ;;
+  *) fail "unknown case $guest_case (kernel_nbd | online_merge | full_volume)" ;;
 esac
 
 for t in qemu-system-x86_64 busybox nbd-client mkfs.ext4 e2fsck cpio gzip; do

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -35,7 +36,8 @@ std::string HandleControlLine(const std::string& line, const ControlSocket::Hand
 
 absl::StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::Start(const std::string& path,
                                                                     unsigned mode,
-                                                                    Handler handler) {
+                                                                    Handler handler,
+                                                                    absl::Duration idle_timeout) {
   auto listener = ListenUnix(path, mode);
   if (!listener.ok()) return listener.status();
   auto socket = std::unique_ptr<ControlSocket>(new ControlSocket());
@@ -44,6 +46,7 @@ absl::StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::Start(const std::s
   socket->wake_fd_ = eventfd(0, EFD_CLOEXEC);
   if (socket->wake_fd_ < 0) return absl::ErrnoToStatus(errno, "eventfd");
   socket->handler_ = std::move(handler);
+  socket->idle_timeout_ = idle_timeout;
   socket->thread_ = std::thread([s = socket.get()] { s->Run(); });
   return socket;
 }
@@ -65,31 +68,75 @@ struct ControlSocket::Client {
   std::string out;       // replies; out[sent..] is not sent yet
   size_t sent = 0;
   bool closing = false;  // reads nothing more; closes once every reply is sent
+  absl::Time active;     // connected, or last sent a complete request
   size_t queued() const { return out.size() - sent; }
+  // Waiting for nothing from us: may be closed for idling.
+  bool idle() const { return queued() == 0; }
 };
+
+void ControlSocket::Accept(std::vector<Client>* clients) {
+  int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+  if (fd < 0) return;
+  const absl::Time now = absl::Now();
+  if (clients->size() >= static_cast<size_t>(kMaxClients)) {
+    Client* oldest = nullptr;
+    for (Client& c : *clients) {
+      if (c.fd >= 0 && c.idle() && (oldest == nullptr || c.active < oldest->active)) oldest = &c;
+    }
+    if (oldest == nullptr) {
+      close(fd);  // bounded: a flood of control clients cannot exhaust descriptors
+      STRATA_LOG_LIMITED(kError,
+                         "control socket %s: connection refused: %d clients, each still being "
+                         "sent replies",
+                         path_, kMaxClients);
+      return;
+    }
+    const std::string why = absl::StrCat(
+        kMaxClients, " clients connected; this one idle longest (",
+        absl::FormatDuration(absl::Trunc(now - oldest->active, absl::Milliseconds(1))),
+        "), for a new one");
+    STRATA_LOG_LIMITED(kError, "control socket %s: client closed: %s", path_, why);
+    Drop(oldest, "");
+    std::erase_if(*clients, [](const Client& c) { return c.fd < 0; });
+  }
+  clients->push_back({.fd = fd, .active = now});
+}
+
+int ControlSocket::CloseIdle(std::vector<Client>* clients) {
+  const absl::Time now = absl::Now();
+  absl::Duration next = absl::InfiniteDuration();
+  for (Client& c : *clients) {
+    if (c.fd < 0 || !c.idle()) continue;
+    const absl::Duration left = c.active + idle_timeout_ - now;
+    if (left <= absl::ZeroDuration()) {
+      STRATA_LOG_LIMITED(kInfo, "control socket %s: client closed: no complete request in %s",
+                         path_, absl::FormatDuration(idle_timeout_));
+      Drop(&c, "");
+    } else {
+      next = std::min(next, left);
+    }
+  }
+  std::erase_if(*clients, [](const Client& c) { return c.fd < 0; });
+  if (next == absl::InfiniteDuration()) return -1;
+  return static_cast<int>(absl::ToInt64Milliseconds(absl::Ceil(next, absl::Milliseconds(1))));
+}
 
 void ControlSocket::Run() {
   std::vector<Client> clients;
   for (;;) {
+    const int timeout_ms = CloseIdle(&clients);
     std::vector<pollfd> fds = {{wake_fd_, POLLIN, 0}, {listen_fd_, POLLIN, 0}};
     for (const Client& c : clients) {
       const short events = (c.closing ? 0 : POLLIN) | (c.queued() > 0 ? POLLOUT : 0);
       fds.push_back({c.fd, events, 0});
     }
-    if (poll(fds.data(), fds.size(), -1) < 0) {
+    if (poll(fds.data(), fds.size(), timeout_ms) < 0) {
       if (errno == EINTR) continue;
       STRATA_LOG(kError, "control socket %s: poll: %s", path_, strerror(errno));
       break;
     }
     if (fds[0].revents) break;
-    if (fds[1].revents & POLLIN) {
-      int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
-      if (fd >= 0 && clients.size() >= kMaxClients) {
-        close(fd);  // bounded: a flood of control clients cannot exhaust descriptors
-      } else if (fd >= 0) {
-        clients.push_back({.fd = fd});
-      }
-    }
+    // Clients first: Accept may drop one and renumber the rest.
     for (size_t i = 2; i < fds.size(); ++i) {
       Client& c = clients[i - 2];
       if (!fds[i].revents) continue;
@@ -98,6 +145,7 @@ void ControlSocket::Run() {
       if (c.fd >= 0 && c.closing && c.queued() == 0) Drop(&c, "");
     }
     std::erase_if(clients, [](const Client& c) { return c.fd < 0; });
+    if (fds[1].revents & POLLIN) Accept(&clients);
   }
   for (const Client& c : clients) close(c.fd);
 }
@@ -117,6 +165,7 @@ void ControlSocket::Receive(Client* c) {
     std::string line = c->in.substr(0, nl);
     c->in.erase(0, nl + 1);
     Queue(c, HandleControlLine(line, handler_));
+    c->active = absl::Now();
   }
   if (c->fd >= 0 && c->in.size() > kMaxLine) {
     Queue(c, nlohmann::json{{"ok", false},
@@ -158,7 +207,9 @@ void ControlSocket::Send(Client* c) {
 }
 
 void ControlSocket::Drop(Client* c, absl::string_view why) {
-  if (!why.empty()) STRATA_LOG(kInfo, "control socket %s: client dropped: %s", path_, why);
+  if (!why.empty()) {
+    STRATA_LOG_LIMITED(kInfo, "control socket %s: client dropped: %s", path_, why);
+  }
   close(c->fd);
   c->fd = -1;
 }

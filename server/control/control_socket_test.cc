@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -169,6 +170,35 @@ TEST_F(ControlSocketTest, AClientThatNeverReadsIsDroppedPastTheBound) {
   send(other, "{\"request\":\"y\"}\n", 16, 0);
   EXPECT_EQ(Parse(ReadLine(other))["echo"], "y");
   close(other);
+}
+
+// Issue 13: 64 connections held open and idle refused every other control client (ECONNRESET,
+// nothing logged). Now the client idle longest makes room for a new one.
+TEST_F(ControlSocketTest, HeldIdleClientsDoNotLockOutANewOne) {
+  std::vector<int> held;
+  for (int i = 0; i < ControlSocket::kMaxClients + 10; ++i) held.push_back(Connect());
+  int fd = Connect();
+  send(fd, "{\"request\":\"y\"}\n", 16, 0);
+  EXPECT_EQ(Parse(ReadLine(fd))["echo"], "y");
+  close(fd);
+  char c;
+  EXPECT_EQ(recv(held.front(), &c, 1, 0), 0) << "the oldest idle client is still connected";
+  for (int h : held) close(h);
+}
+
+TEST_F(ControlSocketTest, ClientSilentPastTheIdleTimeoutIsClosed) {
+  socket_.reset();
+  auto s = ControlSocket::Start(path_, 0600, Echo, absl::Milliseconds(200));
+  ASSERT_TRUE(s.ok()) << s.status();
+  socket_ = std::move(*s);
+  int active = Connect();
+  int silent = Connect();
+  send(active, "{\"request\":\"a\"}\n", 16, 0);
+  EXPECT_EQ(Parse(ReadLine(active))["echo"], "a");
+  char c;
+  EXPECT_EQ(recv(silent, &c, 1, 0), 0) << "the silent client was not closed";
+  close(silent);
+  close(active);
 }
 
 }  // namespace

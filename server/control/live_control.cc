@@ -176,7 +176,7 @@ void LiveControl::Published::ExportLocked(const std::string& name, const std::st
     absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
         OpenChainStorage(path, /*writable=*/false, direct_io, dirs);
     if (!storage.ok()) {
-      STRATA_LOG(kError, "export %s: %s", info.name, storage.status().message());
+      STRATA_LOG_LIMITED(kError, "export %s: %s", info.name, storage.status().message());
       return absl::Status(storage.status().code(), absl::StrCat("export ", info.name, ": ",
                                                                 storage.status().message()));
     }
@@ -239,6 +239,15 @@ absl::Status FlushBeforePause(Chain* chain) {
   return absl::OkStatus();
 }
 
+// The host volume as the volume watch last saw it (free_bytes null before its first reading).
+json VolumeJson(const NoSpaceState& ns) {
+  const bool measured = ns.total_bytes() > 0;
+  return json{{"free_bytes", measured ? json(ns.free_bytes()) : json(nullptr)},
+              {"total_bytes", measured ? json(ns.total_bytes()) : json(nullptr)},
+              {"min_free_bytes", ns.policy().min_free_bytes},
+              {"low", ns.low()}};
+}
+
 }  // namespace
 
 absl::Status LiveControl::Snapshot(const json& request, json* reply) {
@@ -252,6 +261,15 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
   if (!disk_->writable()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "snapshot '", name, "': ", disk_->top_path(), " is served read-only; nothing to freeze"));
+  }
+  // Its pause would wait for writes that wait for space, holding every other request meanwhile
+  // until the pause timeout: say why at once instead.
+  if (int64_t waiting = server_->no_space().waiting(); waiting > 0) {
+    ++snapshot_failures_;
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "snapshot '%s': the disk is paused-critical (%d writes wait for space on the host "
+        "volume): free space first",
+        name, waiting));
   }
   absl::StatusOr<Chain::SnapshotResult> result =
       absl::InternalError("snapshot did not run");  // replaced inside the pause
@@ -355,6 +373,10 @@ absl::Status LiveControl::List(json* reply) {
   }
   (*reply)["layers"] = std::move(out);
   (*reply)["merge"] = merge_ ? merge_->Describe() : json(nullptr);
+  const NoSpaceState& ns = server_->no_space();
+  (*reply)["paused_critical"] = ns.waiting() > 0;
+  (*reply)["waiting_writes"] = ns.waiting();
+  (*reply)["volume"] = VolumeJson(ns);
   return absl::OkStatus();
 }
 
@@ -399,8 +421,14 @@ absl::Status LiveControl::Stats(json* reply) {
               {"replies", ns.replies()},
               {"episodes", ns.episodes()},
               {"since", ns.full() ? json(IsoTime(ns.since_wall_ns())) : json(nullptr)},
-              {"last", ns.last_wall_ns() ? json(IsoTime(ns.last_wall_ns())) : json(nullptr)}};
+              {"last", ns.last_wall_ns() ? json(IsoTime(ns.last_wall_ns())) : json(nullptr)},
+              {"on_full", Name(ns.policy().mode)},
+              {"full_timeout_seconds", ns.policy().max_wait_ns / 1'000'000'000},
+              {"waiting_writes", ns.waiting()},
+              {"writes_that_waited", ns.waits()}};
   (*reply)["enospc"] = std::move(enospc);
+  (*reply)["paused_critical"] = ns.waiting() > 0;
+  (*reply)["volume"] = VolumeJson(ns);
   // A failed sync makes the disk refuse writes and flushes until restarted (README,
   // Guarantees): say so, with the cause.
   absl::Status failure = disk_->chain()->failure();

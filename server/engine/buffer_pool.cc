@@ -1,5 +1,6 @@
 #include "server/engine/buffer_pool.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <new>
 
@@ -23,6 +24,8 @@ BufferPool::~BufferPool() {
     for (char* b : list) free(b);
   }
 }
+
+size_t BufferPool::CapacityFor(size_t size) { return kMinClass << ClassOf(size); }
 
 char* BufferPool::Acquire(size_t size, size_t* capacity) {
   int c = ClassOf(size);
@@ -48,6 +51,50 @@ void BufferPool::Release(char* buffer, size_t capacity) {
     return;
   }
   free(buffer);
+}
+
+bool BufferBudget::TryTake(uint64_t held, uint64_t n, BudgetWaiter* waiter) {
+  const uint64_t more = BeyondFloor(held + n) - BeyondFloor(held);
+  if (more == 0) return true;
+  absl::MutexLock lock(&mu_);
+  if (used_ + more <= pool_) {
+    used_ += more;
+    return true;
+  }
+  // Remembered under the same lock that saw no room: a Give after this calls it.
+  if (std::find(waiters_.begin(), waiters_.end(), waiter) == waiters_.end()) {
+    waiters_.push_back(waiter);
+  }
+  return false;
+}
+
+void BufferBudget::Take(uint64_t held, uint64_t n) {
+  const uint64_t more = BeyondFloor(held + n) - BeyondFloor(held);
+  if (more == 0) return;
+  absl::MutexLock lock(&mu_);
+  used_ += more;
+}
+
+void BufferBudget::Give(uint64_t held, uint64_t n) {
+  const uint64_t less = BeyondFloor(held) - BeyondFloor(held - n);
+  if (less == 0) return;
+  std::vector<BudgetWaiter*> wake;
+  {
+    absl::MutexLock lock(&mu_);
+    used_ -= less;
+    wake.swap(waiters_);
+  }
+  for (BudgetWaiter* w : wake) w->BudgetFreed();
+}
+
+void BufferBudget::Forget(BudgetWaiter* waiter) {
+  absl::MutexLock lock(&mu_);
+  waiters_.erase(std::remove(waiters_.begin(), waiters_.end(), waiter), waiters_.end());
+}
+
+uint64_t BufferBudget::pool_used() const {
+  absl::MutexLock lock(&mu_);
+  return used_;
 }
 
 }  // namespace strata

@@ -1,7 +1,9 @@
 #include "server/engine/buffer_pool.h"
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -106,7 +108,7 @@ TEST(BufferPoolTest, IdleCapFreesWhatItCannotKeep) {
 
 // 64 MiB is the top class: pooled like the others (with the default 64 MiB cap).
 TEST(BufferPoolTest, SixtyFourMiBIsTheTopPooledClass) {
-  BufferPool pool;
+  BufferPool pool(64 * kMiB);
   size_t capacity = 0;
   char* top = pool.Acquire(32 * kMiB + 1, &capacity);
   ASSERT_EQ(capacity, 64 * kMiB);
@@ -134,6 +136,108 @@ TEST(BufferPoolTest, SizeAboveTheTopClassIsServedButNeverKept) {
   huge[capacity - 1] = 1;
   pool.Release(huge, capacity);
   EXPECT_EQ(pool.idle_bytes(), 0u);
+}
+
+// The budget's cost of a request is what the pool hands out for it.
+TEST(BufferPoolTest, CapacityForIsWhatAcquireHandsOut) {
+  BufferPool pool;
+  for (size_t size : {size_t{0}, size_t{1}, 4 * kKiB, 4 * kKiB + 1, 3 * kMiB, 32 * kMiB + 1}) {
+    EXPECT_EQ(BufferPool::CapacityFor(size), CapacityFor(pool, size)) << size;
+  }
+}
+
+struct CountingWaiter final : BudgetWaiter {
+  void BudgetFreed() override { ++calls; }
+  std::atomic<int> calls{0};
+};
+
+// A holder's first `floor` bytes never touch the pool, so a full pool still lets every
+// connection hold one modest request.
+TEST(BufferBudgetTest, TheFloorIsAlwaysGrantedAndCostsThePoolNothing) {
+  BufferBudget budget(1 * kMiB, 256 * kKiB);
+  CountingWaiter w;
+  ASSERT_TRUE(budget.TryTake(0, 1 * kMiB + 256 * kKiB, &w));  // floor + the whole pool
+  EXPECT_EQ(budget.pool_used(), 1 * kMiB);
+  // Another holder, pool exhausted: its floor still comes.
+  EXPECT_TRUE(budget.TryTake(0, 128 * kKiB, &w));
+  EXPECT_TRUE(budget.TryTake(128 * kKiB, 128 * kKiB, &w));
+  EXPECT_EQ(budget.pool_used(), 1 * kMiB);
+  // One byte past that floor is refused.
+  EXPECT_FALSE(budget.TryTake(256 * kKiB, 1, &w));
+  EXPECT_EQ(budget.pool_used(), 1 * kMiB);
+}
+
+// Only the part of a take beyond the holder's floor is charged, and a give returns exactly
+// what its take charged, so the pool drains back to zero.
+TEST(BufferBudgetTest, OnlyBytesBeyondTheFloorAreChargedAndGivenBack) {
+  BufferBudget budget(64 * kMiB, 1 * kMiB);
+  CountingWaiter w;
+  ASSERT_TRUE(budget.TryTake(0, 512 * kKiB, &w));
+  EXPECT_EQ(budget.pool_used(), 0u);
+  ASSERT_TRUE(budget.TryTake(512 * kKiB, 4 * kMiB, &w));  // crosses the floor
+  EXPECT_EQ(budget.pool_used(), 3 * kMiB + 512 * kKiB);
+  budget.Give(4 * kMiB + 512 * kKiB, 512 * kKiB);  // the first buffer goes
+  EXPECT_EQ(budget.pool_used(), 3 * kMiB);
+  budget.Give(4 * kMiB, 4 * kMiB);
+  EXPECT_EQ(budget.pool_used(), 0u);
+}
+
+// A refused holder's waiter is called once when pool bytes come back (not for each give, not
+// when a give stays within a floor), and waiters can be forgotten.
+TEST(BufferBudgetTest, ARefusedWaiterIsCalledOnceWhenPoolBytesAreGivenBack) {
+  BufferBudget budget(8 * kMiB, 1 * kMiB);
+  CountingWaiter a, b, gone;
+  ASSERT_TRUE(budget.TryTake(0, 9 * kMiB, &a));
+  EXPECT_FALSE(budget.TryTake(0, 2 * kMiB, &b));
+  EXPECT_FALSE(budget.TryTake(0, 2 * kMiB, &b));  // remembered once
+  EXPECT_FALSE(budget.TryTake(0, 2 * kMiB, &gone));
+  budget.Forget(&gone);
+  // A second holder's floor-only buffer coming back frees no pool bytes: nobody is called.
+  ASSERT_TRUE(budget.TryTake(0, 1 * kMiB, &a));
+  budget.Give(1 * kMiB, 1 * kMiB);
+  EXPECT_EQ(b.calls, 0);
+  budget.Give(9 * kMiB, 4 * kMiB);
+  EXPECT_EQ(b.calls, 1);
+  EXPECT_EQ(gone.calls, 0);
+  budget.Give(5 * kMiB, 4 * kMiB);
+  EXPECT_EQ(b.calls, 1);  // it has to be refused again to be called again
+  EXPECT_TRUE(budget.TryTake(0, 2 * kMiB, &b));
+}
+
+// Take never refuses (an admitted request's buffer growing must not wait), even past the pool.
+TEST(BufferBudgetTest, TakeGoesPastThePool) {
+  BufferBudget budget(1 * kMiB, 0);
+  CountingWaiter w;
+  budget.Take(0, 3 * kMiB);
+  EXPECT_EQ(budget.pool_used(), 3 * kMiB);
+  EXPECT_FALSE(budget.TryTake(0, 4 * kKiB, &w));
+  budget.Give(3 * kMiB, 3 * kMiB);
+  EXPECT_EQ(budget.pool_used(), 0u);
+  EXPECT_EQ(w.calls, 1);
+}
+
+// Workers take and give from their own threads: the pool never goes past its size and ends
+// where it started.
+TEST(BufferBudgetTest, ConcurrentHoldersNeverExceedThePool) {
+  constexpr uint64_t kPool = 16 * kMiB;
+  BufferBudget budget(kPool, 64 * kKiB);
+  std::atomic<bool> over{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      CountingWaiter w;
+      for (int i = 0; i < 2000; ++i) {
+        const uint64_t n = (i % 7 + 1) * kMiB;
+        if (!budget.TryTake(0, n, &w)) continue;
+        if (budget.pool_used() > kPool) over = true;
+        budget.Give(n, n);
+      }
+      budget.Forget(&w);
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_FALSE(over);
+  EXPECT_EQ(budget.pool_used(), 0u);
 }
 
 }  // namespace

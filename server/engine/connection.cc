@@ -20,11 +20,19 @@ using nbd::Command;
 
 namespace {
 
+// The input buffer of a connection with nothing buffered: one page, so idle connections cost
+// little.
+constexpr size_t kInputMin = 4 << 10;
 // 64 KiB of option data plus headers must fit (Handshake::kMaxOptionLength); 128 KiB also holds
 // a few dozen pipelined small WRITEs per recv.
-constexpr size_t kInputBuffer = 128 << 10;
+constexpr size_t kInputMax = 128 << 10;
 // Replies gathered into one sendmsg.
 constexpr size_t kMaxSendIov = 256;
+// With TLS, replies are encrypted up to this much ciphertext waiting for the socket, in
+// pieces of at most kTlsWriteBytes: a 32 MiB READ reply costs 2 MiB of records at a time,
+// not a second copy of itself.
+constexpr size_t kTlsOutputHigh = 1 << 20;
+constexpr size_t kTlsWriteBytes = 1 << 20;
 // ENOSPC is logged at most once a second: a full host volume fails every allocating write and
 // must not flood the log (README, "What strata guarantees": a full host volume).
 bool ShouldLogNoSpace() {
@@ -51,9 +59,8 @@ Connection::Connection(Worker* worker, int fd, uint64_t id, std::string peer)
       fd_(fd),
       id_(id),
       peer_(std::move(peer)),
-      handshake_(worker->exports()),
-      buffers_(&worker->buffers()),
-      in_(kInputBuffer),
+      handshake_(worker->exports(), worker->tls().mode),
+      buffers_(&worker->buffers(), worker->budget(), worker),
       opened_ns_(MonotonicNs()) {
   if (LogEnabled(LogLevel::kDebug)) {
     handshake_.set_trace([id](const std::string& line) {
@@ -62,7 +69,7 @@ Connection::Connection(Worker* worker, int fd, uint64_t id, std::string peer)
   }
 }
 
-Connection::~Connection() = default;
+Connection::~Connection() { worker_->buffers().Release(in_, in_size_); }
 
 ConnectionStats Connection::Stats() const {
   ConnectionStats st;
@@ -78,7 +85,7 @@ ConnectionStats Connection::Stats() const {
 }
 
 void Connection::Start() {
-  STRATA_LOG(kInfo, "conn %d: opened from %s on worker %d", id_, peer_, worker_->index());
+  STRATA_LOG_LIMITED(kInfo, "conn %d: opened from %s on worker %d", id_, peer_, worker_->index());
   std::string greeting;
   Handshake::WriteGreeting(&greeting);
   QueueRaw(std::move(greeting));
@@ -94,28 +101,89 @@ bool Connection::FlowBlocked() const {
          buffers_.bytes() >= limits.max_buffer_bytes_per_connection;
 }
 
-void Connection::ArmRecv() {
-  if (recv_in_flight_ || state_ >= State::kDraining) return;
-  char* target;
-  size_t len;
+// Moves what is buffered to the start of a new input buffer of `size` bytes.
+void Connection::ResizeInput(size_t size) {
+  size_t cap;
+  char* bigger = worker_->buffers().Acquire(size, &cap);
+  const size_t buffered = in_end_ - in_begin_;
+  if (buffered > 0) std::memcpy(bigger, in_ + in_begin_, buffered);
+  worker_->buffers().Release(in_, in_size_);
+  in_ = bigger;
+  in_size_ = cap;
+  in_begin_ = 0;
+  in_end_ = buffered;
+}
+
+// Where the next bytes from the client go: the WRITE payload being received, else the input
+// buffer (allocated on demand, grown while the client outpaces it, shrunk once it caught up).
+// False when flow control or the budget holds the input back.
+bool Connection::RecvTarget(char** target, size_t* len) {
   if (payload_req_ != nullptr) {
-    target = payload_req_->data() + payload_req_->payload_got;
-    len = payload_req_->h.length - payload_req_->payload_got;
-  } else {
-    if (FlowBlocked()) return;
-    if (in_begin_ > 0) {
-      std::memmove(in_.data(), in_.data() + in_begin_, in_end_ - in_begin_);
-      in_end_ -= in_begin_;
-      in_begin_ = 0;
-    }
-    if (in_end_ == in_.size()) return;  // parser is waiting on flow control
-    target = in_.data() + in_end_;
-    len = in_.size() - in_end_;
+    *target = payload_req_->data() + payload_req_->payload_got;
+    *len = payload_req_->h.length - payload_req_->payload_got;
+    return true;
   }
+  if (FlowBlocked() || budget_wait_) return false;
+  if (in_ == nullptr) {
+    ResizeInput(kInputMin);
+  } else if (recv_filled_ && in_size_ < kInputMax) {
+    ResizeInput(in_size_ * 2);  // the client sends faster than one buffer a recv
+  } else if (in_begin_ == in_end_ && !recv_filled_ && in_size_ > kInputMin) {
+    ResizeInput(kInputMin);  // caught up: an idle connection holds a page
+  } else if (in_begin_ > 0) {
+    std::memmove(in_, in_ + in_begin_, in_end_ - in_begin_);
+    in_end_ -= in_begin_;
+    in_begin_ = 0;
+  }
+  if (in_end_ == in_size_) return false;  // parser is waiting on flow control
+  *target = in_ + in_end_;
+  *len = in_size_ - in_end_;
+  return true;
+}
+
+void Connection::PrepRecv(char* target, size_t len) {
   io_uring_sqe* sqe = worker_->GetSqe();
   io_uring_prep_recv(sqe, fd_, target, len, 0);
   io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kRecv, this));
   recv_in_flight_ = true;
+}
+
+void Connection::ArmRecv() {
+  // Without TLS one pass: a recv straight into the target. With TLS, plaintext the session
+  // already holds is delivered first (a recv may bring several records); the socket's next
+  // bytes go to the session.
+  while (!recv_in_flight_ && state_ < State::kDraining && !starttls_pending_) {
+    char* target;
+    size_t len;
+    if (!RecvTarget(&target, &len)) return;
+    if (tls_ == nullptr) {
+      PrepRecv(target, len);
+      return;
+    }
+    absl::StatusOr<size_t> n = tls_->Read(target, len);
+    FlushSends();  // handshake messages and alerts
+    if (!n.ok()) {
+      // A client's close_notify (kUnavailable) is a close like any other, not an error.
+      if (!absl::IsUnavailable(n.status())) {
+        STRATA_LOG(kError, "conn %d: %s", id_, n.status().message());
+      }
+      BeginDrain(std::string(n.status().message()));
+      return;
+    }
+    if (tls_->handshake_done() && handshake_.state() == HandshakeState::kStartTls) {
+      STRATA_LOG(kInfo, "conn %d: TLS established: %s", id_, tls_->Description());
+      handshake_.TlsStarted();
+    }
+    if (*n > 0) {
+      Deliver(*n);
+      continue;
+    }
+    if (tls_->recv_space_size() == 0) {  // cannot happen: the buffer holds whole records
+      BeginDrain("TLS input buffer full without a complete record");
+      return;
+    }
+    PrepRecv(tls_->recv_space(), tls_->recv_space_size());
+  }
 }
 
 void Connection::OnRecv(int res) {
@@ -139,29 +207,62 @@ void Connection::OnRecv(int res) {
                                        : "client closed the connection");
     return;
   }
+  if (tls_ != nullptr) {
+    tls_->Received(res);  // ArmRecv decrypts
+  } else {
+    Deliver(res);
+  }
+  ArmRecv();
+}
+
+void Connection::Deliver(size_t n) {
   if (payload_req_ != nullptr) {
     Request* r = payload_req_;
-    r->payload_got += res;
+    r->payload_got += n;
+    payload_progress_ns_ = MonotonicNs();
     if (r->payload_got == r->h.length) {
       payload_req_ = nullptr;
       Dispatch(r);
     }
   } else {
-    in_end_ += res;
+    in_end_ += n;
+    recv_filled_ = in_end_ == in_size_;
   }
   Process();
-  ArmRecv();
+}
+
+void Connection::StartTls() {
+  absl::StatusOr<std::unique_ptr<TlsSession>> session =
+      TlsSession::NewServer(worker_->tls().credentials);
+  if (!session.ok()) {
+    STRATA_LOG(kError, "conn %d: %s", id_, session.status().message());
+    BeginDrain(std::string(session.status().message()));
+    return;
+  }
+  tls_ = *std::move(session);
+  // A client starts its TLS handshake only once it has our ack, so whatever follows the
+  // option in the input is TLS already.
+  const size_t rest = in_end_ - in_begin_;
+  std::memcpy(tls_->recv_space(), in_ + in_begin_, std::min(rest, tls_->recv_space_size()));
+  tls_->Received(std::min(rest, tls_->recv_space_size()));
+  in_begin_ = in_end_ = 0;
+  // The ack was queued in plaintext: TLS starts once it is sent (OnSend).
+  starttls_pending_ = true;
 }
 
 void Connection::Process() {
   if (state_ == State::kHandshake) {
     std::string out;
     size_t used = handshake_.Feed(
-        absl::string_view(in_.data() + in_begin_, in_end_ - in_begin_), &out);
+        absl::string_view(in_ + in_begin_, in_end_ - in_begin_), &out);
     in_begin_ += used;
     if (!out.empty()) QueueRaw(std::move(out));
     if (handshake_.state() == HandshakeState::kClosed) {
       BeginDrain(handshake_.close_reason());
+      return;
+    }
+    if (handshake_.state() == HandshakeState::kStartTls && tls_ == nullptr) {
+      StartTls();
       return;
     }
     if (handshake_.state() != HandshakeState::kTransmission) return;
@@ -170,6 +271,7 @@ void Connection::Process() {
     buffers_.set_alignment(std::max<uint64_t>(kDirectIoAlignment, storage_->sub_block_size()));
     disk_ = {this, worker_, storage_, &buffers_, &session_};
     state_ = State::kTransmission;
+    worker_->ConnectionNegotiated(this);
     STRATA_LOG(kDebug, "conn %d: export \"%s\" size %d flags %s%s%s%s", id_,
                session_.export_->name, session_.export_->size(),
                nbd::TransmissionFlagsToString(session_.transmission_flags),
@@ -179,10 +281,9 @@ void Connection::Process() {
   }
   while (state_ == State::kTransmission && payload_req_ == nullptr &&
          in_end_ - in_begin_ >= nbd::kRequestHeaderSize && !FlowBlocked()) {
-    nbd::RequestHeader h = nbd::RequestHeader::DecodeFrom(in_.data() + in_begin_);
-    in_begin_ += nbd::kRequestHeaderSize;
+    nbd::RequestHeader h = nbd::RequestHeader::DecodeFrom(in_ + in_begin_);
     if (h.magic != nbd::kRequestMagic) {
-      STRATA_LOG(kError, "conn %d: bad request magic %#x: closing", id_, h.magic);
+      STRATA_LOG_LIMITED(kError, "conn %d: bad request magic %#x: closing", id_, h.magic);
       BeginDrain("bad request magic");
       return;
     }
@@ -193,34 +294,81 @@ void Connection::Process() {
     }
     if (cmd == Command::kWrite && h.length > kMaxPayload) {
       // The spec lets a server hang up on payloads of 32 MiB or more rather than swallow them.
-      STRATA_LOG(kError, "conn %d: %s: payload above %u bytes: closing", id_, DescribeRequest(h),
+      STRATA_LOG_LIMITED(kError, "conn %d: %s: payload above %u bytes: closing", id_, DescribeRequest(h),
                  kMaxPayload);
       BeginDrain("oversized WRITE payload");
       return;
     }
+    absl::Status valid = ValidateRequest(h, session_);
+    IoBuffer buf;
+    if (!TakeBuffer(h, valid, &buf)) {
+      // The header stays in the input buffer and is parsed again once budget is freed (or
+      // this connection's own replies go out: OnSend).
+      if (!budget_wait_) worker_->WaitForBudget(this);
+      budget_wait_ = true;
+      return;
+    }
+    budget_wait_ = false;
+    in_begin_ += nbd::kRequestHeaderSize;
     Request* r = NewRequest();
     r->h = h;
     r->cmd = cmd;
     r->start_ns = MonotonicNs();
-    r->status = ValidateRequest(h, session_);
+    r->status = std::move(valid);
+    r->buf = buf;
     if (cmd == Command::kWrite) {
-      // Even an invalid WRITE consumes its payload, to keep the stream in step.
-      if (r->status.ok()) {
-        buffers_.Acquire(&r->buf, h.offset, h.offset + h.length);
-      } else {
-        // The offset may be anything (even overflow offset + length): a plain buffer.
-        buffers_.AcquireUnaligned(&r->buf, h.offset, h.length);
-      }
       size_t have = std::min<size_t>(h.length, in_end_ - in_begin_);
-      std::memcpy(r->data(), in_.data() + in_begin_, have);
+      std::memcpy(r->data(), in_ + in_begin_, have);
       in_begin_ += have;
       r->payload_got = static_cast<uint32_t>(have);
       if (r->payload_got < h.length) {
         payload_req_ = r;  // the rest goes straight into r->buf
+        payload_progress_ns_ = MonotonicNs();
         return;
       }
     }
     Dispatch(r);
+  }
+}
+
+// The buffer a request needs before it is parsed: a WRITE's payload (an invalid WRITE's too: it
+// is consumed to keep the stream in step) or a READ's data. False when the budget has no room.
+bool Connection::TakeBuffer(const nbd::RequestHeader& h, const absl::Status& valid,
+                            IoBuffer* buf) {
+  const Command cmd = static_cast<Command>(h.type);
+  if (cmd == Command::kWrite) {
+    // An invalid WRITE's offset may be anything (even overflow offset + length): a plain buffer.
+    return valid.ok() ? buffers_.TryAcquire(buf, h.offset, h.offset + h.length)
+                      : buffers_.TryAcquireUnaligned(buf, h.offset, h.length);
+  }
+  // A READ refused (invalid, or the server shutting down) needs no data buffer.
+  if (cmd == Command::kRead && valid.ok() && !shutting_down_ && h.length > 0) {
+    return buffers_.TryAcquire(buf, h.offset, h.offset + h.length);
+  }
+  return true;
+}
+
+void Connection::BudgetFreed() {
+  budget_wait_ = false;
+  if (state_ != State::kTransmission) return;
+  Process();
+  ArmRecv();
+}
+
+void Connection::CheckTimeouts(int64_t now_ns) {
+  const WorkerLimits& limits = worker_->limits();
+  auto past = [now_ns](int64_t since_ns, absl::Duration limit) {
+    return limit > absl::ZeroDuration() && now_ns - since_ns > absl::ToInt64Nanoseconds(limit);
+  };
+  if (state_ == State::kHandshake && past(opened_ns_, limits.handshake_timeout)) {
+    Abort(absl::StrCat("handshake not finished within ",
+                          absl::FormatDuration(limits.handshake_timeout)));
+  } else if (state_ == State::kTransmission && payload_req_ != nullptr &&
+             past(payload_progress_ns_, limits.request_timeout)) {
+    Abort(absl::StrFormat("%s: no payload bytes for %s (%u of %u received)",
+                             DescribeRequest(payload_req_->h),
+                             absl::FormatDuration(limits.request_timeout),
+                             payload_req_->payload_got, payload_req_->h.length));
   }
 }
 
@@ -233,10 +381,10 @@ void Connection::Shutdown() {
   MaybeClose();
 }
 
-void Connection::Abort() {
+void Connection::Abort(std::string why) {
   if (state_ == State::kClosed) return;
   ::shutdown(fd_, SHUT_RDWR);
-  BeginDrain("closed by the server's shutdown grace period");
+  BeginDrain(std::move(why));
 }
 
 void Connection::Dispatch(Request* r) {
@@ -286,7 +434,7 @@ void Connection::Reply(Request* r) {
       worker_->no_space()->OnNoSpace();
     }
     if (error != nbd::Error::kNoSpc || ShouldLogNoSpace()) {
-      STRATA_LOG(kError, "conn %d: %s -> %s", id_, r->status.message(), nbd::Name(error));
+      STRATA_LOG_LIMITED(kError, "conn %d: %s -> %s", id_, r->status.message(), nbd::Name(error));
     }
     r->header.clear();
     r->reply.clear();
@@ -331,18 +479,32 @@ void Connection::QueueRaw(std::string bytes) {
   FlushSends();
 }
 
-void Connection::FlushSends() {
-  if (send_in_flight_ || send_queue_.empty() || send_failed_) return;
+size_t Connection::GatherSendIov(size_t max_bytes) {
   send_iov_.clear();
+  size_t bytes = 0;
   for (Request* r : send_queue_) {
-    for (size_t i = r->reply_index; i < r->reply.size() && send_iov_.size() < kMaxSendIov; ++i) {
+    for (size_t i = r->reply_index;
+         i < r->reply.size() && send_iov_.size() < kMaxSendIov && bytes < max_bytes; ++i) {
       const ReplyPiece& piece = r->reply[i];
       char* base = piece.from_header ? r->header.data() + piece.offset : r->data() + piece.offset;
       size_t skip = i == r->reply_index ? r->reply_skip : 0;
-      send_iov_.push_back({base + skip, piece.length - skip});
+      size_t len = std::min(piece.length - skip, max_bytes - bytes);
+      send_iov_.push_back({base + skip, len});
+      bytes += len;
     }
-    if (send_iov_.size() >= kMaxSendIov) break;
+    if (send_iov_.size() >= kMaxSendIov || bytes >= max_bytes) break;
   }
+  return bytes;
+}
+
+void Connection::FlushSends() {
+  if (send_in_flight_ || send_failed_) return;
+  if (TlsActive()) {
+    FlushTls();
+    return;
+  }
+  if (send_queue_.empty()) return;
+  GatherSendIov(SIZE_MAX);
   send_msg_ = {};
   send_msg_.msg_iov = send_iov_.data();
   send_msg_.msg_iovlen = send_iov_.size();
@@ -350,6 +512,46 @@ void Connection::FlushSends() {
   io_uring_prep_sendmsg(sqe, fd_, &send_msg_, MSG_NOSIGNAL);
   io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kSend, this));
   send_in_flight_ = true;
+}
+
+void Connection::FlushTls() {
+  while (!send_queue_.empty() && tls_->buffered_output() < kTlsOutputHigh) {
+    const size_t bytes = GatherSendIov(kTlsWriteBytes);
+    if (absl::Status st = tls_->Write(send_iov_.data(), send_iov_.size()); !st.ok()) {
+      STRATA_LOG(kError, "conn %d: %s", id_, st.message());
+      send_failed_ = true;
+      BeginDrain(std::string(st.message()));
+      return;
+    }
+    // The records hold copies: the replies are done with.
+    for (Request* r : AdvanceSendQueue(bytes)) Release(r);
+  }
+  absl::string_view out = tls_->NextOutput();
+  if (out.empty()) return;
+  io_uring_sqe* sqe = worker_->GetSqe();
+  io_uring_prep_send(sqe, fd_, out.data(), out.size(), MSG_NOSIGNAL);
+  io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kSend, this));
+  send_in_flight_ = true;
+}
+
+std::vector<Request*> Connection::AdvanceSendQueue(size_t bytes) {
+  std::vector<Request*> sent;
+  size_t left = bytes;
+  while (left > 0 && !send_queue_.empty()) {
+    Request* r = send_queue_.front();
+    const size_t remaining = r->reply[r->reply_index].length - r->reply_skip;
+    if (left < remaining) {
+      r->reply_skip += left;
+      break;
+    }
+    left -= remaining;
+    r->reply_skip = 0;
+    if (++r->reply_index == r->reply.size()) {
+      send_queue_.pop_front();
+      sent.push_back(r);
+    }
+  }
+  return sent;
 }
 
 void Connection::OnSend(int res) {
@@ -361,30 +563,19 @@ void Connection::OnSend(int res) {
   std::vector<Request*> sent;
   if (res < 0) {
     if (state_ < State::kDraining) {
-      STRATA_LOG(kInfo, "conn %d: send failed: %s; dropping %d queued replies", id_,
+      STRATA_LOG_LIMITED(kInfo, "conn %d: send failed: %s; dropping %d queued replies", id_,
                  strerror(-res), send_queue_.size());
     }
     send_failed_ = true;
     sent.assign(send_queue_.begin(), send_queue_.end());
     send_queue_.clear();
+  } else if (TlsActive()) {
+    tls_->Sent(static_cast<size_t>(res));  // ciphertext: the replies left the queue already
   } else {
-    size_t left = static_cast<size_t>(res);
-    while (left > 0 && !send_queue_.empty()) {
-      Request* r = send_queue_.front();
-      const size_t remaining = r->reply[r->reply_index].length - r->reply_skip;
-      if (left < remaining) {
-        r->reply_skip += left;
-        break;
-      }
-      left -= remaining;
-      r->reply_skip = 0;
-      if (++r->reply_index == r->reply.size()) {
-        send_queue_.pop_front();
-        sent.push_back(r);
-      }
-    }
+    sent = AdvanceSendQueue(static_cast<size_t>(res));
   }
   for (Request* r : sent) Release(r);
+  if (starttls_pending_ && send_queue_.empty()) starttls_pending_ = false;  // the ack is out
   if (send_failed_ && state_ < State::kDraining) BeginDrain("send failed");
   FlushSends();
   if (state_ == State::kTransmission || state_ == State::kHandshake) {
@@ -458,14 +649,16 @@ void Connection::ReleasePayload() {
 
 void Connection::MaybeClose() {
   if (state_ != State::kDraining || inflight_ > 0 || send_in_flight_ || recv_in_flight_) return;
+  // Records of replies already released (an alert, a last reply) still go out first.
+  if (TlsActive() && tls_->HasOutput() && !send_failed_) return;
   state_ = State::kClosed;
   close(fd_);
-  STRATA_LOG(kInfo,
-             "conn %d: closed (%s): export \"%s\"%s, %d requests, %d errors, %d bytes read, "
-             "%d written",
-             id_, close_reason_, session_.export_ ? session_.export_->name : "",
-             session_.export_ ? "" : " (not negotiated)", io_.total_requests(), io_.errors,
-             io_.bytes_read, io_.bytes_written);
+  STRATA_LOG_LIMITED(kInfo,
+                     "conn %d: closed (%s): export \"%s\"%s, %d requests, %d errors, %d bytes "
+                     "read, %d written",
+                     id_, close_reason_, session_.export_ ? session_.export_->name : "",
+                     session_.export_ ? "" : " (not negotiated)", io_.total_requests(),
+                     io_.errors, io_.bytes_read, io_.bytes_written);
   worker_->ConnectionClosed(this, io_);
 }
 

@@ -9,11 +9,28 @@
 // so one reply's bytes never interleave with another's and a short send just resumes where it
 // stopped.
 //
+// Memory (README, "What strata guarantees"). The input buffer starts at one page and grows
+// only while recvs fill it; caught up, it shrinks back, so an idle connection holds a page. A
+// request is parsed only once its buffer (a WRITE's payload, a READ's data) is charged to the
+// server's BufferBudget; when the budget refuses, the header stays unparsed in the input
+// buffer and the connection stops reading its socket until its worker hears that budget was
+// freed (Worker::BudgetFreed). Past its share (WorkerLimits) a connection stops reading too,
+// until its replies go out. A handshake longer than --handshake-timeout, or a WRITE payload
+// that stops arriving for --request-timeout, closes the connection (the worker's
+// once-a-second sweep calls CheckTimeouts).
+//
 // Request lifecycle (Request::Phase, in order): kPayload (parsed; a WRITE receiving its data)
 // -> kHeld (the worker is paused) -> kDisk (its DiskIo runs) -> kSending (reply queued) ->
 // released. Invalid requests and refusals skip to kSending. Enter() checks every transition.
 //
-// Not done yet: registered (fixed) buffers and files; a handshake timeout; TLS.
+// TLS (after NBD_OPT_STARTTLS) is a seam at the two places bytes cross the socket: the recv
+// fills the TLS session's ciphertext buffer and plaintext is read out of it into the same
+// targets (the input buffer or a WRITE's payload buffer); queued replies are encrypted into
+// the session's output, which one send at a time puts on the socket. The ring still does every
+// recv and send; GnuTLS never touches the descriptor (server/tls/tls.h).
+//
+// Not done yet: registered (fixed) buffers and files; kernel TLS; a timeout on replies a client
+// never reads (they hold their budget until it reads or goes).
 #ifndef STRATA_SERVER_ENGINE_CONNECTION_H_
 #define STRATA_SERVER_ENGINE_CONNECTION_H_
 
@@ -34,6 +51,7 @@
 #include "server/engine/storage.h"
 #include "server/nbd/handshake.h"
 #include "server/nbd/request.h"
+#include "server/tls/tls.h"
 
 namespace strata {
 
@@ -77,19 +95,26 @@ class Connection {
   // Worker shutdown: requests already received but not started are refused with ESHUTDOWN
   // (spec, "Terminating the transmission phase"); started ones finish; then close.
   void Shutdown();
-  // Shuts the socket down (the server's shutdown grace ran out): a send the client never reads
-  // fails, so the connection can close once its started file I/O is done.
-  void Abort();
+  // Shuts the socket down (the server's shutdown grace ran out, or Admission evicted it): a
+  // send the client never reads fails, so the connection can close once its started file I/O
+  // is done. `why` goes in the close line.
+  void Abort(std::string why);
 
   // Completions dispatched by the worker.
   void OnRecv(int res);
   void OnSend(int res);
   // Held request resumed by the worker.
   void Execute(Request* r);
+  // The budget refused this connection a buffer and was freed since: parse again.
+  void BudgetFreed();
+  // The worker's sweep: closes the connection if its handshake or a WRITE payload has taken
+  // too long by `now_ns` (MonotonicNs).
+  void CheckTimeouts(int64_t now_ns);
   // The request's DiskIo is done: its status is final.
   void DiskIoDone(Request* r) { Reply(r); }
 
   uint64_t id() const { return id_; }
+  bool in_handshake() const { return state_ == State::kHandshake; }
   // A copy of the counters (ring thread only).
   ConnectionStats Stats() const;
 
@@ -98,13 +123,29 @@ class Connection {
 
   // Input
   void ArmRecv();
+  // Where the next plaintext goes: false while flow control holds the input back.
+  bool RecvTarget(char** target, size_t* len);
+  void PrepRecv(char* target, size_t len);
+  // `n` plaintext bytes arrived in the RecvTarget.
+  void Deliver(size_t n);
   void Process();
+  // NBD_OPT_STARTTLS was acknowledged: the session starts once the ack is on the wire.
+  void StartTls();
+  bool TlsActive() const { return tls_ != nullptr && !starttls_pending_; }
   bool FlowBlocked() const;
+  bool TakeBuffer(const nbd::RequestHeader& h, const absl::Status& valid, IoBuffer* buf);
+  void ResizeInput(size_t size);
   void Dispatch(Request* r);
   // Output
   void Reply(Request* r);
   void QueueRaw(std::string bytes);
   void FlushSends();
+  void FlushTls();
+  // Points send_iov_ at queued reply bytes not yet sent (at most kMaxSendIov pieces and
+  // max_bytes bytes); returns their size.
+  size_t GatherSendIov(size_t max_bytes);
+  // `bytes` of the queue went out (or into TLS records): the requests fully sent leave it.
+  std::vector<Request*> AdvanceSendQueue(size_t bytes);
   // Lifetime
   Request* NewRequest();
   void Enter(Request* r, Request::Phase next);
@@ -126,12 +167,16 @@ class Connection {
   BufferAccount buffers_;
   DiskIoContext disk_;  // what every request's DiskIo runs against, once negotiated
 
-  // Input buffer [in_begin_, in_end_) of in_.
-  std::vector<char> in_;
+  // Input buffer [in_begin_, in_end_) of in_ (in_size_ bytes, from the worker's pool).
+  char* in_ = nullptr;
+  size_t in_size_ = 0;
   size_t in_begin_ = 0;
   size_t in_end_ = 0;
   bool recv_in_flight_ = false;
+  bool recv_filled_ = false;        // the last recv filled the input buffer: keep its size
+  bool budget_wait_ = false;        // the budget refused the next request's buffer
   Request* payload_req_ = nullptr;  // WRITE whose payload is being received directly
+  int64_t payload_progress_ns_ = 0;  // when payload_req_ was parsed or last received bytes
 
   // Output
   std::deque<Request*> send_queue_;
@@ -140,6 +185,10 @@ class Connection {
   bool send_in_flight_ = false;
   bool send_failed_ = false;
   bool shutting_down_ = false;
+
+  // TLS, after NBD_OPT_STARTTLS; starttls_pending_ until the plaintext ack is sent.
+  std::unique_ptr<TlsSession> tls_;
+  bool starttls_pending_ = false;
 
   int inflight_ = 0;  // requests (and raw sends) not yet released
 

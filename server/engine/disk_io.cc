@@ -36,23 +36,43 @@ uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 // ---------------------------------------------------------------------------------------------
 // Buffers
 
-void BufferAccount::Acquire(IoBuffer* b, uint64_t start, uint64_t end) {
-  const uint64_t s = AlignDown(start, alignment_);
-  const uint64_t e = std::max(AlignUp(end, alignment_), s + alignment_);
-  b->data = pool_->Acquire(e - s, &b->cap);
-  b->start = s;
+void BufferAccount::Place(uint64_t start, uint64_t end, uint64_t* s, uint64_t* e) const {
+  *s = AlignDown(start, alignment_);
+  *e = std::max(AlignUp(end, alignment_), *s + alignment_);
+}
+
+void BufferAccount::Fill(IoBuffer* b, uint64_t start, uint64_t size) {
+  b->data = pool_->Acquire(size, &b->cap);
+  b->start = start;
   bytes_ += b->cap;
 }
 
-void BufferAccount::AcquireUnaligned(IoBuffer* b, uint64_t offset, uint64_t length) {
-  b->data = pool_->Acquire(std::max<uint64_t>(length, 1), &b->cap);
-  b->start = offset;
-  bytes_ += b->cap;
+bool BufferAccount::TryAcquire(IoBuffer* b, uint64_t start, uint64_t end) {
+  uint64_t s, e;
+  Place(start, end, &s, &e);
+  if (!budget_->TryTake(bytes_, BufferPool::CapacityFor(e - s), waiter_)) return false;
+  Fill(b, s, e - s);
+  return true;
+}
+
+bool BufferAccount::TryAcquireUnaligned(IoBuffer* b, uint64_t offset, uint64_t length) {
+  const uint64_t size = std::max<uint64_t>(length, 1);
+  if (!budget_->TryTake(bytes_, BufferPool::CapacityFor(size), waiter_)) return false;
+  Fill(b, offset, size);
+  return true;
+}
+
+void BufferAccount::Acquire(IoBuffer* b, uint64_t start, uint64_t end) {
+  uint64_t s, e;
+  Place(start, end, &s, &e);
+  budget_->Take(bytes_, BufferPool::CapacityFor(e - s));
+  Fill(b, s, e - s);
 }
 
 void BufferAccount::Release(IoBuffer* b) {
   if (b->data == nullptr) return;
   pool_->Release(b->data, b->cap);
+  budget_->Give(bytes_, b->cap);
   bytes_ -= b->cap;
   *b = IoBuffer{};
 }
@@ -68,6 +88,7 @@ absl::string_view DiskIo::Name(Step step) {
     case Step::kZeroing: return "zeroing";
     case Step::kParked: return "parked";
     case Step::kReplenishing: return "replenishing slots";
+    case Step::kWaitingForSpace: return "waiting for space";
     case Step::kFilling: return "filling";
     case Step::kWriting: return "writing";
     case Step::kFua: return "FUA flush";
@@ -95,15 +116,21 @@ void DiskIo::Advance() {
       return Finish();
     case Step::kZeroing:
       return ok ? NextRange() : Finish();
-    case Step::kParked:
     case Step::kReplenishing:
+      if (!ok && WaitForSpace()) return;
       return ok ? PrepareRange() : Finish();
+    case Step::kParked:
+      return ok ? PrepareRange() : Finish();
+    case Step::kWaitingForSpace:
+      return ResumeAfterWaiting();
     case Step::kFilling:
       return ok ? WriteTargets() : EndRange();
     case Step::kWriting:
       return EndRange();
     case Step::kBlockingCall:
     case Step::kFua:
+      // A flush whose checkpoint found no space (the journal was full) waits like a write.
+      if (!ok && WaitForSpace()) return;
       return Finish();
     case Step::kDone:
       STRATA_LOG(kError, "%s: disk I/O advanced after it was done", DescribeRequest(r_->h));
@@ -147,6 +174,7 @@ void DiskIo::Begin() {
 }
 
 void DiskIo::Finish() {
+  StopWaiting();
   step_ = Step::kDone;
   ctx_->conn->DiskIoDone(r_);
 }
@@ -176,7 +204,8 @@ void DiskIo::BeginRead() {
   const uint64_t a = storage->direct_io() ? kDirectIoAlignment : 1;
   const uint64_t start = AlignDown(off, a);
   const uint64_t end = std::min(AlignUp(off + len, a), storage->size());
-  ctx_->buffers->Acquire(&r_->buf, start, AlignUp(off + len, kDirectIoAlignment));
+  // The connection took the buffer when it admitted the request (Connection::TakeBuffer).
+  FitBuffer(start, AlignUp(off + len, kDirectIoAlignment), 0, 0);
   absl::Status st = storage->MapRead(start, end - start, &segments_, &read_pin_);
   if (!st.ok()) return Fail(std::move(st));
   // Holes go out as OFFSET_HOLE chunks when the client reads structured replies and did not
@@ -278,6 +307,52 @@ void DiskIo::PrepareRange() {
   AddFills(plan_.tail_fill, off + len);
   if (pieces_.empty()) return WriteTargets();
   SubmitPieces(Step::kFilling);
+}
+
+// The volume had no space for this write's slots (r_->status is kResourceExhausted, ENOSPC).
+// Under --on-full=pause it waits on the worker, counted in NoSpaceState, and is retried once a
+// second until space returns or FullVolumePolicy::max_wait_ns has passed since it first waited.
+bool DiskIo::WaitForSpace() {
+  if (!IsNoSpace(r_->status)) return false;
+  NoSpaceState* no_space = ctx_->worker->no_space();
+  const int64_t now = MonotonicNs();
+  if (!waiting_counted_) {
+    if (!no_space->BeginWait()) return false;
+    waiting_counted_ = true;
+    wait_since_ns_ = now;
+  } else if (now - wait_since_ns_ >= no_space->policy().max_wait_ns) {
+    r_->status = absl::ResourceExhaustedError(
+        absl::StrFormat("%s (waited %d s for space: --full-timeout)", r_->status.message(),
+                        (now - wait_since_ns_) / 1'000'000'000));
+    return false;
+  }
+  if (!ctx_->worker->WaitForSpace(this)) return false;
+  wait_status_ = std::move(r_->status);
+  r_->status = absl::OkStatus();
+  waited_in_ = step_;
+  step_ = Step::kWaitingForSpace;
+  return true;
+}
+
+void DiskIo::RetryAfterWaiting(bool give_up) {
+  if (give_up) r_->status = std::move(wait_status_);
+  Advance();
+}
+
+// The step that found no space, again: each is idempotent.
+void DiskIo::ResumeAfterWaiting() {
+  if (!r_->status.ok()) return Finish();
+  switch (waited_in_) {
+    case Step::kReplenishing: return PrepareRange();
+    case Step::kFua: return NextRange();  // every range is written: the FUA flush again
+    default: return Begin();              // TRIM, FLUSH, CACHE: one blocking call
+  }
+}
+
+void DiskIo::StopWaiting() {
+  if (!waiting_counted_) return;
+  waiting_counted_ = false;
+  ctx_->worker->no_space()->EndWait();
 }
 
 // The reserve of ready slots runs low: refill it on the blocking pool before a write finds it

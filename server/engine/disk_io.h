@@ -13,7 +13,9 @@
 //                       targets and the head/tail fills that widen an unaligned write to whole
 //                       sub-blocks. A conflict with an unaligned write in flight parks the
 //                       request (kParked, Retry); an empty slot reserve sends it to the
-//                       blocking pool to replenish (kReplenishing) and back
+//                       blocking pool to replenish (kReplenishing) and back; a full volume
+//                       fails it, or under --on-full=pause parks it on its worker
+//                       (kWaitingForSpace) until a retry finds space
 //   kFilling         -> the fills' preads into the buffer's margins (O_DIRECT: via bounce
 //                       buffers, copied in when they complete)
 //   kWriting         -> the targets' pwrites of the whole widened buffer
@@ -61,24 +63,38 @@ struct IoBuffer {
   bool Covers(uint64_t s, uint64_t e) const { return data != nullptr && start <= s && e <= start + cap; }
 };
 
-// Where one connection's buffers come from (its worker's pool) and how many bytes they hold,
-// the figure its flow control watches. Buffers start and end on `alignment` (O_DIRECT and the
-// sub-block), so a widened write fits without a copy.
+// Where one connection's buffers come from (its worker's pool), how many bytes they hold (the
+// figure its flow control watches) and the budget they are charged to (shared by every
+// connection; the connection is its holder). Buffers start and end on `alignment` (O_DIRECT
+// and the sub-block), so a widened write fits without a copy.
 class BufferAccount {
  public:
-  explicit BufferAccount(BufferPool* pool) : pool_(pool) {}
+  BufferAccount(BufferPool* pool, BufferBudget* budget, BudgetWaiter* waiter)
+      : pool_(pool), budget_(budget), waiter_(waiter) {}
   void set_alignment(uint64_t alignment) { alignment_ = alignment; }
   uint64_t alignment() const { return alignment_; }
   uint64_t bytes() const { return bytes_; }
-  // A buffer covering [start, end) placed on the alignment (at least one aligned block).
-  void Acquire(IoBuffer* b, uint64_t start, uint64_t end);
-  // A buffer of `length` bytes starting at virtual `offset` exactly, not aligned: a payload
+  // A new request's buffer covering [start, end) placed on the alignment (at least one aligned
+  // block). False, and no buffer, when the budget has no room for it now: the waiter is told
+  // when it may.
+  bool TryAcquire(IoBuffer* b, uint64_t start, uint64_t end);
+  // The same for `length` bytes starting at virtual `offset` exactly, not aligned: a payload
   // whose offset may be anything (an invalid WRITE).
-  void AcquireUnaligned(IoBuffer* b, uint64_t offset, uint64_t length);
+  bool TryAcquireUnaligned(IoBuffer* b, uint64_t offset, uint64_t length);
+  // Like TryAcquire, but always: an admitted request's buffer growing (a write widened to
+  // sub-blocks), which must not wait on others.
+  void Acquire(IoBuffer* b, uint64_t start, uint64_t end);
   void Release(IoBuffer* b);
 
  private:
+  // [*s, *e): [start, end) placed on the alignment.
+  void Place(uint64_t start, uint64_t end, uint64_t* s, uint64_t* e) const;
+  // Takes `size` bytes from the pool for virtual offset `start` (the budget already charged).
+  void Fill(IoBuffer* b, uint64_t start, uint64_t size);
+
   BufferPool* pool_;
+  BufferBudget* budget_;
+  BudgetWaiter* waiter_;
   uint64_t alignment_ = kDirectIoAlignment;
   uint64_t bytes_ = 0;
 };
@@ -120,6 +136,8 @@ class DiskIo {
     kZeroing,       // WRITE_ZEROES: Storage::Zero on the blocking pool
     kParked,        // PrepareWrite conflicted with an unaligned write in flight: until Retry
     kReplenishing,  // PrepareWrite found no ready slot: Storage::ReplenishSlots on the pool
+    kWaitingForSpace,  // the volume had no space for it (--on-full=pause): until the worker's
+                       // once-a-second retry runs the step that found none again
     kFilling,       // the plan's head/tail fill preads
     kWriting,       // the plan's target pwrites
     kFua,           // a FUA write's GroupFlush on the blocking pool
@@ -135,6 +153,8 @@ class DiskIo {
   void Start(const DiskIoContext* ctx, Request* r);
   // A parked write: PrepareWrite again.
   void Retry();
+  // A write waiting for space (Worker::WaitForSpace): try again, or fail with ENOSPC.
+  void RetryAfterWaiting(bool give_up);
   void OnPiece(IoPiece* piece, int res);
 
   Step step() const { return step_; }
@@ -158,6 +178,9 @@ class DiskIo {
   void NextRange();
   void PrepareRange();
   void ReplenishSoon();
+  bool WaitForSpace();
+  void ResumeAfterWaiting();
+  void StopWaiting();
   void FitBuffer(uint64_t start, uint64_t end, uint64_t keep_offset, uint64_t keep_length);
   void AddFills(const std::vector<Segment>& segments, uint64_t pos);
   void WriteTargets();
@@ -185,6 +208,12 @@ class DiskIo {
   std::vector<std::pair<uint64_t, uint64_t>> ranges_;
   size_t next_range_ = 0;
   WritePlan plan_;  // in force (FinishWrite owed) exactly in kFilling and kWriting
+  // --on-full=pause: counted in NoSpaceState::waiting() since wait_since_ns_; the ENOSPC
+  // status it would have failed with.
+  bool waiting_counted_ = false;
+  int64_t wait_since_ns_ = 0;
+  Step waited_in_ = Step::kIdle;  // the step to run again
+  absl::Status wait_status_;
 
   // BLOCK_STATUS
   std::vector<Extent> extents_;

@@ -61,8 +61,39 @@ int64_t MonotonicNs() {
   return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
 
+absl::string_view Name(FullVolumePolicy::Mode mode) {
+  return mode == FullVolumePolicy::Mode::kPause ? "pause" : "error";
+}
+
 void NoSpaceState::OnNoSpace() {
   replies_.fetch_add(1, std::memory_order_relaxed);
+  MarkFull("writes that need new space fail with ENOSPC");
+}
+
+bool NoSpaceState::BeginWait() {
+  if (policy_.mode != FullVolumePolicy::Mode::kPause) return false;
+  int64_t n = waiting_.load(std::memory_order_relaxed);
+  do {
+    if (n >= policy_.max_waiting) return false;
+  } while (!waiting_.compare_exchange_weak(n, n + 1));
+  waits_.fetch_add(1, std::memory_order_relaxed);
+  if (n == 0) {
+    STRATA_LOG(kError,
+               "disk paused-critical: writes that need new space wait for it (--on-full=pause, "
+               "at most %d s each, then ENOSPC); free space on the host volume to resume",
+               policy_.max_wait_ns / 1'000'000'000);
+  }
+  MarkFull("writes that need new space wait for it");
+  return true;
+}
+
+void NoSpaceState::EndWait() {
+  if (waiting_.fetch_sub(1, std::memory_order_relaxed) == 1) {
+    STRATA_LOG(kInfo, "disk no longer paused-critical: no write waits for space");
+  }
+}
+
+void NoSpaceState::MarkFull(const char* consequence) {
   last_mono_ns_.store(MonotonicNs(), std::memory_order_relaxed);
   const int64_t wall = WallClockNs();
   last_wall_ns_.store(wall, std::memory_order_relaxed);
@@ -71,9 +102,9 @@ void NoSpaceState::OnNoSpace() {
     since_wall_ns_.store(wall, std::memory_order_relaxed);
     episodes_.fetch_add(1, std::memory_order_relaxed);
     STRATA_LOG(kError,
-               "host volume full: writes that need new space fail with ENOSPC; reads, rewrites "
-               "and flushes continue (free space on the volume and the server recovers by "
-               "itself)");
+               "host volume full: %s; reads, rewrites and flushes continue (free space on the "
+               "volume and the server recovers by itself)",
+               consequence);
   }
 }
 
@@ -83,6 +114,23 @@ void NoSpaceState::MaybeLeave() {
   if (full_.compare_exchange_strong(was_full, false)) {
     STRATA_LOG(kInfo, "host volume no longer full: writes succeed again (%d ENOSPC replies so far)",
                replies());
+  }
+}
+
+void NoSpaceState::OnFreeSpace(uint64_t free_bytes, uint64_t total_bytes) {
+  free_bytes_.store(free_bytes, std::memory_order_relaxed);
+  total_bytes_.store(total_bytes, std::memory_order_relaxed);
+  const bool low = free_bytes < policy_.min_free_bytes;
+  if (low_.exchange(low, std::memory_order_relaxed) == low) return;
+  if (low) {
+    STRATA_LOG(kError,
+               "host volume low on space: %d MiB free of %d MiB, below --min-free %d MiB; "
+               "free space before it fills (--on-full=%s)",
+               free_bytes >> 20, total_bytes >> 20, policy_.min_free_bytes >> 20,
+               Name(policy_.mode));
+  } else {
+    STRATA_LOG(kInfo, "host volume has space again: %d MiB free, above --min-free %d MiB",
+               free_bytes >> 20, policy_.min_free_bytes >> 20);
   }
 }
 

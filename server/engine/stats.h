@@ -5,8 +5,9 @@
 // request posts a closure to every worker (Worker::CollectStats), which copies its connections'
 // counters on the ring thread — no atomics, no locks on the data path. Counters of closed
 // connections are folded into a per-worker total so the server-wide figures never go
-// backwards. The one server-wide state is the host-volume-full (ENOSPC) state, a few atomics
-// touched only when an ENOSPC reply is sent, plus one relaxed load per successful write.
+// backwards. The one server-wide state is the host volume's (full, low, writes waiting for space), a
+// few atomics touched only when a write finds no space, plus one relaxed load per successful
+// write.
 #ifndef STRATA_SERVER_ENGINE_STATS_H_
 #define STRATA_SERVER_ENGINE_STATS_H_
 
@@ -14,6 +15,8 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "absl/strings/string_view.h"
 
 namespace strata {
 
@@ -77,34 +80,72 @@ struct WorkerStats {
 // WallClockNs().
 int64_t MonotonicNs();
 
-// The host volume is full: set by the first ENOSPC (kResourceExhausted) reply, cleared by a
-// successful write at least kLeaveAfterNs after the last ENOSPC reply (a rewrite of already
-// allocated space succeeds while the volume is still full, so one success alone proves
-// nothing). Logs one line when entering and one when leaving.
+// What a write that needs space the host volume no longer has does (`strata serve --on-full`,
+// `--full-timeout`, `--min-free`).
+struct FullVolumePolicy {
+  enum class Mode { kError, kPause };
+  // kError: ENOSPC at once (QEMU's own client then pauses the guest: werror=enospc).
+  // kPause: the write waits for space (Hyper-V's Paused-Critical), so a /dev/nbd guest sees a
+  // stall rather than I/O errors that remount its file system read-only.
+  Mode mode = Mode::kError;
+  int64_t max_wait_ns = 300'000'000'000;  // then ENOSPC after all
+  int64_t max_waiting = 1024;             // writes waiting at once; the next fails at once
+  uint64_t min_free_bytes = 1ull << 30;   // below this much free space: warn (0: never)
+};
+absl::string_view Name(FullVolumePolicy::Mode mode);
+
+// The host volume's state, shared by every worker. Full: set by the first ENOSPC reply or the
+// first write that waits for space, cleared by a successful write at least kLeaveAfterNs after
+// the last of those (a rewrite of already allocated space succeeds while the volume is still
+// full, so one success alone proves nothing). Low: the volume watch (volume_watch.h) saw less
+// free space than the policy's min_free_bytes. Each change of state logs one line.
 class NoSpaceState {
  public:
   static constexpr int64_t kLeaveAfterNs = 1'000'000'000;
+  explicit NoSpaceState(FullVolumePolicy policy = {}) : policy_(policy) {}
+  const FullVolumePolicy& policy() const { return policy_; }
+
   // An ENOSPC reply is being sent.
   void OnNoSpace();
+  // A write needs space that is not there: true if it may wait for it (--on-full=pause and
+  // fewer than max_waiting writes already wait); then EndWait follows when it stops waiting.
+  bool BeginWait();
+  void EndWait();
   // A WRITE or WRITE_ZEROES succeeded. Cheap unless the volume is marked full.
   void OnWriteSucceeded() {
     if (full_.load(std::memory_order_relaxed)) MaybeLeave();
   }
+  // The volume watch's reading of the free space.
+  void OnFreeSpace(uint64_t free_bytes, uint64_t total_bytes);
+
   bool full() const { return full_.load(std::memory_order_relaxed); }
+  // Writes waiting for space now: the disk is paused-critical while this is not 0.
+  int64_t waiting() const { return waiting_.load(std::memory_order_relaxed); }
+  uint64_t waits() const { return waits_.load(std::memory_order_relaxed); }
   uint64_t replies() const { return replies_.load(std::memory_order_relaxed); }
   // Wall time (ns) the current (or last) full period began; 0 if never.
   int64_t since_wall_ns() const { return since_wall_ns_.load(std::memory_order_relaxed); }
   int64_t last_wall_ns() const { return last_wall_ns_.load(std::memory_order_relaxed); }
   uint64_t episodes() const { return episodes_.load(std::memory_order_relaxed); }
+  bool low() const { return low_.load(std::memory_order_relaxed); }
+  uint64_t free_bytes() const { return free_bytes_.load(std::memory_order_relaxed); }
+  uint64_t total_bytes() const { return total_bytes_.load(std::memory_order_relaxed); }
 
  private:
+  void MarkFull(const char* consequence);
   void MaybeLeave();
+  const FullVolumePolicy policy_;
   std::atomic<bool> full_{false};
   std::atomic<uint64_t> replies_{0};
   std::atomic<uint64_t> episodes_{0};
+  std::atomic<int64_t> waiting_{0};
+  std::atomic<uint64_t> waits_{0};
   std::atomic<int64_t> last_mono_ns_{0};
   std::atomic<int64_t> since_wall_ns_{0};
   std::atomic<int64_t> last_wall_ns_{0};
+  std::atomic<bool> low_{false};
+  std::atomic<uint64_t> free_bytes_{0};
+  std::atomic<uint64_t> total_bytes_{0};
 };
 
 }  // namespace strata

@@ -62,5 +62,40 @@ TEST(NoSpaceStateTest, EntersOnENOSPCAndLeavesOnlyAfterAQuietSecond) {
   EXPECT_TRUE(s.full());
 }
 
+TEST(NoSpaceStateTest, WritesWaitOnlyInPauseModeAndOnlyUpToTheBound) {
+  NoSpaceState error_mode;
+  EXPECT_FALSE(error_mode.BeginWait());
+  EXPECT_EQ(error_mode.waiting(), 0);
+
+  NoSpaceState s(FullVolumePolicy{.mode = FullVolumePolicy::Mode::kPause, .max_waiting = 2});
+  EXPECT_TRUE(s.BeginWait());
+  EXPECT_TRUE(s.full());
+  EXPECT_TRUE(s.BeginWait());
+  EXPECT_FALSE(s.BeginWait()) << "a third write waited beyond max_waiting 2";
+  EXPECT_EQ(s.waiting(), 2);
+  s.EndWait();
+  EXPECT_TRUE(s.BeginWait());
+  s.EndWait();
+  s.EndWait();
+  EXPECT_EQ(s.waiting(), 0);
+  EXPECT_EQ(s.waits(), 3u);
+  EXPECT_EQ(s.replies(), 0u) << "waiting is not an ENOSPC reply";
+}
+
+TEST(NoSpaceStateTest, LowBelowMinFreeAndBackAbove) {
+  NoSpaceState s(FullVolumePolicy{.min_free_bytes = 100});
+  s.OnFreeSpace(500, 1000);
+  EXPECT_FALSE(s.low());
+  s.OnFreeSpace(99, 1000);
+  EXPECT_TRUE(s.low());
+  EXPECT_EQ(s.free_bytes(), 99u);
+  EXPECT_EQ(s.total_bytes(), 1000u);
+  s.OnFreeSpace(100, 1000);
+  EXPECT_FALSE(s.low());
+  NoSpaceState never(FullVolumePolicy{.min_free_bytes = 0});
+  never.OnFreeSpace(0, 1000);
+  EXPECT_FALSE(never.low());
+}
+
 }  // namespace
 }  // namespace strata

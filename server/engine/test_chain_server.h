@@ -25,8 +25,9 @@ struct TestChainServer {
   ExportTable exports;
   std::unique_ptr<Server> server;
   Env* env = nullptr;  // the chain's file layer (set before Start; nullptr: the real one)
+  ServerOptions options{.workers = 2};  // what Start serves with (set before it)
 
-  // Creates a `size`-byte disk and serves it as `export_name` on two workers. Returns false
+  // Creates a `size`-byte disk and serves it as `export_name` with `options`. Returns false
   // (with a failure or a skip recorded) when that is impossible; callers return at once.
   bool Start(uint64_t size, const std::string& export_name) {
     std::string tmpl = (std::filesystem::temp_directory_path() / "strata-server-XXXXXX").string();
@@ -49,8 +50,6 @@ struct TestChainServer {
     }
     storage = std::make_unique<ChainStorage>(std::move(*chain));
     exports.Add(NewExport(export_name, storage.get()));
-    ServerOptions options;
-    options.workers = 2;
     server = std::make_unique<Server>(&exports, options);
     if (absl::Status st = server->Start(); !st.ok()) {
       GTEST_MESSAGE_AT_(__FILE__, __LINE__, "io_uring unavailable",

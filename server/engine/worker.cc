@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_format.h"
+#include "server/engine/admission.h"
 #include "server/engine/connection.h"
 #include "server/log.h"
 
@@ -20,9 +21,13 @@ constexpr unsigned kReapBatch = 256;
 // Parked writes (PrepareWrite said kUnavailable) are retried when any write on this worker
 // finishes; the timer covers a conflicting write on another worker, which we hear nothing of.
 constexpr long kParkedRetryNs = 500 * 1000;
+// How often connections are checked for timeouts: a timeout fires within a second of its time.
+constexpr long kSweepSeconds = 1;
 
 std::atomic<uint64_t> g_next_connection_id{1};
 }  // namespace
+
+uint64_t NextConnectionId() { return g_next_connection_id.fetch_add(1); }
 
 absl::string_view Name(CompletionTag tag) {
   switch (tag) {
@@ -32,16 +37,26 @@ absl::string_view Name(CompletionTag tag) {
     case CompletionTag::kSend: return "send";
     case CompletionTag::kWake: return "wake";
     case CompletionTag::kTimer: return "timer";
+    case CompletionTag::kSweep: return "sweep";
   }
   return "?";
 }
 
 Worker::Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
-               WorkerLimits limits)
-    : index_(index), exports_(exports), pool_(pool), no_space_(no_space), limits_(limits) {}
+               BufferBudget* budget, WorkerLimits limits, Admission* admission,
+               ConnectionTls tls)
+    : index_(index),
+      exports_(exports),
+      pool_(pool),
+      no_space_(no_space),
+      budget_(budget),
+      limits_(limits),
+      admission_(admission),
+      tls_(tls) {}
 
 Worker::~Worker() {
   if (thread_.joinable()) thread_.join();
+  budget_->Forget(this);
   for (Connection* c : closed_) delete c;
   if (ring_ready_) io_uring_queue_exit(&ring_);
   if (wake_fd_ >= 0) close(wake_fd_);
@@ -89,13 +104,14 @@ void Worker::Post(std::function<void()> fn) {
   (void)ignored;
 }
 
-void Worker::AddConnection(int fd, std::string peer) {
-  Post([this, fd, peer = std::move(peer)]() mutable {
+void Worker::AddConnection(int fd, std::string peer, uint64_t id) {
+  Post([this, fd, id, peer = std::move(peer)]() mutable {
     if (stopping_) {
       close(fd);
+      if (admission_ != nullptr) admission_->Closed(id);
       return;
     }
-    auto* c = new Connection(this, fd, g_next_connection_id.fetch_add(1), std::move(peer));
+    auto* c = new Connection(this, fd, id, std::move(peer));
     connections_.insert(c);
     c->Start();
   });
@@ -104,6 +120,8 @@ void Worker::AddConnection(int fd, std::string peer) {
 void Worker::Shutdown() {
   Post([this] {
     stopping_ = true;
+    // A write waiting for space would hold its connection open until --full-timeout.
+    RetryWaitingForSpace(/*give_up=*/true);
     // A pause in progress is left alone: its drained callback fires only in CheckDrained, once
     // no request is active, and its Resume (RunPaused always sends one, after its function or
     // its timeout) runs the held requests; their connections close once they are answered.
@@ -121,7 +139,19 @@ void Worker::AbortConnections() {
   Post([this] {
     // Copy: Abort may close a connection (and erase it) right away.
     std::vector<Connection*> all(connections_.begin(), connections_.end());
-    for (Connection* c : all) c->Abort();
+    for (Connection* c : all) c->Abort("closed by the server's shutdown grace period");
+  });
+}
+
+void Worker::Evict(uint64_t id, std::string why) {
+  Post([this, id, why = std::move(why)]() mutable {
+    for (Connection* c : connections_) {
+      // It may have finished its handshake since it was chosen: then it stays.
+      if (c->id() == id && c->in_handshake()) {
+        c->Abort(std::move(why));
+        return;
+      }
+    }
   });
 }
 
@@ -152,6 +182,17 @@ void Worker::CollectStats(std::function<void(WorkerStats)> done) {
     stats.connections_closed = closed_count_;
     done(std::move(stats));
   });
+}
+
+void Worker::BudgetFreed() {
+  Post([this] { ResumeBudgetWaiting(); });
+}
+
+void Worker::ResumeBudgetWaiting() {
+  std::vector<Connection*> waiting;
+  waiting.swap(budget_waiting_);
+  // One that finds no room again waits again (and this worker with it).
+  for (Connection* c : waiting) c->BudgetFreed();
 }
 
 // The only place the drained callback fires: a pause is released only with no request active.
@@ -196,6 +237,18 @@ void Worker::Park(DiskIo* io) {
   ArmTimer();
 }
 
+bool Worker::WaitForSpace(DiskIo* io) {
+  if (stopping_) return false;
+  waiting_for_space_.push_back(io);
+  return true;
+}
+
+void Worker::RetryWaitingForSpace(bool give_up) {
+  std::vector<DiskIo*> waiting;
+  waiting.swap(waiting_for_space_);
+  for (DiskIo* io : waiting) io->RetryAfterWaiting(give_up);
+}
+
 void Worker::ArmTimer() {
   if (timer_armed_) return;
   timer_ts_.tv_sec = 0;
@@ -204,6 +257,21 @@ void Worker::ArmTimer() {
   io_uring_prep_timeout(sqe, &timer_ts_, 0, 0);
   io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kTimer, this));
   timer_armed_ = true;
+}
+
+void Worker::ArmSweep() {
+  sweep_ts_.tv_sec = kSweepSeconds;
+  sweep_ts_.tv_nsec = 0;
+  io_uring_sqe* sqe = GetSqe();
+  io_uring_prep_timeout(sqe, &sweep_ts_, 0, 0);
+  io_uring_sqe_set_data64(sqe, MakeUserData(CompletionTag::kSweep, this));
+}
+
+void Worker::Sweep() {
+  const int64_t now = MonotonicNs();
+  // Copy: a timeout closes (and erases) its connection right away.
+  std::vector<Connection*> all(connections_.begin(), connections_.end());
+  for (Connection* c : all) c->CheckTimeouts(now);
 }
 
 void Worker::RetryParked() {
@@ -231,9 +299,15 @@ void Worker::RunMailbox() {
 
 void Worker::ConnectionClosed(Connection* c, const IoCounters& io) {
   connections_.erase(c);
+  std::erase(budget_waiting_, c);
   closed_io_.Merge(io);
   ++closed_count_;
   closed_.push_back(c);
+  if (admission_ != nullptr) admission_->Closed(c->id());
+}
+
+void Worker::ConnectionNegotiated(const Connection* c) {
+  if (admission_ != nullptr) admission_->Negotiated(c->id());
 }
 
 void Worker::Complete(uint64_t user_data, int res) {
@@ -261,6 +335,10 @@ void Worker::Complete(uint64_t user_data, int res) {
       RetryParked();
       if (!parked_.empty()) ArmTimer();
       return;
+    case CompletionTag::kSweep:
+      Sweep();
+      ArmSweep();
+      return;
     case CompletionTag::kIgnore:
       return;
   }
@@ -268,6 +346,7 @@ void Worker::Complete(uint64_t user_data, int res) {
 
 void Worker::Loop() {
   ArmWake();
+  ArmSweep();
   io_uring_cqe* cqes[kReapBatch];
   while (!(stopping_ && connections_.empty())) {
     int ret = io_uring_submit_and_wait(&ring_, 1);
@@ -281,7 +360,7 @@ void Worker::Loop() {
     for (Connection* c : closed_) delete c;
     closed_.clear();
   }
-  // Requests are all done (connections close only when idle); the wake read and the timer
+  // Requests are all done (connections close only when idle); the wake read and the timers
   // go with the ring.
   io_uring_submit(&ring_);
   stopped_.Notify();

@@ -8,6 +8,12 @@
 // worker only through Post(): a mutex-guarded mailbox plus an eventfd whose read is always
 // armed on the ring, so the ring thread never blocks on anything but io_uring_enter.
 //
+// Timeouts and budget: a timeout SQE (kSweep) fires once a second and checks every connection's
+// handshake and payload timeouts (WorkerLimits), so no connection needs a timer of its own. A
+// connection the server's BufferBudget refused waits on its worker's list; when any thread
+// gives budget back, BufferBudget calls the worker's BudgetFreed, which Posts, and the ring
+// thread resumes those connections.
+//
 // Pause/drain (for live snapshots, issue 5): Pause() stops starting new requests (they are
 // parsed and held), waits until every started request has finished and its reply has been
 // sent, then calls back; Resume() runs the held requests. Server::RunPaused builds "pause all
@@ -33,13 +39,20 @@
 #include "server/engine/blocking_pool.h"
 #include "server/engine/buffer_pool.h"
 #include "server/nbd/export.h"
+#include "server/nbd/handshake.h"
 #include "server/engine/stats.h"
+#include "server/tls/tls.h"
 
 namespace strata {
 
+class Admission;
 class Connection;
 class DiskIo;
 struct Request;
+
+// A process-wide connection id, new at each call (1, 2, ...): log lines and `stats` name
+// connections by it.
+uint64_t NextConnectionId();
 
 // What a completion is about: the low bits of user_data.
 enum class CompletionTag : uint64_t {
@@ -49,6 +62,7 @@ enum class CompletionTag : uint64_t {
   kSend = 3,    // Connection*
   kWake = 4,    // Worker*: the mailbox eventfd was written
   kTimer = 5,   // Worker*: retry timer for parked writes
+  kSweep = 6,   // Worker*: the once-a-second timeout sweep
 };
 absl::string_view Name(CompletionTag tag);
 
@@ -71,17 +85,31 @@ inline constexpr char kRingThreadPrefix[] = "strata-ring";
 
 struct WorkerLimits {
   unsigned ring_entries = 1024;  // SQ size; the CQ is twice that
-  // Per connection: requests parsed and not yet fully replied, and their buffer bytes. Past
-  // either, the connection stops reading its socket until replies go out (back-pressure).
+  // Per connection: requests parsed and not yet fully replied, and their buffer bytes (its
+  // share of the server's BufferBudget). Past either, the connection stops reading its socket
+  // until replies go out (back-pressure).
   int max_requests_per_connection = 256;
-  uint64_t max_buffer_bytes_per_connection = 256ull << 20;
+  uint64_t max_buffer_bytes_per_connection = 64ull << 20;
+  // A connection still negotiating after this long, or whose WRITE payload receives nothing
+  // for this long, is closed (checked once a second). Zero: no limit.
+  absl::Duration handshake_timeout = absl::Seconds(10);
+  absl::Duration request_timeout = absl::Seconds(30);
 };
 
-class Worker {
+// The server's TLS policy for its connections. `credentials` (null when mode is kOff) outlives
+// every worker.
+struct ConnectionTls {
+  TlsMode mode = TlsMode::kOff;
+  const TlsCredentials* credentials = nullptr;
+};
+
+class Worker final : public BudgetWaiter {
  public:
-  // `no_space` (shared by every worker, owned by the Server) outlives the worker.
+  // `no_space`, `budget` and `admission` (shared by every worker, owned by the Server) outlive
+  // the worker; without `admission` connections are not counted.
   Worker(int index, const ExportTable* exports, BlockingPool* pool, NoSpaceState* no_space,
-         WorkerLimits limits = {});
+         BufferBudget* budget, WorkerLimits limits = {}, Admission* admission = nullptr,
+         ConnectionTls tls = {});
   ~Worker();
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
@@ -95,8 +123,10 @@ class Worker {
   // --- Thread-safe ---
   // Runs `fn` on the worker thread, soon.
   void Post(std::function<void()> fn);
-  // Takes ownership of a connected socket.
-  void AddConnection(int fd, std::string peer);
+  // Takes ownership of a connected socket; `id` is what Admission::Admit gave it.
+  void AddConnection(int fd, std::string peer, uint64_t id = NextConnectionId());
+  // Closes connection `id` if it is still in handshake (Admission evicted it), saying `why`.
+  void Evict(uint64_t id, std::string why);
   // Ends every connection once its started requests are done; then the loop ends. A pause in
   // progress is not ended: only its Resume runs the held requests.
   void Shutdown();
@@ -111,12 +141,18 @@ class Worker {
   void Resume();
   // Copies every connection's counters on the ring thread, then calls done(stats) there.
   void CollectStats(std::function<void(WorkerStats)> done);
+  // Budget was given back (by any worker): the connections waiting for it try again.
+  void BudgetFreed() override;
 
   // --- Ring thread only ---
   int index() const { return index_; }
   const WorkerLimits& limits() const { return limits_; }
   const ExportTable* exports() const { return exports_; }
+  const ConnectionTls& tls() const { return tls_; }
   BufferPool& buffers() { return buffers_; }
+  BufferBudget* budget() const { return budget_; }
+  // The budget refused `c` a request's buffer: the next BudgetFreed resumes it.
+  void WaitForBudget(Connection* c) { budget_waiting_.push_back(c); }
   NoSpaceState* no_space() const { return no_space_; }
   // An SQE; submits the queue first when it is full. Never null.
   io_uring_sqe* GetSqe();
@@ -131,11 +167,19 @@ class Worker {
   // after a short timer.
   void Park(DiskIo* io);
   void WriteFinished() { retry_parked_ = true; }
+  // --on-full=pause: `io` (counted in NoSpaceState::waiting()) waits for space until
+  // RetryWaitingForSpace; false if the worker is stopping (fail it now).
+  bool WaitForSpace(DiskIo* io);
+  // Every waiting write tries again (the server's volume watch calls this once a second), or
+  // with `give_up` fails with ENOSPC (shutdown).
+  void RetryWaitingForSpace(bool give_up);
   void RequestStarted() { ++active_; }
   void RequestDone();
   // The connection closed its socket; it is deleted after the current batch. Its counters
   // join the worker's total of closed connections.
   void ConnectionClosed(Connection* c, const IoCounters& io);
+  // The connection finished its handshake: it no longer counts against --max-handshakes.
+  void ConnectionNegotiated(const Connection* c);
 
  private:
   void Loop();
@@ -145,12 +189,18 @@ class Worker {
   void RunMailbox();
   void RetryParked();
   void CheckDrained();
+  void ArmSweep();
+  void Sweep();
+  void ResumeBudgetWaiting();
 
   const int index_;
   const ExportTable* exports_;
   BlockingPool* pool_;
   NoSpaceState* no_space_;
+  BufferBudget* budget_;
   const WorkerLimits limits_;
+  Admission* const admission_;
+  const ConnectionTls tls_;
   io_uring ring_;
   bool ring_ready_ = false;
   int wake_fd_ = -1;
@@ -168,9 +218,12 @@ class Worker {
   std::vector<Connection*> closed_;
   std::deque<Request*> held_;
   std::vector<DiskIo*> parked_;
+  std::vector<DiskIo*> waiting_for_space_;
   bool retry_parked_ = false;
   bool timer_armed_ = false;
   __kernel_timespec timer_ts_{};
+  __kernel_timespec sweep_ts_{};
+  std::vector<Connection*> budget_waiting_;
   bool stopping_ = false;
   absl::Notification stopped_;  // the loop ended
   bool paused_ = false;

@@ -1,6 +1,7 @@
 #include "server/nbd/handshake.h"
 
 #include <algorithm>
+#include <cassert>
 #include <vector>
 
 #include "absl/strings/escaping.h"
@@ -40,10 +41,26 @@ absl::string_view Name(HandshakeState state) {
   switch (state) {
     case HandshakeState::kClientFlags: return "client-flags";
     case HandshakeState::kOptions: return "options";
+    case HandshakeState::kStartTls: return "starttls";
     case HandshakeState::kTransmission: return "transmission";
     case HandshakeState::kClosed: return "closed";
   }
   return "?";
+}
+
+absl::string_view Name(TlsMode mode) {
+  switch (mode) {
+    case TlsMode::kOff: return "off";
+    case TlsMode::kOn: return "on";
+    case TlsMode::kRequire: return "require";
+  }
+  return "?";
+}
+
+void Handshake::TlsStarted() {
+  assert(state_ == HandshakeState::kStartTls);
+  tls_active_ = true;
+  state_ = HandshakeState::kOptions;
 }
 
 void Handshake::WriteGreeting(std::string* out) {
@@ -59,7 +76,7 @@ void Handshake::Close(std::string reason) {
 
 size_t Handshake::Feed(absl::string_view in, std::string* out) {
   size_t used = 0;
-  while (state_ < HandshakeState::kTransmission) {
+  while (state_ < HandshakeState::kStartTls) {
     absl::string_view rest = in.substr(used);
     if (state_ == HandshakeState::kClientFlags) {
       if (rest.size() < 4) break;
@@ -95,11 +112,14 @@ size_t Handshake::Feed(absl::string_view in, std::string* out) {
       Close(absl::StrFormat("bad option magic %#x", magic));
       break;
     }
+    const bool oversized = length > kMaxOptionLength;
+    // Counted once whole (or once its skipping starts), not each time a piece of it arrives.
+    if (!oversized && rest.size() < nbd::kOptionHeaderSize + length) break;
     if (++options_ > kMaxOptions) {
       Close(absl::StrFormat("more than %d options", kMaxOptions));
       break;
     }
-    if (length > kMaxOptionLength) {
+    if (oversized) {
       if (length > kMaxSkip || static_cast<Option>(option) == Option::kExportName) {
         Close(absl::StrFormat("%s with %u bytes of data", nbd::Name(static_cast<Option>(option)),
                               length));
@@ -110,7 +130,6 @@ size_t Handshake::Feed(absl::string_view in, std::string* out) {
       skip_option_ = option;
       continue;
     }
-    if (rest.size() < nbd::kOptionHeaderSize + length) break;
     used += nbd::kOptionHeaderSize + length;
     HandleOption(option, rest.substr(nbd::kOptionHeaderSize, length), out);
   }
@@ -135,7 +154,42 @@ void Handshake::ReplyError(std::string* out, uint32_t option, OptionReply type,
   Reply(out, option, type, message);
 }
 
+bool Handshake::RefuseWithoutTls(uint32_t option, std::string* out) {
+  if (tls_mode_ != TlsMode::kRequire || tls_active_) return false;
+  switch (static_cast<Option>(option)) {
+    case Option::kStartTls:
+    case Option::kAbort:
+      return false;
+    case Option::kExportName:
+      Close("NBD_OPT_EXPORT_NAME before NBD_OPT_STARTTLS: this server requires TLS");
+      return true;
+    default:
+      ReplyError(out, option, OptionReply::kErrTlsReqd,
+                 "this server requires TLS: send NBD_OPT_STARTTLS first");
+      return true;
+  }
+}
+
+void Handshake::HandleStartTls(absl::string_view data, std::string* out) {
+  const uint32_t opt = static_cast<uint32_t>(Option::kStartTls);
+  if (tls_mode_ == TlsMode::kOff) {
+    ReplyError(out, opt, OptionReply::kErrUnsup, "this server is not configured for TLS");
+    return;
+  }
+  if (!data.empty()) {
+    ReplyError(out, opt, OptionReply::kErrInvalid, "NBD_OPT_STARTTLS takes no data");
+    return;
+  }
+  if (tls_active_) {
+    ReplyError(out, opt, OptionReply::kErrInvalid, "TLS is already negotiated");
+    return;
+  }
+  Reply(out, opt, OptionReply::kAck, "");
+  state_ = HandshakeState::kStartTls;
+}
+
 void Handshake::HandleOption(uint32_t option, absl::string_view data, std::string* out) {
+  if (RefuseWithoutTls(option, out)) return;
   switch (static_cast<Option>(option)) {
     case Option::kExportName:
       HandleExportName(data, out);
@@ -186,7 +240,10 @@ void Handshake::HandleOption(uint32_t option, absl::string_view data, std::strin
       HandleMetaContext(static_cast<Option>(option), data, out);
       return;
 
-    case Option::kStartTls:  // NOTLS mode: the spec allows NBD_REP_ERR_UNSUP
+    case Option::kStartTls:
+      HandleStartTls(data, out);
+      return;
+
     case Option::kExtendedHeaders:  // not implemented: libnbd 1.14 cannot use them (PROTOCOL.md)
     case Option::kPeekExport:
     default:

@@ -6,6 +6,9 @@
 //   kClientFlags  -> waiting for the client's 32-bit flags after our greeting
 //   kOptions      -> option haggling; each option is one `case` that checks its length,
 //                    replies, and continues
+//   kStartTls     -> NBD_OPT_STARTTLS acknowledged: the ack is the last plaintext byte. The
+//                    caller switches the connection to TLS and calls TlsStarted() (back to
+//                    kOptions, now over TLS); Feed consumes nothing meanwhile
 //   kTransmission -> NBD_OPT_GO acknowledged or NBD_OPT_EXPORT_NAME answered; negotiated() is final
 //   kClosed       -> NBD_OPT_ABORT, or a violation that ends the session (close_reason() says which)
 #ifndef STRATA_SERVER_NBD_HANDSHAKE_H_
@@ -22,8 +25,15 @@
 
 namespace strata {
 
-enum class HandshakeState { kClientFlags, kOptions, kTransmission, kClosed };
+enum class HandshakeState { kClientFlags, kOptions, kStartTls, kTransmission, kClosed };
 absl::string_view Name(HandshakeState state);
+
+// The server's TLS policy, in the spec's terms ("TLS support"): kOff is NOTLS (STARTTLS gets
+// NBD_REP_ERR_UNSUP); kOn offers STARTTLS and serves plain clients too (SELECTIVETLS with no
+// TLS-only export); kRequire is FORCEDTLS: before STARTTLS every option but NBD_OPT_ABORT gets
+// NBD_REP_ERR_TLS_REQD, and NBD_OPT_EXPORT_NAME, which cannot fail politely, ends the session.
+enum class TlsMode { kOff, kOn, kRequire };
+absl::string_view Name(TlsMode mode);
 
 // Metadata context ids we hand out in NBD_REP_META_CONTEXT (any unique values will do).
 inline constexpr uint32_t kContextIdBaseAllocation = 1;
@@ -48,7 +58,8 @@ class Handshake {
   static constexpr uint32_t kMaxOptionLength = 64 << 10;
   static constexpr uint64_t kMaxSkip = 16 << 20;
 
-  explicit Handshake(const ExportTable* exports) : exports_(exports) {}
+  explicit Handshake(const ExportTable* exports, TlsMode tls = TlsMode::kOff)
+      : exports_(exports), tls_mode_(tls) {}
 
   // The server's opening: NBDMAGIC, IHAVEOPT, handshake flags.
   static void WriteGreeting(std::string* out);
@@ -59,6 +70,9 @@ class Handshake {
   size_t Feed(absl::string_view in, std::string* out);
 
   HandshakeState state() const { return state_; }
+  // REQUIRES: state() == kStartTls and the TLS handshake succeeded.
+  void TlsStarted();
+  bool tls_active() const { return tls_active_; }
   const Negotiated& negotiated() const { return negotiated_; }
   const std::string& close_reason() const { return close_reason_; }
   // Optional: called with one line per option and reply, for debug logs.
@@ -66,6 +80,9 @@ class Handshake {
 
  private:
   void HandleOption(uint32_t option, absl::string_view data, std::string* out);
+  // FORCEDTLS before STARTTLS: refuses the option (true) or lets it through.
+  bool RefuseWithoutTls(uint32_t option, std::string* out);
+  void HandleStartTls(absl::string_view data, std::string* out);
   void HandleExportName(absl::string_view data, std::string* out);
   void HandleInfoOrGo(nbd::Option option, absl::string_view data, std::string* out);
   void HandleMetaContext(nbd::Option option, absl::string_view data, std::string* out);
@@ -75,6 +92,8 @@ class Handshake {
   void Close(std::string reason);
 
   const ExportTable* exports_;
+  const TlsMode tls_mode_;
+  bool tls_active_ = false;
   HandshakeState state_ = HandshakeState::kClientFlags;
   Negotiated negotiated_;
   // Contexts chosen by the last NBD_OPT_SET_META_CONTEXT and the export it named: they apply

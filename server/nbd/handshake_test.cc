@@ -99,6 +99,17 @@ class HandshakeTest : public ::testing::Test {
   Handshake hs_{&exports_};
 };
 
+// FORCEDTLS (--tls=require): only STARTTLS and ABORT before TLS (spec, "TLS support").
+class RequiredTlsTest : public HandshakeTest {
+ protected:
+  Handshake tls_hs_{&exports_, TlsMode::kRequire};
+  std::vector<OptReply> SendTls(const std::string& in) {
+    std::string out;
+    EXPECT_EQ(tls_hs_.Feed(in, &out), in.size());
+    return ParseReplies(out);
+  }
+};
+
 TEST_F(HandshakeTest, GreetingIsNbdMagicIHaveOptAndFlags) {
   std::string out;
   Handshake::WriteGreeting(&out);
@@ -314,6 +325,24 @@ TEST_F(HandshakeTest, OptionCountIsBounded) {
   EXPECT_EQ(hs_.state(), HandshakeState::kClosed);
 }
 
+// A slow but honest client: one option whose bytes arrive in 300 pieces is one option, not
+// 300 (each piece used to count again while the option waited for the rest of its data).
+TEST_F(HandshakeTest, OptionArrivingInManyPiecesCountsOnce) {
+  Start();
+  std::string in = Opt(Option::kGo, InfoData(std::string(280, 'n'), {})) + Opt(Option::kList, "");
+  ASSERT_GT(in.size(), 2u * Handshake::kMaxOptions);
+  std::string out, pending;
+  for (char c : in) {
+    pending.push_back(c);
+    pending.erase(0, hs_.Feed(pending, &out));
+  }
+  EXPECT_EQ(hs_.state(), HandshakeState::kOptions) << hs_.close_reason();
+  auto r = ParseReplies(out);
+  ASSERT_EQ(r.size(), 4u);  // GO: ERR_UNKNOWN (no such export); LIST: SERVER x2, ACK
+  EXPECT_EQ(r[0].type, OptionReply::kErrUnknown);
+  EXPECT_EQ(r[3].type, OptionReply::kAck);
+}
+
 TEST_F(HandshakeTest, BadOptionMagicCloses) {
   Start();
   std::string in = Opt(Option::kList, "");
@@ -331,6 +360,61 @@ TEST_F(HandshakeTest, OversizedOptionIsSkippedAndRefused) {
   EXPECT_EQ(r[0].type, OptionReply::kErrTooBig);
   EXPECT_EQ(r[3].type, OptionReply::kAck);
   EXPECT_EQ(hs_.state(), HandshakeState::kOptions);
+}
+
+TEST_F(RequiredTlsTest, OptionsBeforeStartTlsGetErrTlsReqd) {
+  auto r = SendTls(Flags(nbd::kClientFlagFixedNewstyle) + Opt(Option::kGo, InfoData("disk", {})) +
+                   Opt(Option::kList, "") + Opt(Option::kStructuredReply, ""));
+  ASSERT_EQ(r.size(), 3u);
+  for (const auto& reply : r) EXPECT_EQ(reply.type, OptionReply::kErrTlsReqd);
+  EXPECT_EQ(tls_hs_.state(), HandshakeState::kOptions);
+}
+
+TEST_F(RequiredTlsTest, ExportNameBeforeStartTlsEndsTheSession) {
+  std::string out;
+  std::string in = Flags(nbd::kClientFlagFixedNewstyle) + Opt(Option::kExportName, "disk");
+  tls_hs_.Feed(in, &out);
+  EXPECT_TRUE(out.empty());
+  EXPECT_EQ(tls_hs_.state(), HandshakeState::kClosed);
+  EXPECT_NE(tls_hs_.close_reason().find("requires TLS"), std::string::npos);
+}
+
+TEST_F(RequiredTlsTest, StartTlsIsAckedAndStopsConsumingUntilTlsStarted) {
+  std::string out;
+  // The bytes after STARTTLS are the client's TLS handshake: Feed must leave them.
+  std::string in = Flags(nbd::kClientFlagFixedNewstyle) + Opt(Option::kStartTls, "");
+  ASSERT_EQ(tls_hs_.Feed(in + "\x16\x03\x01", &out), in.size());
+  auto r = ParseReplies(out);
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].type, OptionReply::kAck);
+  EXPECT_EQ(tls_hs_.state(), HandshakeState::kStartTls);
+  tls_hs_.TlsStarted();
+  EXPECT_TRUE(tls_hs_.tls_active());
+  r = SendTls(Opt(Option::kStartTls, "") + Opt(Option::kGo, InfoData("disk", {})));
+  ASSERT_EQ(r.size(), 4u);  // ERR_INVALID for the second STARTTLS; INFO, INFO, ACK for GO
+  EXPECT_EQ(r[0].type, OptionReply::kErrInvalid);
+  EXPECT_EQ(r[3].type, OptionReply::kAck);
+  EXPECT_EQ(tls_hs_.state(), HandshakeState::kTransmission);
+}
+
+TEST_F(RequiredTlsTest, AbortIsHonouredWithoutTls) {
+  auto r = SendTls(Flags(nbd::kClientFlagFixedNewstyle) + Opt(Option::kAbort, ""));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_EQ(r[0].type, OptionReply::kAck);
+  EXPECT_EQ(tls_hs_.state(), HandshakeState::kClosed);
+}
+
+TEST_F(HandshakeTest, TlsOnServesPlainClientsAndAcksStartTls) {
+  Handshake on(&exports_, TlsMode::kOn);
+  std::string out;
+  std::string in = Flags(nbd::kClientFlagFixedNewstyle) + Opt(Option::kStartTls, "");
+  ASSERT_EQ(on.Feed(in, &out), in.size());
+  EXPECT_EQ(on.state(), HandshakeState::kStartTls);
+  Handshake plain(&exports_, TlsMode::kOn);
+  out.clear();
+  in = Flags(nbd::kClientFlagFixedNewstyle) + Opt(Option::kExportName, "disk");
+  ASSERT_EQ(plain.Feed(in, &out), in.size());
+  EXPECT_EQ(plain.state(), HandshakeState::kTransmission);
 }
 
 }  // namespace

@@ -6,7 +6,7 @@
 #
 # Usage: build_initramfs.sh OUT.cpio.gz KERNEL_VERSION SERVER_KIND SERVER_BINARY NONCE [CASE]
 #   SERVER_KIND: strata | nbdkit (nbdkit validates the harness; its file plugin is copied too)
-#   CASE: what /init runs, kernel_nbd (default) | online_merge (see tests/guest/init.sh)
+#   CASE: what /init runs, kernel_nbd (default) | online_merge | full_volume (see tests/guest/init.sh)
 set -euo pipefail
 out="$1" kver="$2" kind="$3" server_bin="$4" nonce="$5" case="${6:-kernel_nbd}"
 here="$(cd "$(dirname "$0")" && pwd)"

@@ -11,6 +11,11 @@
 #                 while a background writer keeps adding files and overwriting blocks that the
 #                 deleted snapshots hold; then e2fsck, every checksum after a fresh attach,
 #                 `strata list` (no snapshot left, one layer on the base) and `strata check`.
+#   full_volume   serves a disk on a 128 MiB tmpfs with --on-full=pause, fills the ext4 on it
+#                 past the volume's end: the writes stall (stats says paused-critical, no I/O
+#                 error reaches the kernel, the file system stays read-write) until the test
+#                 deletes a ballast file, then finish; e2fsck and the checksum after a fresh
+#                 attach, then `strata check`.
 # Prints one result line with the host's nonce:
 #   STRATA-GUEST-RESULT <nonce> PASS|FAIL <reason>
 # and powers off. Every wait is bounded; the host also bounds the whole guest.
@@ -27,7 +32,7 @@ result() {
   poweroff -f
   sleep 10
 }
-step() { echo "guest: $*"; }
+step() { echo "guest: [$(cut -d' ' -f1 /proc/uptime)] $*"; }
 
 W=/work
 SOCK=$W/disk.sock
@@ -63,7 +68,7 @@ stop_server() {
 attach() {  # [DEVICE [nbd-client options...]] (default nbd0, the default export)
   dev=${1:-nbd0}
   [ $# -gt 0 ] && shift
-  nbd-client -unix $SOCK /dev/$dev -b 4096 -t 10 "$@" || result FAIL "nbd-client attach $dev"
+  nbd-client -unix $SOCK /dev/$dev -b 4096 -t ${NBD_TIMEOUT:-10} "$@" || result FAIL "nbd-client attach $dev"
   i=0
   while [ "$(cat /sys/block/$dev/size)" = 0 ]; do
     i=$((i + 1)); [ $i -lt 100 ] || result FAIL "$dev has size 0 after attach"; sleep 0.1
@@ -316,6 +321,78 @@ case_online_merge() {
   stop_server
 }
 
+# --- full_volume -------------------------------------------------------------------------------
+VOL=/vol
+# dmesg lines that mean the guest saw the full volume as errors, not as a stall.
+io_errors() { dmesg | grep -E "I/O error|EXT4-fs (error|warning)|Remounting filesystem read-only|Buffer I/O" || true; }
+
+case_full_volume() {
+  [ "$SERVER" = strata ] || result FAIL "full_volume needs SERVER=strata"
+  umount /mnt || result FAIL "umount"
+  detach
+  stop_server
+  step "a disk on a 128 MiB volume with a 72 MiB ballast file, served with --on-full=pause"
+  mkdir -p $VOL
+  mount -t tmpfs -o size=128m tmpfs $VOL || result FAIL "mount the small volume"
+  dd if=/dev/zero of=$VOL/ballast bs=1M count=72 2>/dev/null || result FAIL "ballast"
+  strata create --size 256M $VOL/disk.strata >$W/create.log 2>&1 || { cat $W/create.log; result FAIL "create"; }
+  CTL=$VOL/disk.ctl
+  rm -f $SOCK
+  strata serve --foreground --socket $SOCK --on-full=pause --min-free 16M $VOL/disk.strata \
+    >>$W/server.log 2>&1 &
+  SERVER_PID=$!
+  i=0
+  while [ ! -S $SOCK ]; do
+    i=$((i + 1)); [ $i -lt 100 ] || { cat $W/server.log; result FAIL "no socket"; }; sleep 0.1
+  done
+  # The kernel's request timeout must outlast the pause, or it fails the stalled requests.
+  NBD_TIMEOUT=60 attach
+  mkfs.ext4 -q -F -b 4096 /dev/nbd0 >$W/mkfs.log 2>&1 || { cat $W/mkfs.log; result FAIL "mkfs.ext4"; }
+  mount -t ext4 /dev/nbd0 /mnt || result FAIL "mount"
+  dmesg -c >/dev/null
+
+  step "write 40 MiB into the ext4: more than the volume has free"
+  (dd if=/dev/urandom of=/mnt/fill bs=1M count=40 conv=fsync 2>$W/dd.err; echo $? >$W/dd.rc) &
+  DD_PID=$!
+  i=0
+  until strata stats --control $CTL --output=json 2>/dev/null | grep -q '"paused_critical": true'; do
+    i=$((i + 1)); [ $i -lt 600 ] || result FAIL "the disk never became paused-critical: $(cat $W/dd.err)"
+    [ -f $W/dd.rc ] && result FAIL "dd ended before the volume filled: rc $(cat $W/dd.rc) $(cat $W/dd.err)"
+    sleep 0.1
+  done
+  strata stats --control $CTL | grep -E "host volume|PAUSED"
+  sleep 3
+  [ -f $W/dd.rc ] && result FAIL "dd ended while the disk was paused: rc $(cat $W/dd.rc) $(cat $W/dd.err)"
+  [ -z "$(io_errors)" ] || result FAIL "the guest saw errors while paused: $(io_errors)"
+  strata list --control $CTL | grep -q PAUSED-CRITICAL || result FAIL "list does not say PAUSED-CRITICAL"
+
+  step "delete the ballast: the writes resume by themselves"
+  rm $VOL/ballast
+  i=0
+  while [ ! -f $W/dd.rc ]; do
+    i=$((i + 1)); [ $i -lt 600 ] || result FAIL "dd did not finish within 60 s of freeing space"; sleep 0.1
+  done
+  wait $DD_PID
+  [ "$(cat $W/dd.rc)" = 0 ] || { tail -20 $W/server.log; result FAIL "dd failed: $(cat $W/dd.err)"; }
+  [ -z "$(io_errors)" ] || result FAIL "the guest saw errors: $(io_errors)"
+  grep " /mnt " /proc/mounts | grep -q " rw," || result FAIL "/mnt is no longer read-write: $(grep ' /mnt ' /proc/mounts)"
+  strata stats --control $CTL --output=json | grep -q '"paused_critical": false' || result FAIL "still paused-critical"
+  sha=$(sha256sum /mnt/fill | cut -d' ' -f1)
+  umount /mnt || result FAIL "umount"
+  detach
+
+  step "fresh attach: e2fsck -fn and the checksum"
+  attach
+  e2fsck -f -n /dev/nbd0 >$W/fsck.log 2>&1 || { cat $W/fsck.log; result FAIL "e2fsck found errors"; }
+  mount -t ext4 -o ro /dev/nbd0 /mnt || result FAIL "mount after the pause"
+  [ "$(sha256sum /mnt/fill | cut -d' ' -f1)" = "$sha" ] || result FAIL "the file differs after a fresh attach"
+  umount /mnt
+  detach
+  stop_server
+  grep -E "paused-critical|host volume" $W/server.log
+  strata check $VOL/disk.strata >$W/check-vol.log 2>&1 || { cat $W/check-vol.log; result FAIL "strata check of the full volume's disk"; }
+}
+
 step "serve + attach + mkfs"
 start_server
 attach
@@ -325,6 +402,7 @@ mount -t ext4 /dev/nbd0 /mnt || result FAIL "mount"
 case "$CASE" in
   kernel_nbd) case_kernel_nbd ;;
   online_merge) case_online_merge ;;
+  full_volume) case_full_volume ;;
   *) result FAIL "unknown CASE $CASE" ;;
 esac
 
