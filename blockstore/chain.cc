@@ -21,6 +21,7 @@
 #include "blockstore/file.h"
 #include "blockstore/flat_view.h"
 #include "blockstore/layer.h"
+#include "blockstore/parent_place.h"
 #include "blockstore/recovery.h"
 #include "blockstore/snapshot_files.h"
 
@@ -144,10 +145,20 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
   } else {
     params.parent_path = ParentLink(DirName(layer_path), parent);
   }
+  // The user named the parent, so it may lie anywhere (the cli says when later opens will
+  // need --allow-parent-dir); but it is opened as every parent is: a regular file, not
+  // through a symbolic link, since later opens would refuse it otherwise.
+  std::unique_ptr<File> file;
+  if (params.parent_format != ParentFormat::kNone) {
+    auto opened = env->Open(parent, {.no_follow = true});
+    if (!opened.ok()) {
+      return absl::Status(opened.status().code(),
+                          absl::StrCat("parent ", parent, ": ", opened.status().message()));
+    }
+    file = *std::move(opened);
+  }
   if (params.parent_format == ParentFormat::kRaw) {
-    auto file = env->Open(parent, {});
-    if (!file.ok()) return file.status();
-    auto size = (*file)->Size();
+    auto size = file->Size();
     if (!size.ok()) return size.status();
     if (*size == 0 || *size % 512 != 0) {
       return absl::InvalidArgumentError(absl::StrCat("raw base ", parent, " is ", *size,
@@ -158,7 +169,7 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
     // commit into that base cannot run there either (its journal goes beside the base).
     (void)RegisterChild(env, parent, Uuid{}, layer_path, params.uuid);
   } else if (params.parent_format == ParentFormat::kStrata) {
-    auto header = ReadLayerHeader(env, parent);
+    auto header = ReadLayerHeader(file.get());
     if (!header.ok()) return header.status();
     if (header->state != LayerState::kFrozen) {
       return absl::FailedPreconditionError(absl::StrCat(
@@ -262,13 +273,11 @@ absl::Status CheckParentHeader(const std::string& child_path, const LayerHeader&
 // The raw base at `path` that `child` names, checked against the size it recorded.
 absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const Layer& child,
                                                      const std::string& path,
+                                                     const ParentScope& scope,
                                                      const ChainOptions& options) {
   auto base = std::make_unique<RawBase>();
-  auto file = env->Open(path, {});
-  if (!file.ok()) {
-    return absl::NotFoundError(absl::StrCat("layer ", child.path(), ": raw base ", path, ": ",
-                                            file.status().message()));
-  }
+  auto file = OpenParentFile(env, child.path(), path, ParentFormat::kRaw, scope);
+  if (!file.ok()) return file.status();
   base->file = std::move(*file);
   auto size = base->file->Size();
   if (!size.ok()) return size.status();
@@ -280,6 +289,7 @@ absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const Layer& chil
   if (options.direct_io) {
     auto direct = env->Open(path, {.direct_io = true});
     if (!direct.ok()) return direct.status();
+    if (auto s = CheckSameFile(*base->file, **direct); !s.ok()) return s;
     base->direct = std::move(*direct);
   }
   if (options.lock) {
@@ -291,8 +301,11 @@ absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const Layer& chil
 // The strata parent at `path` that `child` names: the same UUID, size and geometry, frozen.
 absl::StatusOr<std::unique_ptr<Layer>> OpenParent(Env* env, const Layer& child,
                                                   const std::string& path,
+                                                  const ParentScope& scope,
                                                   const ChainOptions& options) {
-  auto parent = Layer::Open(env, path, Layer::Mode::kReadOnly, options.direct_io);
+  auto file = OpenParentFile(env, child.path(), path, ParentFormat::kStrata, scope);
+  if (!file.ok()) return file.status();
+  auto parent = Layer::Open(env, *std::move(file), Layer::Mode::kReadOnly, options.direct_io);
   if (!parent.ok()) {
     return absl::Status(parent.status().code(), absl::StrCat("layer ", child.path(), ": parent: ",
                                                              parent.status().message()));
@@ -315,14 +328,15 @@ absl::Status CheckNewParent(Env* env, const std::string& layer_path, const Layer
                             const std::string& path) {
   constexpr absl::string_view kWhy = "not the parent it was created on (rebase -u only fixes "
                                      "a moved parent's path; the data would be wrong)";
+  // Named by the user, so trusted wherever it is, but a regular file as every parent.
+  auto file = env->Open(path, {.no_follow = true});
+  if (!file.ok()) return file.status();
   if (ch.parent_format == ParentFormat::kRaw) {
-    auto file = env->Open(path, {});
-    if (!file.ok()) return file.status();
     auto size = (*file)->Size();
     if (!size.ok()) return size.status();
     return CheckRawBase(layer_path, ch, path, *size, kWhy);
   }
-  auto header = ReadLayerHeader(env, path);
+  auto header = ReadLayerHeader(file->get());
   if (!header.ok()) return header.status();
   if (auto s = RefuseUnfinishedMerge(env, path, layer_path); !s.ok()) return s;
   return CheckParentHeader(layer_path, ch, path, *header, kWhy);
@@ -377,6 +391,11 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
     // own below): recovery renames and removes files, which must never race a server's live
     // snapshot or another writer. A read-only open leaves them alone (a frozen top reads as
     // the snapshot it is; an unfinished merge is refused below).
+    // The parent links first, as OpenLayers checks them: recovery follows them too, and must
+    // not finish a merge beside a parent this chain may not have.
+    if (auto s = CheckChainParents(env, {top_path, options.allowed_parent_dirs}); !s.ok()) {
+      return s;
+    }
     LockSet locks;
     auto recovered = RecoverChain(env, top_path, options.lock ? &locks : nullptr, nullptr,
                                   options.serve_streams ? PendingStreams::kServe
@@ -408,6 +427,7 @@ absl::Status Chain::OpenLayers(std::vector<std::unique_ptr<Layer>>* stack) {
   if (!top.ok()) return top.status();
   stack->push_back(std::move(*top));
   absl::flat_hash_set<std::string> seen;
+  const ParentScope scope{top_path_, options_.allowed_parent_dirs};
   for (;;) {
     const Layer& child = *stack->back();
     const LayerHeader& ch = child.header();
@@ -418,14 +438,14 @@ absl::Status Chain::OpenLayers(std::vector<std::unique_ptr<Layer>>* stack) {
     std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
     if (ch.parent_format == ParentFormat::kRaw) {
       if (auto s = RefuseUnfinishedMerge(env_, parent_path, top_path_); !s.ok()) return s;
-      auto base = OpenRawBase(env_, child, parent_path, options_);
+      auto base = OpenRawBase(env_, child, parent_path, scope, options_);
       if (!base.ok()) return base.status();
       base_ = std::move(*base);
       return absl::OkStatus();
     }
     // Before the parent's UUID is compared: an unfinished relink changes UUIDs first.
     if (auto s = RefuseUnfinishedMerge(env_, parent_path, top_path_); !s.ok()) return s;
-    auto parent = OpenParent(env_, child, parent_path, options_);
+    auto parent = OpenParent(env_, child, parent_path, scope, options_);
     if (!parent.ok()) return parent.status();
     stack->push_back(std::move(*parent));
   }

@@ -146,6 +146,8 @@ struct ChainOptions {
   // runs: the caller holds the disk's locks through the chain it serves, and recovery would
   // remove this very file.
   std::string top_file;
+  // Directories trusted to hold parents besides top_path's own tree (parent_place.h).
+  std::vector<std::string> allowed_parent_dirs;
 };
 
 struct CreateOptions {

@@ -9,6 +9,7 @@
 #include "blockstore/chain.h"
 #include "blockstore/file.h"
 #include "blockstore/layer.h"
+#include "blockstore/parent_place.h"
 #include "blockstore/recovery.h"
 #include "blockstore/children.h"
 #include "blockstore/tree.h"
@@ -164,15 +165,26 @@ void CheckChildRegistries(Env* env, const std::vector<TreeNode>& nodes, bool rep
 
 }  // namespace
 
-absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bool repair) {
+absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bool repair,
+                                       const std::vector<std::string>& allowed_parent_dirs) {
+  const ParentScope scope{top_path, allowed_parent_dirs};
   CheckReport report;
   if (!env->Exists(top_path)) return absl::NotFoundError(absl::StrCat(top_path, ": no such file"));
   // A repair holds the top's lock (and each repaired layer's) to the end: punching space a
   // running server has just reused for an unflushed write would destroy it.
   LockSet locks;
+  // Before recovery follows the links (it may finish a merge beside a parent), and no repair
+  // of a chain whose links are refused.
+  const absl::Status links = CheckChainParents(env, scope);
+  if (!links.ok()) {
+    report.problems.push_back(std::string(links.message()));
+    if (repair) report.notes.push_back(absl::StrCat(top_path, ": not repaired"));
+    repair = false;
+  }
   const absl::StatusOr<bool> interrupted = CheckOperations(env, top_path, repair, &locks, &report);
   if (!interrupted.ok()) return interrupted.status();
   std::string path = top_path;
+  std::string child;  // the layer naming `path` as its parent
   for (int depth = 0; depth < kMaxDepth; ++depth) {
     bool fix = repair;
     if (fix) {
@@ -181,9 +193,11 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
         fix = false;
       }
     }
-    auto file = env->Open(path, {.writable = fix});
+    auto file = depth == 0 ? env->Open(path, {.writable = fix})
+                           : OpenParentFile(env, child, path, ParentFormat::kStrata, scope,
+                                            {.writable = fix});
     if (!file.ok()) {
-      report.problems.push_back(std::string(file.status().message()));
+      if (links.ok()) report.problems.push_back(std::string(file.status().message()));
       break;
     }
     CheckHeaderCopies(file->get(), fix, &report);
@@ -209,10 +223,16 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
     if (header->parent_format != ParentFormat::kStrata) {
       if (header->parent_format == ParentFormat::kRaw) {
         std::string base = ResolvePath(DirName(path), header->parent_path);
-        report.notes.push_back(absl::StrCat(base, ": raw base"));
+        if (auto opened = OpenParentFile(env, path, base, ParentFormat::kRaw, scope);
+            !opened.ok()) {
+          if (links.ok()) report.problems.push_back(std::string(opened.status().message()));
+        } else {
+          report.notes.push_back(absl::StrCat(base, ": raw base"));
+        }
       }
       break;
     }
+    child = path;
     path = ResolvePath(DirName(path), header->parent_path);
   }
   if (auto tree = ReadSnapshotTree(env, top_path); tree.ok()) {
@@ -221,7 +241,8 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
   // The links as a server would follow them: UUIDs, sizes, geometry, states (an unfinished
   // operation, reported above, would only fail this).
   if (report.problems.empty() && !*interrupted) {
-    auto chain = Chain::Open(top_path, {.writable = false, .lock = false, .env = env});
+    auto chain = Chain::Open(top_path, {.writable = false, .lock = false, .env = env,
+                                        .allowed_parent_dirs = allowed_parent_dirs});
     if (!chain.ok()) report.problems.push_back(std::string(chain.status().message()));
   }
   return report;

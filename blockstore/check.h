@@ -27,8 +27,10 @@ struct CheckReport {
 };
 
 // A non-OK status only when the check itself could not run (e.g. the top file is missing, or
-// a repair found the disk in use).
-absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bool repair);
+// a repair found the disk in use). A parent that is not a regular file, or lies outside the
+// top's tree and `allowed_parent_dirs` (parent_place.h), is a problem no repair fixes.
+absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bool repair,
+                                       const std::vector<std::string>& allowed_parent_dirs = {});
 
 }  // namespace strata
 

@@ -41,7 +41,9 @@ class CommitTest : public ::testing::Test {
       ASSERT_TRUE((*chain)->Snapshot(name).ok());
     }
   }
-  std::string ReadAll(const std::string& top) { return testing::ReadDisk(top, kDisk); }
+  std::string ReadAll(const std::string& top, std::vector<std::string> allowed = {}) {
+    return testing::ReadDisk(top, kDisk, std::move(allowed));
+  }
   size_t Depth() {
     auto chain = Chain::Open(top_, {.writable = false, .lock = false});
     return chain.ok() ? (*chain)->Layers().size() : 0;
@@ -169,6 +171,7 @@ TEST_F(CommitTest, MergeTargetIsFencedUntilTheMergeFinishes) {
 // directory kept C's UUID as its parent's and the chain no longer opened.
 TEST_F(CommitTest, CrossDirectoryMergeRelinksAChildInAThirdDirectory) {
   TempDir b, c;
+  const std::vector<std::string> trusted = {dir_.path(), b.path()};  // parents elsewhere
   WriteAndSnapshot(0, 'a', "s1");
   ASSERT_EQ(unlink(top_.c_str()), 0);  // only the branch below stays on s1
   const std::string mid = b.File("vm.strata"), top = c.File("top.strata");
@@ -176,7 +179,7 @@ TEST_F(CommitTest, CrossDirectoryMergeRelinksAChildInAThirdDirectory) {
                                 .parent_format = ParentFormat::kStrata})
                   .ok());
   {
-    auto chain = Chain::Open(mid);
+    auto chain = Chain::Open(mid, {.allowed_parent_dirs = trusted});
     ASSERT_TRUE(chain.ok()) << chain.status();
     ASSERT_TRUE((*chain)->Write(65536, std::string(65536, 'b')).ok());
     ASSERT_TRUE((*chain)->Snapshot("s2").ok());
@@ -185,12 +188,12 @@ TEST_F(CommitTest, CrossDirectoryMergeRelinksAChildInAThirdDirectory) {
   ASSERT_TRUE(CreateLayer(top, {.parent = b.File("vm@s2.strata"),
                                 .parent_format = ParentFormat::kStrata})
                   .ok());
-  const std::string before = ReadAll(top);
+  const std::string before = ReadAll(top, trusted);
   auto deleted = DeleteSnapshot(Env::Default(), top, "s1");
   ASSERT_TRUE(deleted.ok()) << deleted.status();
-  EXPECT_EQ(ReadAll(top), before);
+  EXPECT_EQ(ReadAll(top, trusted), before);
   EXPECT_FALSE(Env::Default()->Exists(dir_.File("disk@s1.strata")));
-  ASSERT_TRUE(Chain::Open(top).ok());
+  ASSERT_TRUE(Chain::Open(top, {.allowed_parent_dirs = trusted}).ok());
 }
 
 // The working directory the merge ran in, and the one it is resumed from.
@@ -212,14 +215,15 @@ TEST_F(CommitTest, JournalResolvesFromItsOwnDirectory) {
     std::filesystem::create_directory(dir_.File(vm));
     const std::string disk = dir_.File(std::string(vm) + "/disk.strata");
     ASSERT_TRUE(CreateLayer(disk, {.parent = base_, .parent_format = ParentFormat::kRaw}).ok());
-    auto chain = Chain::Open(disk);
+    auto chain = Chain::Open(disk, {.allowed_parent_dirs = {dir_.path()}});  // the base is above
     ASSERT_TRUE(chain.ok());
     ASSERT_TRUE((*chain)->Write(0, std::string(65536, vm[2])).ok());
     ASSERT_TRUE((*chain)->Snapshot("s1").ok());
     ASSERT_TRUE((*chain)->Write(65536, std::string(65536, vm[2])).ok());
   }
   const std::string vm1 = dir_.File("vm1/disk.strata"), vm2 = dir_.File("vm2/disk.strata");
-  const std::string vm1_before = ReadAll(vm1), vm2_before = ReadAll(vm2);
+  const std::string vm1_before = ReadAll(vm1, {dir_.path()});
+  const std::string vm2_before = ReadAll(vm2, {dir_.path()});
   {
     CwdGuard cwd(dir_.File("vm1"));
     FailEnv dying(FailNth("remove", "disk.strata.merge", 1));  // just before the unlink
@@ -234,8 +238,8 @@ TEST_F(CommitTest, JournalResolvesFromItsOwnDirectory) {
   }
   EXPECT_FALSE(Env::Default()->Exists(MergeJournalPath(vm1)));
   EXPECT_TRUE(Env::Default()->Exists(dir_.File("vm2/disk@s1.strata")));
-  EXPECT_EQ(ReadAll(vm2), vm2_before);
-  EXPECT_EQ(ReadAll(vm1), vm1_before);
+  EXPECT_EQ(ReadAll(vm2, {dir_.path()}), vm2_before);
+  EXPECT_EQ(ReadAll(vm1, {dir_.path()}), vm1_before);
 }
 
 // A journal acts only on the layers whose UUIDs it recorded: here vm1's journal is put beside
@@ -249,7 +253,7 @@ TEST_F(CommitTest, JournalRefusesLayersWithOtherUuids) {
   const std::string other_top = other.File("disk.strata");
   ASSERT_TRUE(CreateLayer(other_top, {.parent = base_, .parent_format = ParentFormat::kRaw}).ok());
   {
-    auto chain = Chain::Open(other_top);
+    auto chain = Chain::Open(other_top, {.allowed_parent_dirs = {dir_.path()}});
     ASSERT_TRUE(chain.ok());
     ASSERT_TRUE((*chain)->Snapshot("s1").ok());
   }
@@ -273,7 +277,7 @@ TEST_F(CommitTest, RefusesWhenARecordedBranchElsewhereUsesTheParent) {
   auto result = DeleteSnapshot(Env::Default(), top_, "s1");
   ASSERT_FALSE(result.ok());
   EXPECT_NE(result.status().message().find("b2.strata"), absl::string_view::npos);
-  EXPECT_TRUE(Chain::Open(branch, {.writable = false}).ok());
+  EXPECT_TRUE(Chain::Open(branch, {.writable = false, .allowed_parent_dirs = {dir_.path()}}).ok());
 }
 
 // --- Into the raw base (issue 12) ---

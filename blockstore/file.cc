@@ -3,7 +3,9 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -149,16 +151,53 @@ class PosixFile final : public File {
   int fd_;
 };
 
+// What the open descriptor `fd` is when it is not a file strata may read as a layer or base
+// (OpenOptions); "" when it is one.
+std::string NotARegularFile(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return absl::StrCat("fstat failed: ", strerror(errno));
+  if (S_ISDIR(st.st_mode)) return "a directory";
+  if (S_ISFIFO(st.st_mode)) return "a FIFO";
+  if (S_ISCHR(st.st_mode)) return "a character device";
+  if (S_ISBLK(st.st_mode)) return "a block device";
+  if (S_ISSOCK(st.st_mode)) return "a socket";
+  if (!S_ISREG(st.st_mode)) return "not a regular file";
+  // Files there are S_ISREG but are views of the kernel or of processes (/proc/self/mem).
+  struct statfs fs;
+  if (fstatfs(fd, &fs) != 0) return absl::StrCat("fstatfs failed: ", strerror(errno));
+  switch (static_cast<unsigned long>(fs.f_type)) {
+    case PROC_SUPER_MAGIC: return "a file on /proc";
+    case SYSFS_MAGIC: return "a file on /sys";
+    case DEBUGFS_MAGIC: case TRACEFS_MAGIC: case SECURITYFS_MAGIC: case CGROUP_SUPER_MAGIC:
+    case CGROUP2_SUPER_MAGIC: case BPF_FS_MAGIC:
+      return "a file on a kernel pseudo file system";
+  }
+  return "";
+}
+
 class PosixEnv final : public Env {
  public:
   absl::StatusOr<std::unique_ptr<File>> Open(const std::string& path,
                                              const OpenOptions& options) override {
-    int flags = O_CLOEXEC | (options.writable ? O_RDWR : O_RDONLY);
+    int flags = O_CLOEXEC | O_NONBLOCK | (options.writable ? O_RDWR : O_RDONLY);
     if (options.create) flags |= O_CREAT | O_EXCL;
     if (options.direct_io) flags |= O_DIRECT;
+    if (options.no_follow) flags |= O_NOFOLLOW;
     int fd = open(path.c_str(), flags, 0644);
+    if (fd < 0 && errno == ELOOP && options.no_follow) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("open ", path, ": a symbolic link (a parent is never opened through one)"));
+    }
     if (fd < 0) return ErrnoStatus(errno, "open", path);
-    return std::make_unique<PosixFile>(path, fd);
+    auto file = std::make_unique<PosixFile>(path, fd);
+    if (std::string what = NotARegularFile(fd); !what.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("open ", path, ": ", what, ", not a regular file"));
+    }
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+      return ErrnoStatus(errno, "fcntl", path);
+    }
+    return file;
   }
 
   absl::Status Rename(const std::string& from, const std::string& to) override {
@@ -317,6 +356,15 @@ absl::Status TryLock(const File& file, LockMode mode) {
 bool LockedExclusivelyByOther(Env* env, const std::string& path) {
   auto file = env->Open(path, {});
   return file.ok() && TryFlock((*file)->fd(), LockMode::kShared) == EWOULDBLOCK;
+}
+
+absl::Status CheckSameFile(const File& first, const File& twin) {
+  struct stat a, b;
+  if (fstat(first.fd(), &a) != 0) return ErrnoStatus(errno, "stat", first.path());
+  if (fstat(twin.fd(), &b) != 0) return ErrnoStatus(errno, "stat", twin.path());
+  if (a.st_dev == b.st_dev && a.st_ino == b.st_ino) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(first.path(), " was replaced while it was being opened"));
 }
 
 Env* Env::Default() {

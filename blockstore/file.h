@@ -61,10 +61,16 @@ void AdviseWillNeed(const File& file, uint64_t offset, uint64_t length);
 absl::StatusOr<std::vector<std::pair<uint64_t, uint64_t>>> DataRanges(int fd, absl::string_view path,
                                                                       uint64_t offset, uint64_t length);
 
+// Every file Env::Default() opens must be a regular file off the kernel's pseudo file systems
+// (/proc, /sys, ...): a layer, a base, a journal. A FIFO, device, socket or directory is
+// refused by fstat before anything reads it, and the open itself never waits (O_NONBLOCK, so a
+// FIFO with no writer cannot hang it; cleared again, since io_uring honours it on files).
+// kFailedPrecondition saying what the file is.
 struct OpenOptions {
   bool writable = false;
   bool create = false;      // fails if the file exists (O_EXCL)
   bool direct_io = false;   // O_DIRECT
+  bool no_follow = false;   // O_NOFOLLOW: a symbolic link as the last component is refused
 };
 
 class Env {
@@ -110,6 +116,10 @@ absl::Status TryLock(const File& file, LockMode mode);
 // True when another process holds an exclusive lock on `path`: a server or a merge has it open
 // for writing. Finds out with a shared lock on a descriptor of its own, dropped on return.
 bool LockedExclusivelyByOther(Env* env, const std::string& path);
+
+// kFailedPrecondition unless `twin`, opened again by `first`'s path (an O_DIRECT twin), is the
+// same file: a rename over the path in between must not swap the data under a checked header.
+absl::Status CheckSameFile(const File& first, const File& twin);
 
 // Path helpers (no I/O).
 std::string DirName(const std::string& path);

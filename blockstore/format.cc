@@ -36,22 +36,17 @@ constexpr size_t kRecCrc = 0, kRecKind = 4, kRecFlushBlock = 6, kRecSequence = 8
                  kRecPresent = 24, kRecZero = 28;
 static_assert(kRecZero + 4 == kJournalRecordSize);
 
-// The sizes and regions a decoded header names, checked before anything divides by them or
-// reads where they point.
+// The regions a decoded header names, checked before anything divides by its sizes or reads
+// where they point.
 absl::Status CheckSizesAndRegions(const LayerHeader& h) {
-  if (!IsValidGeometry(h.cluster_size, h.sub_block_size)) {
-    return absl::DataLossError(absl::StrCat("bad geometry: cluster size ", h.cluster_size,
-                                            ", sub-block size ", h.sub_block_size));
+  if (auto s = ValidateLayerSizes(h.virtual_size, h.cluster_size, h.sub_block_size,
+                                  h.journal_size);
+      !s.ok()) {
+    return absl::DataLossError(s.message());
   }
-  if (h.virtual_size == 0 || h.virtual_size % 512 != 0 ||
-      h.virtual_size / h.cluster_size >= kMaxClustersPerLayer) {
-    return absl::DataLossError(absl::StrCat("bad virtual size ", h.virtual_size,
-                                            " (a multiple of 512 bytes, at most 2^32 clusters)"));
-  }
-  if (h.journal_offset != h.cluster_size || h.journal_size < kJournalBlockSize ||
-      h.journal_size > kMaxJournalSize || h.journal_size % kJournalBlockSize != 0) {
-    return absl::DataLossError(absl::StrCat("bad journal region: ", h.journal_size, " bytes @ ",
-                                            h.journal_offset, " (slot 1, 4 KiB .. 256 MiB)"));
+  if (h.journal_offset != h.cluster_size) {
+    return absl::DataLossError(absl::StrCat("bad journal_offset ", h.journal_offset,
+                                            " (the journal is at slot 1, ", h.cluster_size, ")"));
   }
   // Sequence numbers of the journal's epoch must not wrap, and a frozen layer's recorded end
   // lies within its epoch.
@@ -71,7 +66,51 @@ absl::Status CheckSizesAndRegions(const LayerHeader& h) {
   return absl::OkStatus();
 }
 
+// The parent link as create writes it: a parent has a format, a non-empty path without NUL
+// bytes (the file system would cut it there) and, when strata, a UUID; no parent, none of them.
+absl::Status CheckParentLink(const LayerHeader& h) {
+  if (h.parent_format == ParentFormat::kNone) {
+    if (!h.parent_path.empty() || !IsNil(h.parent_uuid) || h.parent_size != 0) {
+      return absl::DataLossError(
+          "bad parent_path / parent_uuid / parent_size: set, but parent_format is none");
+    }
+    return absl::OkStatus();
+  }
+  if (h.parent_path.empty()) return absl::DataLossError("bad parent_path: empty");
+  if (h.parent_path.find('\0') != std::string::npos) {
+    return absl::DataLossError("bad parent_path: holds a NUL byte");
+  }
+  if (IsNil(h.parent_uuid) != (h.parent_format == ParentFormat::kRaw)) {
+    return absl::DataLossError(absl::StrCat("bad parent_uuid: ",
+                                            IsNil(h.parent_uuid) ? "nil" : "set",
+                                            " for a ", Name(h.parent_format), " parent"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+absl::Status ValidateLayerSizes(uint64_t virtual_size, uint32_t cluster_size,
+                                uint32_t sub_block_size, uint64_t journal_size) {
+  if (!IsValidGeometry(cluster_size, sub_block_size)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cluster_size ", cluster_size, " / sub_block_size ", sub_block_size,
+        ": both must be powers of two, cluster 8 KiB..2 MiB, sub-block >= 512 B, at most ",
+        kMaxSubBlocksPerCluster, " sub-blocks per cluster"));
+  }
+  if (virtual_size == 0 || virtual_size % 512 != 0 ||
+      virtual_size / cluster_size >= kMaxClustersPerLayer) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "virtual_size ", virtual_size,
+        ": must be a positive multiple of 512 of at most 2^32 clusters"));
+  }
+  if (journal_size < kJournalBlockSize || journal_size > kMaxJournalSize ||
+      journal_size % kJournalBlockSize != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "journal_size ", journal_size, ": must be a multiple of 4 KiB, 4 KiB .. 256 MiB"));
+  }
+  return absl::OkStatus();
+}
 
 absl::string_view Name(LayerState state) {
   switch (state) {
@@ -233,8 +272,12 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
   // A header with a valid CRC can still carry values this code cannot use (written by a
   // buggy or newer writer): reject them here so nothing below trusts them.
   if (header_size != kHeaderBlockSize) {
-    return absl::DataLossError(absl::StrCat("bad header size ", header_size, " (expected ",
+    return absl::DataLossError(absl::StrCat("bad header_size ", header_size, " (expected ",
                                             kHeaderBlockSize, ")"));
+  }
+  if (sequence == 0 || sequence > kMaxHeaderSequence) {
+    return absl::DataLossError(
+        absl::StrCat("bad sequence ", sequence, " (1 .. 2^63-1: strata counts from 1)"));
   }
   if (raw_state < static_cast<uint32_t>(LayerState::kActive) ||
       raw_state > static_cast<uint32_t>(LayerState::kMerging)) {
@@ -244,14 +287,20 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
     return absl::DataLossError(absl::StrCat("bad parent format ", raw_format));
   }
   if (path_len > kMaxParentPathLength || name_len > kMaxSnapshotNameLength) {
-    return absl::DataLossError("parent path or snapshot name too long");
+    return absl::DataLossError(absl::StrCat("bad parent_path_len ", path_len,
+                                            " or snapshot_name_len ", name_len, " (at most ",
+                                            kMaxParentPathLength, " and ",
+                                            kMaxSnapshotNameLength, ")"));
   }
   if (auto s = CheckSizesAndRegions(*this); !s.ok()) return s;
   state = static_cast<LayerState>(raw_state);
   parent_format = static_cast<ParentFormat>(raw_format);
   parent_path.assign(p + kOffParentPath, path_len);
   snapshot_name.assign(p + kOffName, name_len);
-  return absl::OkStatus();
+  if (snapshot_name.find('\0') != std::string::npos) {
+    return absl::DataLossError("bad snapshot_name: holds a NUL byte");
+  }
+  return CheckParentLink(*this);
 }
 
 void JournalRecord::EncodeTo(char* dst) const {

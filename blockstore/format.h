@@ -62,6 +62,19 @@ inline constexpr uint64_t JournalCapacity(uint64_t journal_size) {
   return journal_size / kJournalRecordSize;
 }
 
+// A header's sequence starts at 1 and grows by one per header write; a copy at 2^63 or above
+// was never written by strata (a header rewritten every nanosecond needs 292 years to get
+// there), and one near 2^64 would wrap on the next write and lose to the older copy.
+inline constexpr uint64_t kMaxHeaderSequence = (uint64_t{1} << 63) - 1;
+
+// The sizes a layer may have: `strata create` (Layer::Create) accepts these and every open
+// (LayerHeader::DecodeFrom) checks them again, so a crafted header cannot carry sizes create
+// would refuse. The geometry is IsValidGeometry's, the virtual size a positive multiple of
+// 512 bytes of at most 2^32 clusters, the journal whole 4 KiB blocks, 4 KiB .. 256 MiB.
+// kInvalidArgument naming the field.
+absl::Status ValidateLayerSizes(uint64_t virtual_size, uint32_t cluster_size,
+                                uint32_t sub_block_size, uint64_t journal_size);
+
 // Checkpoint table: an array of kTableEntrySize-byte entries sorted by cluster, whose CRC32C is
 // in the header.
 inline constexpr uint64_t kTableEntrySize = 16;

@@ -1,5 +1,8 @@
 #include "blockstore/format.h"
 
+#include <functional>
+#include <tuple>
+
 #include "absl/strings/str_cat.h"
 #include "blockstore/coding.h"
 #include "blockstore/crc32c.h"
@@ -111,7 +114,7 @@ TEST(LayerHeaderTest, HeaderSizeOtherThan4096IsRejected) {
   LayerHeader d;
   absl::Status s = d.DecodeFrom(block);
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
-  EXPECT_NE(s.message().find("header size"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("header_size"), absl::string_view::npos) << s;
 }
 
 TEST(LayerHeaderTest, VirtualSizeNotAMultipleOf512IsRejected) {
@@ -122,7 +125,97 @@ TEST(LayerHeaderTest, VirtualSizeNotAMultipleOf512IsRejected) {
   LayerHeader d;
   absl::Status s = d.DecodeFrom(block);
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
-  EXPECT_NE(s.message().find("virtual size"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("virtual_size"), absl::string_view::npos) << s;
+}
+
+// Issue 13: fields a crafted header (valid CRC) carried through decode, each refused with the
+// field named. Every case is a value `strata create` never writes.
+TEST(LayerHeaderTest, AbsurdFieldsAreRefusedNamingTheField) {
+  struct Case {
+    const char* field;
+    std::function<void(LayerHeader*)> edit;
+    std::pair<size_t, uint32_t> raw = {0, 0};  // (offset, value) patched into the block
+  };
+  const Case cases[] = {
+      {"header_size", [](LayerHeader*) {}, {12, 0}},
+      {"header_size", [](LayerHeader*) {}, {12, 256}},
+      {"sequence", [](LayerHeader* h) { h->sequence = ~uint64_t{0}; }},
+      {"sequence", [](LayerHeader* h) { h->sequence = uint64_t{1} << 63; }},
+      {"sequence", [](LayerHeader* h) { h->sequence = 0; }},
+      {"journal_size", [](LayerHeader* h) { h->journal_size = 0; }},
+      {"journal_size", [](LayerHeader* h) { h->journal_size = uint64_t{1} << 60; }},
+      {"journal_offset", [](LayerHeader* h) { h->journal_offset = 0; }},
+      {"cluster_size", [](LayerHeader* h) { h->cluster_size = 0; }},
+      {"virtual_size", [](LayerHeader* h) { h->virtual_size = 0; }},
+      {"parent_path", [](LayerHeader* h) { h->parent_path.clear(); }},
+      {"parent_path", [](LayerHeader* h) { h->parent_path = std::string("base\0/etc/passwd", 16); }},
+      {"parent_uuid", [](LayerHeader* h) { h->parent_uuid = Uuid{}; }},
+      {"parent_uuid",
+       [](LayerHeader* h) {
+         h->parent_format = ParentFormat::kRaw;  // a raw parent has no UUID
+       }},
+      {"parent_format is none",
+       [](LayerHeader* h) { h->parent_format = ParentFormat::kNone; }},
+      {"snapshot_name", [](LayerHeader* h) { h->snapshot_name = std::string("a\0b", 3); }},
+  };
+  for (const Case& c : cases) {
+    LayerHeader h = SampleHeader();
+    c.edit(&h);
+    std::string block;
+    h.EncodeTo(&block);
+    if (c.raw.first != 0) {
+      EncodeFixed32(block.data() + c.raw.first, c.raw.second);
+      Reseal(&block);
+    }
+    LayerHeader d;
+    absl::Status s = d.DecodeFrom(block);
+    EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << c.field << ": " << s;
+    EXPECT_NE(s.message().find(c.field), absl::string_view::npos) << c.field << ": " << s;
+  }
+}
+
+TEST(LayerHeaderTest, ExtremesCreateWritesStillDecode) {
+  LayerHeader h = SampleHeader();
+  h.sequence = kMaxHeaderSequence;
+  h.journal_size = kMaxJournalSize;
+  h.parent_path = std::string(kMaxParentPathLength, 'p');
+  std::string block;
+  h.EncodeTo(&block);
+  LayerHeader d;
+  EXPECT_TRUE(d.DecodeFrom(block).ok());
+  h = SampleHeader();
+  h.parent_format = ParentFormat::kNone;
+  h.parent_path.clear();
+  h.parent_uuid = Uuid{};
+  h.parent_size = 0;
+  h.EncodeTo(&block);
+  EXPECT_TRUE(d.DecodeFrom(block).ok());
+}
+
+// One rule for create and open: what ValidateLayerSizes refuses, decode refuses too.
+TEST(LayerSizesTest, CreateAndDecodeShareTheRule) {
+  EXPECT_TRUE(ValidateLayerSizes(1 << 30, kDefaultClusterSize, kDefaultSubBlockSize,
+                                 kDefaultJournalSize).ok());
+  for (auto [size, cluster, journal] :
+       {std::tuple<uint64_t, uint32_t, uint64_t>{1000, 65536, 8 << 20},
+        {1 << 30, 4096, 8 << 20},
+        {1 << 30, 65536, 4097},
+        {uint64_t{1} << 50, 65536, 8 << 20}}) {
+    absl::Status s = ValidateLayerSizes(size, cluster, 4096, journal);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << size;
+    LayerHeader h = SampleHeader();
+    h.virtual_size = size;
+    h.cluster_size = cluster;
+    h.journal_offset = cluster;
+    h.journal_size = journal;
+    h.table_entries = 0;
+    std::string block;
+    h.EncodeTo(&block);
+    LayerHeader d;
+    absl::Status decoded = d.DecodeFrom(block);
+    EXPECT_EQ(decoded.code(), absl::StatusCode::kDataLoss) << size;
+    EXPECT_EQ(decoded.message(), s.message());
+  }
 }
 
 TEST(GeometryTest, LimitsOfFormatH) {

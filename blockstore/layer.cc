@@ -77,26 +77,14 @@ absl::Status Layer::Corrupt(absl::string_view what) const {
 namespace {
 
 absl::Status ValidateCreateParams(const LayerCreateParams& params) {
-  if (!IsValidGeometry(params.cluster_size, params.sub_block_size)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "cluster size ", params.cluster_size, " / sub-block size ", params.sub_block_size,
-        ": both must be powers of two, cluster 8 KiB..2 MiB, sub-block >= 512 B, at most ",
-        kMaxSubBlocksPerCluster, " sub-blocks per cluster"));
-  }
-  if (params.virtual_size == 0 || params.virtual_size % 512 != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("virtual size ", params.virtual_size, " must be a positive multiple of 512"));
-  }
-  if (params.virtual_size / params.cluster_size >= kMaxClustersPerLayer) {
-    return absl::InvalidArgumentError("virtual size exceeds 2^32 clusters");
+  if (auto s = ValidateLayerSizes(params.virtual_size, params.cluster_size,
+                                  params.sub_block_size, params.journal_size);
+      !s.ok()) {
+    return s;
   }
   if (params.parent_path.size() > kMaxParentPathLength) {
     return absl::InvalidArgumentError(absl::StrCat("parent path longer than ",
                                                    kMaxParentPathLength, " bytes"));
-  }
-  if (params.journal_size < kJournalBlockSize || params.journal_size > kMaxJournalSize ||
-      params.journal_size % kJournalBlockSize != 0) {
-    return absl::InvalidArgumentError("journal size must be a multiple of 4 KiB, at most 256 MiB");
   }
   return absl::OkStatus();
 }
@@ -148,11 +136,17 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Create(Env* env, const std::string
 
 absl::StatusOr<std::unique_ptr<Layer>> Layer::Open(Env* env, const std::string& path, Mode mode,
                                                    bool direct_io) {
+  auto file = env->Open(path, {.writable = mode != Mode::kReadOnly});
+  if (!file.ok()) return file.status();
+  return Open(env, *std::move(file), mode, direct_io);
+}
+
+absl::StatusOr<std::unique_ptr<Layer>> Layer::Open(Env* env, std::unique_ptr<File> file,
+                                                   Mode mode, bool direct_io) {
   bool writable = mode != Mode::kReadOnly;
   auto layer = std::unique_ptr<Layer>(new Layer());
-  auto file = env->Open(path, {.writable = writable});
-  if (!file.ok()) return file.status();
-  layer->file_ = std::move(*file);
+  const std::string path = file->path();
+  layer->file_ = std::move(file);
   layer->writable_ = writable;
 
   auto header = ReadLayerHeader(layer->file_.get(), &layer->current_header_copy_);
@@ -179,6 +173,7 @@ absl::StatusOr<std::unique_ptr<Layer>> Layer::Open(Env* env, const std::string& 
   if (direct_io) {
     auto data = env->Open(path, {.writable = writable, .direct_io = true});
     if (!data.ok()) return data.status();
+    if (auto s = CheckSameFile(*layer->file_, **data); !s.ok()) return s;
     layer->data_file_ = std::move(*data);
   }
   if (writable) {

@@ -105,6 +105,10 @@ class Layer {
   enum class Mode { kReadOnly, kWritable, kMergeTarget };
   static absl::StatusOr<std::unique_ptr<Layer>> Open(Env* env, const std::string& path, Mode mode,
                                                      bool direct_io = false);
+  // The same on a file already open in `mode`'s access (a parent opened by OpenParentFile,
+  // parent_place.h); a direct_io twin must be the same file.
+  static absl::StatusOr<std::unique_ptr<Layer>> Open(Env* env, std::unique_ptr<File> file,
+                                                     Mode mode, bool direct_io = false);
   ~Layer();
 
   const LayerHeader& header() const { return header_; }

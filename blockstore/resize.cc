@@ -45,7 +45,8 @@ absl::Status CheckGrow(const std::string& top_path, const LayerHeader& h, uint64
 }  // namespace
 
 absl::StatusOr<ResizeResult> ResizeDisk(Env* env, const std::string& top_path, NewSize size,
-                                        const Progress& progress) {
+                                        const Progress& progress,
+                                        const std::vector<std::string>& allowed_parent_dirs) {
   // The top's exclusive lock first: a server holds it while clients may be connected, and NBD
   // has no way to tell them the size changed (they read it once, at the handshake).
   LockSet locks;
@@ -71,7 +72,8 @@ absl::StatusOr<ResizeResult> ResizeDisk(Env* env, const std::string& top_path, N
   // Only a chain that opens is grown: a broken link is reported as it is, not after a change.
   // Unlocked: this process holds the top's lock already (flock refuses a second descriptor).
   {
-    auto chain = Chain::Open(top_path, {.writable = false, .lock = false, .env = env});
+    auto chain = Chain::Open(top_path, {.writable = false, .lock = false, .env = env,
+                                        .allowed_parent_dirs = allowed_parent_dirs});
     if (!chain.ok()) return chain.status();
   }
   // The commit point: the header update's first copy reaching the disk.

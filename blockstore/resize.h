@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "blockstore/commit.h"
@@ -42,8 +43,10 @@ struct ResizeResult {
 // kFailedPrecondition for a disk in use (a server: stop it first), a frozen `top_path`, or an
 // old size off a sub-block boundary; kInvalidArgument for a smaller size (shrinking is not
 // supported) or one beyond kMaxClustersPerLayer clusters. The same size succeeds, unchanged.
+// `allowed_parent_dirs`: as ChainOptions'.
 absl::StatusOr<ResizeResult> ResizeDisk(Env* env, const std::string& top_path, NewSize size,
-                                        const Progress& progress = nullptr);
+                                        const Progress& progress = nullptr,
+                                        const std::vector<std::string>& allowed_parent_dirs = {});
 
 }  // namespace strata
 

@@ -54,9 +54,10 @@ inline void WriteFileBytes(const std::string& path, const std::string& data) {
 }
 
 // The first `size` bytes of the disk topped by `top`, through a read-only chain; "" (and a
-// test failure) when it does not open.
-inline std::string ReadDisk(const std::string& top, uint64_t size) {
-  auto chain = Chain::Open(top, {.writable = false});
+// test failure) when it does not open. `allowed`: directories trusted to hold its parents.
+inline std::string ReadDisk(const std::string& top, uint64_t size,
+                            std::vector<std::string> allowed = {}) {
+  auto chain = Chain::Open(top, {.writable = false, .allowed_parent_dirs = std::move(allowed)});
   EXPECT_TRUE(chain.ok()) << chain.status();
   if (!chain.ok()) return "";
   std::string out(size, '\0');

@@ -38,7 +38,7 @@ absl::StatusOr<Args> Parse(const std::vector<std::string>& words, const ArgSpec&
     if (spec.flags.count(arg)) {
       if (has_value) return absl::InvalidArgumentError(absl::StrCat(arg, " takes no value"));
       args.values[arg] = "";
-    } else if (spec.valued.count(arg)) {
+    } else if (spec.valued.count(arg) || spec.repeated.count(arg)) {
       if (!has_value) {
         if (i + 1 >= words.size()) {
           return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
@@ -46,6 +46,7 @@ absl::StatusOr<Args> Parse(const std::vector<std::string>& words, const ArgSpec&
         value = words[++i];
       }
       args.values[arg] = value;
+      if (spec.repeated.count(arg)) args.lists[arg].push_back(value);
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown option ", arg));
     }

@@ -92,7 +92,8 @@ Exit status: 0 done, 1 refused or failed (the message says why), 2 bad usage.
              .valued = {"--from", "--to", "--socket", "--rate-limit", "--tls-certs", "--tls-psk",
                         "--tls-username"}},
     .output = true,
-    .positional = 2};
+    .positional = 2,
+    .follows_parents = true};
 
 std::string RecordPath(const std::string& out) { return out + ".strata-backup"; }
 std::string PartialPath(const std::string& out) { return out + ".partial"; }
@@ -230,7 +231,7 @@ absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenReader(const Args& args,
         nbd.status().message(), " (is `strata serve` running there? without --socket, a "
         "disk that is not served is read from its files)"));
   }
-  return OpenChainReader(snap.path);
+  return OpenChainReader(snap.path, AllowedParentDirs(args));
 }
 
 absl::Status FullBackup(const std::string& layer, const std::string& out, const Snapshot& to,
@@ -342,6 +343,7 @@ int BackupCommand(int argc, char** argv) {
     options.rate_limit = *rate;
   }
   const auto started = std::chrono::steady_clock::now();
+  if (auto s = CheckParents(args, layer); !s.ok()) return Fail(kBackup.name, s);
   const std::vector<ChainLayer> layers = ReadChainHeaders(Env::Default(), layer);
   auto to = FindSnapshot(layers, layer, args.Get("--to"));
   if (!to.ok()) return Fail(kBackup.name, to.status());

@@ -248,8 +248,10 @@ absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenNbdReader(const std::string&
   return std::make_unique<NbdReader>(h, uri, static_cast<uint64_t>(size));
 }
 
-absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenChainReader(const std::string& snapshot_path) {
-  auto chain = Chain::Open(snapshot_path, {.writable = false});
+absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenChainReader(
+    const std::string& snapshot_path, const std::vector<std::string>& allowed_parent_dirs) {
+  auto chain = Chain::Open(snapshot_path,
+                           {.writable = false, .allowed_parent_dirs = allowed_parent_dirs});
   if (!chain.ok()) return chain.status();
   return std::make_unique<ChainReader>(*std::move(chain), snapshot_path);
 }

@@ -53,7 +53,8 @@ absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenNbdReader(const std::string&
                                                               const std::string& export_name,
                                                               const NbdTls& tls = {});
 // The chain topped by the frozen layer at `snapshot_path`, opened read-only (shared locks).
-absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenChainReader(const std::string& snapshot_path);
+absl::StatusOr<std::unique_ptr<SnapshotReader>> OpenChainReader(
+    const std::string& snapshot_path, const std::vector<std::string>& allowed_parent_dirs);
 
 struct CopyStats {
   uint64_t ranges = 0;

@@ -1,13 +1,49 @@
 #include "cli/command.h"
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "blockstore/file.h"
+#include "blockstore/parent_place.h"
 
 namespace strata::cli {
 
+namespace {
+
+constexpr char kAllowParentDir[] = "--allow-parent-dir";
+constexpr char kAllowParentDirUsage[] = R"(
+A parent outside LAYER's directory tree (after symbolic links) is refused unless trusted:
+  --allow-parent-dir DIR   trust parents under DIR (repeatable; STRATA_ALLOW_PARENT_DIR holds
+                           more, colon-separated)
+)";
+
+void PrintUsage(const CommandSpec& spec, FILE* out) {
+  std::fputs(spec.usage, out);
+  if (spec.follows_parents) std::fputs(kAllowParentDirUsage, out);
+}
+
+}  // namespace
+
+std::vector<std::string> AllowedParentDirs(const Args& args) {
+  std::vector<std::string> dirs;
+  if (auto it = args.lists.find(kAllowParentDir); it != args.lists.end()) dirs = it->second;
+  if (const char* env = std::getenv("STRATA_ALLOW_PARENT_DIR"); env != nullptr) {
+    for (absl::string_view dir : absl::StrSplit(env, ':', absl::SkipEmpty())) {
+      dirs.emplace_back(dir);
+    }
+  }
+  return dirs;
+}
+
+absl::Status CheckParents(const Args& args, const std::string& top) {
+  return CheckChainParents(Env::Default(), {top, AllowedParentDirs(args)});
+}
+
 std::optional<int> ParseCommand(int argc, char** argv, const CommandSpec& spec, Args* args) {
   ArgSpec arg_spec = spec.args;
+  if (spec.follows_parents) arg_spec.repeated.insert(kAllowParentDir);
   arg_spec.flags.insert("--help");
   arg_spec.aliases.emplace("-h", "--help");
   if (spec.output) {
@@ -17,7 +53,7 @@ std::optional<int> ParseCommand(int argc, char** argv, const CommandSpec& spec, 
   auto parsed = Parse(argc, argv, 2, arg_spec);
   if (!parsed.ok()) return UsageError(spec, parsed.status().message());
   if (parsed->Has("--help")) {
-    std::fputs(spec.usage, stdout);
+    PrintUsage(spec, stdout);
     return 0;
   }
   if (spec.output) {
@@ -36,7 +72,7 @@ std::optional<int> ParseCommand(int argc, char** argv, const CommandSpec& spec, 
 
 int UsageError(const CommandSpec& spec, absl::string_view why) {
   if (!why.empty()) std::fprintf(stderr, "strata %s: %s\n", spec.name, std::string(why).c_str());
-  std::fputs(spec.usage, stderr);
+  PrintUsage(spec, stderr);
   return spec.usage_exit;
 }
 

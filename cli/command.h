@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -23,7 +24,19 @@ struct CommandSpec {
   int usage_exit = 2;
   // How many positional arguments ParseCommand requires; -1: the command checks them.
   int positional = -1;
+  // The command follows a chain's parent links: it takes --allow-parent-dir (repeatable), and
+  // its usage says so.
+  bool follows_parents = false;
 };
+
+// The directories trusted to hold parents besides the named layer's own tree
+// (blockstore/parent_place.h): every --allow-parent-dir, then each entry of the
+// colon-separated STRATA_ALLOW_PARENT_DIR.
+std::vector<std::string> AllowedParentDirs(const Args& args);
+// For a command that walks the chain topped by `top` itself (commit, revert, tree...): refuses
+// it, before any file changes, when a parent is not a regular file or lies where `args` does
+// not trust (blockstore's CheckChainParents).
+absl::Status CheckParents(const Args& args, const std::string& top);
 
 // Parses argv[2..argc) into *args. Returns the exit status when the command must stop here:
 // 0 after printing the usage on stdout for --help, spec.usage_exit after a usage error.

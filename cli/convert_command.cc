@@ -54,7 +54,8 @@ removed. qemu-img shows progress (-p) when stderr is a terminal.
   -h, --help           this text
 )",
     .args = {.valued = {"-f", "-O", "-o", "--cluster-size", "--sub-block-size"}},
-    .positional = 2};
+    .positional = 2,
+    .follows_parents = true};
 
 // Runs `argv` (argv[0] looked up on PATH) with stdout captured, stderr the user's: the
 // program's own message says what went wrong. Returns stdout, or why it failed.
@@ -165,7 +166,7 @@ class PrivateDir {
 // Serves `layer` on a private socket while the qemu-img command `qemu_img` (its arguments,
 // shell-quoted, "$uri" for the disk) runs; OK when it succeeded.
 absl::Status ServeWhileQemuImgRuns(const std::string& layer, bool read_only,
-                                   const std::string& qemu_img) {
+                                   const std::string& qemu_img, const Args& args) {
   PrivateDir dir;
   if (auto s = dir.Make(); !s.ok()) return s;
   // exec: qemu-img takes the shell's place, so a Ctrl-C reaches it and ends the server too.
@@ -173,6 +174,9 @@ absl::Status ServeWhileQemuImgRuns(const std::string& layer, bool read_only,
   std::vector<std::string> words = {"--foreground", "--no-control", "--socket", dir.socket(),
                                     "--log-level=error", "--run", run};
   if (read_only) words.push_back("--read-only");
+  for (const std::string& dir : AllowedParentDirs(args)) {
+    words.insert(words.end(), {"--allow-parent-dir", dir});
+  }
   words.insert(words.end(), {"--", layer});
   auto exit = ServeInProcess(words);
   if (!exit.ok()) return exit.status();
@@ -224,11 +228,11 @@ int Import(const Args& args) {
   const std::string convert =
       absl::StrCat("convert -n --target-is-zero ", ProgressFlag(), "-f ",
                    ShellQuote(image->format), " ", ShellQuote(src), " -O raw \"$uri\"");
-  if (auto s = ServeWhileQemuImgRuns(dst, /*read_only=*/false, convert); !s.ok()) {
+  if (auto s = ServeWhileQemuImgRuns(dst, /*read_only=*/false, convert, args); !s.ok()) {
     return Fail(kConvert.name, s);
   }
   // The result opens as a chain (headers, index, journal checked) and says how sparse it is.
-  auto chain = Chain::Open(dst, {.writable = false});
+  auto chain = Chain::Open(dst, {.writable = false, .allowed_parent_dirs = AllowedParentDirs(args)});
   if (!chain.ok()) return Fail(kConvert.name, chain.status());
   cleanup.Keep();
   std::printf("imported %s (%s, %s) into %s: %s of data\n", src.c_str(), image->format.c_str(),
@@ -245,7 +249,8 @@ int Export(const Args& args) {
   {
     // Refuses a served disk (its exclusive lock) with the lock's own message before qemu-img
     // creates OUT; the private server takes the same shared locks right after.
-    auto chain = Chain::Open(layer, {.writable = false});
+    auto chain =
+        Chain::Open(layer, {.writable = false, .allowed_parent_dirs = AllowedParentDirs(args)});
     if (!chain.ok()) return Fail(kConvert.name, chain.status());
     size = (*chain)->size();
   }
@@ -254,7 +259,7 @@ int Export(const Args& args) {
   if (args.Has("-o")) absl::StrAppend(&convert, " -o ", ShellQuote(args.Get("-o")));
   absl::StrAppend(&convert, " ", ShellQuote(out));
   RemoveUnlessKept cleanup(out);
-  if (auto s = ServeWhileQemuImgRuns(layer, /*read_only=*/true, convert); !s.ok()) {
+  if (auto s = ServeWhileQemuImgRuns(layer, /*read_only=*/true, convert, args); !s.ok()) {
     return Fail(kConvert.name, s);
   }
   cleanup.Keep();

@@ -76,6 +76,16 @@ absl::Status ParseLayerGeometry(const Args& args, CreateOptions* options) {
 
 namespace {
 
+// After `create -b` or `rebase -u -b`: the user named the parent, so it was taken wherever it
+// lies; but every later command on `layer` follows the link as an untrusted one
+// (blockstore/parent_place.h), and says so now rather than at the next serve.
+void NoteUntrustedParent(const CommandSpec& spec, const Args& args, const std::string& layer) {
+  if (auto s = CheckParents(args, layer); absl::IsPermissionDenied(s)) {
+    std::fprintf(stderr, "strata %s: note: every command on %s will need it trusted: %s\n",
+                 spec.name, layer.c_str(), std::string(s.message()).c_str());
+  }
+}
+
 const CommandSpec kCreate{
     .name = "create",
     .usage = R"(usage: strata create --size SIZE [--cluster-size SIZE] [--sub-block-size SIZE] LAYER
@@ -93,7 +103,8 @@ file or a frozen strata snapshot (a branch). strata never guesses a parent's for
 )",
     .args = {.valued = {"--size", "--backing", "--backing-format", "--cluster-size",
                         "--sub-block-size"},
-             .aliases = {{"-b", "--backing"}, {"-F", "--backing-format"}, {"-s", "--size"}}}};
+             .aliases = {{"-b", "--backing"}, {"-F", "--backing-format"}, {"-s", "--size"}}},
+    .follows_parents = true};
 
 // The sizes and the parent of `strata create`, from its options.
 absl::StatusOr<CreateOptions> CreateOptionsOf(const Args& args) {
@@ -129,6 +140,7 @@ int CreateCommand(int argc, char** argv) {
   if (!options.ok()) return Fail(kCreate.name, options.status());
   auto header = CreateLayer(args.positional[0], *options);
   if (!header.ok()) return Fail(kCreate.name, header.status());
+  NoteUntrustedParent(kCreate, args, args.positional[0]);
   std::printf("created %s: %s, cluster %s, sub-block %s%s\n", args.positional[0].c_str(),
               HumanBytes(header->virtual_size).c_str(), HumanBytes(header->cluster_size).c_str(),
               HumanBytes(header->sub_block_size).c_str(),
@@ -152,7 +164,8 @@ layer below a disk grown by `strata resize`). Reads only: safe on a served disk.
   -h, --help            this text
 )",
                         .output = true,
-                        .positional = 1};
+                        .positional = 1,
+                        .follows_parents = true};
 
 json InfoJson(const Chain& chain, const std::vector<LayerInfo>& layers) {
   json out = {{"virtual_size", chain.size()},
@@ -253,7 +266,8 @@ int InfoCommand(int argc, char** argv) {
   if (auto exit = ParseCommand(argc, argv, kInfo, &args)) return *exit;
   const std::string top = args.positional[0];
   if (auto s = RefuseForeignImage(top); !s.ok()) return Fail(kInfo.name, s);
-  auto chain = Chain::Open(top, {.writable = false, .lock = false});
+  auto chain = Chain::Open(top, {.writable = false, .lock = false,
+                                 .allowed_parent_dirs = AllowedParentDirs(args)});
   if (!chain.ok()) return Fail(kInfo.name, chain.status());
   const std::vector<LayerInfo> layers = (*chain)->Layers();
   auto tree = ReadSnapshotTree(Env::Default(), top);
@@ -286,7 +300,8 @@ disk. A snapshot off the chain can be deleted with `strata delete-snapshot LAYER
   -h, --help            this text
 )",
                         .output = true,
-                        .positional = 1};
+                        .positional = 1,
+                        .follows_parents = true};
 
 // The file as the human tree shows it: its name when it lies beside the top, else its path.
 std::string ShownPath(const std::string& path, const std::string& top_dir) {
@@ -323,6 +338,7 @@ int TreeCommand(int argc, char** argv) {
   if (auto exit = ParseCommand(argc, argv, kTree, &args)) return *exit;
   const std::string top = args.positional[0];
   if (auto s = RefuseForeignImage(top); !s.ok()) return Fail(kTree.name, s);
+  if (auto s = CheckParents(args, top); !s.ok()) return Fail(kTree.name, s);
   auto tree = ReadSnapshotTree(Env::Default(), top);
   if (!tree.ok()) return Fail(kTree.name, tree.status());
   if (args.Json()) {
@@ -356,7 +372,8 @@ LAYER): what an incremental backup copies. Reads only: safe on a served disk.
 )",
                        .args = {.valued = {"--diff", "--to"}},
                        .output = true,
-                       .positional = 1};
+                       .positional = 1,
+                       .follows_parents = true};
 
 // `map --diff FROM [--to TO]`: the ranges that changed between two snapshots.
 int PrintDiff(const std::string& top, const Args& args) {
@@ -422,8 +439,12 @@ int MapCommand(int argc, char** argv) {
   Args args;
   if (auto exit = ParseCommand(argc, argv, kMap, &args)) return *exit;
   const std::string top = args.positional[0];
-  if (args.Has("--diff")) return PrintDiff(top, args);
-  auto chain = Chain::Open(top, {.writable = false, .lock = false});
+  if (args.Has("--diff")) {
+    if (auto s = CheckParents(args, top); !s.ok()) return Fail(kMap.name, s);
+    return PrintDiff(top, args);
+  }
+  auto chain = Chain::Open(top, {.writable = false, .lock = false,
+                                 .allowed_parent_dirs = AllowedParentDirs(args)});
   if (!chain.ok()) return Fail(kMap.name, chain.status());
   std::vector<Extent> extents;
   if (auto s = (*chain)->Extents(0, (*chain)->size(), &extents); !s.ok()) {
@@ -464,7 +485,8 @@ unreadable file, a bad command line), 2 problems (corruption), 3 only repairable
                          .args = {.flags = {"--repair", "--quiet"}},
                          .output = true,
                          .usage_exit = kCheckCouldNotCheck,
-                         .positional = 1};
+                         .positional = 1,
+                         .follows_parents = true};
 
 int CheckExit(const CheckReport& report) {
   if (!report.problems.empty()) return kCheckCorrupt;
@@ -508,7 +530,7 @@ int CheckCommand(int argc, char** argv) {
   Args args;
   if (auto exit = ParseCommand(argc, argv, kCheck, &args)) return *exit;
   const std::string top = args.positional[0];
-  auto report = CheckChain(Env::Default(), top, args.Has("--repair"));
+  auto report = CheckChain(Env::Default(), top, args.Has("--repair"), AllowedParentDirs(args));
   if (!report.ok()) return Fail(kCheck.name, report.status());  // kCheckCouldNotCheck
   if (args.Json()) {
     PrintCheckJson(top, *report);
@@ -529,7 +551,8 @@ refused (export one of its snapshots instead).
 
   -h, --help   this text
 )",
-                          .positional = 2};
+                          .positional = 2,
+                          .follows_parents = true};
 
 // Copies the data extents of `chain` into `fd` (`out_path` for messages).
 absl::Status CopyData(const Chain& chain, int fd, const std::string& out_path) {
@@ -565,7 +588,7 @@ int ExportCommand(int argc, char** argv) {
   const std::string top = args.positional[0], out_path = args.positional[1];
   // Shared locks: a served disk (exclusive lock) cannot be exported inconsistently; export
   // its snapshot instead.
-  auto chain = Chain::Open(top, {.writable = false});
+  auto chain = Chain::Open(top, {.writable = false, .allowed_parent_dirs = AllowedParentDirs(args)});
   if (!chain.ok()) return Fail(kExport.name, chain.status());
   int fd = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return Fail(kExport.name, ErrnoStatus(errno, "create", out_path));
@@ -598,7 +621,8 @@ bottom-up, one link per layer; `strata info` shows when the chain opens again.
                                    .aliases = {{"-u", "--unsafe"},
                                                {"-b", "--backing"},
                                                {"-F", "--backing-format"}}},
-                          .positional = 1};
+                          .positional = 1,
+                          .follows_parents = true};
 
 }  // namespace
 
@@ -620,6 +644,7 @@ int RebaseCommand(int argc, char** argv) {
   const std::string layer = args.positional[0];
   auto header = RebaseLayer(layer, options);
   if (!header.ok()) return Fail(kRebase.name, header.status());
+  NoteUntrustedParent(kRebase, args, layer);
   std::printf("%s now links to its %s parent %s\n", layer.c_str(),
               std::string(Name(header->parent_format)).c_str(), header->parent_path.c_str());
   return 0;
@@ -639,7 +664,8 @@ server's control socket, while clients keep writing.
   --json             the server's reply as JSON (live only)
   -h, --help         this text
 )",
-                            .args = {.flags = {"--json"}, .valued = {"--control"}}};
+                            .args = {.flags = {"--json"}, .valued = {"--control"}},
+                            .follows_parents = true};
 
 }  // namespace
 
@@ -651,8 +677,9 @@ int SnapshotCommand(int argc, char** argv) {
   }
   if (args.positional.size() != 2) return UsageError(kSnapshot);
   const std::string top = args.positional[0];
+  if (auto s = CheckParents(args, top); !s.ok()) return Fail(kSnapshot.name, s);
   if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(kSnapshot.name, s);
-  auto chain = Chain::Open(top);
+  auto chain = Chain::Open(top, {.allowed_parent_dirs = AllowedParentDirs(args)});
   if (!chain.ok()) return Fail(kSnapshot.name, chain.status());
   auto result = (*chain)->Snapshot(args.positional[1]);
   if (!result.ok()) return Fail(kSnapshot.name, result.status());
@@ -690,7 +717,8 @@ copied up into LAYER (default: the active layer) and the parent removed (see del
   -h, --help          this text
 )",
                           .args = {.flags = {"--resume", "--no-wait", "--json", "--into-base", "--drop"},
-                                   .valued = {"--control", "--rate-limit"}}};
+                                   .valued = {"--control", "--rate-limit"}},
+                          .follows_parents = true};
 
 // `delete-snapshot --control` and `commit --control`: the live form.
 int LiveMerge(const Args& args, nlohmann::json request, const CommandSpec& spec) {
@@ -745,6 +773,7 @@ int CommitCommand(int argc, char** argv) {
     return UsageError(kCommit, "--into-base is offline only");
   }
   const std::string layer = args.positional[0];
+  if (auto s = CheckParents(args, layer); !s.ok()) return Fail(kCommit.name, s);
   if (auto s = RecoverFirst(Env::Default(), layer); !s.ok()) return Fail(kCommit.name, s);
   if (args.Has("--resume")) {
     std::printf("%s: no interrupted operation left\n", layer.c_str());
@@ -785,7 +814,8 @@ reading it until they disconnect, new ones are refused.
   -h, --help          this text
 )",
                                   .args = {.flags = {"--no-wait", "--json"},
-                                           .valued = {"--control", "--rate-limit"}}};
+                                           .valued = {"--control", "--rate-limit"}},
+                                  .follows_parents = true};
 
 }  // namespace
 
@@ -819,6 +849,7 @@ int DeleteSnapshotCommand(int argc, char** argv) {
   }
   if (args.positional.size() != 2) return UsageError(kDeleteSnapshot);
   const std::string top = args.positional[0];
+  if (auto s = CheckParents(args, top); !s.ok()) return Fail(kDeleteSnapshot.name, s);
   // Off the chain nothing of the disk changes: no need to hold (or recover) its chain, and
   // a served disk's dead branches go the same way.
   if (IsOffChainSnapshot(Env::Default(), top, args.positional[1])) {
@@ -870,7 +901,8 @@ A revert that fails says why and changes nothing: the disk stays as it was (and 
   --control SOCKET   the server's control socket (default <layer stem>.ctl beside the layer)
   -h, --help         this text
 )",
-                          .args = {.valued = {"--control"}}};
+                          .args = {.valued = {"--control"}},
+                          .follows_parents = true};
 
 }  // namespace
 
@@ -884,6 +916,7 @@ int RevertCommand(int argc, char** argv) {
   if (args.positional.empty() || args.positional.size() > 2) return UsageError(kRevert);
   const std::string top = args.positional[0];
   std::string snapshot = args.positional.size() == 2 ? args.positional[1] : "";
+  if (auto s = CheckParents(args, top); !s.ok()) return Fail(kRevert.name, s);
   if (auto s = RecoverFirst(Env::Default(), top); !s.ok()) return Fail(kRevert.name, s);
   if (auto s = Revert(Env::Default(), top, snapshot); !s.ok()) return Fail(kRevert.name, s);
   std::printf("reverted %s to %s\n", top.c_str(),

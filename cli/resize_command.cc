@@ -27,7 +27,8 @@ Crash-safe: one header update, so a crash leaves the old size or the new one.
 
   -h, --help   this text
 )",
-                          .positional = 2};
+                          .positional = 2,
+                          .follows_parents = true};
 
 // "20G" or "+10G".
 absl::StatusOr<NewSize> ParseNewSize(const std::string& text) {
@@ -47,9 +48,11 @@ int ResizeCommand(int argc, char** argv) {
   auto size = ParseNewSize(args.positional[1]);
   if (!size.ok()) return UsageError(kResize, size.status().message());
   const std::string& layer = args.positional[0];
+  if (auto s = CheckParents(args, layer); !s.ok()) return Fail(kResize.name, s);
   ProgressBar bar("resume commit");
-  auto result =
-      ResizeDisk(Env::Default(), layer, *size, [&](uint64_t d, uint64_t t) { bar.Update(d, t); });
+  auto result = ResizeDisk(Env::Default(), layer, *size,
+                           [&](uint64_t d, uint64_t t) { bar.Update(d, t); },
+                           AllowedParentDirs(args));
   bar.Finish();
   if (!result.ok()) return Fail(kResize.name, result.status());
   if (result->new_size == result->old_size) {

@@ -28,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "cli/args.h"
+#include "cli/command.h"
 #include "server/control/control_socket.h"
 #include "server/control/live_control.h"
 #include "server/engine/chain_storage.h"
@@ -103,6 +104,9 @@ Serves the chain whose top layer is LAYER over NBD.
   --run 'CMD'            captive mode: run CMD via /bin/sh -c with $uri, $nbd, $unixsocket
                          (or $port), $exportname, $tls ("on", "require" or empty) set; stop
                          when it exits and return its status
+  --allow-parent-dir DIR trust parents under DIR (repeatable; STRATA_ALLOW_PARENT_DIR holds
+                         more, colon-separated): a parent outside LAYER's directory tree
+                         (after symbolic links) is refused otherwise
 
 Under systemd (scripts/strata@.socket and strata@.service, with --foreground): sockets passed
 by socket activation (LISTEN_PID, LISTEN_FDS) are served instead of --socket and --listen
@@ -293,7 +297,8 @@ const ArgSpec& ServeSpec() {
   static const ArgSpec* const spec = [] {
     auto* s = new ArgSpec{.flags = {"--help", "--read-only", "--foreground", "--no-control",
                                     "--tls-verify-peer", "--insecure-listen"},
-                          .aliases = {{"-h", "--help"}}};
+                          .aliases = {{"-h", "--help"}},
+                          .repeated = {"--allow-parent-dir"}};
     for (const ValuedOption& option : kValuedOptions) s->valued.insert(option.name);
     return s;
   }();
@@ -373,6 +378,7 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& w
   o.read_only = args->Has("--read-only");
   o.foreground = args->Has("--foreground");
   o.no_control = args->Has("--no-control");
+  o.allowed_parent_dirs = AllowedParentDirs(*args);
   o.tls_verify_peer = args->Has("--tls-verify-peer");
   o.insecure_listen = args->Has("--insecure-listen");
   for (const ValuedOption& option : kValuedOptions) {
@@ -555,6 +561,7 @@ ServeOptions Resolve(ServeOptions o) {
   if (o.control) o.control = Absolute(*o.control);
   if (o.socket) o.socket = Absolute(*o.socket);
   if (!o.pid_file.empty()) o.pid_file = Absolute(o.pid_file);
+  for (std::string& dir : o.allowed_parent_dirs) dir = Absolute(dir);
   if (!o.tls_certs.empty()) o.tls_certs = Absolute(o.tls_certs);
   if (!o.tls_psk.empty()) o.tls_psk = Absolute(o.tls_psk);
   if (o.log == LogTo::kFile) {
@@ -565,7 +572,7 @@ ServeOptions Resolve(ServeOptions o) {
 
 absl::StatusOr<std::unique_ptr<ChainStorage>> OpenStorage(const ServeOptions& o) {
   absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
-      OpenChainStorage(o.layer, !o.read_only, o.cache == CacheMode::kNone);
+      OpenChainStorage(o.layer, !o.read_only, o.cache == CacheMode::kNone, o.allowed_parent_dirs);
   if (storage.ok() || storage.status().code() != absl::StatusCode::kFailedPrecondition ||
       o.read_only) {
     return storage;

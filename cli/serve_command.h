@@ -58,6 +58,9 @@ struct ServeOptions {
   int handshake_timeout_s = 10;               // --handshake-timeout (0: none)
   int request_timeout_s = 30;                 // --request-timeout (0: none)
   bool help = false;
+  // --allow-parent-dir (repeatable) and STRATA_ALLOW_PARENT_DIR, made absolute: directories
+  // trusted to hold the chain's parents besides LAYER's tree (blockstore/parent_place.h).
+  std::vector<std::string> allowed_parent_dirs;
 };
 
 // The largest --max-connections and --max-handshakes taken.

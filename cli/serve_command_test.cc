@@ -1,5 +1,7 @@
 #include "cli/serve_command.h"
 
+#include <stdlib.h>
+
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
@@ -54,6 +56,18 @@ TEST(ServeOptionsTest, EveryOptionInBothSpellings) {
   EXPECT_EQ(o->request_timeout_s, 5);
   EXPECT_TRUE(o->foreground);
   EXPECT_EQ(o->layer, "/img/top.strata");
+}
+
+// Issue 13: every --allow-parent-dir counts (a repeated option otherwise keeps its last
+// value), then STRATA_ALLOW_PARENT_DIR's entries.
+TEST(ServeOptionsTest, AllowParentDirRepeatsAndTheEnvironmentAdds) {
+  setenv("STRATA_ALLOW_PARENT_DIR", "/srv/c::/srv/d", 1);
+  auto o = ParseServeOptions({"--allow-parent-dir", "/srv/a", "--allow-parent-dir=/srv/b",
+                              "d.strata"});
+  unsetenv("STRATA_ALLOW_PARENT_DIR");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->allowed_parent_dirs,
+            (std::vector<std::string>{"/srv/a", "/srv/b", "/srv/c", "/srv/d"}));
 }
 
 TEST(ServeOptionsTest, RunImpliesForeground) {

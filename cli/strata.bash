@@ -113,7 +113,7 @@ _strata() {
       SOCKET) _strata_files '*.ctl' ;;
       PARENT) _strata_files '*.strata' '*.raw' ;;
       PATH | FILE) _strata_files '*' ;;
-      DIR) _strata_files ;;  # directories only (--tls-certs)
+      DIR) _strata_files ;;  # directories only (--tls-certs, --allow-parent-dir)
       SNAPSHOT*) _strata_snapshots "$bin" "$control" "${positional[0]:-}" ;;
     esac
     return

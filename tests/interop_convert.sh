@@ -162,11 +162,14 @@ expect_fail 1 "has no parent" "$STRATA" rebase -u -b a/base.raw "$R/lone.strata"
 # The right parents: the active layer's link, then the frozen snapshot's.
 "$STRATA" rebase -u -b ../b/top@s.strata "$R/c/top.strata" >"$WORK/out" 2>&1 || fail "rebase top: $(cat "$WORK/out")"
 grep -qF "now links to its strata parent $R/b/top@s.strata" "$WORK/out" || fail "rebase said: $(cat "$WORK/out")"
-expect_fail 1 "base.raw" "$STRATA" info "$R/c/top.strata"
+# The parents now lie in a/ and b/, outside c/: trusted by name (issue 13).
+TRUST=(--allow-parent-dir "$R/a" --allow-parent-dir "$R/b")
+expect_fail 1 "lies outside $R/c: pass --allow-parent-dir $R/b" "$STRATA" info "$R/c/top.strata"
+expect_fail 1 "base.raw" "$STRATA" info "${TRUST[@]}" "$R/c/top.strata"
 "$STRATA" rebase -u -F raw -b "$R/a/base.raw" "$R/b/top@s.strata" >/dev/null || fail "rebase of the frozen snapshot"
-"$STRATA" info "$R/c/top.strata" >/dev/null || fail "info after both rebases"
-"$STRATA" check "$R/c/top.strata" >/dev/null || fail "check after both rebases"
-"${T[@]}" "$STRATA" export "$R/c/top.strata" "$R/after.raw" >/dev/null
+"$STRATA" info "${TRUST[@]}" "$R/c/top.strata" >/dev/null || fail "info after both rebases"
+"$STRATA" check "${TRUST[@]}" "$R/c/top.strata" >/dev/null || fail "check after both rebases"
+"${T[@]}" "$STRATA" export "${TRUST[@]}" "$R/c/top.strata" "$R/after.raw" >/dev/null
 cmp "$R/before.raw" "$R/after.raw" || fail "the rebased chain reads differently"
 log "rebase -u: links fixed on frozen and active layers, wrong parents refused"
 log "PASS"

@@ -147,6 +147,26 @@ grep -Eq "^20[0-9]{2}-[0-9]{2}-[0-9]{2}T[0-9:.]+Z strata\[$PID\] info: stopped" 
   || fail "disk.log has no dated 'stopped' line of $PID: $(cat disk.log)"
 block_done
 
+# --- A base in another directory (issue 13); /srv/golden stands for $U/srv/golden ------------
+mkdir -p "$U/srv/golden" "$U/vms" && cd "$U/vms"
+raw_base "$U/srv/golden/base.raw"
+GOLDEN="s#/srv/golden#$U/srv/golden#g"
+block 'Serving a disk' 3
+step 'strata create -b /srv/golden/base.raw -F raw vm.strata' "$GOLDEN"
+err_has "--allow-parent-dir $U/srv/golden"
+CMD='strata serve vm.strata'; run_cmd 1
+err_has "raw base $U/srv/golden/base.raw .* lies outside $U/vms: pass --allow-parent-dir $U/srv/golden"
+step 'strata serve --allow-parent-dir /srv/golden vm.strata' "$GOLDEN"
+started vm.strata
+guest 'nbd+unix:///?socket=vm.sock' 'read -P 0x11 0 1M'
+stop_pid
+step 'strata info --allow-parent-dir /srv/golden vm.strata' "$GOLDEN"
+out_has "$U/srv/golden/base.raw"
+take 'export STRATA_ALLOW_PARENT_DIR=/srv/golden'
+run_cmd 0 "$GOLDEN; s|[[:space:]]*#.*\$|; strata check vm.strata|"  # and a command that needs it
+block_done
+cd "$U"
+
 # --- Snapshots, revert and delete, end to end (offline) --------------------------------------
 mkdir "$U/offline" && cd "$U/offline"
 raw_base base.raw
@@ -232,7 +252,7 @@ exists new/base.raw fast/vm@s1.strata fast/vm.strata
 take 'strata info /fast/vm.strata'; run_cmd 1 "s#/fast#$U/move/fast#g"
 err_has "raw base $U/move/fast/base.raw: .*No such file or directory"
 step 'strata rebase -u -b /new/base.raw /fast/vm@s1.strata' "s#/new#$U/move/new#g; s#/fast#$U/move/fast#g"
-step 'strata info /fast/vm.strata' "s#/fast#$U/move/fast#g"
+step 'strata info --allow-parent-dir /new /fast/vm.strata' "s#/new#$U/move/new#g; s#/fast#$U/move/fast#g"
 out_has "$U/move/new/base.raw"
 block_done
 

@@ -77,8 +77,12 @@ json CountersJson(const IoCounters& io) {
 // header): changed by the chain's listener, on whichever thread completed a snapshot.
 class LiveControl::Published {
  public:
-  Published(ExportTable* exports, std::string top_path, bool direct_io)
-      : exports_(exports), top_path_(std::move(top_path)), direct_io_(direct_io) {}
+  Published(ExportTable* exports, std::string top_path, bool direct_io,
+            std::vector<std::string> allowed_parent_dirs)
+      : exports_(exports),
+        top_path_(std::move(top_path)),
+        direct_io_(direct_io),
+        allowed_parent_dirs_(std::move(allowed_parent_dirs)) {}
 
   // Registers "@name" (once), opened on demand from `path`.
   void Add(const std::string& name, const std::string& path) {
@@ -132,6 +136,7 @@ class LiveControl::Published {
   ExportTable* const exports_;
   const std::string top_path_;
   const bool direct_io_;
+  const std::vector<std::string> allowed_parent_dirs_;
   mutable absl::Mutex mu_;
   std::vector<std::string> exported_ ABSL_GUARDED_BY(mu_);  // snapshot names, in export order
   uint64_t taken_ ABSL_GUARDED_BY(mu_) = 0;
@@ -144,7 +149,8 @@ LiveControl::LiveControl(Server* server, ExportTable* exports, ChainStorage* dis
       disk_(disk),
       options_(std::move(options)),
       started_wall_ns_(WallClockNs()),
-      published_(std::make_shared<Published>(exports, disk->top_path(), disk->direct_io())) {
+      published_(std::make_shared<Published>(exports, disk->top_path(), disk->direct_io(),
+                                             disk->allowed_parent_dirs())) {
   WatchSnapshots();
 }
 
@@ -164,11 +170,11 @@ void LiveControl::Published::ExportLocked(const std::string& name, const std::st
                   absl::StrCat("snapshot '", name, "' of ", top_path_, " (read-only)"),
                   /*read_only=*/true};
   const bool direct_io = direct_io_;
-  exports_->AddOnDemand(info, [info, path, direct_io]()
+  exports_->AddOnDemand(info, [info, path, direct_io, dirs = allowed_parent_dirs_]()
                                   -> absl::StatusOr<std::shared_ptr<const Export>> {
     // Read-only: shared locks only, beside the server's own shared lock on this frozen file.
     absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
-        OpenChainStorage(path, /*writable=*/false, direct_io);
+        OpenChainStorage(path, /*writable=*/false, direct_io, dirs);
     if (!storage.ok()) {
       STRATA_LOG_LIMITED(kError, "export %s: %s", info.name, storage.status().message());
       return absl::Status(storage.status().code(), absl::StrCat("export ", info.name, ": ",

@@ -53,9 +53,11 @@ absl::Status ChainStorage::Revert(const std::string& name) {
   return RevertServed(&chain_, name);
 }
 
-absl::StatusOr<std::unique_ptr<ChainStorage>> OpenChainStorage(const std::string& top_path,
-                                                               bool writable, bool direct_io) {
+absl::StatusOr<std::unique_ptr<ChainStorage>> OpenChainStorage(
+    const std::string& top_path, bool writable, bool direct_io,
+    const std::vector<std::string>& allowed_parent_dirs) {
   ChainOptions options;
+  options.allowed_parent_dirs = allowed_parent_dirs;
   options.writable = writable;
   options.direct_io = direct_io;
   options.serve_streams = true;  // the server resumes an unfinished snapshot deletion online

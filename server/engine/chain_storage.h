@@ -30,6 +30,11 @@ class ChainStorage final : public Storage {
   uint32_t sub_block_size() const override { return sub_block_size_; }
   bool writable() const override { return chain_->writable(); }
   bool direct_io() const override { return chain_->direct_io(); }
+  // Where the chain's parents may live besides its top's tree: snapshot exports follow the
+  // same rule (blockstore/parent_place.h).
+  const std::vector<std::string>& allowed_parent_dirs() const {
+    return chain_->options().allowed_parent_dirs;
+  }
   int top_position() const override { return chain_->top_position(); }
   std::string Describe() const override;
   std::string DescribeLayer(int position) const override;
@@ -70,9 +75,10 @@ class ChainStorage final : public Storage {
 };
 
 // Opens the chain whose top is `top_path` (a read-only chain takes shared locks only, so
-// snapshots of a served disk can be opened beside it).
-absl::StatusOr<std::unique_ptr<ChainStorage>> OpenChainStorage(const std::string& top_path,
-                                                               bool writable, bool direct_io);
+// snapshots of a served disk can be opened beside it). `allowed_parent_dirs`: as ChainOptions'.
+absl::StatusOr<std::unique_ptr<ChainStorage>> OpenChainStorage(
+    const std::string& top_path, bool writable, bool direct_io,
+    const std::vector<std::string>& allowed_parent_dirs = {});
 
 }  // namespace strata
 
