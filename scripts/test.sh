@@ -29,11 +29,12 @@ ctest --test-dir "$top/build" --output-on-failure -j2 --timeout 900
 # .background copies of the libnbd suites (the same requests against the same code);
 # kill_sweep.sh (it runs strata under strace, where LeakSanitizer cannot work); merge_kill.sh
 # (a timed kill -9 sweep, 188 s under ASan, whose timing ASan changes: tests/README.md);
-# readme_workflows.sh (its 90 s budget is too short under ASan).
+# readme_workflows.sh (its 90 s budget is too short under ASan); hostile_memory.sh (it bounds
+# the server's RSS, and ASan's shadow memory and 256 MiB quarantine are not the server's).
 echo "=== unit and integration tests under ASan + UBSan"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir "$top/build-asan" --output-on-failure -j2 -L 'unit|integration' \
-  -E '[.]background$|^(kill_sweep|merge_kill|readme_workflows)[.]sh$' --timeout 900
+  -E '[.]background$|^(kill_sweep|merge_kill|readme_workflows|hostile_memory)[.]sh$' --timeout 900
 echo "=== the chain's and the buffer pool's concurrent tests under ThreadSanitizer"
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir "$top/build-tsan" --output-on-failure -j2 \
   -R '^(ChainTest|BufferPoolTest|ChainStorageTest)[.]' --timeout 900
