@@ -117,6 +117,16 @@ sums() {  # OUT [PATH...]
   [ $# -gt 0 ] || set -- .
   (cd /mnt && find "$@" -type f | sort | xargs sha256sum) >$out
 }
+# COUNT small files DIR/small0.. of random bytes, the i-th FIRST + i * STEP bytes long.
+write_smalls() {  # DIR COUNT FIRST STEP
+  mkdir -p $1
+  i=0
+  while [ $i -lt $2 ]; do
+    dd if=/dev/urandom of=$1/small$i bs=$(($3 + i * $4)) count=1 2>/dev/null \
+      || result FAIL "write $1/small$i"
+    i=$((i + 1))
+  done
+}
 # The "snapshot before an upgrade" workflow on a mounted file system: freeze it (ext4 flushes
 # and checkpoints its journal, so the snapshot is a clean file system), take a live snapshot
 # through the control socket, thaw.
@@ -133,12 +143,7 @@ case_kernel_nbd() {
   step "write files"
   mkdir -p /mnt/dir/sub
   dd if=/dev/urandom of=/mnt/big bs=1M count=24 2>/dev/null || result FAIL "write big"
-  i=0
-  while [ $i -lt 200 ]; do
-    dd if=/dev/urandom of=/mnt/dir/sub/small$i bs=$((512 + i * 37)) count=1 2>/dev/null \
-      || result FAIL "write small$i"
-    i=$((i + 1))
-  done
+  write_smalls /mnt/dir/sub 200 512 37
   dd if=/dev/urandom of=/mnt/dir/trimmed bs=1M count=4 2>/dev/null
   sync
   rm /mnt/dir/trimmed
@@ -260,23 +265,13 @@ case_online_merge() {
   step "write files, snapshot s1 live"
   mkdir -p /mnt/a /mnt/b /mnt/live
   dd if=/dev/urandom of=/mnt/big bs=1M count=24 2>/dev/null || result FAIL "write big"
-  i=0
-  while [ $i -lt 100 ]; do
-    dd if=/dev/urandom of=/mnt/a/small$i bs=$((512 + i * 53)) count=1 2>/dev/null \
-      || result FAIL "write a/small$i"
-    i=$((i + 1))
-  done
+  write_smalls /mnt/a 100 512 53
   sync
   live_snapshot s1
 
   step "more files, snapshot s2 live"
   dd if=/dev/urandom of=/mnt/b/mid bs=1M count=12 2>/dev/null || result FAIL "write b/mid"
-  i=0
-  while [ $i -lt 100 ]; do
-    dd if=/dev/urandom of=/mnt/b/small$i bs=$((700 + i * 41)) count=1 2>/dev/null \
-      || result FAIL "write b/small$i"
-    i=$((i + 1))
-  done
+  write_smalls /mnt/b 100 700 41
   # s2 holds some of big's blocks too: the first 4 MiB, rewritten
   dd if=/dev/urandom of=/mnt/big bs=1M count=4 conv=notrunc 2>/dev/null || result FAIL "rewrite big"
   sync
@@ -428,12 +423,7 @@ case_qemu_disk_write() {
   mount -t ext4 /dev/vda /mnt || result FAIL "mount /dev/vda"
   mkdir -p /mnt/before/sub /mnt/during
   dd if=/dev/urandom of=/mnt/before/big bs=1M count=16 2>/dev/null || result FAIL "write big"
-  i=0
-  while [ $i -lt 100 ]; do
-    dd if=/dev/urandom of=/mnt/before/sub/small$i bs=$((512 + i * 61)) count=1 2>/dev/null \
-      || result FAIL "write small$i"
-    i=$((i + 1))
-  done
+  write_smalls /mnt/before/sub 100 512 61
   sync
   print_sums before
   [ "$(wc -l <$W/sums.before)" -eq 101 ] || result FAIL "checksum list of before/ is not 101 lines"
