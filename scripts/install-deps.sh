@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything strata needs to build, test and benchmark on Debian 12 (bookworm).
 # Usage: scripts/install-deps.sh [--with-guest]
-#   --with-guest also installs the kernel + busybox used by the kernel-nbd interop test.
+#   --with-guest also installs QEMU, the kernel and busybox of the guest tests (ctest -L guest).
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Builds the initramfs for the kernel-nbd guest test from host binaries (never downloads):
-# busybox-static and its applet links, nbd.ko of the guest kernel, nbd-client, mkfs.ext4,
-# e2fsck, the NBD server under test, each with the libraries ldd lists and the dynamic loader,
-# plus tests/guest/init.sh as /init and a config file with the run's nonce and case.
+# Builds the initramfs of the guest tests from host binaries (never downloads): busybox-static
+# and its applet links, mkfs.ext4, e2fsck, and for the kernel-nbd cases nbd.ko of the guest
+# kernel, nbd-client and the NBD server under test; for the QEMU-disk cases (the host serves,
+# QEMU's NBD client is the disk) virtio_blk and virtio_pci with the modules they need instead.
+# Each binary comes with the libraries ldd lists and the dynamic loader; tests/guest/init.sh
+# is /init, and a config file holds the run's nonce and case.
 #
 # Usage: build_initramfs.sh OUT.cpio.gz KERNEL_VERSION SERVER_KIND SERVER_BINARY NONCE [CASE]
 #   SERVER_KIND: strata | nbdkit (nbdkit validates the harness; its file plugin is copied too)
-#   CASE: what /init runs, kernel_nbd (default) | online_merge | full_volume (see tests/guest/init.sh)
+#                | none (nothing serves inside the guest: the QEMU-disk cases)
+#   CASE: what /init runs, kernel_nbd (default) | online_merge | full_volume | qemu_disk_write
+#         | qemu_disk_verify (see tests/guest/init.sh)
 set -euo pipefail
 out="$1" kver="$2" kind="$3" server_bin="$4" nonce="$5" case="${6:-kernel_nbd}"
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -51,14 +55,34 @@ for applet in $(busybox --list); do
   [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
 done
 
-add_tool nbd-client
+# Copies module NAME of the guest kernel and, first, the modules it depends on (modules.dep)
+# into /lib/modules, appending each once to /etc/modules.load in the order insmod needs.
+modules_dir="/lib/modules/$kver"
+add_module() {  # NAME
+  local rel dep
+  rel="$(grep -E "^([^:]*/)?$1\.ko:" "$modules_dir/modules.dep" | cut -d: -f1)"
+  [ -n "$rel" ] || { echo "no module $1 in $modules_dir/modules.dep" >&2; exit 1; }
+  case "$rel" in *.ko) ;; *) echo "$rel: compressed modules are not handled" >&2; exit 1 ;; esac
+  grep -qx "$1" "$root/etc/modules.load" 2>/dev/null && return
+  for dep in $(grep -E "^$rel:" "$modules_dir/modules.dep" | cut -d: -f2-); do
+    add_module "$(basename "$dep" .ko)"
+  done
+  cp "$modules_dir/$rel" "$root/lib/modules/$1.ko"
+  echo "$1" >>"$root/etc/modules.load"
+}
+
 add_tool mkfs.ext4
 add_tool e2fsck
 case "$kind" in
+  none)
+    add_module virtio_pci
+    add_module virtio_blk ;;
   strata)
+    add_tool nbd-client
     cp -L "$server_bin" "$root/usr/local/bin/strata"
     copy_libs "$server_bin" ;;
   nbdkit)
+    add_tool nbd-client
     add_tool nbdkit
     plugin="$(dirname "$(nbdkit --dump-config | sed -n 's/^plugindir=//p')/x")/nbdkit-file-plugin.so"
     copy_abs "$plugin"
@@ -66,9 +90,7 @@ case "$kind" in
   *) echo "unknown server kind $kind" >&2; exit 1 ;;
 esac
 
-ko="/lib/modules/$kver/kernel/drivers/block/nbd.ko"
-[ -f "$ko" ] || { echo "no $ko (compressed modules are not handled)" >&2; exit 1; }
-cp "$ko" "$root/lib/modules/nbd.ko"
+[ "$kind" = none ] || add_module nbd
 
 cp "$here/init.sh" "$root/init"
 chmod 755 "$root/init"

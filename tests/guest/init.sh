@@ -16,6 +16,15 @@
 #                 error reaches the kernel, the file system stays read-write) until the test
 #                 deletes a ballast file, then finish; e2fsck and the checksum after a fresh
 #                 attach, then `strata check`.
+# The QEMU-disk cases serve nothing inside: the host serves the disk and QEMU's own NBD client
+# is the guest's virtio disk /dev/vda (tests/guest_qemu_disk.sh):
+#   qemu_disk_write   makes ext4 on /dev/vda, writes before/ and syncs, prints its checksums,
+#                     prints STRATA-GUEST-WRITING (the host takes a live snapshot now) and keeps
+#                     writing during/ for 10 s, prints STRATA-GUEST-WROTE, writes after-writes,
+#                     prints every file's checksum (tag final) and runs e2fsck -fn.
+#   qemu_disk_verify  e2fsck -fn of /dev/vda, prints every file's checksum (tag final), then
+#                     writes second-boot and prints its checksum (tag second).
+# A checksum line is STRATA-GUEST-SUM <nonce> <tag> <sha256> <path under the file system>.
 # Prints one result line with the host's nonce:
 #   STRATA-GUEST-RESULT <nonce> PASS|FAIL <reason>
 # and powers off. Every wait is bounded; the host also bounds the whole guest.
@@ -83,19 +92,21 @@ detach() {  # [DEVICE]
   done
 }
 
-step "insmod nbd"
-insmod /lib/modules/nbd.ko nbds_max=2 || result FAIL "insmod nbd.ko"
-ip link set lo up
+nbd_setup() {
+  step "insmod nbd"
+  insmod /lib/modules/nbd.ko nbds_max=2 || result FAIL "insmod nbd.ko"
+  ip link set lo up
 
-step "create chain ($SERVER)"
-# A sparse 256 MiB raw base under an active layer: the kernel reads base holes through the
-# chain and every write lands in the layer.
-dd if=/dev/zero of=$W/base.raw bs=1M count=0 seek=256 2>/dev/null
-case "$SERVER" in
-  strata) strata create -b $W/base.raw -F raw $W/disk.strata >$W/create.log 2>&1 \
-            || { cat $W/create.log; result FAIL "strata create"; } ;;
-  nbdkit) cp $W/base.raw $W/disk.raw ;;
-esac
+  step "create chain ($SERVER)"
+  # A sparse 256 MiB raw base under an active layer: the kernel reads base holes through the
+  # chain and every write lands in the layer.
+  dd if=/dev/zero of=$W/base.raw bs=1M count=0 seek=256 2>/dev/null
+  case "$SERVER" in
+    strata) strata create -b $W/base.raw -F raw $W/disk.strata >$W/create.log 2>&1 \
+              || { cat $W/create.log; result FAIL "strata create"; } ;;
+    nbdkit) cp $W/base.raw $W/disk.raw ;;
+  esac
+}
 
 CTL=$W/disk.ctl
 CASE=${CASE:-kernel_nbd}
@@ -105,6 +116,16 @@ sums() {  # OUT [PATH...]
   out=$1; shift
   [ $# -gt 0 ] || set -- .
   (cd /mnt && find "$@" -type f | sort | xargs sha256sum) >$out
+}
+# COUNT small files DIR/small0.. of random bytes, the i-th FIRST + i * STEP bytes long.
+write_smalls() {  # DIR COUNT FIRST STEP
+  mkdir -p $1
+  i=0
+  while [ $i -lt $2 ]; do
+    dd if=/dev/urandom of=$1/small$i bs=$(($3 + i * $4)) count=1 2>/dev/null \
+      || result FAIL "write $1/small$i"
+    i=$((i + 1))
+  done
 }
 # The "snapshot before an upgrade" workflow on a mounted file system: freeze it (ext4 flushes
 # and checkpoints its journal, so the snapshot is a clean file system), take a live snapshot
@@ -122,12 +143,7 @@ case_kernel_nbd() {
   step "write files"
   mkdir -p /mnt/dir/sub
   dd if=/dev/urandom of=/mnt/big bs=1M count=24 2>/dev/null || result FAIL "write big"
-  i=0
-  while [ $i -lt 200 ]; do
-    dd if=/dev/urandom of=/mnt/dir/sub/small$i bs=$((512 + i * 37)) count=1 2>/dev/null \
-      || result FAIL "write small$i"
-    i=$((i + 1))
-  done
+  write_smalls /mnt/dir/sub 200 512 37
   dd if=/dev/urandom of=/mnt/dir/trimmed bs=1M count=4 2>/dev/null
   sync
   rm /mnt/dir/trimmed
@@ -249,23 +265,13 @@ case_online_merge() {
   step "write files, snapshot s1 live"
   mkdir -p /mnt/a /mnt/b /mnt/live
   dd if=/dev/urandom of=/mnt/big bs=1M count=24 2>/dev/null || result FAIL "write big"
-  i=0
-  while [ $i -lt 100 ]; do
-    dd if=/dev/urandom of=/mnt/a/small$i bs=$((512 + i * 53)) count=1 2>/dev/null \
-      || result FAIL "write a/small$i"
-    i=$((i + 1))
-  done
+  write_smalls /mnt/a 100 512 53
   sync
   live_snapshot s1
 
   step "more files, snapshot s2 live"
   dd if=/dev/urandom of=/mnt/b/mid bs=1M count=12 2>/dev/null || result FAIL "write b/mid"
-  i=0
-  while [ $i -lt 100 ]; do
-    dd if=/dev/urandom of=/mnt/b/small$i bs=$((700 + i * 41)) count=1 2>/dev/null \
-      || result FAIL "write b/small$i"
-    i=$((i + 1))
-  done
+  write_smalls /mnt/b 100 700 41
   # s2 holds some of big's blocks too: the first 4 MiB, rewritten
   dd if=/dev/urandom of=/mnt/big bs=1M count=4 conv=notrunc 2>/dev/null || result FAIL "rewrite big"
   sync
@@ -393,6 +399,73 @@ case_full_volume() {
   strata check $VOL/disk.strata >$W/check-vol.log 2>&1 || { cat $W/check-vol.log; result FAIL "strata check of the full volume's disk"; }
 }
 
+# --- QEMU as the disk's client -----------------------------------------------------------------
+# Loads virtio_pci and virtio_blk (and what they need, in order) and waits for /dev/vda.
+virtio_disk() {
+  for m in $(cat /etc/modules.load); do
+    insmod /lib/modules/$m.ko || result FAIL "insmod $m.ko"
+  done
+  i=0
+  while [ ! -b /dev/vda ]; do
+    i=$((i + 1)); [ $i -lt 100 ] || result FAIL "no /dev/vda within 10 s of loading virtio_blk"; sleep 0.1
+  done
+}
+# The checksum of every file on /mnt, one STRATA-GUEST-SUM line each, for the host to compare.
+print_sums() {  # TAG
+  sums $W/sums.$1
+  sed "s|^\([0-9a-f]*\)  \./|STRATA-GUEST-SUM $NONCE $1 \1 |" $W/sums.$1
+}
+
+case_qemu_disk_write() {
+  virtio_disk
+  step "mkfs.ext4 on /dev/vda (QEMU's NBD client), write before/"
+  mkfs.ext4 -q -F -b 4096 /dev/vda >$W/mkfs.log 2>&1 || { cat $W/mkfs.log; result FAIL "mkfs.ext4"; }
+  mount -t ext4 /dev/vda /mnt || result FAIL "mount /dev/vda"
+  mkdir -p /mnt/before/sub /mnt/during
+  dd if=/dev/urandom of=/mnt/before/big bs=1M count=16 2>/dev/null || result FAIL "write big"
+  write_smalls /mnt/before/sub 100 512 61
+  sync
+  print_sums before
+  [ "$(wc -l <$W/sums.before)" -eq 101 ] || result FAIL "checksum list of before/ is not 101 lines"
+
+  # The host takes its live snapshot while these rounds run (each one synced).
+  echo "STRATA-GUEST-WRITING $NONCE"
+  end=$(($(cut -d. -f1 /proc/uptime) + 10))
+  n=0
+  while [ $(cut -d. -f1 /proc/uptime) -lt $end ] && [ $n -lt 1000 ]; do
+    dd if=/dev/urandom of=/mnt/during/f$n bs=64k count=$((1 + n % 8)) 2>/dev/null \
+      || result FAIL "write during/f$n"
+    sync
+    n=$((n + 1))
+  done
+  echo "STRATA-GUEST-WROTE $NONCE"
+  step "wrote $n files into during/ in 10 s"
+  dd if=/dev/urandom of=/mnt/after-writes bs=1M count=2 2>/dev/null || result FAIL "write after-writes"
+  sync
+  print_sums final
+  umount /mnt || result FAIL "umount"
+  e2fsck -f -n /dev/vda >$W/fsck.log 2>&1 || { cat $W/fsck.log; result FAIL "e2fsck found errors"; }
+}
+
+case_qemu_disk_verify() {
+  virtio_disk
+  step "e2fsck -fn /dev/vda, the checksums, then write second-boot"
+  e2fsck -f -n /dev/vda >$W/fsck.log 2>&1 || { cat $W/fsck.log; result FAIL "e2fsck found errors"; }
+  mount -t ext4 /dev/vda /mnt || result FAIL "mount /dev/vda"
+  print_sums final
+  mkdir -p /mnt/second
+  dd if=/dev/urandom of=/mnt/second/boot bs=1M count=4 2>/dev/null || result FAIL "write second/boot"
+  sync
+  print_sums second
+  umount /mnt || result FAIL "umount"
+}
+
+case "$CASE" in
+  qemu_disk_write) case_qemu_disk_write; result PASS ok ;;
+  qemu_disk_verify) case_qemu_disk_verify; result PASS ok ;;
+esac
+
+nbd_setup
 step "serve + attach + mkfs"
 start_server
 attach
