@@ -254,14 +254,9 @@ absl::Status ParseBufferMemory(absl::string_view option, const std::string& v, S
 }
 
 absl::Status ParseOnFull(absl::string_view option, const std::string& v, ServeOptions* o) {
-  if (v == "error") {
-    o->full_volume.mode = FullVolumePolicy::Mode::kError;
-  } else if (v == "pause") {
-    o->full_volume.mode = FullVolumePolicy::Mode::kPause;
-  } else {
-    return NotA(option, v, "error or pause");
-  }
-  return absl::OkStatus();
+  using Mode = FullVolumePolicy::Mode;
+  return ParseChoice(option, v, {{"error", Mode::kError}, {"pause", Mode::kPause}},
+                     "error or pause", &o->full_volume.mode);
 }
 
 absl::Status ParseMinFree(absl::string_view option, const std::string& v, ServeOptions* o) {
@@ -337,13 +332,15 @@ absl::Status CheckTls(bool tls_given, ServeOptions* o) {
   return absl::OkStatus();
 }
 
+// A wildcard address that plain clients reach.
+bool InsecureListen(const ServeOptions& o) {
+  return o.listen_address && IsWildcardAddress(*o.listen_address) && o.tls != TlsMode::kRequire;
+}
+
 // A disk served on every interface in the clear is readable and writable by anyone who can
-// reach the port: said, unless the user asked for it.
+// reach the port: said, unless the user asked for it (--insecure-listen).
 absl::Status CheckWildcardListen(const ServeOptions& o) {
-  if (!o.listen_address || !IsWildcardAddress(*o.listen_address) ||
-      o.tls == TlsMode::kRequire || o.insecure_listen) {
-    return absl::OkStatus();
-  }
+  if (!InsecureListen(o) || o.insecure_listen) return absl::OkStatus();
   return absl::InvalidArgumentError(absl::StrFormat(
       "--listen %s:%d serves every network interface %s: require TLS with --tls-certs DIR "
       "or --tls-psk FILE, listen on one address (\":%d\" is 127.0.0.1), or pass "
@@ -865,11 +862,6 @@ class PidFile {
  private:
   std::string path_;
 };
-
-// --insecure-listen taken at its word: a wildcard address that plain clients reach.
-bool InsecureListen(const ServeOptions& o) {
-  return o.listen_address && IsWildcardAddress(*o.listen_address) && o.tls != TlsMode::kRequire;
-}
 
 std::string InsecureWarning(const ServeOptions& o) {
   return absl::StrFormat(

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 13, hostile clients and memory: the probes an attacker ran against `strata serve` (raw
-# sockets, tests/lib/hostile_memory_client.py), each while a well-behaved libnbd client writes and reads
+# sockets, tests/lib/hostile_client.py), each while a well-behaved libnbd client writes and reads
 # on another connection:
 #   200 connections stalled in 32 MiB WRITE payloads (6.4 GiB of RSS before);
 #   12 connections pipelining 32 MiB READs and never reading a reply (3.1 GiB);
@@ -19,7 +19,7 @@ need prlimit timeout
 /usr/bin/python3 -c 'import nbd' 2>/dev/null || skip "python3-libnbd not installed"
 interop_init "$@"
 STRATA="$(realpath "$STRATA")"
-CLIENT="$(realpath "$(dirname "$0")/lib/hostile_memory_client.py")"
+CLIENT="$(realpath "$(dirname "$0")/lib/hostile_client.py")"
 BUDGET_MIB=256
 HANDSHAKE_S=2
 REQUEST_S=4
