@@ -86,16 +86,12 @@ done
 # stream journal for the snapshot made above, as stream.cc writes it (3: the same, a stream).
 uuid_of() { "$strata" info --output=json "$1" | jq -r ".layers[] | select(.file | endswith(\"$2\")) | .uuid"; }
 /usr/bin/python3 - "$out/text_journal_fuzz" "$here/../../blockstore/FORMAT.md" \
-  "$(uuid_of disk.strata disk@s1.strata)" "$(uuid_of disk.strata /disk.strata)" <<'PY'
+  "$(uuid_of disk.strata disk@s1.strata)" "$(uuid_of disk.strata /disk.strata)" \
+  "$here/../lib" <<'PY'
 import re, sys
-out, format_md, uuid, child_uuid = sys.argv[1:]
-def crc32c(data):
-    crc = 0xffffffff
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82f63b78 if crc & 1 else 0)
-    return crc ^ 0xffffffff
+out, format_md, uuid, child_uuid, lib = sys.argv[1:]
+sys.path.insert(0, lib)
+from crc32c import crc32c
 def journal(body):
     body = re.sub(r"crc=\d+\n$", "", body).encode()
     return body + b"crc=%d\n" % crc32c(body)

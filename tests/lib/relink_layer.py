@@ -9,19 +9,12 @@ import stat
 import struct
 import sys
 
+from crc32c import crc32c  # tests/lib/crc32c.py, beside this file
+
 HEADER_BLOCK = 4096
 OFF_PARENT_SIZE = 80
 OFF_PARENT_PATH_LEN, OFF_PARENT_PATH, MAX_PARENT_PATH = 152, 256, 1024
 OFF_CRC = HEADER_BLOCK - 4
-
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
 
 
 def mask(crc):
