@@ -34,6 +34,17 @@ std::string HandleControlLine(const std::string& line, const ControlSocket::Hand
   return reply.dump() + "\n";
 }
 
+void TakeLines(std::string* input, const std::function<bool(const std::string& line)>& on_line) {
+  size_t start = 0;
+  std::string line;
+  for (size_t nl; (nl = input->find('\n', start)) != std::string::npos;) {
+    line.assign(*input, start, nl - start);
+    start = nl + 1;
+    if (!on_line(line)) break;
+  }
+  input->erase(0, start);
+}
+
 absl::StatusOr<std::unique_ptr<ControlSocket>> ControlSocket::Start(const std::string& path,
                                                                     unsigned mode,
                                                                     Handler handler,
@@ -161,12 +172,11 @@ void ControlSocket::Receive(Client* c) {
     return;
   }
   c->in.append(buf, static_cast<size_t>(n));
-  for (size_t nl; c->fd >= 0 && (nl = c->in.find('\n')) != std::string::npos;) {
-    std::string line = c->in.substr(0, nl);
-    c->in.erase(0, nl + 1);
+  TakeLines(&c->in, [&](const std::string& line) {
     Queue(c, HandleControlLine(line, handler_));
     c->active = absl::Now();
-  }
+    return c->fd >= 0;  // Queue dropped a client that does not read its replies
+  });
   if (c->fd >= 0 && c->in.size() > kMaxLine) {
     Queue(c, nlohmann::json{{"ok", false},
                             {"error", absl::StrCat("request line longer than ", kMaxLine,

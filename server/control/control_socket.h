@@ -82,6 +82,12 @@ class ControlSocket {
 // The reply to a request line, for the socket and for tests: parses, dispatches, wraps.
 std::string HandleControlLine(const std::string& line, const ControlSocket::Handler& handler);
 
+// Calls on_line with each complete line of *input (without its '\n') until it returns false,
+// then drops the lines taken from *input at once, so a buffer of many short lines costs time
+// linear in its size (erasing line by line moved the rest of the buffer once per line).
+// on_line must not change *input.
+void TakeLines(std::string* input, const std::function<bool(const std::string& line)>& on_line);
+
 }  // namespace strata
 
 #endif  // STRATA_SERVER_CONTROL_CONTROL_SOCKET_H_

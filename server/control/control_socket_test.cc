@@ -42,6 +42,25 @@ TEST(ControlLineTest, RequestsAndErrors) {
   }
 }
 
+TEST(TakeLinesTest, TakesCompleteLinesAndKeepsThePartialOne) {
+  std::string in = "a\n\nbc\npartial";
+  std::vector<std::string> lines;
+  TakeLines(&in, [&](const std::string& line) {
+    lines.push_back(line);
+    return true;
+  });
+  EXPECT_EQ(lines, (std::vector<std::string>{"a", "", "bc"}));
+  EXPECT_EQ(in, "partial");
+}
+
+TEST(TakeLinesTest, StopsWhereTheCallerStopsAndKeepsTheRest) {
+  std::string in = "one\ntwo\nthree\n";
+  int calls = 0;
+  TakeLines(&in, [&](const std::string&) { return ++calls < 2; });
+  EXPECT_EQ(calls, 2);
+  EXPECT_EQ(in, "three\n");
+}
+
 class ControlSocketTest : public ::testing::Test {
  protected:
   void SetUp() override {

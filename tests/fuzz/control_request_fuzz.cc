@@ -1,8 +1,9 @@
 // Fuzzes the control socket's request parsing (server/control/control_socket.h): the input is
-// what a client writes, cut into lines as ControlSocket::Receive cuts it, each line answered by
-// HandleControlLine with a handler that reads requests the way LiveControl::Handle does
-// (dispatch on "request", a snapshot's "name", a commit's optional "layer"). Invariants: every
-// reply is one line of JSON, an object with a boolean "ok" and, when false, a string "error".
+// what a client writes, cut into lines by TakeLines as ControlSocket::Receive cuts it, each
+// line answered by HandleControlLine with a handler that reads requests the way
+// LiveControl::Handle does (dispatch on "request", a snapshot's "name", a commit's optional
+// "layer"). Invariants: every reply is one line of JSON, an object with a boolean "ok" and,
+// when false, a string "error".
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -55,10 +56,9 @@ void CheckReply(const std::string& reply) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string in(reinterpret_cast<const char*>(data), size);
-  for (size_t nl; (nl = in.find('\n')) != std::string::npos;) {
-    const std::string line = in.substr(0, nl);
-    in.erase(0, nl + 1);
+  strata::TakeLines(&in, [](const std::string& line) {
     strata::CheckReply(strata::HandleControlLine(line, strata::Handle));
-  }
+    return true;
+  });
   return 0;
 }
