@@ -146,8 +146,10 @@ void Server::Shutdown() {
     }
   }
   for (auto& w : workers_) w->Join();
-  workers_.clear();
+  // A blocking job posts its result to its worker: the pool drains while the workers (their
+  // mailboxes and eventfds) still exist, or that post writes to a closed, maybe reused, fd.
   pool_.reset();  // runs what is queued, then joins
+  workers_.clear();
 }
 
 }  // namespace strata
