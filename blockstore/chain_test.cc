@@ -7,7 +7,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
+#include "blockstore/mutex.h"
 
 #include "blockstore/fail_env.h"
 #include "blockstore/file.h"
@@ -615,7 +615,7 @@ class ReplenishTest : public ChainTest {
   std::atomic<int> allocations_{0};
   std::atomic<bool> full_{false};
   std::atomic<bool> hold_{false};
-  absl::Notification entered_, release_;
+  Notification entered_, release_;
 };
 
 TEST_F(ReplenishTest, EmptyReserveNeedsSlotsWithoutIo) {
@@ -665,7 +665,7 @@ TEST_F(ReplenishTest, ReadsAndWritesGoOnWhileReplenishAllocates) {
   entered_.WaitForNotification();  // inside fallocate now
   // On another thread, so that a replenish holding the chain's mutex fails the test instead
   // of hanging it.
-  absl::Notification mapped;
+  Notification mapped;
   std::thread ring([&] {
     std::vector<Segment> segments;
     ReadPin pin;

@@ -446,12 +446,12 @@ class CrashFile final : public File {
   ~CrashFile() override { env_->Closed(this); }
 
   absl::Status Read(uint64_t offset, size_t n, char* dst) const override {
-    absl::MutexLock lock(&env_->mu_);
+    MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("read", path()); !s.ok()) return s;
     return real_->Read(offset, n, dst);
   }
   absl::Status Write(uint64_t offset, absl::string_view data) override {
-    absl::MutexLock lock(&env_->mu_);
+    MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("write", path()); !s.ok()) return s;
     absl::Status s = real_->Write(offset, data);
     Inode& i = Touched(s);
@@ -462,7 +462,7 @@ class CrashFile final : public File {
     return absl::OkStatus();
   }
   absl::Status Sync() override {
-    absl::MutexLock lock(&env_->mu_);
+    MutexLock lock(&env_->mu_);
     if (auto s = env_->SyncPointLocked("fdatasync", path()); !s.ok()) return s;
     Inode& i = env_->model_->inodes.at(inode_);
     Apply(i, KeepAll(i), &i.durable, &i.durable_size);
@@ -470,7 +470,7 @@ class CrashFile final : public File {
     return absl::OkStatus();
   }
   absl::Status Allocate(uint64_t offset, uint64_t length) override {
-    absl::MutexLock lock(&env_->mu_);
+    MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("fallocate", path()); !s.ok()) return s;
     absl::Status s = real_->Allocate(offset, length);
     Inode& i = Touched(s);
@@ -478,7 +478,7 @@ class CrashFile final : public File {
     return s;
   }
   absl::Status PunchHole(uint64_t offset, uint64_t length) override {
-    absl::MutexLock lock(&env_->mu_);
+    MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("punch hole", path()); !s.ok()) return s;
     absl::Status s = real_->PunchHole(offset, length);
     Inode& i = Touched(s);
@@ -488,7 +488,7 @@ class CrashFile final : public File {
     return s;
   }
   absl::Status Truncate(uint64_t size) override {
-    absl::MutexLock lock(&env_->mu_);
+    MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("truncate", path()); !s.ok()) return s;
     absl::Status s = real_->Truncate(size);
     Inode& i = Touched(s);
@@ -496,12 +496,12 @@ class CrashFile final : public File {
     return s;
   }
   absl::StatusOr<uint64_t> Size() const override {
-    absl::MutexLock lock(&env_->mu_);
+    MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("stat", path()); !s.ok()) return s;
     return real_->Size();
   }
   absl::StatusOr<uint64_t> AllocatedBytes() const override {
-    absl::MutexLock lock(&env_->mu_);
+    MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("stat", path()); !s.ok()) return s;
     return real_->AllocatedBytes();
   }
@@ -533,7 +533,7 @@ CrashEnv::CrashEnv(uint64_t seed) : model_(std::make_unique<CrashModel>()), rng_
 CrashEnv::~CrashEnv() = default;
 
 absl::Status CrashEnv::Import(const std::string& root) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::map<std::pair<dev_t, ino_t>, uint64_t> seen;  // hard links: one inode
   std::error_code error;
   for (std::filesystem::recursive_directory_iterator it(root, error), end; !error && it != end;
@@ -631,7 +631,7 @@ absl::Status CrashEnv::SyncPointLocked(absl::string_view op, const std::string& 
 
 absl::StatusOr<std::unique_ptr<File>> CrashEnv::Open(const std::string& path,
                                                      const OpenOptions& options) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (auto s = CheckPowerLocked("open", path); !s.ok()) return s;
   auto real = Env::Default()->Open(path, options);
   if (!real.ok()) return real.status();
@@ -651,12 +651,12 @@ absl::StatusOr<std::unique_ptr<File>> CrashEnv::Open(const std::string& path,
 }
 
 void CrashEnv::Closed(CrashFile* file) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   open_.erase(file->fd());
 }
 
 absl::Status CrashEnv::Rename(const std::string& from, const std::string& to) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (auto s = CheckPowerLocked("rename", absl::StrCat(from, " -> ", to)); !s.ok()) return s;
   const std::string f = CanonicalLocked(from), t = CanonicalLocked(to);
   const uint64_t inode = InodeAtLocked(f);
@@ -669,7 +669,7 @@ absl::Status CrashEnv::Rename(const std::string& from, const std::string& to) {
 }
 
 absl::Status CrashEnv::Link(const std::string& from, const std::string& to) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (auto s = CheckPowerLocked("link", absl::StrCat(from, " -> ", to)); !s.ok()) return s;
   const uint64_t inode = InodeAtLocked(CanonicalLocked(from));
   if (auto s = Env::Default()->Link(from, to); !s.ok()) return s;
@@ -680,7 +680,7 @@ absl::Status CrashEnv::Link(const std::string& from, const std::string& to) {
 }
 
 absl::Status CrashEnv::Remove(const std::string& path) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (auto s = CheckPowerLocked("remove", path); !s.ok()) return s;
   const std::string name = CanonicalLocked(path);
   const uint64_t inode = InodeAtLocked(name);
@@ -693,7 +693,7 @@ absl::Status CrashEnv::Remove(const std::string& path) {
 bool CrashEnv::Exists(const std::string& path) { return Env::Default()->Exists(path); }
 
 absl::Status CrashEnv::SyncDir(const std::string& dir) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   char* real = realpath(dir.c_str(), nullptr);
   if (real == nullptr) return ErrnoStatus(errno, "open directory", dir);
   const std::string name = real;
@@ -710,7 +710,7 @@ absl::Status CrashEnv::SyncDir(const std::string& dir) {
 }
 
 absl::StatusOr<std::vector<std::string>> CrashEnv::ListDir(const std::string& dir) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (auto s = CheckPowerLocked("list directory", dir); !s.ok()) return s;
   return Env::Default()->ListDir(dir);
 }
@@ -722,7 +722,7 @@ absl::Status CrashEnv::CopyRange(File* from, uint64_t from_off, File* to, uint64
 }
 
 CrashPoint CrashEnv::Point() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   CrashPoint point;
   auto model = std::make_shared<CrashModel>(*model_);
   point.pending_.metadata_ops = model->dir_log.size();
@@ -744,14 +744,14 @@ CrashPoint CrashEnv::Point() const {
 absl::StatusOr<uint64_t> CrashEnv::Crash() {
   uint64_t seed;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     seed = rng_();
   }
   return Crash(CrashChoice::Random(seed));
 }
 
 absl::StatusOr<uint64_t> CrashEnv::Crash(const CrashPoint& at, const CrashChoice& choice) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!open_.empty()) {
     return absl::FailedPreconditionError(absl::StrCat(
         "crash with ", open_.size(), " files open (", open_.begin()->second->path(),
@@ -824,22 +824,22 @@ absl::Status CrashEnv::MaterializeLocked(const CrashModel& next) {
 }
 
 void CrashEnv::FailSyncsAfter(int after) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   syncs_until_failure_ = after;
 }
 
 void CrashEnv::CutPowerAtSync(int n) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   syncs_until_cut_ = n;
 }
 
 bool CrashEnv::power_cut() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return power_cut_;
 }
 
 File* CrashEnv::FileForFd(int fd) const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = open_.find(fd);
   return it == open_.end() ? nullptr : it->second;
 }

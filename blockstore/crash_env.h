@@ -42,8 +42,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
 #include "blockstore/file.h"
+#include "blockstore/mutex.h"
 
 namespace strata {
 
@@ -157,7 +157,7 @@ class CrashEnv : public Env {
 
   void Closed(CrashFile* file);
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::unique_ptr<CrashModel> model_ ABSL_GUARDED_BY(mu_);
   uint64_t next_inode_ ABSL_GUARDED_BY(mu_) = 1;
   std::mt19937_64 rng_ ABSL_GUARDED_BY(mu_);

@@ -13,8 +13,8 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "blockstore/mutex.h"
 #include "gtest/gtest.h"
 
 namespace strata {
@@ -38,24 +38,24 @@ int ConnectTo(int family, const Address& addr) {
 
 // What the loop handed over, for the test thread to wait on.
 struct Handed {
-  absl::Mutex mu;
+  Mutex mu;
   std::vector<std::pair<int, std::string>> connections ABSL_GUARDED_BY(mu);
 
   AcceptLoop::Handler Handler() {
     return [this](int fd, std::string peer) {
-      absl::MutexLock lock(&mu);
+      MutexLock lock(&mu);
       connections.emplace_back(fd, std::move(peer));
     };
   }
   // The first connection handed over, waiting at most 10 s for it.
   std::pair<int, std::string> First() {
-    absl::MutexLock lock(&mu);
+    MutexLock lock(&mu);
     auto any = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu) { return !connections.empty(); };
     if (!mu.AwaitWithTimeout(absl::Condition(&any), absl::Seconds(10))) return {-1, ""};
     return connections.front();
   }
   ~Handed() {
-    absl::MutexLock lock(&mu);
+    MutexLock lock(&mu);
     for (auto& [fd, peer] : connections) close(fd);
   }
 };

@@ -82,7 +82,7 @@ void LogToSyslog() {
 
 bool LogLimiter::Allow(int64_t now_ns, uint64_t* suppressed) {
   const int64_t second = now_ns / 1000000000;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (second != second_) {
     second_ = second;
     in_second_ = 0;

@@ -12,7 +12,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "blockstore/mutex.h"
 
 namespace strata {
 
@@ -57,7 +57,7 @@ class LogLimiter {
   static int64_t Now();
 
  private:
-  absl::Mutex mu_;
+  Mutex mu_;
   int64_t second_ ABSL_GUARDED_BY(mu_) = -1;  // the second the count is for
   int in_second_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t suppressed_ ABSL_GUARDED_BY(mu_) = 0;

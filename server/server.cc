@@ -61,28 +61,28 @@ void Server::AddConnection(int fd, std::string peer) {
 
 absl::Status Server::RunPaused(const std::function<absl::Status()>& fn, absl::Duration* pause,
                               absl::Duration drain_timeout) {
-  absl::MutexLock serialize(&pause_mu_);
+  MutexLock serialize(&pause_mu_);
   const absl::Time begin = absl::Now();
   // Shared with the workers' callbacks: after a timeout we return while a worker may still
   // drain later and call back, so the count cannot live on this stack frame.
   struct Drain {
-    absl::Mutex mu;
+    Mutex mu;
     int left ABSL_GUARDED_BY(mu) = 0;
   };
   auto drain = std::make_shared<Drain>();
   {
-    absl::MutexLock lock(&drain->mu);
+    MutexLock lock(&drain->mu);
     drain->left = static_cast<int>(workers_.size());
   }
   for (auto& w : workers_) {
     w->Pause([drain] {
-      absl::MutexLock lock(&drain->mu);
+      MutexLock lock(&drain->mu);
       --drain->left;
     });
   }
   int left;
   {
-    absl::MutexLock lock(&drain->mu);
+    MutexLock lock(&drain->mu);
     // A local, not an init-capture: clang resolves the annotation before the capture exists.
     auto* d = drain.get();
     auto drained = [d]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(d->mu) { return d->left == 0; };
@@ -105,7 +105,7 @@ absl::Status Server::RunPaused(const std::function<absl::Status()>& fn, absl::Du
 
 absl::StatusOr<std::vector<WorkerStats>> Server::CollectStats(absl::Duration timeout) {
   struct Gather {
-    absl::Mutex mu;
+    Mutex mu;
     std::vector<WorkerStats> stats ABSL_GUARDED_BY(mu);
     size_t done ABSL_GUARDED_BY(mu) = 0;
   };
@@ -113,12 +113,12 @@ absl::StatusOr<std::vector<WorkerStats>> Server::CollectStats(absl::Duration tim
   const size_t n = workers_.size();
   for (auto& w : workers_) {
     w->CollectStats([g](WorkerStats ws) {
-      absl::MutexLock lock(&g->mu);
+      MutexLock lock(&g->mu);
       g->stats.push_back(std::move(ws));
       ++g->done;
     });
   }
-  absl::MutexLock lock(&g->mu);
+  MutexLock lock(&g->mu);
   auto* gp = g.get();  // as in the drain above: clang needs it in scope for the annotation
   auto all = [gp, n]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gp->mu) { return gp->done == n; };
   if (!g->mu.AwaitWithTimeout(absl::Condition(&all), timeout)) {
@@ -146,8 +146,10 @@ void Server::Shutdown() {
     }
   }
   for (auto& w : workers_) w->Join();
-  workers_.clear();
+  // A blocking job posts its result to its worker: the pool drains while the workers (their
+  // mailboxes and eventfds) still exist, or that post writes to a closed, maybe reused, fd.
   pool_.reset();  // runs what is queued, then joins
+  workers_.clear();
 }
 
 }  // namespace strata

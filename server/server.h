@@ -13,13 +13,13 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "blockstore/mutex.h"
 #include "server/engine/admission.h"
 #include "server/engine/blocking_pool.h"
-#include "server/nbd/export.h"
 #include "server/engine/stats.h"
 #include "server/engine/worker.h"
+#include "server/nbd/export.h"
 #include "server/volume_watch.h"
 
 namespace strata {
@@ -85,7 +85,7 @@ class Server {
   NoSpaceState no_space_;
   std::unique_ptr<VolumeWatch> volume_watch_;
   Admission admission_;
-  absl::Mutex pause_mu_;  // serializes RunPaused
+  Mutex pause_mu_;  // serializes RunPaused
   bool shut_down_ = false;
 };
 

@@ -12,8 +12,8 @@
 #include <thread>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "blockstore/mutex.h"
 #include "server/engine/stats.h"
 
 namespace strata {
@@ -39,7 +39,7 @@ class VolumeWatch {
   NoSpaceState* const state_;
   const std::function<void()> retry_waiting_;
   const absl::Duration period_;
-  absl::Notification stop_;
+  Notification stop_;
   std::thread thread_;
 };
 

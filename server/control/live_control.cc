@@ -86,7 +86,7 @@ class LiveControl::Published {
 
   // Registers "@name" (once), opened on demand from `path`.
   void Add(const std::string& name, const std::string& path) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     ExportLocked(name, path);
   }
   // The chain's listener: a live snapshot is durable.
@@ -97,28 +97,28 @@ class LiveControl::Published {
                  "while it is served: %s",
                  s.name, s.frozen_path, s.lock.message());
     }
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     ++taken_;
     ExportLocked(s.name, s.frozen_path);
   }
   uint64_t taken() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     return taken_;
   }
   std::vector<std::string> Names() const {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     std::vector<std::string> names;
     for (const std::string& name : exported_) names.push_back("@" + name);
     return names;
   }
   // Removes snapshot `name`'s export (connections reading it keep it until they end).
   void Remove(const std::string& name) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     if (std::erase(exported_, name) > 0) exports_->Remove("@" + name);
   }
   // Removes the exports of the snapshots not in `keep`; returns their export names.
   std::vector<std::string> RemoveAllBut(const std::set<std::string>& keep) {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     std::vector<std::string> removed;
     std::erase_if(exported_, [&](const std::string& snapshot) {
       if (keep.count(snapshot)) return false;
@@ -137,7 +137,7 @@ class LiveControl::Published {
   const std::string top_path_;
   const bool direct_io_;
   const std::vector<std::string> allowed_parent_dirs_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::vector<std::string> exported_ ABSL_GUARDED_BY(mu_);  // snapshot names, in export order
   uint64_t taken_ ABSL_GUARDED_BY(mu_) = 0;
 };
@@ -193,7 +193,7 @@ void LiveControl::Published::ExportLocked(const std::string& name, const std::st
 }
 
 void LiveControl::AddSnapshotExports() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (const LayerInfo& info : disk_->chain()->Layers()) {
     if (info.is_raw_base || info.header.state != LayerState::kFrozen ||
         info.header.snapshot_name.empty()) {
@@ -256,7 +256,7 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
     return absl::InvalidArgumentError("snapshot: \"name\" (a non-empty string) is required");
   }
   const std::string name = request["name"].get<std::string>();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Chain* chain = disk_->chain();
   if (!disk_->writable()) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -334,7 +334,7 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
 // list -> {"layers": [...]}, the top first
 
 absl::Status LiveControl::List(json* reply) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   std::vector<LayerInfo> layers = disk_->chain()->Layers();
   std::sort(layers.begin(), layers.end(),
             [](const LayerInfo& a, const LayerInfo& b) { return a.position > b.position; });
@@ -434,7 +434,7 @@ absl::Status LiveControl::Stats(json* reply) {
   absl::Status failure = disk_->chain()->failure();
   (*reply)["sync_failure"] = failure.ok() ? json(nullptr) : json(std::string(failure.message()));
 
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   json snaps{{"taken", published_->taken()},
              {"failed", snapshot_failures_},
              {"pause_timeouts", pause_timeouts_}};
@@ -458,7 +458,7 @@ absl::Status LiveControl::Stats(json* reply) {
 absl::Status LiveControl::Info(json* reply) {
   absl::StatusOr<int> connections = CountConnections();
   if (!connections.ok()) return connections.status();
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   (*reply)["size"] = disk_->size();
   (*reply)["sub_block_size"] = disk_->sub_block_size();
   (*reply)["cluster_size"] = disk_->chain()->cluster_size();
@@ -507,7 +507,7 @@ absl::Status LiveControl::Revert(const json& request, json* reply) {
   absl::StatusOr<int> connections = CountConnections();
   if (!connections.ok()) return connections.status();
   if (*connections > 0) return refuse(*connections);
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!disk_->writable()) {
     return absl::FailedPreconditionError(
         absl::StrCat("revert: ", disk_->top_path(), " is served read-only"));
@@ -608,7 +608,7 @@ void LiveControl::StartMergeLocked(const std::string& journal, const std::string
 }
 
 void LiveControl::ResumeMerges() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (!disk_->writable()) return;
   for (const std::string& journal : FindStreamJournals(Env::Default(), disk_->top_path())) {
     const std::string name = JournalSnapshot(journal);
@@ -619,7 +619,7 @@ void LiveControl::ResumeMerges() {
 }
 
 void LiveControl::StopMerges() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (merge_) merge_->Stop();
 }
 
@@ -664,7 +664,7 @@ absl::Status LiveControl::DeleteSnapshot(const json& request, json* reply) {
     }
     rate_limit = request["rate_limit"].get<uint64_t>();
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Chain* chain = disk_->chain();
   if (!disk_->writable()) {
     return absl::FailedPreconditionError(
@@ -699,7 +699,7 @@ absl::Status LiveControl::DeleteSnapshot(const json& request, json* reply) {
 }
 
 absl::Status LiveControl::Cancel(json* reply) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (merge_ && merge_->state() == MergeJob::State::kRunning) {
     merge_->Cancel();
     merge_->Stop();  // the copy checks its stop flag at every cluster: soon
@@ -718,7 +718,7 @@ absl::Status LiveControl::Cancel(json* reply) {
 }
 
 absl::Status LiveControl::Job(json* reply) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   (*reply)["job"] = merge_ ? merge_->Describe() : json(nullptr);
   return absl::OkStatus();
 }

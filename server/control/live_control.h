@@ -33,8 +33,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "blockstore/mutex.h"
 #include "nlohmann/json.hpp"
 #include "server/control/merge_job.h"
 #include "server/engine/chain_storage.h"
@@ -101,7 +101,7 @@ class LiveControl {
   class Published;
   const std::shared_ptr<Published> published_;
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   std::vector<double> pauses_ms_ ABSL_GUARDED_BY(mu_);  // live snapshots switched
   uint64_t snapshot_failures_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t pause_timeouts_ ABSL_GUARDED_BY(mu_) = 0;

@@ -46,7 +46,7 @@ void MergeJob::Stop() {
 }
 
 MergeJob::State MergeJob::state() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return state_;
 }
 
@@ -78,7 +78,7 @@ void MergeJob::Run(Chain* chain, std::function<void(State, const absl::Status&)>
     STRATA_LOG(kInfo, "deleting snapshot '%s' %s after %.3f s", snapshot_, Name(state), seconds);
   }
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     state_ = state;
     error_ = error;
     ended_ns_ = MonotonicNs();
@@ -87,7 +87,7 @@ void MergeJob::Run(Chain* chain, std::function<void(State, const absl::Status&)>
 }
 
 nlohmann::json MergeJob::Describe() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   const int64_t end = ended_ns_ != 0 ? ended_ns_ : MonotonicNs();
   const double elapsed = static_cast<double>(end - started_ns_) / 1e9;
   const uint64_t done = done_, total = total_, copied = copied_;

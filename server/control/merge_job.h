@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
+#include "blockstore/mutex.h"
 #include "nlohmann/json.hpp"
 
 namespace strata {
@@ -52,7 +52,7 @@ class MergeJob {
   std::atomic<bool> stop_{false};
   std::atomic<bool> cancel_{false};
   std::atomic<uint64_t> done_{0}, total_{0}, copied_{0};
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kRunning;
   absl::Status error_ ABSL_GUARDED_BY(mu_);
   int64_t ended_ns_ ABSL_GUARDED_BY(mu_) = 0;

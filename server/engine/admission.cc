@@ -9,7 +9,7 @@ namespace strata {
 Admission::Admission(AdmissionLimits limits) : limits_(limits) {}
 
 Admission::Decision Admission::Admit(int worker, absl::Time now) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Decision d{.open = open_, .handshaking = static_cast<int>(handshaking_.size())};
   const bool handshakes_full = d.handshaking >= limits_.max_handshakes;
   // An evicted connection counts as open until its worker has closed it: evictions can take
@@ -38,23 +38,23 @@ bool Admission::Forget(uint64_t id) {
 }
 
 void Admission::Negotiated(uint64_t id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Forget(id);
 }
 
 void Admission::Closed(uint64_t id) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   Forget(id);
   --open_;
 }
 
 int Admission::open() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return open_;
 }
 
 int Admission::handshaking() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return static_cast<int>(handshaking_.size());
 }
 

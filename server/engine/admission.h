@@ -17,8 +17,8 @@
 #include <deque>
 #include <optional>
 
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "blockstore/mutex.h"
 
 namespace strata {
 
@@ -62,7 +62,7 @@ class Admission {
   bool Forget(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const AdmissionLimits limits_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   int open_ ABSL_GUARDED_BY(mu_) = 0;
   std::deque<Handshaking> handshaking_ ABSL_GUARDED_BY(mu_);  // oldest first
 };

@@ -15,14 +15,14 @@ BlockingPool::BlockingPool(int threads) {
 
 BlockingPool::~BlockingPool() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
   }
   for (auto& t : threads_) t.join();
 }
 
 void BlockingPool::Submit(std::function<void()> work) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   queue_.push_back(std::move(work));
 }
 
@@ -30,7 +30,7 @@ void BlockingPool::Loop() {
   for (;;) {
     std::function<void()> work;
     {
-      absl::MutexLock lock(&mu_);
+      MutexLock lock(&mu_);
       mu_.Await(absl::Condition(
           +[](BlockingPool* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(p->mu_) {
             return p->stopping_ || !p->queue_.empty();

@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/mutex.h"
+#include "blockstore/mutex.h"
 
 namespace strata {
 
@@ -23,7 +23,7 @@ class BlockingPool {
 
  private:
   void Loop();
-  absl::Mutex mu_;
+  Mutex mu_;
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;

@@ -56,7 +56,7 @@ void BufferPool::Release(char* buffer, size_t capacity) {
 bool BufferBudget::TryTake(uint64_t held, uint64_t n, BudgetWaiter* waiter) {
   const uint64_t more = BeyondFloor(held + n) - BeyondFloor(held);
   if (more == 0) return true;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (used_ + more <= pool_) {
     used_ += more;
     return true;
@@ -71,7 +71,7 @@ bool BufferBudget::TryTake(uint64_t held, uint64_t n, BudgetWaiter* waiter) {
 void BufferBudget::Take(uint64_t held, uint64_t n) {
   const uint64_t more = BeyondFloor(held + n) - BeyondFloor(held);
   if (more == 0) return;
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   used_ += more;
 }
 
@@ -80,7 +80,7 @@ void BufferBudget::Give(uint64_t held, uint64_t n) {
   if (less == 0) return;
   std::vector<BudgetWaiter*> wake;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     used_ -= less;
     wake.swap(waiters_);
   }
@@ -88,12 +88,12 @@ void BufferBudget::Give(uint64_t held, uint64_t n) {
 }
 
 void BufferBudget::Forget(BudgetWaiter* waiter) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   waiters_.erase(std::remove(waiters_.begin(), waiters_.end(), waiter), waiters_.end());
 }
 
 uint64_t BufferBudget::pool_used() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return used_;
 }
 

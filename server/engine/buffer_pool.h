@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "blockstore/mutex.h"
 
 namespace strata {
 
@@ -84,7 +84,7 @@ class BufferBudget {
 
   const uint64_t pool_;
   const uint64_t floor_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   uint64_t used_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<BudgetWaiter*> waiters_ ABSL_GUARDED_BY(mu_);
 };

@@ -29,7 +29,7 @@ absl::StatusOr<WritePlan> ChainStorage::PrepareWrite(uint64_t offset, uint64_t l
   return chain_->PrepareWrite(offset, length);
 }
 absl::Status ChainStorage::ReplenishSlots() {
-  absl::ReaderMutexLock lock(&swap_mu_);
+  ReaderMutexLock lock(&swap_mu_);
   return chain_->ReplenishSlots();
 }
 void ChainStorage::FinishWrite(const WritePlan& plan, bool succeeded) {
@@ -49,7 +49,7 @@ absl::Status ChainStorage::Extents(uint64_t offset, uint64_t length,
 }
 
 absl::Status ChainStorage::Revert(const std::string& name) {
-  absl::MutexLock swap(&swap_mu_);
+  MutexLock swap(&swap_mu_);
   return RevertServed(&chain_, name);
 }
 

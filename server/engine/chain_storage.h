@@ -16,8 +16,8 @@
 #include <memory>
 #include <string>
 
-#include "absl/synchronization/mutex.h"
 #include "blockstore/chain.h"
+#include "blockstore/mutex.h"
 #include "server/engine/storage.h"
 
 namespace strata {
@@ -67,7 +67,7 @@ class ChainStorage final : public Storage {
   // A background refill (Storage::ClaimBackgroundReplenish) belongs to no request, so a pause
   // does not wait for it: it holds this shared while it uses the chain, Revert exclusively
   // while it swaps the chain.
-  mutable absl::Mutex swap_mu_;
+  mutable Mutex swap_mu_;
   std::unique_ptr<Chain> chain_;
   const uint64_t size_;
   const uint32_t sub_block_size_;

@@ -18,18 +18,18 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "absl/synchronization/notification.h"
 #include "blockstore/fail_env.h"
 #include "blockstore/file.h"
+#include "blockstore/mutex.h"
 #include "gtest/gtest.h"
 #include "server/engine/blocking_pool.h"
-#include "server/nbd/protocol.h"
-#include "server/server.h"
 #include "server/engine/chain_storage.h"
 #include "server/engine/fake_storage.h"
 #include "server/engine/storage.h"
 #include "server/engine/test_chain_server.h"
 #include "server/engine/worker.h"
+#include "server/nbd/protocol.h"
+#include "server/server.h"
 
 namespace strata {
 namespace {
@@ -486,10 +486,10 @@ class EioStorage : public FakeStorage {
 // a ring thread blocked in an allocation (or on the refill's lock) would hold them.
 TEST(EngineRingTest, AWriteWaitingForSpaceHoldsNoRing) {
   std::atomic<int> on_ring{0}, stalled{0};
-  absl::Mutex gate_mu;
+  Mutex gate_mu;
   bool gate_open = false;  // guarded by gate_mu
   auto open_gate = [&] {
-    absl::MutexLock lock(&gate_mu);
+    MutexLock lock(&gate_mu);
     gate_open = true;
   };
   testing::FailEnv env([](absl::string_view, const std::string&) { return false; });
@@ -533,7 +533,7 @@ TEST(EngineRingTest, AWriteWaitingForSpaceHoldsNoRing) {
   }
   ASSERT_GT(stalled.load(), 0) << "no allocation reached the blocking pool";
   ASSERT_LT(written.load(), kSize) << "the writer never had to wait for space";
-  absl::Notification reads_done;
+  Notification reads_done;
   std::atomic<bool> watchdog_opened{false};
   std::thread watchdog([&] {  // ends the test if a ring is held after all
     if (reads_done.WaitForNotificationWithTimeout(absl::Seconds(3))) return;

@@ -6,7 +6,7 @@ namespace strata {
 absl::Status Storage::Cache(uint64_t, uint64_t) { return absl::OkStatus(); }
 
 absl::Status Storage::GroupFlush() {
-  absl::MutexLock lock(&flush_mu_);
+  MutexLock lock(&flush_mu_);
   // The flush that covers us must begin after now: the one after any flush already running.
   const uint64_t target = flush_started_ + 1;
   for (;;) {

@@ -20,8 +20,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "blockstore/chain.h"  // Segment, WritePlan, Extent: plain structs
+#include "blockstore/mutex.h"
 #include "server/nbd/export.h"
 
 namespace strata {
@@ -82,7 +82,7 @@ class Storage {
 
  private:
   std::atomic<bool> background_replenish_{false};
-  absl::Mutex flush_mu_;
+  Mutex flush_mu_;
   bool flush_running_ ABSL_GUARDED_BY(flush_mu_) = false;
   uint64_t flush_started_ ABSL_GUARDED_BY(flush_mu_) = 0;  // generation of the last flush begun
   uint64_t flush_done_ ABSL_GUARDED_BY(flush_mu_) = 0;     // generation of the last flush ended

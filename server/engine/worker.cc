@@ -95,7 +95,7 @@ void Worker::Join() {
 
 void Worker::Post(std::function<void()> fn) {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     mailbox_.push_back(std::move(fn));
   }
   uint64_t one = 1;
@@ -291,7 +291,7 @@ void Worker::ArmWake() {
 void Worker::RunMailbox() {
   std::vector<std::function<void()>> work;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     work.swap(mailbox_);
   }
   for (auto& fn : work) fn();

@@ -33,14 +33,13 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/synchronization/mutex.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "blockstore/mutex.h"
 #include "server/engine/blocking_pool.h"
 #include "server/engine/buffer_pool.h"
+#include "server/engine/stats.h"
 #include "server/nbd/export.h"
 #include "server/nbd/handshake.h"
-#include "server/engine/stats.h"
 #include "server/tls/tls.h"
 
 namespace strata {
@@ -207,7 +206,7 @@ class Worker final : public BudgetWaiter {
   uint64_t wake_buf_ = 0;
   std::thread thread_;
 
-  absl::Mutex mu_;
+  Mutex mu_;
   std::vector<std::function<void()>> mailbox_ ABSL_GUARDED_BY(mu_);
 
   // Ring-thread state.
@@ -225,7 +224,7 @@ class Worker final : public BudgetWaiter {
   __kernel_timespec sweep_ts_{};
   std::vector<Connection*> budget_waiting_;
   bool stopping_ = false;
-  absl::Notification stopped_;  // the loop ended
+  Notification stopped_;  // the loop ended
   bool paused_ = false;
   std::function<void()> on_drained_;
   int64_t active_ = 0;  // requests started and not yet replied and released

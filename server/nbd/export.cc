@@ -30,18 +30,18 @@ uint16_t TransmissionFlags(const Export& e, bool structured_replies) {
 }
 
 void ExportTable::Add(std::shared_ptr<const Export> e) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   ExportInfo info{e->name, e->description, e->read_only};
   entries_.push_back(Entry{std::move(info), std::move(e), nullptr, {}});
 }
 
 void ExportTable::AddOnDemand(ExportInfo info, Opener open) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   entries_.push_back(Entry{std::move(info), nullptr, std::move(open), {}});
 }
 
 bool ExportTable::Remove(absl::string_view name) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return std::erase_if(entries_, [name](const Entry& e) { return e.info.name == name; }) > 0;
 }
 
@@ -54,7 +54,7 @@ const ExportTable::Entry* ExportTable::FindEntry(absl::string_view name) const {
 }
 
 bool ExportTable::Has(absl::string_view name, std::string* canonical) const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   const Entry* entry = FindEntry(name);
   if (entry != nullptr && canonical != nullptr) *canonical = entry->info.name;
   return entry != nullptr;
@@ -63,7 +63,7 @@ bool ExportTable::Has(absl::string_view name, std::string* canonical) const {
 std::shared_ptr<const Export> ExportTable::Find(absl::string_view name, std::string* error) const {
   Opener open;
   {
-    absl::ReaderMutexLock lock(&mu_);
+    ReaderMutexLock lock(&mu_);
     const Entry* entry = FindEntry(name);
     if (entry == nullptr) return nullptr;
     if (entry->fixed) return entry->fixed;
@@ -76,7 +76,7 @@ std::shared_ptr<const Export> ExportTable::Find(absl::string_view name, std::str
     if (error != nullptr) *error = std::string(opened.status().message());
     return nullptr;
   }
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   for (Entry& e : entries_) {
     if (e.info.name != (*opened)->name) continue;
     // Another connection may have opened it meanwhile: everyone shares one instance.
@@ -89,14 +89,14 @@ std::shared_ptr<const Export> ExportTable::Find(absl::string_view name, std::str
 }
 
 std::vector<ExportInfo> ExportTable::Describe() const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   std::vector<ExportInfo> out;
   for (const Entry& e : entries_) out.push_back(e.info);
   return out;
 }
 
 std::vector<std::shared_ptr<const Export>> ExportTable::OpenExports() const {
-  absl::ReaderMutexLock lock(&mu_);
+  ReaderMutexLock lock(&mu_);
   std::vector<std::shared_ptr<const Export>> out;
   for (const Entry& e : entries_) {
     if (e.fixed) {

@@ -13,7 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
+#include "blockstore/mutex.h"
 
 namespace strata {
 
@@ -82,7 +82,7 @@ class ExportTable {
   };
   const Entry* FindEntry(absl::string_view name) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
 
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   mutable std::vector<Entry> entries_ ABSL_GUARDED_BY(mu_);
 };
 
