@@ -109,6 +109,36 @@ struct Kept {
 // How many sectors the block piece [from, to) of a write covers.
 uint64_t SectorsIn(uint64_t from, uint64_t to) { return (to - 1) / kSector - from / kSector + 1; }
 
+// Disjoint byte ranges [begin, end), for the holes a file has.
+class Ranges {
+ public:
+  void Add(uint64_t begin, uint64_t end) {
+    if (begin >= end) return;
+    Remove(begin, end);
+    ranges_[begin] = end;
+  }
+  void Remove(uint64_t begin, uint64_t end) {
+    auto it = ranges_.lower_bound(begin);
+    if (it != ranges_.begin() && std::prev(it)->second > begin) --it;
+    while (it != ranges_.end() && it->first < end) {
+      const auto [b, e] = *it;
+      it = ranges_.erase(it);
+      if (b < begin) ranges_[b] = begin;
+      if (e > end) ranges_[end] = e;
+    }
+  }
+  bool Overlaps(uint64_t begin, uint64_t end) const {
+    auto it = ranges_.lower_bound(end);  // the ranges before it start before `end`
+    return it != ranges_.begin() && std::prev(it)->second > begin;
+  }
+
+ private:
+  std::map<uint64_t, uint64_t> ranges_;  // begin -> end
+};
+
+uint64_t BlockDown(uint64_t offset) { return offset / kBlock * kBlock; }
+uint64_t BlockUp(uint64_t offset) { return (offset + kBlock - 1) / kBlock * kBlock; }
+
 }  // namespace
 
 struct Inode {
@@ -119,6 +149,10 @@ struct Inode {
   // A real operation failed part way: the real file may hold what no operation recorded, so a
   // crash writes it out anew instead of patching it.
   bool diverged = false;
+  // What of [0, size) holds no space (punched, or grown by a truncate) since the last crash,
+  // which counts everything in a file's size as allocated: on a full volume, writing there or
+  // past the size fails.
+  Ranges holes;
 };
 
 // A directory operation in the log.
@@ -453,9 +487,11 @@ class CrashFile final : public File {
   absl::Status Write(uint64_t offset, absl::string_view data) override {
     MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("write", path()); !s.ok()) return s;
+    if (auto s = SpaceLocked("write", offset, data.size()); !s.ok()) return s;
     absl::Status s = real_->Write(offset, data);
     Inode& i = Touched(s);
     if (!s.ok() || data.empty()) return s;
+    Filled(&i, offset, data.size());
     Resized(&i, std::max(i.size, offset + data.size()));
     i.pending.push_back({Op::Kind::kWrite, offset, data.size(), 0,
                          std::make_shared<const std::string>(data)});
@@ -472,9 +508,12 @@ class CrashFile final : public File {
   absl::Status Allocate(uint64_t offset, uint64_t length) override {
     MutexLock lock(&env_->mu_);
     if (auto s = env_->CheckPowerLocked("fallocate", path()); !s.ok()) return s;
+    if (auto s = SpaceLocked("fallocate", offset, length); !s.ok()) return s;
     absl::Status s = real_->Allocate(offset, length);
     Inode& i = Touched(s);
-    if (s.ok()) Resized(&i, std::max(i.size, offset + length));
+    if (!s.ok()) return s;
+    Filled(&i, offset, length);
+    Resized(&i, std::max(i.size, offset + length));
     return s;
   }
   absl::Status PunchHole(uint64_t offset, uint64_t length) override {
@@ -484,6 +523,7 @@ class CrashFile final : public File {
     Inode& i = Touched(s);
     if (s.ok() && offset < i.size) {
       i.pending.push_back({Op::Kind::kPunch, offset, std::min(length, i.size - offset)});
+      i.holes.Add(BlockUp(offset), BlockDown(std::min(offset + length, i.size)));
     }
     return s;
   }
@@ -492,7 +532,10 @@ class CrashFile final : public File {
     if (auto s = env_->CheckPowerLocked("truncate", path()); !s.ok()) return s;
     absl::Status s = real_->Truncate(size);
     Inode& i = Touched(s);
-    if (s.ok()) Resized(&i, size);
+    if (!s.ok()) return s;
+    i.holes.Remove(size, UINT64_MAX);
+    i.holes.Add(BlockUp(i.size), size);
+    Resized(&i, size);
     return s;
   }
   absl::StatusOr<uint64_t> Size() const override {
@@ -517,6 +560,20 @@ class CrashFile final : public File {
     Inode& i = env_->model_->inodes.at(inode_);
     i.diverged |= !s.ok();
     return i;
+  }
+  // ENOSPC (as the real file would give it) when the volume is full and [offset, offset +
+  // length) needs space the file does not hold.
+  absl::Status SpaceLocked(absl::string_view op, uint64_t offset, uint64_t length) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(env_->mu_) {
+    if (!env_->volume_full_ || length == 0) return absl::OkStatus();
+    const Inode& i = env_->model_->inodes.at(inode_);
+    if (offset + length <= i.size && !i.holes.Overlaps(offset, offset + length)) {
+      return absl::OkStatus();
+    }
+    return ErrnoStatus(ENOSPC, op, path(), static_cast<int64_t>(offset));
+  }
+  static void Filled(Inode* i, uint64_t offset, uint64_t length) {
+    i->holes.Remove(BlockDown(offset), BlockUp(offset + length));
   }
   static void Resized(Inode* i, uint64_t size) {
     if (size == i->size) return;
@@ -831,6 +888,11 @@ void CrashEnv::FailSyncsAfter(int after) {
 void CrashEnv::CutPowerAtSync(int n) {
   MutexLock lock(&mu_);
   syncs_until_cut_ = n;
+}
+
+void CrashEnv::SetVolumeFull(bool full) {
+  absl::MutexLock lock(&mu_);
+  volume_full_ = full;
 }
 
 bool CrashEnv::power_cut() const {

@@ -27,8 +27,9 @@
 // process that lost power there; the test closes everything and crashes.
 //
 // Not modeled: directories themselves (they exist beforehand and stay), preallocation (an
-// Allocate counts only as a size change; a crash rewrites only the blocks that differ, so a
-// file that stays keeps its real extents), zeros written as data (a crash writes them as
+// Allocate counts only as a size change and as space a full volume lets the file keep using,
+// SetVolumeFull; a crash rewrites only the blocks that differ, so a file that stays keeps its
+// real extents), zeros written as data (a crash writes them as
 // holes), a file's Sync() making its new name durable (ext4 does; POSIX does not promise it). Files change only through this Env once they are imported
 // (Import); a file it has not seen yet is taken as durable when first used. Syncs are not
 // passed on to the real files: the model alone decides what survives. Thread-safe.
@@ -133,6 +134,10 @@ class CrashEnv : public Env {
   // n = 0, 1, ... until it completes with power_cut() false.
   void CutPowerAtSync(int n);
   bool power_cut() const;
+  // While full, a write or fallocate that needs space a file does not hold fails with ENOSPC,
+  // as on a host volume with no free space: past the file's size, or over a hole it punched
+  // or grew by a truncate. A crash keeps the setting (it frees no space).
+  void SetVolumeFull(bool full);
 
   // The open File whose fd() is `fd`, or nullptr: for a test that does a server's I/O on a
   // Segment's descriptor and must go through the model.
@@ -164,6 +169,7 @@ class CrashEnv : public Env {
   int syncs_until_failure_ ABSL_GUARDED_BY(mu_) = -1;
   int syncs_until_cut_ ABSL_GUARDED_BY(mu_) = -1;
   bool power_cut_ ABSL_GUARDED_BY(mu_) = false;
+  bool volume_full_ ABSL_GUARDED_BY(mu_) = false;
   std::map<int, CrashFile*> open_ ABSL_GUARDED_BY(mu_);  // by real descriptor
   std::map<std::string, std::string> dirs_ ABSL_GUARDED_BY(mu_);  // absolute -> resolved
 };

@@ -828,5 +828,68 @@ TEST_F(CrashSweepTest, ResizeAndMergesAcrossTheSizeBoundary) {
   });
 }
 
+// (v) Opening on a full volume with a checkpoint owed (FORMAT.md, Durability 5): a server
+// stopped on the volume it filled left journal records, so the writable open's new epoch needs
+// a checkpoint table and finds no space. The open succeeds, the checkpoint stays owed (nothing
+// is appended to the old epoch's journal: a zero write's flush fails with
+// ENOSPC, without failing the disk), and once space returns the first flush makes it; the
+// writes after it are acknowledged by their flushes.
+TEST_F(CrashSweepTest, OpenOnAFullVolumeWithACheckpointOwed) {
+  const std::string top = MakeDisk(dir_.path());
+  Import();
+  {
+    // A server on a volume with no space from the start: zeroes (marks, no slot) flushed into
+    // the journal, and no clean stop.
+    env_.SetVolumeFull(true);
+    auto chain = Chain::Open(top, {.env = &env_});
+    ASSERT_TRUE(chain.ok()) << chain.status();
+    ASSERT_TRUE((*chain)->WriteZeroes(0, 4 * kCluster, /*may_trim=*/true).ok());
+    ASSERT_TRUE((*chain)->Flush().ok());
+    EXPECT_TRUE(IsNoSpace((*chain)->Write(8 * kCluster, PatternBytes(kSubBlock, 8))));
+    env_.SetVolumeFull(false);
+  }
+  ASSERT_TRUE(env_.Crash(CrashChoice::Everything()).ok());
+  const CrashPoint setup = env_.Point();
+  auto before = ReadLayerHeader(Env::Default(), top);
+  ASSERT_TRUE(before.ok()) << before.status();
+
+  Family family("(v) open on a full volume with a checkpoint owed, space returns");
+  family.Sweep(&env_, setup, {Fresh(top)}, [&](CrashEnv* env, Disks* disks) {
+    Expect* e = &disks->front();
+    // A failure without a power cut is a test failure, except ENOSPC where `full` says so.
+    auto no_space = [&](const absl::Status& s, absl::string_view what) {
+      if (!s.ok() && !env->power_cut()) EXPECT_TRUE(IsNoSpace(s)) << what << ": " << s;
+      if (s.ok()) ADD_FAILURE() << what << " found space on the full volume";
+      return !env->power_cut();
+    };
+    env->SetVolumeFull(true);
+    [&] {
+      auto opened = Chain::Open(top, {.env = env});
+      if (!Done(env, opened.status(), "open on the full volume")) return;
+      Chain* chain = opened->get();
+      e->disk.Write(kCluster, std::string(kCluster, '\0'));  // a zero mark needs no slot
+      if (!Done(env, chain->WriteZeroes(kCluster, kCluster, true), "zero")) return;
+      if (!no_space(chain->Flush(), "flush (the owed checkpoint)")) return;
+      EXPECT_TRUE(chain->failure().ok()) << "ENOSPC failed the disk: " << chain->failure();
+      // Refused before it writes anything: not a possible content.
+      if (!no_space(chain->Write(250 * kCluster, PatternBytes(kSubBlock, 301)), "new cluster")) {
+        return;
+      }
+      env->SetVolumeFull(false);  // space returns
+      if (!Flush(env, chain, e)) return;
+      if (!WriteClusters(env, chain, e, 240, 250, 400)) return;
+      if (!Write(env, chain, e, 0, PatternBytes(kSubBlock, 500))) return;
+      if (!Flush(env, chain, e)) return;
+    }();
+    env->SetVolumeFull(false);
+    if (env->power_cut()) return;
+    // Else the owed checkpoint was never made: the epoch did not move.
+    auto header = ReadLayerHeader(env, top);
+    ASSERT_TRUE(header.ok()) << header.status();
+    EXPECT_GT(header->journal_start_seq, before->journal_start_seq)
+        << "no new journal epoch after space returned";
+  });
+}
+
 }  // namespace
 }  // namespace strata

@@ -333,20 +333,28 @@ absl::Status CheckTls(bool tls_given, ServeOptions* o) {
 }
 
 // A wildcard address that plain clients reach.
-bool InsecureListen(const ServeOptions& o) {
-  return o.listen_address && IsWildcardAddress(*o.listen_address) && o.tls != TlsMode::kRequire;
+bool PlainWildcard(const std::string& host, const ServeOptions& o) {
+  return IsWildcardAddress(host) && o.tls != TlsMode::kRequire;
 }
 
 // A disk served on every interface in the clear is readable and writable by anyone who can
-// reach the port: said, unless the user asked for it (--insecure-listen).
-absl::Status CheckWildcardListen(const ServeOptions& o) {
-  if (!InsecureListen(o) || o.insecure_listen) return absl::OkStatus();
+// reach the port: said, unless the user asked for it (--insecure-listen). `what` names the
+// socket, `one_address` how to listen on one address instead.
+absl::Status RefuseWildcard(const std::string& what, const std::string& one_address,
+                            const ServeOptions& o) {
   return absl::InvalidArgumentError(absl::StrFormat(
-      "--listen %s:%d serves every network interface %s: require TLS with --tls-certs DIR "
-      "or --tls-psk FILE, listen on one address (\":%d\" is 127.0.0.1), or pass "
-      "--insecure-listen to serve in the clear",
-      *o.listen_address, o.listen_port,
-      o.tls == TlsMode::kOn ? "to plain clients too (--tls=on)" : "without TLS", o.listen_port));
+      "%s serves every network interface %s: require TLS with --tls-certs DIR or --tls-psk "
+      "FILE, listen on one address (%s), or pass --insecure-listen to serve in the clear",
+      what, o.tls == TlsMode::kOn ? "to plain clients too (--tls=on)" : "without TLS",
+      one_address));
+}
+
+absl::Status CheckWildcardListen(const ServeOptions& o) {
+  if (!o.listen_address || !PlainWildcard(*o.listen_address, o) || o.insecure_listen) {
+    return absl::OkStatus();
+  }
+  return RefuseWildcard(absl::StrFormat("--listen %s:%d", *o.listen_address, o.listen_port),
+                        absl::StrFormat("\":%d\" is 127.0.0.1", o.listen_port), o);
 }
 
 }  // namespace
@@ -650,6 +658,13 @@ absl::StatusOr<Endpoint> Listen(const ServeOptions& o, AcceptLoop* acceptor) {
         "command, or start it without socket activation",
         where));
   }
+  // The same rule as --listen: a unit's ListenStream=10809 binds every interface.
+  for (const Listener& l : acceptor->listeners()) {
+    if (!l.tcp() || !PlainWildcard(l.host, o) || o.insecure_listen) continue;
+    return RefuseWildcard(
+        absl::StrFormat("the socket the service manager passed (%s, LISTEN_FDS)", l.description),
+        absl::StrFormat("ListenStream=127.0.0.1:%d in the .socket unit", l.port), o);
+  }
   return e;
 }
 
@@ -863,11 +878,17 @@ class PidFile {
   std::string path_;
 };
 
-std::string InsecureWarning(const ServeOptions& o) {
-  return absl::StrFormat(
-      "WARNING: --insecure-listen: %s:%d is served on every network interface without "
-      "required TLS: anyone who reaches the port can read and write the disk",
-      *o.listen_address, o.listen_port);
+// The warnings for what --insecure-listen let through: one per wildcard listener.
+std::vector<std::string> InsecureWarnings(const ServeOptions& o, const AcceptLoop& acceptor) {
+  std::vector<std::string> warnings;
+  for (const Listener& l : acceptor.listeners()) {
+    if (!l.tcp() || !PlainWildcard(l.host, o)) continue;
+    warnings.push_back(absl::StrFormat(
+        "WARNING: --insecure-listen: %s is served on every network interface without "
+        "required TLS: anyone who reaches the port can read and write the disk",
+        l.description));
+  }
+  return warnings;
 }
 
 void LogServing(const ServeOptions& o, const ExportTable& exports, const AcceptLoop& acceptor,
@@ -880,7 +901,9 @@ void LogServing(const ServeOptions& o, const ExportTable& exports, const AcceptL
              o.layer, disk->description, Name(o.cache), disk->read_only ? ", read-only" : "",
              where, DescribeTls(o), o.workers, caps.max_connections, caps.max_handshakes,
              control ? absl::StrCat("; control socket ", control->path()) : "");
-  if (InsecureListen(o)) STRATA_LOG(kError, "%s", InsecureWarning(o));
+  for (const std::string& warning : InsecureWarnings(o, acceptor)) {
+    STRATA_LOG(kError, "%s", warning);
+  }
 }
 
 // $uri, $exportname, $unixsocket or $port, and $nbd (qemu's nbd: syntax) for the --run command.
@@ -987,6 +1010,12 @@ absl::StatusOr<int> Serve(const ServeOptions& o) {
   });
   absl::StatusOr<Endpoint> endpoint = Listen(o, &acceptor);
   if (!endpoint.ok()) return endpoint.status();
+  // The log line (LogServing) reaches stderr only with --log=stderr: the caller hears it too.
+  if (*o.log != LogTo::kStderr) {
+    for (const std::string& warning : InsecureWarnings(o, acceptor)) {
+      fprintf(stderr, "strata serve: %s\n", warning.c_str());
+    }
+  }
   absl::StatusOr<int> ready_fd =
       o.foreground ? absl::StatusOr<int>(-1) : Daemonize(o, endpoint->uri);
   if (!ready_fd.ok()) return ready_fd.status();
@@ -1023,10 +1052,6 @@ absl::StatusOr<int> ResolveAndServe(ServeOptions parsed) {
   ServeOptions o = Resolve(std::move(parsed));
   SetLogLevel(o.log_level);
   WarnIfNoSyslog(o);
-  // The log line (LogServing) reaches stderr only with --log=stderr: the caller hears it too.
-  if (InsecureListen(o) && *o.log != LogTo::kStderr) {
-    fprintf(stderr, "strata serve: %s\n", InsecureWarning(o).c_str());
-  }
   RaiseOpenFileLimit();
   return Serve(o);
 }

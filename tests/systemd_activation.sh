@@ -8,7 +8,8 @@
 # in place; the daemon (no --foreground) must serve the passed socket too, its parent telling
 # the daemon's pid. Variables meant for another pid are ignored (the server binds its own
 # socket); a passed descriptor that is not a listening socket, or --socket beside activation,
-# is a clear error and a non-zero exit.
+# is a clear error and a non-zero exit. A passed TCP socket bound to every interface (0.0.0.0,
+# ::) without TLS is refused as --listen 0.0.0.0 is, unless --insecure-listen (then warned).
 # Usage: systemd_activation.sh STRATA_BINARY
 set -euo pipefail
 source "$(dirname "$0")/lib/interop_lib.sh"
@@ -158,4 +159,26 @@ expect_failure "fd 3 is a stream socket that does not listen" \
   --pass-bound "$PASSED" -- "$STRATA" serve --foreground "$LAYER"
 expect_failure "the service manager passed unix:$PASSED (LISTEN_FDS): drop --socket" \
   --pass-listening "$PASSED" -- "$STRATA" serve --foreground --socket "$WORK/disk.sock" "$LAYER"
+
+# --- a passed TCP socket on every interface: the rule of --listen 0.0.0.0 -----------------------
+# Refused without TLS, naming what to do (the socket listens for the second this takes); with
+# --insecure-listen served, reached via 127.0.0.1, and warned about in the log.
+for host in 0.0.0.0 ::; do
+  expect_failure "serves every network interface without TLS: require TLS with --tls-certs DIR" \
+    --pass-tcp "$host" -- "$STRATA" serve --foreground "$LAYER"
+  grep -q -- "pass --insecure-listen to serve in the clear" "$WORK/server.log" \
+    || fail "the refusal of a wildcard $host socket does not name --insecure-listen"
+done
+launch --notify "$WORK/notify.sock" --pass-tcp 0.0.0.0 -- \
+  "$STRATA" serve --foreground --insecure-listen "$LAYER"
+await_notify READY=1
+port="$(sed -n 's|.*WARNING: --insecure-listen: tcp:0.0.0.0:\([0-9]*\) is served.*|\1|p' \
+  "$WORK/server.log" | head -n 1)"
+[ -n "$port" ] || fail "no --insecure-listen warning for the passed socket: $(cat "$WORK/server.log")"
+size="$(timeout 20 nbdinfo --size "nbd://127.0.0.1:$port/")" || fail "nothing serves 127.0.0.1:$port"
+[ "$size" = 16777216 ] || fail "nbdinfo --size via the passed wildcard socket says $size"
+kill -TERM "$SERVER_PID"
+finish
+[ "$RC" = 0 ] || fail "exit status $RC after SIGTERM (wildcard socket, --insecure-listen)"
+log "a passed wildcard socket: refused without TLS, served with --insecure-listen"
 log "PASS"

@@ -115,6 +115,8 @@ void DiskIo::Advance() {
       read_pin_.Release();  // the preads are done: trimmed slots may be reused
       return Finish();
     case Step::kZeroing:
+      // Zero marks need journal space as a write needs slots: a zero waits like a write.
+      if (!ok && WaitForSpace()) return;
       return ok ? NextRange() : Finish();
     case Step::kReplenishing:
       if (!ok && WaitForSpace()) return;
@@ -256,6 +258,7 @@ void DiskIo::BeginZero() {
   // space) and only the unaligned edges are written, so this is never slower than a WRITE.
   if (r_->h.length == 0) return Finish();
   const nbd::RequestHeader h = r_->h;
+  ranges_.clear();  // what an attempt that found no space left (WaitForSpace)
   RunOnPool(Step::kZeroing, [this, s = ctx_->storage, h]() {
     std::vector<std::pair<uint64_t, uint64_t>> data_ranges;
     absl::Status st = s->Zero(h.offset, h.length, !(h.flags & nbd::kCmdFlagNoHole), &data_ranges);
@@ -345,7 +348,7 @@ void DiskIo::ResumeAfterWaiting() {
   switch (waited_in_) {
     case Step::kReplenishing: return PrepareRange();
     case Step::kFua: return NextRange();  // every range is written: the FUA flush again
-    default: return Begin();              // TRIM, FLUSH, CACHE: one blocking call
+    default: return Begin();  // WRITE_ZEROES' Zero, TRIM, FLUSH, CACHE: one blocking call
   }
 }
 

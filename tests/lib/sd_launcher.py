@@ -3,14 +3,16 @@
 tests/systemd_activation.sh.
 
   sd_launcher.py --notify SOCKET --notify-log FILE --pid-file FILE
-                 [--pass-listening PATH | --pass-bound PATH | --pass-file PATH] [--other-pid]
+                 [--pass-listening PATH | --pass-bound PATH | --pass-file PATH |
+                  --pass-tcp HOST] [--other-pid]
                  -- PROGRAM ARGS...
 
 Like the service manager, this process stays the parent: it binds the datagram socket SOCKET
 (a path, or @NAME in the abstract namespace) and sets NOTIFY_SOCKET to it; creates the
 descriptor to pass (--pass-listening: a unix stream socket listening at PATH, as a .socket
 unit's ListenStream=PATH; --pass-bound: one bound at PATH that does not listen; --pass-file: the
-file PATH opened for reading) and keeps its own copy open, as systemd does; forks; and the child
+file PATH opened for reading; --pass-tcp: a TCP socket listening on HOST, an IPv4 or IPv6
+address, at a port the kernel picks, as ListenStream=HOST:PORT) and keeps its own copy open, as systemd does; forks; and the child
 puts the descriptor at fd 3, sets LISTEN_FDS=1, LISTEN_FDNAMES and LISTEN_PID to its own pid (or,
 with --other-pid, to this process's: variables meant for someone else) and execs PROGRAM, which
 keeps that pid. The child's pid goes to the --pid-file; every datagram received is appended to
@@ -36,6 +38,7 @@ def parse_args():
     passed.add_argument("--pass-listening")
     passed.add_argument("--pass-bound")
     passed.add_argument("--pass-file")
+    passed.add_argument("--pass-tcp")
     p.add_argument("--other-pid", action="store_true")
     p.add_argument("program", nargs="+")
     return p.parse_args()
@@ -48,6 +51,12 @@ def unix_address(name):
 def passed_descriptor(args):
     if args.pass_file:
         return os.open(args.pass_file, os.O_RDONLY)
+    if args.pass_tcp:
+        family = socket.AF_INET6 if ":" in args.pass_tcp else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((args.pass_tcp, 0))
+        sock.listen(16)
+        return sock.detach()
     path = args.pass_listening or args.pass_bound
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
