@@ -891,7 +891,7 @@ void CrashEnv::CutPowerAtSync(int n) {
 }
 
 void CrashEnv::SetVolumeFull(bool full) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   volume_full_ = full;
 }
 
