@@ -12,9 +12,10 @@ Like the service manager, this process stays the parent: it binds the datagram s
 descriptor to pass (--pass-listening: a unix stream socket listening at PATH, as a .socket
 unit's ListenStream=PATH; --pass-bound: one bound at PATH that does not listen; --pass-file: the
 file PATH opened for reading; --pass-tcp: a TCP socket listening on HOST, an IPv4 or IPv6
-address, at a port the kernel picks, as ListenStream=HOST:PORT) and keeps its own copy open, as systemd does; forks; and the child
-puts the descriptor at fd 3, sets LISTEN_FDS=1, LISTEN_FDNAMES and LISTEN_PID to its own pid (or,
-with --other-pid, to this process's: variables meant for someone else) and execs PROGRAM, which
+address, at a port the kernel picks, as ListenStream=HOST:PORT) and keeps its own copy open, as
+systemd does; forks; and the child puts the descriptor at fd 3, sets LISTEN_FDS=1,
+LISTEN_FDNAMES and LISTEN_PID to its own pid (or, with --other-pid, to this process's: variables
+meant for someone else) and execs PROGRAM, which
 keeps that pid. The child's pid goes to the --pid-file; every datagram received is appended to
 the --notify-log, followed by a line "--". SIGTERM and SIGINT are passed on to the child. Exits
 with the child's status (128 + signal if it was killed) once it has exited.
