@@ -33,7 +33,8 @@ scenario() {
   before="$(fingerprint "$g")"
   for h in a b; do
     (cd "$hosts/$h" && timeout 60 "$strata" create -b "$g/gold.strata" -F strata vm.strata \
-       >"$hosts/$h/create.out" 2>&1) || fail "create -b on the shared layer ($h): $(cat "$hosts/$h/create.out")"
+       >"$hosts/$h/create.out" 2>&1) \
+      || fail "create -b on the shared layer ($h): $(cat "$hosts/$h/create.out")"
   done
   # As the README starts a server: background, relative paths, from another directory.
   for h in a b; do
@@ -60,8 +61,8 @@ scenario() {
   out="$(timeout 60 "$strata" delete-snapshot --control "$hosts/a/vm.ctl" gold 2>&1)" \
     && fail "deleting the shared layer through a server was accepted: $out"
   grep -q "never changed or removed" <<<"$out" || fail "delete-snapshot gold: unclear refusal: $out"
-  (cd "$hosts/c" && timeout 60 "$strata" create -b "$g/gold.strata" -F strata c.strata >/dev/null 2>&1) \
-    || fail "create -b for the offline commit"
+  (cd "$hosts/c" && timeout 60 "$strata" create -b "$g/gold.strata" -F strata c.strata \
+     >/dev/null 2>&1) || fail "create -b for the offline commit"
   out="$(cd "$hosts/c" && timeout 60 "$strata" commit --allow-parent-dir "$g" c.strata 2>&1)" \
     && fail "an offline commit into the shared layer was accepted: $out"
   grep -q "cannot commit .*c.strata into $g/gold.strata: .*in use by another process" <<<"$out" \
@@ -84,7 +85,8 @@ scenario() {
   done
   out="$(timeout 60 "$strata" check --allow-parent-dir "$g" "$hosts/c/c.strata" 2>&1)" \
     || fail "strata check of c after the refused commits: $out"
-  [ "$(fingerprint "$g")" = "$before" ] || fail "G changed: $(diff <(echo "$before") <(fingerprint "$g"))"
+  [ "$(fingerprint "$g")" = "$before" ] \
+    || fail "G changed: $(diff <(echo "$before") <(fingerprint "$g"))"
 }
 
 # Every file of directory $1 (hidden ones too) with its sha256: a new file or a changed byte shows.
