@@ -5,7 +5,8 @@
 # directory), as hosts sharing G over NFS or CephFS would. Each server gets different writes
 # and a live snapshot, reads back its own data, and a deletion of its own snapshot; the
 # deletion of G through a server and an offline `strata commit` into G are refused with a
-# clear error while the servers hold G, and lose nothing. G's files keep their sha256 and its
+# clear error while the servers hold G, and lose nothing; `check --repair` of a third disk on
+# G meanwhile finds no problem. G's files keep their sha256 and its
 # directory gets no new file. Both servers stop cleanly and `strata check` finds both disks
 # clean.
 #
@@ -68,6 +69,9 @@ scenario() {
   grep -q "cannot commit .*c.strata into $g/gold.strata: .*in use by another process" <<<"$out" \
     || fail "commit into gold: unclear refusal: $out"
   [ ! -e "$hosts/c/c.strata.merge" ] || fail "the refused commit left a journal"
+  # A repair of a disk on G leaves G, which the servers hold, as it is: not a problem.
+  out="$(timeout 60 "$strata" check --repair --allow-parent-dir "$g" "$hosts/c/c.strata" 2>&1)" \
+    || fail "check --repair of a disk on the shared layer while it is served: $out"
   # A deletion of a server's own snapshot merges into its own layers only: it works.
   timeout 120 "$strata" delete-snapshot --control "$hosts/a/vm.ctl" s1 >/dev/null 2>&1 \
     || fail "deleting a's own snapshot s1 online"
