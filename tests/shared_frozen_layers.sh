@@ -36,6 +36,9 @@ scenario() {
     (cd "$hosts/$h" && timeout 60 "$strata" create -b "$g/gold.strata" -F strata vm.strata \
        >"$hosts/$h/create.out" 2>&1) \
       || fail "create -b on the shared layer ($h): $(cat "$hosts/$h/create.out")"
+    grep -q "note: vm.strata is not registered as a child of $g/gold.strata" \
+      "$hosts/$h/create.out" \
+      || fail "create -b gave no note of the skipped registry: $(cat "$hosts/$h/create.out")"
   done
   # As the README starts a server: background, relative paths, from another directory.
   for h in a b; do
