@@ -59,16 +59,9 @@ if [[ -z $STRATA ]]; then
   echo "shared_base.sh: no strata binary (build it, or set STRATA)" >&2; exit 2
 fi
 require_tools shared_base.sh fio nbdinfo python3 numfmt
-mkdir -p "$RESULTS"
-WORK=$(mktemp -d "$WORK_PARENT/strata-shared-base.XXXXXX")
-STARTED_PIDS=()
+bench_init shared_base
 SERVER_PIDS=()
 BASE_PID=""
-trap stop_started_and_clean EXIT
-trap 'exit 130' INT TERM
-log() { echo "[shared_base $(date +%H:%M:%S)] $*" >&2; }
-cmd() { printf '%s\n' "$*" >>"$RESULTS/commands.md"; }
-: >"$RESULTS/commands.md"
 
 # --- the golden image: sets PARENT, PARENT_FORMAT, GOLDEN_DIR (and BASE_PID for a served one) --
 setup_base_file() {
