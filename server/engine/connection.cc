@@ -79,6 +79,7 @@ ConnectionStats Connection::Stats() const {
   st.negotiated = session_.export_ != nullptr;
   if (st.negotiated) st.export_name = session_.export_->name;
   st.in_flight = inflight_;
+  st.waiting_for_budget = budget_wait_;
   st.opened_ns = opened_ns_;
   st.io = io_;
   return st;
