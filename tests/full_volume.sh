@@ -8,7 +8,11 @@
 #   3. --full-timeout 2: a write that waits longer fails with ENOSPC after about 2 s;
 #   4. SIGTERM while a write waits: the server still stops at once (the write gets ENOSPC);
 #   5. the default (--on-full=error): ENOSPC at once;
-# and every acknowledged block reads back, and `strata check` finds nothing, at the end.
+# and every acknowledged block reads back, and `strata check` finds nothing, at the end;
+# then, on a new disk on the full volume: 6. --on-full=pause, WRITE_ZEROES with and without
+# NO_HOLE whose unaligned edges need space (whole sub-blocks only become zero marks, which
+# allocate nothing) stall without an error while `stats` says paused-critical, finish once space
+# returns, read back as zeros, and `check` is clean.
 # The server runs in the background as the README starts it, with relative paths.
 # Usage: full_volume.sh STRATA_BINARY
 set -euo pipefail
@@ -24,7 +28,7 @@ mount -t tmpfs -o size=64m strata-full-volume "$WORK/vol" 2>/dev/null ||
 WRITER=""
 cleanup_volume() {
   local rc=$?
-  [ -n "$WRITER" ] && kill "$WRITER" 2>/dev/null || true
+  [ -n "$WRITER" ] && kill $WRITER 2>/dev/null || true  # one or more PIDs
   terminate_pid "$SERVER_PID"; SERVER_PID=""
   umount -l "$WORK/vol" 2>/dev/null || true
   interop_cleanup_rc "$rc"
@@ -123,11 +127,44 @@ read -r _ _ err secs <<<"$(grep '^error' ../w5.out)"
 [ "$rc" = 3 ] && [ "$err" = 28 ] || fail "default mode: rc $rc, $(cat ../w5.out)"
 awk -v s="$secs" 'BEGIN { exit !(s < 1) }' || fail "default mode waited $secs s"
 log "5. default --on-full=error: ENOSPC after $secs s"
-
 # Nothing acknowledged was lost.
 $FILL verify "$URI" 0 24 1 || fail "phase 1's data"
 $FILL verify "$URI" 24 20 2 || fail "phase 2's data"
 [ "$W3" = 0 ] || $FILL verify "$URI" 52 "$W3" 3 || fail "phase 3's data"
 stop
 "$STRATA" check ../vol/disk.strata >../check.out || fail "check: $(cat ../check.out)"
+
+# 6. WRITE_ZEROES on a full volume waits as a write does (its edges need new clusters): a new
+# disk in place of the checked one, the rest of the volume filled by a ballast to delete.
+rm ../vol/disk.strata ../vol/ballast
+"$STRATA" create --size 256M ../vol/disk.strata >/dev/null
+dd if=/dev/zero of=../vol/ballast bs=1M count=64 status=none 2>/dev/null || true  # fills it
+serve --on-full=pause
+$FILL zero "$URI" 140 16 trim >../z-trim.out 2>&1 &
+ZTRIM=$!
+$FILL zero "$URI" 160 16 no-hole >../z-nohole.out 2>&1 &
+ZNOHOLE=$!
+WRITER="$ZTRIM $ZNOHOLE"
+wait_for 'r["enospc"]["waiting_writes"] >= 2' 30
+stalled="$(acked ../z-trim.out)+$(acked ../z-nohole.out)"
+sleep 2
+kill -0 "$ZTRIM" && kill -0 "$ZNOHOLE" || fail "a zero writer ended while paused"
+[ "$(acked ../z-trim.out)+$(acked ../z-nohole.out)" = "$stalled" ] ||
+  fail "WRITE_ZEROES were acknowledged while the volume was full"
+! grep -q '^error' ../z-trim.out ../z-nohole.out ||
+  fail "a WRITE_ZEROES failed instead of waiting: $(cat ../z-trim.out ../z-nohole.out)"
+"$STRATA" stats ../vol/disk.strata | grep -q "PAUSED-CRITICAL" || fail "stats does not say PAUSED-CRITICAL"
+rm ../vol/ballast
+for w in "$ZTRIM" "$ZNOHOLE"; do
+  timeout 30 tail --pid="$w" -f /dev/null || fail "WRITE_ZEROES did not resume within 30 s"
+  wait "$w" || fail "a paused zero writer failed: $(cat ../z-trim.out ../z-nohole.out)"
+done
+WRITER=""
+[ "$(acked ../z-trim.out)" = 16 ] && [ "$(acked ../z-nohole.out)" = 16 ] ||
+  fail "not all WRITE_ZEROES were acknowledged: $(cat ../z-trim.out ../z-nohole.out)"
+$FILL verify "$URI" 140 36 0 || fail "the zeroed range does not read back as zeros"
+log "6. WRITE_ZEROES paused at $stalled of 16+16, resumed when space returned, read back zeros"
+
+stop
+"$STRATA" check ../vol/disk.strata >../check.out || fail "check after WRITE_ZEROES: $(cat ../check.out)"
 log "PASS"

@@ -11,6 +11,9 @@
 # attackers stall, every good-client operation within 1 s, every connection closed once its
 # attacker goes; the handshake and the stalled payload closed after their timeouts with the
 # reason logged; and every acknowledged good write on the disk at the end.
+# Then, with --max-buffer-memory 64M, a client waiting for budget that disconnects: it leaks
+# nothing and blocks nobody (the next waiter is served, a good client within 1 s, and `stats`
+# shows the pool back at 0 once all are gone).
 # Usage: hostile_memory.sh STRATA_BINARY
 set -euo pipefail
 source "$(dirname "$0")/lib/interop_lib.sh"
@@ -122,4 +125,16 @@ closed_after stall "$REQUEST_S" "no payload bytes for ${REQUEST_S}s (4096 of 104
 out=$(timeout 60 /usr/bin/python3 "$CLIENT" verify "$URI" "$GOOD_LOG") || fail "verify: $out"
 log "$out"
 log "ok: every probe stayed under its RSS bound with the good client served within 1 s"
+terminate_pid "$SERVER_PID"
+
+# A client waiting for budget disconnects (the smallest budget; payloads never time out here;
+# one worker, so that both waiters wait on one list).
+"$STRATA" create --size 128M ../d/small.strata >/dev/null
+timeout 20 "$STRATA" serve --pid-file ../d/small.pid --log-file ../d/small.log \
+  --workers 1 --max-buffer-memory 64M --request-timeout 60 ../d/small.strata
+SERVER_PID="$(cat ../d/small.pid)"
+ln -sf ../d/small.log "$WORK/server.log"
+out=$(timeout 90 /usr/bin/python3 "$CLIENT" budget-wait "$WORK/d/small.sock" \
+  "nbd+unix:///?socket=$WORK/d/small.sock" "$STRATA" ../d/small.strata) || fail "budget-wait: $out"
+while read -r line; do log "budget-wait: $line"; done <<<"$out"
 log PASS

@@ -6,9 +6,12 @@
 # TLS is read back with matching checksums; a client holding the wrong CA or the wrong key is
 # refused; --tls=require refuses a plain client (NBD_OPT_GO before STARTTLS gets
 # NBD_REP_ERR_TLS_REQD); --tls=on serves both; --tls-verify-peer wants a client certificate.
+# The session ends with the server's close_notify after NBD_CMD_DISC, after the client's own
+# close_notify (which logs no error) and when the server stops (SIGTERM); a TCP close or reset
+# in the middle of a record closes that connection with one line, and the server serves on.
 # Certificates are made here with certtool, keys with psktool. The first server runs the
 # README way: in the background (the default), relative paths, from another directory.
-# Usage: tls_interop.sh STRATA_BINARY
+# Usage: tls_interop.sh STRATA_BINARY [TLS_CLOSE_CLIENT]
 set -euo pipefail
 source "$(dirname "$0")/lib/interop_lib.sh"
 [ "$SERVER_KIND" = strata ] || skip "strata's TLS options: nothing to compare with $SERVER_KIND"
@@ -17,6 +20,7 @@ need certtool psktool nbdinfo qemu-img qemu-io timeout sha256sum
   skip "python3-libnbd without TLS"
 interop_init "$@"
 STRATA="$(realpath "$STRATA")"
+CLOSE="$(realpath "${2:-$(dirname "$STRATA")/../tests/tls_close_client}")"  # tls_close_client.cc
 cd "$WORK"
 mkdir -p pki client client-cert other elsewhere
 
@@ -140,6 +144,41 @@ grep -q "TLS negotiation required" refused.out || fail "plain qemu-img failed ot
 reply="$(timeout 30 /usr/bin/python3 plain_go.py "$PORT")" || fail "plain_go.py failed"
 [ "$reply" = 0x80000005 ] || fail "NBD_OPT_GO before STARTTLS got $reply, not NBD_REP_ERR_TLS_REQD"
 stop
+
+# --- how a session ends: close_notify, or a TCP close in the middle of a record ---------------
+serve --listen 127.0.0.1:0 --tls-certs ../pki
+CA="$WORK/client/ca-cert.pem"
+from=$(($(wc -l <server.log) + 1))  # this server's lines (the log is shared)
+since() { tail -n "+$from" server.log | grep -c "$1" || true; }
+got="$(timeout 30 "$CLOSE" disc "$PORT" "$CA")" || fail "tls_close_client disc failed"
+[ "$got" = close_notify ] || fail "after NBD_CMD_DISC the session ended with $got"
+got="$(timeout 30 "$CLOSE" notify "$PORT" "$CA")" || fail "tls_close_client notify failed"
+[ "$got" = close_notify ] || fail "the client's close_notify was answered with $got"
+sleep 1.1  # the close lines are rate-limited per second: the next ones start a fresh second
+for mode in half reset; do
+  timeout 30 "$CLOSE" "$mode" "$PORT" "$CA" >/dev/null || fail "tls_close_client $mode failed"
+done
+timeout 30 nbdinfo --size "nbds://127.0.0.1:$PORT/?tls-certificates=$WORK/client" >/dev/null ||
+  fail "the server stopped serving after connections dropped in a TLS record"
+for _ in $(seq 50); do
+  open=$("$STRATA" stats --json disk.strata |
+    /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["connections_open"])')
+  [ "$open" = 0 ] && break
+  sleep 0.1
+done
+[ "$open" = 0 ] || fail "$open connections still open after their clients went"
+[ "$(since '] error: ')" = 0 ] || fail "closes logged errors: $(tail -n "+$from" server.log)"
+[ "$(since 'client closed the connection without a TLS close_notify')" = 1 ] ||
+  fail "the close in a TLS record is not one line: $(tail -n "+$from" server.log)"
+[ "$(since 'recv failed: Connection reset by peer')" = 1 ] ||
+  fail "the reset in a TLS record is not one line: $(tail -n "+$from" server.log)"
+timeout 30 "$CLOSE" hold "$PORT" "$CA" >hold.out 2>&1 &
+holder=$!
+for _ in $(seq 100); do grep -qs ready hold.out && break; sleep 0.1; done
+grep -q ready hold.out || fail "the holding client did not connect: $(cat hold.out)"
+stop
+wait "$holder" || fail "the holding client failed: $(cat hold.out)"
+[ "$(tail -1 hold.out)" = close_notify ] || fail "on SIGTERM the session ended with $(tail -1 hold.out)"
 
 # --- PSK on the unix socket (nbds+unix) --------------------------------------------------------
 serve --socket ../disk.sock --tls-psk ../psk/keys.psk

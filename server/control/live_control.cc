@@ -403,6 +403,7 @@ absl::Status LiveControl::Stats(json* reply) {
       j["peer"] = c.peer;
       j["export"] = c.negotiated ? json(c.export_name) : json(nullptr);
       j["in_flight"] = c.in_flight;
+      j["waiting_for_budget"] = c.waiting_for_budget;
       j["age_seconds"] = Round3(static_cast<double>(now - c.opened_ns) / 1e9);
       conns.push_back(std::move(j));
     }
@@ -415,6 +416,10 @@ absl::Status LiveControl::Stats(json* reply) {
   (*reply)["connections"] = std::move(conns);
   (*reply)["connections_open"] = (*reply)["connections"].size();
   (*reply)["connections_closed"] = closed;
+  const BufferBudget& budget = server_->budget();
+  (*reply)["buffer_budget"] = {{"pool_bytes", budget.pool()},
+                               {"pool_used_bytes", budget.pool_used()},
+                               {"floor_bytes", budget.floor()}};
 
   const NoSpaceState& ns = server_->no_space();
   json enospc{{"full", ns.full()},

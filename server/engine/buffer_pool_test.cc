@@ -204,6 +204,84 @@ TEST(BufferBudgetTest, ARefusedWaiterIsCalledOnceWhenPoolBytesAreGivenBack) {
   EXPECT_TRUE(budget.TryTake(0, 2 * kMiB, &b));
 }
 
+// A waiter that must not be called once its holder is gone: BudgetFreed after Forget would be
+// a call into freed memory (the holder deletes it right after Forget).
+struct GoneWaiter final : BudgetWaiter {
+  void BudgetFreed() override { ++(forgotten ? calls_after_forget : calls); }
+  bool forgotten = false;
+  std::atomic<int> calls{0};
+  std::atomic<int> calls_after_forget{0};
+};
+
+// A holder refused budget goes away while it waits (its client disconnected): Forget takes it
+// off the wait list, so the Give that follows calls nothing of it, and what the others hold
+// is all the pool still counts.
+TEST(BufferBudgetTest, ForgetWhileWaitingTakesTheWaiterOffTheList) {
+  BufferBudget budget(8 * kMiB, 1 * kMiB);
+  CountingWaiter holder;
+  GoneWaiter waiting;
+  ASSERT_TRUE(budget.TryTake(0, 9 * kMiB, &holder));  // floor + the whole pool
+  ASSERT_FALSE(budget.TryTake(0, 4 * kMiB, &waiting));
+  budget.Forget(&waiting);
+  waiting.forgotten = true;
+  budget.Give(9 * kMiB, 9 * kMiB);
+  EXPECT_EQ(waiting.calls_after_forget, 0);
+  EXPECT_EQ(waiting.calls, 0);
+  EXPECT_EQ(budget.pool_used(), 0u);
+  // Forgetting one that is not waiting (or twice) is harmless.
+  budget.Forget(&waiting);
+  budget.Forget(&holder);
+}
+
+// The forgotten holder gives back what it held after Forget (a connection's teardown: Forget,
+// then its buffers go): the pool drops by exactly that, and the holders still waiting are
+// woken by it.
+TEST(BufferBudgetTest, GiveAfterForgetReturnsTheBytesAndWakesTheOthers) {
+  BufferBudget budget(8 * kMiB, 1 * kMiB);
+  GoneWaiter leaving;
+  CountingWaiter other, next;
+  ASSERT_TRUE(budget.TryTake(0, 5 * kMiB, &leaving));  // 4 MiB of the pool
+  ASSERT_TRUE(budget.TryTake(0, 5 * kMiB, &other));    // the other 4 MiB
+  EXPECT_EQ(budget.pool_used(), 8 * kMiB);
+  ASSERT_FALSE(budget.TryTake(5 * kMiB, 1 * kMiB, &leaving));  // it waits too
+  ASSERT_FALSE(budget.TryTake(0, 2 * kMiB, &next));
+  budget.Forget(&leaving);
+  leaving.forgotten = true;
+  budget.Give(5 * kMiB, 5 * kMiB);
+  EXPECT_EQ(budget.pool_used(), 4 * kMiB);  // what `other` holds
+  EXPECT_EQ(next.calls, 1);
+  EXPECT_EQ(leaving.calls_after_forget, 0);
+  EXPECT_TRUE(budget.TryTake(0, 2 * kMiB, &next));
+  EXPECT_EQ(budget.pool_used(), 5 * kMiB);
+}
+
+// Of several waiters one is forgotten: every other one is still woken by the next Give, once,
+// and a forgotten waiter that is refused again waits again.
+TEST(BufferBudgetTest, SeveralWaitersOneForgottenTheRestAreWoken) {
+  BufferBudget budget(4 * kMiB, 0);
+  CountingWaiter holder, a, c;
+  GoneWaiter b;
+  ASSERT_TRUE(budget.TryTake(0, 4 * kMiB, &holder));
+  for (BudgetWaiter* w : std::vector<BudgetWaiter*>{&a, &b, &c}) {
+    ASSERT_FALSE(budget.TryTake(0, 1 * kMiB, w));
+  }
+  budget.Forget(&b);
+  b.forgotten = true;
+  budget.Give(4 * kMiB, 1 * kMiB);
+  EXPECT_EQ(a.calls, 1);
+  EXPECT_EQ(c.calls, 1);
+  EXPECT_EQ(b.calls_after_forget, 0);
+  EXPECT_EQ(b.calls, 0);
+  b.forgotten = false;  // back (a new holder at the same address)
+  ASSERT_TRUE(budget.TryTake(0, 1 * kMiB, &a));
+  ASSERT_FALSE(budget.TryTake(0, 1 * kMiB, &b));
+  budget.Give(1 * kMiB, 1 * kMiB);
+  EXPECT_EQ(b.calls, 1);
+  EXPECT_EQ(a.calls, 1);  // not refused again: not called again
+  budget.Give(3 * kMiB, 3 * kMiB);
+  EXPECT_EQ(budget.pool_used(), 0u);
+}
+
 // Take never refuses (an admitted request's buffer growing must not wait), even past the pool.
 TEST(BufferBudgetTest, TakeGoesPastThePool) {
   BufferBudget budget(1 * kMiB, 0);

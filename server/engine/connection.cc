@@ -79,6 +79,7 @@ ConnectionStats Connection::Stats() const {
   st.negotiated = session_.export_ != nullptr;
   if (st.negotiated) st.export_name = session_.export_->name;
   st.in_flight = inflight_;
+  st.waiting_for_budget = budget_wait_;
   st.opened_ns = opened_ns_;
   st.io = io_;
   return st;
@@ -163,9 +164,11 @@ void Connection::ArmRecv() {
     absl::StatusOr<size_t> n = tls_->Read(target, len);
     FlushSends();  // handshake messages and alerts
     if (!n.ok()) {
-      // A client's close_notify (kUnavailable) is a close like any other, not an error.
+      // A client's close_notify (kUnavailable) is a close like any other, not an error; after
+      // a failed handshake or a bad record the session can send nothing more.
       if (!absl::IsUnavailable(n.status())) {
-        STRATA_LOG(kError, "conn %d: %s", id_, n.status().message());
+        close_notify_done_ = true;
+        STRATA_LOG_LIMITED(kError, "conn %d: %s", id_, n.status().message());
       }
       BeginDrain(std::string(n.status().message()));
       return;
@@ -203,8 +206,11 @@ void Connection::OnRecv(int res) {
     return;
   }
   if (res == 0) {
-    BeginDrain(payload_req_ != nullptr ? "client closed the connection in a WRITE payload"
-                                       : "client closed the connection");
+    // Without a close_notify a TLS client may have been cut off in the middle of a record.
+    const char* why = payload_req_ != nullptr ? "client closed the connection in a WRITE payload"
+                      : TlsActive() ? "client closed the connection without a TLS close_notify"
+                                    : "client closed the connection";
+    BeginDrain(why);
     return;
   }
   if (tls_ != nullptr) {
@@ -384,6 +390,7 @@ void Connection::Shutdown() {
 void Connection::Abort(std::string why) {
   if (state_ == State::kClosed) return;
   ::shutdown(fd_, SHUT_RDWR);
+  close_notify_done_ = true;  // nothing can be sent any more
   BeginDrain(std::move(why));
 }
 
@@ -526,6 +533,8 @@ void Connection::FlushTls() {
     // The records hold copies: the replies are done with.
     for (Request* r : AdvanceSendQueue(bytes)) Release(r);
   }
+  // Releasing a draining connection's last reply queued the close_notify and sent the output.
+  if (send_in_flight_) return;
   absl::string_view out = tls_->NextOutput();
   if (out.empty()) return;
   io_uring_sqe* sqe = worker_->GetSqe();
@@ -649,6 +658,7 @@ void Connection::ReleasePayload() {
 
 void Connection::MaybeClose() {
   if (state_ != State::kDraining || inflight_ > 0 || send_in_flight_ || recv_in_flight_) return;
+  if (SendCloseNotify()) return;
   // Records of replies already released (an alert, a last reply) still go out first.
   if (TlsActive() && tls_->HasOutput() && !send_failed_) return;
   state_ = State::kClosed;
@@ -660,6 +670,21 @@ void Connection::MaybeClose() {
                      session_.export_ ? "" : " (not negotiated)", io_.total_requests(),
                      io_.errors, io_.bytes_read, io_.bytes_written);
   worker_->ConnectionClosed(this, io_);
+}
+
+// A TLS session ends with the server's close_notify once every reply is out (NBD_CMD_DISC,
+// the server stopping, the client's own close_notify), so the client reads a clean end of the
+// session and not a truncation (qemu-nbd and nbdkit do the same). gnutls_bye(SHUT_WR) only
+// queues the alert: it goes out through the ring's send like any record, never blocking.
+bool Connection::SendCloseNotify() {
+  if (!TlsActive() || !tls_->handshake_done() || close_notify_done_ || send_failed_) return false;
+  close_notify_done_ = true;
+  if (absl::Status st = tls_->Close(); !st.ok()) {
+    STRATA_LOG_LIMITED(kError, "conn %d: %s", id_, st.message());
+    return false;
+  }
+  FlushSends();
+  return send_in_flight_;
 }
 
 }  // namespace strata

@@ -154,6 +154,8 @@ class Connection {
   // Frees a WRITE whose payload was still being received (the connection is draining).
   void ReleasePayload();
   void MaybeClose();
+  // Queues the server's TLS close_notify and sends it; false when there is none to send.
+  bool SendCloseNotify();
 
   Worker* worker_;
   const int fd_;
@@ -189,6 +191,8 @@ class Connection {
   // TLS, after NBD_OPT_STARTTLS; starttls_pending_ until the plaintext ack is sent.
   std::unique_ptr<TlsSession> tls_;
   bool starttls_pending_ = false;
+  // The close_notify is queued, or must not be: the session failed, or the socket was shut down.
+  bool close_notify_done_ = false;
 
   int inflight_ = 0;  // requests (and raw sends) not yet released
 

@@ -480,6 +480,66 @@ class EioStorage : public FakeStorage {
   const int fd_ = open("/proc/self/mem", O_RDONLY | O_CLOEXEC);
 };
 
+// A disk whose Zero finds no space while `full` is set. Chain::Zero allocates nothing (zero
+// marks; the unaligned edges go the write path, which waits in kReplenishing), but a Storage
+// may: under --on-full=pause its ENOSPC must wait as a write's does (42bec97), not fail.
+class FullZeroStorage : public FakeStorage {
+ public:
+  FullZeroStorage() : FakeStorage(1 << 20) {}
+  absl::Status Zero(uint64_t, uint64_t, bool,
+                    std::vector<std::pair<uint64_t, uint64_t>>*) override {
+    ++calls;
+    if (full) return absl::ResourceExhaustedError("zero: No space left on device");
+    return absl::OkStatus();
+  }
+  std::atomic<bool> full{true};
+  std::atomic<int> calls{0};
+};
+
+TEST(EngineFullVolumeTest, AWriteZeroesWithoutSpaceWaitsUnderPauseThenCompletes) {
+  FullZeroStorage storage;
+  ExportTable exports;
+  exports.Add(NewExport("", &storage));
+  ServerOptions options;
+  options.full_volume.mode = FullVolumePolicy::Mode::kPause;
+  options.full_volume.max_wait_ns = 30'000'000'000;  // bounds the test if space never came
+  Server server(&exports, options);
+  if (!server.Start().ok()) GTEST_SKIP() << "io_uring unavailable";
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  server.AddConnection(sv[0], "socketpair");
+  nbd_handle* h = nbd_create();
+  ASSERT_EQ(nbd_connect_socket(h, sv[1]), 0) << nbd_get_error();
+  for (uint32_t flags : {0u, static_cast<uint32_t>(LIBNBD_CMD_FLAG_NO_HOLE)}) {
+    storage.full = true;
+    const int calls_before = storage.calls;
+    std::atomic<int> result{1}, err{0};  // 1: not answered yet
+    std::thread client([&] {
+      const int rc = nbd_zero(h, 65536, 0, flags);
+      err = nbd_get_errno();
+      result = rc;
+    });
+    for (int i = 0; i < 250 && server.no_space().waiting() == 0 && result == 1; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    const bool waited = server.no_space().waiting() == 1;
+    EXPECT_TRUE(waited) << "flags " << flags << ": not waiting for space; reply " << result
+                        << " errno " << err;
+    if (waited) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+      EXPECT_EQ(result.load(), 1) << "answered while the volume was full";
+      EXPECT_GE(storage.calls - calls_before, 2) << "not retried while waiting";
+      storage.full = false;  // space returns: the next retry (once a second) succeeds
+    }
+    client.join();
+    EXPECT_EQ(result.load(), 0) << "flags " << flags << ": errno " << err;
+    EXPECT_EQ(server.no_space().waiting(), 0);
+  }
+  nbd_shutdown(h, 0);
+  nbd_close(h);
+  server.Shutdown();
+}
+
 // The ring-thread contract (storage.h): no fallocate on a ring thread, and a write that finds
 // no ready slot waits for ReplenishSlots on the blocking pool, not on its ring. Here the volume
 // stalls every allocation off the ring (a gate) until reads on every worker have been served:

@@ -66,6 +66,8 @@ struct ConnectionStats {
   std::string export_name;
   bool negotiated = false;  // past the handshake
   int64_t in_flight = 0;    // requests parsed and not yet replied
+  // The next request's buffer was refused (BufferBudget): not reading until budget is freed.
+  bool waiting_for_budget = false;
   int64_t opened_ns = 0;    // CLOCK_MONOTONIC
   IoCounters io;
 };

@@ -269,6 +269,13 @@ absl::Status TlsSession::Write(const iovec* iov, size_t count) {
   return absl::OkStatus();
 }
 
+absl::Status TlsSession::Close() {
+  // Push never fails, so the alert is in the output when bye returns: it never waits.
+  int rc = gnutls_bye(session_, GNUTLS_SHUT_WR);
+  if (rc < 0) return GnutlsError(rc, "TLS close");
+  return absl::OkStatus();
+}
+
 absl::string_view TlsSession::NextOutput() {
   if (sent_ == sending_.size()) {
     sending_.clear();

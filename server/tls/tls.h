@@ -89,6 +89,10 @@ class TlsSession {
   absl::StatusOr<size_t> Read(char* buf, size_t len);
   // Encrypts every byte of `iov` into the output. REQUIRES: handshake_done().
   absl::Status Write(const iovec* iov, size_t count);
+  // Queues a close_notify alert in the output (gnutls_bye(GNUTLS_SHUT_WR): no wait for the
+  // client's), so the client reads a clean end of the session rather than a truncation.
+  // REQUIRES: handshake_done(), and no fatal error from Read or Write.
+  absl::Status Close();
 
   // Ciphertext for the socket: the bytes a send should take next (empty when none); the
   // view stays valid until Sent consumes it all.

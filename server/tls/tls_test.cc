@@ -140,6 +140,18 @@ class Client {
     while ((n = gnutls_record_recv(session_, buf, sizeof(buf))) > 0) got.append(buf, n);
     return got;
   }
+  // What the client's next record read returns once the server's output is in: 0 is a
+  // close_notify, GNUTLS_E_AGAIN nothing (yet).
+  ssize_t ReadEnd(TlsSession* server) {
+    TakeOutput(server);
+    char buf[4096];
+    return gnutls_record_recv(session_, buf, sizeof(buf));
+  }
+  // The client's own close_notify, to the server.
+  void Bye(TlsSession* server) {
+    ASSERT_EQ(gnutls_bye(session_, GNUTLS_SHUT_WR), 0);
+    Deliver(server);
+  }
   const std::string& client_error() const { return client_error_; }
 
  private:
@@ -225,7 +237,19 @@ class TlsTest : public ::testing::Test {
     EXPECT_EQ(client->Receive(server), a + b);
   }
 
+  // An established X.509 session in credentials_, server_ and client_.
+  void ConnectX509() {
+    credentials_ = X509();
+    server_ = Server(credentials_.get());
+    client_ = std::make_unique<Client>(Pki::Get().dir + "/ca-cert.pem");
+    std::string error;
+    ASSERT_TRUE(client_->Connect(server_.get(), &error)) << error << client_->client_error();
+  }
+
   const std::string key_ = "00112233445566778899aabbccddeeff";
+  std::unique_ptr<TlsCredentials> credentials_;
+  std::unique_ptr<TlsSession> server_;
+  std::unique_ptr<Client> client_;
 };
 
 TEST_F(TlsTest, X509HandshakeThenDataBothWays) {
@@ -236,6 +260,28 @@ TEST_F(TlsTest, X509HandshakeThenDataBothWays) {
   ASSERT_TRUE(client.Connect(server.get(), &error)) << error << client.client_error();
   EXPECT_NE(server->Description().find("TLS1."), std::string::npos) << server->Description();
   ExpectDataFlows(&client, server.get());
+}
+
+// The server's close (NBD_CMD_DISC, shutdown): Close queues a close_notify in the output,
+// which the client reads as a clean end of the session (0), not a truncation.
+TEST_F(TlsTest, CloseSendsACloseNotifyTheClientReadsAsACleanEnd) {
+  ASSERT_NO_FATAL_FAILURE(ConnectX509());
+  EXPECT_EQ(client_->ReadEnd(server_.get()), GNUTLS_E_AGAIN);  // nothing before Close
+  ASSERT_TRUE(server_->Close().ok());
+  EXPECT_TRUE(server_->HasOutput());
+  EXPECT_EQ(client_->ReadEnd(server_.get()), 0);
+}
+
+// The client's close_notify ends the session on the server as a close (kUnavailable, which
+// the connection does not log as an error), and the server's own close_notify still goes out.
+TEST_F(TlsTest, ClientCloseNotifyIsACloseAndIsAnswered) {
+  ASSERT_NO_FATAL_FAILURE(ConnectX509());
+  client_->Bye(server_.get());
+  char buf[64];
+  absl::StatusOr<size_t> n = server_->Read(buf, sizeof(buf));
+  EXPECT_TRUE(absl::IsUnavailable(n.status())) << n.status();
+  ASSERT_TRUE(server_->Close().ok());
+  EXPECT_EQ(client_->ReadEnd(server_.get()), 0);
 }
 
 TEST_F(TlsTest, ClientTrustingAnotherCaRefusesTheServer) {

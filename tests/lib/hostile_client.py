@@ -32,6 +32,13 @@ Memory (hostile_memory.sh):
   hostile_client.py stall SOCK MAX_S
       One connection sends a 1 MiB WRITE with 4 KiB of its payload, then stops: prints how
       many seconds passed until the server closed it.
+  hostile_client.py budget-wait SOCK URI STRATA DISK
+      Against a server with --max-buffer-memory 64M: two connections stall in 32 MiB WRITE
+      payloads (the pool is used up), two more send a 32 MiB WRITE header and wait for budget
+      (`strata stats` shows them waiting_for_budget); the first waiter disconnects, then one
+      stalled writer does. The other waiter must get its WRITE through, then a libnbd client
+      an 8 MiB write and read each within 1 s; once all are gone, `stats` must show no
+      connection and pool_used_bytes 0. Prints what it saw, one line a step.
   hostile_client.py good URI TAG SECONDS LOG
       libnbd: for SECONDS, 128 KiB writes of data naming TAG and their offset in
       [40 MiB, 64 MiB), each read back at once; appends "TAG OFFSET" per acknowledged write to
@@ -277,6 +284,85 @@ def stall(path, max_s):
     seconds_until_closed(s, max_s)
 
 
+def stall_writes(path, n):
+    """n connections, each in a 32 MiB WRITE payload that lacks its last byte."""
+    conns = negotiate_all(path, n)
+    for i, s in enumerate(conns):
+        s.settimeout(30)
+        s.sendall(header(NBD_CMD_WRITE, i, 0, MAX_PAYLOAD) + b"\xa5" * (MAX_PAYLOAD - 1))
+    return conns
+
+
+def budget_wait(path, uri, strata, disk):
+    import json
+    import subprocess
+    import nbd
+
+    def stats():
+        out = subprocess.run([strata, "stats", "--json", disk], check=True, timeout=30,
+                             capture_output=True, text=True).stdout
+        return json.loads(out)
+
+    def until(what, pred, seconds=10):
+        end = time.monotonic() + seconds
+        while True:
+            r = stats()
+            if pred(r):
+                return r
+            if time.monotonic() > end:
+                die(f"{what} not seen within {seconds} s: {json.dumps(r)}")
+            time.sleep(0.1)
+
+    def waiting(r):
+        return sum(c.get("waiting_for_budget", False) for c in r["connections"])
+
+    stalled = stall_writes(path, 2)
+    pool = stats()["buffer_budget"]["pool_bytes"]
+    until("the pool used up", lambda r: r["buffer_budget"]["pool_used_bytes"] > pool - MiB)
+    gone, _ = negotiate(path)
+    gone.sendall(header(NBD_CMD_WRITE, 10, 0, MAX_PAYLOAD))
+    until("one connection waiting for budget", lambda r: waiting(r) == 1)
+    live, _ = negotiate(path)
+    live.settimeout(30)
+    live.sendall(header(NBD_CMD_WRITE, 11, MAX_PAYLOAD, MAX_PAYLOAD))
+    r = until("two connections waiting for budget", lambda r: waiting(r) == 2)
+    print(f"waiting {waiting(r)} pool_used {r['buffer_budget']['pool_used_bytes']}", flush=True)
+    sender = threading.Thread(target=live.sendall, args=(b"\x5a" * MAX_PAYLOAD,))
+    sender.start()
+    gone.close()
+    t0 = time.monotonic()
+    stalled.pop().close()
+    try:
+        reply = recv_exactly(live, 16)
+    except socket.timeout:
+        die("the waiting WRITE was not served within 30 s of a stalled writer leaving")
+    magic, error, handle = struct.unpack(">IIQ", reply)
+    if magic != SIMPLE_REPLY_MAGIC or error != 0 or handle != 11:
+        die(f"the waiting WRITE got magic {magic:#x} error {error} handle {handle}")
+    sender.join()
+    print(f"waiter served {time.monotonic() - t0:.2f} s after a stalled writer left", flush=True)
+    h = nbd.NBD()
+    h.connect_uri(uri)
+    data = b"\x3c" * (8 * MiB)
+    t0 = time.monotonic()
+    h.pwrite(data, 0)
+    t1 = time.monotonic()
+    if h.pread(len(data), 0) != data:
+        die("the good client's 8 MiB read back differs")
+    t2 = time.monotonic()
+    print(f"good client: 8 MiB write {(t1 - t0) * 1000:.0f} ms, read {(t2 - t1) * 1000:.0f} ms",
+          flush=True)
+    if max(t1 - t0, t2 - t1) >= 1:
+        die("a good-client request took 1 s or more")
+    h.shutdown()
+    for s in stalled + [live]:
+        s.close()
+    r = until("every connection closed and the pool back to 0",
+              lambda r: r["connections_open"] == 0 and r["buffer_budget"]["pool_used_bytes"] == 0)
+    print(f"closed: connections_open {r['connections_open']} "
+          f"pool_used {r['buffer_budget']['pool_used_bytes']}", flush=True)
+
+
 def good_block(tag, offset):
     line = f"{tag} {offset} ".encode()
     return (line * (GOOD_LEN // len(line) + 1))[:GOOD_LEN]
@@ -336,6 +422,7 @@ MODES = {
     "idle": lambda a: idle(a[0], int(a[1]), float(a[2])),
     "handshake": lambda a: handshake(a[0], float(a[1])),
     "stall": lambda a: stall(a[0], float(a[1])),
+    "budget-wait": lambda a: budget_wait(a[0], a[1], a[2], a[3]),
     "good": lambda a: good(a[0], a[1], float(a[2]), a[3]),
     "verify": lambda a: verify(a[0], a[1]),
 }
