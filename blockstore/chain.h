@@ -36,6 +36,7 @@
 #include "blockstore/mutex.h"
 #include "absl/types/span.h"
 #include "blockstore/format.h"
+#include "blockstore/remote_base.h"
 
 namespace strata {
 
@@ -44,12 +45,14 @@ class FlatView;
 class RawBase;
 
 // A run of the virtual disk and where its bytes live.
+// kRemote: the remote base's bytes (remote_base.h), read through Chain::remote_base(), not a
+// descriptor; file_offset is then the offset in the export (= the virtual offset).
 struct Segment {
-  enum class Kind : uint8_t { kData, kZero };
+  enum class Kind : uint8_t { kData, kZero, kRemote };
   Kind kind = Kind::kZero;
   uint64_t length = 0;
   int fd = -1;               // kData only
-  uint64_t file_offset = 0;  // kData only
+  uint64_t file_offset = 0;  // kData and kRemote
   // The chain position answering it, as in Extent::layer (0 = the raw base, -1 = nobody), for
   // messages: Chain::DescribeLayer(layer) names its file. kData runs coalesce only within one
   // file; kZero runs also across layers, and then name the layer of their first sub-block.
@@ -116,7 +119,9 @@ struct Extent {
 struct LayerInfo {
   int position = 0;          // as in Extent::layer
   std::string path;
-  bool is_raw_base = false;
+  bool is_raw_base = false;      // position 0: the base (a raw file, or an NBD export)
+  bool is_remote_base = false;   // the base is an NBD export; path is its URI
+  RemoteBaseState remote;        // is_remote_base only
   LayerHeader header;        // for strata layers
   uint64_t allocated_bytes = 0;  // bytes of data slots referenced by the index
   uint64_t file_bytes = 0;       // bytes the file occupies on the host (st_blocks)
@@ -148,6 +153,8 @@ struct ChainOptions {
   std::string top_file;
   // Directories trusted to hold parents besides top_path's own tree (parent_place.h).
   std::vector<std::string> allowed_parent_dirs;
+  // Connects to a parent of format nbd; without it such a chain does not open.
+  RemoteBaseOpener open_remote_base;
 };
 
 struct CreateOptions {
@@ -160,6 +167,7 @@ struct CreateOptions {
   // Layers stacked on it later take the same. Small journals checkpoint often (tests).
   uint64_t journal_size = kDefaultJournalSize;
   Env* env = nullptr;
+  RemoteBaseOpener open_remote_base;  // a parent of format nbd: `parent` is its URI
 };
 // Creates an empty active layer at `layer_path` (like `qemu-img create -b PARENT -F FMT`). A
 // strata parent must be frozen. The parent is recorded by name when it shares the layer's
@@ -171,6 +179,7 @@ struct RebaseOptions {
   std::string parent;  // the new path; relative: to the layer's directory (as qemu-img)
   ParentFormat parent_format = ParentFormat::kNone;  // kNone: the one the header records
   Env* env = nullptr;
+  RemoteBaseOpener open_remote_base;  // an nbd parent: `parent` is its new URI
 };
 // `strata rebase -u`: points the layer at `layer_path` (active or frozen) to its parent's new
 // path after the files moved, data untouched (like `qemu-img rebase -u`). Checked: the new
@@ -206,6 +215,8 @@ class Chain {
   const ChainOptions& options() const { return options_; }
   Env* env() const { return env_; }  // options().env, or the real file system
   const std::string& top_path() const { return top_path_; }
+  // The remote base (a parent of format nbd), or null: kRemote segments are read through it.
+  RemoteBase* remote_base() const { return remote_.get(); }
   // Metadata only. The file the chain was opened from (ChainOptions::top_file) is now at
   // top_path(): messages and the layer list name it there. REQUIRES: no other thread uses the
   // chain yet.
@@ -406,6 +417,7 @@ class Chain {
   const FreezingLayer* freezing_view_ ABSL_GUARDED_BY(mu_) = nullptr;  // freezing_, for Layers()
   mutable Mutex mu_;
   std::unique_ptr<RawBase> base_;                   // may be null
+  std::unique_ptr<RemoteBase> remote_;              // instead of base_; may be null
   std::vector<std::unique_ptr<Layer>> frozen_ ABSL_GUARDED_BY(mu_);  // positions 1..N-1
   std::unique_ptr<Layer> active_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<FlatView> view_ ABSL_GUARDED_BY(mu_);

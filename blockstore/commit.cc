@@ -628,8 +628,12 @@ absl::StatusOr<CommitResult> CommitIntoBaseRecovered(Env* env, const std::string
   if (child->parent_format != ParentFormat::kRaw) {
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot commit ", layer_path, " into a raw base: its parent is ",
-        Name(child->parent_format), " (only the lowest layer of a chain on a raw base can; "
-        "`strata commit` without --into-base merges into a strata parent)"));
+        Name(child->parent_format),
+        child->parent_format == ParentFormat::kNbd
+            ? " (an NBD base is never written: a golden image shared by many; `strata convert` "
+              "flattens the chain into a local file)"
+            : " (only the lowest layer of a chain on a raw base can; `strata commit` without "
+              "--into-base merges into a strata parent)"));
   }
   const bool active = child->state == LayerState::kActive;
   if (drop && !active) {

@@ -106,7 +106,10 @@ Serves the chain whose top layer is LAYER over NBD.
                          when it exits and return its status
   --allow-parent-dir DIR trust parents under DIR (repeatable; STRATA_ALLOW_PARENT_DIR holds
                          more, colon-separated): a parent outside LAYER's directory tree
-                         (after symbolic links) is refused otherwise
+                         (after symbolic links) is refused otherwise; an NBD base over TCP is
+                         trusted by its URI or a prefix of it (--allow-parent-dir nbd://golden/)
+  --allow-writable-base  accept an NBD base that its server lets clients write (a base that
+                         changes corrupts the layers on it)
 
 Under systemd (scripts/strata@.socket and strata@.service, with --foreground): sockets passed
 by socket activation (LISTEN_PID, LISTEN_FDS) are served instead of --socket and --listen
@@ -291,7 +294,8 @@ constexpr ValuedOption kValuedOptions[] = {
 const ArgSpec& ServeSpec() {
   static const ArgSpec* const spec = [] {
     auto* s = new ArgSpec{.flags = {"--help", "--read-only", "--foreground", "--no-control",
-                                    "--tls-verify-peer", "--insecure-listen"},
+                                    "--tls-verify-peer", "--insecure-listen",
+                                    "--allow-writable-base"},
                           .aliases = {{"-h", "--help"}},
                           .repeated = {"--allow-parent-dir"}};
     for (const ValuedOption& option : kValuedOptions) s->valued.insert(option.name);
@@ -384,6 +388,7 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& w
   o.foreground = args->Has("--foreground");
   o.no_control = args->Has("--no-control");
   o.allowed_parent_dirs = AllowedParentDirs(*args);
+  InstallRemoteBaseOpener(*args);
   o.tls_verify_peer = args->Has("--tls-verify-peer");
   o.insecure_listen = args->Has("--insecure-listen");
   for (const ValuedOption& option : kValuedOptions) {

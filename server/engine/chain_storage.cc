@@ -13,8 +13,15 @@ ChainStorage::ChainStorage(std::unique_ptr<Chain> chain)
 
 std::string ChainStorage::Describe() const {
   const int above = top_position();
-  return absl::StrFormat("strata chain %s (%d layer%s above the base)", top_path_, above,
-                         above == 1 ? "" : "s");
+  std::string text = absl::StrFormat("strata chain %s (%d layer%s above the base)", top_path_,
+                                     above, above == 1 ? "" : "s");
+  // A frozen top never changes: a strata on this export as its NBD base records this UUID and
+  // checks it on every connection (server/remote/nbd_base.h reads the tag).
+  const LayerInfo top = chain_->Layers().back();
+  if (!top.is_raw_base && top.header.state == LayerState::kFrozen) {
+    absl::StrAppend(&text, ", frozen layer ", UuidToString(top.header.uuid));
+  }
+  return text;
 }
 
 std::string ChainStorage::DescribeLayer(int position) const {

@@ -49,6 +49,7 @@ class ChainStorage final : public Storage {
   absl::Status Trim(uint64_t offset, uint64_t length) override;
   absl::Status Flush() override;
   absl::Status Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const override;
+  RemoteBase* remote_base() const override { return chain_->remote_base(); }
 
   // The chain, never null; another one after a revert. REQUIRES for any use that changes it:
   // the server is paused (Server::RunPaused).

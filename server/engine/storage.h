@@ -67,6 +67,9 @@ class Storage {
                                std::vector<Extent>* out) const = 0;
   // Hint that [offset, offset + length) will be read soon (NBD_CMD_CACHE). May block.
   virtual absl::Status Cache(uint64_t offset, uint64_t length);
+  // The remote base that kRemote segments are read through (blockstore/remote_base.h), or
+  // null when the disk has none.
+  virtual RemoteBase* remote_base() const { return nullptr; }
 
   // Flush() with group commit, for concurrent callers (blocking-pool threads): a caller waits for
   // a flush that *starts* after it arrived, and one Flush() serves every caller that arrived
