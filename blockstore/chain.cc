@@ -1274,6 +1274,72 @@ absl::StatusOr<CopyUpResult> Chain::CopyUp(uint64_t cluster, const ClusterEntry&
   return result;
 }
 
+absl::StatusOr<CopyUpResult> Chain::CopyUpFromBase(uint64_t offset, absl::string_view data) {
+  if (auto s = CheckWritable(); !s.ok()) return s;
+  const uint64_t cluster = offset / cluster_size_;
+  const uint32_t first_sb = static_cast<uint32_t>(offset % cluster_size_ / sub_block_size_);
+  const uint32_t count = static_cast<uint32_t>(data.size() / sub_block_size_);
+  if (offset % sub_block_size_ != 0 || data.size() % sub_block_size_ != 0 || count == 0 ||
+      first_sb + count > cluster_size_ / sub_block_size_) {
+    return absl::InvalidArgumentError(absl::StrCat("copy-on-read of ", data.size(), " bytes @ ",
+                                                   offset, ": not whole sub-blocks of a cluster"));
+  }
+  Layer* target;
+  uint32_t wanted = 0, slot;
+  CopyUpResult result;
+  {
+    MutexLock lock(&mu_);
+    if (!failure_.ok()) return failure_;
+    ClusterEntry a = active_->Get(cluster);
+    for (uint32_t sb = first_sb; sb < first_sb + count; ++sb) {
+      const uint32_t bit = 1u << sb;
+      if ((a.present | a.zero) & bit) continue;
+      if (SegmentFor(cluster, sb, cluster * cluster_size_ + uint64_t{sb} * sub_block_size_,
+                     sub_block_size_).kind == Segment::Kind::kRemote) {
+        wanted |= bit;
+      }
+    }
+    if (wanted == 0) return result;
+    // As CopyUp: a write in flight there would land before or after the copy, and either
+    // order could put the older data over the newer.
+    if (WriteInFlightIn(cluster, cluster + 1)) {
+      return RetryableError(kWriteConflict,
+                            absl::StrCat("cluster ", cluster, ": a write is in flight"));
+    }
+    if (a.slot == 0) {
+      ReleaseQuarantinedLocked();
+      std::optional<uint32_t> taken = active_->slots()->Take();
+      if (!taken.has_value()) {
+        return RetryableError(kNeedsSlots, absl::StrCat("cluster ", cluster, ": layer ",
+                                                        active_->path(), " has no ready slot"));
+      }
+      a.slot = *taken;
+      active_->SetEntry(cluster, a);
+    }
+    copyups_.push_back(cluster);
+    result.replenish = active_->slots()->wants_refill();
+    target = active_.get();
+    slot = a.slot;
+  }
+  absl::Status s;
+  for (uint32_t sb = first_sb; s.ok() && sb < first_sb + count; ++sb) {
+    if (!(wanted & (1u << sb))) continue;
+    s = target->file()->Write(target->DataOffset(slot, sb),
+                              data.substr(uint64_t{sb - first_sb} * sub_block_size_,
+                                          sub_block_size_));
+  }
+  MutexLock lock(&mu_);
+  copyups_.erase(std::find(copyups_.begin(), copyups_.end(), cluster));
+  if (!s.ok()) return s;
+  if (target != active_.get()) return result;  // a snapshot froze it meanwhile: not copied
+  ClusterEntry a = target->Get(cluster);
+  const uint32_t landed = wanted & ~(a.present | a.zero);
+  a.present |= landed;
+  target->SetEntry(cluster, a);
+  result.bytes = uint64_t{static_cast<uint32_t>(__builtin_popcount(landed))} * sub_block_size_;
+  return result;
+}
+
 absl::Status Chain::CommitStream(const Uuid& from_uuid, const ParentRef& link) {
   if (auto s = CheckWritable(); !s.ok()) return s;
   MutexLock snapshot_lock(&snapshot_mu_);

@@ -324,6 +324,15 @@ class Chain {
   // froze the layer: the stream continues into it as a frozen layer).
   absl::StatusOr<CopyUpResult> CopyUp(uint64_t cluster, const ClusterEntry& entry,
                                       const Layer& from);
+  // Blocks (one write). Copy-on-read (`strata serve --copy-on-read`, as QEMU's): `data` was
+  // read from the remote base at `offset` (sub-block aligned, whole sub-blocks, within one
+  // cluster); the sub-blocks of it that the chain still reads from the base are written into
+  // the active layer, so that later reads stop depending on the base. Sub-blocks any layer
+  // has, or a write in flight is about to have, stay as they are: IsWriteConflict() when a
+  // write is in flight on the cluster (the caller drops the copy: it is an optimization);
+  // NeedsSlots() as PrepareWrite. Not durable until the next flush, and needs none: the base
+  // still holds the same bytes.
+  absl::StatusOr<CopyUpResult> CopyUpFromBase(uint64_t offset, absl::string_view data);
   // Blocks. The commit point of a stream into the active layer: flushes (every copy made
   // durable), rewrites the active layer's header to link to `link` (the parent of
   // `from_uuid`), then drops `from_uuid` from the chain (DropFrozenLayer). kAborted as CopyUp.

@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "blockstore/file.h"
 #include "blockstore/parent_place.h"
@@ -32,6 +33,10 @@ void InstallRemoteBaseOpener(const Args& args) {
   NbdBaseOptions options;
   options.allow_writable =
       args.Has(kAllowWritableBase) || (env != nullptr && std::string(env) == "1");
+  if (int seconds; args.Has("--base-timeout") &&
+                   absl::SimpleAtoi(args.Get("--base-timeout"), &seconds) && seconds > 0) {
+    options.read_timeout = absl::Seconds(seconds);
+  }
   SetDefaultRemoteBaseOpener(NbdBaseOpener(options));
 }
 

@@ -113,6 +113,7 @@ void DiskIo::Advance() {
       return Begin();
     case Step::kReading:
       read_pin_.Release();  // the preads are done: trimmed slots may be reused
+      if (ok) CopyOnRead();
       return Finish();
     case Step::kZeroing:
       // Zero marks need journal space as a write needs slots: a zero waits like a write.
@@ -208,6 +209,7 @@ void DiskIo::BeginRead() {
   const uint64_t end = std::min(AlignUp(off + len, a), storage->size());
   // The connection took the buffer when it admitted the request (Connection::TakeBuffer).
   FitBuffer(start, AlignUp(off + len, kDirectIoAlignment), 0, 0);
+  read_start_ = start;
   absl::Status st = storage->MapRead(start, end - start, &segments_, &read_pin_);
   if (!st.ok()) return Fail(std::move(st));
   // Holes go out as OFFSET_HOLE chunks when the client reads structured replies and did not
@@ -223,6 +225,22 @@ void DiskIo::BeginRead() {
         absl::StrFormat("%s: MapRead covered only up to %#x", DescribeRequest(r_->h), pos)));
   }
   SubmitPieces(Step::kReading);
+}
+
+// --copy-on-read: what this read took from the remote base is written into the active layer,
+// on the blocking pool, from a copy (the buffer goes with the reply).
+void DiskIo::CopyOnRead() {
+  Storage* storage = ctx_->storage;
+  if (storage->remote_base() == nullptr) return;
+  uint64_t pos = read_start_;
+  for (const Segment& seg : segments_) {
+    const uint64_t at = pos;
+    pos += seg.length;
+    if (seg.kind != Segment::Kind::kRemote || !storage->AdmitCopyOnRead(seg.length)) continue;
+    ctx_->worker->RunDetached([storage, at, data = std::string(r_->buf.At(at), seg.length)]() mutable {
+      storage->CopyUpFromBase(at, std::move(data));
+    });
+  }
 }
 
 // `seg` covers [pos, pos + seg.length) of the aligned range: a pread, zeros or a hole run.

@@ -178,6 +178,7 @@ class DiskIo {
   // READ
   void BeginRead();
   void AddReadSegment(const Segment& seg, uint64_t pos, bool holes);
+  void CopyOnRead();
   // WRITE, WRITE_ZEROES
   void BeginZero();
   void NextRange();
@@ -207,7 +208,8 @@ class DiskIo {
   int pending_ = 0;
 
   // READ
-  std::vector<Segment> segments_;
+  std::vector<Segment> segments_;  // from read_start_
+  uint64_t read_start_ = 0;
   ReadPin read_pin_;  // keeps segments_' slots from reuse until the preads completed
   std::vector<ReadRun> runs_;
 

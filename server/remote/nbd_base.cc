@@ -223,8 +223,7 @@ struct NbdBase::Read {
   uint64_t read_length = 0;
   std::vector<char> bounce;   // the aligned read, when it is not the caller's range
   std::function<void(absl::Status)> done;
-  absl::Time queued;
-  absl::Time sent;
+  absl::Time deadline;         // answered by then (over every connection it is sent on), or failed
 };
 
 struct NbdBase::Conn {
@@ -350,7 +349,7 @@ void NbdBase::ReadAsync(uint64_t offset, absl::Span<char> out,
     }
     r->done = joined ? [joined](absl::Status s) { joined->PieceDone(std::move(s)); }
                      : std::move(done);
-    r->queued = now;
+    r->deadline = now + options_.read_timeout;
     reads.push_back(std::move(r));
   }
   {
@@ -411,28 +410,41 @@ void NbdBase::Finish(uint64_t id, int error) {
   // Not found: its connection was dropped, and the read already failed.
 }
 
-void NbdBase::Send(Conn* c, std::unique_ptr<Read> read) {
-  read->id = next_id_++;
-  read->sent = absl::Now();
-  char* buf = read->bounce.empty() ? read->dst : read->bounce.data();
-  const uint64_t id = read->id;
-  const uint64_t off = read->read_offset;
-  const uint64_t len = read->read_length;
-  c->inflight[id] = std::move(read);
-  auto* completion = new Completion{id, [this](uint64_t i, int e) { Finish(i, e); }};
+// Sends `read` on `c`; false when `c` cannot send (the read is then not sent: it is `*read`
+// still, for another connection).
+bool NbdBase::Send(Conn* c, std::unique_ptr<Read>* read) {
+  Read* r = read->get();
+  r->id = next_id_++;
+  char* buf = r->bounce.empty() ? r->dst : r->bounce.data();
+  c->inflight[r->id] = std::move(*read);
+  auto* completion = new Completion{r->id, [this](uint64_t i, int e) { Finish(i, e); }};
   const int64_t cookie =
-      nbd_aio_pread(c->h, buf, len, off,
+      nbd_aio_pread(c->h, buf, r->read_length, r->read_offset,
                     nbd_completion_callback{.callback = Completion::OnComplete,
                                             .user_data = completion,
                                             .free = Completion::Free},
                     0);
-  if (cookie != -1) return;
-  // libnbd called Free already; the read is still ours.
-  auto it = c->inflight.find(id);
-  if (it == c->inflight.end()) return;
-  std::unique_ptr<Read> r = std::move(it->second);
-  c->inflight.erase(it);
-  FailRead(std::move(r), LibnbdError());
+  if (cookie != -1) return true;
+  // libnbd called Free already; the read is still ours, and was not sent.
+  const std::string why = LibnbdError();
+  const int err = nbd_get_errno();
+  *read = std::move(c->inflight[r->id]);
+  c->inflight.erase(r->id);
+  if (nbd_aio_is_dead(c->h) == 1 || nbd_aio_is_closed(c->h) == 1 || err == ESHUTDOWN ||
+      err == ENOTCONN || err == EPIPE) {
+    Drop(c, why, /*closing=*/false);  // the server shut it down, or it died: a new one
+    return false;
+  }
+  FailRead(std::move(*read), why);
+  return true;
+}
+
+NbdBase::Conn* NbdBase::NextConn() {
+  for (size_t tries = 0; tries < conns_.size(); ++tries) {
+    Conn* c = conns_[next_conn_++ % conns_.size()].get();
+    if (c->h != nullptr) return c;
+  }
+  return nullptr;
 }
 
 void NbdBase::SendQueued(absl::Time now) {
@@ -445,16 +457,18 @@ void NbdBase::SendQueued(absl::Time now) {
   }
   std::vector<std::unique_ptr<Read>> waiting;
   for (auto& r : queued) {
-    if (!conns_.empty()) {
-      Conn* c = conns_[next_conn_++ % conns_.size()].get();
-      Send(c, std::move(r));
-    } else if (now - r->queued >= options_.queue_timeout) {
-      FailRead(std::move(r), absl::StrCat("no connection to the base for ",
-                                          absl::FormatDuration(options_.queue_timeout), " (",
-                                          last_error, ")"));
-    } else {
-      waiting.push_back(std::move(r));
+    if (now >= r->deadline) {
+      FailRead(std::move(r), absl::StrCat("no answer within ",
+                                          absl::FormatDuration(options_.read_timeout), " (",
+                                          last_error.empty() ? "no connection" : last_error, ")"));
+      continue;
     }
+    while (r != nullptr) {
+      Conn* c = NextConn();
+      if (c == nullptr) break;
+      if (Send(c, &r)) r = nullptr;
+    }
+    if (r != nullptr) waiting.push_back(std::move(r));
   }
   if (waiting.empty()) return;
   MutexLock lock(&mu_);
@@ -466,17 +480,17 @@ void NbdBase::Drop(Conn* c, const std::string& why, bool closing) {
   lost.swap(c->inflight);
   nbd_close(c->h);  // no callback of it finds a read now
   c->h = nullptr;
-  {
-    MutexLock lock(&mu_);
-    --up_;
-    ++wanted_;
-    state_.last_error = why;
-  }
+  MutexLock lock(&mu_);
+  --up_;
+  ++wanted_;
+  state_.last_error = why;
   if (!closing) {
-    STRATA_LOG_LIMITED(kError, "NBD base %s: connection lost (%s); %d read%s failed, reconnecting",
+    STRATA_LOG_LIMITED(kError, "NBD base %s: connection lost (%s); reconnecting, %d read%s to send again",
                        uri_, why, static_cast<int>(lost.size()), lost.size() == 1 ? "" : "s");
   }
-  for (auto& [id, r] : lost) FailRead(std::move(r), absl::StrCat("connection lost: ", why));
+  // A base never changes, so a read is sent again on another connection (until its
+  // deadline) rather than failed.
+  for (auto& [id, r] : lost) queue_.push_back(std::move(r));
 }
 
 void NbdBase::IoLoop() {
@@ -495,7 +509,9 @@ void NbdBase::IoLoop() {
     SendQueued(now);
     for (auto& c : conns_) {
       for (const auto& [id, r] : c->inflight) {
-        if (now - r->sent < options_.read_timeout) continue;
+        if (now < r->deadline) continue;
+        // A hung server: the reads on this connection fail (past their deadline), and a new
+        // connection is made for the others.
         Drop(c.get(), absl::StrCat("no reply within ", absl::FormatDuration(options_.read_timeout)),
              /*closing=*/false);
         break;
@@ -533,7 +549,9 @@ void NbdBase::IoLoop() {
     }
     std::erase_if(conns_, [](const auto& c) { return c->h == nullptr; });
   }
-  for (auto& c : conns_) Drop(c.get(), "the base is closing", /*closing=*/true);
+  for (auto& c : conns_) {
+    if (c->h != nullptr) Drop(c.get(), "the base is closing", /*closing=*/true);
+  }
   conns_.clear();
   std::vector<std::unique_ptr<Read>> queued;
   {

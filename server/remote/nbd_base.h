@@ -7,12 +7,15 @@
 // connections; more than one connection only when the export offers multi-conn, as the NBD
 // spec requires for consistent reads across connections), polls the sockets and calls each
 // read's `done` from its completion. Nothing blocks a server's ring thread: a read's `done`
-// posts to its worker. Faults never produce wrong data: a connection that fails, or does not
-// answer a read within `read_timeout`, is closed and every read on it fails (kUnavailable: EIO
-// to the client); reads queued while no connection is up wait at most `queue_timeout`. A
-// connector thread makes connections again with backoff (0.1 s doubling to 5 s), and each new
-// connection must show the identity the first one had (size, read-only, strata layer UUID),
-// or it is refused: a base that changed under its layers would corrupt them.
+// posts to its worker. Faults never produce wrong data. A read has `read_timeout` to be
+// answered: a connection that fails is closed and its reads are sent again on another one (a
+// base never changes, so a read may be repeated), a connection on which a read waits past its
+// deadline is closed as hung, and a read not answered by its deadline fails (kUnavailable:
+// EIO to the client); an error the server returns fails the read at once. A connector thread
+// makes connections again with backoff (0.1 s doubling to 5 s), and each new connection must
+// show the identity the first one had (size, read-only, strata layer UUID), or it is refused:
+// a base that changed under its layers would corrupt them. A base restarted within the
+// timeout is therefore invisible to the client; one that stays away gives EIO.
 //
 // The export's allocation (base:allocation) is read once at the first connection, so
 // DataRanges() answers block status and merges without I/O (a base never changes).
@@ -42,8 +45,7 @@ struct NbdBaseOptions {
   bool allow_writable = false;
   int max_connections = 4;  // used only when the export offers multi-conn
   absl::Duration connect_timeout = absl::Seconds(10);
-  absl::Duration read_timeout = absl::Seconds(30);
-  absl::Duration queue_timeout = absl::Seconds(5);
+  absl::Duration read_timeout = absl::Seconds(10);
   // At most this many data runs of the allocation map are kept; past them the rest of the
   // export counts as data (bounded memory for a badly fragmented base).
   size_t max_allocation_runs = 1 << 20;
@@ -88,7 +90,8 @@ class NbdBase final : public RemoteBase {
   bool ConnectorHasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // I/O thread: sends queued reads, fails the ones that waited too long.
   void SendQueued(absl::Time now);
-  void Send(Conn* c, std::unique_ptr<Read> read);
+  bool Send(Conn* c, std::unique_ptr<Read>* read);
+  Conn* NextConn();  // the next connection that is up, round robin; null when none is
   // I/O thread: closes `c` and fails every read on it; `closing`: the base is being closed, not
   // the connection lost (no reconnection, no log line).
   void Drop(Conn* c, const std::string& why, bool closing);
