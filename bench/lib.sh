@@ -91,3 +91,19 @@ start_qemu_nbd_qcow2() {
   SERVER_PID=$!
   wait_for_nbd "$SERVER_PID" "$2" "$3" || exit 1
 }
+
+# bench_init NAME: the usual start of a bench script, after it set RESULTS and WORK_PARENT: makes
+# $RESULTS and $WORK (a new directory under $WORK_PARENT), empties STARTED_PIDS, sets the exit
+# trap that stops them and removes $WORK, and defines log (stderr, "[NAME HH:MM:SS] ...") and
+# cmd (a line in $RESULTS/commands.md, emptied here).
+bench_init() {
+  BENCH_NAME=$1
+  mkdir -p "$RESULTS"
+  WORK=$(mktemp -d "$WORK_PARENT/strata-$1.XXXXXX")
+  STARTED_PIDS=()
+  trap stop_started_and_clean EXIT
+  trap 'exit 130' INT TERM
+  : >"$RESULTS/commands.md"
+  log() { echo "[$BENCH_NAME $(date +%H:%M:%S)] $*" >&2; }
+  cmd() { printf '%s\n' "$*" >>"$RESULTS/commands.md"; }
+}

@@ -210,15 +210,11 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
     params.cluster_size = header->cluster_size;
     params.sub_block_size = header->sub_block_size;
     params.parent_uuid = header->uuid;
-    // A golden image shared between hosts lies on a read-only mount or belongs to another
-    // user (EROFS, EACCES): no registry can be written beside it, and no commit into it can
-    // run there either (its journal goes beside it), so the registry's guard is not needed.
-    // Any other failure to register still refuses the create.
-    absl::Status registered = RegisterChild(env, parent, params.parent_uuid, layer_path,
-                                            params.uuid);
-    if (!registered.ok() && !absl::IsPermissionDenied(registered) &&
-        !absl::IsFailedPrecondition(registered)) {
-      return registered;
+    // A golden image shared between hosts (read-only mount, another owner) gets no entry.
+    if (auto s = RegisterChildUnlessReadOnly(env, parent, params.parent_uuid, layer_path,
+                                             params.uuid);
+        !s.ok()) {
+      return s;
     }
   }
   auto layer = Layer::Create(env, layer_path, params);
@@ -463,7 +459,8 @@ absl::StatusOr<LayerHeader> RebaseLayer(const std::string& layer_path,
   }
   const std::string link = remote ? parent : ParentLink(DirName(layer_path), parent);
   if (header->parent_format == ParentFormat::kStrata) {
-    if (auto s = RegisterChild(env, parent, header->parent_uuid, layer_path, header->uuid);
+    if (auto s = RegisterChildUnlessReadOnly(env, parent, header->parent_uuid, layer_path,
+                                             header->uuid);
         !s.ok()) {
       return s;
     }

@@ -189,13 +189,25 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
     bool fix = repair;
     if (fix) {
       if (auto s = locks.Exclusive(env, path); !s.ok()) {
-        report.problems.push_back(absl::StrCat(path, ": not repaired: ", s.message()));
+        // A frozen layer other disks stand on may be read by their servers (a golden image
+        // shared between hosts): theirs to keep as it is, not a problem of this disk.
+        (depth == 0 ? report.problems : report.notes)
+            .push_back(absl::StrCat(path, ": not repaired: ", s.message()));
         fix = false;
       }
     }
-    auto file = depth == 0 ? env->Open(path, {.writable = fix})
-                           : OpenParentFile(env, child, path, ParentFormat::kStrata, scope,
-                                            {.writable = fix});
+    auto open = [&](bool writable) {
+      return depth == 0 ? env->Open(path, {.writable = writable})
+                        : OpenParentFile(env, child, path, ParentFormat::kStrata, scope,
+                                         {.writable = writable});
+    };
+    auto file = open(fix);
+    if (fix && !file.ok() && IsWriteRefused(file.status())) {
+      // A read-only mount or another owner's file (a shared golden image): checked, not fixed.
+      report.notes.push_back(absl::StrCat(path, ": not repaired: ", file.status().message()));
+      fix = false;
+      file = open(false);
+    }
     if (!file.ok()) {
       if (links.ok()) report.problems.push_back(std::string(file.status().message()));
       break;

@@ -155,6 +155,15 @@ absl::Status RegisterChild(Env* env, const std::string& parent_path, const Uuid&
   return RegisterInDir(env, AbsoluteDir(parent_path), parent_uuid, child_path, child_uuid);
 }
 
+absl::Status RegisterChildUnlessReadOnly(Env* env, const std::string& parent_path,
+                                         const Uuid& parent_uuid, const std::string& child_path,
+                                         const Uuid& child_uuid) {
+  absl::Status s = RegisterChild(env, parent_path, parent_uuid, child_path, child_uuid);
+  if (s.ok() || IsWriteRefused(s)) return absl::OkStatus();
+  return WithContext(s, absl::StrCat("cannot register ", child_path, " as a child of ",
+                                     parent_path, " (FORMAT.md §9, child registry)"));
+}
+
 bool StillStanding(Env* env, const RegisteredChild& child) {
   // A nil parent UUID registers a layer on a raw base (of the registry's directory).
   const ParentFormat format = IsNil(child.parent_uuid) ? ParentFormat::kRaw : ParentFormat::kStrata;

@@ -64,6 +64,14 @@ std::vector<RegisteredChild> ReadChildRegistry(Env* env, const std::string& dir)
 // or the same child is replaced (a child moved and rebased).
 absl::Status RegisterChild(Env* env, const std::string& parent_path, const Uuid& parent_uuid,
                            const std::string& child_path, const Uuid& child_uuid);
+// RegisterChild, except that a parent's directory that refuses the write (IsWriteRefused:
+// EROFS or EACCES, a frozen layer shared between hosts on a read-only mount or owned by another
+// user) leaves the child unregistered and is not an error (FORMAT.md §9): no merge into that
+// parent can run there either, since its journal goes beside it. Any other failure is returned,
+// saying which child could not be registered where.
+absl::Status RegisterChildUnlessReadOnly(Env* env, const std::string& parent_path,
+                                         const Uuid& parent_uuid, const std::string& child_path,
+                                         const Uuid& child_uuid);
 // Whether the registered child is still where it was registered, standing on its parent (the
 // file at its path may have been replaced, e.g. by a revert: it still counts if it names the
 // same parent).

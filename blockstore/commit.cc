@@ -507,6 +507,33 @@ absl::StatusOr<CommitResult> RunCommit(Env* env, MergeJournal journal, LockSet* 
   return result;
 }
 
+// `target` (what `layer_path` would be committed into: "its raw base X", "X") may be written:
+// it opens for writing and is not marked read-only. Checked before the journal is written, so
+// a golden image shared read-only (a read-only mount, another owner's files, or files chmod
+// a-w) refuses the commit with nothing changed, instead of leaving a journal no resume can
+// finish. Returns the file opened for writing.
+absl::StatusOr<std::unique_ptr<File>> OpenCommitTarget(Env* env, const std::string& layer_path,
+                                                       absl::string_view target,
+                                                       const std::string& path) {
+  auto file = env->Open(path, {.writable = true});
+  if (!file.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot commit ", layer_path, " into ", target, ": it cannot be opened for writing (",
+        file.status().message(), ")"));
+  }
+  // Even root can write a file nobody may write: a file marked read-only (a golden image)
+  // is meant to stay as it is.
+  struct stat st;
+  if (fstat((*file)->fd(), &st) != 0) return ErrnoStatus(errno, "stat", path);
+  if ((st.st_mode & 0222) == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot commit ", layer_path, " into ", target,
+        ": the file is marked read-only (no write permission); `chmod u+w` it if it may "
+        "change"));
+  }
+  return file;
+}
+
 // CommitLayer once the chain is recovered and its top locked in `locks`; `chain_dirs`: the
 // directories of the chain the commit is asked for in.
 absl::StatusOr<CommitResult> CommitRecovered(Env* env, const std::string& layer_path,
@@ -549,9 +576,15 @@ absl::StatusOr<CommitResult> CommitRecovered(Env* env, const std::string& layer_
   journal.parent_uuid = parent->uuid;
   journal.child_was_active = child->state == LayerState::kActive;
   journal.dirs = dirs;
-  // Lock before writing the journal: a served chain must not see one appear.
+  // Lock before writing the journal: a served chain must not see one appear. A parent that
+  // other disks' servers hold (a shared golden layer) is refused here, by their shared locks.
   if (auto s = Lock(env, locks, layer_path); !s.ok()) return s;
-  if (auto s = Lock(env, locks, parent_path); !s.ok()) return s;
+  if (auto s = Lock(env, locks, parent_path); !s.ok()) {
+    return WithContext(s, absl::StrCat("cannot commit ", layer_path, " into ", parent_path));
+  }
+  if (auto s = OpenCommitTarget(env, layer_path, parent_path, parent_path); !s.ok()) {
+    return s.status();
+  }
   if (auto s = WriteJournal(env, journal); !s.ok()) return s;
   return RunCommit(env, journal, locks, progress, batch_bytes);
 }
@@ -576,12 +609,9 @@ absl::StatusOr<uint64_t> ExtentOf(Env* env, const std::string& path) {
 // writable, and large enough (`needed` bytes).
 absl::Status CheckBaseWritable(Env* env, const std::string& layer_path, const LayerHeader& child,
                                const std::string& base_path, uint64_t needed) {
-  auto base = env->Open(base_path, {.writable = true});
-  if (!base.ok()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot commit ", layer_path, " into its raw base ", base_path,
-        ": it cannot be opened for writing (", base.status().message(), ")"));
-  }
+  auto base = OpenCommitTarget(env, layer_path, absl::StrCat("its raw base ", base_path),
+                               base_path);
+  if (!base.ok()) return base.status();
   // QEMU locks the images it has open with fcntl (OFD) byte-range locks, not flock: a VM or
   // qemu-nbd reading the base holds one, and would see its disk change.
   struct flock fl = {};
@@ -592,16 +622,6 @@ absl::Status CheckBaseWritable(Env* env, const std::string& layer_path, const La
         "cannot commit ", layer_path, " into its raw base ", base_path, ": ", base_path,
         " is in use by another process (it holds a file lock on it, as QEMU and qemu-nbd do): "
         "stop it first"));
-  }
-  // Even root can write a file nobody may write: a base marked read-only (a golden image)
-  // is meant to stay as it is.
-  struct stat st;
-  if (fstat((*base)->fd(), &st) != 0) return ErrnoStatus(errno, "stat", base_path);
-  if ((st.st_mode & 0222) == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot commit ", layer_path, " into its raw base ", base_path,
-        ": the file is marked read-only (no write permission); `chmod u+w` it if it may "
-        "change"));
   }
   auto size = (*base)->Size();
   if (!size.ok()) return size.status();

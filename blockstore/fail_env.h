@@ -58,10 +58,13 @@ class ForwardingFile : public File {
 class FailEnv : public Env {
  public:
   // Called before each rename ("rename", target path), removal ("remove", path), open
-  // ("open", path), directory sync ("syncdir", directory), and each Write or Sync of a file
-  // it opened ("write" / "sync", the file's path): true makes that call fail.
+  // ("open", path; an open for writing or creating asks "open-write" first), directory sync
+  // ("syncdir", directory), and each Write or Sync of a file it opened ("write" / "sync", the
+  // file's path): true makes that call fail, with kUnavailable, or with errno `err` when it is
+  // not 0 (EROFS: a read-only mount), as the real call would.
   using Predicate = std::function<bool(absl::string_view op, const std::string& path)>;
-  explicit FailEnv(Predicate fail) : fail_(std::make_shared<Predicate>(std::move(fail))) {}
+  explicit FailEnv(Predicate fail, int err = 0)
+      : fail_(std::make_shared<Predicate>(std::move(fail))), err_(err) {}
   // Files opened from now on call `hook` before each Allocate. REQUIRES: no concurrent Open.
   void set_allocate_hook(AllocateHook hook) {
     hook_ = std::make_shared<AllocateHook>(std::move(hook));
@@ -69,25 +72,28 @@ class FailEnv : public Env {
 
   absl::StatusOr<std::unique_ptr<File>> Open(const std::string& path,
                                              const OpenOptions& options) override {
-    if ((*fail_)("open", path)) return Injected("open", path);
+    if ((options.writable || options.create) && (*fail_)("open-write", path)) {
+      return Injected(err_, "open", path);
+    }
+    if ((*fail_)("open", path)) return Injected(err_, "open", path);
     auto file = real()->Open(path, options);
     if (!file.ok()) return file;
-    return std::make_unique<FailingFile>(std::move(*file), fail_, hook_);
+    return std::make_unique<FailingFile>(std::move(*file), fail_, hook_, err_);
   }
   absl::Status Rename(const std::string& from, const std::string& to) override {
-    if ((*fail_)("rename", to)) return Injected("rename", to);
+    if ((*fail_)("rename", to)) return Injected(err_, "rename", to);
     return real()->Rename(from, to);
   }
   absl::Status Link(const std::string& from, const std::string& to) override {
     return real()->Link(from, to);
   }
   absl::Status Remove(const std::string& path) override {
-    if ((*fail_)("remove", path)) return Injected("remove", path);
+    if ((*fail_)("remove", path)) return Injected(err_, "remove", path);
     return real()->Remove(path);
   }
   bool Exists(const std::string& path) override { return real()->Exists(path); }
   absl::Status SyncDir(const std::string& dir) override {
-    if ((*fail_)("syncdir", dir)) return Injected("syncdir", dir);
+    if ((*fail_)("syncdir", dir)) return Injected(err_, "syncdir", dir);
     return real()->SyncDir(dir);
   }
   absl::StatusOr<std::vector<std::string>> ListDir(const std::string& dir) override {
@@ -103,14 +109,15 @@ class FailEnv : public Env {
   class FailingFile : public ForwardingFile {
    public:
     FailingFile(std::unique_ptr<File> real, std::shared_ptr<Predicate> fail,
-                std::shared_ptr<AllocateHook> hook)
-        : ForwardingFile(std::move(real)), fail_(std::move(fail)), hook_(std::move(hook)) {}
+                std::shared_ptr<AllocateHook> hook, int err)
+        : ForwardingFile(std::move(real)), fail_(std::move(fail)), hook_(std::move(hook)),
+          err_(err) {}
     absl::Status Write(uint64_t offset, absl::string_view data) override {
-      if ((*fail_)("write", path())) return Injected("write", path());
+      if ((*fail_)("write", path())) return Injected(err_, "write", path());
       return ForwardingFile::Write(offset, data);
     }
     absl::Status Sync() override {
-      if ((*fail_)("sync", path())) return Injected("sync", path());
+      if ((*fail_)("sync", path())) return Injected(err_, "sync", path());
       return ForwardingFile::Sync();
     }
     absl::Status Allocate(uint64_t offset, uint64_t length) override {
@@ -123,14 +130,17 @@ class FailEnv : public Env {
    private:
     std::shared_ptr<Predicate> fail_;
     std::shared_ptr<AllocateHook> hook_;
+    int err_;
   };
 
   static Env* real() { return Env::Default(); }
-  static absl::Status Injected(absl::string_view op, const std::string& path) {
+  static absl::Status Injected(int err, absl::string_view op, const std::string& path) {
+    if (err != 0) return ErrnoStatus(err, absl::StrCat("injected failure: ", op), path);
     return absl::UnavailableError(absl::StrCat("injected failure: ", op, " ", path));
   }
   std::shared_ptr<Predicate> fail_;
   std::shared_ptr<AllocateHook> hook_;
+  int err_;
 };
 
 // Fails the n-th (1-based) call of `op` whose path ends with `suffix`.

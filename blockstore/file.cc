@@ -13,23 +13,57 @@
 #include <cerrno>
 #include <cstring>
 
+#include "absl/strings/cord.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
 namespace strata {
 
+namespace {
+
+constexpr char kErrnoPayload[] = "strata/errno";
+
+absl::Status WithErrno(absl::Status s, int err) {
+  s.SetPayload(kErrnoPayload, absl::Cord(absl::StrCat(err)));
+  return s;
+}
+
+}  // namespace
+
 absl::Status ErrnoStatus(int err, absl::string_view op, absl::string_view path, int64_t offset) {
   std::string where = offset >= 0 ? absl::StrCat(path, " @ ", offset) : std::string(path);
   if (err == ENOSPC || err == EDQUOT) {
-    return absl::ResourceExhaustedError(absl::StrCat(op, " ", where, ": host volume full"));
+    return WithErrno(
+        absl::ResourceExhaustedError(absl::StrCat(op, " ", where, ": host volume full")), err);
   }
   return StatusFromErrno(err, absl::StrCat(op, " ", where));
 }
 
 absl::Status StatusFromErrno(int err, absl::string_view message) {
   if (err == EIO || err == EUCLEAN) {
-    return absl::DataLossError(absl::StrCat(message, ": ", strerror(err)));
+    return WithErrno(absl::DataLossError(absl::StrCat(message, ": ", strerror(err))), err);
   }
-  return absl::ErrnoToStatus(err, message);
+  return WithErrno(absl::ErrnoToStatus(err, message), err);
+}
+
+int StatusErrno(const absl::Status& s) {
+  auto payload = s.GetPayload(kErrnoPayload);
+  int err = 0;
+  if (!payload.has_value() || !absl::SimpleAtoi(std::string(*payload), &err)) return 0;
+  return err;
+}
+
+absl::Status WithContext(const absl::Status& s, absl::string_view prefix) {
+  absl::Status out(s.code(), absl::StrCat(prefix, ": ", s.message()));
+  s.ForEachPayload([&](absl::string_view type, const absl::Cord& payload) {
+    out.SetPayload(type, payload);
+  });
+  return out;
+}
+
+bool IsWriteRefused(const absl::Status& s) {
+  const int err = StatusErrno(s);
+  return err == EROFS || err == EACCES;
 }
 
 std::string DirName(const std::string& path) {

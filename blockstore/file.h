@@ -132,14 +132,24 @@ std::string ResolvePath(const std::string& dir, const std::string& relative);
 std::string ParentLink(const std::string& child_dir, const std::string& parent);
 
 // Turns errno into a Status naming the operation and file; ENOSPC and EDQUOT (the host volume
-// is full) are kResourceExhausted.
+// is full) are kResourceExhausted. The errno rides along as a payload (StatusErrno): a status
+// code alone cannot tell a read-only mount (EROFS) from a busy file (EBUSY).
 absl::Status ErrnoStatus(int err, absl::string_view op, absl::string_view path,
                          int64_t offset = -1);
+// The errno an ErrnoStatus or StatusFromErrno was made from; 0 for any other status.
+int StatusErrno(const absl::Status& s);
+// `s` with `prefix` and ": " before its message, keeping its code and payloads (its errno).
+absl::Status WithContext(const absl::Status& s, absl::string_view prefix);
+// Whether `s` is a write the file system or the permissions refuse (EROFS: a read-only mount;
+// EACCES: a file or directory the user may not write), as on a golden image shared read-only
+// between hosts.
+bool IsWriteRefused(const absl::Status& s);
 inline bool IsNoSpace(const absl::Status& s) {
   return s.code() == absl::StatusCode::kResourceExhausted;
 }
 // absl::ErrnoToStatus, except that EIO and EUCLEAN (data the device or file system could not
-// read or keep, or found corrupt) are kDataLoss: absl leaves them kUnknown.
+// read or keep, or found corrupt) are kDataLoss: absl leaves them kUnknown. Carries `err`
+// (StatusErrno).
 absl::Status StatusFromErrno(int err, absl::string_view message);
 
 }  // namespace strata

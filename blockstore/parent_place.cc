@@ -150,10 +150,7 @@ absl::StatusOr<std::unique_ptr<File>> OpenParentFile(Env* env, const std::string
   options.no_follow = true;
   const std::string link = Link(child_path, path, format);
   auto file = env->Open(path, options);
-  if (!file.ok()) {
-    return absl::Status(file.status().code(),
-                        absl::StrCat(link, ": ", file.status().message()));
-  }
+  if (!file.ok()) return WithContext(file.status(), link);
   if (auto s = CheckPlace(**file, link, scope); !s.ok()) return s;
   return file;
 }

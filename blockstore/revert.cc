@@ -42,7 +42,8 @@ absl::Status RegisterOnNewParent(Env* env, const std::string& top_path, const La
     return absl::OkStatus();
   }
   params->uuid = NewUuid();
-  return RegisterChild(env, new_parent, params->parent_uuid, top_path, params->uuid);
+  return RegisterChildUnlessReadOnly(env, new_parent, params->parent_uuid, top_path,
+                                     params->uuid);
 }
 
 // Step 1: checks the top and the target, then creates the new layer at RevertPendingPath().

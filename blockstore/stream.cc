@@ -370,7 +370,15 @@ absl::StatusOr<StreamPlan> PlanStreamBelow(Env* env, const Chain& chain,
 absl::Status BeginStream(Env* env, const StreamPlan& plan) {
   std::string text;
   plan.record.EncodeTo(&text);
-  return ReplaceFile(env, StreamJournalPath(plan.layer_path), text);
+  absl::Status s = ReplaceFile(env, StreamJournalPath(plan.layer_path), text);
+  if (!IsWriteRefused(s)) return s;
+  // The journal goes beside X, and X's file goes at the end: neither can happen in a
+  // directory the user may not write, nothing has changed yet.
+  return absl::FailedPreconditionError(absl::StrCat(
+      "cannot delete ", SnapshotLabel(plan.record), ": ", AbsoluteDir(plan.layer_path),
+      " cannot be written (", s.message(), "): a frozen layer on a read-only mount or in "
+      "another user's directory (a golden image shared between hosts) is never changed or "
+      "removed; other disks may stand on it"));
 }
 
 absl::StatusOr<StreamResult> RunStream(Env* env, Chain* chain, const std::string& journal_path,

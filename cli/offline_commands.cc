@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "blockstore/chain.h"
 #include "blockstore/check.h"
+#include "blockstore/children.h"
 #include "blockstore/commit.h"
 #include "blockstore/diff.h"
 #include "blockstore/file.h"
@@ -87,6 +88,22 @@ void NoteUntrustedParent(const CommandSpec& spec, const Args& args, const std::s
   }
 }
 
+// A layer created on a strata parent whose directory refused the child registry (a golden image
+// shared read-only, FORMAT.md §9) is created, but no merge into that parent can know of it.
+void NoteUnregistered(const CommandSpec& spec, const std::string& layer, const LayerHeader& h,
+                      const CreateOptions& options) {
+  if (options.parent_format != ParentFormat::kStrata) return;
+  const std::string parent = ResolvePath(DirName(layer), options.parent);
+  for (const RegisteredChild& c : ReadChildRegistry(Env::Default(), AbsoluteDir(parent))) {
+    if (c.child_uuid == h.uuid) return;
+  }
+  std::fprintf(stderr,
+               "strata %s: note: %s is not registered as a child of %s (its directory cannot be "
+               "written: a golden image shared read-only); a merge into %s by anyone who can "
+               "write there would not see it, so never merge into a shared layer\n",
+               spec.name, layer.c_str(), parent.c_str(), parent.c_str());
+}
+
 const CommandSpec kCreate{
     .name = "create",
     .usage = R"(usage: strata create --size SIZE [--cluster-size SIZE] [--sub-block-size SIZE] LAYER
@@ -96,6 +113,9 @@ Creates LAYER: a new empty disk with no base (--size), or a new active layer on 
 file, a frozen strata snapshot (a branch) or an NBD export read over the network (-F nbd:
 PARENT is its URI, nbd+unix:///NAME?socket=PATH, nbd://HOST[:PORT]/NAME, nbds://...; a golden
 image served once for many hosts). strata never guesses a parent's format: -F says it.
+LAYER is registered beside a strata PARENT (.strata-children) so that merges into PARENT find
+it; a PARENT whose directory cannot be written (a golden image shared read-only) gets no entry,
+and a note says so.
 
   -s, --size SIZE            the disk's size: 4096, 64M, 20G, 1.5T (binary units)
   -b, --backing PARENT       the parent file (a relative path is relative to LAYER's directory)
@@ -145,6 +165,7 @@ int CreateCommand(int argc, char** argv) {
   auto header = CreateLayer(args.positional[0], *options);
   if (!header.ok()) return Fail(kCreate.name, header.status());
   NoteUntrustedParent(kCreate, args, args.positional[0]);
+  NoteUnregistered(kCreate, args.positional[0], *header, *options);
   std::printf("created %s: %s, cluster %s, sub-block %s%s\n", args.positional[0].c_str(),
               HumanBytes(header->virtual_size).c_str(), HumanBytes(header->cluster_size).c_str(),
               HumanBytes(header->sub_block_size).c_str(),
