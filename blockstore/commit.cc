@@ -348,9 +348,10 @@ absl::Status Relink(Env* env, const MergeJournal& j, LockSet* locks) {
   auto parent = ReadLayerHeader(env, j.parent_path);
   if (!parent.ok()) return parent.status();
   const bool moves = DirName(j.child_path) != DirName(j.parent_path);
-  // P's own parent link must still resolve from C's directory.
+  // P's own parent link must still resolve from C's directory (an NBD base's URI is no path).
   std::string link = parent->parent_path;
-  if (parent->parent_format != ParentFormat::kNone && moves) {
+  if (parent->parent_format != ParentFormat::kNone &&
+      parent->parent_format != ParentFormat::kNbd && moves) {
     link = ParentLink(DirName(j.child_path), ResolvePath(DirName(j.parent_path), link));
   }
   // One header write ends the fence: P goes from merging to C's state.

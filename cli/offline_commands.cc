@@ -218,6 +218,7 @@ json InfoJson(const Chain& chain, const std::vector<LayerInfo>& layers) {
       if (it->header.parent_format != ParentFormat::kNone) {
         l["parent"] = it->header.parent_path;
         l["parent_format"] = std::string(Name(it->header.parent_format));
+        if (!IsNil(it->header.parent_uuid)) l["parent_uuid"] = UuidToString(it->header.parent_uuid);
       }
     }
     out["layers"].push_back(l);

@@ -18,7 +18,8 @@ namespace strata {
 namespace {
 
 constexpr absl::Duration kMinBackoff = absl::Milliseconds(100);
-constexpr absl::Duration kMaxBackoff = absl::Seconds(5);
+// At most a second between attempts: a read waits for a reconnection only --base-timeout long.
+constexpr absl::Duration kMaxBackoff = absl::Seconds(1);
 constexpr uint64_t kMaxRequest = 32 << 20;        // what strata itself serves per request
 constexpr uint64_t kStatusQuery = 1ull << 30;     // block status asked per request
 // How a strata export says it serves one frozen layer (ChainStorage::Describe).

@@ -12,7 +12,7 @@
 // base never changes, so a read may be repeated), a connection on which a read waits past its
 // deadline is closed as hung, and a read not answered by its deadline fails (kUnavailable:
 // EIO to the client); an error the server returns fails the read at once. A connector thread
-// makes connections again with backoff (0.1 s doubling to 5 s), and each new connection must
+// makes connections again with backoff (0.1 s doubling to 1 s), and each new connection must
 // show the identity the first one had (size, read-only, strata layer UUID), or it is refused:
 // a base that changed under its layers would corrupt them. A base restarted within the
 // timeout is therefore invisible to the client; one that stays away gives EIO.
