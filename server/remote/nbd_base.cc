@@ -215,7 +215,7 @@ struct Joined {
 }  // namespace
 
 // One read request to the export: an aligned piece of a ReadAsync.
-struct NbdBase::Read {
+struct NbdBase::PendingRead {
   uint64_t id = 0;
   uint64_t offset = 0;        // what the caller asked for
   uint64_t length = 0;
@@ -229,7 +229,7 @@ struct NbdBase::Read {
 
 struct NbdBase::Conn {
   nbd_handle* h = nullptr;
-  std::map<uint64_t, std::unique_ptr<Read>> inflight;  // by Read::id
+  std::map<uint64_t, std::unique_ptr<PendingRead>> inflight;  // by Read::id
 };
 
 namespace {
@@ -335,9 +335,9 @@ void NbdBase::ReadAsync(uint64_t offset, absl::Span<char> out,
     joined->done = std::move(done);
   }
   const absl::Time now = absl::Now();
-  std::vector<std::unique_ptr<Read>> reads;
+  std::vector<std::unique_ptr<PendingRead>> reads;
   for (uint64_t at = 0; at < out.size(); at += step) {
-    auto r = std::make_unique<Read>();
+    auto r = std::make_unique<PendingRead>();
     r->offset = offset + at;
     r->length = std::min<uint64_t>(step, out.size() - at);
     r->dst = out.data() + at;
@@ -386,7 +386,7 @@ RemoteBaseState NbdBase::State() const {
   return s;
 }
 
-void NbdBase::FailRead(std::unique_ptr<Read> read, const std::string& why) {
+void NbdBase::FailRead(std::unique_ptr<PendingRead> read, const std::string& why) {
   {
     MutexLock lock(&mu_);
     ++state_.failed_reads;
@@ -399,7 +399,7 @@ void NbdBase::Finish(uint64_t id, int error) {
   for (auto& c : conns_) {
     auto it = c->inflight.find(id);
     if (it == c->inflight.end()) continue;
-    std::unique_ptr<Read> r = std::move(it->second);
+    std::unique_ptr<PendingRead> r = std::move(it->second);
     c->inflight.erase(it);
     if (error != 0) return FailRead(std::move(r), strerror(error));
     if (!r->bounce.empty()) {
@@ -413,8 +413,8 @@ void NbdBase::Finish(uint64_t id, int error) {
 
 // Sends `read` on `c`; false when `c` cannot send (the read is then not sent: it is `*read`
 // still, for another connection).
-bool NbdBase::Send(Conn* c, std::unique_ptr<Read>* read) {
-  Read* r = read->get();
+bool NbdBase::Send(Conn* c, std::unique_ptr<PendingRead>* read) {
+  PendingRead* r = read->get();
   r->id = next_id_++;
   char* buf = r->bounce.empty() ? r->dst : r->bounce.data();
   c->inflight[r->id] = std::move(*read);
@@ -449,14 +449,14 @@ NbdBase::Conn* NbdBase::NextConn() {
 }
 
 void NbdBase::SendQueued(absl::Time now) {
-  std::vector<std::unique_ptr<Read>> queued;
+  std::vector<std::unique_ptr<PendingRead>> queued;
   std::string last_error;
   {
     MutexLock lock(&mu_);
     queued.swap(queue_);
     last_error = state_.last_error;
   }
-  std::vector<std::unique_ptr<Read>> waiting;
+  std::vector<std::unique_ptr<PendingRead>> waiting;
   for (auto& r : queued) {
     if (now >= r->deadline) {
       FailRead(std::move(r), absl::StrCat("no answer within ",
@@ -477,7 +477,7 @@ void NbdBase::SendQueued(absl::Time now) {
 }
 
 void NbdBase::Drop(Conn* c, const std::string& why, bool closing) {
-  std::map<uint64_t, std::unique_ptr<Read>> lost;
+  std::map<uint64_t, std::unique_ptr<PendingRead>> lost;
   lost.swap(c->inflight);
   nbd_close(c->h);  // no callback of it finds a read now
   c->h = nullptr;
@@ -554,7 +554,7 @@ void NbdBase::IoLoop() {
     if (c->h != nullptr) Drop(c.get(), "the base is closing", /*closing=*/true);
   }
   conns_.clear();
-  std::vector<std::unique_ptr<Read>> queued;
+  std::vector<std::unique_ptr<PendingRead>> queued;
   {
     MutexLock lock(&mu_);
     queued.swap(queue_);
@@ -566,6 +566,7 @@ bool NbdBase::ConnectorHasWork() const { return stopping_ || wanted_ > 0; }
 
 void NbdBase::ConnectorLoop() {
   absl::Duration backoff = kMinBackoff;
+  absl::Time last_logged = absl::InfinitePast();
   for (;;) {
     {
       MutexLock lock(&mu_);
@@ -594,9 +595,14 @@ void NbdBase::ConnectorLoop() {
       continue;
     }
     if (stopping_) return;
+    // Once per cause, and then once a minute: a base that stays away is not a line a second.
+    const absl::Time now = absl::Now();
+    if (s.message() != state_.last_error || now - last_logged >= absl::Minutes(1)) {
+      STRATA_LOG(kError, "NBD base %s: %s; trying again every %s at most", uri_, s.message(),
+                 absl::FormatDuration(kMaxBackoff));
+      last_logged = now;
+    }
     state_.last_error = std::string(s.message());
-    STRATA_LOG_LIMITED(kError, "NBD base %s: %s; trying again in %s", uri_, s.message(),
-                       absl::FormatDuration(backoff));
     mu_.AwaitWithTimeout(absl::Condition(&stopping_), backoff);
     backoff = std::min(backoff * 2, kMaxBackoff);
   }

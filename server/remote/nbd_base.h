@@ -80,7 +80,7 @@ class NbdBase final : public RemoteBase {
   };
 
  private:
-  struct Read;
+  struct PendingRead;
   struct Conn;
   NbdBase(std::string uri, std::string layer_path, NbdBaseOptions options);
 
@@ -90,12 +90,12 @@ class NbdBase final : public RemoteBase {
   bool ConnectorHasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // I/O thread: sends queued reads, fails the ones that waited too long.
   void SendQueued(absl::Time now);
-  bool Send(Conn* c, std::unique_ptr<Read>* read);
+  bool Send(Conn* c, std::unique_ptr<PendingRead>* read);
   Conn* NextConn();  // the next connection that is up, round robin; null when none is
   // I/O thread: closes `c` and fails every read on it; `closing`: the base is being closed, not
   // the connection lost (no reconnection, no log line).
   void Drop(Conn* c, const std::string& why, bool closing);
-  void FailRead(std::unique_ptr<Read> read, const std::string& why);
+  void FailRead(std::unique_ptr<PendingRead> read, const std::string& why);
   void Finish(uint64_t id, int error);
   void Wake();
 
@@ -110,7 +110,7 @@ class NbdBase final : public RemoteBase {
 
   mutable Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<std::unique_ptr<Read>> queue_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<PendingRead>> queue_ ABSL_GUARDED_BY(mu_);
   std::vector<nbd_handle*> ready_ ABSL_GUARDED_BY(mu_);  // made by the connector, not yet used
   int wanted_ ABSL_GUARDED_BY(mu_) = 0;                   // connections the connector should make
   int up_ ABSL_GUARDED_BY(mu_) = 0;
