@@ -136,8 +136,8 @@ absl::StatusOr<LayerHeader> CreateOnRemoteBase(const std::string& layer_path,
   if (!remote.ok()) return remote.status();
   const uint64_t size = (*remote)->size();
   if (size == 0 || size % 512 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("NBD base ", options.parent, " is ", size,
-                                                   " bytes: it must be a positive multiple of 512"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "NBD base ", options.parent, " is ", size, " bytes: it must be a positive multiple of 512"));
   }
   params.parent_path = options.parent;
   params.virtual_size = params.parent_size = size;

@@ -297,10 +297,9 @@ constexpr ValuedOption kValuedOptions[] = {
     // Read by InstallRemoteBaseOpener; checked here.
     {"--base-timeout", [](absl::string_view name, const std::string& value, ServeOptions*) {
        int seconds;
-       return absl::SimpleAtoi(value, &seconds) && seconds > 0
-                  ? absl::OkStatus()
-                  : absl::InvalidArgumentError(
-                        absl::StrCat(name, " takes a positive number of seconds, not '", value, "'"));
+       if (absl::SimpleAtoi(value, &seconds) && seconds > 0) return absl::OkStatus();
+       return absl::InvalidArgumentError(
+           absl::StrCat(name, " takes a positive number of seconds, not '", value, "'"));
      }},
 };
 

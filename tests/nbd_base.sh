@@ -90,7 +90,8 @@ writes() {
   qemu-io -f raw "${args[@]}" ../model.raw >/dev/null
 }
 compare_model() {
-  qemu-img compare -q -f raw -F raw ../model.raw "$VURI" || fail "$1: the disk differs from the model"
+  qemu-img compare -q -f raw -F raw ../model.raw "$VURI" ||
+    fail "$1: the disk differs from the model"
 }
 
 # The golden image as a frozen strata layer too, for the strata base.
@@ -159,7 +160,8 @@ start=$(date +%s)
 if timeout 20 qemu-io -f raw -c 'read -P 0x22 9M 64k' "$VURI" >../read.out 2>&1; then
   fail "a read of the base succeeded with the base down"
 fi
-grep -q 'Input/output error' ../read.out || fail "the base read failed without EIO: $(cat ../read.out)"
+grep -q 'Input/output error' ../read.out ||
+  fail "the base read failed without EIO: $(cat ../read.out)"
 [ $(($(date +%s) - start)) -le 10 ] || fail "the failed read took more than 10 s (--base-timeout 3)"
 timeout 20 qemu-io -f raw -c 'read -P 0x77 40M 1M' -c 'write -P 0x78 41M 64k' "$VURI" >/dev/null ||
   fail "local reads and writes failed while the base was down"
@@ -194,7 +196,8 @@ if "$STRATA" serve --foreground --no-control --socket ../disks/vm2.sock ../disks
   2>../changed.err; then
   fail "serve accepted a base that changed"
 fi
-grep -q 'the base changed' ../changed.err || fail "serve did not say the base changed: $(cat ../changed.err)"
+grep -q 'the base changed' ../changed.err ||
+  fail "serve did not say the base changed: $(cat ../changed.err)"
 stop_base
 start_base nbdkit
 "$STRATA" check ../disks/vm.strata >/dev/null || fail "strata check found problems after the faults"
@@ -208,19 +211,27 @@ start_base writable
 if "$STRATA" create -b "$BURI" -F nbd ../disks/w.strata 2>../writable.err; then
   fail "a writable export was accepted as a base"
 fi
-grep -q -- '--allow-writable-base' ../writable.err || fail "no hint at --allow-writable-base: $(cat ../writable.err)"
+grep -q -- '--allow-writable-base' ../writable.err ||
+  fail "no hint at --allow-writable-base: $(cat ../writable.err)"
 "$STRATA" create --allow-writable-base -b "$BURI" -F nbd ../disks/w.strata >/dev/null
 stop_base
 
 log "tcp"
-PORT="$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+free_port='import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+PORT="$(/usr/bin/python3 -c "$free_port")"
 nbdkit -f -r -i 127.0.0.1 -p "$PORT" file "$BASE" &
 BASE_PID=$!
-for _ in $(seq 100); do nbdinfo --size "nbd://127.0.0.1:$PORT/" >/dev/null 2>&1 && break; sleep 0.05; done
+for _ in $(seq 100); do
+  nbdinfo --size "nbd://127.0.0.1:$PORT/" >/dev/null 2>&1 && break
+  sleep 0.05
+done
 TURI="nbd://127.0.0.1:$PORT/"
 "$STRATA" create -b "$TURI" -F nbd ../disks/t.strata 2>../tcp.err >/dev/null
-grep -q 'trusted only by name' ../tcp.err || fail "create did not note the TCP base needs trust: $(cat ../tcp.err)"
-if "$STRATA" info ../disks/t.strata >/dev/null 2>../tcp.err; then fail "info followed an untrusted TCP base"; fi
+grep -q 'trusted only by name' ../tcp.err ||
+  fail "create did not note the TCP base needs trust: $(cat ../tcp.err)"
+if "$STRATA" info ../disks/t.strata >/dev/null 2>../tcp.err; then
+  fail "info followed an untrusted TCP base"
+fi
 "$STRATA" info --allow-parent-dir "nbd://127.0.0.1:$PORT/" ../disks/t.strata >/dev/null
 stop_base
 
@@ -240,8 +251,11 @@ kill_base
 timeout 20 qemu-io -f raw -c 'read -P 0x11 0 8M' -c 'read -P 0x22 8M 8M' "$VURI" >/dev/null ||
   fail "what was read (and copied) no longer reads with the base down"
 stop_vm
-if "$STRATA" check ../disks/vm.strata >../check.out 2>&1; then fail "check passed with the base down"; fi
+if "$STRATA" check ../disks/vm.strata >../check.out 2>&1; then
+  fail "check passed with the base down"
+fi
 grep -q 'NBD base' ../check.out || fail "check did not name the NBD base: $(cat ../check.out)"
 start_base nbdkit
-"$STRATA" check ../disks/vm.strata >/dev/null || fail "strata check found problems after copy-on-read"
+"$STRATA" check ../disks/vm.strata >/dev/null ||
+  fail "strata check found problems after copy-on-read"
 log "PASS"

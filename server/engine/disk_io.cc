@@ -237,7 +237,8 @@ void DiskIo::CopyOnRead() {
     const uint64_t at = pos;
     pos += seg.length;
     if (seg.kind != Segment::Kind::kRemote || !storage->AdmitCopyOnRead(seg.length)) continue;
-    ctx_->worker->RunDetached([storage, at, data = std::string(r_->buf.At(at), seg.length)]() mutable {
+    std::string data(r_->buf.At(at), seg.length);
+    ctx_->worker->RunDetached([storage, at, data = std::move(data)]() mutable {
       storage->CopyUpFromBase(at, std::move(data));
     });
   }

@@ -20,8 +20,8 @@ namespace {
 constexpr absl::Duration kMinBackoff = absl::Milliseconds(100);
 // At most a second between attempts: a read waits for a reconnection only --base-timeout long.
 constexpr absl::Duration kMaxBackoff = absl::Seconds(1);
-constexpr uint64_t kMaxRequest = 32 << 20;        // what strata itself serves per request
-constexpr uint64_t kStatusQuery = 1ull << 30;     // block status asked per request
+constexpr uint64_t kMaxRequest = 32 << 20;     // what strata itself serves per request
+constexpr uint64_t kStatusQuery = 1ull << 30;  // block status asked per request
 // How a strata export says it serves one frozen layer (ChainStorage::Describe).
 constexpr absl::string_view kFrozenLayerTag = "frozen layer ";
 
@@ -70,14 +70,13 @@ absl::Status DriveUntil(nbd_handle* h, absl::Time deadline, int stop_fd,
 }
 
 // A new connection to `uri`, negotiated and ready for commands.
-absl::StatusOr<nbd_handle*> OpenHandle(const std::string& uri, absl::Time deadline,
-                                       int stop_fd) {
+absl::StatusOr<nbd_handle*> OpenHandle(const std::string& uri, absl::Time deadline, int stop_fd) {
   nbd_handle* h = nbd_create();
   if (h == nullptr) return absl::InternalError(absl::StrCat("libnbd: ", LibnbdError()));
   // The URI passed CheckRemoteParent (blockstore/parent_place.h): its local files are trusted.
   if (nbd_set_uri_allow_local_file(h, true) == -1 ||
-      nbd_set_uri_allow_transports(
-          h, LIBNBD_ALLOW_TRANSPORT_TCP | LIBNBD_ALLOW_TRANSPORT_UNIX) == -1 ||
+      nbd_set_uri_allow_transports(h, LIBNBD_ALLOW_TRANSPORT_TCP | LIBNBD_ALLOW_TRANSPORT_UNIX) ==
+          -1 ||
       nbd_set_full_info(h, true) == -1 ||
       nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       nbd_aio_connect_uri(h, uri.c_str()) == -1) {
@@ -85,8 +84,8 @@ absl::StatusOr<nbd_handle*> OpenHandle(const std::string& uri, absl::Time deadli
     nbd_close(h);
     return s;
   }
-  absl::Status s = DriveUntil(h, deadline, stop_fd, [h] { return nbd_aio_is_connecting(h) != 1; },
-                              "connecting");
+  absl::Status s = DriveUntil(
+      h, deadline, stop_fd, [h] { return nbd_aio_is_connecting(h) != 1; }, "connecting");
   if (s.ok() && nbd_aio_is_ready(h) != 1) s = absl::UnavailableError(LibnbdError());
   if (!s.ok()) {
     nbd_close(h);
@@ -111,8 +110,8 @@ NbdBase::Identity ReadIdentity(nbd_handle* h) {
   const int64_t min = nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
   const int64_t max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
   id.min_block = min > 1 ? static_cast<uint64_t>(min) : 1;
-  id.max_request = max > 0 ? std::min<uint64_t>(static_cast<uint64_t>(max), kMaxRequest)
-                           : kMaxRequest;
+  id.max_request =
+      max > 0 ? std::min<uint64_t>(static_cast<uint64_t>(max), kMaxRequest) : kMaxRequest;
   id.max_request = std::max(id.max_request / id.min_block * id.min_block, id.min_block);
   return id;
 }
@@ -127,8 +126,8 @@ std::string Describe(const NbdBase::Identity& id) {
 absl::Status CheckIdentity(const NbdBase::Identity& first, const NbdBase::Identity& now) {
   if (now.size != first.size || now.layer_uuid != first.layer_uuid ||
       now.read_only != first.read_only) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "the export changed (", Describe(now), "; it was ", Describe(first), "): not used"));
+    return absl::FailedPreconditionError(absl::StrCat("the export changed (", Describe(now),
+                                                      "; it was ", Describe(first), "): not used"));
   }
   return absl::OkStatus();
 }
@@ -176,9 +175,10 @@ absl::StatusOr<bool> ReadAllocation(nbd_handle* h, uint64_t size, size_t max_run
         NBD_NULL_COMPLETION, 0);
     if (cookie == -1) return absl::UnavailableError(LibnbdError());
     int done = 0;
-    if (auto s = DriveUntil(h, deadline, stop_fd,
-                            [&] { return (done = nbd_aio_command_completed(h, cookie)) != 0; },
-                            "reading the allocation map");
+    if (auto s = DriveUntil(
+            h, deadline, stop_fd,
+            [&] { return (done = nbd_aio_command_completed(h, cookie)) != 0; },
+            "reading the allocation map");
         !s.ok()) {
       return s;
     }
@@ -217,14 +217,14 @@ struct Joined {
 // One read request to the export: an aligned piece of a ReadAsync.
 struct NbdBase::PendingRead {
   uint64_t id = 0;
-  uint64_t offset = 0;        // what the caller asked for
+  uint64_t offset = 0;  // what the caller asked for
   uint64_t length = 0;
   char* dst = nullptr;
-  uint64_t read_offset = 0;   // what goes to the export (aligned to min_block)
+  uint64_t read_offset = 0;  // what goes to the export (aligned to min_block)
   uint64_t read_length = 0;
-  std::vector<char> bounce;   // the aligned read, when it is not the caller's range
+  std::vector<char> bounce;  // the aligned read, when it is not the caller's range
   std::function<void(absl::Status)> done;
-  absl::Time deadline;         // answered by then (over every connection it is sent on), or failed
+  absl::Time deadline;  // answered by then (over every connection it is sent on), or failed
 };
 
 struct NbdBase::Conn {
@@ -256,8 +256,8 @@ absl::StatusOr<std::unique_ptr<NbdBase>> NbdBase::Connect(const std::string& uri
                                                           const NbdBaseOptions& options) {
   auto base = std::unique_ptr<NbdBase>(new NbdBase(uri, layer_path, options));
   auto fail = [&](const absl::Status& s) {
-    return absl::Status(s.code(), absl::StrCat("layer ", layer_path, ": NBD base ", uri, ": ",
-                                               s.message()));
+    return absl::Status(s.code(),
+                        absl::StrCat("layer ", layer_path, ": NBD base ", uri, ": ", s.message()));
   };
   base->wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   base->stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -343,13 +343,13 @@ void NbdBase::ReadAsync(uint64_t offset, absl::Span<char> out,
     r->dst = out.data() + at;
     const uint64_t a = identity_.min_block;
     r->read_offset = r->offset / a * a;
-    r->read_length = std::min((r->offset + r->length + a - 1) / a * a, identity_.size) -
-                     r->read_offset;
+    r->read_length =
+        std::min((r->offset + r->length + a - 1) / a * a, identity_.size) - r->read_offset;
     if (r->read_offset != r->offset || r->read_length != r->length) {
       r->bounce.resize(r->read_length);
     }
-    r->done = joined ? [joined](absl::Status s) { joined->PieceDone(std::move(s)); }
-                     : std::move(done);
+    r->done =
+        joined ? [joined](absl::Status s) { joined->PieceDone(std::move(s)); } : std::move(done);
     r->deadline = now + options_.read_timeout;
     reads.push_back(std::move(r));
   }
@@ -391,8 +391,8 @@ void NbdBase::FailRead(std::unique_ptr<PendingRead> read, const std::string& why
     MutexLock lock(&mu_);
     ++state_.failed_reads;
   }
-  read->done(absl::UnavailableError(absl::StrFormat(
-      "NBD base %s: read @ %#x length %#x: %s", uri_, read->offset, read->length, why)));
+  read->done(absl::UnavailableError(absl::StrFormat("NBD base %s: read @ %#x length %#x: %s", uri_,
+                                                    read->offset, read->length, why)));
 }
 
 void NbdBase::Finish(uint64_t id, int error) {
@@ -419,12 +419,11 @@ bool NbdBase::Send(Conn* c, std::unique_ptr<PendingRead>* read) {
   char* buf = r->bounce.empty() ? r->dst : r->bounce.data();
   c->inflight[r->id] = std::move(*read);
   auto* completion = new Completion{r->id, [this](uint64_t i, int e) { Finish(i, e); }};
-  const int64_t cookie =
-      nbd_aio_pread(c->h, buf, r->read_length, r->read_offset,
-                    nbd_completion_callback{.callback = Completion::OnComplete,
-                                            .user_data = completion,
-                                            .free = Completion::Free},
-                    0);
+  const int64_t cookie = nbd_aio_pread(
+      c->h, buf, r->read_length, r->read_offset,
+      nbd_completion_callback{
+          .callback = Completion::OnComplete, .user_data = completion, .free = Completion::Free},
+      0);
   if (cookie != -1) return true;
   // libnbd called Free already; the read is still ours, and was not sent.
   const std::string why = LibnbdError();
@@ -459,9 +458,9 @@ void NbdBase::SendQueued(absl::Time now) {
   std::vector<std::unique_ptr<PendingRead>> waiting;
   for (auto& r : queued) {
     if (now >= r->deadline) {
-      FailRead(std::move(r), absl::StrCat("no answer within ",
-                                          absl::FormatDuration(options_.read_timeout), " (",
-                                          last_error.empty() ? "no connection" : last_error, ")"));
+      FailRead(std::move(r),
+               absl::StrCat("no answer within ", absl::FormatDuration(options_.read_timeout), " (",
+                            last_error.empty() ? "no connection" : last_error, ")"));
       continue;
     }
     while (r != nullptr) {
@@ -486,7 +485,8 @@ void NbdBase::Drop(Conn* c, const std::string& why, bool closing) {
   ++wanted_;
   state_.last_error = why;
   if (!closing) {
-    STRATA_LOG_LIMITED(kError, "NBD base %s: connection lost (%s); reconnecting, %d read%s to send again",
+    STRATA_LOG_LIMITED(kError,
+                       "NBD base %s: connection lost (%s); reconnecting, %d read%s to send again",
                        uri_, why, static_cast<int>(lost.size()), lost.size() == 1 ? "" : "s");
   }
   // A base never changes, so a read is sent again on another connection (until its
@@ -609,8 +609,8 @@ void NbdBase::ConnectorLoop() {
 }
 
 RemoteBaseOpener NbdBaseOpener(const NbdBaseOptions& options) {
-  return [options](const std::string& uri, const std::string& layer_path)
-             -> absl::StatusOr<std::unique_ptr<RemoteBase>> {
+  return [options](const std::string& uri,
+                   const std::string& layer_path) -> absl::StatusOr<std::unique_ptr<RemoteBase>> {
     auto base = NbdBase::Connect(uri, layer_path, options);
     if (!base.ok()) return base.status();
     return std::unique_ptr<RemoteBase>(std::move(*base));

@@ -75,7 +75,7 @@ class NbdBase final : public RemoteBase {
     bool read_only = true;
     Uuid layer_uuid{};
     bool multi_conn = false;
-    uint64_t min_block = 1;       // reads are aligned to it
+    uint64_t min_block = 1;  // reads are aligned to it
     uint64_t max_request = 1 << 25;
   };
 
@@ -105,14 +105,14 @@ class NbdBase final : public RemoteBase {
   Identity identity_;
   std::vector<std::pair<uint64_t, uint64_t>> data_runs_;  // sorted; empty + !have_map_: all data
   bool have_map_ = false;
-  int wake_fd_ = -1;   // eventfd: a read was queued, a connection is ready, or stop
-  int stop_fd_ = -1;   // eventfd: stops a connection attempt in progress
+  int wake_fd_ = -1;  // eventfd: a read was queued, a connection is ready, or stop
+  int stop_fd_ = -1;  // eventfd: stops a connection attempt in progress
 
   mutable Mutex mu_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::unique_ptr<PendingRead>> queue_ ABSL_GUARDED_BY(mu_);
   std::vector<nbd_handle*> ready_ ABSL_GUARDED_BY(mu_);  // made by the connector, not yet used
-  int wanted_ ABSL_GUARDED_BY(mu_) = 0;                   // connections the connector should make
+  int wanted_ ABSL_GUARDED_BY(mu_) = 0;                  // connections the connector should make
   int up_ ABSL_GUARDED_BY(mu_) = 0;
   RemoteBaseState state_ ABSL_GUARDED_BY(mu_);
 

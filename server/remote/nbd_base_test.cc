@@ -44,7 +44,8 @@ class NbdBaseTest : public ::testing::Test {
       execvp("nbdkit", argv.data());
       _exit(127);
     }
-    for (int i = 0; i < 200 && !std::filesystem::exists(sock_); ++i) absl::SleepFor(absl::Milliseconds(20));
+    for (int i = 0; i < 200 && !std::filesystem::exists(sock_); ++i)
+      absl::SleepFor(absl::Milliseconds(20));
     ASSERT_TRUE(std::filesystem::exists(sock_)) << "nbdkit did not start";
   }
   void StopServer(int sig = SIGTERM) {
