@@ -21,7 +21,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib/interop_lib.sh"
 [ "$SERVER_KIND" = strata ] || skip "strata's own NBD base: nothing to compare with $SERVER_KIND"
-need qemu-img qemu-io qemu-nbd nbdkit nbdinfo timeout
+need qemu-img qemu-io qemu-nbd nbdkit nbdinfo fio jq timeout
 interop_init "$@"
 STRATA="$(realpath "$STRATA")"
 BASE_PID=""
@@ -148,6 +148,21 @@ grep -q "was created on strata layer $GOLD_UUID" ../other-layer.err ||
   fail "no word of the layer it stands on: $(cat ../other-layer.err)"
 stop_base
 
+log "tls"
+need psktool
+psktool -u alice -p ../disks/keys.psk >/dev/null 2>&1
+"$STRATA" serve --read-only --tls-psk ../disks/keys.psk --socket "$BSOCK" --pid-file ../gold.pid \
+  --log-file ../gold.log --no-control ../disks/gold-kept.strata >/dev/null
+BASE_PID="$(cat ../gold.pid)"
+SURI="nbds+unix://alice@/?socket=$BSOCK&tls-psk-file=$WORK/disks/keys.psk"
+rm -f ../disks/vm.strata
+"$STRATA" create -b "$SURI" -F nbd ../disks/vm.strata >/dev/null
+serve_vm
+cp "$BASE" ../model.raw
+compare_model "over TLS (PSK)"
+stop_vm
+stop_base
+
 log "faults"
 start_base nbdkit
 rm -f ../disks/vm.strata
@@ -177,6 +192,20 @@ wait "$reader" || fail "a read pending while the base restarted failed: $(cat ..
 wait_base connected True 10
 [ "$(base_field reconnects)" -ge 1 ] || fail "stats counts no reconnection"
 compare_model "after the base came back"
+# Under load: fio reads the whole disk (mostly the base) while the base is killed and
+# restarted; the server answers every read (data or EIO) and stays up, and loses nothing.
+fio --name=load --ioengine=nbd --uri="$VURI" --rw=randread --bs=64k --iodepth=16 --time_based \
+  --runtime=6 --continue_on_error=all --output=../fio-load.out >/dev/null 2>&1 &
+loader=$!
+sleep 1.5
+kill_base
+sleep 1.5
+start_base nbdkit
+wait "$loader" || true
+kill -0 "$VM_PID" 2>/dev/null || fail "the server died with the base killed under load"
+grep -q 'read: IOPS=' ../fio-load.out || fail "fio under load did not run: $(cat ../fio-load.out)"
+wait_base connected True 10
+compare_model "after the base was killed under load"
 
 log "changed"
 kill_base
