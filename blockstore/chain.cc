@@ -1229,23 +1229,7 @@ absl::StatusOr<CopyUpResult> Chain::CopyUp(uint64_t cluster, const ClusterEntry&
     const ClusterEntry before = a;
     a.zero |= entry.zero & absent;  // metadata only: a write finishing later still wins
     if (data != 0) {
-      // A write in flight there would land before or after the copy: either order could put
-      // the older data over the newer. Try this cluster later.
-      if (WriteInFlightIn(cluster, cluster + 1)) {
-        return RetryableError(kWriteConflict,
-                              absl::StrCat("cluster ", cluster, ": a write is in flight"));
-      }
-      if (a.slot == 0) {
-        ReleaseQuarantinedLocked();
-        std::optional<uint32_t> taken = active_->slots()->Take();
-        if (!taken.has_value()) {
-          return RetryableError(kNeedsSlots, absl::StrCat("cluster ", cluster, ": layer ",
-                                                          active_->path(),
-                                                          " has no ready slot"));
-        }
-        a.slot = *taken;
-      }
-      copyups_.push_back(cluster);
+      if (auto s = ClaimForCopyUpLocked(cluster, &a); !s.ok()) return s;
     }
     if (!(a == before)) active_->SetEntry(cluster, a);
     result.replenish = active_->slots()->wants_refill();
@@ -1258,17 +1242,41 @@ absl::StatusOr<CopyUpResult> Chain::CopyUp(uint64_t cluster, const ClusterEntry&
   AdviseWillNeed(*target->file(), target->DataOffset(slot, 0), cluster_size_);
   absl::Status s = CopyClusterData(env_, from, entry.slot, target, slot, data);
   MutexLock lock(&mu_);
-  copyups_.erase(std::find(copyups_.begin(), copyups_.end(), cluster));
+  // A snapshot that froze the target meanwhile leaves this cluster to do: the stream goes on
+  // into the frozen layer.
+  result.bytes = EndCopyUpLocked(target, cluster, s.ok() ? data : 0);
   if (!s.ok()) return s;
-  // A snapshot froze the target meanwhile: its index is final; the stream goes on into it as
-  // a frozen layer, and finds this cluster still to do.
-  if (target != active_.get()) return result;
+  return result;
+}
+
+absl::Status Chain::ClaimForCopyUpLocked(uint64_t cluster, ClusterEntry* a) {
+  // A write in flight there would land before or after the copy: either order could put the
+  // older data over the newer. Try this cluster later.
+  if (WriteInFlightIn(cluster, cluster + 1)) {
+    return RetryableError(kWriteConflict,
+                          absl::StrCat("cluster ", cluster, ": a write is in flight"));
+  }
+  if (a->slot == 0) {
+    ReleaseQuarantinedLocked();
+    std::optional<uint32_t> taken = active_->slots()->Take();
+    if (!taken.has_value()) {
+      return RetryableError(kNeedsSlots, absl::StrCat("cluster ", cluster, ": layer ",
+                                                      active_->path(), " has no ready slot"));
+    }
+    a->slot = *taken;
+  }
+  copyups_.push_back(cluster);
+  return absl::OkStatus();
+}
+
+uint64_t Chain::EndCopyUpLocked(Layer* target, uint64_t cluster, uint32_t copied) {
+  copyups_.erase(std::find(copyups_.begin(), copyups_.end(), cluster));
+  if (copied == 0 || target != active_.get()) return 0;
   ClusterEntry a = target->Get(cluster);
-  const uint32_t landed = data & ~(a.present | a.zero);
+  const uint32_t landed = copied & ~(a.present | a.zero);
   a.present |= landed;
   target->SetEntry(cluster, a);
-  result.bytes = uint64_t{static_cast<uint32_t>(__builtin_popcount(landed))} * sub_block_size_;
-  return result;
+  return uint64_t{static_cast<uint32_t>(__builtin_popcount(landed))} * sub_block_size_;
 }
 
 absl::StatusOr<CopyUpResult> Chain::CopyUpFromBase(uint64_t offset, absl::string_view data) {
@@ -1297,23 +1305,9 @@ absl::StatusOr<CopyUpResult> Chain::CopyUpFromBase(uint64_t offset, absl::string
       }
     }
     if (wanted == 0) return result;
-    // As CopyUp: a write in flight there would land before or after the copy, and either
-    // order could put the older data over the newer.
-    if (WriteInFlightIn(cluster, cluster + 1)) {
-      return RetryableError(kWriteConflict,
-                            absl::StrCat("cluster ", cluster, ": a write is in flight"));
-    }
-    if (a.slot == 0) {
-      ReleaseQuarantinedLocked();
-      std::optional<uint32_t> taken = active_->slots()->Take();
-      if (!taken.has_value()) {
-        return RetryableError(kNeedsSlots, absl::StrCat("cluster ", cluster, ": layer ",
-                                                        active_->path(), " has no ready slot"));
-      }
-      a.slot = *taken;
-      active_->SetEntry(cluster, a);
-    }
-    copyups_.push_back(cluster);
+    const uint32_t had_slot = a.slot;
+    if (auto s = ClaimForCopyUpLocked(cluster, &a); !s.ok()) return s;
+    if (a.slot != had_slot) active_->SetEntry(cluster, a);
     result.replenish = active_->slots()->wants_refill();
     target = active_.get();
     slot = a.slot;
@@ -1326,14 +1320,8 @@ absl::StatusOr<CopyUpResult> Chain::CopyUpFromBase(uint64_t offset, absl::string
                                           sub_block_size_));
   }
   MutexLock lock(&mu_);
-  copyups_.erase(std::find(copyups_.begin(), copyups_.end(), cluster));
+  result.bytes = EndCopyUpLocked(target, cluster, s.ok() ? wanted : 0);  // 0 if frozen meanwhile
   if (!s.ok()) return s;
-  if (target != active_.get()) return result;  // a snapshot froze it meanwhile: not copied
-  ClusterEntry a = target->Get(cluster);
-  const uint32_t landed = wanted & ~(a.present | a.zero);
-  a.present |= landed;
-  target->SetEntry(cluster, a);
-  result.bytes = uint64_t{static_cast<uint32_t>(__builtin_popcount(landed))} * sub_block_size_;
   return result;
 }
 

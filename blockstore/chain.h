@@ -391,6 +391,15 @@ class Chain {
   void ReleaseRetiredLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool CopyUpInFlightIn(uint64_t first_sb, uint64_t end_sb) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // CopyUp and CopyUpFromBase: claims cluster `cluster` (*a, its entry in the active layer) for
+  // a copy into it: no write in flight there (IsWriteConflict() otherwise), a slot (NeedsSlots()),
+  // and guest writes there wait until EndCopyUpLocked.
+  absl::Status ClaimForCopyUpLocked(uint64_t cluster, ClusterEntry* a)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the claim: the sub-blocks `copied` become present in `target` unless written or zeroed
+  // meanwhile, or `target` is no longer the active layer (a snapshot froze it). Bytes landed.
+  uint64_t EndCopyUpLocked(Layer* target, uint64_t cluster, uint32_t copied)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Records a failed sync of `layer_path` as the sticky failure (the first one wins).
   void FailLocked(const std::string& layer_path, const absl::Status& cause)
