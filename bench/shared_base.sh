@@ -18,10 +18,9 @@
 # --base selects where the golden image comes from (setup_base_MODE below):
 #   file  the frozen layer and raw base are files every server opens (shared storage: NFS,
 #         CephFS; here a local directory)
-#   nbd   the golden image served once over NBD, every layer's parent a remote `nbd` base:
-#         not built yet. HOOK for the NBD-base work: write setup_base_nbd (start the one base
-#         server, set PARENT/PARENT_FORMAT to its URI and `nbd`, BASE_PID to its pid so that
-#         its CPU is reported as "base server"), nothing else changes.
+#   nbd   the golden image served once over NBD (`strata serve --read-only` of the frozen
+#         layer, one process), every disk's parent that export (`create -b URI -F nbd`): the
+#         base server's CPU is reported too
 #
 # Environment: STRATA=path  SIZE=1G  RUNTIME=10  QD=16  WORK_PARENT=/var/tmp
 #              RESULTS=dir (default /tmp/strata-bench-results/shared-base-DATE)
@@ -78,8 +77,17 @@ setup_base_file() {
 }
 
 setup_base_nbd() {
-  echo "shared_base.sh: --base nbd is not built yet (a remote nbd parent: see setup_base_nbd)" >&2
-  exit 2
+  setup_base_file
+  local sock="$GOLDEN_DIR/golden.sock"
+  local args=(serve --read-only --foreground --no-control --cache=writeback --socket "$sock"
+              "$GOLDEN_DIR/gold@v1.strata")
+  cmd "golden served once: strata ${args[*]//$WORK/\$DIR}"
+  "$STRATA" "${args[@]}" </dev/null >"$RESULTS/base-server.log" 2>&1 &
+  BASE_PID=$!
+  STARTED_PIDS+=($!)
+  wait_for_nbd "$BASE_PID" "$sock" "$RESULTS/base-server.log" || exit 1
+  PARENT="nbd+unix:///?socket=$sock"
+  PARENT_FORMAT=nbd
 }
 
 # --- N disks and servers ------------------------------------------------------------------------

@@ -123,11 +123,39 @@ uint32_t SubBlockMask(uint64_t first_sb, uint64_t end_sb) {
 bool IsWriteConflict(const absl::Status& status) { return IsRetryable(status, kWriteConflict); }
 bool NeedsSlots(const absl::Status& status) { return IsRetryable(status, kNeedsSlots); }
 
+namespace {
+
+// An NBD export as the base: the header records its URI as given, its size and, when it says
+// it serves a strata layer, that layer's UUID (checked on every open).
+absl::StatusOr<LayerHeader> CreateOnRemoteBase(const std::string& layer_path,
+                                               const CreateOptions& options,
+                                               LayerCreateParams params, Env* env) {
+  const RemoteBaseOpener& open = OpenerOrDefault(options.open_remote_base);
+  if (!open) return absl::FailedPreconditionError("this program cannot connect to an NBD base");
+  auto remote = open(options.parent, layer_path);
+  if (!remote.ok()) return remote.status();
+  const uint64_t size = (*remote)->size();
+  if (size == 0 || size % 512 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "NBD base ", options.parent, " is ", size, " bytes: it must be a positive multiple of 512"));
+  }
+  params.parent_path = options.parent;
+  params.virtual_size = params.parent_size = size;
+  params.parent_uuid = (*remote)->layer_uuid();
+  auto layer = Layer::Create(env, layer_path, params);
+  if (!layer.ok()) return layer.status();
+  return (*layer)->header();
+}
+
+}  // namespace
+
 absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
                                         const CreateOptions& options) {
   Env* env = options.env ? options.env : Env::Default();
   // As qemu-img: a relative parent path is relative to the new layer's directory.
-  const std::string parent = ResolvePath(DirName(layer_path), options.parent);
+  const std::string parent = options.parent_format == ParentFormat::kNbd
+                                 ? options.parent
+                                 : ResolvePath(DirName(layer_path), options.parent);
   // Before a child is registered under this path (Layer::Create would refuse it only later).
   if (env->Exists(layer_path)) return absl::AlreadyExistsError(absl::StrCat(layer_path, " exists"));
   LayerCreateParams params;
@@ -142,6 +170,8 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
           "a parent needs its format (raw or strata): strata never guesses it");
     }
     params.virtual_size = (options.size + 511) / 512 * 512;
+  } else if (params.parent_format == ParentFormat::kNbd) {
+    return CreateOnRemoteBase(layer_path, options, params, env);
   } else {
     params.parent_path = ParentLink(DirName(layer_path), parent);
   }
@@ -300,6 +330,42 @@ absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const Layer& chil
   return base;
 }
 
+// The NBD export that `child` names as its base, trusted by `scope` (parent_place.h): the size
+// it recorded and, when it recorded one, the strata layer it was created on.
+absl::StatusOr<std::unique_ptr<RemoteBase>> OpenRemoteBase(const Layer& child,
+                                                           const ParentScope& scope,
+                                                           const ChainOptions& options) {
+  const LayerHeader& ch = child.header();
+  if (auto s = CheckRemoteParent(child.path(), ch.parent_path, scope); !s.ok()) return s;
+  const RemoteBaseOpener& open = OpenerOrDefault(options.open_remote_base);
+  if (!open) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), ": its base is the NBD export ", ch.parent_path,
+        ", which this program cannot connect to"));
+  }
+  auto remote = open(ch.parent_path, child.path());
+  if (!remote.ok()) return remote.status();
+  const std::string link = absl::StrCat("NBD base ", ch.parent_path);
+  if ((*remote)->size() != ch.parent_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), ": ", link, " is ", (*remote)->size(), " bytes but was ",
+        ch.parent_size, " when the layer was created: the base changed"));
+  }
+  if (auto s = CheckParentSize(ch, ch.parent_size); !s.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", child.path(), ": ", link, ": ", s.message()));
+  }
+  if (!IsNil(ch.parent_uuid) && (*remote)->layer_uuid() != ch.parent_uuid) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child.path(), " was created on strata layer ", UuidToString(ch.parent_uuid),
+        " but ", link, " serves ",
+        IsNil((*remote)->layer_uuid()) ? std::string("no strata layer")
+                                       : UuidToString((*remote)->layer_uuid()),
+        ": the base changed"));
+  }
+  return remote;
+}
+
 // The strata parent at `path` that `child` names: the same UUID, size and geometry, frozen.
 absl::StatusOr<std::unique_ptr<Layer>> OpenParent(Env* env, const Layer& child,
                                                   const std::string& path,
@@ -344,6 +410,25 @@ absl::Status CheckNewParent(Env* env, const std::string& layer_path, const Layer
   return CheckParentHeader(layer_path, ch, path, *header, kWhy);
 }
 
+// The would-be new URI of the NBD base that `layer_path` (header `ch`) was created on: the
+// export must be the same size and, when the layer recorded one, the same strata layer.
+absl::Status CheckNewRemoteParent(const std::string& layer_path, const LayerHeader& ch,
+                                  const RebaseOptions& options) {
+  const RemoteBaseOpener& open = OpenerOrDefault(options.open_remote_base);
+  if (!open) return absl::FailedPreconditionError("this program cannot connect to an NBD base");
+  auto remote = open(options.parent, layer_path);
+  if (!remote.ok()) return remote.status();
+  const bool same = (*remote)->size() == ch.parent_size &&
+                    (IsNil(ch.parent_uuid) || (*remote)->layer_uuid() == ch.parent_uuid);
+  if (same) return absl::OkStatus();
+  const std::string layer =
+      IsNil(ch.parent_uuid) ? "" : absl::StrCat(", strata layer ", UuidToString(ch.parent_uuid));
+  return absl::FailedPreconditionError(absl::StrCat(
+      "layer ", layer_path, ": NBD base ", options.parent, " (", (*remote)->size(),
+      " bytes) is not the base it was created on (", ch.parent_size, " bytes", layer,
+      "): rebase -u only fixes a moved base's address; the data would be wrong"));
+}
+
 }  // namespace
 
 absl::StatusOr<LayerHeader> RebaseLayer(const std::string& layer_path,
@@ -364,9 +449,15 @@ absl::StatusOr<LayerHeader> RebaseLayer(const std::string& layer_path,
         layer_path, " was created on a ", Name(header->parent_format), " parent, not a ",
         Name(options.parent_format), " one"));
   }
-  const std::string parent = ResolvePath(DirName(layer_path), options.parent);
-  if (auto s = CheckNewParent(env, layer_path, *header, parent); !s.ok()) return s;
-  const std::string link = ParentLink(DirName(layer_path), parent);
+  const bool remote = header->parent_format == ParentFormat::kNbd;
+  const std::string parent =
+      remote ? options.parent : ResolvePath(DirName(layer_path), options.parent);
+  if (auto s = remote ? CheckNewRemoteParent(layer_path, *header, options)
+                      : CheckNewParent(env, layer_path, *header, parent);
+      !s.ok()) {
+    return s;
+  }
+  const std::string link = remote ? parent : ParentLink(DirName(layer_path), parent);
   if (header->parent_format == ParentFormat::kStrata) {
     if (auto s = RegisterChildUnlessReadOnly(env, parent, header->parent_uuid, layer_path,
                                              header->uuid);
@@ -438,6 +529,12 @@ absl::Status Chain::OpenLayers(std::vector<std::unique_ptr<Layer>>* stack) {
       return absl::DataLossError(absl::StrCat("layer ", child.path(), ": parent links loop"));
     }
     if (ch.parent_format == ParentFormat::kNone) return absl::OkStatus();
+    if (ch.parent_format == ParentFormat::kNbd) {
+      auto remote = OpenRemoteBase(child, scope, options_);
+      if (!remote.ok()) return remote.status();
+      remote_ = std::move(*remote);
+      return absl::OkStatus();
+    }
     std::string parent_path = ResolvePath(DirName(child.path()), ch.parent_path);
     if (ch.parent_format == ParentFormat::kRaw) {
       if (auto s = RefuseUnfinishedMerge(env_, parent_path, top_path_); !s.ok()) return s;
@@ -497,6 +594,15 @@ std::vector<LayerInfo> Chain::Layers() const {
     info.file_bytes = base_->file->AllocatedBytes().value_or(0);
     out.push_back(std::move(info));
   }
+  if (remote_) {
+    LayerInfo info;
+    info.position = 0;
+    info.path = remote_->uri();
+    info.is_raw_base = info.is_remote_base = true;
+    info.allocated_bytes = remote_->size();
+    info.remote = remote_->State();
+    out.push_back(std::move(info));
+  }
   auto add = [&](const Layer& layer, int position) {
     LayerInfo info;
     info.position = position;
@@ -528,6 +634,7 @@ std::string Chain::DescribeLayer(int position) const {
   const int top = static_cast<int>(frozen_.size()) + 1;
   if (position == -1) return "no layer (reads as zeros)";
   if (position == 0 && base_) return absl::StrCat("base (", base_->file->path(), ")");
+  if (position == 0 && remote_) return absl::StrCat("NBD base (", remote_->uri(), ")");
   if (position < 1 || position > top) {
     return absl::StrCat("layer ", position, " (not in the chain of ", top_path_, ")");
   }
@@ -571,6 +678,9 @@ Segment Chain::SegmentFor(uint64_t cluster, uint32_t sb, uint64_t offset, uint64
   }
   if (base_ && offset < base_->size) {
     return {Segment::Kind::kData, std::min(length, base_->size - offset), base_->fd(), offset, 0};
+  }
+  if (remote_ && offset < remote_->size()) {
+    return {Segment::Kind::kRemote, std::min(length, remote_->size() - offset), -1, offset, 0};
   }
   return {Segment::Kind::kZero, length, -1, 0, -1};
 }
@@ -906,7 +1016,7 @@ absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent
   {
     ReaderMutexLock lock(&mu_);
     ForEachSegment(offset, length, [&walked](uint64_t at, const Segment& seg) {
-      const bool data = seg.kind == Segment::Kind::kData;
+      const bool data = seg.kind != Segment::Kind::kZero;
       AppendExtent(&walked, {at, seg.length, seg.layer, /*zero=*/!data, data,
                              data ? static_cast<int64_t>(seg.file_offset) : -1});
     });
@@ -918,7 +1028,9 @@ absl::Status Chain::Extents(uint64_t offset, uint64_t length, std::vector<Extent
     }
     // The raw base's own holes read as zeros and hold no data: said so, as qemu-img map and
     // qemu-nbd's base:allocation do, so that copies (export, nbdcopy, a backup) keep them sparse.
-    auto ranges = DataRanges(base_->file->fd(), base_->file->path(), e.offset, e.length);
+    absl::StatusOr<std::vector<std::pair<uint64_t, uint64_t>>> ranges =
+        remote_ ? remote_->DataRanges(e.offset, e.length)
+                : DataRanges(base_->file->fd(), base_->file->path(), e.offset, e.length);
     if (!ranges.ok()) return ranges.status();
     uint64_t at = e.offset;
     for (const auto& [start, end] : *ranges) {
@@ -1117,23 +1229,7 @@ absl::StatusOr<CopyUpResult> Chain::CopyUp(uint64_t cluster, const ClusterEntry&
     const ClusterEntry before = a;
     a.zero |= entry.zero & absent;  // metadata only: a write finishing later still wins
     if (data != 0) {
-      // A write in flight there would land before or after the copy: either order could put
-      // the older data over the newer. Try this cluster later.
-      if (WriteInFlightIn(cluster, cluster + 1)) {
-        return RetryableError(kWriteConflict,
-                              absl::StrCat("cluster ", cluster, ": a write is in flight"));
-      }
-      if (a.slot == 0) {
-        ReleaseQuarantinedLocked();
-        std::optional<uint32_t> taken = active_->slots()->Take();
-        if (!taken.has_value()) {
-          return RetryableError(kNeedsSlots, absl::StrCat("cluster ", cluster, ": layer ",
-                                                          active_->path(),
-                                                          " has no ready slot"));
-        }
-        a.slot = *taken;
-      }
-      copyups_.push_back(cluster);
+      if (auto s = ClaimForCopyUpLocked(cluster, &a); !s.ok()) return s;
     }
     if (!(a == before)) active_->SetEntry(cluster, a);
     result.replenish = active_->slots()->wants_refill();
@@ -1146,16 +1242,86 @@ absl::StatusOr<CopyUpResult> Chain::CopyUp(uint64_t cluster, const ClusterEntry&
   AdviseWillNeed(*target->file(), target->DataOffset(slot, 0), cluster_size_);
   absl::Status s = CopyClusterData(env_, from, entry.slot, target, slot, data);
   MutexLock lock(&mu_);
-  copyups_.erase(std::find(copyups_.begin(), copyups_.end(), cluster));
+  // A snapshot that froze the target meanwhile leaves this cluster to do: the stream goes on
+  // into the frozen layer.
+  result.bytes = EndCopyUpLocked(target, cluster, s.ok() ? data : 0);
   if (!s.ok()) return s;
-  // A snapshot froze the target meanwhile: its index is final; the stream goes on into it as
-  // a frozen layer, and finds this cluster still to do.
-  if (target != active_.get()) return result;
+  return result;
+}
+
+absl::Status Chain::ClaimForCopyUpLocked(uint64_t cluster, ClusterEntry* a) {
+  // A write in flight there would land before or after the copy: either order could put the
+  // older data over the newer. Try this cluster later.
+  if (WriteInFlightIn(cluster, cluster + 1)) {
+    return RetryableError(kWriteConflict,
+                          absl::StrCat("cluster ", cluster, ": a write is in flight"));
+  }
+  if (a->slot == 0) {
+    ReleaseQuarantinedLocked();
+    std::optional<uint32_t> taken = active_->slots()->Take();
+    if (!taken.has_value()) {
+      return RetryableError(kNeedsSlots, absl::StrCat("cluster ", cluster, ": layer ",
+                                                      active_->path(), " has no ready slot"));
+    }
+    a->slot = *taken;
+  }
+  copyups_.push_back(cluster);
+  return absl::OkStatus();
+}
+
+uint64_t Chain::EndCopyUpLocked(Layer* target, uint64_t cluster, uint32_t copied) {
+  copyups_.erase(std::find(copyups_.begin(), copyups_.end(), cluster));
+  if (copied == 0 || target != active_.get()) return 0;
   ClusterEntry a = target->Get(cluster);
-  const uint32_t landed = data & ~(a.present | a.zero);
+  const uint32_t landed = copied & ~(a.present | a.zero);
   a.present |= landed;
   target->SetEntry(cluster, a);
-  result.bytes = uint64_t{static_cast<uint32_t>(__builtin_popcount(landed))} * sub_block_size_;
+  return uint64_t{static_cast<uint32_t>(__builtin_popcount(landed))} * sub_block_size_;
+}
+
+absl::StatusOr<CopyUpResult> Chain::CopyUpFromBase(uint64_t offset, absl::string_view data) {
+  if (auto s = CheckWritable(); !s.ok()) return s;
+  const uint64_t cluster = offset / cluster_size_;
+  const uint32_t first_sb = static_cast<uint32_t>(offset % cluster_size_ / sub_block_size_);
+  const uint32_t count = static_cast<uint32_t>(data.size() / sub_block_size_);
+  if (offset % sub_block_size_ != 0 || data.size() % sub_block_size_ != 0 || count == 0 ||
+      first_sb + count > cluster_size_ / sub_block_size_) {
+    return absl::InvalidArgumentError(absl::StrCat("copy-on-read of ", data.size(), " bytes @ ",
+                                                   offset, ": not whole sub-blocks of a cluster"));
+  }
+  Layer* target;
+  uint32_t wanted = 0, slot;
+  CopyUpResult result;
+  {
+    MutexLock lock(&mu_);
+    if (!failure_.ok()) return failure_;
+    ClusterEntry a = active_->Get(cluster);
+    for (uint32_t sb = first_sb; sb < first_sb + count; ++sb) {
+      const uint32_t bit = 1u << sb;
+      if ((a.present | a.zero) & bit) continue;
+      if (SegmentFor(cluster, sb, cluster * cluster_size_ + uint64_t{sb} * sub_block_size_,
+                     sub_block_size_).kind == Segment::Kind::kRemote) {
+        wanted |= bit;
+      }
+    }
+    if (wanted == 0) return result;
+    const uint32_t had_slot = a.slot;
+    if (auto s = ClaimForCopyUpLocked(cluster, &a); !s.ok()) return s;
+    if (a.slot != had_slot) active_->SetEntry(cluster, a);
+    result.replenish = active_->slots()->wants_refill();
+    target = active_.get();
+    slot = a.slot;
+  }
+  absl::Status s;
+  for (uint32_t sb = first_sb; s.ok() && sb < first_sb + count; ++sb) {
+    if (!(wanted & (1u << sb))) continue;
+    s = target->file()->Write(target->DataOffset(slot, sb),
+                              data.substr(uint64_t{sb - first_sb} * sub_block_size_,
+                                          sub_block_size_));
+  }
+  MutexLock lock(&mu_);
+  result.bytes = EndCopyUpLocked(target, cluster, s.ok() ? wanted : 0);  // 0 if frozen meanwhile
+  if (!s.ok()) return s;
   return result;
 }
 
@@ -1255,6 +1421,10 @@ absl::Status Chain::ReadSegments(const std::vector<Segment>& segments, char* out
   for (const Segment& seg : segments) {
     if (seg.kind == Segment::Kind::kZero) {
       std::memset(out, 0, seg.length);
+    } else if (seg.kind == Segment::Kind::kRemote) {
+      if (auto s = remote_->Read(seg.file_offset, absl::MakeSpan(out, seg.length)); !s.ok()) {
+        return s;
+      }
     } else {
       uint64_t done = 0;
       while (done < seg.length) {

@@ -36,6 +36,7 @@
 #include "blockstore/mutex.h"
 #include "absl/types/span.h"
 #include "blockstore/format.h"
+#include "blockstore/remote_base.h"
 
 namespace strata {
 
@@ -44,12 +45,14 @@ class FlatView;
 class RawBase;
 
 // A run of the virtual disk and where its bytes live.
+// kRemote: the remote base's bytes (remote_base.h), read through Chain::remote_base(), not a
+// descriptor; file_offset is then the offset in the export (= the virtual offset).
 struct Segment {
-  enum class Kind : uint8_t { kData, kZero };
+  enum class Kind : uint8_t { kData, kZero, kRemote };
   Kind kind = Kind::kZero;
   uint64_t length = 0;
   int fd = -1;               // kData only
-  uint64_t file_offset = 0;  // kData only
+  uint64_t file_offset = 0;  // kData and kRemote
   // The chain position answering it, as in Extent::layer (0 = the raw base, -1 = nobody), for
   // messages: Chain::DescribeLayer(layer) names its file. kData runs coalesce only within one
   // file; kZero runs also across layers, and then name the layer of their first sub-block.
@@ -116,7 +119,9 @@ struct Extent {
 struct LayerInfo {
   int position = 0;          // as in Extent::layer
   std::string path;
-  bool is_raw_base = false;
+  bool is_raw_base = false;      // position 0: the base (a raw file, or an NBD export)
+  bool is_remote_base = false;   // the base is an NBD export; path is its URI
+  RemoteBaseState remote;        // is_remote_base only
   LayerHeader header;        // for strata layers
   uint64_t allocated_bytes = 0;  // bytes of data slots referenced by the index
   uint64_t file_bytes = 0;       // bytes the file occupies on the host (st_blocks)
@@ -148,6 +153,8 @@ struct ChainOptions {
   std::string top_file;
   // Directories trusted to hold parents besides top_path's own tree (parent_place.h).
   std::vector<std::string> allowed_parent_dirs;
+  // Connects to a parent of format nbd; without it such a chain does not open.
+  RemoteBaseOpener open_remote_base;
 };
 
 struct CreateOptions {
@@ -160,6 +167,7 @@ struct CreateOptions {
   // Layers stacked on it later take the same. Small journals checkpoint often (tests).
   uint64_t journal_size = kDefaultJournalSize;
   Env* env = nullptr;
+  RemoteBaseOpener open_remote_base;  // a parent of format nbd: `parent` is its URI
 };
 // Creates an empty active layer at `layer_path` (like `qemu-img create -b PARENT -F FMT`). A
 // strata parent must be frozen. The parent is recorded by name when it shares the layer's
@@ -171,6 +179,7 @@ struct RebaseOptions {
   std::string parent;  // the new path; relative: to the layer's directory (as qemu-img)
   ParentFormat parent_format = ParentFormat::kNone;  // kNone: the one the header records
   Env* env = nullptr;
+  RemoteBaseOpener open_remote_base;  // an nbd parent: `parent` is its new URI
 };
 // `strata rebase -u`: points the layer at `layer_path` (active or frozen) to its parent's new
 // path after the files moved, data untouched (like `qemu-img rebase -u`). Checked: the new
@@ -206,6 +215,8 @@ class Chain {
   const ChainOptions& options() const { return options_; }
   Env* env() const { return env_; }  // options().env, or the real file system
   const std::string& top_path() const { return top_path_; }
+  // The remote base (a parent of format nbd), or null: kRemote segments are read through it.
+  RemoteBase* remote_base() const { return remote_.get(); }
   // Metadata only. The file the chain was opened from (ChainOptions::top_file) is now at
   // top_path(): messages and the layer list name it there. REQUIRES: no other thread uses the
   // chain yet.
@@ -313,6 +324,15 @@ class Chain {
   // froze the layer: the stream continues into it as a frozen layer).
   absl::StatusOr<CopyUpResult> CopyUp(uint64_t cluster, const ClusterEntry& entry,
                                       const Layer& from);
+  // Blocks (one write). Copy-on-read (`strata serve --copy-on-read`, as QEMU's): `data` was
+  // read from the remote base at `offset` (sub-block aligned, whole sub-blocks, within one
+  // cluster); the sub-blocks of it that the chain still reads from the base are written into
+  // the active layer, so that later reads stop depending on the base. Sub-blocks any layer
+  // has, or a write in flight is about to have, stay as they are: IsWriteConflict() when a
+  // write is in flight on the cluster (the caller drops the copy: it is an optimization);
+  // NeedsSlots() as PrepareWrite. Not durable until the next flush, and needs none: the base
+  // still holds the same bytes.
+  absl::StatusOr<CopyUpResult> CopyUpFromBase(uint64_t offset, absl::string_view data);
   // Blocks. The commit point of a stream into the active layer: flushes (every copy made
   // durable), rewrites the active layer's header to link to `link` (the parent of
   // `from_uuid`), then drops `from_uuid` from the chain (DropFrozenLayer). kAborted as CopyUp.
@@ -371,6 +391,15 @@ class Chain {
   void ReleaseRetiredLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool CopyUpInFlightIn(uint64_t first_sb, uint64_t end_sb) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // CopyUp and CopyUpFromBase: claims cluster `cluster` (*a, its entry in the active layer) for
+  // a copy into it: no write in flight there (IsWriteConflict() otherwise), a slot (NeedsSlots()),
+  // and guest writes there wait until EndCopyUpLocked.
+  absl::Status ClaimForCopyUpLocked(uint64_t cluster, ClusterEntry* a)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the claim: the sub-blocks `copied` become present in `target` unless written or zeroed
+  // meanwhile, or `target` is no longer the active layer (a snapshot froze it). Bytes landed.
+  uint64_t EndCopyUpLocked(Layer* target, uint64_t cluster, uint32_t copied)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Records a failed sync of `layer_path` as the sticky failure (the first one wins).
   void FailLocked(const std::string& layer_path, const absl::Status& cause)
@@ -406,6 +435,7 @@ class Chain {
   const FreezingLayer* freezing_view_ ABSL_GUARDED_BY(mu_) = nullptr;  // freezing_, for Layers()
   mutable Mutex mu_;
   std::unique_ptr<RawBase> base_;                   // may be null
+  std::unique_ptr<RemoteBase> remote_;              // instead of base_; may be null
   std::vector<std::unique_ptr<Layer>> frozen_ ABSL_GUARDED_BY(mu_);  // positions 1..N-1
   std::unique_ptr<Layer> active_ ABSL_GUARDED_BY(mu_);
   std::unique_ptr<FlatView> view_ ABSL_GUARDED_BY(mu_);

@@ -241,6 +241,9 @@ absl::StatusOr<CheckReport> CheckChain(Env* env, const std::string& top_path, bo
         } else {
           report.notes.push_back(absl::StrCat(base, ": raw base"));
         }
+      } else if (header->parent_format == ParentFormat::kNbd) {
+        report.notes.push_back(
+            absl::StrCat(header->parent_path, ": NBD base (a remote export: not read by check)"));
       }
       break;
     }

@@ -348,9 +348,10 @@ absl::Status Relink(Env* env, const MergeJournal& j, LockSet* locks) {
   auto parent = ReadLayerHeader(env, j.parent_path);
   if (!parent.ok()) return parent.status();
   const bool moves = DirName(j.child_path) != DirName(j.parent_path);
-  // P's own parent link must still resolve from C's directory.
+  // P's own parent link must still resolve from C's directory (an NBD base's URI is no path).
   std::string link = parent->parent_path;
-  if (parent->parent_format != ParentFormat::kNone && moves) {
+  if (parent->parent_format != ParentFormat::kNone &&
+      parent->parent_format != ParentFormat::kNbd && moves) {
     link = ParentLink(DirName(j.child_path), ResolvePath(DirName(j.parent_path), link));
   }
   // One header write ends the fence: P goes from merging to C's state.
@@ -648,8 +649,12 @@ absl::StatusOr<CommitResult> CommitIntoBaseRecovered(Env* env, const std::string
   if (child->parent_format != ParentFormat::kRaw) {
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot commit ", layer_path, " into a raw base: its parent is ",
-        Name(child->parent_format), " (only the lowest layer of a chain on a raw base can; "
-        "`strata commit` without --into-base merges into a strata parent)"));
+        Name(child->parent_format),
+        child->parent_format == ParentFormat::kNbd
+            ? " (an NBD base is never written: a golden image shared by many; `strata convert` "
+              "flattens the chain into a local file)"
+            : " (only the lowest layer of a chain on a raw base can; `strata commit` without "
+              "--into-base merges into a strata parent)"));
   }
   const bool active = child->state == LayerState::kActive;
   if (drop && !active) {

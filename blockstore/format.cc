@@ -80,7 +80,8 @@ absl::Status CheckParentLink(const LayerHeader& h) {
   if (h.parent_path.find('\0') != std::string::npos) {
     return absl::DataLossError("bad parent_path: holds a NUL byte");
   }
-  if (IsNil(h.parent_uuid) != (h.parent_format == ParentFormat::kRaw)) {
+  if (h.parent_format != ParentFormat::kNbd &&
+      IsNil(h.parent_uuid) != (h.parent_format == ParentFormat::kRaw)) {
     return absl::DataLossError(absl::StrCat("bad parent_uuid: ",
                                             IsNil(h.parent_uuid) ? "nil" : "set",
                                             " for a ", Name(h.parent_format), " parent"));
@@ -126,6 +127,7 @@ absl::string_view Name(ParentFormat format) {
     case ParentFormat::kNone: return "none";
     case ParentFormat::kRaw: return "raw";
     case ParentFormat::kStrata: return "strata";
+    case ParentFormat::kNbd: return "nbd";
   }
   return "unknown";
 }
@@ -135,9 +137,11 @@ absl::Status ParseParentFormat(absl::string_view text, ParentFormat* format) {
     *format = ParentFormat::kRaw;
   } else if (text == "strata") {
     *format = ParentFormat::kStrata;
+  } else if (text == "nbd") {
+    *format = ParentFormat::kNbd;
   } else {
     return absl::InvalidArgumentError(
-        absl::StrCat("unknown parent format '", text, "' (expected raw or strata)"));
+        absl::StrCat("unknown parent format '", text, "' (expected raw, strata or nbd)"));
   }
   return absl::OkStatus();
 }
@@ -283,7 +287,7 @@ absl::Status LayerHeader::DecodeFrom(absl::string_view block) {
       raw_state > static_cast<uint32_t>(LayerState::kMerging)) {
     return absl::DataLossError(absl::StrCat("bad state ", raw_state));
   }
-  if (raw_format > static_cast<uint32_t>(ParentFormat::kStrata)) {
+  if (raw_format > static_cast<uint32_t>(ParentFormat::kNbd)) {
     return absl::DataLossError(absl::StrCat("bad parent format ", raw_format));
   }
   if (path_len > kMaxParentPathLength || name_len > kMaxSnapshotNameLength) {

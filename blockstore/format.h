@@ -90,10 +90,12 @@ inline std::string MergeJournalPath(const std::string& layer_path) {
 // kMerging: a frozen layer that an offline commit is rewriting (its copy phase); it reads as
 // neither snapshot, so only the commit opens it (Layer::Mode::kMergeTarget).
 enum class LayerState : uint32_t { kActive = 1, kFrozen = 2, kMerging = 3 };
-enum class ParentFormat : uint32_t { kNone = 0, kRaw = 1, kStrata = 2 };
+// kNbd: the parent is an NBD export (parent_path holds its URI; a remote base, like a raw one
+// but read over the network: remote_base.h).
+enum class ParentFormat : uint32_t { kNone = 0, kRaw = 1, kStrata = 2, kNbd = 3 };
 absl::string_view Name(LayerState state);
 absl::string_view Name(ParentFormat format);
-// Parses "raw" / "strata" (as `-F` takes them).
+// Parses "raw" / "strata" / "nbd" (as `-F` takes them).
 absl::Status ParseParentFormat(absl::string_view text, ParentFormat* format);
 
 using Uuid = std::array<uint8_t, 16>;
@@ -111,7 +113,8 @@ struct LayerHeader {
   uint32_t cluster_size = kDefaultClusterSize;
   uint32_t sub_block_size = kDefaultSubBlockSize;
   Uuid uuid{};
-  Uuid parent_uuid{};               // nil when the parent is raw or absent
+  Uuid parent_uuid{};               // nil when the parent is raw or absent; an nbd parent's
+                                    // when the export said it is that strata layer
   LayerState state = LayerState::kActive;
   ParentFormat parent_format = ParentFormat::kNone;
   uint64_t parent_size = 0;         // the parent's virtual size when this layer was created

@@ -8,7 +8,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "blockstore/format.h"
 #include "blockstore/layer.h"
 
@@ -43,30 +45,103 @@ std::string Link(const std::string& child_path, const std::string& path, ParentF
                       format == ParentFormat::kRaw ? "raw base " : "parent ", path);
 }
 
-absl::Status CheckPlace(const File& parent, const std::string& link, const ParentScope& scope) {
-  auto real = OpenedPath(parent);
-  if (!real.ok()) return real.status();
+// Whether the file whose real path is `real` lies where `scope` trusts parents; else
+// kPermissionDenied naming `what` and the option that trusts it.
+absl::Status CheckRealPlace(const std::string& real, const std::string& what,
+                            const ParentScope& scope) {
   // The top's directory as named, and where the top really is when it is a symbolic link
   // (a disk linked into /var/lib/strata keeps its base beside its real file).
   const std::string top_dir = RealPath(DirName(scope.top_path));
   const std::string real_top = RealPath(scope.top_path);
-  if (Within(*real, top_dir) || (!real_top.empty() && Within(*real, DirName(real_top)))) {
+  if (Within(real, top_dir) || (!real_top.empty() && Within(real, DirName(real_top)))) {
     return absl::OkStatus();
   }
   for (const std::string& dir : scope.allowed_dirs) {
-    if (Within(*real, RealPath(dir))) return absl::OkStatus();
+    if (Within(real, RealPath(dir))) return absl::OkStatus();
   }
   std::string trusted = top_dir;
   if (!scope.allowed_dirs.empty()) {
     absl::StrAppend(&trusted, " and ", absl::StrJoin(scope.allowed_dirs, ", "));
   }
   return absl::PermissionDeniedError(absl::StrCat(
-      link, " (", *real, ") lies outside ", trusted,
-      ": pass --allow-parent-dir ", DirName(*real),
+      what, " (", real, ") lies outside ", trusted,
+      ": pass --allow-parent-dir ", DirName(real),
       " (or set STRATA_ALLOW_PARENT_DIR) to trust it"));
 }
 
+absl::Status CheckPlace(const File& parent, const std::string& link, const ParentScope& scope) {
+  auto real = OpenedPath(parent);
+  if (!real.ok()) return real.status();
+  return CheckRealPlace(*real, link, scope);
+}
+
+// `text` with its %XX escapes decoded, as libnbd decodes a URI's query.
+std::string PercentDecoded(absl::string_view text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    int hex = 0;
+    if (text[i] == '%' && i + 2 < text.size() && absl::SimpleHexAtoi(text.substr(i + 1, 2), &hex)) {
+      out.push_back(static_cast<char>(hex));
+      i += 2;
+    } else {
+      out.push_back(text[i]);
+    }
+  }
+  return out;
+}
+
+// A local file a base URI names (a unix socket, TLS credentials): where a parent may lie.
+absl::Status CheckUriFile(const std::string& link, absl::string_view key, const std::string& path,
+                          const ParentScope& scope) {
+  if (path.empty() || path[0] != '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat(link, ": ", key, "= must be an absolute path"));
+  }
+  // A socket or key file that does not exist yet cannot be resolved: its directory can.
+  std::string real = RealPath(path);
+  if (real.empty()) {
+    const std::string dir = RealPath(DirName(path));
+    real = dir.empty() ? path : absl::StrCat(dir, "/", path.substr(path.rfind('/') + 1));
+  }
+  return CheckRealPlace(real, absl::StrCat(link, " ", key, "=", path), scope);
+}
+
 }  // namespace
+
+absl::Status CheckRemoteParent(const std::string& child_path, const std::string& uri,
+                               const ParentScope& scope) {
+  const std::string link = absl::StrCat("layer ", child_path, ": NBD base ", uri);
+  const size_t colon = uri.find("://");
+  const std::string scheme = colon == std::string::npos ? "" : uri.substr(0, colon);
+  if (scheme != "nbd" && scheme != "nbds" && scheme != "nbd+unix" && scheme != "nbds+unix") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        link, ": not an NBD URI strata follows (nbd://, nbds://, nbd+unix://, nbds+unix://)"));
+  }
+  const size_t query = uri.find('?');
+  if (query != std::string::npos) {
+    for (absl::string_view param : absl::StrSplit(uri.substr(query + 1), '&')) {
+      const size_t eq = param.find('=');
+      const absl::string_view key = param.substr(0, eq);
+      const std::string value =
+          eq == absl::string_view::npos ? "" : PercentDecoded(param.substr(eq + 1));
+      if (key == "socket" || key == "tls-certificates" || key == "tls-psk-file") {
+        if (auto s = CheckUriFile(link, key, value, scope); !s.ok()) return s;
+      } else if (key != "tls-username") {
+        return absl::InvalidArgumentError(
+            absl::StrCat(link, ": unknown URI parameter '", key, "'"));
+      }
+    }
+  }
+  if (absl::EndsWith(scheme, "+unix")) return absl::OkStatus();
+  for (const std::string& prefix : scope.allowed_dirs) {
+    if (absl::StrContains(prefix, "://") && absl::StartsWith(uri, prefix)) {
+      return absl::OkStatus();
+    }
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      link, " is a network export, trusted only by name: pass --allow-parent-dir ",
+      uri.substr(0, query), " (or a prefix of it) to trust it"));
+}
 
 absl::StatusOr<std::unique_ptr<File>> OpenParentFile(Env* env, const std::string& child_path,
                                                      const std::string& path, ParentFormat format,
@@ -86,6 +161,9 @@ absl::Status CheckChainParents(Env* env, const ParentScope& scope) {
   // Each step opens one more file; a loop of links ends at the depth bound.
   for (int depth = 0; header.ok() && depth < 65536; ++depth) {
     if (header->parent_format == ParentFormat::kNone) break;
+    if (header->parent_format == ParentFormat::kNbd) {
+      return CheckRemoteParent(path, header->parent_path, scope);
+    }
     const std::string parent = ResolvePath(DirName(path), header->parent_path);
     auto file = OpenParentFile(env, path, parent, header->parent_format, scope);
     if (absl::IsNotFound(file.status())) break;

@@ -36,6 +36,14 @@ absl::StatusOr<std::unique_ptr<File>> OpenParentFile(Env* env, const std::string
                                                      const ParentScope& scope,
                                                      OpenOptions options = {});
 
+// Whether layer `child_path` may follow its parent link to the NBD export `uri` (format nbd):
+// schemes nbd, nbds, nbd+unix and nbds+unix only; the local files a URI can name (socket=,
+// tls-certificates=, tls-psk-file=) must lie within `scope` as a parent file must; and a TCP
+// export is trusted only by name, an entry of scope.allowed_dirs that is a prefix of the URI
+// (`--allow-parent-dir nbd://golden.example/`). kPermissionDenied saying what would trust it.
+absl::Status CheckRemoteParent(const std::string& child_path, const std::string& uri,
+                               const ParentScope& scope);
+
 // Follows the parent links of the chain topped by scope.top_path, opening each parent as
 // OpenParentFile does, for a command that walks the chain by itself (commit, revert, tree...)
 // before it touches a file. A link to a missing or undecodable file ends the walk without an

@@ -60,7 +60,10 @@ ParentRef ParentOfX(const LayerHeader& x, const std::string& x_path, const std::
   ref.format = x.parent_format;
   ref.uuid = x.parent_uuid;
   ref.size = x.parent_size;
-  if (x.parent_format != ParentFormat::kNone) {
+  // A path is made to resolve the same from the child's directory; an NBD base's URI is no path.
+  if (x.parent_format == ParentFormat::kNbd) {
+    ref.path = x.parent_path;
+  } else if (x.parent_format != ParentFormat::kNone) {
     ref.path = ParentLink(child_dir, ResolvePath(DirName(x_path), x.parent_path));
   }
   return ref;

@@ -4,20 +4,43 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "blockstore/file.h"
 #include "blockstore/parent_place.h"
+#include "blockstore/remote_base.h"
+#include "server/remote/nbd_base.h"
 
 namespace strata::cli {
 
 namespace {
 
 constexpr char kAllowParentDir[] = "--allow-parent-dir";
+constexpr char kAllowWritableBase[] = "--allow-writable-base";
 constexpr char kAllowParentDirUsage[] = R"(
 A parent outside LAYER's directory tree (after symbolic links) is refused unless trusted:
   --allow-parent-dir DIR   trust parents under DIR (repeatable; STRATA_ALLOW_PARENT_DIR holds
-                           more, colon-separated)
+                           more, colon-separated); an NBD base (-F nbd) over TCP is trusted
+                           by its URI or a prefix of it: --allow-parent-dir nbd://golden/
+  --allow-writable-base    accept an NBD base that its server lets clients write (a base
+                           that changes corrupts the layers on it; STRATA_ALLOW_WRITABLE_BASE=1)
 )";
+
+}  // namespace
+
+void InstallRemoteBaseOpener(const Args& args) {
+  const char* env = std::getenv("STRATA_ALLOW_WRITABLE_BASE");
+  NbdBaseOptions options;
+  options.allow_writable =
+      args.Has(kAllowWritableBase) || (env != nullptr && std::string(env) == "1");
+  if (int seconds; args.Has("--base-timeout") &&
+                   absl::SimpleAtoi(args.Get("--base-timeout"), &seconds) && seconds > 0) {
+    options.read_timeout = absl::Seconds(seconds);
+  }
+  SetDefaultRemoteBaseOpener(NbdBaseOpener(options));
+}
+
+namespace {
 
 void PrintUsage(const CommandSpec& spec, FILE* out) {
   std::fputs(spec.usage, out);
@@ -43,7 +66,10 @@ absl::Status CheckParents(const Args& args, const std::string& top) {
 
 std::optional<int> ParseCommand(int argc, char** argv, const CommandSpec& spec, Args* args) {
   ArgSpec arg_spec = spec.args;
-  if (spec.follows_parents) arg_spec.repeated.insert(kAllowParentDir);
+  if (spec.follows_parents) {
+    arg_spec.repeated.insert(kAllowParentDir);
+    arg_spec.flags.insert(kAllowWritableBase);
+  }
   arg_spec.flags.insert("--help");
   arg_spec.aliases.emplace("-h", "--help");
   if (spec.output) {
@@ -67,6 +93,7 @@ std::optional<int> ParseCommand(int argc, char** argv, const CommandSpec& spec, 
     return UsageError(spec);
   }
   *args = *std::move(parsed);
+  if (spec.follows_parents) InstallRemoteBaseOpener(*args);
   return std::nullopt;
 }
 

@@ -33,6 +33,9 @@ struct CommandSpec {
 // (blockstore/parent_place.h): every --allow-parent-dir, then each entry of the
 // colon-separated STRATA_ALLOW_PARENT_DIR.
 std::vector<std::string> AllowedParentDirs(const Args& args);
+// Lets chains on an NBD base (blockstore/remote_base.h) connect, through libnbd, with
+// --allow-writable-base (or STRATA_ALLOW_WRITABLE_BASE=1) from `args`.
+void InstallRemoteBaseOpener(const Args& args);
 // For a command that walks the chain topped by `top` itself (commit, revert, tree...): refuses
 // it, before any file changes, when a parent is not a regular file or lies where `args` does
 // not trust (blockstore's CheckChainParents).

@@ -27,6 +27,7 @@
 #include "cli/control_client.h"
 #include "cli/image_format.h"
 #include "cli/progress.h"
+#include "server/control/live_control.h"
 #include "nlohmann/json.hpp"
 
 namespace strata::cli {
@@ -106,17 +107,20 @@ void NoteUnregistered(const CommandSpec& spec, const std::string& layer, const L
 const CommandSpec kCreate{
     .name = "create",
     .usage = R"(usage: strata create --size SIZE [--cluster-size SIZE] [--sub-block-size SIZE] LAYER
-       strata create -b PARENT -F raw|strata [--cluster-size SIZE] [--sub-block-size SIZE] LAYER
+       strata create -b PARENT -F raw|strata|nbd [--cluster-size SIZE] [--sub-block-size SIZE] LAYER
 
 Creates LAYER: a new empty disk with no base (--size), or a new active layer on PARENT, a raw
-file or a frozen strata snapshot (a branch). strata never guesses a parent's format: -F says it.
+file, a frozen strata snapshot (a branch) or an NBD export read over the network (-F nbd:
+PARENT is its URI, nbd+unix:///NAME?socket=PATH, nbd://HOST[:PORT]/NAME, nbds://...; a golden
+image served once for many hosts). strata never guesses a parent's format: -F says it.
 LAYER is registered beside a strata PARENT (.strata-children) so that merges into PARENT find
 it; a PARENT whose directory cannot be written (a golden image shared read-only) gets no entry,
 and a note says so.
 
   -s, --size SIZE            the disk's size: 4096, 64M, 20G, 1.5T (binary units)
   -b, --backing PARENT       the parent file (a relative path is relative to LAYER's directory)
-  -F, --backing-format FMT   raw or strata
+                             or, with -F nbd, the export's URI
+  -F, --backing-format FMT   raw, strata or nbd
   --cluster-size SIZE        allocation unit (default 64K)
   --sub-block-size SIZE      write and checksum unit within a cluster (default 4K)
   -h, --help                 this text
@@ -139,7 +143,7 @@ absl::StatusOr<CreateOptions> CreateOptionsOf(const Args& args) {
   options.parent = args.Get("--backing");
   if (!args.Has("--backing-format")) {
     return absl::InvalidArgumentError(
-        "-F raw|strata is required with -b: strata never guesses a parent's format");
+        "-F raw|strata|nbd is required with -b: strata never guesses a parent's format");
   }
   if (auto s = ParseParentFormat(args.Get("--backing-format"), &options.parent_format);
       !s.ok()) {
@@ -196,7 +200,11 @@ json InfoJson(const Chain& chain, const std::vector<LayerInfo>& layers) {
   for (auto it = layers.rbegin(); it != layers.rend(); ++it) {
     json l = {{"position", it->position}, {"file", it->path},
               {"allocated_bytes", it->allocated_bytes}, {"file_bytes", it->file_bytes}};
-    if (it->is_raw_base) {
+    if (it->is_remote_base) {
+      l["format"] = "nbd";
+      l["virtual_size"] = it->allocated_bytes;
+      l["remote"] = RemoteBaseJson(*it);
+    } else if (it->is_raw_base) {
       l["format"] = "raw";
       l["virtual_size"] = it->allocated_bytes;
     } else {
@@ -210,6 +218,7 @@ json InfoJson(const Chain& chain, const std::vector<LayerInfo>& layers) {
       if (it->header.parent_format != ParentFormat::kNone) {
         l["parent"] = it->header.parent_path;
         l["parent_format"] = std::string(Name(it->header.parent_format));
+        if (!IsNil(it->header.parent_uuid)) l["parent_uuid"] = UuidToString(it->header.parent_uuid);
       }
     }
     out["layers"].push_back(l);
@@ -227,6 +236,12 @@ void PrintInfoHuman(const Chain& chain, const std::vector<LayerInfo>& layers) {
     const uint64_t size = it->is_raw_base ? it->allocated_bytes : it->header.virtual_size;
     const std::string own_size =
         size == chain.size() ? "" : absl::StrCat(", ", HumanBytes(size), " (", size, " bytes)");
+    if (it->is_remote_base) {
+      std::printf("  [%d] %s  NBD base%s, %s\n", it->position, it->path.c_str(), own_size.c_str(),
+                  it->remote.connected ? Count(it->remote.connections, "connection").c_str()
+                                       : "not connected");
+      continue;
+    }
     if (it->is_raw_base) {
       std::printf("  [%d] %s  raw base%s, %s on disk\n", it->position, it->path.c_str(),
                   own_size.c_str(), HumanBytes(it->file_bytes).c_str());

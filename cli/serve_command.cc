@@ -106,7 +106,15 @@ Serves the chain whose top layer is LAYER over NBD.
                          when it exits and return its status
   --allow-parent-dir DIR trust parents under DIR (repeatable; STRATA_ALLOW_PARENT_DIR holds
                          more, colon-separated): a parent outside LAYER's directory tree
-                         (after symbolic links) is refused otherwise
+                         (after symbolic links) is refused otherwise; an NBD base over TCP is
+                         trusted by its URI or a prefix of it (--allow-parent-dir nbd://golden/)
+  --allow-writable-base  accept an NBD base that its server lets clients write (a base that
+                         changes corrupts the layers on it)
+  --base-timeout S       a read of an NBD base not answered within S seconds (over every
+                         reconnection meanwhile) fails with EIO (default 10)
+  --copy-on-read         data read from an NBD base is also written into the top layer, so the
+                         disk gradually stops depending on the base for what it reads (QEMU's
+                         copy-on-read)
 
 Under systemd (scripts/strata@.socket and strata@.service, with --foreground): sockets passed
 by socket activation (LISTEN_PID, LISTEN_FDS) are served instead of --socket and --listen
@@ -286,12 +294,20 @@ constexpr ValuedOption kValuedOptions[] = {
     {"--handshake-timeout", ParseNumber}, {"--request-timeout", ParseNumber},
     {"--tls-certs", ParseText},         {"--tls-psk", ParseText},
     {"--tls", ParseTls},
+    // Read by InstallRemoteBaseOpener; checked here.
+    {"--base-timeout", [](absl::string_view name, const std::string& value, ServeOptions*) {
+       int seconds;
+       if (absl::SimpleAtoi(value, &seconds) && seconds > 0) return absl::OkStatus();
+       return absl::InvalidArgumentError(
+           absl::StrCat(name, " takes a positive number of seconds, not '", value, "'"));
+     }},
 };
 
 const ArgSpec& ServeSpec() {
   static const ArgSpec* const spec = [] {
     auto* s = new ArgSpec{.flags = {"--help", "--read-only", "--foreground", "--no-control",
-                                    "--tls-verify-peer", "--insecure-listen"},
+                                    "--tls-verify-peer", "--insecure-listen",
+                                    "--allow-writable-base", "--copy-on-read"},
                           .aliases = {{"-h", "--help"}},
                           .repeated = {"--allow-parent-dir"}};
     for (const ValuedOption& option : kValuedOptions) s->valued.insert(option.name);
@@ -381,9 +397,11 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& w
   ServeOptions o;
   o.help = args->Has("--help");
   o.read_only = args->Has("--read-only");
+  o.copy_on_read = args->Has("--copy-on-read");
   o.foreground = args->Has("--foreground");
   o.no_control = args->Has("--no-control");
   o.allowed_parent_dirs = AllowedParentDirs(*args);
+  InstallRemoteBaseOpener(*args);
   o.tls_verify_peer = args->Has("--tls-verify-peer");
   o.insecure_listen = args->Has("--insecure-listen");
   for (const ValuedOption& option : kValuedOptions) {
@@ -578,6 +596,7 @@ ServeOptions Resolve(ServeOptions o) {
 absl::StatusOr<std::unique_ptr<ChainStorage>> OpenStorage(const ServeOptions& o) {
   absl::StatusOr<std::unique_ptr<ChainStorage>> storage =
       OpenChainStorage(o.layer, !o.read_only, o.cache == CacheMode::kNone, o.allowed_parent_dirs);
+  if (storage.ok()) (*storage)->set_copy_on_read(o.copy_on_read);
   if (storage.ok() || storage.status().code() != absl::StatusCode::kFailedPrecondition ||
       o.read_only) {
     return storage;

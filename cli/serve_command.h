@@ -40,6 +40,7 @@ struct ServeOptions {
   TlsMode tls = TlsMode::kOff;
   std::string export_name;
   bool read_only = false;
+  bool copy_on_read = false;  // --copy-on-read: reads of an NBD base are kept in the top layer
   CacheMode cache = CacheMode::kWriteback;
   int workers = 0;  // 0: number of CPUs, at most 4
   LogLevel log_level = LogLevel::kInfo;

@@ -16,8 +16,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 # server makes its exit status nonzero and the test fail (tests/README.md, the tsan row).
 tsan_targets=(blockstore_tests buffer_pool_test storage_test engine_test admission_test
   control_socket_test live_control_test strata nbd_multi_conn_test live_snapshot_test
-  live_control_socket_test live_merge_test live_lifecycle_test)
-tsan_tests='^(ChainTest|BufferPoolTest|ChainStorageTest|GroupFlushTest|MutexTest|NotificationTest'
+  live_control_socket_test live_merge_test live_lifecycle_test nbd_base_test)
+tsan_tests='^(ChainTest|RemoteBaseTest|NbdBaseTest|BufferPoolTest|ChainStorageTest|GroupFlushTest'
+tsan_tests+='|MutexTest|NotificationTest'
 tsan_tests+='|Engine[A-Za-z]*Test|Admission[A-Za-z]*Test|ControlSocketTest|LiveControl[A-Za-z]*Test'
 tsan_tests+='|MultiConnTest|LiveSnapshotTest|LiveMerge[A-Za-z]*Test|LiveLifecycleTest)[.][^.]*$'
 cmake -S "$top" -B "$top/build-tsan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTRATA_TSAN=ON >/dev/null

@@ -333,6 +333,18 @@ absl::Status LiveControl::Snapshot(const json& request, json* reply) {
 // ---------------------------------------------------------------------------------------------
 // list -> {"layers": [...]}, the top first
 
+json RemoteBaseJson(const LayerInfo& base) {
+  const RemoteBaseState& r = base.remote;
+  return json{{"uri", base.path},
+              {"size", base.allocated_bytes},
+              {"connected", r.connected},
+              {"connections", r.connections},
+              {"reconnects", r.reconnects},
+              {"reads", r.reads},
+              {"failed_reads", r.failed_reads},
+              {"last_error", r.last_error.empty() ? json(nullptr) : json(r.last_error)}};
+}
+
 absl::Status LiveControl::List(json* reply) {
   MutexLock lock(&mu_);
   std::vector<LayerInfo> layers = disk_->chain()->Layers();
@@ -344,7 +356,11 @@ absl::Status LiveControl::List(json* reply) {
     json j{{"position", l.position}, {"file", l.path}, {"file_bytes", l.file_bytes}};
     // The active layer above a freezing snapshot keeps its pending name until the freeze ends.
     if (!l.final_path.empty()) j["final_file"] = l.final_path;
-    if (l.is_raw_base) {
+    if (l.is_remote_base) {
+      j["state"] = "NBD base";
+      j["allocated_bytes"] = 0;
+      j["remote"] = RemoteBaseJson(l);
+    } else if (l.is_raw_base) {
       j["state"] = "raw base";
       j["allocated_bytes"] = l.file_bytes;
     } else {
@@ -438,6 +454,8 @@ absl::Status LiveControl::Stats(json* reply) {
   // Guarantees): say so, with the cause.
   absl::Status failure = disk_->chain()->failure();
   (*reply)["sync_failure"] = failure.ok() ? json(nullptr) : json(std::string(failure.message()));
+  const std::vector<LayerInfo> layers = disk_->chain()->Layers();
+  (*reply)["base"] = layers.front().is_remote_base ? RemoteBaseJson(layers.front()) : json(nullptr);
 
   MutexLock lock(&mu_);
   json snaps{{"taken", published_->taken()},

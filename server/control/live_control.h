@@ -49,6 +49,10 @@ struct LiveControlOptions {
   std::string control_path;     // shown by `info`
 };
 
+// The state of a chain's NBD base (blockstore/remote_base.h), as `list`, `stats` and `strata
+// info --json` show it.
+nlohmann::json RemoteBaseJson(const LayerInfo& base);
+
 class LiveControl {
  public:
   // `disk` is the served chain, also in `exports` as the default export. All three outlive

@@ -13,6 +13,7 @@
 #ifndef STRATA_SERVER_ENGINE_CHAIN_STORAGE_H_
 #define STRATA_SERVER_ENGINE_CHAIN_STORAGE_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -49,6 +50,10 @@ class ChainStorage final : public Storage {
   absl::Status Trim(uint64_t offset, uint64_t length) override;
   absl::Status Flush() override;
   absl::Status Extents(uint64_t offset, uint64_t length, std::vector<Extent>* out) const override;
+  RemoteBase* remote_base() const override { return chain_->remote_base(); }
+  void set_copy_on_read(bool on) { copy_on_read_ = on; }
+  bool AdmitCopyOnRead(uint64_t bytes) override;
+  void CopyUpFromBase(uint64_t offset, std::string data) override;
 
   // The chain, never null; another one after a revert. REQUIRES for any use that changes it:
   // the server is paused (Server::RunPaused).
@@ -69,6 +74,8 @@ class ChainStorage final : public Storage {
   // while it swaps the chain.
   mutable Mutex swap_mu_;
   std::unique_ptr<Chain> chain_;
+  bool copy_on_read_ = false;
+  std::atomic<uint64_t> copying_{0};  // bytes admitted for copy-on-read, not copied yet
   const uint64_t size_;
   const uint32_t sub_block_size_;
   const std::string top_path_;

@@ -113,6 +113,7 @@ void DiskIo::Advance() {
       return Begin();
     case Step::kReading:
       read_pin_.Release();  // the preads are done: trimmed slots may be reused
+      if (ok) CopyOnRead();
       return Finish();
     case Step::kZeroing:
       // Zero marks need journal space as a write needs slots: a zero waits like a write.
@@ -208,6 +209,7 @@ void DiskIo::BeginRead() {
   const uint64_t end = std::min(AlignUp(off + len, a), storage->size());
   // The connection took the buffer when it admitted the request (Connection::TakeBuffer).
   FitBuffer(start, AlignUp(off + len, kDirectIoAlignment), 0, 0);
+  read_start_ = start;
   absl::Status st = storage->MapRead(start, end - start, &segments_, &read_pin_);
   if (!st.ok()) return Fail(std::move(st));
   // Holes go out as OFFSET_HOLE chunks when the client reads structured replies and did not
@@ -225,6 +227,23 @@ void DiskIo::BeginRead() {
   SubmitPieces(Step::kReading);
 }
 
+// --copy-on-read: what this read took from the remote base is written into the active layer,
+// on the blocking pool, from a copy (the buffer goes with the reply).
+void DiskIo::CopyOnRead() {
+  Storage* storage = ctx_->storage;
+  if (storage->remote_base() == nullptr) return;
+  uint64_t pos = read_start_;
+  for (const Segment& seg : segments_) {
+    const uint64_t at = pos;
+    pos += seg.length;
+    if (seg.kind != Segment::Kind::kRemote || !storage->AdmitCopyOnRead(seg.length)) continue;
+    std::string data(r_->buf.At(at), seg.length);
+    ctx_->worker->RunDetached([storage, at, data = std::move(data)]() mutable {
+      storage->CopyUpFromBase(at, std::move(data));
+    });
+  }
+}
+
 // `seg` covers [pos, pos + seg.length) of the aligned range: a pread, zeros or a hole run.
 void DiskIo::AddReadSegment(const Segment& seg, uint64_t pos, bool holes) {
   const uint64_t off = r_->h.offset;
@@ -233,9 +252,11 @@ void DiskIo::AddReadSegment(const Segment& seg, uint64_t pos, bool holes) {
   const uint64_t s = std::max(pos, off);
   const uint64_t t = std::min(pos + seg.length, end);
   bool hole = false;
-  if (seg.kind == Segment::Kind::kData) {
+  if (seg.kind != Segment::Kind::kZero) {
     IoPiece p = PieceFor(seg, pos);
-    if (ctx_->storage->direct_io()) p.length = static_cast<uint32_t>(AlignUp(seg.length, kSectorSize));
+    if (ctx_->storage->direct_io() && !p.remote) {
+      p.length = static_cast<uint32_t>(AlignUp(seg.length, kSectorSize));
+    }
     pieces_.push_back(p);
   } else if (holes && t > s && t - s >= kMinHoleChunk) {
     hole = true;
@@ -387,12 +408,12 @@ void DiskIo::AddFills(const std::vector<Segment>& segments, uint64_t pos) {
   for (const Segment& seg : segments) {
     char* dst = r_->buf.At(pos);
     pos += seg.length;
-    if (seg.kind != Segment::Kind::kData) {
+    if (seg.kind == Segment::Kind::kZero) {
       std::memset(dst, 0, seg.length);
       continue;
     }
     IoPiece piece = PieceFor(seg, pos - seg.length);
-    if (ctx_->storage->direct_io()) {
+    if (ctx_->storage->direct_io() && !piece.remote) {
       // A fill is a partial sub-block: O_DIRECT reads the whole aligned block into a bounce
       // buffer and the fill's part is copied into the margin afterwards. The file offset of a
       // sub-block is sub-block aligned, so the same rounding holds in the file.
@@ -455,6 +476,7 @@ IoPiece DiskIo::PieceFor(const Segment& seg, uint64_t pos) {
   piece.length = static_cast<uint32_t>(seg.length);
   piece.fd = seg.fd;
   piece.layer = seg.layer;
+  piece.remote = seg.kind == Segment::Kind::kRemote;
   return piece;
 }
 
@@ -463,7 +485,41 @@ void DiskIo::SubmitPieces(Step step) {
   step_ = step;
   if (pieces_.empty()) return Advance();
   pending_ = static_cast<int>(pieces_.size());
-  for (IoPiece& p : pieces_) PrepareSqe(&p);
+  for (IoPiece& p : pieces_) {
+    if (p.remote) {
+      ReadRemote(&p);
+    } else {
+      PrepareSqe(&p);
+    }
+  }
+}
+
+// A read of the remote base (blockstore/remote_base.h): off the ring, its completion posted
+// back to this worker, where it ends as a file piece does.
+void DiskIo::ReadRemote(IoPiece* p) {
+  Worker* worker = ctx_->worker;
+  ctx_->storage->remote_base()->ReadAsync(
+      p->file_offset, absl::MakeSpan(p->buf, p->length), [worker, p](absl::Status status) {
+        worker->Post([p, status = std::move(status)]() mutable {
+          p->io->OnRemotePiece(p, std::move(status));
+        });
+      });
+}
+
+void DiskIo::OnRemotePiece(IoPiece* p, absl::Status status) {
+  if (!status.ok() && r_->status.ok()) {
+    r_->status = absl::Status(status.code(), absl::StrCat(DescribeRequest(r_->h), ": ",
+                                                          status.message()));
+    const uint64_t at = std::max(p->virtual_offset, r_->h.offset);
+    if (at < r_->h.offset + r_->h.length) r_->error_offset = at;
+  }
+  PieceDone();
+}
+
+void DiskIo::PieceDone() {
+  if (--pending_ > 0) return;
+  pieces_.clear();
+  Advance();
 }
 
 // The SQE for what is left of `p`: all of it, or the rest after a short transfer.
@@ -514,9 +570,7 @@ void DiskIo::OnPiece(IoPiece* p, int res) {
     ctx_->worker->buffers().Release(p->buf, p->bounce_cap);
     p->copy_dst = nullptr;
   }
-  if (--pending_ > 0) return;
-  pieces_.clear();
-  Advance();
+  PieceDone();
 }
 
 }  // namespace strata

@@ -27,7 +27,9 @@
 // call (kBlockingCall); BLOCK_STATUS is one metadata call on the ring.
 //
 // Every file read or write is an IoPiece with one SQE preparation (PrepareSqe) that also
-// resumes short transfers; a piece's completion has four cases (OnPiece). The ring thread never
+// resumes short transfers; a piece's completion has four cases (OnPiece). A read of a remote
+// base (an NBD export, Segment::Kind::kRemote) is a piece too, sent through the base's client
+// off the ring and completed through the worker's mailbox (OnRemotePiece). The ring thread never
 // blocks: fallocate, fsync and friends run on the blocking pool (storage.h says which call may
 // cost what).
 #ifndef STRATA_SERVER_ENGINE_DISK_IO_H_
@@ -110,6 +112,7 @@ struct IoPiece {
   int fd = -1;
   int layer = -1;  // Segment::layer, for error messages
   bool write = false;
+  bool remote = false;  // a read of the remote base (Segment::Kind::kRemote), not an SQE
   // O_DIRECT fill reads go to an aligned bounce buffer (`buf`, from the pool, capacity
   // bounce_cap); once read, copy_len bytes at buf + copy_offset are copied to copy_dst.
   char* copy_dst = nullptr;
@@ -156,6 +159,8 @@ class DiskIo {
   // A write waiting for space (Worker::WaitForSpace): try again, or fail with ENOSPC.
   void RetryAfterWaiting(bool give_up);
   void OnPiece(IoPiece* piece, int res);
+  // A remote base read (IoPiece::remote) finished, on the worker's thread.
+  void OnRemotePiece(IoPiece* piece, absl::Status status);
 
   Step step() const { return step_; }
   // READ: what the reply sends (data runs and holes), once done.
@@ -173,6 +178,7 @@ class DiskIo {
   // READ
   void BeginRead();
   void AddReadSegment(const Segment& seg, uint64_t pos, bool holes);
+  void CopyOnRead();
   // WRITE, WRITE_ZEROES
   void BeginZero();
   void NextRange();
@@ -190,6 +196,8 @@ class DiskIo {
   IoPiece PieceFor(const Segment& seg, uint64_t pos);
   void SubmitPieces(Step step);
   void PrepareSqe(IoPiece* p);
+  void ReadRemote(IoPiece* p);
+  void PieceDone();
   void RecordPieceError(const IoPiece& p, int err);
 
   const DiskIoContext* ctx_ = nullptr;
@@ -200,7 +208,8 @@ class DiskIo {
   int pending_ = 0;
 
   // READ
-  std::vector<Segment> segments_;
+  std::vector<Segment> segments_;  // from read_start_
+  uint64_t read_start_ = 0;
   ReadPin read_pin_;  // keeps segments_' slots from reuse until the preads completed
   std::vector<ReadRun> runs_;
 

@@ -67,6 +67,18 @@ class Storage {
                                std::vector<Extent>* out) const = 0;
   // Hint that [offset, offset + length) will be read soon (NBD_CMD_CACHE). May block.
   virtual absl::Status Cache(uint64_t offset, uint64_t length);
+  // The remote base that kRemote segments are read through (blockstore/remote_base.h), or
+  // null when the disk has none.
+  virtual RemoteBase* remote_base() const { return nullptr; }
+  // Copy-on-read (`strata serve --copy-on-read`): true when `bytes` just read from the remote
+  // base are to be copied into the active layer and there is room for them (a bounded amount
+  // is copied at a time; past it a read is not copied). The caller then runs CopyUpFromBase
+  // off the ring, which gives the room back.
+  virtual bool AdmitCopyOnRead(uint64_t /*bytes*/) { return false; }
+  // Blocks. Writes what `data` (read from the remote base at `offset`) holds of sub-blocks the
+  // disk still reads from the base into the active layer (Chain::CopyUpFromBase). Best
+  // effort: a copy that cannot be made is skipped, and the base answers as before.
+  virtual void CopyUpFromBase(uint64_t /*offset*/, std::string /*data*/) {}
 
   // Flush() with group commit, for concurrent callers (blocking-pool threads): a caller waits for
   // a flush that *starts* after it arrived, and one Flush() serves every caller that arrived
