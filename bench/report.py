@@ -176,6 +176,9 @@ p(f"| load average before / after | {' '.join(machine['load_before'])} / "
 p(f"| base | {params['base']}, {params['size_bytes'] >> 20} MiB |")
 p(f"| timed runs | {params['runtime']} each, {params['rounds']} alternating rounds "
   "(transport), every server up at once |")
+timings = os.path.join(RES, "timings.txt")
+if os.path.exists(timings):
+    p(f"| time per case | {', '.join(open(timings).read().split(chr(10))).strip(', ')} |")
 for tool, v in machine["tools"].items():
     p(f"| {tool} | {v} |")
 p("")
@@ -337,7 +340,8 @@ def block(name, rows):
 
 
 def histogram(png, title, ylabel, wls, cfgs, metric):
-    rows = [[w] + [get(T, w, c, metric) or 0 for c in cfgs] for w in wls]
+    rows = [[w] + [get(T, w, c, metric) or 0 for c in cfgs] for w in wls
+            if any(get(T, w, c, metric) for c in cfgs)]
     cols = " , ".join(f"$d using {i + 2}:xtic(1) title '{c}'" for i, c in enumerate(cfgs))
     return (block("d", rows) + f"set output '{png}'\nset title '{title}'\nset ylabel '{ylabel}'\n"
             "set style data histograms\nset style histogram clustered gap 1\n"
@@ -355,7 +359,8 @@ def charts():
         scripts.append(histogram("transport-mbs.png", "MB/s by configuration", "MB/s",
                                  ["rw64k-qd32", "sr1m-qd32", "sw1m-qd32"], cfgs, "mbs"))
         rows = [[f"{w}/{q}"] + [get(T, w, c, q + "_us") or 0 for c in cfgs if c != "phys"]
-                for w in ("rr4k-qd1", "rw4k-qd1", "rr4k-qd32") for q in ("p50", "p99")]
+                for w in ("rr4k-qd1", "rw4k-qd1", "rr4k-qd32", "rw4k-qd32") for q in ("p50", "p99")
+                if get(T, w, "strata-none", "p50_us") is not None]
         lc = [c for c in cfgs if c != "phys"]
         cols = " , ".join(f"$d using {i + 2}:xtic(1) title '{c}'" for i, c in enumerate(lc))
         scripts.append(block("d", rows) + "set output 'latency.png'\n"

@@ -130,6 +130,11 @@ progress() {
 }
 
 echo "strata bench: $STRATA ($build), base $(numfmt --to=iec "$SIZE_BYTES"), scratch $WORK, results $RESULTS" >&2
-for c in $CASES; do "case_$c"; done
+: >"$RESULTS/timings.txt"
+for c in $CASES; do
+  t0=$(date +%s)
+  "case_$c"
+  echo "$c $(( $(date +%s) - t0 )) s" >>"$RESULTS/timings.txt"
+done
 "$PY" "$here/report.py" "$RESULTS"
 echo "strata bench: done in $(( $(date +%s) - T_START )) s: $RESULTS/report.md" >&2
