@@ -44,7 +44,8 @@ case_transport() {
     for t in strata-none strata-wb; do
       rm -f "$WORK/$t.strata"
       "$STRATA" create -b "$BASE" -F raw "$WORK/$t.strata" >/dev/null
-      strata_serve "$t" "$WORK/$t.sock" "$WORK/$t.strata" --no-control --cache="$([[ $t == strata-none ]] && echo none || echo writeback)"
+      local cache=writeback; [[ $t == strata-wb ]] || cache=none
+      strata_serve "$t" "$WORK/$t.sock" "$WORK/$t.strata" --no-control --cache="$cache"
       pid[$t]=$SERVER_PID
     done
     note_cmd "strata-none, strata-wb layers: strata create -b base.raw -F raw LAYER (fresh each round)"
@@ -142,42 +143,44 @@ grow_qcow2() {
 new_strata_chain() {  # DIR
   mkdir -p "$1"
   "$STRATA" create -b "$BASE" -F raw "$1/disk.strata" >/dev/null
-  note_cmd "chains: strata create -b base.raw -F raw disk.strata; per layer I: write it through strata serve, strata snapshot --control CTL cI (util.py fill-chain)"
-  note_cmd "chains: qemu-img create -f qcow2 -b q(I-1).qcow2 -F qcow2 qI.qcow2 (q1 on base.raw -F raw); qemu-io -c 'write -P I OFF 64k' per cluster; an empty top"
+  note_cmd "chains: strata create -b base.raw -F raw disk.strata; per layer I: write it" \
+           "through strata serve, strata snapshot --control CTL cI (util.py fill-chain)"
+  note_cmd "chains: qemu-img create -f qcow2 -b q(I-1).qcow2 -F qcow2 qI.qcow2 (q1 on base.raw" \
+           "-F raw); qemu-io -c 'write -P I OFF 64k' per cluster; an empty top"
 }
 
 # --- depth: reads through chains of 1, 8, 64, 256 layers ----------------------------------------
 # At each depth: the server's start until it answers (chain open), 4k random read QD32 with a
 # dropped page cache, and the server's RSS after it.
 steps_depth() { echo $(( $(wc -w <<<"$DEPTHS") * 2 )); }
+# depth_measure D CONFIG SOCKET SERVE...: starts the server (SERVE...: strata_serve or
+# qemu_nbd_serve and their arguments) on a cold page cache, times it until it answers, reads,
+# and records the open time and the RSS beside the read's record.
+depth_measure() {
+  local d=$1 cfg=$2 sock=$3 t0 open rss; shift 3
+  progress "4k randread QD32 through $d layers $cfg"
+  drop_caches
+  t0=$(now)
+  "$@"
+  open=$(elapsed "$t0")
+  run_fio depth "d$d" "$cfg" 1 "$SERVER_PID" "nbd:$sock" --rw=randread --bs=4k --iodepth=32 \
+    --runtime="$RUNTIME" --time_based >&2
+  rss=$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/$SERVER_PID/status")
+  record depth "d$d" "$cfg" 1 open_s="$open" rss_bytes="$rss" layers="$d"
+  stop_server
+}
 case_depth() {
-  local dir=$WORK/depth prev=0 d t0 open rss
+  local dir=$WORK/depth prev=0 d
   new_strata_chain "$dir"
   for d in $DEPTHS; do
     # A chain of d layers: d-1 written snapshots below an empty top.
     (( d - 1 <= prev )) || grow_strata "$dir" $(( prev + 1 )) $(( d - 1 ))
     grow_qcow2 "$dir" $(( prev + 1 )) $(( d - 1 ))
     prev=$(( d - 1 ))
-    progress "4k randread QD32 through $d layers strata"
-    drop_caches
-    t0=$(now)
-    strata_serve "depth$d-strata" "$dir/sock" "$dir/disk.strata" --no-control
-    open=$(elapsed "$t0")
-    run_fio depth "d$d" strata 1 "$SERVER_PID" "nbd:$dir/sock" --rw=randread --bs=4k --iodepth=32 \
-      --runtime="$RUNTIME" --time_based >&2
-    rss=$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/$SERVER_PID/status")
-    record depth "d$d" strata 1 open_s="$open" rss_bytes="$rss" layers="$d"
-    stop_server
-    progress "4k randread QD32 through $d layers qcow2"
-    drop_caches
-    t0=$(now)
-    qemu_nbd_serve "depth$d-qcow2" "$dir/sock" qcow2 "$dir/q$d.qcow2" writeback
-    open=$(elapsed "$t0")
-    run_fio depth "d$d" qcow2 1 "$SERVER_PID" "nbd:$dir/sock" --rw=randread --bs=4k --iodepth=32 \
-      --runtime="$RUNTIME" --time_based >&2
-    rss=$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/$SERVER_PID/status")
-    record depth "d$d" qcow2 1 open_s="$open" rss_bytes="$rss" layers="$d"
-    stop_server
+    depth_measure "$d" strata "$dir/sock" \
+      strata_serve "depth$d-strata" "$dir/sock" "$dir/disk.strata" --no-control
+    depth_measure "$d" qcow2 "$dir/sock" \
+      qemu_nbd_serve "depth$d-qcow2" "$dir/sock" qcow2 "$dir/q$d.qcow2" writeback
   done
   rm -rf "$dir"
 }
@@ -187,9 +190,14 @@ case_depth() {
 # `strata snapshot --control --json`, the server's pause_ms (no request could start); QEMU:
 # qemu-storage-daemon, QMP blockdev-snapshot-sync, the command's wall time (it drains inside).
 steps_snapshot() { echo $(( 2 + $(wc -w <<<"$SNAP_DEPTHS") * 2 * SNAP_ROUNDS )); }
+# The load rewrites the first 64 MiB of the disk: each of the 100 layers then holds at most
+# 64 MiB. Over a whole 1 GiB disk every layer would allocate some 500 MiB of clusters (8 000
+# writes into distinct ones in 0.2 s), 50 GB in all, whose deletion takes many minutes on a
+# volume mounted with `discard`.
 snapshot_load() {  # URI OUT: the fio write load, in the background (FIO_PID)
+  local span=$(( SIZE_BYTES < 67108864 ? SIZE_BYTES : 67108864 ))
   local args=(--name=load --ioengine=nbd "--uri=$1" --rw=randwrite --bs=4k --iodepth=32
-              --time_based --runtime=3600 --output-format=json "--output=$2")
+              --size="$span" --time_based --runtime=3600 --output-format=json "--output=$2")
   note_cmd "snapshot load: fio ${args[*]} (stopped after the snapshots)"
   fio "${args[@]}" >/dev/null 2>&1 &
   FIO_PID=$!
@@ -197,7 +205,7 @@ snapshot_load() {  # URI OUT: the fio write load, in the background (FIO_PID)
   sleep 1
 }
 snapshot_pause() {
-  local dir=$WORK/pause i
+  local dir=$WORK/pause-strata i
   mkdir -p "$dir"
   progress "$SNAPSHOTS live snapshots under 4k randwrite QD32 strata"
   "$STRATA" create -b "$BASE" -F raw "$dir/disk.strata" >/dev/null
@@ -213,7 +221,9 @@ snapshot_pause() {
   stop_pid "$FIO_PID"
   stop_server
   record snapshot pause strata 1 count="$SNAPSHOTS" --samples "$dir/pauses"
-  rm -rf "$dir"; mkdir -p "$dir"
+  # The layers stay for the cleanup at exit, after the report (discard makes deletion slow).
+  dir=$WORK/pause-qemu
+  mkdir -p "$dir"
 
   progress "$SNAPSHOTS live snapshots under 4k randwrite QD32 qemu-storage-daemon"
   qemu-img create -q -f qcow2 -b "$BASE" -F raw "$dir/top.qcow2"
@@ -230,11 +240,11 @@ snapshot_pause() {
   wait_for_nbd "$SERVER_PID" "$dir/sock" "$WORK/qsd.log" disk || die "qemu-storage-daemon did not come up"
   snapshot_load "nbd+unix:///disk?socket=$dir/sock" "$RESULTS/fio/snapshot-load-qemu.json"
   "$PY" "$here/util.py" qmp-snapshots "$dir/qmp.sock" n0 "$dir" "$SNAPSHOTS" 0.2 >"$dir/pauses"
-  note_cmd "snapshot qemu: QMP blockdev-snapshot-sync node-name=TOP snapshot-file=qsI.qcow2 format=qcow2 (x $SNAPSHOTS, every 0.2 s; wall time)"
+  note_cmd "snapshot qemu: QMP blockdev-snapshot-sync node-name=TOP snapshot-file=qsI.qcow2" \
+           "format=qcow2 (x $SNAPSHOTS, every 0.2 s; wall time)"
   stop_pid "$FIO_PID"
   stop_server
   record snapshot pause qemu 1 count="$SNAPSHOTS" --samples "$dir/pauses"
-  rm -rf "$dir"
 }
 # Throughput: 4k random write QD32 into an empty top over D snapshots (D in SNAP_DEPTHS), strata
 # beside a qcow2 chain (qemu-nbd, page cache both); SNAP_ROUNDS rounds, the top emptied before
@@ -312,7 +322,9 @@ merge_offline() {
   strata_serve commit-fill "$dir/sock" "$dir/top.strata" --no-control --cache=none
   nbdcopy "$dir/data.raw" "nbd+unix:///?socket=$dir/sock"
   stop_server
-  note_cmd "merge: strata create -b base.raw -F raw top.strata; strata snapshot top.strata s0; nbdcopy data.raw into top; the same shape in qcow2 (mid.qcow2 <- ov.qcow2); checked untimed (strata export + cmp, qemu-img compare)"
+  note_cmd "merge: strata create -b base.raw -F raw top.strata; strata snapshot top.strata s0;" \
+           "nbdcopy data.raw into top; the same shape in qcow2 (mid.qcow2 <- ov.qcow2); checked" \
+           "untimed (strata export + cmp, qemu-img compare)"
   timed_merge strata-commit "$STRATA" commit "$dir/top.strata"
   ok=0
   "$STRATA" export "$dir/top.strata" "$dir/export.raw" >/dev/null 2>&1 && cmp -s "$dir/export.raw" "$dir/data.raw" && ok=1
@@ -320,7 +332,7 @@ merge_offline() {
   rm -rf "$dir"
 }
 
-# Online: merge_bench's two shapes on an ONLINE_SIZE disk. newest: the newest snapshot holds the
+# Online: two shapes on an ONLINE_SIZE disk. newest: the newest snapshot holds the
 # first half, the active layer the second; delete that snapshot (strata delete-snapshot; QEMU an
 # active block-commit, a mirror, block-job-complete on READY). older: a (first half) <- b (second
 # half) <- empty active; delete a (strata copies it up into b; QEMU block-commit top=b base=a).
@@ -393,11 +405,14 @@ merge_online_one() {  # TARGET SCENARIO
     timeout "$MERGE_TIMEOUT" "$STRATA" delete-snapshot --control "$dir/ctl" --json "$del" >"$dir/job.json" 2>&1 \
       || { "$STRATA" cancel --control "$dir/ctl" >/dev/null 2>&1 || true; echo '{}' >"$dir/job.json"; }
     me=$(date +%s%3N)
-    read -r copied state < <("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("bytes_copied", 0), d.get("state", "failed"))' "$dir/job.json")
+    read -r copied state < <("$PY" -c 'import json, sys; d = json.load(open(sys.argv[1]))
+print(d.get("bytes_copied", 0), d.get("state", "failed"))' "$dir/job.json")
   else
     note_cmd "merge online qemu: QMP block-commit device=TOP top-node=n1 base-node=n0; block-job-complete on BLOCK_JOB_READY"
-    "$PY" "$here/util.py" qmp-commit "$dir/qmp.sock" merge "n$(( ${#chain[@]} - 1 ))" n1 n0 "$MERGE_TIMEOUT" >"$dir/job.json"
-    read -r ms me copied state < <("$PY" -c 'import json,sys; d=json.load(open(sys.argv[1])); print(int(d["start"]*1000), int(d["end"]*1000), d.get("offset") or 0, d["state"])' "$dir/job.json")
+    "$PY" "$here/util.py" qmp-commit "$dir/qmp.sock" merge "n$(( ${#chain[@]} - 1 ))" n1 n0 \
+      "$MERGE_TIMEOUT" >"$dir/job.json"
+    read -r ms me copied state < <("$PY" -c 'import json, sys; d = json.load(open(sys.argv[1]))
+print(int(d["start"] * 1000), int(d["end"] * 1000), d.get("offset") or 0, d["state"])' "$dir/job.json")
   fi
   secs=$(awk -v a="$ms" -v b="$me" 'BEGIN { printf "%.3f", (b - a) / 1000 }')
   sleep "$AFTER"

@@ -197,9 +197,9 @@ if any(k[0] == T for k in entries):
       f"O_DIRECT on the file at the same depth, {CPUS} CPUs / (client + server CPU µs per I/O)), "
       "the client's CPU measured against nbdkit null (no storage). Random writes run after the "
       "sequential write, so on strata they are rewrites (first writes: the cow case).\n")
-    p("| workload | strata | IOPS (spread) | peer | peer IOPS | ×peer | ceiling IOPS | ×ceiling "
-      "| server µs/IO | peer µs/IO | ×peer | p50 µs | peer p50 | p99 µs | peer p99 |")
-    p("|---" * 15 + "|")
+    p("| workload | strata | IOPS (spread) | MB/s | peer | peer IOPS | ×peer | ceiling IOPS | "
+      "×ceiling | server µs/IO | peer µs/IO | ×peer | p50 µs | peer p50 | p99 µs | peer p99 |")
+    p("|---" * 16 + "|")
     for w in tw:
         for s in ("strata-none", "strata-wb"):
             e = entries.get((T, w, s))
@@ -208,7 +208,7 @@ if any(k[0] == T for k in entries):
             m, pe = e["median"], e.get("peer", "–")
             pm = entries[(T, w, pe)]["median"] if pe != "–" else {}
             vp, vc, ce = e.get("vs_peer", {}), e.get("vs_ceiling", {}), e.get("ceiling", {})
-            p(f"| {w} | {s} | {f(m.get('iops'), 'int')}{spread(e, 'iops')} | {pe} | "
+            p(f"| {w} | {s} | {f(m.get('iops'), 'int')}{spread(e, 'iops')} | {f(m.get('mbs'))} | {pe} | "
               f"{f(pm.get('iops'), 'int')} | {f(vp.get('iops'), 'x')} | {f(ce.get('iops'), 'int')} | "
               f"{f(vc.get('iops'), 'x')} | {f(m.get('server_cpu_us_per_io'))} | "
               f"{f(pm.get('server_cpu_us_per_io'))} | {f(vp.get('server_cpu_us_per_io'), 'x')} | "
@@ -237,6 +237,54 @@ if any(k[0] == T for k in entries):
     p("")
     p("![IOPS by configuration](transport-iops.png) ![MB/s by configuration](transport-mbs.png)")
     p("![latency percentiles](latency.png)\n")
+
+
+def goals():
+    """The efficiency goals of issue 15, each as measured in this run: the worst workload."""
+    rows = []
+
+    def worst(measure, better_low, limit):
+        vals = [(measure(w), w) for w in tw if measure(w) is not None]
+        if not vals:
+            return None
+        v, w = max(vals) if better_low else min(vals)
+        return v, w, (v <= limit if better_low else v >= limit)
+
+    checks = [
+        ("server CPU per I/O, strata-none / qemu-nbd raw, every workload", "≤ 0.5", True, 0.5,
+         lambda w: ratio(get(T, w, "strata-none", "server_cpu_us_per_io"),
+                         get(T, w, "qemu-raw", "server_cpu_us_per_io"))),
+        ("server CPU per I/O, strata-wb / nbdkit file, every workload", "≤ 1", True, 1.0,
+         lambda w: ratio(get(T, w, "strata-wb", "server_cpu_us_per_io"),
+                         get(T, w, "nbdkit-file", "server_cpu_us_per_io"))),
+        ("IOPS / computed ceiling, strata-none, every workload", "≥ 0.9", False, 0.9,
+         lambda w: (entries.get((T, w, "strata-none")) or {}).get("vs_ceiling", {}).get("iops")),
+        ("IOPS / computed ceiling, strata-wb, every workload", "≥ 0.9", False, 0.9,
+         lambda w: (entries.get((T, w, "strata-wb")) or {}).get("vs_ceiling", {}).get("iops")),
+        ("4k randread QD1 p50, strata-none / qemu-nbd raw", "≤ 0.6", True, 0.6,
+         lambda w: ratio(get(T, w, "strata-none", "p50_us"), get(T, w, "qemu-raw", "p50_us"))
+         if w == "rr4k-qd1" else None),
+        ("1M seq read, strata-none / the device", "≥ 0.85", False, 0.85,
+         lambda w: ratio(get(T, w, "strata-none", "mbs"), get(T, w, "phys", "mbs"))
+         if w == "sr1m-qd32" else None),
+    ]
+    for name, goal, low, limit, fn in checks:
+        r = worst(fn, low, limit)
+        if r:
+            rows.append((name, goal, f"{r[0]:.2f} (worst: {r[1]})", "yes" if r[2] else "**no**"))
+    d64 = (entries.get(("depth", "d64", "strata")) or {}).get("vs_ceiling", {}).get("iops")
+    if d64 is not None:
+        rows.append(("4k randread QD32 through 64 layers / 1 layer, strata", "≥ 0.95",
+                     f"{d64:.2f}", "yes" if d64 >= 0.95 else "**no**"))
+    if not rows:
+        return
+    p("## Efficiency goals (issue 15), as measured in this run\n")
+    p("| goal | target | measured | met |")
+    p("|---|---|---|---|")
+    for r in rows:
+        p("| " + " | ".join(r) + " |")
+    p("\nWhere a goal is missed, the row says by how much and at which workload; where the time "
+      "per request goes (client, socket, ring, device) is for a profile, not this bench.\n")
 
 
 def simple_table(case, title, wls, cfg_metrics, note=""):
@@ -326,6 +374,7 @@ simple_table("fragmentation", "fragmentation: after random 4k writes", ["layout"
              "A fresh layer over a sparse base after random 4k writes (QD32): host extents "
              "(filefrag), allocated bytes, then a cold sequential read (1M, QD4) of the disk; "
              "ceiling: the same read of the raw base by fio, O_DIRECT.")
+goals()
 p("## Commands\n")
 p("Paths: $DIR is the scratch directory, $OUT the results directory.\n")
 p("```")

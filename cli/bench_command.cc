@@ -17,8 +17,7 @@ namespace strata::cli {
 namespace {
 
 const CommandSpec kBench{.name = "bench",
-                         .usage = R"(usage: strata bench [--quick] [--base IMAGE | --size SIZE] [--dir SCRATCH]
-                    [--results DIR] [--cases LIST]
+                         .usage = R"(usage: strata bench [--quick] [--base IMAGE | --size SIZE] [options]
 
 Measures what copy-on-write costs on this machine and disk: this strata beside qemu-nbd,
 nbdkit, qemu's qcow2 and fio on the file itself, every server up in the same run, through

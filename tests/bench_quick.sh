@@ -55,7 +55,8 @@ jq -e '[.cases[] | select(.case == "merge" and .workload == "offline")] | length
 
 R=res/report.md
 for table in '## transport' '## cow' '## depth' '## snapshot: live snapshot pause' \
-             '## snapshot: 4k random write' '## merge' '## fragmentation' '## Commands'; do
+             '## snapshot: 4k random write' '## merge' '## fragmentation' '## Efficiency goals' \
+             '## Commands'; do
   grep -q "^$table" "$R" || fail "report.md has no section '$table'"
   [ "$table" = '## Commands' ] && continue
   sed -n "/^$table/,/^## /p" "$R" | grep -q '^|---' || fail "report.md: '$table' has no table"
