@@ -20,7 +20,8 @@ records = [json.loads(line) for line in open(os.path.join(RES, "records.jsonl"))
 machine = json.load(open(os.path.join(RES, "machine.json")))
 params = json.load(open(os.path.join(RES, "params.json")))
 commands = open(os.path.join(RES, "commands.txt")).read().splitlines()
-machine["load_after"] = open("/proc/loadavg").read().split()[:3]
+# A report redrawn later (or from merged runs) keeps the load the run ended with.
+machine.setdefault("load_after", open("/proc/loadavg").read().split()[:3])
 CPUS = machine["cpus"]
 
 # Whose peer each config is, per case (the first that was measured for the workload).

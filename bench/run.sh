@@ -21,7 +21,8 @@ source "$here/cases.sh"
 ALL_CASES="transport cow depth snapshot merge fragmentation"
 QUICK=0 BASE_IMAGE="" SIZE="" SCRATCH=/var/tmp RESULTS="" CASES=$ALL_CASES
 usage() {
-  echo "usage: bench/run.sh [--quick] [--base IMAGE | --size SIZE] [--dir SCRATCH] [--results DIR] [--cases LIST]"
+  echo "usage: bench/run.sh [--quick] [--base IMAGE | --size SIZE] [--dir SCRATCH] [--results DIR]"
+  echo "                    [--cases LIST]"
   echo "(strata bench --help describes the options)"
 }
 while (( $# )); do
@@ -55,7 +56,7 @@ if (( QUICK )); then
   SNAPSHOTS=10 SNAP_DEPTHS="0 8" SNAP_ROUNDS=1 MERGE_SIZE=32M ONLINE_SIZE=32M
   WARM=0.5 BEFORE=1 AFTER=1 MERGE_TIMEOUT=10 FRAG_IOS=1024
 else
-  SIZE=${SIZE:-1G} RUNTIME=2s ROUNDS=5 COW_ROUNDS=3 DEPTHS="1 8 64 256" LAYER_CLUSTERS=16
+  SIZE=${SIZE:-1G} RUNTIME=1500ms ROUNDS=5 COW_ROUNDS=2 DEPTHS="1 8 64 256" LAYER_CLUSTERS=16
   SNAPSHOTS=100 SNAP_DEPTHS="0 8 64" SNAP_ROUNDS=3 MERGE_SIZE=1G ONLINE_SIZE=512M
   WARM=1 BEFORE=4 AFTER=4 MERGE_TIMEOUT=40 FRAG_IOS=32768
 fi
@@ -109,10 +110,14 @@ fi
 CLUSTERS=$(( SIZE_BYTES / 65536 ))
 # Layers in subdirectories of the scratch directory have their base (and parents) above them.
 export STRATA_ALLOW_PARENT_DIR="$WORK:$(dirname "$BASE")"
+command="strata bench"
+(( QUICK )) && command+=" --quick"
+if [[ -n $BASE_IMAGE ]]; then command+=" --base $BASE_IMAGE"; else command+=" --size $SIZE"; fi
+command+=" --cases ${CASES// /,}"
 cat >"$RESULTS/params.json" <<EOF
 {"quick": $QUICK, "base": "${BASE_IMAGE:-scratch random data}", "size_bytes": $SIZE_BYTES,
  "runtime": "$RUNTIME", "rounds": $ROUNDS, "cases": "$CASES", "scratch": "$SCRATCH",
- "command": "strata bench$( ((QUICK)) && echo " --quick")$([[ -n $BASE_IMAGE ]] && echo " --base $BASE_IMAGE")$([[ -z $BASE_IMAGE ]] && echo " --size $SIZE") --cases ${CASES// /,}"}
+ "command": "$command"}
 EOF
 
 # Progress: "[3/14] 4k randread QD32 strata (2 of 5 rounds) ETA 1m40s" on stderr. The ETA
