@@ -44,12 +44,9 @@ The full run takes about 25 minutes on 2 CPUs, --quick under 3 (bench/README.md)
                                   .valued = {"--base", "--size", "--dir", "--results", "--cases"}},
                          .positional = 0};
 
-// bench/run.sh beside this binary: in the build tree (build/cli/strata and build/bench/, which
-// links the sources), or installed (bin/strata and share/strata/bench/).
-std::string FindRunScript(std::vector<std::string>* tried) {
-  std::error_code ec;
-  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (ec) return "";
+// bench/run.sh beside the binary `exe`: in the build tree (build/cli/strata and build/bench/,
+// which links the sources), or installed (bin/strata and share/strata/bench/).
+std::string FindRunScript(const std::filesystem::path& exe, std::vector<std::string>* tried) {
   for (const char* rel : {"../bench/run.sh", "../share/strata/bench/run.sh"}) {
     const std::filesystem::path script = exe.parent_path() / rel;
     tried->push_back(script.lexically_normal().string());
@@ -63,19 +60,19 @@ std::string FindRunScript(std::vector<std::string>* tried) {
 int BenchCommand(int argc, char** argv) {
   Args args;
   if (auto rc = ParseCommand(argc, argv, kBench, &args)) return *rc;
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
   std::vector<std::string> tried;
-  const std::string script = FindRunScript(&tried);
+  const std::string script = ec ? "" : FindRunScript(exe, &tried);
   if (script.empty()) {
-    std::string where;
+    std::string where = ec ? "/proc/self/exe unreadable" : "";
     for (const std::string& t : tried) where += (where.empty() ? "" : ", ") + t;
     std::fprintf(stderr, "strata bench: bench/run.sh not found beside the binary (looked at %s)\n",
                  where.c_str());
     return 1;
   }
   // run.sh measures this very binary.
-  std::error_code ec;
-  const std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
-  ::setenv("STRATA", self.c_str(), 1);
+  ::setenv("STRATA", exe.c_str(), 1);
   std::vector<char*> exec_argv = {const_cast<char*>("bash"), const_cast<char*>(script.c_str())};
   for (int i = 2; i < argc; ++i) exec_argv.push_back(argv[i]);
   exec_argv.push_back(nullptr);
