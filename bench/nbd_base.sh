@@ -55,9 +55,9 @@ wait_for_nbd "$STRATA_PID" "$WORK/vm.sock" "$RESULTS/strata.log" || exit 1
 
 qemu-img create -q -f qcow2 -b "$BASE_URI" -F raw "$WORK/vm.qcow2"
 cmd "qemu-img create -f qcow2 -b $BASE_URI -F raw vm.qcow2"
-start_qemu_nbd_qcow2 "$WORK/vm.qcow2" "$WORK/qcow2.sock" "$RESULTS/qcow2.log"
+qemu_nbd_serve qcow2 "$WORK/qcow2.sock" qcow2 "$WORK/vm.qcow2" writeback
 QCOW2_PID=$SERVER_PID
-STARTED_PIDS+=("$QCOW2_PID")
+
 
 declare -A SOCK=([direct]=$BASE_SOCK [strata]=$WORK/vm.sock [qcow2]=$WORK/qcow2.sock)
 declare -A PID=([direct]=$BASE_PID [strata]=$STRATA_PID [qcow2]=$QCOW2_PID)

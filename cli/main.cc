@@ -4,6 +4,7 @@
 
 #include "blockstore/format.h"
 #include "cli/backup_command.h"
+#include "cli/bench_command.h"
 #include "cli/control_client.h"
 #include "cli/convert_command.h"
 #include "cli/offline_commands.h"
@@ -17,6 +18,11 @@
 #ifndef STRATA_GIT_REVISION
 #define STRATA_GIT_REVISION "unknown"
 #endif
+// CMAKE_BUILD_TYPE: `strata bench` warns when the binary it measures was built without
+// optimization ("Debug", or "none" for an empty build type).
+#ifndef STRATA_BUILD_TYPE
+#define STRATA_BUILD_TYPE "unknown"
+#endif
 
 namespace {
 
@@ -24,7 +30,8 @@ constexpr char kHelp[] = R"(strata - a layered copy-on-write virtual disk served
 
 usage: strata COMMAND [options] ARGS
        strata COMMAND --help | strata help COMMAND    one command's usage and options
-       strata --version                               version, git revision, layer format
+       strata --version                               version, git revision, build type,
+                                                      layer format
 
 Serving:
   serve [options] LAYER                  serve the chain topped by LAYER over NBD
@@ -60,6 +67,9 @@ Layers (offline, like qemu-img):
 Disks in and out (with qemu-img; holes and zeros stay sparse):
   convert SRC DST.strata                 import a qcow2, VHDX, VMDK, VDI, VHD or raw image
   convert -O FMT LAYER OUT               export the disk topped by LAYER as qcow2, vmdk, ...
+Measuring:
+  bench [--quick] [options]              copy-on-write overhead beside qemu-nbd, nbdkit, qcow2
+                                         and the device: report.md, results.json, charts
 
 info, map, check, tree, list, stats and backup take --output=human|json (--json is --output=json).
 )";
@@ -81,6 +91,7 @@ constexpr Command kCommands[] = {
     {"backup", strata::cli::BackupCommand},
     {"resize", strata::cli::ResizeCommand},
     {"list", strata::cli::ListCommand},         {"stats", strata::cli::StatsCommand},
+    {"bench", strata::cli::BenchCommand},
 };
 
 const Command* Find(const char* name) {
@@ -92,8 +103,8 @@ const Command* Find(const char* name) {
 }
 
 int Version() {
-  std::printf("strata %s (git %s), layer format version %u\n", STRATA_VERSION,
-              STRATA_GIT_REVISION, strata::kFormatVersion);
+  std::printf("strata %s (git %s, %s build), layer format version %u\n", STRATA_VERSION,
+              STRATA_GIT_REVISION, STRATA_BUILD_TYPE, strata::kFormatVersion);
   return 0;
 }
 

@@ -17,8 +17,10 @@ pkgs=(
   gnutls-bin
   # real NBD clients and peers for interop tests and benchmarks
   libnbd-bin python3-libnbd qemu-utils nbdkit fio nbd-client util-linux jq diffutils
-  # qemu-storage-daemon (bench/merge_bench.sh's block-commit beside strata's online deletion)
+  # qemu-storage-daemon (strata bench: blockdev-snapshot-sync and block-commit beside strata)
   qemu-system-common
+  # strata bench's charts (PNG; without it the bench still runs, and says the charts are skipped)
+  gnuplot-nox
   # fault injection into the real binary (interrupted merges, failed fdatasync)
   strace
   # the man page's rendering check (tests/install_and_completion.sh)

@@ -21,7 +21,7 @@ expect_rc() {
 
 # --- --help, help CMD, --version ---------------------------------------------------------------
 for cmd in serve create info map check export snapshot commit delete-snapshot revert list stats \
-           cancel rebase convert tree backup resize; do
+           cancel rebase convert tree backup resize bench; do
   expect_rc 0 "$cmd" --help
   [ -s out ] && [ ! -s err ] || fail "strata $cmd --help: usage not on stdout alone"
   grep -q "^usage: strata $cmd" out || grep -q "strata $cmd" out \
@@ -35,7 +35,7 @@ expect_rc 2 help no-such-command
 expect_rc 0 --help
 grep -q -- "--output=human|json" out || fail "strata --help does not mention --output"
 expect_rc 0 --version
-grep -Eq '^strata [0-9]+\.[0-9]+\.[0-9]+ \(git [^ )]+\), layer format version 1$' out \
+grep -Eq '^strata [0-9]+\.[0-9]+\.[0-9]+ \(git [^ )]+, [A-Za-z]+ build\), layer format version 1$' out \
   || fail "strata --version: $(cat out)"
 
 # --- info / map --output -----------------------------------------------------------------------

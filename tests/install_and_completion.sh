@@ -17,14 +17,20 @@ DEST=$WORK/dest PREFIX=$DEST/usr/local
 DESTDIR=$DEST "$CMAKE" --install "$BUILD" --prefix /usr/local >"$WORK/install.log" \
   || fail "cmake --install: $(tail -3 "$WORK/install.log")"
 for f in bin/strata share/man/man1/strata.1 share/bash-completion/completions/strata \
-         share/doc/strata/README.md share/doc/strata/FORMAT.md share/doc/strata/PROTOCOL.md; do
+         share/doc/strata/README.md share/doc/strata/FORMAT.md share/doc/strata/PROTOCOL.md \
+         share/strata/bench/run.sh share/strata/bench/lib.sh share/strata/bench/cases.sh \
+         share/strata/bench/report.py share/strata/bench/util.py; do
   [ -f "$PREFIX/$f" ] || fail "not installed: $f"
 done
 [ -x "$PREFIX/bin/strata" ] || fail "bin/strata is not executable"
-extra=$(cd "$PREFIX" && find . -type f | grep -Ev '^\./(bin/strata|share/(man/man1/strata\.1|bash-completion/completions/strata|doc/strata/[A-Z]+\.md))$' || true)
+[ -x "$PREFIX/share/strata/bench/run.sh" ] || fail "share/strata/bench/run.sh is not executable"
+extra=$(cd "$PREFIX" && find . -type f | grep -Ev '^\./(bin/strata|share/(man/man1/strata\.1|bash-completion/completions/strata|doc/strata/[A-Z]+\.md|strata/bench/(run\.sh|lib\.sh|cases\.sh|util\.py|report\.py)))$' || true)
 [ -z "$extra" ] || fail "installed beyond strata's files: $extra"
 export PATH="$PREFIX/bin:$PATH"
 strata --version | grep -q '^strata [0-9]' || fail "installed strata --version: $(strata --version)"
+# The installed `strata bench` finds its scripts under share/strata/bench/.
+strata bench --cases nosuch >"$WORK/bench.out" 2>&1 && fail "strata bench --cases nosuch succeeded"
+grep -q "unknown case 'nosuch'" "$WORK/bench.out" || fail "installed strata bench: $(head -3 "$WORK/bench.out")"
 
 # --- the man page --------------------------------------------------------------------------------
 MAN=$PREFIX/share/man/man1/strata.1
