@@ -584,7 +584,10 @@ ServeOptions Resolve(ServeOptions o) {
   if (o.control) o.control = Absolute(*o.control);
   if (o.socket) o.socket = Absolute(*o.socket);
   if (!o.pid_file.empty()) o.pid_file = Absolute(o.pid_file);
-  for (std::string& dir : o.allowed_parent_dirs) dir = Absolute(dir);
+  // An NBD base's URI prefix (nbd://golden/) is trusted as given: it is no path.
+  for (std::string& dir : o.allowed_parent_dirs) {
+    if (!absl::StrContains(dir, "://")) dir = Absolute(dir);
+  }
   if (!o.tls_certs.empty()) o.tls_certs = Absolute(o.tls_certs);
   if (!o.tls_psk.empty()) o.tls_psk = Absolute(o.tls_psk);
   if (o.log == LogTo::kFile) {

@@ -262,6 +262,18 @@ if "$STRATA" info ../disks/t.strata >/dev/null 2>../tcp.err; then
   fail "info followed an untrusted TCP base"
 fi
 "$STRATA" info --allow-parent-dir "nbd://127.0.0.1:$PORT/" ../disks/t.strata >/dev/null
+rm -f ../tflat.raw
+"$STRATA" convert -O raw --allow-parent-dir "nbd://127.0.0.1:$PORT/" ../disks/t.strata ../tflat.raw \
+  >/dev/null
+cmp -s ../tflat.raw "$BASE" || fail "the disk on the TCP base does not read as the base"
+# Served in the background as the README says, trusted by the URI's prefix.
+rm -f ../disks/t.sock
+"$STRATA" serve --allow-parent-dir "nbd://127.0.0.1:$PORT/" --pid-file ../t.pid \
+  --log-file ../t.log ../disks/t.strata >/dev/null
+VM_PID="$(cat ../t.pid)"
+qemu-img compare -q -f raw -F raw "$BASE" "nbd+unix:///?socket=$WORK/disks/t.sock" ||
+  fail "the disk served on the TCP base does not read as the base"
+stop_vm
 stop_base
 
 log "copy-on-read"
