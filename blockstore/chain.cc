@@ -1,5 +1,6 @@
 #include "blockstore/chain.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -473,6 +474,25 @@ absl::StatusOr<LayerHeader> RebaseLayer(const std::string& layer_path,
   return header;
 }
 
+namespace {
+
+// An O_DIRECT read of a range whose pages are dirty in the page cache (a base just copied in
+// and not yet written back) cannot be served without blocking: io_uring hands each such read to
+// a worker thread, which writes the pages back first (measured on a 1 GiB base just written:
+// 24 685 against 39 049 4k random reads/s at QD32 once it was synced). The files below the top
+// never change, so their dirty pages are written back once, here. Best effort: a failure
+// only leaves the reads slower.
+void WriteBackBelowTop(const std::vector<std::unique_ptr<Layer>>& stack, const RawBase* base) {
+  constexpr unsigned kFlags =
+      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER;
+  for (size_t i = 1; i < stack.size(); ++i) {
+    (void)sync_file_range(stack[i]->file()->fd(), 0, 0, kFlags);
+  }
+  if (base != nullptr) (void)sync_file_range(base->file->fd(), 0, 0, kFlags);
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
                                                    ChainOptions options) {
   auto chain = std::unique_ptr<Chain>(new Chain());
@@ -505,6 +525,7 @@ absl::StatusOr<std::unique_ptr<Chain>> Chain::Open(const std::string& top_path,
       if (!s.ok()) return s;
     }
   }
+  if (options.direct_io) WriteBackBelowTop(stack, chain->base_.get());
   chain->Adopt(std::move(stack));
   // So that the first writes find slots ready. A full volume fails only the writes that need
   // space (they replenish again), not the open: reads go on.
