@@ -57,6 +57,14 @@ class NbdBaseTest : public ::testing::Test {
   absl::StatusOr<std::unique_ptr<NbdBase>> Connect(NbdBaseOptions options = {}) {
     return NbdBase::Connect(uri_, dir_ + "/vm.strata", options);
   }
+  // A 4 KiB read that must fail (kUnavailable) within 5 s.
+  static void ExpectReadFailsSoon(NbdBase* base) {
+    std::string buf(4096, '\0');
+    const absl::Time start = absl::Now();
+    absl::Status s = base->Read(0, absl::MakeSpan(buf));
+    EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  }
   // The pattern plugin: the 8 bytes at offset 8k hold 8k, big-endian.
   static std::string Pattern(uint64_t offset, uint64_t length) {
     std::string out;
@@ -119,11 +127,7 @@ TEST_F(NbdBaseTest, AnErrorFromTheServerFailsThatReadAtOnce) {
   StartServer({"-r", "--filter=error", "pattern", "size=1M", "error-rate=100%", "error=EIO"});
   auto base = Connect();
   ASSERT_TRUE(base.ok()) << base.status();
-  std::string buf(4096, '\0');
-  const absl::Time start = absl::Now();
-  absl::Status s = (*base)->Read(0, absl::MakeSpan(buf));
-  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
-  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  ExpectReadFailsSoon(base->get());
   EXPECT_EQ((*base)->State().failed_reads, 1u);
 }
 
@@ -131,11 +135,7 @@ TEST_F(NbdBaseTest, AHungServerFailsTheReadAfterTheTimeoutAndIsDropped) {
   StartServer({"-r", "--filter=delay", "pattern", "size=1M", "delay-read=30"});
   auto base = Connect({.read_timeout = absl::Seconds(1)});
   ASSERT_TRUE(base.ok()) << base.status();
-  std::string buf(4096, '\0');
-  const absl::Time start = absl::Now();
-  absl::Status s = (*base)->Read(0, absl::MakeSpan(buf));
-  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
-  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  ExpectReadFailsSoon(base->get());
   EXPECT_NE((*base)->State().last_error.find("no reply"), std::string::npos)
       << (*base)->State().last_error;
 }
