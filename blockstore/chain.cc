@@ -126,6 +126,13 @@ bool NeedsSlots(const absl::Status& status) { return IsRetryable(status, kNeedsS
 
 namespace {
 
+// A base (raw file or NBD export) of `size` bytes can carry a new layer: `what` names it.
+absl::Status CheckNewBaseSize(absl::string_view what, uint64_t size) {
+  if (size != 0 && size % 512 == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(what, " is ", size, " bytes: it must be a positive multiple of 512"));
+}
+
 // An NBD export as the base: the header records its URI as given, its size and, when it says
 // it serves a strata layer, that layer's UUID (checked on every open).
 absl::StatusOr<LayerHeader> CreateOnRemoteBase(const std::string& layer_path,
@@ -136,9 +143,8 @@ absl::StatusOr<LayerHeader> CreateOnRemoteBase(const std::string& layer_path,
   auto remote = open(options.parent, layer_path);
   if (!remote.ok()) return remote.status();
   const uint64_t size = (*remote)->size();
-  if (size == 0 || size % 512 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "NBD base ", options.parent, " is ", size, " bytes: it must be a positive multiple of 512"));
+  if (auto s = CheckNewBaseSize(absl::StrCat("NBD base ", options.parent), size); !s.ok()) {
+    return s;
   }
   params.parent_path = options.parent;
   params.virtual_size = params.parent_size = size;
@@ -191,10 +197,7 @@ absl::StatusOr<LayerHeader> CreateLayer(const std::string& layer_path,
   if (params.parent_format == ParentFormat::kRaw) {
     auto size = file->Size();
     if (!size.ok()) return size.status();
-    if (*size == 0 || *size % 512 != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("raw base ", parent, " is ", *size,
-                                                     " bytes: it must be a positive multiple of 512"));
-    }
+    if (auto s = CheckNewBaseSize(absl::StrCat("raw base ", parent), *size); !s.ok()) return s;
     params.virtual_size = params.parent_size = *size;
     // Best effort: a golden image often lies in a directory its users may not write, and a
     // commit into that base cannot run there either (its journal goes beside the base).
@@ -331,6 +334,32 @@ absl::StatusOr<std::unique_ptr<RawBase>> OpenRawBase(Env* env, const Layer& chil
   return base;
 }
 
+// Whether the NBD export `remote` can be the base the layer at `child_path` (header `ch`) was
+// created on: the size it recorded and, when it recorded one, the strata layer UUID. `why`
+// ends the message.
+absl::Status CheckRemoteBase(const std::string& child_path, const LayerHeader& ch,
+                             const RemoteBase& remote, absl::string_view why) {
+  const std::string link = absl::StrCat("NBD base ", remote.uri());
+  if (remote.size() != ch.parent_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child_path, ": ", link, " is ", remote.size(), " bytes but was ",
+        ch.parent_size, " when the layer was created: ", why));
+  }
+  if (auto s = CheckParentSize(ch, ch.parent_size); !s.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("layer ", child_path, ": ", link, ": ", s.message()));
+  }
+  if (!IsNil(ch.parent_uuid) && remote.layer_uuid() != ch.parent_uuid) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "layer ", child_path, " was created on strata layer ", UuidToString(ch.parent_uuid),
+        " but ", link, " serves ",
+        IsNil(remote.layer_uuid()) ? std::string("no strata layer")
+                                   : UuidToString(remote.layer_uuid()),
+        ": ", why));
+  }
+  return absl::OkStatus();
+}
+
 // The NBD export that `child` names as its base, trusted by `scope` (parent_place.h): the size
 // it recorded and, when it recorded one, the strata layer it was created on.
 absl::StatusOr<std::unique_ptr<RemoteBase>> OpenRemoteBase(const Layer& child,
@@ -346,24 +375,7 @@ absl::StatusOr<std::unique_ptr<RemoteBase>> OpenRemoteBase(const Layer& child,
   }
   auto remote = open(ch.parent_path, child.path());
   if (!remote.ok()) return remote.status();
-  const std::string link = absl::StrCat("NBD base ", ch.parent_path);
-  if ((*remote)->size() != ch.parent_size) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", child.path(), ": ", link, " is ", (*remote)->size(), " bytes but was ",
-        ch.parent_size, " when the layer was created: the base changed"));
-  }
-  if (auto s = CheckParentSize(ch, ch.parent_size); !s.ok()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("layer ", child.path(), ": ", link, ": ", s.message()));
-  }
-  if (!IsNil(ch.parent_uuid) && (*remote)->layer_uuid() != ch.parent_uuid) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "layer ", child.path(), " was created on strata layer ", UuidToString(ch.parent_uuid),
-        " but ", link, " serves ",
-        IsNil((*remote)->layer_uuid()) ? std::string("no strata layer")
-                                       : UuidToString((*remote)->layer_uuid()),
-        ": the base changed"));
-  }
+  if (auto s = CheckRemoteBase(child.path(), ch, **remote, "the base changed"); !s.ok()) return s;
   return remote;
 }
 
@@ -419,15 +431,8 @@ absl::Status CheckNewRemoteParent(const std::string& layer_path, const LayerHead
   if (!open) return absl::FailedPreconditionError("this program cannot connect to an NBD base");
   auto remote = open(options.parent, layer_path);
   if (!remote.ok()) return remote.status();
-  const bool same = (*remote)->size() == ch.parent_size &&
-                    (IsNil(ch.parent_uuid) || (*remote)->layer_uuid() == ch.parent_uuid);
-  if (same) return absl::OkStatus();
-  const std::string layer =
-      IsNil(ch.parent_uuid) ? "" : absl::StrCat(", strata layer ", UuidToString(ch.parent_uuid));
-  return absl::FailedPreconditionError(absl::StrCat(
-      "layer ", layer_path, ": NBD base ", options.parent, " (", (*remote)->size(),
-      " bytes) is not the base it was created on (", ch.parent_size, " bytes", layer,
-      "): rebase -u only fixes a moved base's address; the data would be wrong"));
+  return CheckRemoteBase(layer_path, ch, **remote,
+                         "rebase -u only fixes a moved base's address; the data would be wrong");
 }
 
 }  // namespace
