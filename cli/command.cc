@@ -4,7 +4,6 @@
 #include <cstdlib>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "blockstore/file.h"
 #include "blockstore/parent_place.h"
@@ -28,15 +27,12 @@ A parent outside LAYER's directory tree (after symbolic links) is refused unless
 
 }  // namespace
 
-void InstallRemoteBaseOpener(const Args& args) {
+void InstallRemoteBaseOpener(const Args& args, absl::Duration read_timeout) {
   const char* env = std::getenv("STRATA_ALLOW_WRITABLE_BASE");
   NbdBaseOptions options;
   options.allow_writable =
       args.Has(kAllowWritableBase) || (env != nullptr && std::string(env) == "1");
-  if (int seconds; args.Has("--base-timeout") &&
-                   absl::SimpleAtoi(args.Get("--base-timeout"), &seconds) && seconds > 0) {
-    options.read_timeout = absl::Seconds(seconds);
-  }
+  options.read_timeout = read_timeout;
   SetDefaultRemoteBaseOpener(NbdBaseOpener(options));
 }
 

@@ -11,7 +11,9 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "cli/args.h"
+#include "server/remote/nbd_base.h"
 
 namespace strata::cli {
 
@@ -34,8 +36,10 @@ struct CommandSpec {
 // colon-separated STRATA_ALLOW_PARENT_DIR.
 std::vector<std::string> AllowedParentDirs(const Args& args);
 // Lets chains on an NBD base (blockstore/remote_base.h) connect, through libnbd, with
-// --allow-writable-base (or STRATA_ALLOW_WRITABLE_BASE=1) from `args`.
-void InstallRemoteBaseOpener(const Args& args);
+// --allow-writable-base (or STRATA_ALLOW_WRITABLE_BASE=1) from `args`, each read of the base
+// answered within `read_timeout` or failed (`strata serve --base-timeout`).
+void InstallRemoteBaseOpener(const Args& args,
+                             absl::Duration read_timeout = NbdBaseOptions().read_timeout);
 // For a command that walks the chain topped by `top` itself (commit, revert, tree...): refuses
 // it, before any file changes, when a parent is not a regular file or lies where `args` does
 // not trust (blockstore's CheckChainParents).

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
+#include <limits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -235,6 +236,12 @@ absl::Status ParseNumber(absl::string_view option, const std::string& v, ServeOp
     }
     return absl::OkStatus();
   }
+  if (option == "--base-timeout") {
+    if (!IntIn(v, 1, std::numeric_limits<int>::max(), &o->base_timeout_s)) {
+      return NotA(option, v, "a positive number of seconds");
+    }
+    return absl::OkStatus();
+  }
   if (option == "--full-timeout") {
     int seconds;
     if (!IntIn(v, 1, 86400, &seconds)) {
@@ -294,13 +301,7 @@ constexpr ValuedOption kValuedOptions[] = {
     {"--handshake-timeout", ParseNumber}, {"--request-timeout", ParseNumber},
     {"--tls-certs", ParseText},         {"--tls-psk", ParseText},
     {"--tls", ParseTls},
-    // Read by InstallRemoteBaseOpener; checked here.
-    {"--base-timeout", [](absl::string_view name, const std::string& value, ServeOptions*) {
-       int seconds;
-       if (absl::SimpleAtoi(value, &seconds) && seconds > 0) return absl::OkStatus();
-       return absl::InvalidArgumentError(
-           absl::StrCat(name, " takes a positive number of seconds, not '", value, "'"));
-     }},
+    {"--base-timeout", ParseNumber},
 };
 
 const ArgSpec& ServeSpec() {
@@ -401,7 +402,6 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& w
   o.foreground = args->Has("--foreground");
   o.no_control = args->Has("--no-control");
   o.allowed_parent_dirs = AllowedParentDirs(*args);
-  InstallRemoteBaseOpener(*args);
   o.tls_verify_peer = args->Has("--tls-verify-peer");
   o.insecure_listen = args->Has("--insecure-listen");
   for (const ValuedOption& option : kValuedOptions) {
@@ -409,6 +409,7 @@ absl::StatusOr<ServeOptions> ParseServeOptions(const std::vector<std::string>& w
     absl::Status st = option.parse(option.name, args->Get(option.name), &o);
     if (!st.ok()) return st;
   }
+  InstallRemoteBaseOpener(*args, absl::Seconds(o.base_timeout_s));
   if (o.help) return o;
   if (args->positional.size() != 1) {
     return absl::InvalidArgumentError(

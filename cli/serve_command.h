@@ -41,6 +41,7 @@ struct ServeOptions {
   std::string export_name;
   bool read_only = false;
   bool copy_on_read = false;  // --copy-on-read: reads of an NBD base are kept in the top layer
+  int base_timeout_s = 10;    // --base-timeout: a read of an NBD base answered by then, or EIO
   CacheMode cache = CacheMode::kWriteback;
   int workers = 0;  // 0: number of CPUs, at most 4
   LogLevel log_level = LogLevel::kInfo;
