@@ -229,7 +229,7 @@ struct NbdBase::PendingRead {
 
 struct NbdBase::Conn {
   nbd_handle* h = nullptr;
-  std::map<uint64_t, std::unique_ptr<PendingRead>> inflight;  // by Read::id
+  std::map<uint64_t, std::unique_ptr<PendingRead>> inflight;  // by PendingRead::id
 };
 
 namespace {
@@ -289,7 +289,6 @@ absl::StatusOr<std::unique_ptr<NbdBase>> NbdBase::Connect(const std::string& uri
     MutexLock lock(&base->mu_);
     base->ready_.push_back(*h);
     base->up_ = 1;
-    base->state_.connected = true;
     base->wanted_ = base->identity_.multi_conn ? std::max(options.max_connections, 1) - 1 : 0;
   }
   return base;

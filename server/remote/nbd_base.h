@@ -114,7 +114,7 @@ class NbdBase final : public RemoteBase {
   std::vector<nbd_handle*> ready_ ABSL_GUARDED_BY(mu_);  // made by the connector, not yet used
   int wanted_ ABSL_GUARDED_BY(mu_) = 0;                  // connections the connector should make
   int up_ ABSL_GUARDED_BY(mu_) = 0;
-  RemoteBaseState state_ ABSL_GUARDED_BY(mu_);
+  RemoteBaseState state_ ABSL_GUARDED_BY(mu_);  // counters and last_error; State() adds up_
 
   // I/O thread only.
   std::vector<std::unique_ptr<Conn>> conns_;
