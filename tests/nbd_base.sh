@@ -63,6 +63,11 @@ start_base() {
 stop_base() { terminate_pid "$BASE_PID"; BASE_PID=""; }
 kill_base() { kill -KILL "$BASE_PID"; wait "$BASE_PID" 2>/dev/null || true; BASE_PID=""; }
 
+# new_vm URI: ../disks/vm.strata, a new empty disk on the NBD base at URI.
+new_vm() {
+  rm -f ../disks/vm.strata
+  "$STRATA" create -b "$1" -F nbd ../disks/vm.strata >/dev/null
+}
 serve_vm() {
   rm -f ../disks/vm.sock
   "$STRATA" serve --pid-file ../vm.pid --log-file ../vm.log "$@" ../disks/vm.strata >/dev/null
@@ -103,8 +108,7 @@ GOLD_UUID="$("$STRATA" info --json ../disks/gold@golden.strata | jq -r '.layers[
 for kind in strata qemu-nbd nbdkit; do
   log "base: $kind"
   start_base "$kind"
-  rm -f ../disks/vm.strata
-  "$STRATA" create -b "$BURI" -F nbd ../disks/vm.strata >/dev/null
+  new_vm "$BURI"
   info="$("$STRATA" info --json ../disks/vm.strata)"
   [ "$(jq -r '.layers[1].format' <<<"$info")" = nbd ] || fail "$kind: info shows no nbd base: $info"
   if [ "$kind" = strata ]; then
@@ -155,8 +159,7 @@ psktool -u alice -p ../disks/keys.psk >/dev/null 2>&1
   --log-file ../gold.log --no-control ../disks/gold-kept.strata >/dev/null
 BASE_PID="$(cat ../gold.pid)"
 SURI="nbds+unix://alice@/?socket=$BSOCK&tls-psk-file=$WORK/disks/keys.psk"
-rm -f ../disks/vm.strata
-"$STRATA" create -b "$SURI" -F nbd ../disks/vm.strata >/dev/null
+new_vm "$SURI"
 serve_vm
 cp "$BASE" ../model.raw
 compare_model "over TLS (PSK)"
@@ -165,8 +168,7 @@ stop_base
 
 log "faults"
 start_base nbdkit
-rm -f ../disks/vm.strata
-"$STRATA" create -b "$BURI" -F nbd ../disks/vm.strata >/dev/null
+new_vm "$BURI"
 cp "$BASE" ../model.raw
 serve_vm --base-timeout 3
 writes 0x77 40M 1M
@@ -278,8 +280,7 @@ stop_base
 
 log "copy-on-read"
 start_base nbdkit
-rm -f ../disks/vm.strata
-"$STRATA" create -b "$BURI" -F nbd ../disks/vm.strata >/dev/null
+new_vm "$BURI"
 serve_vm --copy-on-read
 qemu-io -f raw -c 'read -P 0x11 0 8M' -c 'read -P 0x22 8M 8M' "$VURI" >/dev/null
 for _ in $(seq 100); do
