@@ -46,9 +46,7 @@ serve() {
   SERVER_PID="$(cat ../disk.pid)"
 }
 stop() {
-  kill -TERM "$SERVER_PID"
-  for _ in $(seq 150); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-  ! kill -0 "$SERVER_PID" 2>/dev/null || fail "the server did not stop within 15 s of SIGTERM"
+  expect_stop "$SERVER_PID"
   SERVER_PID=""
 }
 stats() { "$STRATA" stats --json ../vol/disk.strata; }

@@ -74,9 +74,7 @@ serve_vm() {
   VM_PID="$(cat ../vm.pid)"
 }
 stop_vm() {
-  kill -TERM "$VM_PID"
-  for _ in $(seq 150); do kill -0 "$VM_PID" 2>/dev/null || break; sleep 0.1; done
-  ! kill -0 "$VM_PID" 2>/dev/null || fail "the server did not stop within 15 s of SIGTERM"
+  expect_stop "$VM_PID"
   VM_PID=""
 }
 base_field() {

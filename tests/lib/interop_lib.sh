@@ -55,6 +55,14 @@ terminate_pid() {
   wait "$1" 2>/dev/null || true
 }
 
+# expect_stop PID: SIGTERM to our own process PID, which must exit within 15 s (a server that
+# stops as SIGTERM promises: in-flight requests finished, the disk flushed).
+expect_stop() {
+  kill -TERM "$1"
+  for _ in $(seq 150); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  fail "the server did not stop within 15 s of SIGTERM"
+}
+
 interop_cleanup() {
   local rc=$?
   terminate_pid "$SERVER_PID"
