@@ -243,6 +243,13 @@ std::string LatencyLine(const json& l) {
                          Number(l, "max"));
 }
 
+// Where the server's time per request went: mean µs of each stage (stats' stages_us).
+std::string StagesLine(const json& stages) {
+  auto mean = [&](const char* stage) { return Number(stages.value(stage, json::object()), "mean"); };
+  return absl::StrFormat("stages, mean (us): before disk %.1f, disk %.1f, reply send %.1f",
+                         mean("before_disk"), mean("disk"), mean("send"));
+}
+
 void PrintHealth(const json& reply) {
   const json enospc = reply.value("enospc", json::object());
   const bool pause = Text(enospc, "on_full") == "pause";
@@ -287,8 +294,9 @@ int StatsCommand(int argc, char** argv) {
   std::printf("uptime %s; %s open, %llu closed\n", Age(Number(reply, "uptime_seconds")).c_str(),
               Count(reply.value("connections_open", uint64_t{0}), "connection").c_str(),
               static_cast<unsigned long long>(reply.value("connections_closed", uint64_t{0})));
-  std::printf("%s\n%s\n", CountersLine(total).c_str(),
-              LatencyLine(total.value("latency_us", json::object())).c_str());
+  std::printf("%s\n%s\n%s\n", CountersLine(total).c_str(),
+              LatencyLine(total.value("latency_us", json::object())).c_str(),
+              StagesLine(total.value("stages_us", json::object())).c_str());
   PrintHealth(reply);
   for (const json& c : reply.value("connections", json::array())) {
     // null until the handshake chose an export.

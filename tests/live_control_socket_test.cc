@@ -92,6 +92,9 @@ TEST_F(LiveControlSocketTest, EveryRequestAnswers) {
   EXPECT_GE(stats["total"]["requests_by_command"]["write"].get<int>(), 1);
   EXPECT_GE(stats["total"]["bytes_written"].get<uint64_t>(), 64 * kKiB);
   EXPECT_TRUE(stats["total"]["latency_us"].contains("p99"));
+  for (const char* stage : {"before_disk", "disk", "send"}) {
+    EXPECT_GE(stats["total"]["stages_us"][stage]["count"].get<int>(), 1) << stage << ": " << stats;
+  }
   EXPECT_EQ(stats["connections"][0]["in_flight"], 0);
   EXPECT_EQ(stats["enospc"]["full"], false);
   EXPECT_EQ(stats["snapshots"]["taken"], 1);
@@ -188,6 +191,7 @@ TEST_F(LiveControlSocketTest, TheCliIsTheClient) {
   // A person's summary by default.
   ASSERT_EQ(RunCommand({StrataBinary(), "stats", "--control", ctl}, &out), 0) << out;
   EXPECT_NE(out.find("latency (us): mean"), std::string::npos) << out;
+  EXPECT_NE(out.find("stages, mean (us): before disk"), std::string::npos) << out;
   EXPECT_NE(out.find("host volume: not full"), std::string::npos) << out;
   EXPECT_NE(out.find("live snapshots: 1 taken"), std::string::npos) << out;
   EXPECT_TRUE(json::parse(out, nullptr, false).is_discarded()) << out;

@@ -421,6 +421,8 @@ void Connection::Execute(Request* r) {
   STRATA_LOG(kDebug, "conn %d: %s", id_, DescribeRequest(r->h));
   if (r->cmd == Command::kRead) io_.bytes_read += r->h.length;
   if (r->cmd == Command::kWrite) io_.bytes_written += r->h.length;
+  r->disk_ns = MonotonicNs();
+  io_.before_disk.Add(static_cast<uint64_t>(r->disk_ns - r->start_ns));
   r->io.Start(&disk_, r);
 }
 
@@ -431,7 +433,9 @@ void Connection::Reply(Request* r) {
   Enter(r, Request::Phase::kSending);
   const uint16_t type = r->h.type;
   ++io_.requests[type < kCountedCommands ? type : kOtherCommand];
-  io_.latency.Add(static_cast<uint64_t>(MonotonicNs() - r->start_ns));
+  r->reply_ns = MonotonicNs();
+  io_.latency.Add(static_cast<uint64_t>(r->reply_ns - r->start_ns));
+  if (r->disk_ns != 0) io_.disk.Add(static_cast<uint64_t>(r->reply_ns - r->disk_ns));
   if (!r->status.ok()) {
     ++io_.errors;
     const nbd::Error error = ErrorFor(r->status, r->cmd);
@@ -469,7 +473,7 @@ void Connection::Reply(Request* r) {
     return;
   }
   send_queue_.push_back(r);
-  FlushSends();
+  FlushSoon();
 }
 
 void Connection::QueueRaw(std::string bytes) {
@@ -483,7 +487,7 @@ void Connection::QueueRaw(std::string bytes) {
     return;
   }
   send_queue_.push_back(r);
-  FlushSends();
+  FlushSoon();
 }
 
 size_t Connection::GatherSendIov(size_t max_bytes) {
@@ -502,6 +506,17 @@ size_t Connection::GatherSendIov(size_t max_bytes) {
     if (send_iov_.size() >= kMaxSendIov || bytes >= max_bytes) break;
   }
   return bytes;
+}
+
+void Connection::FlushSoon() {
+  if (flush_pending_) return;
+  flush_pending_ = true;
+  worker_->FlushSoon(this);
+}
+
+void Connection::FlushPendingSends() {
+  flush_pending_ = false;
+  FlushSends();
 }
 
 void Connection::FlushSends() {
@@ -586,7 +601,7 @@ void Connection::OnSend(int res) {
   for (Request* r : sent) Release(r);
   if (starttls_pending_ && send_queue_.empty()) starttls_pending_ = false;  // the ack is out
   if (send_failed_ && state_ < State::kDraining) BeginDrain("send failed");
-  FlushSends();
+  FlushSoon();
   if (state_ == State::kTransmission || state_ == State::kHandshake) {
     Process();
     ArmRecv();
@@ -623,6 +638,10 @@ void Connection::Enter(Request* r, Request::Phase next) {
 }
 
 void Connection::Release(Request* r) {
+  // Sent (not dropped with a failed send): the reply's time on the way out.
+  if (r->reply_ns != 0 && !send_failed_) {
+    io_.send.Add(static_cast<uint64_t>(MonotonicNs() - r->reply_ns));
+  }
   buffers_.Release(&r->buf);
   const bool started = r->started;
   delete r;

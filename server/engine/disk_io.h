@@ -196,6 +196,8 @@ class DiskIo {
   IoPiece PieceFor(const Segment& seg, uint64_t pos);
   void SubmitPieces(Step step);
   void PrepareSqe(IoPiece* p);
+  // pwrite of what is left of `p` (a page-cache write): bytes written, or -errno.
+  static int WriteToPageCache(const IoPiece& p);
   void ReadRemote(IoPiece* p);
   void PieceDone();
   void RecordPieceError(const IoPiece& p, int err);

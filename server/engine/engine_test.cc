@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -88,6 +89,69 @@ TEST_F(EngineTest, SimpleRepliesWriteAndReadBack) {
   ASSERT_EQ(nbd_pread(h, back.data(), back.size(), 4096, 0), 0) << nbd_get_error();
   EXPECT_TRUE(SameBytes(back, data));
   EXPECT_EQ(nbd_flush(h, 0), 0);
+  nbd_shutdown(h, 0);
+  nbd_close(h);
+}
+
+// Every request's time is split into the stages `stats` shows: parse to disk I/O, the disk I/O,
+// and the reply's way out. The first two add up to the request's latency exactly (one clock
+// reading is their boundary), and every reply sent counts once in the third.
+TEST_F(EngineTest, StagesSplitEachRequestsLatency) {
+  nbd_handle* h = Open();
+  std::string data(8192, 's');
+  constexpr int kRequests = 20;
+  for (int i = 0; i < kRequests / 2; ++i) {
+    ASSERT_EQ(nbd_pwrite(h, data.data(), data.size(), i * 65536, 0), 0) << nbd_get_error();
+    ASSERT_EQ(nbd_pread(h, data.data(), data.size(), i * 65536 + 512, 0), 0) << nbd_get_error();
+  }
+  // The last reply reached the client before its send completion was reaped: wait for it.
+  IoCounters io;
+  for (int i = 0; i < 500; ++i) {
+    auto stats = server_->CollectStats();
+    ASSERT_TRUE(stats.ok()) << stats.status();
+    io = {};
+    for (const WorkerStats& w : *stats) {
+      for (const ConnectionStats& c : w.connections) io.Merge(c.io);
+    }
+    if (io.send.count == kRequests) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(io.latency.count, kRequests);
+  EXPECT_EQ(io.before_disk.count, kRequests);
+  EXPECT_EQ(io.disk.count, kRequests);
+  EXPECT_EQ(io.send.count, kRequests);
+  EXPECT_EQ(io.before_disk.sum_ns + io.disk.sum_ns, io.latency.sum_ns);
+  EXPECT_GT(io.disk.sum_ns, 0u);
+  EXPECT_GT(io.send.sum_ns, 0u);
+  nbd_shutdown(h, 0);
+  nbd_close(h);
+}
+
+// Names of this process's threads.
+std::vector<std::string> ThreadNames() {
+  std::vector<std::string> names;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string name;
+    if (std::getline(comm, name)) names.push_back(name);
+  }
+  return names;
+}
+
+// Page-cache writes are copied on the ring thread: io_uring would hand every buffered write on
+// ext4 to an io-wq worker thread ("iou-wrk-N"), three or four context switches each. The
+// workers of a ring live on for seconds after their last job, so any would still be there.
+TEST_F(EngineTest, PageCacheWritesStartNoIoUringWorkers) {
+  ASSERT_FALSE(storage_->direct_io());
+  nbd_handle* h = Open();
+  std::string data(4096, 'w');
+  for (int i = 0; i < 200; ++i) {
+    ASSERT_EQ(nbd_pwrite(h, data.data(), data.size(), (i * 7919 % 2048) * 4096, 0), 0)
+        << nbd_get_error();
+  }
+  for (const std::string& name : ThreadNames()) {
+    EXPECT_FALSE(absl::StartsWith(name, "iou-wrk")) << name << " serves this server's writes";
+  }
   nbd_shutdown(h, 0);
   nbd_close(h);
 }

@@ -53,6 +53,9 @@ void IoCounters::Merge(const IoCounters& o) {
   bytes_read += o.bytes_read;
   bytes_written += o.bytes_written;
   latency.Merge(o.latency);
+  before_disk.Merge(o.before_disk);
+  disk.Merge(o.disk);
+  send.Merge(o.send);
 }
 
 int64_t MonotonicNs() {

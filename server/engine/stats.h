@@ -52,7 +52,15 @@ struct IoCounters {
   uint64_t enospc_replies = 0;
   uint64_t bytes_read = 0;
   uint64_t bytes_written = 0;
+  // From the request's parse to its reply being queued: what the server took.
   LatencyHistogram latency;
+  // The same time split in stages, plus the reply's time on the way out, so a profile can say
+  // where a request waits: parse -> disk I/O started (a WRITE's payload arriving, a pause),
+  // the disk I/O itself (the storage, the device, blocking-pool hops), and reply queued -> its
+  // last byte handed to the socket (replies ahead of it, a client not reading).
+  LatencyHistogram before_disk;
+  LatencyHistogram disk;
+  LatencyHistogram send;
 
   uint64_t total_requests() const;
   void Merge(const IoCounters& o);

@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -63,10 +64,22 @@ Worker::~Worker() {
 }
 
 absl::Status Worker::Init() {
+  // One thread submits (SINGLE_ISSUER), and completions' task work runs only when it waits
+  // for them (DEFER_TASKRUN), not by interrupting it mid-batch: fewer wakeups and IPIs per
+  // request. The ring is made here but enabled on its own thread (R_DISABLED), the one
+  // issuer. Kernels before 6.1 refuse the flags: then a plain ring.
   io_uring_params params{};
-  params.flags = IORING_SETUP_CQSIZE;
+  params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+                 IORING_SETUP_R_DISABLED;
   params.cq_entries = limits_.ring_entries * 2;
   int ret = io_uring_queue_init_params(limits_.ring_entries, &ring_, &params);
+  if (ret == -EINVAL) {
+    params = {};
+    params.flags = IORING_SETUP_CQSIZE;
+    params.cq_entries = limits_.ring_entries * 2;
+    ret = io_uring_queue_init_params(limits_.ring_entries, &ring_, &params);
+  }
+  ring_disabled_ = ret >= 0 && (params.flags & IORING_SETUP_R_DISABLED) != 0;
   if (ret < 0) {
     return absl::ErrnoToStatus(
         -ret, absl::StrFormat("worker %d: io_uring_queue_init(%u) (needs Linux 5.6 or later and "
@@ -300,6 +313,7 @@ void Worker::RunMailbox() {
 void Worker::ConnectionClosed(Connection* c, const IoCounters& io) {
   connections_.erase(c);
   std::erase(budget_waiting_, c);
+  std::erase(flush_, c);
   closed_io_.Merge(io);
   ++closed_count_;
   closed_.push_back(c);
@@ -344,7 +358,24 @@ void Worker::Complete(uint64_t user_data, int res) {
   }
 }
 
+void Worker::FlushReplies() {
+  // A flush never queues another, but a connection may be added while the list is walked.
+  while (!flush_.empty()) {
+    std::vector<Connection*> flush;
+    flush.swap(flush_);
+    for (Connection* c : flush) c->FlushPendingSends();
+  }
+}
+
 void Worker::Loop() {
+  if (ring_disabled_) {
+    // This thread becomes the ring's one issuer.
+    // liburing 2.3 declares io_uring_enable_rings but its library lacks it: the syscall.
+    if (syscall(__NR_io_uring_register, ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) <
+        0) {
+      STRATA_LOG(kError, "worker %d: enabling its io_uring: %s", index_, strerror(errno));
+    }
+  }
   ArmWake();
   ArmSweep();
   io_uring_cqe* cqes[kReapBatch];
@@ -357,6 +388,7 @@ void Worker::Loop() {
     for (unsigned i = 0; i < n; ++i) Complete(cqes[i]->user_data, cqes[i]->res);
     io_uring_cq_advance(&ring_, n);
     if (retry_parked_) RetryParked();
+    FlushReplies();
     for (Connection* c : closed_) delete c;
     closed_.clear();
   }

@@ -179,6 +179,8 @@ class Worker final : public BudgetWaiter {
   void ConnectionClosed(Connection* c, const IoCounters& io);
   // The connection finished its handshake: it no longer counts against --max-handshakes.
   void ConnectionNegotiated(const Connection* c);
+  // `c` has replies queued: they are sent at the end of this batch of completions.
+  void FlushSoon(Connection* c) { flush_.push_back(c); }
 
  private:
   void Loop();
@@ -191,6 +193,7 @@ class Worker final : public BudgetWaiter {
   void ArmSweep();
   void Sweep();
   void ResumeBudgetWaiting();
+  void FlushReplies();
 
   const int index_;
   const ExportTable* exports_;
@@ -202,6 +205,7 @@ class Worker final : public BudgetWaiter {
   const ConnectionTls tls_;
   io_uring ring_;
   bool ring_ready_ = false;
+  bool ring_disabled_ = false;  // made with R_DISABLED: Loop enables it
   int wake_fd_ = -1;
   uint64_t wake_buf_ = 0;
   std::thread thread_;
@@ -215,6 +219,7 @@ class Worker final : public BudgetWaiter {
   IoCounters closed_io_;  // counters of connections that closed
   uint64_t closed_count_ = 0;
   std::vector<Connection*> closed_;
+  std::vector<Connection*> flush_;  // FlushSoon, in order
   std::deque<Request*> held_;
   std::vector<DiskIo*> parked_;
   std::vector<DiskIo*> waiting_for_space_;
