@@ -45,7 +45,7 @@ case_transport() {
       rm -f "$WORK/$t.strata"
       "$STRATA" create -b "$BASE" -F raw "$WORK/$t.strata" >/dev/null
       local cache=writeback; [[ $t == strata-wb ]] || cache=none
-      strata_serve "$t" "$WORK/$t.sock" "$WORK/$t.strata" --no-control --cache="$cache"
+      strata_serve "$t" "$WORK/$t.sock" "$WORK/$t.strata" --control "$WORK/$t.ctl" --cache="$cache"
       pid[$t]=$SERVER_PID
     done
     note_cmd "strata-none, strata-wb layers: strata create -b base.raw -F raw LAYER (fresh each round)"
@@ -59,8 +59,10 @@ case_transport() {
         if [[ $t == phys ]]; then
           run_fio transport "$w" phys "$round" - "file:$WBASE" ${WL_ARGS[$w]} --runtime="$RUNTIME" --time_based >&2
         else
-          run_fio transport "$w" "$t" "$round" "${pid[$t]}" "nbd:$WORK/$t.sock" ${WL_ARGS[$w]} \
-            --runtime="$RUNTIME" --time_based >&2
+          # strata's servers also say where each request's time went (stats' stages).
+          local ctl=""; [[ $t == strata-* ]] && ctl=$WORK/$t.ctl
+          STATS_CONTROL=$ctl run_fio transport "$w" "$t" "$round" "${pid[$t]}" "nbd:$WORK/$t.sock" \
+            ${WL_ARGS[$w]} --runtime="$RUNTIME" --time_based >&2
         fi
       done
     done

@@ -33,7 +33,9 @@ PEERS = {
     "merge": {"strata-commit": ["qemu-img-commit"], "strata": ["qemu"]},
     "fragmentation": {"strata": ["qcow2"]},
 }
-LOWER_IS_BETTER = {"p50_us", "p99_us", "server_cpu_us_per_io", "client_cpu_us_per_io", "seconds",
+LOWER_IS_BETTER = {"p50_us", "p99_us", "mean_us", "server_us", "before_disk_us", "disk_us",
+                   "send_us", "client_socket_us", "server_cpu_us_per_io", "client_cpu_us_per_io",
+                   "seconds",
                    "pause_p50_ms", "pause_p99_ms", "pause_max_ms", "extents", "open_s",
                    "rss_bytes", "max_lat_ms", "stall_ms", "allocated_bytes"}
 
@@ -230,6 +232,23 @@ if any(k[0] == T for k in entries):
                 mt = metric or ("mbs" if ("1m" in w or "64k" in w) else "iops")
                 cells.append(f(get(T, w, c, mt), "" if metric else "int"))
             p(f"| {w} | " + " | ".join(cells) + " |")
+        p("")
+    stage_rows = [(w, c) for w in tw for c in ("strata-none", "strata-wb")
+                  if get(T, w, c, "disk_us") is not None]
+    if stage_rows:
+        p("Where a strata request's time goes, mean µs per request (medians over rounds): fio's "
+          "latency split by the server's own clock (`strata stats` stages_us) into parse → disk "
+          "I/O started, the disk I/O, the reply's send, and the rest: fio and libnbd, and the "
+          "socket both ways. Beside it the device alone at the same depth (phys) and the "
+          "transport alone (nbdkit null: client and socket with no storage).\n")
+        p("| workload | strata | fio mean | before disk | disk | reply send | client + socket | "
+          "device alone | null alone |")
+        p("|---" * 9 + "|")
+        for w, c in stage_rows:
+            p(f"| {w} | {c} | {f(get(T, w, c, 'mean_us'))} | {f(get(T, w, c, 'before_disk_us'))} | "
+              f"{f(get(T, w, c, 'disk_us'))} | {f(get(T, w, c, 'send_us'))} | "
+              f"{f(get(T, w, c, 'client_socket_us'))} | {f(get(T, w, 'phys', 'mean_us'))} | "
+              f"{f(get(T, w, 'null', 'mean_us'))} |")
         p("")
     for w in tw:
         e = entries.get((T, w, "strata-none"))

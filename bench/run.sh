@@ -66,7 +66,7 @@ require_tools "strata bench" fio qemu-nbd qemu-img qemu-io qemu-storage-daemon n
 find_strata
 [[ -n $STRATA ]] && "$STRATA" serve --help >/dev/null 2>&1 \
   || die "no strata binary that serves (STRATA='${STRATA:-}'): build it, or run strata bench"
-STRATA=$(readlink -f "$STRATA")
+export STRATA=$(readlink -f "$STRATA")
 [[ -d $SCRATCH ]] || die "--dir $SCRATCH: no such directory"
 
 STAMP=$(date +%Y%m%d-%H%M%S)

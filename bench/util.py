@@ -53,23 +53,53 @@ def append(records, rec):
         f.write(json.dumps(rec) + "\n")
 
 
+def strata_stats(control):
+    """The total counters of the strata server at CONTROL (`strata stats --output=json`)."""
+    r = subprocess.run([os.environ["STRATA"], "stats", "--output=json", "--control", control],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=30)
+    if r.returncode != 0:
+        sys.exit(f"strata stats --control {control} failed: {r.stderr.strip()}")
+    return json.loads(r.stdout)["total"]
+
+
+def stage_means(before, after):
+    """Mean µs per request of each server stage between two `stats` totals: the server's
+    latency (parse to reply queued) and its parts before_disk, disk and send."""
+    out = {}
+    hists = {"server_us": ("latency_us",), "before_disk_us": ("stages_us", "before_disk"),
+             "disk_us": ("stages_us", "disk"), "send_us": ("stages_us", "send")}
+    for name, path in hists.items():
+        b, a = before, after
+        for k in path:
+            b, a = b.get(k, {}), a.get(k, {})
+        n = a.get("count", 0) - b.get("count", 0)
+        if n > 0:
+            out[name] = (a["mean"] * a["count"] - b["mean"] * b["count"]) / n
+    return out
+
+
 def fio(argv):
+    """One fio run and its record. With STATS_CONTROL set (a strata server's control socket),
+    the server's stage means over the run are recorded beside fio's figures."""
     records, case, workload, config, rnd, pid, out = argv[:7]
     assert argv[7] == "--"
     cmd = ["fio", f"--output={out}", "--output-format=json", "--group_reporting"] + argv[8:]
     hz = os.sysconf("SC_CLK_TCK")
+    control = os.environ.get("STATS_CONTROL")
+    stats0 = strata_stats(control) if control else None
     before = server_ticks(pid)
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     # fio's nbd engine prints "connected to NBD server" on stdout: the JSON goes to --output.
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = server_ticks(pid)
+    stats1 = strata_stats(control) if control else None
     if r.returncode != 0:
         sys.exit(f"fio failed for {config} {workload}: {r.stdout.strip()[-500:]}")
     # fio may put a warning line before the JSON document.
     text = open(out).read()
     d = json.loads(text[text.index("{"):])
-    ios = iops = bw = 0
+    ios = iops = bw = lat_sum = 0
     p50, p99 = [], []
     for j in d["jobs"]:
         for k in ("read", "write"):
@@ -79,16 +109,23 @@ def fio(argv):
             ios += s["total_ios"]
             iops += s["iops"]
             bw += s["bw_bytes"]
+            lat_sum += s.get("clat_ns", {}).get("mean", 0) / 1000.0 * s["total_ios"]
             pct = s.get("clat_ns", {}).get("percentile", {})
             if "50.000000" in pct:
                 p50.append(pct["50.000000"] / 1000.0)
                 p99.append(pct["99.000000"] / 1000.0)
     m = {"iops": iops, "mbs": bw / 1e6, "ios": ios,
          "p50_us": max(p50) if p50 else None, "p99_us": max(p99) if p99 else None,
+         "mean_us": lat_sum / ios if ios else None,
          "client_cpu_us_per_io": ((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
                                   * 1e6 / ios) if ios else None}
     if before is not None and ios:
         m["server_cpu_us_per_io"] = (after - before) / hz * 1e6 / ios
+    if control:
+        m.update(stage_means(stats0, stats1))
+        if "server_us" in m and "send_us" in m and m["mean_us"] is not None:
+            # What is left of the client's latency: fio and libnbd, and the socket both ways.
+            m["client_socket_us"] = m["mean_us"] - m["server_us"] - m["send_us"]
     append(records, {"case": case, "workload": workload, "config": config, "round": int(rnd),
                      "metrics": m, "cmd": " ".join(cmd)})
     cpu = m.get("server_cpu_us_per_io")

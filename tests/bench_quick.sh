@@ -45,6 +45,11 @@ jq -e '.cases[] | select(.case == "transport" and .config == "strata-none" and .
        | (.rounds | length == 2) and .peer == "qemu-raw" and (.vs_peer.iops > 0)
          and (.ceiling.iops > 0) and (.vs_ceiling.iops > 0) and (.median.server_cpu_us_per_io > 0)' \
   "$J" >/dev/null || fail "transport strata-none rr4k-qd32: rounds, peer, ceiling or CPU missing"
+# The server's stages of a request (strata stats) add up to at most fio's mean latency.
+jq -e '.cases[] | select(.case == "transport" and .config == "strata-wb" and .workload == "rr4k-qd32")
+       | .median | (.disk_us > 0) and (.send_us > 0) and (.before_disk_us >= 0)
+         and (.server_us + .send_us <= .mean_us)' "$J" >/dev/null \
+  || fail "transport strata-wb rr4k-qd32: the server's stages are missing or exceed fio's latency"
 jq -e '.cases[] | select(.case == "snapshot" and .workload == "pause" and .config == "qemu")
        | (.samples | length == 10) and .median.pause_p99_ms > 0' "$J" >/dev/null \
   || fail "snapshot pause of qemu-storage-daemon: no samples"
@@ -56,6 +61,7 @@ jq -e '[.cases[] | select(.case == "merge" and .workload == "offline")] | length
 R=res/report.md
 for table in '## transport' '## cow' '## depth' '## snapshot: live snapshot pause' \
              '## snapshot: 4k random write' '## merge' '## fragmentation' '## Efficiency goals' \
+             "Where a strata request's time goes" \
              '## Commands'; do
   grep -q "^$table" "$R" || fail "report.md has no section '$table'"
   [ "$table" = '## Commands' ] && continue
