@@ -153,6 +153,11 @@ def f(v, kind=""):
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def in_flight(workload):
+    """Requests a transport workload keeps in flight: its QD, or 2 connections × QD16."""
+    return 32 if workload.endswith("-2c") else int(workload.rsplit("qd", 1)[1])
+
+
 def spread(e, k):
     if not e or k not in e["min"] or len(e["rounds"]) < 2:
         return ""
@@ -238,17 +243,26 @@ if any(k[0] == T for k in entries):
     if stage_rows:
         p("Where a strata request's time goes, mean µs per request (medians over rounds): fio's "
           "latency split by the server's own clock (`strata stats` stages_us) into parse → disk "
-          "I/O started, the disk I/O, the reply's send, and the rest: fio and libnbd, and the "
-          "socket both ways. Beside it the device alone at the same depth (phys) and the "
-          "transport alone (nbdkit null: client and socket with no storage).\n")
+          "I/O started and the disk I/O, and the rest: fio and libnbd, and the socket both ways. "
+          "The reply's send (queued until the server reaped its completion) overlaps the rest, "
+          "as the client may read the reply before that. Beside it the device alone at the same depth (phys) and the "
+          "transport alone (nbdkit null: client and socket with no storage), and what a server "
+          "that added nothing would reach if the two took as long in series as they do alone: "
+          "requests in flight / (device alone + null alone), an estimate (Little's law), not a "
+          "bound, since the device is faster at a lower depth.\n")
         p("| workload | strata | fio mean | before disk | disk | reply send | client + socket | "
-          "device alone | null alone |")
-        p("|---" * 9 + "|")
+          "device alone | null alone | in series, IOPS | strata IOPS | ×in series |")
+        p("|---" * 12 + "|")
         for w, c in stage_rows:
+            dev, null = get(T, w, "phys", "mean_us"), get(T, w, "null", "mean_us")
+            # The device alone is O_DIRECT: the page-cache configuration has no such estimate.
+            series = (in_flight(w) * 1e6 / (dev + null)
+                      if dev and null and c == "strata-none" else None)
             p(f"| {w} | {c} | {f(get(T, w, c, 'mean_us'))} | {f(get(T, w, c, 'before_disk_us'))} | "
               f"{f(get(T, w, c, 'disk_us'))} | {f(get(T, w, c, 'send_us'))} | "
-              f"{f(get(T, w, c, 'client_socket_us'))} | {f(get(T, w, 'phys', 'mean_us'))} | "
-              f"{f(get(T, w, 'null', 'mean_us'))} |")
+              f"{f(get(T, w, c, 'client_socket_us'))} | {f(dev)} | {f(null)} | "
+              f"{f(series, 'int')} | {f(get(T, w, c), 'int') if series else '–'} | "
+              f"{f(ratio(get(T, w, c), series), 'x')} |")
         p("")
     for w in tw:
         e = entries.get((T, w, "strata-none"))

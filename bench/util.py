@@ -123,9 +123,11 @@ def fio(argv):
         m["server_cpu_us_per_io"] = (after - before) / hz * 1e6 / ios
     if control:
         m.update(stage_means(stats0, stats1))
-        if "server_us" in m and "send_us" in m and m["mean_us"] is not None:
-            # What is left of the client's latency: fio and libnbd, and the socket both ways.
-            m["client_socket_us"] = m["mean_us"] - m["server_us"] - m["send_us"]
+        if "server_us" in m and m["mean_us"] is not None:
+            # What is left of the client's latency: fio and libnbd, and the socket both ways
+            # (the reply's send among it: its stage ends when the server reaps the send's
+            # completion, after the client may have read the reply).
+            m["client_socket_us"] = m["mean_us"] - m["server_us"]
     append(records, {"case": case, "workload": workload, "config": config, "round": int(rnd),
                      "metrics": m, "cmd": " ".join(cmd)})
     cpu = m.get("server_cpu_us_per_io")

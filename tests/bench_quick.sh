@@ -48,7 +48,7 @@ jq -e '.cases[] | select(.case == "transport" and .config == "strata-none" and .
 # The server's stages of a request (strata stats) add up to at most fio's mean latency.
 jq -e '.cases[] | select(.case == "transport" and .config == "strata-wb" and .workload == "rr4k-qd32")
        | .median | (.disk_us > 0) and (.send_us > 0) and (.before_disk_us >= 0)
-         and (.server_us + .send_us <= .mean_us)' "$J" >/dev/null \
+         and (.server_us <= .mean_us) and (.client_socket_us > 0)' "$J" >/dev/null \
   || fail "transport strata-wb rr4k-qd32: the server's stages are missing or exceed fio's latency"
 jq -e '.cases[] | select(.case == "snapshot" and .workload == "pause" and .config == "qemu")
        | (.samples | length == 10) and .median.pause_p99_ms > 0' "$J" >/dev/null \
