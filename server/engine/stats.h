@@ -56,8 +56,9 @@ struct IoCounters {
   LatencyHistogram latency;
   // The same time split in stages, plus the reply's time on the way out, so a profile can say
   // where a request waits: parse -> disk I/O started (a WRITE's payload arriving, a pause),
-  // the disk I/O itself (the storage, the device, blocking-pool hops), and reply queued -> its
-  // last byte handed to the socket (replies ahead of it, a client not reading).
+  // the disk I/O itself (the storage, the device, blocking-pool hops), and reply queued -> the
+  // completion of the send that carried its last byte (with TLS: encrypted into records), which
+  // the client may have read already: replies ahead of it, a client not reading.
   LatencyHistogram before_disk;
   LatencyHistogram disk;
   LatencyHistogram send;
