@@ -16,6 +16,10 @@ find_strata() {
 stop_started_and_clean() {
   local pid
   for pid in "${STARTED_PIDS[@]}"; do stop_pid "$pid"; done
+  # The servers' logs stay with the results: what a failed run's server said.
+  if [[ -n ${RESULTS:-} && -d $RESULTS ]] && compgen -G "$WORK/*.log" >/dev/null; then
+    mkdir -p "$RESULTS/logs" && cp "$WORK"/*.log "$RESULTS/logs/"
+  fi
   rm -rf "$WORK"
 }
 
