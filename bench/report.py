@@ -318,7 +318,7 @@ def goals():
     for r in rows:
         p("| " + " | ".join(r) + " |")
     p("\nWhere a goal is missed, the row says by how much and at which workload; where the time "
-      "per request goes (client, socket, ring, device) is for a profile, not this bench.\n")
+      "per request goes is in the stage table under transport, and bench/README.md \"Where the time goes\" has the profile.\n")
 
 
 def simple_table(case, title, wls, cfg_metrics, note=""):
