@@ -869,8 +869,8 @@ absl::StatusOr<WritePlan> Chain::PrepareWriteBlocking(uint64_t offset, uint64_t 
   // First, as a server does in the background (plan.replenish): freed slots are then ready
   // and reused before the tail. A failure here fails only a write that needs a slot, below.
   (void)ReplenishSlots();
-  // Terminates: a replenish that returns OK left a slot ready, and each retry gives at least
-  // one more cluster its slot (no other writer runs beside a synchronous caller).
+  // Terminates: with no other writer beside a synchronous caller, a replenish that returns OK
+  // left a slot ready, and each retry gives at least one more cluster its slot.
   // A conflict (another thread's unaligned write, a stream's copy of the cluster) lasts well
   // under a millisecond: waited out, as the server parks the request, for up to 10 s.
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);

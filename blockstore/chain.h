@@ -248,8 +248,10 @@ class Chain {
   // Blocks (fallocate). Refills the active layer's reserve of ready slots: free slots
   // allocated again (up to an extent's worth), and, below the low-water mark, the file grown
   // by an extent (an eighth of the file, 16 MiB .. 1 GiB). Does not hold the mutex that
-  // MapRead and PrepareWrite take while it allocates. One at a time; thread-safe. OK when a
-  // slot is ready; else kResourceExhausted naming the file when the host volume is full.
+  // MapRead and PrepareWrite take while it allocates. One at a time; thread-safe. OK unless an
+  // allocation failed with no slot ready (kResourceExhausted naming the file when the host
+  // volume is full); writers may have taken every slot meanwhile, so an OK calls for a retry of
+  // the write, not a promise of a slot.
   absl::Status ReplenishSlots();
   // Metadata only. Marks the whole sub-blocks of [offset, offset + length) as reading zeros,
   // without data.

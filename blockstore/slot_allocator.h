@@ -100,7 +100,8 @@ class SlotAllocator {
   // cluster size, which Reset alone sets.
   void Fill(Refill* refill) const;
   // Under the owner's lock: the allocated slots join the reserve, the rest are free again. OK
-  // when the reserve holds a slot; else why not (kResourceExhausted when the volume is full).
+  // unless an allocation failed and no slot is ready (kResourceExhausted when the volume is
+  // full): writers that took the reserve while Fill ran are no failure.
   absl::Status Publish(const Refill& refill);
 
  private:
