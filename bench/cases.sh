@@ -153,36 +153,43 @@ new_strata_chain() {  # DIR
 
 # --- depth: reads through chains of 1, 8, 64, 256 layers ----------------------------------------
 # At each depth: the server's start until it answers (chain open), 4k random read QD32 with a
-# dropped page cache, and the server's RSS after it.
-steps_depth() { echo $(( $(wc -w <<<"$DEPTHS") * 2 )); }
-# depth_measure D CONFIG SOCKET SERVE...: starts the server (SERVE...: strata_serve or
+# dropped page cache, and the server's RSS after it; DEPTH_ROUNDS alternating rounds of a
+# 1-layer disk over the same base (config strata-1layer, the ceiling), the chain, and qcow2's
+# chain, so that a change of the device's speed during the case falls on all three alike.
+steps_depth() { echo $(( $(wc -w <<<"$DEPTHS") * 3 * DEPTH_ROUNDS )); }
+# depth_measure D CONFIG ROUND SOCKET SERVE...: starts the server (SERVE...: strata_serve or
 # qemu_nbd_serve and their arguments) on a cold page cache, times it until it answers, reads,
 # and records the open time and the RSS beside the read's record.
 depth_measure() {
-  local d=$1 cfg=$2 sock=$3 t0 open rss; shift 3
-  progress "4k randread QD32 through $d layers $cfg"
+  local d=$1 cfg=$2 round=$3 sock=$4 t0 open rss; shift 4
+  progress "4k randread QD32 through $d layers $cfg ($round of $DEPTH_ROUNDS rounds)"
   drop_caches
   t0=$(now)
   "$@"
   open=$(elapsed "$t0")
-  run_fio depth "d$d" "$cfg" 1 "$SERVER_PID" "nbd:$sock" --rw=randread --bs=4k --iodepth=32 \
-    --runtime="$RUNTIME" --time_based >&2
+  run_fio depth "d$d" "$cfg" "$round" "$SERVER_PID" "nbd:$sock" --rw=randread --bs=4k \
+    --iodepth=32 --runtime="$RUNTIME" --time_based >&2
   rss=$(awk '/^VmRSS/ {print $2 * 1024}' "/proc/$SERVER_PID/status")
-  record depth "d$d" "$cfg" 1 open_s="$open" rss_bytes="$rss" layers="$d"
+  record depth "d$d" "$cfg" "$round" open_s="$open" rss_bytes="$rss" layers="$d"
   stop_server
 }
 case_depth() {
-  local dir=$WORK/depth prev=0 d
+  local dir=$WORK/depth prev=0 d round
   new_strata_chain "$dir"
+  "$STRATA" create -b "$BASE" -F raw "$dir/one.strata" >/dev/null
   for d in $DEPTHS; do
     # A chain of d layers: d-1 written snapshots below an empty top.
     (( d - 1 <= prev )) || grow_strata "$dir" $(( prev + 1 )) $(( d - 1 ))
     grow_qcow2 "$dir" $(( prev + 1 )) $(( d - 1 ))
     prev=$(( d - 1 ))
-    depth_measure "$d" strata "$dir/sock" \
-      strata_serve "depth$d-strata" "$dir/sock" "$dir/disk.strata" --no-control
-    depth_measure "$d" qcow2 "$dir/sock" \
-      qemu_nbd_serve "depth$d-qcow2" "$dir/sock" qcow2 "$dir/q$d.qcow2" writeback
+    for (( round = 1; round <= DEPTH_ROUNDS; round++ )); do
+      depth_measure "$d" strata-1layer "$round" "$dir/sock" \
+        strata_serve "depth$d-one" "$dir/sock" "$dir/one.strata" --no-control
+      depth_measure "$d" strata "$round" "$dir/sock" \
+        strata_serve "depth$d-strata" "$dir/sock" "$dir/disk.strata" --no-control
+      depth_measure "$d" qcow2 "$round" "$dir/sock" \
+        qemu_nbd_serve "depth$d-qcow2" "$dir/sock" qcow2 "$dir/q$d.qcow2" writeback
+    done
   done
   rm -rf "$dir"
 }

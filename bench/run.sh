@@ -52,11 +52,11 @@ if (( QUICK )); then
   # Four of the transport workloads (every case still runs): the fio runs' start-up, not their
   # length, is most of the time here.
   TRANSPORT_WORKLOADS=(rr4k-qd1 rr4k-qd32 sr1m-qd32 rw4k-qd32)
-  SIZE=${SIZE:-64M} RUNTIME=300ms ROUNDS=2 COW_ROUNDS=1 DEPTHS="1 8 64" LAYER_CLUSTERS=4
+  SIZE=${SIZE:-64M} RUNTIME=300ms ROUNDS=2 COW_ROUNDS=1 DEPTHS="1 8 64" DEPTH_ROUNDS=1 LAYER_CLUSTERS=4
   SNAPSHOTS=10 SNAP_DEPTHS="0 8" SNAP_ROUNDS=1 MERGE_SIZE=32M ONLINE_SIZE=32M
   WARM=0.5 BEFORE=1 AFTER=1 MERGE_TIMEOUT=10 FRAG_IOS=1024
 else
-  SIZE=${SIZE:-1G} RUNTIME=1500ms ROUNDS=5 COW_ROUNDS=2 DEPTHS="1 8 64 256" LAYER_CLUSTERS=16
+  SIZE=${SIZE:-1G} RUNTIME=1500ms ROUNDS=5 COW_ROUNDS=2 DEPTHS="1 8 64 256" DEPTH_ROUNDS=3 LAYER_CLUSTERS=16
   SNAPSHOTS=100 SNAP_DEPTHS="0 8 64" SNAP_ROUNDS=3 MERGE_SIZE=1G ONLINE_SIZE=512M
   WARM=1 BEFORE=4 AFTER=4 MERGE_TIMEOUT=40 FRAG_IOS=32768
 fi
@@ -116,7 +116,7 @@ if [[ -n $BASE_IMAGE ]]; then command+=" --base $BASE_IMAGE"; else command+=" --
 command+=" --cases ${CASES// /,}"
 cat >"$RESULTS/params.json" <<EOF
 {"quick": $QUICK, "base": "${BASE_IMAGE:-scratch random data}", "size_bytes": $SIZE_BYTES,
- "runtime": "$RUNTIME", "rounds": $ROUNDS, "cases": "$CASES", "scratch": "$SCRATCH",
+ "runtime": "$RUNTIME", "rounds": $ROUNDS, "depth_rounds": $DEPTH_ROUNDS, "cases": "$CASES", "scratch": "$SCRATCH",
  "command": "$command"}
 EOF
 

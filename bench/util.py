@@ -5,7 +5,8 @@ needs and bash does badly. Standard library only (the bench runs on a bare Debia
   fio RECORDS CASE WORKLOAD CONFIG ROUND SERVER_PID OUT -- FIO_ARGS...
         runs fio (its JSON into OUT), and appends one record to RECORDS: IOPS, MB/s, p50/p99
         completion latency, server CPU µs per I/O (utime+stime of SERVER_PID from /proc, all
-        threads, before and after; "-" for none) and client CPU µs per I/O (fio's own rusage).
+        threads, before and after; "-" for none), of it user space (utime), and client CPU µs
+        per I/O (fio's own rusage).
   metric RECORDS CASE WORKLOAD CONFIG ROUND NAME=VALUE... [--samples FILE] [--timeline CSV]
         appends a record of figures measured otherwise (seconds, extents, pause samples).
   machine SCRATCH STRATA          the machine and every tool's version, as JSON on stdout.
@@ -35,11 +36,12 @@ CLUSTER = 65536
 
 
 def server_ticks(pid):
+    """(user, system) clock ticks of PID, its threads included; None for no server ("-")."""
     if pid == "-":
         return None
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    return int(fields[11]), int(fields[12])
 
 
 def load1():
@@ -120,7 +122,10 @@ def fio(argv):
          "client_cpu_us_per_io": ((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime)
                                   * 1e6 / ios) if ios else None}
     if before is not None and ios:
-        m["server_cpu_us_per_io"] = (after - before) / hz * 1e6 / ios
+        m["server_cpu_us_per_io"] = (sum(after) - sum(before)) / hz * 1e6 / ios
+        # User space is the server's own code; the rest the kernel spent on its behalf (the
+        # socket, the file system, the device's driver).
+        m["server_user_us_per_io"] = (after[0] - before[0]) / hz * 1e6 / ios
     if control:
         m.update(stage_means(stats0, stats1))
         if "server_us" in m and m["mean_us"] is not None:

@@ -43,8 +43,14 @@ for cfg in phys null qemu-raw nbdkit-file strata-none strata-wb; do
 done
 jq -e '.cases[] | select(.case == "transport" and .config == "strata-none" and .workload == "rr4k-qd32")
        | (.rounds | length == 2) and .peer == "qemu-raw" and (.vs_peer.iops > 0)
-         and (.ceiling.iops > 0) and (.vs_ceiling.iops > 0) and (.median.server_cpu_us_per_io > 0)' \
+         and (.ceiling.iops > 0) and (.vs_ceiling.iops > 0) and (.median.server_cpu_us_per_io > 0)
+         and (.median.server_user_us_per_io >= 0)
+         and (.median.server_user_us_per_io <= .median.server_cpu_us_per_io)' \
   "$J" >/dev/null || fail "transport strata-none rr4k-qd32: rounds, peer, ceiling or CPU missing"
+# Depth: the chain's ceiling is the 1-layer disk measured in the same rounds.
+jq -e '.cases[] | select(.case == "depth" and .workload == "d64" and .config == "strata")
+       | (.ceiling.how | test("1 layer, in the same rounds")) and (.vs_ceiling.iops > 0)' "$J" >/dev/null \
+  || fail "depth d64 strata: no ceiling from the 1-layer disk of the same rounds"
 # The server's stages of a request (strata stats) add up to at most fio's mean latency.
 jq -e '.cases[] | select(.case == "transport" and .config == "strata-wb" and .workload == "rr4k-qd32")
        | .median | (.disk_us > 0) and (.send_us > 0) and (.before_disk_us >= 0)
@@ -62,6 +68,7 @@ R=res/report.md
 for table in '## transport' '## cow' '## depth' '## snapshot: live snapshot pause' \
              '## snapshot: 4k random write' '## merge' '## fragmentation' '## Efficiency goals' \
              "Where a strata request's time goes" \
+             "Server CPU per I.O beside what every server pays" \
              '## Commands'; do
   grep -q "^$table" "$R" || fail "report.md has no section '$table'"
   [ "$table" = '## Commands' ] && continue
