@@ -507,9 +507,10 @@ simple_table("fragmentation", "fragmentation: after random 4k writes", ["layout"
              "(filefrag), allocated bytes, then a cold sequential read (1M, QD4) of the disk; "
              "ceiling: the same read of the raw base by fio, O_DIRECT. A strata cluster first "
              "written by 4 KiB holds only its written sub-blocks and the rest is read from "
-             "below, so after scattered 4k writes a 1 MiB read is dozens of small reads (qcow2 "
-             "copied each whole cluster at its first write: the cow case's first writes pay for "
-             "it); bench/README.md has the measurement.")
+             "below; strata reads a slot's runs, and the base's under one request, as one span "
+             "each (qcow2 copied each whole cluster at its first write: the cow case's first "
+             "writes pay for it). One run per configuration: a cold read follows the host "
+             "device's drift.")
 goals()
 p("## Commands\n")
 p("Paths: $DIR is the scratch directory, $OUT the results directory.\n")

@@ -233,7 +233,8 @@ std::string CountersLine(const json& c) {
   return absl::StrCat("requests ", c.value("requests", uint64_t{0}), by, ", errors ",
                       c.value("errors", uint64_t{0}), ", ENOSPC replies ",
                       c.value("enospc_replies", uint64_t{0}), "; read ",
-                      HumanBytes(c.value("bytes_read", uint64_t{0})), ", written ",
+                      HumanBytes(c.value("bytes_read", uint64_t{0})), " in ",
+                      c.value("file_reads", uint64_t{0}), " file reads, written ",
                       HumanBytes(c.value("bytes_written", uint64_t{0})));
 }
 

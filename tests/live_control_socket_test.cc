@@ -92,6 +92,7 @@ TEST_F(LiveControlSocketTest, EveryRequestAnswers) {
   EXPECT_GE(stats["total"]["requests_by_command"]["write"].get<int>(), 1);
   EXPECT_GE(stats["total"]["bytes_written"].get<uint64_t>(), 64 * kKiB);
   EXPECT_TRUE(stats["total"]["latency_us"].contains("p99"));
+  EXPECT_TRUE(stats["total"]["file_reads"].is_number_unsigned()) << stats;
   for (const char* stage : {"before_disk", "disk", "send"}) {
     EXPECT_GE(stats["total"]["stages_us"][stage]["count"].get<int>(), 1) << stage << ": " << stats;
   }
@@ -192,6 +193,7 @@ TEST_F(LiveControlSocketTest, TheCliIsTheClient) {
   ASSERT_EQ(RunCommand({StrataBinary(), "stats", "--control", ctl}, &out), 0) << out;
   EXPECT_NE(out.find("latency (us): mean"), std::string::npos) << out;
   EXPECT_NE(out.find("stages, mean (us): before disk"), std::string::npos) << out;
+  EXPECT_NE(out.find(" file reads, written "), std::string::npos) << out;
   EXPECT_NE(out.find("host volume: not full"), std::string::npos) << out;
   EXPECT_NE(out.find("live snapshots: 1 taken"), std::string::npos) << out;
   EXPECT_TRUE(json::parse(out, nullptr, false).is_discarded()) << out;

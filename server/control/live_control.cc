@@ -68,6 +68,7 @@ json CountersJson(const IoCounters& io) {
               {"enospc_replies", io.enospc_replies},
               {"bytes_read", io.bytes_read},
               {"bytes_written", io.bytes_written},
+              {"file_reads", io.file_reads},
               {"latency_us", LatencyJson(io.latency)},
               {"stages_us", json{{"before_disk", LatencyJson(io.before_disk)},
                                  {"disk", LatencyJson(io.disk)},

@@ -119,6 +119,8 @@ class Connection {
   void FlushPendingSends();
   // The request's DiskIo is done: its status is final.
   void DiskIoDone(Request* r) { Reply(r); }
+  // A READ's DiskIo issued `n` reads of files (IoCounters::file_reads).
+  void CountFileReads(uint64_t n) { io_.file_reads += n; }
 
   uint64_t id() const { return id_; }
   bool in_handshake() const { return state_ == State::kHandshake; }

@@ -113,12 +113,19 @@ struct IoPiece {
   int layer = -1;  // Segment::layer, for error messages
   bool write = false;
   bool remote = false;  // a read of the remote base (Segment::Kind::kRemote), not an SQE
-  // O_DIRECT fill reads go to an aligned bounce buffer (`buf`, from the pool, capacity
-  // bounce_cap); once read, copy_len bytes at buf + copy_offset are copied to copy_dst.
-  char* copy_dst = nullptr;
-  uint32_t copy_offset = 0;
-  uint32_t copy_len = 0;
-  size_t bounce_cap = 0;
+  // A read into a bounce buffer (`buf` is bounce.data): an O_DIRECT fill of a partial
+  // sub-block, or coalesced runs (DiskIo::CoalesceReads). Once read, DiskIo::copies_
+  // [copies_begin, copies_end) are copied out of it into the request's buffer.
+  IoBuffer bounce;
+  uint32_t copies_begin = 0;
+  uint32_t copies_end = 0;
+};
+
+// Bytes of a bounce buffer that belong to the request: `length` at `offset` go to `dst`.
+struct CopyOut {
+  char* dst = nullptr;
+  uint32_t offset = 0;
+  uint32_t length = 0;
 };
 
 // What every request of one connection runs against.
@@ -178,6 +185,8 @@ class DiskIo {
   // READ
   void BeginRead();
   void AddReadSegment(const Segment& seg, uint64_t pos, bool holes);
+  void CoalesceReads();
+  IoPiece SpanOf(const std::vector<size_t>& members);
   void CopyOnRead();
   // WRITE, WRITE_ZEROES
   void BeginZero();
@@ -201,12 +210,15 @@ class DiskIo {
   void ReadRemote(IoPiece* p);
   void PieceDone();
   void RecordPieceError(const IoPiece& p, int err);
+  // `p` read `length` bytes from bounce.data + offset into `dst`, once it completes.
+  void AddCopyOut(IoPiece* p, char* dst, uint64_t offset, uint64_t length);
 
   const DiskIoContext* ctx_ = nullptr;
   Request* r_ = nullptr;
   Step step_ = Step::kIdle;
 
   std::vector<IoPiece> pieces_;  // in flight: SQEs point into it, so it never grows meanwhile
+  std::vector<CopyOut> copies_;  // of pieces_' bounce buffers
   int pending_ = 0;
 
   // READ

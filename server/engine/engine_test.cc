@@ -71,6 +71,18 @@ class EngineTest : public ::testing::Test {
     return h;
   }
 
+  // Every connection's counters, summed.
+  IoCounters TotalIo() {
+    IoCounters io;
+    auto stats = server_->CollectStats();
+    EXPECT_TRUE(stats.ok()) << stats.status();
+    if (!stats.ok()) return io;
+    for (const WorkerStats& w : *stats) {
+      for (const ConnectionStats& c : w.connections) io.Merge(c.io);
+    }
+    return io;
+  }
+
   TestChainServer t_;
   const std::string& path_ = t_.path;
   std::unique_ptr<ChainStorage>& storage_ = t_.storage;
@@ -107,12 +119,7 @@ TEST_F(EngineTest, StagesSplitEachRequestsLatency) {
   // The last reply reached the client before its send completion was reaped: wait for it.
   IoCounters io;
   for (int i = 0; i < 500; ++i) {
-    auto stats = server_->CollectStats();
-    ASSERT_TRUE(stats.ok()) << stats.status();
-    io = {};
-    for (const WorkerStats& w : *stats) {
-      for (const ConnectionStats& c : w.connections) io.Merge(c.io);
-    }
+    io = TotalIo();
     if (io.send.count == kRequests) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -152,6 +159,40 @@ TEST_F(EngineTest, PageCacheWritesStartNoIoUringWorkers) {
   for (const std::string& name : ThreadNames()) {
     EXPECT_FALSE(absl::StartsWith(name, "iou-wrk")) << name << " serves this server's writes";
   }
+  nbd_shutdown(h, 0);
+  nbd_close(h);
+}
+
+// A 1 MiB read of clusters that each hold two scattered 4 KiB writes above a snapshot: the
+// bytes are the writes' where written and the snapshot's around them (never the bytes the top
+// layer's slots hold there), and each layer's runs go out in few reads: at most one per slot
+// of each layer, where each run took its own read before (65 here).
+TEST_F(EngineTest, ScatteredSubBlocksReadInOneSpanPerSlot) {
+  nbd_handle* h = Open();
+  constexpr uint64_t kCluster = 65536, kSubBlock = 4096, kLength = 1 << 20;
+  std::string want(kLength, 0);
+  for (size_t i = 0; i < want.size(); ++i) want[i] = static_cast<char>('A' + i / kSubBlock % 26);
+  ASSERT_EQ(nbd_pwrite(h, want.data(), want.size(), 0, 0), 0) << nbd_get_error();
+  ASSERT_TRUE(server_->RunPaused([&] { return storage_->chain()->Snapshot("s1").status(); }).ok());
+  const std::string top(kSubBlock, 'z');
+  for (uint64_t c = 0; c < kLength / kCluster; ++c) {
+    for (uint64_t sb : {2, 9}) {
+      const uint64_t off = c * kCluster + sb * kSubBlock;
+      ASSERT_EQ(nbd_pwrite(h, top.data(), top.size(), off, 0), 0) << nbd_get_error();
+      want.replace(off, kSubBlock, top);
+    }
+  }
+  const uint64_t reads_before = TotalIo().file_reads;
+  std::string got(kLength, '?');
+  ASSERT_EQ(nbd_pread(h, got.data(), got.size(), 0, 0), 0) << nbd_get_error();
+  EXPECT_TRUE(SameBytes(got, want));
+  const uint64_t reads = TotalIo().file_reads - reads_before;
+  EXPECT_GE(reads, 2u);
+  EXPECT_LE(reads, 2 * kLength / kCluster) << "runs of one slot were read one by one";
+  // A read inside one run stays one read of its own bytes.
+  ASSERT_EQ(nbd_pread(h, got.data(), kSubBlock, 5 * kCluster + 9 * kSubBlock, 0), 0);
+  EXPECT_TRUE(SameBytes(got.substr(0, kSubBlock), top));
+  EXPECT_EQ(TotalIo().file_reads - reads_before - reads, 1u);
   nbd_shutdown(h, 0);
   nbd_close(h);
 }

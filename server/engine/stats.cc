@@ -51,6 +51,7 @@ void IoCounters::Merge(const IoCounters& o) {
   errors += o.errors;
   enospc_replies += o.enospc_replies;
   bytes_read += o.bytes_read;
+  file_reads += o.file_reads;
   bytes_written += o.bytes_written;
   latency.Merge(o.latency);
   before_disk.Merge(o.before_disk);

@@ -52,6 +52,10 @@ struct IoCounters {
   uint64_t enospc_replies = 0;
   uint64_t bytes_read = 0;
   uint64_t bytes_written = 0;
+  // Reads of layer and base files that READ requests issued (after CoalesceReads): over the
+  // READ count, how many I/Os a read costs the host (more when scattered writes split its
+  // clusters).
+  uint64_t file_reads = 0;
   // From the request's parse to its reply being queued: what the server took.
   LatencyHistogram latency;
   // The same time split in stages, plus the reply's time on the way out, so a profile can say
