@@ -162,10 +162,20 @@ def in_flight(workload):
     return 32 if workload.endswith("-2c") else int(workload.rsplit("qd", 1)[1])
 
 
+def range_of(e, k):
+    """'min–max' of metric K over entry E's rounds, or None."""
+    return f"{f(e['min'][k])}–{f(e['max'][k])}" if e and k in e["min"] else None
+
+
 def spread(e, k):
-    if not e or k not in e["min"] or len(e["rounds"]) < 2:
-        return ""
-    return f" ({f(e['min'][k])}–{f(e['max'][k])})"
+    return f" ({range_of(e, k)})" if range_of(e, k) and len(e["rounds"]) >= 2 else ""
+
+
+def in_series(w):
+    """Transport workload W's IOPS if the device alone and the transport alone (nbdkit null)
+    took as long in series as they do alone (Little's law); None without both."""
+    dev, null = get(T, w, "phys", "mean_us"), get(T, w, "null", "mean_us")
+    return in_flight(w) * 1e6 / (dev + null) if dev and null else None
 
 
 out = []
@@ -263,8 +273,7 @@ if any(k[0] == T for k in entries):
         for w, c in stage_rows:
             dev, null = get(T, w, "phys", "mean_us"), get(T, w, "null", "mean_us")
             # The device alone is O_DIRECT: the page-cache configuration has no such estimate.
-            series = (in_flight(w) * 1e6 / (dev + null)
-                      if dev and null and c == "strata-none" else None)
+            series = in_series(w) if c == "strata-none" else None
             p(f"| {w} | {c} | {f(get(T, w, c, 'mean_us'))} | {f(get(T, w, c, 'before_disk_us'))} | "
               f"{f(get(T, w, c, 'disk_us'))} | {f(get(T, w, c, 'send_us'))} | "
               f"{f(get(T, w, c, 'client_socket_us'))} | {f(dev)} | {f(null)} | "
@@ -292,9 +301,8 @@ def cpu_floor(w):
     return transport + device, transport, device
 
 
-def range_of(w, cfg, k):
-    e = entries.get((T, w, cfg))
-    return f"{f(e['min'][k])}–{f(e['max'][k])}" if e and k in e["min"] else "–"
+def transport_range(w, cfg, k):
+    return range_of(entries.get((T, w, cfg)), k) or "–"
 
 
 def goal_why(name, w):
@@ -313,14 +321,13 @@ def goal_why(name, w):
                                    if half < fl[0] <= strata / 0.9 else ""))
     if name == "cpu-nbdkit":
         k = "server_cpu_us_per_io"
-        return (f"{w}: strata-wb {range_of(w, 'strata-wb', k)} µs over the rounds, nbdkit file "
-                f"{range_of(w, 'nbdkit-file', k)}, the transport alone (nbdkit null) "
-                f"{range_of(w, 'null', k)}")
+        return (f"{w}: strata-wb {transport_range(w, 'strata-wb', k)} µs over the rounds, nbdkit file "
+                f"{transport_range(w, 'nbdkit-file', k)}, the transport alone (nbdkit null) "
+                f"{transport_range(w, 'null', k)}")
     if name == "ceiling-none":
-        dev, null = get(T, w, "phys", "mean_us"), get(T, w, "null", "mean_us")
-        if not dev or not null:
+        series = in_series(w)
+        if not series:
             return ""
-        series = in_flight(w) * 1e6 / (dev + null)
         return (f"{w}: at a fixed depth the device and the transport take their time in series: "
                 f"{f(series, 'int')} IOPS in series (stage table), strata "
                 f"{f(ratio(get(T, w, 'strata-none'), series), 'x')} of that")
@@ -329,11 +336,11 @@ def goal_why(name, w):
                 f"cache, which cost its server {f(get(T, w, 'strata-wb', 'server_cpu_us_per_io'))} "
                 f"µs per I/O (nbdkit file {f(get(T, w, 'nbdkit-file', 'server_cpu_us_per_io'))})")
     if name == "qd1":
-        return (f"p50 strata-none {range_of(w, 'strata-none', 'p50_us')} µs over the rounds, "
-                f"qemu-nbd raw {range_of(w, 'qemu-raw', 'p50_us')}")
+        return (f"p50 strata-none {transport_range(w, 'strata-none', 'p50_us')} µs over the rounds, "
+                f"qemu-nbd raw {transport_range(w, 'qemu-raw', 'p50_us')}")
     if name == "seqread":
-        return (f"strata-none {range_of(w, 'strata-none', 'mbs')} MB/s over the rounds, the "
-                f"device {range_of(w, 'phys', 'mbs')}")
+        return (f"strata-none {transport_range(w, 'strata-none', 'mbs')} MB/s over the rounds, the "
+                f"device {transport_range(w, 'phys', 'mbs')}")
     return ""
 
 
@@ -375,9 +382,9 @@ def goals():
     if d64 and "iops" in d64.get("vs_ceiling", {}):
         v = d64["vs_ceiling"]["iops"]
         one = entries.get(("depth", "d64", "strata-1layer"))
-        why = (f"64 layers {f(d64['min']['iops'], 'int')}–{f(d64['max']['iops'], 'int')} IOPS over "
-               f"the rounds, 1 layer {f(one['min']['iops'], 'int')}–{f(one['max']['iops'], 'int')}"
-               if one and "iops" in d64["min"] and "iops" in one["min"] else "")
+        why = (f"64 layers {range_of(d64, 'iops')} IOPS over the rounds, 1 layer "
+               f"{range_of(one, 'iops')}" if range_of(d64, "iops") and range_of(one, "iops")
+               else "")
         rows.append(("4k randread QD32 through 64 layers / 1 layer, strata", "≥ 0.95",
                      f"{v:.2f}", "yes" if v >= 0.95 else "**no**", "" if v >= 0.95 else why))
     if not rows:
@@ -390,8 +397,8 @@ def goals():
     p("\nWhere a goal is missed, the row says by how much, at which workload, and what the run's "
       "own figures say of it; where the time per request goes is in the stage table under "
       "transport, and bench/README.md \"Where the time goes\" has the profile.\n")
-    fl = [(w, cpu_floor(w)) for w in tw
-          if cpu_floor(w) and get(T, w, "strata-none", "server_cpu_us_per_io")]
+    fl = [(w, c) for w in tw
+          if (c := cpu_floor(w)) and get(T, w, "strata-none", "server_cpu_us_per_io")]
     if fl:
         p("Server CPU per I/O beside what every server pays (`--cache=none`): the transport "
           "alone (nbdkit null's server: receive, parse, send) plus the device path (fio's own CPU "
