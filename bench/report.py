@@ -20,8 +20,12 @@ records = [json.loads(line) for line in open(os.path.join(RES, "records.jsonl"))
 machine = json.load(open(os.path.join(RES, "machine.json")))
 params = json.load(open(os.path.join(RES, "params.json")))
 commands = open(os.path.join(RES, "commands.txt")).read().splitlines()
-# A report redrawn later (or from merged runs) keeps the load the run ended with.
-machine.setdefault("load_after", open("/proc/loadavg").read().split()[:3])
+# The first report, at the end of the run, records the load the run ended with in
+# machine.json, so a report redrawn later (or from merged runs) shows that load, not today's.
+if "load_after" not in machine:
+    machine["load_after"] = open("/proc/loadavg").read().split()[:3]
+    with open(os.path.join(RES, "machine.json"), "w") as out:
+        json.dump(machine, out)
 CPUS = machine["cpus"]
 
 # Whose peer each config is, per case (the first that was measured for the workload).
